@@ -1,0 +1,236 @@
+"""Math answer checking: extract the gold and predicted answers, compare them with math-verify.
+
+This is the one checker for math: the `math_accuracy` reward and evaluation both call
+`extract_gold`, `extract_prediction` and `answers_match`, so the training signal and the reported
+accuracy cannot drift apart (DeepSeek-R1's accuracy reward: 1 if the final answer equals the ground
+truth, else 0).
+
+Gold answers come in three styles:
+    gsm8k   reasoning text, then `#### 1,234`          -> "1,234"
+    boxed   MATH solutions ending in `\\boxed{\\frac{1}{2}}` -> "\\frac{1}{2}" (nested braces kept)
+    plain   the whole column is the answer (a string or a number)
+
+Predictions come from the last `<answer>...</answer>` block, the last `\\boxed{...}`, or the last
+number in the completion.
+
+Comparison: both strings are parsed by `math_verify.parse` and compared by
+`math_verify.verify(gold, pred)`, in that order (verify is not symmetric). math-verify's signal-based
+timeouts are switched off (`parsing_timeout=None`, `timeout_seconds=None`) because they fail outside
+the main thread; `answers_match` enforces its own limit with `run_with_deadline`, which works in
+threads and worker processes alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from grpo.errors import UserError
+from grpo.rewards._deadline import CallTimeout, run_with_deadline
+
+logger = logging.getLogger(__name__)
+
+GOLD_STYLES = ("auto", "gsm8k", "boxed", "plain")
+PRED_SOURCES = ("auto", "answer_tag", "boxed", "last_number")
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_BOXED = re.compile(r"\\(?:boxed|fbox)\b")
+# A number, optionally with thousands separators, a decimal part, or as a simple fraction a/b.
+_NUMBER = r"[-+\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|[-+\u2212]?\.\d+"
+_NUMBER_RE = re.compile(_NUMBER)
+# "12", "$1,234.50", "12 dollars", "3 cm." : a number with an optional currency sign and unit words.
+_NUMBER_WITH_UNIT = re.compile(r"^\s*(?:\\?\$\s*)?(?P<num>" + _NUMBER + r")\s*(?:[A-Za-z][A-Za-z ]*)?\.?\s*$")
+
+
+def extract_gold(text: Any, style: str = "auto") -> str | None:
+    """Return the gold answer string from a dataset's answer column, or None if there is none.
+
+    >>> extract_gold("She has 3 + 4 = 7 apples.\\n#### 7")
+    '7'
+    >>> extract_gold("so the answer is $\\\\boxed{\\\\frac{1}{2}}$.")
+    '\\\\frac{1}{2}'
+    >>> extract_gold(42, style="plain")
+    '42'
+    """
+    if style not in GOLD_STYLES:
+        raise UserError(f"extract_gold: style must be one of {', '.join(GOLD_STYLES)}; got {style!r}")
+    if text is None:
+        return None
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        text = str(text)
+    if not isinstance(text, str):
+        return None
+    if style == "auto":
+        style = "gsm8k" if "####" in text else "boxed" if _BOXED.search(text) else "plain"
+    if style == "gsm8k":
+        if "####" not in text:
+            return None
+        answer = text.rsplit("####", 1)[1].strip()
+    elif style == "boxed":
+        answer = last_boxed(text)
+    else:
+        answer = text.strip()
+    return answer or None
+
+
+def extract_prediction(text: str, source: str = "auto") -> str | None:
+    """Return the model's final answer from a completion, or None if it gave none.
+
+    source: "answer_tag" (last <answer>...</answer>), "boxed" (last \\boxed{...}), "last_number",
+    or "auto" (the first of those three that finds something).
+
+    >>> extract_prediction("<think>2+2</think><answer>4</answer>", source="answer_tag")
+    '4'
+    >>> extract_prediction("... so it costs $1,234.50 in total", source="last_number")
+    '1234.50'
+    """
+    if source not in PRED_SOURCES:
+        raise UserError(
+            f"extract_prediction: source must be one of {', '.join(PRED_SOURCES)}; got {source!r}"
+        )
+    if not isinstance(text, str):
+        return None
+    sources = ("answer_tag", "boxed", "last_number") if source == "auto" else (source,)
+    for src in sources:
+        if src == "answer_tag":
+            tags = _ANSWER_TAG.findall(text)
+            answer = tags[-1].strip() if tags else None
+        elif src == "boxed":
+            answer = last_boxed(text)
+        else:
+            numbers = _NUMBER_RE.findall(text)
+            answer = numbers[-1].replace(",", "") if numbers else None
+        if answer:
+            return answer
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last `\\boxed{...}` (or `\\fbox{...}`) in `text`, nested braces included.
+
+    >>> last_boxed("\\\\boxed{1} then \\\\boxed{\\\\frac{a}{b^{2}}}")
+    '\\\\frac{a}{b^{2}}'
+    """
+    starts = [m.end() for m in _BOXED.finditer(text)]
+    for start in reversed(starts):
+        i = start
+        while i < len(text) and text[i] == " ":
+            i += 1
+        if i < len(text) and text[i] != "{":
+            # `\boxed 5`: the argument runs to the next space or `$`.
+            return re.split(r"[\s$]", text[i:], maxsplit=1)[0] or None
+        depth = 0
+        for j in range(i, len(text)):
+            if text[j] == "{":
+                depth += 1
+            elif text[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[i + 1 : j].strip() or None
+        # Unbalanced braces (e.g. a truncated completion): try an earlier box.
+    return None
+
+
+def answers_match(gold: str | None, pred: str | None, timeout_s: float | None = 5.0) -> bool:
+    """True if `pred` is mathematically equal to `gold` (math-verify), within `timeout_s` seconds.
+
+    Safe in any thread or worker process. A missing answer, an unparsable one, or a check that runs
+    out of time counts as no match.
+
+    >>> answers_match("1,234", "1234"), answers_match("\\\\frac{3}{4}", "0.75"), answers_match("-2", "2")
+    (True, True, False)
+    """
+    if not gold or not pred:
+        return False
+    try:
+        return run_with_deadline(lambda: _verify(gold, pred), timeout_s)
+    except CallTimeout:
+        logger.warning("answers_match: gave up after %s s comparing %.80r with %.80r", timeout_s, gold, pred)
+        return False
+
+
+def _verify(gold: str, pred: str) -> bool:
+    from math_verify import verify
+
+    gold_parsed, pred_parsed = _parse(gold), _parse(pred)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def _parse(answer: str) -> list:
+    """math_verify.parse of one extracted answer, trying a bare number (units dropped) first."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+
+    _silence_math_verify_timeout_warning()
+    number = _NUMBER_WITH_UNIT.match(answer)
+    if number:
+        answer = number["num"].replace(",", "").replace("\u2212", "-")
+    configs = [LatexExtractionConfig(), ExprExtractionConfig()]
+    # Wrapped in $...$ the LaTeX extractor reads the whole string as math (\dfrac, \sqrt, tuples);
+    # a bare parse is the fallback for prose such as "x is 5".
+    parsed = parse(f"${answer}$", extraction_config=configs, parsing_timeout=None)
+    return parsed or parse(answer, parsing_timeout=None)
+
+
+def _silence_math_verify_timeout_warning() -> None:
+    # math-verify warns once that its timeouts are off; we enforce our own (see module docstring).
+    import math_verify.grader
+    import math_verify.parser
+
+    math_verify.parser.TIMEOUT_WARNING_SHOWN = True
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = True
+
+
+@dataclass(frozen=True)
+class MathAccuracy:
+    """Reward 1.0 if the completion's answer matches the row's gold answer, else 0.0.
+
+    Rows whose gold answer cannot be extracted get None ("not applicable"). A dataclass rather than
+    a closure so that it pickles into reward worker processes.
+    """
+
+    gold_style: str = "auto"
+    pred_source: str = "auto"
+    timeout_s: float | None = 5.0
+
+    def __post_init__(self):
+        for field, value, allowed in (
+            ("gold_style", self.gold_style, GOLD_STYLES),
+            ("pred_source", self.pred_source, PRED_SOURCES),
+        ):
+            if value not in allowed:
+                raise UserError(f"math_accuracy: {field} must be one of {', '.join(allowed)}; got {value!r}")
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise UserError(f"math_accuracy: timeout_s must be > 0 or null; got {self.timeout_s!r}")
+
+    def __call__(
+        self, prompts, completions, completion_ids=None, answer=None, **columns
+    ) -> list[float | None]:
+        if answer is None:
+            raise UserError(
+                "math_accuracy needs an 'answer' column with the gold answers; set answer_column in the "
+                f"data config (columns here: {', '.join(sorted(columns)) or 'none'})"
+            )
+        rewards: list[float | None] = []
+        for completion, gold_text in zip(completions, answer, strict=True):
+            gold = extract_gold(gold_text, self.gold_style)
+            if gold is None:
+                rewards.append(None)
+                continue
+            pred = extract_prediction(completion, self.pred_source)
+            rewards.append(1.0 if answers_match(gold, pred, self.timeout_s) else 0.0)
+        return rewards
+
+
+def make_math_accuracy(
+    gold_style: str = "auto", pred_source: str = "auto", timeout_s: float | None = 5.0
+) -> MathAccuracy:
+    """Build a `math_accuracy` reward with the given answer styles (see module docstring)."""
+    return MathAccuracy(gold_style=gold_style, pred_source=pred_source, timeout_s=timeout_s)
+
+
+math_accuracy = MathAccuracy()
+"""The default math accuracy reward: gold and prediction styles detected automatically."""
