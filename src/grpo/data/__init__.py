@@ -1,0 +1,54 @@
+"""Datasets: the built-in synthetic task, or user files through `grpo.data.loading`.
+
+`load_task` returns rows that all carry a `prompt` (already rendered to text) and, where the data
+has one, an `answer`; every other column rides along to the reward functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from grpo.config import DataConfig
+from grpo.data.loading import load_rows
+from grpo.data.templates import TEMPLATES, check_prompt_lengths, render_prompt
+from grpo.errors import UserError
+
+__all__ = ["Task", "load_task", "load_rows", "render_prompt"]
+
+
+@dataclass
+class Task:
+    train: list[dict]
+    heldout: list[dict]
+    num_dropped: int = 0  # prompts dropped for being longer than max_prompt_length
+
+
+def _render(rows: list[dict], cfg: DataConfig, tokenizer) -> list[dict]:
+    template = TEMPLATES.get(cfg.template, cfg.template) if cfg.template else None
+    return [{**r, "prompt": render_prompt(r["prompt"], tokenizer, template)} for r in rows]
+
+
+def _check_lengths(rows: list[dict], cfg: DataConfig, tokenizer, name: str) -> tuple[list[dict], int]:
+    ids = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+    check = check_prompt_lengths(ids, cfg.max_prompt_length, policy=cfg.on_long_prompt, source_name=name)
+    return [rows[i] for i in check.kept], check.num_dropped
+
+
+def load_task(cfg: DataConfig, tokenizer, seed: int = 0) -> Task:
+    if cfg.source == "builtin:arithmetic":
+        from grpo.data.synthetic import make_rows
+
+        train = make_rows(cfg.num_train, "train", seed, cfg.direct_fraction)
+        heldout = make_rows(cfg.num_heldout, "heldout", seed)
+    elif cfg.source.startswith("builtin:"):
+        raise UserError(f"data.source: unknown built-in task {cfg.source!r} (available: builtin:arithmetic)")
+    else:
+        kw = dict(split=cfg.split, prompt_column=cfg.prompt_column, answer_column=cfg.answer_column)
+        train = load_rows(cfg.source, **kw)
+        heldout = load_rows(cfg.heldout_source, **kw)[: cfg.num_heldout] if cfg.heldout_source else []
+    train, dropped = _check_lengths(_render(train, cfg, tokenizer), cfg, tokenizer, cfg.source)
+    heldout, dropped_h = _check_lengths(_render(heldout, cfg, tokenizer), cfg, tokenizer,
+                                        cfg.heldout_source or cfg.source)
+    if not train:
+        raise UserError(f"data.source {cfg.source}: no training prompts left after dropping {dropped} too long")
+    return Task(train, heldout, dropped + dropped_h)

@@ -1,9 +1,9 @@
 """The built-in verifiable task: short multi-step arithmetic word problems.
 
-    prompt:  "Mia has 12 shells. She finds 7, loses 5, finds 3. How many now?\n"
-    answer:  "17"
-    worked:  "<think>12+7=19\n19-5=14\n14+3=17</think><answer>17</answer>"
-    direct:  "<think></think><answer>17</answer>"
+    prompt:  "Mia has 8 shells, finds 7, loses 5, finds 3. How many?\n"
+    answer:  "13"
+    worked:  "<think>8+7=15\n15-5=10\n10+3=13</think><answer>13</answer>"
+    direct:  "<think></think><answer>13</answer>"
 
 Every problem has a checkable integer answer and every line of working is itself checkable
 (`step_rewards`), so the task serves outcome and process supervision alike.
@@ -23,6 +23,7 @@ Train and held-out problems are disjoint by construction (split on a hash of the
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import re
 from dataclasses import dataclass
@@ -65,41 +66,36 @@ class Problem:
     def direct_solution(self) -> str:
         return f"<think></think><answer>{self.answer}</answer>"
 
-    def key(self) -> str:
-        return f"{self.start}:{','.join(map(str, self.deltas))}"
 
-
-def _is_heldout(problem: Problem, heldout_percent: int) -> bool:
-    h = int(hashlib.sha256(problem.key().encode()).hexdigest()[:8], 16)
+def _is_heldout(start: int, deltas: tuple[int, ...], heldout_percent: int) -> bool:
+    key = f"{start}:{','.join(map(str, deltas))}"
+    h = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
     return h % 100 < heldout_percent
 
 
-def make_problems(n: int, split: str, seed: int = 0, num_steps: int = 3, max_start: int = 9,
-                  max_delta: int = 9, max_value: int = 19, heldout_percent: int = 20) -> list[Problem]:
-    """`n` distinct problems of one split ("train" or "heldout"); values stay in 0..max_value."""
+def problem_space(num_steps: int = 3, max_start: int = 9, max_delta: int = 9,
+                  max_value: int = 19) -> list[tuple[int, tuple[int, ...]]]:
+    """Every (start, deltas) whose running value stays in 0..max_value, in a fixed order."""
+    steps = [d for d in range(-max_delta, max_delta + 1) if d != 0]
+    out = []
+    for start in range(1, max_start + 1):
+        for deltas in itertools.product(steps, repeat=num_steps):
+            values = list(itertools.accumulate(deltas, initial=start))
+            if all(0 <= v <= max_value for v in values):
+                out.append((start, deltas))
+    return out
+
+
+def make_problems(n: int, split: str, seed: int = 0, heldout_percent: int = 20, **space) -> list[Problem]:
+    """`n` distinct problems of one split ("train" or "heldout"), drawn without replacement from
+    `problem_space(**space)`; the split of a problem depends only on the problem, never on the seed."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     rng = random.Random(f"{seed}:{split}")
-    out, seen = [], set()
-    while len(out) < n:
-        value = start = rng.randint(1, max_start)
-        deltas = []
-        for _ in range(num_steps):
-            d = rng.randint(1, max_delta) * rng.choice((1, -1))
-            if not 0 <= value + d <= max_value:
-                d = -d
-            if not 0 <= value + d <= max_value:
-                d = 0
-            deltas.append(d)
-            value += d
-        if 0 in deltas:
-            continue
-        p = Problem(start, tuple(deltas), rng.choice(NAMES), rng.choice(ITEMS))
-        if p.key() in seen or _is_heldout(p, heldout_percent) != (split == "heldout"):
-            continue
-        seen.add(p.key())
-        out.append(p)
-    return out
+    pool = [(s, d) for s, d in problem_space(**space) if _is_heldout(s, d, heldout_percent) == (split == "heldout")]
+    if n > len(pool):
+        raise ValueError(f"asked for {n} {split} problems but this task has only {len(pool)}")
+    return [Problem(s, d, rng.choice(NAMES), rng.choice(ITEMS)) for s, d in rng.sample(pool, n)]
 
 
 def make_rows(n: int, split: str, seed: int = 0, direct_fraction: float = 0.0, **kw) -> list[dict]:

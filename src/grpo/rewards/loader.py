@@ -40,10 +40,18 @@ BUILTIN_REWARDS: dict[str, Callable[..., RewardFn]] = {
     "soft_overlong_penalty": make_soft_overlong_penalty,
     "length_penalty": make_length_penalty,
     "repetition_penalty": make_repetition_penalty,
+    "arithmetic_accuracy": lambda: _synthetic().arithmetic_accuracy,
+    "arithmetic_format": lambda: _synthetic().arithmetic_format,
 }
 """Built-in reward names -> factory; a config's `options` are passed to the factory as keywords."""
 
 RESERVED_ARGUMENTS = ("prompts", "completions", "completion_ids")
+
+
+def _synthetic():
+    from grpo.data import synthetic
+
+    return synthetic
 
 
 def load_reward_function(ref: str, options: dict | None = None) -> RewardFn:

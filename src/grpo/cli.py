@@ -1,0 +1,103 @@
+"""`grpo` command line: train | sft | demo | eval | plot.
+
+    grpo demo                                   # SFT warm start, then GRPO, on the built-in task
+    grpo train --config configs/gsm8k.yaml grpo.beta=0.0 train.steps=200
+    grpo sft   --config configs/sft.yaml sft.max_steps=500
+
+Every command takes `--config FILE.yaml` and any number of `section.key=value` overrides; see
+`grpo.config` for every field. Mistakes in config or data print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from grpo.errors import UserError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _cmd_train(args) -> None:
+    from grpo.config import TrainConfig, load_config
+    from grpo.train.grpo import train
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    res = train(cfg, progress=not args.quiet)
+    print(f"held-out accuracy: {100 * res.accuracy_before:.1f}% -> {100 * res.accuracy_after:.1f}% "
+          f"after {res.steps} GRPO steps ({res.seconds:.0f} s); model: {res.output_dir / 'final'}")
+
+
+def _cmd_sft(args) -> None:
+    from grpo.config import SFTConfig, load_config
+    from grpo.train.sft import sft
+
+    cfg = load_config(SFTConfig, args.config, args.overrides)
+    res = sft(cfg, progress=not args.quiet)
+    print(f"best held-out accuracy {100 * res.best_accuracy:.1f}% at step {res.best_step} "
+          f"(stopped at {res.steps}, {res.seconds:.0f} s); model: {res.model_dir}")
+
+
+def _cmd_demo(args) -> None:
+    from grpo.demo import run_demo
+
+    run_demo(args.config, args.overrides, progress=not args.quiet)
+
+
+def _cmd_plot(args) -> None:
+    from pathlib import Path
+
+    from grpo.plotting import plot_training, read_metrics
+
+    run = Path(args.run_dir)
+    if not (run / "metrics.jsonl").is_file():
+        raise UserError(f"{run}: no metrics.jsonl (is it a grpo output directory?)")
+    print(plot_training(read_metrics(run / "metrics.jsonl"), run / "training.png"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="grpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, fn, help_ in [("train", _cmd_train, "GRPO training (no arguments: the built-in default)"),
+                            ("sft", _cmd_sft, "supervised fine-tuning until held-out accuracy plateaus"),
+                            ("demo", _cmd_demo, "SFT warm start then GRPO on the built-in task, before/after")]:
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--config", "-c", default=None, help="YAML config file")
+        sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+        sp.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. grpo.beta=0.0")
+        sp.set_defaults(fn=fn)
+    sp = sub.add_parser("plot", help="redraw training.png from a run's metrics.jsonl")
+    sp.add_argument("run_dir")
+    sp.set_defaults(fn=_cmd_plot, quiet=True)
+    return p
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bar is the one a user watches; silence the libraries' bars and notices."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.nn.modules.module")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        args.fn(args)
+    except UserError as e:
+        print(f"grpo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("grpo: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

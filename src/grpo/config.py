@@ -1,0 +1,403 @@
+"""One typed source of truth for configuration: dataclasses, filled from YAML and `key=value` overrides.
+
+    cfg = load_config(TrainConfig, "configs/demo.yaml", ["grpo.beta=0.0", "train.steps=50"])
+
+Every field is typed and documented in place. Unknown keys, wrong types and impossible values are
+`UserError`s that name the field (`grpo.G: expected int, got 'eight'`). The resolved config is
+saved with every run (`config.yaml` in the output directory) and can be fed back with `--config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from grpo.errors import UserError
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny"
+    """'tiny' (the built-in ~1.4M-parameter Llama, built offline) or a local Hugging Face model directory."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype of the forward passes. Weights and optimizer state stay float32 (master weights)."""
+    device: str = "auto"
+    """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."""
+    tiny_hidden_size: int = 160
+    """Width of the built-in tiny model (used only when path is 'tiny')."""
+    tiny_num_layers: int = 4
+    """Depth of the built-in tiny model."""
+    tiny_architecture: Literal["llama", "qwen2"] = "llama"
+    """Architecture of the built-in tiny model."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "builtin:arithmetic"
+    """'builtin:arithmetic' (the synthetic word-problem task) or a path: .jsonl/.json/.parquet/.csv or a
+    directory written by `datasets.save_to_disk`."""
+    split: str | None = None
+    """Split to use for dataset directories / JSON objects of splits."""
+    prompt_column: str = "prompt"
+    """Column holding the prompt: a string, or a list of {role, content} chat messages."""
+    answer_column: str | None = "answer"
+    """Column holding the gold answer, passed to reward functions as `answer`."""
+    template: str | None = None
+    """How string prompts are rendered: None (as is), 'r1' (the DeepSeek-R1 template), or a string with {prompt}."""
+    max_prompt_length: int = 256
+    """Longest prompt in tokens."""
+    on_long_prompt: Literal["error", "drop"] = "error"
+    """What to do with a longer prompt: stop with an error naming it, or drop it and count the drops."""
+    heldout_source: str | None = None
+    """Held-out dataset for evaluation (same format). The built-in task has its own held-out split."""
+    num_train: int = 19000
+    """Built-in task: number of training problems."""
+    num_heldout: int = 200
+    """Built-in task: number of held-out problems (also the cap on any held-out set evaluated)."""
+    direct_fraction: float = 0.6
+    """Built-in task: fraction of SFT demonstrations that give a bare answer without working."""
+
+
+@dataclass
+class RewardEntry:
+    fn: str = ""
+    """A built-in name (e.g. 'math_accuracy'), 'path/to/file.py:function' or 'package.module:function'."""
+    weight: float = 1.0
+    """Weight in the summed reward."""
+    options: dict = field(default_factory=dict)
+    """Keyword options for built-in factories, or bound as keyword arguments of a user function."""
+
+
+def _default_rewards() -> list[RewardEntry]:
+    return [RewardEntry("arithmetic_accuracy", 1.0), RewardEntry("arithmetic_format", 0.1)]
+
+
+@dataclass
+class RewardConfig:
+    functions: list[RewardEntry] = field(default_factory=_default_rewards)
+    """Reward functions, summed with their weights (a function returning None is left out for that sample)."""
+    on_error: Literal["raise", "zero"] = "raise"
+    """A raising reward function stops the run ('raise', naming function, prompt and completion) or scores 0 and is counted."""
+    timeout_s: float | None = None
+    """Per-call time limit for reward functions (needs workers > 0 for code that might hang in C)."""
+    workers: int = 0
+    """Reward functions run in a process pool of this many workers (0: in the training process)."""
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 48
+    """Longest completion in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probs for training are computed at the same temperature."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+
+
+@dataclass
+class GRPOConfig:
+    G: int = 8
+    """Completions sampled per prompt (the group size)."""
+    beta: float = 0.04
+    """Weight of the k3 KL penalty to the reference model (0: no reference model is loaded)."""
+    eps_low: float = 0.2
+    """Lower clip range of the importance ratio."""
+    eps_high: float | None = None
+    """Upper clip range (None: same as eps_low; DAPO clip-higher: 0.28)."""
+    mu: int = 1
+    """Policy updates per batch of rollouts (the paper's mu)."""
+    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
+    """Loss aggregation: the paper's per-sequence mean, DAPO's token mean, or Dr. GRPO's constant normaliser."""
+    advantage: Literal["outcome", "rloo"] = "outcome"
+    """Outcome supervision (group-standardised) or the leave-one-out baseline."""
+    scale: Literal["group", "batch", "none"] = "group"
+    """Divide advantages by the group std, the batch std, or nothing (Dr. GRPO)."""
+    std: Literal["unbiased", "population"] = "unbiased"
+    """Std convention of the advantage normaliser."""
+    adv_eps: float = 1e-4
+    """Added to the std before dividing."""
+    ratio_level: Literal["token", "sequence"] = "token"
+    """'sequence' is GSPO (one length-normalised ratio per completion)."""
+    mask_truncated: bool = False
+    """DAPO overlong filtering: completions that hit max_new_tokens get no gradient."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    """AdamW betas."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: off)."""
+    warmup_steps: int = 5
+    """Linear warm-up steps."""
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """Learning-rate schedule after warm-up."""
+
+
+@dataclass
+class LoopConfig:
+    steps: int = 60
+    """Optimizer steps (each: one batch of prompts x G completions)."""
+    prompts_per_step: int = 16
+    """Prompts per step; the batch is prompts_per_step * G completions."""
+    micro_batch_size: int = 64
+    """Completions per forward/backward (gradient accumulation when smaller than the batch)."""
+    seed: int = 0
+    """Seeds data order, sampling and initialisation."""
+    output_dir: str = "runs/grpo"
+    """Where config.yaml, metrics.jsonl, samples, checkpoints, the final model and plots go."""
+    log_every: int = 1
+    """Print a progress line every this many steps (metrics.jsonl always gets every step)."""
+    eval_every: int = 20
+    """Held-out greedy accuracy every this many steps (0: only before and after)."""
+    sample_every: int = 10
+    """Write a few sample completions to samples.jsonl every this many steps."""
+    save_every: int = 0
+    """Checkpoint every this many steps (0: only the final model)."""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything `grpo train` reads."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+
+    def validate(self) -> None:
+        g, t = self.grpo, self.train
+        _positive(self, ["grpo.G", "grpo.mu", "train.steps", "train.prompts_per_step", "train.micro_batch_size",
+                         "sampling.max_new_tokens", "data.max_prompt_length"])
+        if g.G < 2:
+            raise UserError(f"grpo.G: a group needs at least 2 completions to compare, got {g.G}")
+        batch = t.prompts_per_step * g.G
+        if batch % t.micro_batch_size:
+            raise UserError(f"train.micro_batch_size={t.micro_batch_size} must divide the batch of "
+                            f"train.prompts_per_step * grpo.G = {t.prompts_per_step} * {g.G} = {batch} completions")
+        if self.sampling.temperature < 0 or not 0 < self.sampling.top_p <= 1:
+            raise UserError("sampling: temperature must be >= 0 and top_p in (0, 1]")
+        if g.beta < 0 or g.eps_low <= 0 or (g.eps_high is not None and g.eps_high <= 0):
+            raise UserError("grpo: beta must be >= 0 and eps_low/eps_high > 0")
+
+
+@dataclass
+class SFTLoopConfig:
+    max_steps: int = 2000
+    """Upper bound on optimizer steps; training stops earlier once held-out accuracy plateaus."""
+    batch_size: int = 64
+    """(prompt, target) pairs per step."""
+    eval_every: int = 50
+    """Held-out greedy accuracy every this many steps."""
+    patience: int = 4
+    """Stop after this many evaluations without a new best; the best checkpoint is kept."""
+    seed: int = 0
+    """Seeds data order and initialisation."""
+    output_dir: str = "runs/sft"
+    """Where config.yaml, metrics.jsonl and the final (best) model go."""
+    target_column: str = "target"
+    """Column with the demonstration the model learns to produce."""
+    eval_reward: str = "arithmetic_accuracy"
+    """Reward function that scores held-out greedy completions (the plateau is judged on it)."""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)."""
+
+
+@dataclass
+class SFTConfig:
+    """Everything `grpo sft` reads."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, warmup_steps=20, schedule="constant"))
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sft: SFTLoopConfig = field(default_factory=SFTLoopConfig)
+
+    def validate(self) -> None:
+        _positive(self, ["sft.max_steps", "sft.batch_size", "sft.eval_every", "sft.patience"])
+
+
+def _positive(cfg, names: list[str]) -> None:
+    for name in names:
+        section, key = name.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value <= 0:
+            raise UserError(f"{name} must be a positive integer, got {value}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading: YAML + overrides -> dataclasses, with errors that name the field
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"{where}: got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, where: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise UserError(f"unknown config key {prefix}{unknown[0]!s} (known keys of {where or 'the config'}: "
+                        f"{', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    obj = cls()
+    for k, v in kwargs.items():
+        if dataclasses.is_dataclass(v) and dataclasses.is_dataclass(getattr(obj, k)):
+            v = _merge(getattr(obj, k), v, data[k])
+        setattr(obj, k, v)
+    return obj
+
+
+def _merge(base, new, given: dict):
+    """Fields of `new` that were given explicitly, over `base` (so YAML sections are partial)."""
+    for k in given:
+        setattr(base, k, getattr(new, k))
+    return base
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {key}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not of the form key=value (e.g. grpo.beta=0.0)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: a config file must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
+    """Defaults <- YAML file <- `key=value` overrides, validated."""
+    data = read_yaml(path) if path else {}
+    data = _deep_update(data, parse_overrides(overrides or []))
+    try:
+        cfg = _build(cls, data)
+    except UserError as e:
+        raise UserError(f"{path}: {e}" if path else str(e)) from None
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+@dataclass
+class DemoConfig:
+    """`grpo demo`: SFT warm start (`sft`), then GRPO from its best checkpoint (`rl`)."""
+
+    output_dir: str = "runs/demo"
+    """The SFT run goes to OUTPUT_DIR/sft, the GRPO run to OUTPUT_DIR/grpo, the summary beside them."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rl: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.sft.validate()
+        self.rl.validate()

@@ -1,0 +1,45 @@
+"""`grpo demo`: the whole story on the built-in task, in minutes on a laptop CPU.
+
+1. SFT warm start of the tiny model on the demonstrations, until held-out accuracy plateaus.
+2. GRPO from that plateau, with the rule-based accuracy + format rewards.
+3. Held-out greedy accuracy before and after, on problems neither stage trained on; plots.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from grpo.config import DemoConfig, load_config, save_config
+
+
+def run_demo(config: str | None, overrides: list[str], progress: bool = True) -> dict:
+    from grpo.train.grpo import train
+    from grpo.train.sft import sft
+
+    t0 = time.perf_counter()
+    cfg = load_config(DemoConfig, config, overrides)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    cfg.sft.sft.output_dir = str(out / "sft")
+    cfg.rl.train.output_dir = str(out / "grpo")
+    print(f"[1/2] SFT warm start -> {cfg.sft.sft.output_dir}")
+    s = sft(cfg.sft, progress=progress)
+    print(f"      plateau: held-out accuracy {100 * s.best_accuracy:.1f}% (best at step {s.best_step} of {s.steps}, "
+          f"{s.seconds:.0f} s)")
+    cfg.rl.model.path = str(s.model_dir)
+    print(f"[2/2] GRPO from the SFT model -> {cfg.rl.train.output_dir}")
+    r = train(cfg.rl, progress=progress)
+    summary = {
+        "sft_accuracy": s.best_accuracy, "grpo_accuracy_before": r.accuracy_before, "grpo_accuracy": r.accuracy_after,
+        "gain_points": 100 * (r.accuracy_after - r.accuracy_before), "sft_steps": s.steps,
+        "grpo_steps": r.steps, "sft_seconds": s.seconds, "grpo_seconds": r.seconds,
+        "total_seconds": time.perf_counter() - t0, "heldout_size": cfg.rl.data.num_heldout,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"held-out accuracy: SFT {100 * r.accuracy_before:.1f}% -> GRPO {100 * r.accuracy_after:.1f}% "
+          f"({summary['gain_points']:+.1f} points) in {summary['total_seconds']:.0f} s; "
+          f"plot: {r.output_dir / 'training.png'}")
+    return summary

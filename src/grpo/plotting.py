@@ -1,0 +1,40 @@
+"""PNG plots of a run's metrics (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_training(history: list[dict], out_png: str | Path, title: str = "GRPO") -> Path:
+    """Reward per step (with a moving average) and held-out accuracy, on two panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history if "reward/mean" in h]
+    reward = [h["reward/mean"] for h in history if "reward/mean" in h]
+    evals = [(h["step"], h["eval/accuracy"]) for h in history if "eval/accuracy" in h]
+    if history and "eval/accuracy_before" in history[-1]:
+        evals.insert(0, (0, history[-1]["eval/accuracy_before"]))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(steps, reward, color="tab:blue", alpha=0.35, label="batch mean")
+    k = max(1, len(reward) // 10)
+    smooth = [sum(reward[max(0, i - k + 1):i + 1]) / len(reward[max(0, i - k + 1):i + 1]) for i in range(len(reward))]
+    ax1.plot(steps, smooth, color="tab:blue", label=f"moving mean ({k})")
+    ax1.set(xlabel="step", ylabel="reward", title=f"{title}: training reward")
+    ax1.legend(loc="lower right")
+    if evals:
+        ax2.plot([s for s, _ in evals], [100 * a for _, a in evals], "o-", color="tab:green")
+    ax2.set(xlabel="step", ylabel="accuracy (%)", title="held-out greedy accuracy", ylim=(0, 100))
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return Path(out_png)

@@ -1,0 +1,152 @@
+"""Pieces the GRPO and SFT loops share: seeding, optimizer and schedule, metrics files, evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from grpo.config import OptimConfig, save_config
+from grpo.errors import UserError
+from grpo.rollout.engine import SamplingParams
+
+
+def seed_everything(seed: int, threads: int = 0) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def prepare_output_dir(path: str | Path, cfg) -> Path:
+    """Create the run directory (checked writable up front) and save the resolved config in it."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output directory {out} is not writable: {e.strerror or e}") from None
+    save_config(cfg, out / "config.yaml")
+    return out
+
+
+def make_optimizer(model, cfg: OptimConfig, total_steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+    def factor(step: int) -> float:  # step counts optimizer steps already taken
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        if cfg.schedule == "linear":
+            return max(0.0, 1 - progress)
+        return 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak accelerator memory if on one, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per step) and, when asked, TensorBoard scalars."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool = False, name: str = "metrics.jsonl"):
+        self.path = out_dir / name
+        self.file = open(self.path, "a", encoding="utf-8")
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from None
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Timers:
+    """Wall time per named phase of a step (`with timers("generate"): ...`)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def pop(self) -> dict[str, float]:
+        out, self.seconds = {f"time/{k}": v for k, v in self.seconds.items()}, {}
+        return out
+
+
+def decode(tokenizer, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Completion texts: the masked tokens, special tokens (EOS, pad) removed."""
+    return tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(ids, mask)], skip_special_tokens=True)
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    return tokenizer(prompts)["input_ids"]
+
+
+def evaluate_accuracy(engine, tokenizer, rows: list[dict], checker, max_new_tokens: int,
+                      batch_size: int = 128) -> tuple[float, list[str]]:
+    """Greedy held-out accuracy: mean of `checker` (the accuracy reward itself) over `rows`."""
+    if not rows:
+        return float("nan"), []
+    texts, scores = [], []
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, G=1)
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        r = engine.generate(encode_prompts(tokenizer, [x["prompt"] for x in chunk]), params)
+        batch_texts = decode(tokenizer, r.completion_ids, r.completion_mask)
+        columns = {k: [x.get(k) for x in chunk] for k in chunk[0] if k != "prompt"}
+        values = checker(prompts=[x["prompt"] for x in chunk], completions=batch_texts,
+                         completion_ids=r.completion_ids.tolist(), **columns)
+        scores += [0.0 if v is None else float(v) for v in values]
+        texts += batch_texts
+    return sum(scores) / len(scores), texts
+
+
+def save_model(model, tokenizer, path: Path) -> None:
+    """save_pretrained into a temporary directory, then rename: a crash never leaves half a model."""
+    import shutil
+
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)

@@ -1,0 +1,114 @@
+"""Supervised fine-tuning on (prompt, target) pairs: the warm start that GRPO improves on.
+
+The loss is the mean negative log-likelihood of the target tokens (and the EOS after them) only;
+prompt tokens are context, not targets. Training runs until held-out greedy accuracy stops
+improving (`patience` evaluations without a new best), and the best model is the one saved: the
+plateau the paper's RL stage starts from (DeepSeekMath §4.2 starts RL from the SFT model).
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from grpo.config import SFTConfig
+from grpo.data import load_task
+from grpo.errors import UserError
+from grpo.models.loading import autocast, load_policy
+from grpo.rewards import load_reward_function
+from grpo.rollout.hf import HFEngine, _pad_left
+from grpo.train.common import (
+    MetricsLog,
+    evaluate_accuracy,
+    make_optimizer,
+    prepare_output_dir,
+    save_model,
+    seed_everything,
+)
+from grpo.train.logprobs import completion_logprobs
+
+
+@dataclass
+class SFTResult:
+    output_dir: Path
+    model_dir: Path
+    best_accuracy: float
+    best_step: int
+    steps: int
+    seconds: float
+    history: list[dict]
+
+
+def encode_pairs(tokenizer, prompts: list[str], targets: list[str]):
+    """Rollout layout for teacher forcing: left-padded prompts, right-padded target + EOS."""
+    p_ids, p_mask = _pad_left(tokenizer(prompts)["input_ids"], tokenizer.pad_token_id)  # [B, P]
+    tgt = [ids + [tokenizer.eos_token_id] for ids in tokenizer(targets, add_special_tokens=False)["input_ids"]]
+    T = max(map(len, tgt))
+    c_ids = torch.full((len(tgt), T), tokenizer.pad_token_id, dtype=torch.long)  # [B, T]
+    c_mask = torch.zeros((len(tgt), T), dtype=torch.long)
+    for i, ids in enumerate(tgt):
+        c_ids[i, :len(ids)] = torch.tensor(ids)
+        c_mask[i, :len(ids)] = 1
+    return p_ids, p_mask, c_ids, c_mask
+
+
+def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
+    t_start = time.perf_counter()
+    s = cfg.sft
+    seed_everything(s.seed, s.threads)
+    out = prepare_output_dir(s.output_dir, cfg)
+    model, tokenizer = load_policy(cfg.model, out / "tiny-init")
+    device = next(model.parameters()).device
+    task = load_task(cfg.data, tokenizer, s.seed)
+    if s.target_column not in task.train[0]:
+        raise UserError(f"sft.target_column: {s.target_column!r} is not a column of {cfg.data.source} "
+                        f"(columns: {', '.join(sorted(task.train[0]))})")
+    checker = load_reward_function(s.eval_reward)
+    engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, s.max_steps)
+    log, rng = MetricsLog(out), random.Random(s.seed)
+    best = (-1.0, 0, None)  # (accuracy, step, state_dict)
+    evals_since_best, history, perm, cursor = 0, [], [], 0
+    bar = tqdm(range(1, s.max_steps + 1), desc="sft", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        if cursor + s.batch_size > len(perm):
+            perm, cursor = rng.sample(range(len(task.train)), len(task.train)), 0
+        rows = [task.train[i] for i in perm[cursor:cursor + s.batch_size]]
+        cursor += s.batch_size
+        batch = [t.to(device) for t in encode_pairs(tokenizer, [r["prompt"] for r in rows],
+                                                    [r[s.target_column] for r in rows])]
+        model.train()
+        with autocast(cfg.model, device):
+            logp = completion_logprobs(model, *batch).logp.float()  # [B, T]
+        loss = -(logp * batch[3]).sum() / batch[3].sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        record = {"step": step, "loss": float(loss), "lr": scheduler.get_last_lr()[0]}
+        if step % s.eval_every == 0 or step == s.max_steps:
+            acc, _ = evaluate_accuracy(engine, tokenizer, task.heldout, checker, cfg.sampling.max_new_tokens)
+            record["eval/accuracy"] = acc
+            if acc > best[0]:
+                best, evals_since_best = (acc, step, copy.deepcopy(model.state_dict())), 0
+            else:
+                evals_since_best += 1
+            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.3f}", best=f"{best[0]:.3f}")
+        log.write(record)
+        history.append(record)
+        if evals_since_best >= s.patience:
+            break
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    log.write({"step": step, "best_step": best[1], "eval/best_accuracy": best[0]})
+    log.close()
+    save_model(model, tokenizer, out / "final")
+    return SFTResult(out, out / "final", best[0], best[1], step, time.perf_counter() - t_start, history)
