@@ -1,6 +1,7 @@
 """The built-in tiny default: a character-level tokenizer and a small Llama, built offline in code.
 
-Nothing is downloaded. The vocabulary is a fixed character list plus the special tokens of the
+Nothing is downloaded. The vocabulary is a fixed character list, the numbers 0-999 as whole tokens
+(Llama-3 splits digit runs the same way), plus the special tokens of the
 DeepSeek-R1 template (`<think>`, `</think>`, `<answer>`, `</answer>` are single tokens, as they are in
 tokenizers of real reasoning models), and the weights come from `torch.manual_seed(seed)`, so the
 same arguments always give bit-identical files. `build_tiny(dir)` writes a directory that plain
@@ -22,6 +23,7 @@ CHARS = (
     + list(string.ascii_uppercase)
     + [" ", "\n"]
 )
+NUMBERS = [str(n) for n in range(10, 1000)]  # 0-9 are in CHARS
 # A plain "role: content" chat template, so that chat-format datasets also work with the tiny model.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{{ message['role'] + ': ' + message['content'] + '\n' }}"
@@ -47,9 +49,10 @@ def build_tokenizer():
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + TAG_TOKENS + CHARS)}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + TAG_TOKENS + CHARS + NUMBERS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(pattern=Regex(r"[\s\S]"), behavior="isolated")
+    # Runs of up to three digits are one token (as in Llama-3's tokenizer); everything else a character.
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=Regex(r"\d{1,3}|[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()  # concatenate characters; the default decoder adds spaces
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo.errors import UserError
+from grpo.rewards.code import make_code_tests
 from grpo.rewards.format import (
     make_length_penalty,
     make_repetition_penalty,
@@ -40,6 +41,7 @@ BUILTIN_REWARDS: dict[str, Callable[..., RewardFn]] = {
     "soft_overlong_penalty": make_soft_overlong_penalty,
     "length_penalty": make_length_penalty,
     "repetition_penalty": make_repetition_penalty,
+    "code_tests": make_code_tests,
     "arithmetic_accuracy": lambda: _synthetic().arithmetic_accuracy,
     "arithmetic_format": lambda: _synthetic().arithmetic_format,
 }

@@ -1,0 +1,468 @@
+"""Code-execution reward: run model-written Python against assert tests in a sandboxed subprocess.
+
+DeepSeek-R1 (arXiv 2501.12948, section 2.2.2) scores LeetCode-style answers by running them
+against predefined test cases. Here the reward is the fraction of tests passed:
+
+    code_tests[i] = passed_i / total_i    if the run ended normally (status "ok")
+                  = 0.0                   on any containment event (timeout, memory, ...)
+                  = None                  if row i has no tests
+
+Tests are Python statements, usually `assert` lines (`assert add(2, 3) == 5`). A string of tests is
+split into its top-level statements; each statement is one test, run after the program in a copy
+of the program's namespace, so one failing test does not stop or change the others.
+
+`run_python_sandboxed` is the checker; the reward and any evaluation call it. Every run gets a
+fresh temporary directory (removed afterwards, also after a timeout), a minimal environment, its
+own session, wall and CPU time limits, memory, process, file-size and open-file limits, and, where
+the kernel allows, new network and PID namespaces and (as root) a uid of its own. What took effect
+is in `SandboxResult.isolation`; docs/reliability.md explains each mechanism and its limits.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import fcntl
+import json
+import math
+import os
+import pwd
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from grpo.errors import UserError
+
+STATUSES = ("ok", "error", "timeout", "memory", "process_limit", "file_limit", "output_limit", "crashed")
+"""`SandboxResult.status` values: every one but "ok" scores 0."""
+
+SANDBOX_UIDS = range(60700, 60764)
+"""uids handed to concurrent sandboxes when running as root, one per run (locked with flock)."""
+
+_CHILD_SOURCE = (Path(__file__).parent / "_sandbox_child.py").read_text(encoding="utf-8")
+_TAIL_BYTES = 4096
+_MAX_REPORT_BYTES = 1 << 20
+_SIGNAL_STATUS = {signal.SIGXCPU: "timeout", signal.SIGXFSZ: "file_limit"}
+_FENCE = re.compile(r"```[ \t]*(python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+@dataclass
+class SandboxResult:
+    """What one sandboxed run did."""
+
+    passed: int
+    """Tests passed (counted only when status is "ok")."""
+    total: int
+    """Tests given."""
+    status: str
+    """One of STATUSES: "ok" (program and tests ran; some tests may have failed), "error" (the
+    program raised before any test ran), or the containment event that ended the run."""
+    stdout_tail: str
+    """The last 4 KiB of the program's standard output."""
+    stderr_tail: str
+    """The last 4 KiB of its standard error (tracebacks of the program and of failing tests)."""
+    wall_s: float
+    """Seconds from start until the child exited or was killed."""
+    isolation: tuple[str, ...]
+    """Mechanisms beyond rlimits that took effect: "uid", "netns", "pidns", "userns"."""
+    returncode: int | None
+    """Exit status of the child (negative: killed by that signal)."""
+    pid: int
+    """The child's pid, which is also its session and process-group id."""
+    uid: int | None
+    """The uid the code ran as when the parent is root; None otherwise (it ran as the parent's uid)."""
+
+    @property
+    def score(self) -> float:
+        """The reward: passed / total for status "ok", else 0.0."""
+        return self.passed / self.total if self.status == "ok" and self.total else 0.0
+
+
+def run_python_sandboxed(
+    code: str,
+    tests: list[str] | str,
+    *,
+    timeout_s: float = 5.0,
+    cpu_s: int | None = None,
+    memory_mb: int = 512,
+    max_procs: int = 16,
+    max_file_mb: int = 16,
+    max_output_kb: int = 64,
+    network: bool = False,
+) -> SandboxResult:
+    """Run `code` and then each test in a sandboxed Python process; see the module docstring.
+
+    cpu_s defaults to ceil(timeout_s). max_procs counts processes and threads, the sandbox's own
+    two included. max_output_kb caps stdout and stderr together: past it the run is killed.
+    network=True skips the new network namespace.
+
+    >>> r = run_python_sandboxed("def add(a, b): return a + b", ["assert add(2, 3) == 5", "assert add(1, 1) == 3"])
+    >>> (r.status, r.passed, r.total, r.score)
+    ('ok', 1, 2, 0.5)
+    """
+    tests = split_tests(tests)
+    config = {
+        "code": code,
+        "tests": tests,
+        "network": network,
+        "cpu_s": cpu_s or max(1, math.ceil(timeout_s)),
+        "memory_mb": memory_mb,
+        "max_procs": max_procs,
+        "max_file_mb": max_file_mb,
+    }
+    with _sandbox_uid() as uid:
+        workdir = tempfile.mkdtemp(prefix="grpo-sandbox-")
+        try:
+            if uid is not None:
+                os.chown(workdir, uid, uid)
+            return _run_child(config | {"uid": uid}, workdir, timeout_s, max_output_kb << 10)
+        finally:
+            shutil.rmtree(workdir, onerror=_make_writable_and_retry)
+            if uid is not None:
+                _remove_files_of(uid)
+
+
+def split_tests(tests: list[str] | str) -> list[str]:
+    """Tests as a list of sources: a list is kept; a string is split into its top-level statements.
+
+    >>> split_tests("assert f(1) == 2\\nassert f(2) == 3")
+    ['assert f(1) == 2', 'assert f(2) == 3']
+    """
+    if isinstance(tests, str):
+        try:
+            tree = ast.parse(tests)
+        except SyntaxError as exc:
+            raise ValueError(f"tests do not parse as Python (line {exc.lineno}: {exc.msg})") from exc
+        return [ast.get_source_segment(tests, node) for node in tree.body]
+    if not all(isinstance(t, str) for t in tests):
+        raise ValueError(f"tests must be strings; got {[type(t).__name__ for t in tests]}")
+    return list(tests)
+
+
+def extract_code(completion: str) -> str:
+    """The program in a completion: the last ```python (or unlabelled) fenced block, else the last
+    <answer>...</answer> block, else the whole text.
+
+    >>> extract_code("Idea first.\\n```python\\ndef f(x):\\n    return x\\n```\\nDone.")
+    'def f(x):\\n    return x\\n'
+    """
+    blocks = _FENCE.findall(completion)
+    if blocks:
+        return blocks[-1][1]
+    answers = _ANSWER_TAG.findall(completion)
+    if answers:
+        inner = _FENCE.findall(answers[-1])
+        return inner[-1][1] if inner else answers[-1]
+    return completion
+
+
+@dataclass
+class CodeTests:
+    """Reward passed / total tests of the row's `tests` column (a list of statements or a string);
+    0.0 on any containment event; None for rows without tests. A dataclass so that it pickles into
+    reward worker processes. Rows run `max_workers` at a time (each run is its own process)."""
+
+    timeout_s: float = 5.0
+    memory_mb: int = 512
+    max_output_kb: int = 64
+    max_workers: int = 2
+
+    def __post_init__(self):
+        for field in ("timeout_s", "memory_mb", "max_output_kb", "max_workers"):
+            if not getattr(self, field) > 0:
+                raise UserError(f"code_tests: {field} must be > 0; got {getattr(self, field)!r}")
+
+    def __call__(self, prompts, completions, completion_ids=None, tests=None, **columns) -> list[float | None]:
+        if tests is None:
+            raise UserError(
+                "code_tests needs a 'tests' column (assert statements per row); columns here: "
+                f"{', '.join(sorted(columns)) or 'none'}"
+            )
+        rows = list(zip(completions, tests, strict=True))
+        if len(rows) == 1:
+            return [self.score(*rows[0])]
+        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            return list(pool.map(lambda row: self.score(*row), rows))
+
+    def score(self, completion: str, row_tests) -> float | None:
+        row_tests = split_tests(row_tests) if row_tests is not None else []
+        if not row_tests:
+            return None
+        result = run_python_sandboxed(
+            extract_code(completion),
+            row_tests,
+            timeout_s=self.timeout_s,
+            memory_mb=self.memory_mb,
+            max_output_kb=self.max_output_kb,
+        )
+        return result.score
+
+
+def make_code_tests(
+    timeout_s: float = 5.0, memory_mb: int = 512, max_output_kb: int = 64, max_workers: int = 2
+) -> CodeTests:
+    """Build a `code_tests` reward with the given sandbox limits."""
+    return CodeTests(timeout_s=timeout_s, memory_mb=memory_mb, max_output_kb=max_output_kb, max_workers=max_workers)
+
+
+code_tests = CodeTests()
+"""The default code reward: 5 s, 512 MiB, 64 KiB of output per run."""
+
+
+def _run_child(config: dict, workdir: str, timeout_s: float, max_output: int) -> SandboxResult:
+    report_r, report_w = os.pipe()
+    start = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _CHILD_SOURCE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=workdir,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir},
+            start_new_session=True,  # its own session and process group, killed as a whole
+            pass_fds=(report_w,),
+        )
+    except BaseException:
+        os.close(report_r)
+        raise
+    finally:
+        os.close(report_w)
+    try:
+        try:
+            proc.stdin.write(json.dumps(config | {"report_fd": report_w}).encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the child died at once; its exit status tells
+        outcome, streams = _collect(proc, report_r, start + timeout_s, max_output)
+        wall_s = time.monotonic() - start
+    finally:
+        _kill_child(proc, config["uid"])
+        os.close(report_r)
+        proc.stdout.close()
+        proc.stderr.close()
+    # First line: the child's isolation, written before the program ran. Last line: the result.
+    lines = _parse_report(streams["report"])
+    isolation = tuple(lines[0].get("isolation", ())) if lines else ()
+    final = lines[-1] if len(lines) > 1 else {}
+    status = outcome or final.get("status") or _status_from_exit(proc.returncode)
+    return SandboxResult(
+        passed=sum(1 for p in final.get("passed", []) if p is True),
+        total=len(config["tests"]),
+        status=status if status in STATUSES else "crashed",
+        stdout_tail=streams["stdout"].decode(errors="replace"),
+        stderr_tail=streams["stderr"].decode(errors="replace"),
+        wall_s=wall_s,
+        isolation=isolation,
+        returncode=proc.returncode,
+        pid=proc.pid,
+        uid=config["uid"],
+    )
+
+
+def _collect(proc, report_r: int, deadline: float, max_output: int) -> tuple[str | None, dict]:
+    """Read stdout, stderr and the report pipe until the child exits, the deadline passes or the
+    output passes max_output bytes; keep only the tails. Returns (outcome, streams): outcome is
+    "timeout", "output_limit" or None (the child exited by itself)."""
+    streams = {"stdout": bytearray(), "stderr": bytearray(), "report": bytearray()}
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ, "stdout")
+    selector.register(proc.stderr, selectors.EVENT_READ, "stderr")
+    selector.register(report_r, selectors.EVENT_READ, "report")
+    pidfd = _pidfd(proc.pid)
+    if pidfd is not None:
+        selector.register(pidfd, selectors.EVENT_READ, "exit")  # readable once the child exits
+    output, exited = 0, False
+    try:
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 and not exited:
+                return "timeout", streams
+            # Grandchildren may hold the pipes open after the child exits: once it has, take what is
+            # already there (timeout 0) and stop. Without a pidfd, poll the child every 50 ms.
+            wait = 0 if exited else remaining if pidfd is not None else min(remaining, 0.05)
+            events = selector.select(timeout=wait)
+            if not events and exited:
+                break
+            for key, _ in events:
+                if key.data == "exit":
+                    exited = True
+                    selector.unregister(key.fileobj)
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                buffer = streams[key.data]
+                buffer += chunk
+                if key.data == "report":
+                    if len(buffer) > _MAX_REPORT_BYTES:
+                        return "output_limit", streams
+                    continue
+                del buffer[:-_TAIL_BYTES]
+                output += len(chunk)
+                if output > max_output:
+                    return "output_limit", streams
+            exited = exited or (pidfd is None and proc.poll() is not None)
+        return None, streams
+    finally:
+        selector.close()
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # Linux < 5.3, or not Linux
+        return None
+
+
+def _kill_child(proc, uid: int | None) -> None:
+    """Kill everything the run started.
+
+    Order matters: the PID-namespace init first (its death kills the namespace), then the process
+    group, both while the child is unreaped (so its pid cannot be reused), then every process of the
+    sandbox uid, which also catches processes that left the group with setsid()."""
+    if proc.poll() is None:
+        for pid, ppid, _ in _processes():
+            if ppid == proc.pid:
+                _signal(pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if uid is not None:
+        _kill_uid(uid)
+    else:  # no uid of its own: catch what is left of its session (setsid() escapes this)
+        for pid, _, sid in _processes():
+            if sid == proc.pid:
+                _signal(pid)
+
+
+def _kill_uid(uid: int) -> None:
+    # A killed process cannot fork, and RLIMIT_NPROC bounds how many there are: a few rounds suffice.
+    for _ in range(50):
+        pids = _pids_of_uid(uid)
+        if not pids:
+            return
+        for pid in pids:
+            _signal(pid)
+        time.sleep(0.01)
+    raise RuntimeError(f"sandbox: processes of uid {uid} survive SIGKILL")
+
+
+def _signal(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _processes():
+    """(pid, ppid, session id) of every process, from /proc."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        yield int(name), int(fields[1]), int(fields[3])
+
+
+def _pids_of_uid(uid: int) -> list[int]:
+    """Live processes (not zombies) whose real uid is `uid`."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
+            pids.append(int(name))
+    return pids
+
+
+@contextlib.contextmanager
+def _sandbox_uid():
+    """As root: a uid from SANDBOX_UIDS that no account and no concurrent sandbox uses; else None."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    lock_dir = Path(tempfile.gettempdir()) / "grpo-sandbox-uids"
+    lock_dir.mkdir(mode=0o700, exist_ok=True)
+    if lock_dir.is_symlink() or lock_dir.stat().st_uid != 0:
+        raise RuntimeError(f"sandbox: {lock_dir} is not a directory owned by root; remove it")
+    for uid in SANDBOX_UIDS:
+        if _has_account(uid):
+            continue
+        fd = os.open(lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        try:
+            _kill_uid(uid)  # leftovers of a parent that died mid-run
+            yield uid
+        finally:
+            os.close(fd)
+        return
+    raise RuntimeError(f"sandbox: all {len(SANDBOX_UIDS)} sandbox uids are in use")
+
+
+def _has_account(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        return False
+
+
+def _remove_files_of(uid: int) -> None:
+    """Remove what the sandbox uid left in the shared temporary directories (top level only)."""
+    for directory in {tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"}:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(directory):
+                with contextlib.suppress(OSError):
+                    if entry.stat(follow_symlinks=False).st_uid != uid:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, onerror=_make_writable_and_retry)
+                    else:
+                        os.unlink(entry.path)
+
+
+def _make_writable_and_retry(function, path, _exc_info) -> None:
+    # Code running as the parent's own uid may chmod its files read-only; root needs no help.
+    with contextlib.suppress(OSError):
+        os.chmod(os.path.dirname(path), 0o700)
+        os.chmod(path, 0o700)
+        function(path)
+
+
+def _status_from_exit(returncode: int | None) -> str:
+    # The child forwards a PID-1 death by signal S as exit code 128 + S.
+    sig = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else None
+    return _SIGNAL_STATUS.get(sig, "crashed")
+
+
+def _parse_report(data: bytes) -> list[dict]:
+    lines = []
+    for line in data.splitlines():
+        with contextlib.suppress(ValueError):
+            message = json.loads(line)
+            if isinstance(message, dict):
+                lines.append(message)
+    return lines

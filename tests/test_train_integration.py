@@ -1,0 +1,122 @@
+"""End-to-end: a few GRPO steps on the tiny model through the public API and the CLI."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from grpo.cli import main
+from grpo.config import TrainConfig, load_config
+from grpo.train.grpo import train
+
+SMALL = ["train.steps=3", "train.prompts_per_step=2", "grpo.G=4", "train.micro_batch_size=4",
+         "sampling.max_new_tokens=16", "data.num_heldout=4", "data.num_train=64", "train.eval_every=2",
+         "train.sample_every=1"]
+LOGGED = ["reward/mean", "reward/std", "reward/arithmetic_accuracy", "reward/arithmetic_format",
+          "reward/zero_std_groups", "kl", "clip_frac_low", "clip_frac_high", "entropy", "completion/len_mean",
+          "completion/len_max", "completion/truncated", "tokens_per_s", "time/step", "time/generate",
+          "memory/peak_mib", "grad_norm", "lr"]
+
+
+# A user reward loaded by path that varies within every group (an untrained model never gets the
+# arithmetic right, so the built-in accuracy reward alone would give all-zero advantages).
+DIGITS_REWARD = """
+def digit_share(prompts, completions, completion_ids, **columns):
+    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+"""
+
+
+def _run(tmp_path, extra=()):
+    reward_file = tmp_path / "my_rewards.py"
+    reward_file.write_text(DIGITS_REWARD)
+    rewards = (f"rewards.functions=[{{fn: arithmetic_accuracy}}, {{fn: arithmetic_format, weight: 0.1}}, "
+               f"{{fn: '{reward_file}:digit_share', weight: 0.5}}]")
+    cfg = load_config(TrainConfig, None, SMALL + [f"train.output_dir={tmp_path / 'run'}", rewards, *extra])
+    cfg.optim.lr, cfg.optim.warmup_steps = 1e-2, 0  # parameters must move visibly in 3 steps
+    return cfg, train(cfg, progress=False)
+
+
+def test_train_end_to_end_changes_weights_logs_and_reloads(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg, res = _run(tmp_path, ["grpo.beta=0.04"])
+    tmp_path = tmp_path / "run"
+    before = load_file(tmp_path / "tiny-init" / "model.safetensors")
+    after = load_file(tmp_path / "final" / "model.safetensors")
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(moved) >= len(before) // 2, f"only {len(moved)} of {len(before)} tensors changed"
+
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "reward/mean" in x]
+    assert [x["step"] for x in steps] == [1, 2, 3]
+    for key in LOGGED:
+        assert all(key in x for x in steps), key
+    assert "eval/accuracy" in steps[1] and 0.0 <= steps[1]["eval/accuracy"] <= 1.0
+    assert lines[-1]["eval/accuracy"] == res.accuracy_after
+    assert all(x["kl"] >= 0 for x in steps)
+    assert (tmp_path / "training.png").stat().st_size > 10_000
+    assert (tmp_path / "config.yaml").read_text().count("beta: 0.04") == 1
+    assert all(0 < x["reward/digit_share"] < 1 for x in steps) and steps[0]["grad_norm"] > 0
+    assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 3 * 2
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "final")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    ids = tok(["Mia has 3 pens, finds 2, loses 1, finds 4. How many?\n"], return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert out.shape == (1, ids["input_ids"].shape[1] + 5) or out.shape[1] <= ids["input_ids"].shape[1] + 5
+
+
+def test_other_architecture_and_width_work_unchanged(tmp_path):
+    """A Qwen2 model of another size goes through the same code path."""
+    from transformers import AutoConfig
+
+    cfg, res = _run(tmp_path, ["model.tiny_architecture=qwen2", "model.tiny_hidden_size=96",
+                               "model.tiny_num_layers=2", "grpo.beta=0.0", "grpo.mu=2"])
+    conf = AutoConfig.from_pretrained(tmp_path / "run" / "final")
+    assert conf.model_type == "qwen2" and conf.hidden_size == 96 and conf.num_hidden_layers == 2
+    assert len(res.history) == 4
+
+
+def test_beta_zero_loads_no_reference(tmp_path, monkeypatch):
+    import copy as copy_module
+
+    calls = []
+    real = copy_module.deepcopy
+    monkeypatch.setattr("grpo.train.grpo.copy.deepcopy", lambda x, *a: calls.append(type(x)) or real(x, *a))
+    _run(tmp_path, ["grpo.beta=0.0", "train.steps=1"])
+    assert not any("ForCausalLM" in t.__name__ for t in calls)
+
+
+def test_cli_reports_inconsistent_batch_in_one_line(tmp_path, capsys):
+    code = main(["train", "-q", f"train.output_dir={tmp_path}", "train.prompts_per_step=3", "grpo.G=8",
+                 "train.micro_batch_size=16"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == ("grpo: error: train.micro_batch_size=16 must divide the batch of train.prompts_per_step * "
+                   "grpo.G = 3 * 8 = 24 completions")
+
+
+def test_cli_unknown_key_and_bad_yaml(tmp_path, capsys):
+    assert main(["train", "grpo.betta=0.1"]) == 2
+    assert "unknown config key grpo.betta" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grpo:\n  beta: [0.1\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "invalid YAML" in err
+
+
+@pytest.mark.slow
+def test_cli_subprocess_train_and_sft(tmp_path):
+    sft = subprocess.run([sys.executable, "-m", "grpo", "sft", "-q", f"sft.output_dir={tmp_path / 'sft'}",
+                          "sft.max_steps=4", "sft.eval_every=2", "sft.batch_size=8", "data.num_heldout=4",
+                          "data.num_train=64", "sampling.max_new_tokens=16"], capture_output=True, text=True)
+    assert sft.returncode == 0, sft.stderr
+    assert "best held-out accuracy" in sft.stdout
+    run = subprocess.run([sys.executable, "-m", "grpo", "train", "-q", *SMALL, f"model.path={tmp_path / 'sft' / 'final'}",
+                          f"train.output_dir={tmp_path / 'rl'}"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "held-out accuracy" in run.stdout and (tmp_path / "rl" / "final" / "model.safetensors").exists()
