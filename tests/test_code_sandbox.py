@@ -8,6 +8,7 @@ with the reason.
 
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -15,7 +16,7 @@ import time
 import pytest
 
 from grpo.errors import UserError
-from grpo.rewards import compute_rewards, make_reward_pool, reward_spec
+from grpo.rewards import code, compute_rewards, make_reward_pool, reward_spec
 from grpo.rewards.code import (
     CodeTests,
     code_tests,
@@ -25,10 +26,14 @@ from grpo.rewards.code import (
     split_tests,
 )
 
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the code sandbox uses Linux interfaces (/proc, namespaces)"
+)
+
 ADD = "def add(a, b):\n    return a + b\n"
 ADD_TESTS = ["assert add(2, 3) == 5", "assert add(-1, 1) == 0", "assert add('a', 'b') == 'ab'"]
 # Limits small enough to keep the hostile runs quick on 2 cores.
-FAST = dict(timeout_s=3.0, memory_mb=256)
+FAST = {"timeout_s": 3.0, "memory_mb": 256}
 
 
 @pytest.fixture(scope="module")
@@ -107,15 +112,23 @@ def test_split_tests_and_extract_code():
         "for i in range(3):\n    assert f(i) == i + 1",
     ]
     assert split_tests(["assert True"]) == ["assert True"]
+    assert split_tests('["assert f(1) == 2", "assert f(2) == 3"]') == ["assert f(1) == 2", "assert f(2) == 3"]
     with pytest.raises(ValueError, match="line 1"):
         split_tests("assert (")
+    with pytest.raises(ValueError, match="does not parse"):
+        split_tests(["assert ("])
+    for vacuous in (["assert f(1) == 2", "'f(2) == 3'"], ["  "], "[1, 2]"):
+        with pytest.raises(ValueError, match="checks nothing"):
+            split_tests(vacuous)
     fenced = "First:\n```python\nx = 1\n```\nBetter:\n```python\nx = 2\n```\nThanks."
     assert extract_code(fenced) == "x = 2\n"
     assert extract_code("<think>hmm</think><answer>x = 3</answer>") == "x = 3"
     assert extract_code("<answer>\n```py\nx = 4\n```\n</answer>") == "x = 4\n"
     assert extract_code("```\nx = 5\n```") == "x = 5\n"
     assert extract_code("```bash\nrm -rf /\n```\nx = 6") == "```bash\nrm -rf /\n```\nx = 6"
-    assert extract_code("x = 7") == "x = 7"
+    assert extract_code("```bash\nls\n```\nthen\n```python\nx = 7\n```") == "x = 7\n"
+    assert extract_code("```python\nx = 8\n```\n```python\nunclosed = 1\n") == "x = 8\n"
+    assert extract_code("x = 9") == "x = 9"
 
 
 def test_code_tests_reward_per_row():
@@ -142,8 +155,14 @@ def test_builtin_code_tests_runs_in_the_process_pool():
     pool = make_reward_pool(num_workers=2)
     try:
         result = compute_rewards(
-            [spec], ["p"] * 3, completions, [[1]] * 3, {"tests": [ADD_TESTS] * 3},
-            on_error="zero", timeout_s=10.0, pool=pool,
+            [spec],
+            ["p"] * 3,
+            completions,
+            [[1]] * 3,
+            {"tests": [ADD_TESTS] * 3},
+            on_error="zero",
+            timeout_s=10.0,
+            pool=pool,
         )
     finally:
         pool.shutdown()
@@ -154,15 +173,23 @@ def test_builtin_code_tests_runs_in_the_process_pool():
 def test_concurrent_runs_get_their_own_uid(isolation):
     _needs(isolation, "uid")
     uids = []
-    threads = [
-        threading.Thread(target=lambda: uids.append(run_python_sandboxed("import time; time.sleep(0.5)", []).uid))
-        for _ in range(3)
-    ]
+
+    def sleep_in_sandbox():
+        uids.append(run_python_sandboxed("import time\ntime.sleep(0.5)", []).uid)
+
+    threads = [threading.Thread(target=sleep_in_sandbox) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len(set(uids)) == 3 and 0 not in uids
+
+
+def test_a_sandbox_that_fails_to_set_itself_up_raises_instead_of_scoring_zero(monkeypatch):
+    # E.g. setuid() refused: every run would score 0 silently; an error names the cause instead.
+    monkeypatch.setattr(code, "_CHILD_SOURCE", "import sys; sys.exit('setuid: Invalid argument')")
+    with pytest.raises(RuntimeError, match="before the program ran(.|\n)*setuid: Invalid argument"):
+        run_python_sandboxed(ADD, ADD_TESTS)
 
 
 # --- hostile programs: contained, scored 0, the trainer unharmed ---------------------------------
@@ -178,11 +205,24 @@ def test_infinite_loop_times_out_and_its_directory_is_removed():
     assert _leftover_pids(result) == []
 
 
+def test_files_left_in_shared_temporary_directories_are_removed(isolation):
+    _needs(isolation, "uid")  # without a uid of its own, its files cannot be told from the trainer's
+    code = (
+        "import os, tempfile\n"
+        "for d in ('/tmp', '/dev/shm'):\n"
+        "    print(tempfile.mkdtemp(dir=d), tempfile.mkstemp(dir=d)[1])\n"
+    )
+    result = run_python_sandboxed(code, ["assert True"], **FAST)
+    left = result.stdout_tail.split()
+    assert result.status == "ok" and len(left) == 4
+    assert not any(os.path.exists(path) for path in left)
+
+
 def test_cpu_limit_stops_a_busy_program_before_the_wall_limit():
     start = time.monotonic()
     result = run_python_sandboxed("while True:\n    pass\n", ["assert True"], timeout_s=20.0, cpu_s=1)
     assert (result.status, result.score) == ("timeout", 0.0)
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 8.0  # 1 s of CPU; the slack is for a busy machine
 
 
 @pytest.mark.parametrize(
@@ -239,7 +279,7 @@ def test_socket_to_a_loopback_port_reaches_no_listener(isolation):
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        code = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'hi')\n"
+        code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'x')\n"
         result = run_python_sandboxed(code, ["assert True"], **FAST)
         listener.setblocking(False)
         with pytest.raises(BlockingIOError):
@@ -248,13 +288,19 @@ def test_socket_to_a_loopback_port_reaches_no_listener(isolation):
     assert "unreachable" in result.stderr_tail
 
 
-@pytest.mark.parametrize("target", ["os.getppid()", "TRAINER"], ids=["its-parent", "the-trainer"])
-def test_killing_the_parent_leaves_the_trainer_alive(isolation, target):
+@pytest.mark.parametrize(
+    "target, status",
+    # os.getppid() is the sandbox's own supervisor (or 0 in a PID namespace, where kill(0) hits the
+    # process group): the run dies with it. The trainer's pid is out of reach (EPERM, or no such pid).
+    [("os.getppid()", "crashed"), ("TRAINER", "error")],
+    ids=["its-parent", "the-trainer"],
+)
+def test_killing_the_parent_leaves_the_trainer_alive(isolation, target, status):
     _needs(isolation, "uid", "pidns")
     code = f"import os\nTRAINER = {os.getpid()}\nos.kill({target}, 9)\n"
     result = run_python_sandboxed(code, ["assert True"], **FAST)
-    assert result.score == 0.0 and result.status in ("crashed", "error")
-    assert os.getpid() and _leftover_pids(result) == []  # still here, and so is nothing of the run
+    assert (result.status, result.score) == (status, 0.0)
+    assert _leftover_pids(result) == []  # this test still runs, and nothing of the run does
 
 
 def test_printing_gigabytes_is_cut_off():
@@ -262,6 +308,6 @@ def test_printing_gigabytes_is_cut_off():
     start = time.monotonic()
     result = run_python_sandboxed("while True:\n    print('x' * 10 ** 6)\n", ["assert True"], **FAST)
     assert (result.status, result.score) == ("output_limit", 0.0)
-    assert time.monotonic() - start < 2.0
+    assert time.monotonic() - start < 5.0  # 64 KiB take milliseconds; the slack is for a busy machine
     assert len(result.stdout_tail) <= 4096
     assert _rss_mb() - rss_before < 20

@@ -92,7 +92,7 @@ class RewardConfig:
 
 @dataclass
 class SamplingConfig:
-    max_new_tokens: int = 48
+    max_new_tokens: int = 32
     """Longest completion in tokens."""
     temperature: float = 1.0
     """Sampling temperature; log-probs for training are computed at the same temperature."""
@@ -130,7 +130,7 @@ class GRPOConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-4
+    lr: float = 5e-4
     """Peak learning rate (AdamW)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
@@ -146,7 +146,7 @@ class OptimConfig:
 
 @dataclass
 class LoopConfig:
-    steps: int = 60
+    steps: int = 80
     """Optimizer steps (each: one batch of prompts x G completions)."""
     prompts_per_step: int = 16
     """Prompts per step; the batch is prompts_per_step * G completions."""

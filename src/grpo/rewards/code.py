@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import fcntl
 import json
 import math
 import os
-import pwd
 import re
 import selectors
 import shutil
@@ -50,8 +48,7 @@ SANDBOX_UIDS = range(60700, 60764)
 _CHILD_SOURCE = (Path(__file__).parent / "_sandbox_child.py").read_text(encoding="utf-8")
 _TAIL_BYTES = 4096
 _MAX_REPORT_BYTES = 1 << 20
-_SIGNAL_STATUS = {signal.SIGXCPU: "timeout", signal.SIGXFSZ: "file_limit"}
-_FENCE = re.compile(r"```[ \t]*(python3?|py)?[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+_PYTHON_LABELS = ("python", "py", "python3", "")
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
@@ -105,10 +102,16 @@ def run_python_sandboxed(
     two included. max_output_kb caps stdout and stderr together: past it the run is killed.
     network=True skips the new network namespace.
 
-    >>> r = run_python_sandboxed("def add(a, b): return a + b", ["assert add(2, 3) == 5", "assert add(1, 1) == 3"])
+    >>> tests = ["assert add(2, 3) == 5", "assert add(1, 1) == 3"]
+    >>> r = run_python_sandboxed("def add(a, b): return a + b", tests)
     >>> (r.status, r.passed, r.total, r.score)
     ('ok', 1, 2, 0.5)
     """
+    if not sys.platform.startswith("linux"):
+        raise UserError(
+            "the code sandbox needs Linux: its process limit, cleanup and namespaces use Linux "
+            "interfaces (/proc, unshare); run code rewards in a Linux machine or container"
+        )
     tests = split_tests(tests)
     config = {
         "code": code,
@@ -132,37 +135,80 @@ def run_python_sandboxed(
 
 
 def split_tests(tests: list[str] | str) -> list[str]:
-    """Tests as a list of sources: a list is kept; a string is split into its top-level statements.
+    """Tests as a list of sources: a list is kept; a string is split into its top-level statements,
+    and a string holding a list literal of strings (a JSON-encoded column) is decoded.
+
+    A statement that is only a literal (`[...]`, `"..."`, `1`) would pass whatever the program does,
+    so it is an error rather than a test.
 
     >>> split_tests("assert f(1) == 2\\nassert f(2) == 3")
     ['assert f(1) == 2', 'assert f(2) == 3']
+    >>> split_tests('["assert f(1) == 2"]')
+    ['assert f(1) == 2']
     """
     if isinstance(tests, str):
         try:
             tree = ast.parse(tests)
         except SyntaxError as exc:
             raise ValueError(f"tests do not parse as Python (line {exc.lineno}: {exc.msg})") from exc
-        return [ast.get_source_segment(tests, node) for node in tree.body]
+        if len(tree.body) == 1 and isinstance(tree.body[0], ast.Expr):
+            with contextlib.suppress(ValueError, SyntaxError):
+                decoded = ast.literal_eval(tests.strip())
+                if isinstance(decoded, (list, tuple)) and all(isinstance(t, str) for t in decoded):
+                    return split_tests(list(decoded))
+        tests = [ast.get_source_segment(tests, node) for node in tree.body]
     if not all(isinstance(t, str) for t in tests):
         raise ValueError(f"tests must be strings; got {[type(t).__name__ for t in tests]}")
+    for test in tests:
+        try:
+            body = ast.parse(test).body
+        except SyntaxError as exc:
+            raise ValueError(f"test {test!r} does not parse as Python: {exc.msg}") from exc
+        if not body or all(isinstance(node, ast.Expr) and _is_literal(node.value) for node in body):
+            raise ValueError(f"test {test!r} checks nothing: use assert statements")
     return list(tests)
+
+
+def _is_literal(node: ast.expr) -> bool:
+    try:
+        ast.literal_eval(node)
+        return True
+    except ValueError:
+        return False
 
 
 def extract_code(completion: str) -> str:
     """The program in a completion: the last ```python (or unlabelled) fenced block, else the last
-    <answer>...</answer> block, else the whole text.
+    <answer>...</answer> block (or the last such fence inside it), else the whole text.
 
     >>> extract_code("Idea first.\\n```python\\ndef f(x):\\n    return x\\n```\\nDone.")
     'def f(x):\\n    return x\\n'
     """
-    blocks = _FENCE.findall(completion)
+    blocks = _python_blocks(completion)
     if blocks:
-        return blocks[-1][1]
+        return blocks[-1]
     answers = _ANSWER_TAG.findall(completion)
     if answers:
-        inner = _FENCE.findall(answers[-1])
-        return inner[-1][1] if inner else answers[-1]
+        inner = _python_blocks(answers[-1])
+        return inner[-1] if inner else answers[-1]
     return completion
+
+
+def _python_blocks(text: str) -> list[str]:
+    """Closed fenced blocks labelled python, py, python3 or nothing, read line by line so that the
+    end of a ```bash block is never taken for the start of the next block."""
+    blocks, label, body = [], "", None
+    for line in text.splitlines(keepends=True):
+        fence = line.strip().startswith("```")
+        if body is None and fence:
+            label, body = line.strip()[3:].strip().lower(), []
+        elif fence:
+            if label in _PYTHON_LABELS:
+                blocks.append("".join(body))
+            body = None
+        elif body is not None:
+            body.append(line)
+    return blocks
 
 
 @dataclass
@@ -181,7 +227,9 @@ class CodeTests:
             if not getattr(self, field) > 0:
                 raise UserError(f"code_tests: {field} must be > 0; got {getattr(self, field)!r}")
 
-    def __call__(self, prompts, completions, completion_ids=None, tests=None, **columns) -> list[float | None]:
+    def __call__(
+        self, prompts, completions, completion_ids=None, tests=None, **columns
+    ) -> list[float | None]:
         if tests is None:
             raise UserError(
                 "code_tests needs a 'tests' column (assert statements per row); columns here: "
@@ -211,7 +259,9 @@ def make_code_tests(
     timeout_s: float = 5.0, memory_mb: int = 512, max_output_kb: int = 64, max_workers: int = 2
 ) -> CodeTests:
     """Build a `code_tests` reward with the given sandbox limits."""
-    return CodeTests(timeout_s=timeout_s, memory_mb=memory_mb, max_output_kb=max_output_kb, max_workers=max_workers)
+    return CodeTests(
+        timeout_s=timeout_s, memory_mb=memory_mb, max_output_kb=max_output_kb, max_workers=max_workers
+    )
 
 
 code_tests = CodeTests()
@@ -250,10 +300,17 @@ def _run_child(config: dict, workdir: str, timeout_s: float, max_output: int) ->
         os.close(report_r)
         proc.stdout.close()
         proc.stderr.close()
-    # First line: the child's isolation, written before the program ran. Last line: the result.
+    # First line: the child's isolation, written before the program ran. Last line: the result,
+    # believed only if the child exited normally (the program can kill the child after reporting).
     lines = _parse_report(streams["report"])
+    if not lines and outcome is None:
+        tail = streams["stderr"].decode(errors="replace").strip()[-1000:]
+        raise RuntimeError(
+            f"sandbox: the child failed while setting up, before the program ran (exit status "
+            f"{proc.returncode}); is every uid in SANDBOX_UIDS usable here?\n{tail}"
+        )
     isolation = tuple(lines[0].get("isolation", ())) if lines else ()
-    final = lines[-1] if len(lines) > 1 else {}
+    final = lines[-1] if len(lines) > 1 and proc.returncode == 0 and not outcome else {}
     status = outcome or final.get("status") or _status_from_exit(proc.returncode)
     return SandboxResult(
         passed=sum(1 for p in final.get("passed", []) if p is True),
@@ -285,8 +342,8 @@ def _collect(proc, report_r: int, deadline: float, max_output: int) -> tuple[str
     try:
         while selector.get_map():
             remaining = deadline - time.monotonic()
-            if remaining <= 0 and not exited:
-                return "timeout", streams
+            if remaining <= 0:
+                return (None if exited else "timeout"), streams
             # Grandchildren may hold the pipes open after the child exits: once it has, take what is
             # already there (timeout 0) and stop. Without a pidfd, poll the child every 50 ms.
             wait = 0 if exited else remaining if pidfd is not None else min(remaining, 0.05)
@@ -312,12 +369,17 @@ def _collect(proc, report_r: int, deadline: float, max_output: int) -> tuple[str
                 output += len(chunk)
                 if output > max_output:
                     return "output_limit", streams
-            exited = exited or (pidfd is None and proc.poll() is not None)
+            exited = exited or (pidfd is None and _has_exited(proc.pid))
         return None, streams
     finally:
         selector.close()
         if pidfd is not None:
             os.close(pidfd)
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether our child has exited, without reaping it (a zombie keeps its pid from reuse)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def _pidfd(pid: int) -> int | None:
@@ -333,8 +395,8 @@ def _kill_child(proc, uid: int | None) -> None:
     Order matters: the PID-namespace init first (its death kills the namespace), then the process
     group, both while the child is unreaped (so its pid cannot be reused), then every process of the
     sandbox uid, which also catches processes that left the group with setsid()."""
-    if proc.poll() is None:
-        for pid, ppid, _ in _processes():
+    if not _has_exited(proc.pid):
+        for pid, ppid, _, _ in _processes():
             if ppid == proc.pid:
                 _signal(pid)
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -343,7 +405,7 @@ def _kill_child(proc, uid: int | None) -> None:
     if uid is not None:
         _kill_uid(uid)
     else:  # no uid of its own: catch what is left of its session (setsid() escapes this)
-        for pid, _, sid in _processes():
+        for pid, _, sid, _ in _processes():
             if sid == proc.pid:
                 _signal(pid)
 
@@ -351,7 +413,7 @@ def _kill_child(proc, uid: int | None) -> None:
 def _kill_uid(uid: int) -> None:
     # A killed process cannot fork, and RLIMIT_NPROC bounds how many there are: a few rounds suffice.
     for _ in range(50):
-        pids = _pids_of_uid(uid)
+        pids = [pid for pid, _, _, owner in _processes() if owner == uid]
         if not pids:
             return
         for pid in pids:
@@ -366,32 +428,16 @@ def _signal(pid: int) -> None:
 
 
 def _processes():
-    """(pid, ppid, session id) of every process, from /proc."""
+    """(pid, parent pid, session id, real uid) of every live (not zombie) process, from /proc."""
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        yield int(name), int(fields[1]), int(fields[3])
-
-
-def _pids_of_uid(uid: int) -> list[int]:
-    """Live processes (not zombies) whose real uid is `uid`."""
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
         try:
             with open(f"/proc/{name}/status") as f:
                 fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
+            if not fields["State"].strip().startswith("Z"):
+                first = [int(fields[key].split()[0]) for key in ("PPid", "NSsid", "Uid")]
+                yield (int(name), *first)
+        except (OSError, KeyError, ValueError, IndexError):  # not a process, or gone meanwhile
             continue
-        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
-            pids.append(int(name))
-    return pids
 
 
 @contextlib.contextmanager
@@ -400,6 +446,8 @@ def _sandbox_uid():
     if os.geteuid() != 0:
         yield None
         return
+    import fcntl
+
     lock_dir = Path(tempfile.gettempdir()) / "grpo-sandbox-uids"
     lock_dir.mkdir(mode=0o700, exist_ok=True)
     if lock_dir.is_symlink() or lock_dir.stat().st_uid != 0:
@@ -423,6 +471,8 @@ def _sandbox_uid():
 
 
 def _has_account(uid: int) -> bool:
+    import pwd
+
     try:
         pwd.getpwuid(uid)
         return True
@@ -455,7 +505,7 @@ def _make_writable_and_retry(function, path, _exc_info) -> None:
 def _status_from_exit(returncode: int | None) -> str:
     # The child forwards a PID-1 death by signal S as exit code 128 + S.
     sig = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else None
-    return _SIGNAL_STATUS.get(sig, "crashed")
+    return {signal.SIGXCPU: "timeout", signal.SIGXFSZ: "file_limit"}.get(sig, "crashed")
 
 
 def _parse_report(data: bytes) -> list[dict]:
