@@ -146,7 +146,7 @@ class OptimConfig:
 
 @dataclass
 class LoopConfig:
-    steps: int = 80
+    steps: int = 50
     """Optimizer steps (each: one batch of prompts x G completions)."""
     prompts_per_step: int = 16
     """Prompts per step; the batch is prompts_per_step * G completions."""
@@ -158,7 +158,7 @@ class LoopConfig:
     """Where config.yaml, metrics.jsonl, samples, checkpoints, the final model and plots go."""
     log_every: int = 1
     """Print a progress line every this many steps (metrics.jsonl always gets every step)."""
-    eval_every: int = 20
+    eval_every: int = 10
     """Held-out greedy accuracy every this many steps (0: only before and after)."""
     sample_every: int = 10
     """Write a few sample completions to samples.jsonl every this many steps."""

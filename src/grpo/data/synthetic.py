@@ -31,7 +31,7 @@ from dataclasses import dataclass
 NAMES = ["Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Max", "Eli", "Amy"]
 ITEMS = ["shells", "coins", "cards", "pens", "stamps", "beads", "books", "apples"]
 GAIN = ["finds", "gets", "wins", "buys"]
-LOSS = ["loses", "gives away", "drops", "sells"]
+LOSS = ["loses", "gives", "drops", "sells"]
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 FORMAT_RE = re.compile(r"^<think>(.*?)</think><answer>(.*?)</answer>$", re.S)
 STEP_RE = re.compile(r"^\s*(-?\d+)\s*([+-])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
