@@ -25,6 +25,9 @@ def _cmd_train(args) -> None:
     from grpo.train.grpo import train
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
+    if cfg.model.path == "tiny":
+        print("note: model.path=tiny is the built-in model with random weights, so rewards start at 0; "
+              "`grpo demo` warm-starts it with SFT first (or pass model.path=DIR)", file=sys.stderr)
     res = train(cfg, progress=not args.quiet)
     print(f"held-out accuracy: {100 * res.accuracy_before:.1f}% -> {100 * res.accuracy_after:.1f}% "
           f"after {res.steps} GRPO steps ({res.seconds:.0f} s); model: {res.output_dir / 'final'}")

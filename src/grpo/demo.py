@@ -35,11 +35,30 @@ def run_demo(config: str | None, overrides: list[str], progress: bool = True) ->
     summary = {
         "sft_accuracy": s.best_accuracy, "grpo_accuracy_before": r.accuracy_before, "grpo_accuracy": r.accuracy_after,
         "gain_points": 100 * (r.accuracy_after - r.accuracy_before), "sft_steps": s.steps,
+        "sft_best_step": s.best_step,
         "grpo_steps": r.steps, "sft_seconds": s.seconds, "grpo_seconds": r.seconds,
         "total_seconds": time.perf_counter() - t0, "heldout_size": cfg.rl.data.num_heldout,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.md").write_text(_markdown(summary, cfg))
     print(f"held-out accuracy: SFT {100 * r.accuracy_before:.1f}% -> GRPO {100 * r.accuracy_after:.1f}% "
           f"({summary['gain_points']:+.1f} points) in {summary['total_seconds']:.0f} s; "
           f"plot: {r.output_dir / 'training.png'}")
     return summary
+
+
+def _markdown(s: dict, cfg: DemoConfig) -> str:
+    rl = cfg.rl
+    return "\n".join([
+        "| stage | held-out greedy accuracy | steps | wall time |",
+        "|---|---|---|---|",
+        f"| SFT warm start (best checkpoint, plateau) | {100 * s['sft_accuracy']:.1f}% | {s['sft_steps']} "
+        f"(best at {s.get('sft_best_step', '?')}) | {s['sft_seconds']:.0f} s |",
+        f"| + GRPO | {100 * s['grpo_accuracy']:.1f}% ({s['gain_points']:+.1f} points) | {s['grpo_steps']} "
+        f"| {s['grpo_seconds']:.0f} s |",
+        "",
+        f"Held-out problems: {s['heldout_size']} (disjoint from both stages' training problems). "
+        f"GRPO: {rl.train.prompts_per_step} prompts x G={rl.grpo.G} per step, beta={rl.grpo.beta}, "
+        f"lr={rl.optim.lr}, max_new_tokens={rl.sampling.max_new_tokens}. Total {s['total_seconds']:.0f} s.",
+        "",
+    ])

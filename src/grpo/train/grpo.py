@@ -100,10 +100,11 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
             ref_logp=None if ref_logp is None else ref_logp[mb], beta=g.beta, ratio_level=g.ratio_level,
             max_completion_length=cfg.sampling.max_new_tokens, **totals)
         loss.backward()
-        share = float(mask[mb].sum()) / totals["total_tokens"]  # token-weighted average of the metrics
-        for k, v in {**m, "entropy": masked_mean(lp.entropy, mask[mb])}.items():
-            stats[k] = stats.get(k, 0.0) + float(v) * share
-        stats["loss"] = stats.get("loss", 0.0) + float(loss.detach())
+        # loss and pg_loss already carry the whole batch's normaliser: they add up; the token means
+        # (clip fractions, ratio, KL, entropy) are weighted by this micro-batch's share of tokens.
+        share = float(mask[mb].sum()) / totals["total_tokens"]
+        for k, v in {**m, "entropy": masked_mean(lp.entropy, mask[mb]), "loss": loss.detach()}.items():
+            stats[k] = stats.get(k, 0.0) + float(v) * (1.0 if k in ("loss", "pg_loss") else share)
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
     optimizer.step()

@@ -1,0 +1,25 @@
+"""The peer harness's two rewards for "What is A+B? Answer:" prompts, under grpo's reward contract.
+
+Same rules as /work/shared/peers/trl_grpo_bench.py (rewritten, not imported, so that this file loads
+without TRL): 1.0 if the completion's first integer equals the answer, and a 0.1 shaping reward if
+the completion starts (after whitespace) with an integer.
+"""
+
+import re
+
+FIRST_INT = re.compile(r"-?\d+")
+STARTS_WITH_INT = re.compile(r"\s*-?\d+")
+
+
+def correctness(prompts, completions, completion_ids, answer, **columns):
+    """1.0 if the first integer in the completion equals the gold answer, else 0.0."""
+    out = []
+    for text, gold in zip(completions, answer):
+        m = FIRST_INT.search(text)
+        out.append(1.0 if m is not None and m.group(0) == gold else 0.0)
+    return out
+
+
+def starts_with_int(prompts, completions, completion_ids, **columns):
+    """1.0 if the completion starts with an integer (weighted 0.1 in the config, as in the peer)."""
+    return [1.0 if STARTS_WITH_INT.match(text) else 0.0 for text in completions]

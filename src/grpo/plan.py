@@ -1,0 +1,428 @@
+"""`grpo plan`: how much memory GRPO (or the PPO baseline) needs, component by component.
+
+    grpo plan --model tiny --G 8 --prompts-per-step 16 --micro-batch 64
+    grpo plan --config /models/qwen2.5-7b --precision bf16 --G 64 --prompt-length 512 \
+              --completion-length 1024 --micro-batch 4 --gradient-checkpointing --gpu-gib 80
+    grpo plan --params 7e9 --layers 32 --hidden 4096 --algorithm ppo --lora-rank 16
+
+The claim it makes concrete (DeepSeekMath §4.1): PPO holds four models (policy, value, reference,
+reward model), GRPO only the policy and the reference (plus a reward model if the reward is
+learned). Every number is a formula of the architecture and the run's sizes; the formulas are
+listed in docs/memory.md, and the activation terms were counted from the tensors autograd saves in
+a Hugging Face Llama forward (tests/test_plan.py checks them against that count, and the total
+against the peak memory of real training steps on CPU).
+
+Memory is split into what lives for the whole run (weights, gradients, optimizer state, the
+reference and other frozen models) and the two phases of a step, which never overlap: generation
+(KV cache) and the policy update (activations and logits of one micro-batch). The total is the
+always-live part plus the larger phase.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from grpo.errors import UserError
+
+Precision = Literal["fp32", "bf16-autocast", "bf16"]
+PRECISIONS = ("fp32", "bf16-autocast", "bf16")
+OPTIMIZER_STATE_BYTES = {"adamw": 8, "sgd": 0, "sgd-momentum": 4}
+"""fp32 optimizer state per trainable parameter: AdamW's two moments, SGD's optional momentum."""
+
+
+@dataclass
+class Architecture:
+    """The sizes of a decoder-only transformer (Llama / Qwen2 / Mistral shape: RMSNorm, SwiGLU MLP)."""
+
+    num_layers: int
+    """Transformer blocks (config.json: num_hidden_layers)."""
+    hidden_size: int
+    """Width of the residual stream."""
+    intermediate_size: int
+    """Width of the SwiGLU MLP."""
+    num_heads: int
+    """Query heads."""
+    num_kv_heads: int
+    """Key/value heads (fewer than num_heads with grouped-query attention)."""
+    head_dim: int
+    """Width of one head."""
+    vocab_size: int
+    """Rows of the embedding and of the LM head."""
+    tie_embeddings: bool = False
+    """The LM head shares the embedding matrix."""
+    qkv_bias: bool = False
+    """q/k/v projections carry biases (Qwen2)."""
+
+    def num_params(self) -> int:
+        """Exact parameter count: embedding, LM head, per layer 7 linears + 2 norms, final norm."""
+        h, q, kv, V = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.vocab_size
+        per_layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size + 2 * h
+        per_layer += (q + 2 * kv) if self.qkv_bias else 0
+        return V * h * (1 if self.tie_embeddings else 2) + self.num_layers * per_layer + h
+
+    def matmul_params(self) -> int:
+        """Parameters of the linear layers (what bf16 autocast casts and keeps a copy of)."""
+        h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        return self.num_layers * (2 * h * q + 2 * h * kv + 3 * h * self.intermediate_size) + self.vocab_size * h
+
+    def lora_params(self, rank: int, targets: str) -> int:
+        """Trainable LoRA parameters: rank * (in + out) for every targeted linear of every layer."""
+        h, q, kv, inter = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, \
+            self.intermediate_size
+        attention = (h + q) + 2 * (h + kv) + (q + h)  # q, k, v, o
+        mlp = 3 * (h + inter)  # gate, up, down
+        return self.num_layers * rank * (attention + (mlp if targets == "all-linear" else 0))
+
+
+def architecture_from_config(path: str | Path) -> Architecture:
+    """Read a local Hugging Face config.json (a model directory or the file itself)."""
+    p = Path(path)
+    p = p / "config.json" if p.is_dir() else p
+    if not p.is_file():
+        raise UserError(f"--config: {path} has no config.json (give a local Hugging Face model directory)")
+    try:
+        c = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: not valid JSON ({e})") from None
+    c = c.get("text_config", c)  # multimodal configs nest the language model's sizes
+    missing = [k for k in ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                           "vocab_size") if k not in c]
+    if missing:
+        raise UserError(f"{p}: missing {', '.join(missing)} (a decoder-only transformer config is needed)")
+    heads = c["num_attention_heads"]
+    return Architecture(
+        num_layers=c["num_hidden_layers"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+        num_heads=heads, num_kv_heads=c.get("num_key_value_heads") or heads,
+        head_dim=c.get("head_dim") or c["hidden_size"] // heads, vocab_size=c["vocab_size"],
+        tie_embeddings=bool(c.get("tie_word_embeddings", False)),
+        qkv_bias=bool(c.get("attention_bias", c.get("model_type") == "qwen2")),
+    )
+
+
+def tiny_architecture(hidden_size: int = 160, num_layers: int = 4, architecture: str = "llama") -> Architecture:
+    """The built-in tiny model (`grpo.models.tiny`) at the given width and depth."""
+    from grpo.models.tiny import CHARS, NUMBERS, SPECIAL_TOKENS, TAG_TOKENS, TinyConfig
+
+    t = TinyConfig(hidden_size=hidden_size, num_layers=num_layers)
+    return Architecture(num_layers=num_layers, hidden_size=hidden_size, intermediate_size=t.intermediate_size,
+                        num_heads=t.num_heads, num_kv_heads=t.num_heads, head_dim=hidden_size // t.num_heads,
+                        vocab_size=len(SPECIAL_TOKENS + TAG_TOKENS + CHARS + NUMBERS),
+                        qkv_bias=architecture == "qwen2")
+
+
+@dataclass
+class PlanInput:
+    """A model and a training run, in the terms of `grpo train`'s config."""
+
+    arch: Architecture
+    """Model sizes (activations, KV cache, LoRA and, unless num_params is given, the weights)."""
+    num_params: int | None = None
+    """Total parameters, overriding the count from `arch` (e.g. 7e9 from a model card)."""
+    algorithm: Literal["grpo", "ppo"] = "grpo"
+    """GRPO: policy + reference [+ reward model]. PPO: adds a trained value model of the policy's size."""
+    precision: Precision = "fp32"
+    """fp32; bf16-autocast (grpo's model.dtype=bfloat16: fp32 weights, bf16 matmuls); bf16 (bf16 weights
+    and gradients with an fp32 master copy, as DeepSpeed/FSDP mixed precision)."""
+    optimizer: Literal["adamw", "sgd", "sgd-momentum"] = "adamw"
+    """Optimizer of the trained parameters (state kept in fp32)."""
+    lora_rank: int = 0
+    """LoRA rank (0: full fine-tuning). With LoRA the reference is the base with the adapter off: free."""
+    lora_targets: Literal["all-linear", "attention"] = "all-linear"
+    """Linears that get adapters."""
+    beta: float = 0.04
+    """KL weight; 0 means no reference model is held."""
+    G: int = 8
+    """Completions per prompt."""
+    prompts_per_step: int = 16
+    """Prompts per step (the rollout batch is prompts_per_step * G completions)."""
+    micro_batch_size: int = 64
+    """Completions per forward/backward of the update."""
+    prompt_length: int = 256
+    """Longest prompt in tokens (P)."""
+    completion_length: int = 32
+    """Longest completion in tokens (T, sampling.max_new_tokens)."""
+    generation_batch: int | None = None
+    """Completions generated at once (None: the whole rollout batch, as grpo's HF engine does)."""
+    gradient_checkpointing: bool = False
+    """Keep only each layer's input and recompute the rest in backward."""
+    attention: Literal["sdpa", "flash", "eager"] = "sdpa"
+    """sdpa keeps a [mb, 1, s, s] mask per layer; eager also keeps the [mb, heads, s, s] scores and
+    probabilities; flash (varlen, no mask) keeps neither."""
+    reward_model_params: int = 0
+    """Parameters of a learned reward model held for inference (0: rule-based rewards)."""
+    value_model_params: int | None = None
+    """PPO value model parameters (None: the policy's backbone plus a scalar head)."""
+
+
+@dataclass
+class Component:
+    name: str
+    bytes: int
+    phase: Literal["always", "generate", "update"]
+    """'always' lives for the whole run; the two phases of a step never overlap."""
+    formula: str
+
+
+@dataclass
+class MemoryPlan:
+    inputs: PlanInput
+    components: list[Component] = field(default_factory=list)
+
+    def phase_bytes(self, phase: str) -> int:
+        return sum(c.bytes for c in self.components if c.phase == phase)
+
+    @property
+    def total_bytes(self) -> int:
+        """Always-live memory plus the larger of the generation and update phases."""
+        return self.phase_bytes("always") + max(self.phase_bytes("generate"), self.phase_bytes("update"))
+
+    def fits(self, gib: float) -> bool:
+        return self.total_bytes <= gib * 2**30
+
+    def to_dict(self) -> dict:
+        return {"inputs": asdict(self.inputs), "components": [asdict(c) for c in self.components],
+                "total_bytes": self.total_bytes, "num_params": _num_params(self.inputs)}
+
+
+def _num_params(inp: PlanInput) -> int:
+    return inp.num_params if inp.num_params is not None else inp.arch.num_params()
+
+
+def _bytes_of(precision: str) -> tuple[int, int, int, int]:
+    """(weight, fp32 master, gradient, generation/inference activation) bytes per element."""
+    return {"fp32": (4, 0, 4, 4), "bf16-autocast": (4, 0, 4, 4), "bf16": (2, 4, 2, 2)}[precision]
+
+
+def layer_activation_bytes(a: Architecture, tokens: int, seq_len: int, micro_batch: int, precision: str,
+                           attention: str = "sdpa") -> int:
+    """Bytes autograd keeps for one transformer block over `tokens` = micro_batch * seq_len positions.
+
+    Counted term by term per token (h hidden, q = heads*head_dim, kv = kv_heads*head_dim, I
+    intermediate) from the tensors a Hugging Face Llama block saves for backward:
+      - two RMSNorms keep their input and normalised output: 4h, fp32 (HF norms upcast), plus one
+        rsqrt each (2, fp32);
+      - the inputs of q/k/v and of gate/up: 2h (under autocast each linear keeps its own bf16 cast: 5h);
+      - SDPA keeps q, k, v and its output (2q + 2kv) and the log-sum-exp (heads, fp32);
+      - the MLP keeps gate, silu(gate), up and the down input: 4I.
+    fp32: 4 * (6h + 2q + 2kv + 4I + heads + 2); bf16-autocast: 4 * (4h + heads + 2) + 2 * (5h + 2q + 2kv + 4I).
+    Attention adds a per-layer s x s term (see `PlanInput.attention`).
+    """
+    h, q, kv, I, nh = a.hidden_size, a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim, a.intermediate_size, \
+        a.num_heads
+    if precision == "fp32":
+        per_token = 4 * (4 * h + 2 * h + 2 * q + 2 * kv + 4 * I + nh + 2)
+        act = 4
+    elif precision == "bf16-autocast":
+        per_token = 4 * (4 * h + nh + 2) + 2 * (5 * h + 2 * q + 2 * kv + 4 * I)
+        act = 2
+    else:  # bf16 weights: norms keep an fp32 upcast of their input and a bf16 normalised output
+        per_token = 4 * (2 * h + nh + 2) + 2 * (2 * h + 2 * h + 2 * q + 2 * kv + 4 * I)
+        act = 2
+    per_layer = per_token * tokens
+    if attention == "sdpa":  # the expanded [mb, 1, s, s] mask, one per layer
+        per_layer += micro_batch * seq_len * seq_len * act
+    elif attention == "eager":  # scores and probabilities [mb, heads, s, s] (+ the mask)
+        per_layer += micro_batch * seq_len * seq_len * act * (2 * nh + 1)
+    return per_layer
+
+
+def plan_memory(inp: PlanInput) -> MemoryPlan:
+    """Per-component memory of a GRPO/PPO run; see docs/memory.md for each formula and its source."""
+    _validate(inp)
+    a, plan = inp.arch, MemoryPlan(inp)
+    add = lambda name, n, phase, formula: plan.components.append(Component(name, int(n), phase, formula))  # noqa: E731
+    w, master, g, act = _bytes_of(inp.precision)
+    n_params = _num_params(inp)
+    lora = inp.lora_rank > 0
+    trainable = a.lora_params(inp.lora_rank, inp.lora_targets) if lora else n_params
+    opt = OPTIMIZER_STATE_BYTES[inp.optimizer]
+    P, T, mb = inp.prompt_length, inp.completion_length, inp.micro_batch_size
+    s, N = P + T, inp.prompts_per_step * inp.G
+    n_gen = inp.generation_batch or N
+
+    add("policy weights", n_params * w + (trainable * 4 if lora else 0), "always",
+        f"{n_params:,} params x {w} B" + (f" + {trainable:,} LoRA params x 4 B" if lora else ""))
+    if master and not lora:
+        add("fp32 master weights", trainable * master, "always", f"{trainable:,} trainable x {master} B")
+    add("gradients", trainable * (g if not lora else 4), "always",
+        f"{trainable:,} trainable x {g if not lora else 4} B (kept from one update to the next)")
+    if opt:
+        add("optimizer state", trainable * opt, "always", f"{trainable:,} trainable x {opt} B ({inp.optimizer})")
+    ref_needed = inp.beta > 0
+    if ref_needed:
+        add("reference model", 0 if lora else n_params * w, "always",
+            "0: the base with the adapter disabled" if lora else f"{n_params:,} params x {w} B")
+    if inp.reward_model_params:
+        add("reward model", inp.reward_model_params * act, "always", f"{inp.reward_model_params:,} params x {act} B")
+    if inp.algorithm == "ppo":
+        v_params = inp.value_model_params or (n_params - (0 if a.tie_embeddings else a.vocab_size * a.hidden_size)
+                                              + a.hidden_size + 1)
+        v_train = trainable if lora else v_params
+        add("value model weights", v_params * w + (v_train * master if master and not lora else 0), "always",
+            f"{v_params:,} params x {w} B" + (f" + {master} B master" if master and not lora else ""))
+        add("value model gradients", v_train * (g if not lora else 4), "always", f"{v_train:,} trainable")
+        if opt:
+            add("value model optimizer", v_train * opt, "always", f"{v_train:,} trainable x {opt} B")
+    add("rollout tensors", N * (s * 8 * 2 + T * 4 * 4), "always",
+        f"{N} completions x (ids and mask int64 over P+T, 4 float32 [T] rows)")
+
+    kv_bytes = 2 * a.num_layers * a.num_kv_heads * a.head_dim * s * n_gen * act
+    add("KV cache", kv_bytes, "generate", f"2 x {a.num_layers} layers x {a.num_kv_heads} kv heads x "
+        f"{a.head_dim} x (P+T)={s} x {n_gen} seqs x {act} B")
+    add("generation logits", n_gen * a.vocab_size * 4 * 3, "generate", f"{n_gen} x V={a.vocab_size} x fp32 x 3")
+
+    tokens = mb * s
+    one_layer = layer_activation_bytes(a, tokens, s, mb, inp.precision, inp.attention)
+    resid = 2 if inp.precision == "bf16" else 4
+    if inp.gradient_checkpointing:
+        acts = a.num_layers * tokens * a.hidden_size * resid + one_layer
+        formula = f"{a.num_layers} layer inputs of {mb}x{s}x{a.hidden_size} + one layer recomputed"
+    else:
+        acts = a.num_layers * one_layer
+        formula = f"{a.num_layers} layers x {one_layer / tokens:,.0f} B/token x {mb}x{s} tokens"
+    acts += tokens * 2 * a.hidden_size * resid + mb * (T + 1) * a.hidden_size * act  # final norm, LM-head input
+    models = 2 if inp.algorithm == "ppo" else 1  # the value model's forward/backward alongside the policy's
+    add("activations", acts * models, "update", formula + (" (policy + value)" if models == 2 else ""))
+    add("logits", 3 * mb * (T + 1) * a.vocab_size * 4, "update",
+        f"3 x {mb} x (T+1)={T + 1} x V={a.vocab_size} x fp32 (kept for log-softmax, its gradient, sliced gradient)")
+    if inp.precision == "bf16-autocast":
+        add("autocast weight copies", a.matmul_params() * 2, "update", "bf16 copy of every linear weight, kept for backward")
+    return plan
+
+
+def _validate(inp: PlanInput) -> None:
+    for name in ("G", "prompts_per_step", "micro_batch_size", "prompt_length", "completion_length"):
+        if getattr(inp, name) < 1:
+            raise UserError(f"plan: {name} must be >= 1, got {getattr(inp, name)}")
+    if inp.precision not in PRECISIONS:
+        raise UserError(f"plan: precision must be one of {', '.join(PRECISIONS)}, got {inp.precision!r}")
+    if inp.optimizer not in OPTIMIZER_STATE_BYTES:
+        raise UserError(f"plan: optimizer must be one of {', '.join(OPTIMIZER_STATE_BYTES)}, got {inp.optimizer!r}")
+    if inp.lora_rank < 0 or inp.beta < 0:
+        raise UserError("plan: lora_rank and beta must be >= 0")
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+def format_plan(plan: MemoryPlan, gpu_gib: float | None = None) -> str:
+    """An aligned table: one row per component, the phase totals, the total and whether it fits."""
+    inp, a = plan.inputs, plan.inputs.arch
+    head = (f"{inp.algorithm.upper()} memory plan: {_num_params(inp) / 1e6:,.1f}M params "
+            f"({a.num_layers} layers, hidden {a.hidden_size}, {a.num_heads}/{a.num_kv_heads} heads, vocab "
+            f"{a.vocab_size}), {inp.precision}, {inp.optimizer}"
+            + (f", LoRA r={inp.lora_rank}" if inp.lora_rank else "")
+            + f"\nG={inp.G} x {inp.prompts_per_step} prompts, P={inp.prompt_length}, T={inp.completion_length}, "
+              f"micro-batch {inp.micro_batch_size}" + (", gradient checkpointing" if inp.gradient_checkpointing else ""))
+    rows = [(c.name, c.phase, format_bytes(c.bytes), c.formula) for c in plan.components]
+    for phase in ("generate", "update"):
+        rows.append((f"= {phase} phase", "", format_bytes(plan.phase_bytes(phase)), ""))
+    rows.append(("TOTAL", "", format_bytes(plan.total_bytes), "always + max(generate, update)"))
+    widths = [max(len(r[i]) for r in rows + [("component", "phase", "memory", "")]) for i in range(3)]
+    line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip()  # noqa: E731
+    out = [head, "", line(("component", "phase", "memory", "how")), line(("-" * widths[0], "-" * widths[1],
+                                                                          "-" * widths[2], ""))]
+    out += [line(r) for r in rows]
+    if gpu_gib is not None:
+        out.append(f"fits in {gpu_gib:g} GiB: {'yes' if plan.fits(gpu_gib) else 'no'} "
+                   f"({100 * plan.total_bytes / (gpu_gib * 2**30):.0f}% of it)")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI: `grpo plan`
+
+
+def _default_intermediate(h: int) -> int:
+    return int(math.ceil(8 * h / 3 / 256) * 256)  # Llama's SwiGLU width rule
+
+
+def architecture_from_args(args) -> Architecture:
+    sources = [x for x in (args.model, args.config, args.params) if x is not None]
+    if len(sources) > 1:
+        raise UserError("grpo plan: give one of --model tiny, --config DIR, --params N")
+    if args.model is not None:
+        if args.model != "tiny":
+            raise UserError(f"--model: only 'tiny' is built in (got {args.model!r}); use --config DIR for others")
+        arch = tiny_architecture(args.hidden or 160, args.layers or 4)
+    elif args.config is not None:
+        arch = architecture_from_config(args.config)
+    elif args.params is not None:
+        if not (args.layers and args.hidden):
+            raise UserError("--params needs the architecture too: --layers and --hidden (optionally --heads, "
+                            "--kv-heads, --intermediate, --vocab)")
+        arch = Architecture(num_layers=args.layers, hidden_size=args.hidden,
+                            intermediate_size=_default_intermediate(args.hidden), num_heads=max(1, args.hidden // 128),
+                            num_kv_heads=0, head_dim=0, vocab_size=32000)
+    else:
+        raise UserError("grpo plan: which model? --model tiny, --config DIR (a local config.json) or --params N")
+    over = {k: v for k, v in dict(num_layers=args.layers, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                                  num_heads=args.heads, num_kv_heads=args.kv_heads, vocab_size=args.vocab).items()
+            if v is not None}
+    arch = replace(arch, **over)
+    if "hidden_size" in over or "num_heads" in over or not arch.head_dim:
+        arch = replace(arch, head_dim=arch.hidden_size // arch.num_heads)
+    return replace(arch, num_kv_heads=arch.num_kv_heads or arch.num_heads)
+
+
+def _cmd_plan(args) -> None:
+    arch = architecture_from_args(args)
+    inp = PlanInput(arch=arch, num_params=int(args.params) if args.params is not None else None,
+                    algorithm=args.algorithm, precision=args.precision, optimizer=args.optimizer,
+                    lora_rank=args.lora_rank, lora_targets=args.lora_targets, beta=args.beta, G=args.G,
+                    prompts_per_step=args.prompts_per_step, micro_batch_size=args.micro_batch,
+                    prompt_length=args.prompt_length, completion_length=args.completion_length,
+                    generation_batch=args.generation_batch, gradient_checkpointing=args.gradient_checkpointing,
+                    attention=args.attention, reward_model_params=int(args.reward_model_params),
+                    value_model_params=int(args.value_params) if args.value_params else None)
+    plan = plan_memory(inp)
+    print(format_plan(plan, args.gpu_gib))
+    if args.out:
+        Path(args.out).write_text(json.dumps(plan.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def _count(text: str) -> float:
+    """'7e9', '7B', '500M', '1.5b' -> a number."""
+    t = text.strip().lower()
+    scale = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}.get(t[-1:], 1)
+    try:
+        return float(t[:-1] if scale != 1 else t) * scale
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+
+
+def build_plan_parser(subparsers) -> None:
+    """Add `grpo plan` to the CLI's subparsers; its `fn(args)` prints the plan."""
+    p = subparsers.add_parser("plan", help="memory needed by a GRPO/PPO run, per component",
+                              description=__doc__.split("\n\n")[0])
+    m = p.add_argument_group("model (one of --model, --config, --params)")
+    m.add_argument("--model", help="'tiny': the built-in model (width/depth from --hidden/--layers)")
+    m.add_argument("--config", help="a local Hugging Face model directory or config.json")
+    m.add_argument("--params", type=_count, help="total parameters, e.g. 7e9 or 7B (needs --layers, --hidden)")
+    for flag in ("layers", "hidden", "intermediate", "heads", "kv-heads", "vocab"):
+        m.add_argument(f"--{flag}", type=int, help="override the architecture's " + flag.replace("-", " "))
+    r = p.add_argument_group("run")
+    r.add_argument("--algorithm", choices=["grpo", "ppo"], default="grpo")
+    r.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    r.add_argument("--optimizer", choices=list(OPTIMIZER_STATE_BYTES), default="adamw")
+    r.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tuning")
+    r.add_argument("--lora-targets", choices=["all-linear", "attention"], default="all-linear")
+    r.add_argument("--beta", type=float, default=0.04, help="KL weight; 0 holds no reference model")
+    r.add_argument("--G", type=int, default=8, help="completions per prompt")
+    r.add_argument("--prompts-per-step", type=int, default=16)
+    r.add_argument("--micro-batch", type=int, default=64, help="completions per forward/backward")
+    r.add_argument("--prompt-length", type=int, default=256, help="P, tokens")
+    r.add_argument("--completion-length", type=int, default=32, help="T, tokens (max_new_tokens)")
+    r.add_argument("--generation-batch", type=int, default=None, help="completions generated at once (default all)")
+    r.add_argument("--gradient-checkpointing", action="store_true")
+    r.add_argument("--attention", choices=["sdpa", "flash", "eager"], default="sdpa")
+    r.add_argument("--reward-model-params", type=_count, default=0, help="learned reward model size (0: none)")
+    r.add_argument("--value-params", type=_count, default=None, help="PPO value model size (default: the policy's)")
+    p.add_argument("--gpu-gib", type=float, default=None, help="say whether the total fits in this many GiB")
+    p.add_argument("--out", default=None, help="also write the plan as JSON here")
+    p.set_defaults(fn=_cmd_plan, quiet=True)
