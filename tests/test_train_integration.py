@@ -81,13 +81,34 @@ def test_other_architecture_and_width_work_unchanged(tmp_path):
 
 
 def test_beta_zero_loads_no_reference(tmp_path, monkeypatch):
-    import copy as copy_module
+    import grpo.train.grpo as loop
 
-    calls = []
-    real = copy_module.deepcopy
-    monkeypatch.setattr("grpo.train.grpo.copy.deepcopy", lambda x, *a: calls.append(type(x)) or real(x, *a))
+    made = []
+    real = loop.Reference
+    monkeypatch.setattr(loop, "Reference", lambda m: made.append(m) or real(m))
     _run(tmp_path, ["grpo.beta=0.0", "train.steps=1"])
-    assert not any("ForCausalLM" in t.__name__ for t in calls)
+    assert made == []
+    _run(tmp_path, ["grpo.beta=0.1", "train.steps=1"])
+    assert len(made) == 1
+
+
+def test_lora_trains_adapter_only_and_reference_is_the_base(tmp_path):
+    """LoRA: base weights stay bit-identical, adapter weights move, KL is measured against the
+    adapter-disabled base (no second model copy), and the merged final model loads in transformers."""
+    from transformers import AutoModelForCausalLM
+
+    cfg, res = _run(tmp_path, ["grpo.beta=0.04", "model.lora={r: 4, alpha: 8}"])
+    run = tmp_path / "run"
+    base = load_file(run / "tiny-init" / "model.safetensors")
+    adapter = load_file(run / "final" / "adapter" / "adapter_model.safetensors")
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items()), "adapter did not move"
+    merged = load_file(run / "final" / "model.safetensors")
+    changed = [k for k in base if "proj" in k and not torch.equal(base[k], merged[k])]
+    untouched = [k for k in base if "norm" in k or "embed" in k]
+    assert changed and all(torch.equal(base[k], merged[k]) for k in untouched)
+    steps = [h for h in res.history if "kl" in h]
+    assert steps[0]["kl"] == 0.0 and steps[-1]["kl"] > 0.0  # policy drifts from the adapter-off base
+    AutoModelForCausalLM.from_pretrained(run / "final")
 
 
 def test_cli_reports_inconsistent_batch_in_one_line(tmp_path, capsys):

@@ -22,6 +22,19 @@ from grpo.errors import UserError
 
 
 @dataclass
+class LoraConfig:
+    r: int = 16
+    """Rank of the LoRA update."""
+    alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Module names that get adapters."""
+
+
+@dataclass
 class ModelConfig:
     path: str = "tiny"
     """'tiny' (the built-in ~1.4M-parameter Llama, built offline) or a local Hugging Face model directory."""
@@ -35,6 +48,9 @@ class ModelConfig:
     """Depth of the built-in tiny model."""
     tiny_architecture: Literal["llama", "qwen2"] = "llama"
     """Architecture of the built-in tiny model."""
+    lora: LoraConfig | None = None
+    """Train LoRA adapters (peft) instead of all weights; the reference is then the base model with the
+    adapter disabled, so no second copy is held. `model.lora={}` turns it on with defaults."""
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from pathlib import Path
 
 import torch
@@ -42,13 +44,49 @@ def load_policy(cfg: ModelConfig, tiny_dir: Path):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.to(resolve_device(cfg.device))
     model.config.use_cache = False
+    if cfg.lora is not None:
+        model = add_lora(model, cfg.lora)
     return model.train(), tokenizer
+
+
+def add_lora(model, lora):
+    """Wrap `model` with peft LoRA adapters; only the adapters train, the base stays frozen."""
+    try:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+    except ImportError:
+        raise UserError("model.lora needs the peft package: pip install 'grpo[lora]'") from None
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [m for m in lora.target_modules if m not in names]
+    if missing:
+        raise UserError(f"model.lora.target_modules: {', '.join(missing)} not found in the model "
+                        f"(linear layers it has include: {', '.join(sorted(n for n in names if 'proj' in n))})")
+    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, peft_cfg)
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+class Reference:
+    """The frozen reference policy pi_ref of the KL penalty.
+
+    A frozen copy of the initial policy; with LoRA, the policy itself with its adapter disabled (the
+    base weights never train), so no second copy of the model is held in memory.
+    """
+
+    def __init__(self, policy):
+        self.shares_policy = is_lora(policy)
+        self.model = policy if self.shares_policy else copy.deepcopy(policy).eval().requires_grad_(False)
+
+    def context(self):
+        return self.model.disable_adapter() if self.shares_policy else contextlib.nullcontext()
 
 
 def autocast(cfg: ModelConfig, device: torch.device):
     """bf16 compute with fp32 master weights when asked for; a no-op context for fp32."""
-    import contextlib
-
     if cfg.dtype == "bfloat16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

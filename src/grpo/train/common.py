@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
 import os
 import random
 import resource
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,8 +83,11 @@ class MetricsLog:
             self.tb = SummaryWriter(str(out_dir / "tensorboard"))
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        except OSError as e:  # a full disk: one clear line, and the last checkpoint stays as it was
+            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
         if self.tb is not None:
             for k, v in record.items():
                 if isinstance(v, (int, float)) and k != "step":
@@ -91,6 +97,67 @@ class MetricsLog:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+class PromptSampler:
+    """Prompt indices for each step: shuffled passes over the training set, `k` at a time.
+
+    A pass too short to fill a batch is dropped and a new one shuffled, so every batch has `k`
+    distinct prompts. `state_dict()` is the exact position (permutation, cursor, RNG) for resuming.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.rng, self.perm, self.cursor = n, random.Random(seed), [], 0
+
+    def next(self, k: int) -> list[int]:
+        if self.cursor + k > len(self.perm):
+            self.perm, self.cursor = self.rng.sample(range(self.n), self.n), 0
+        self.cursor += k
+        return self.perm[self.cursor - k:self.cursor]
+
+    def state_dict(self) -> dict:
+        version, internal, gauss = self.rng.getstate()
+        return {"n": self.n, "perm": self.perm, "cursor": self.cursor, "rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["n"] != self.n:
+            raise UserError(f"cannot resume: the training set now has {self.n} prompts, the run had {state['n']}; "
+                            "restore the data (data.source) the run started with")
+        version, internal, gauss = state["rng"]
+        self.perm, self.cursor = list(state["perm"]), state["cursor"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+
+@contextmanager
+def reward_pool(workers: int):
+    """The reward process pool for `compute_rewards(pool=...)` (None when workers = 0), closed on exit.
+
+    Ctrl-C in a terminal signals the whole process group. The workers are started with SIGINT and
+    SIGTERM ignored (spawned children inherit that), so that only the trainer reacts: it finishes
+    the step, checkpoints and stops, instead of losing the step to a broken pool.
+    """
+    if workers == 0:
+        yield None
+        return
+    from grpo.rewards import make_reward_pool
+
+    pool = make_reward_pool(workers)
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        concurrent.futures.wait([pool.submit(int) for _ in range(workers)])  # start every worker now
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    processes = list(getattr(pool, "_processes", {}).values())
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for p in processes:  # a worker stuck in a hung reward call would otherwise block the exit
+            p.join(timeout=2)
+            if p.is_alive():
+                p.terminate()
 
 
 class Timers:
@@ -142,10 +209,18 @@ def save_model(model, tokenizer, path: Path) -> None:
     """save_pretrained into a temporary directory, then rename: a crash never leaves half a model."""
     import shutil
 
+    from grpo.models.loading import is_lora
+
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    if is_lora(model):  # the adapter alone, and the merged model that plain transformers loads
+        import copy
+
+        model.save_pretrained(tmp / "adapter")
+        copy.deepcopy(model).merge_and_unload().save_pretrained(tmp)
+    else:
+        model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if path.exists():
         shutil.rmtree(path)

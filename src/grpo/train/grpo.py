@@ -12,7 +12,6 @@ centred per group), which is expected; watch the reward and the held-out accurac
 
 from __future__ import annotations
 
-import copy
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from grpo.algorithm import (
 )
 from grpo.config import TrainConfig
 from grpo.data import load_task
-from grpo.models.loading import autocast, load_policy
+from grpo.models.loading import Reference, autocast, load_policy
 from grpo.rewards import compute_rewards, reward_spec
 from grpo.rollout.engine import Rollout, SamplingParams
 from grpo.rollout.hf import HFEngine
@@ -135,9 +134,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     model, tokenizer = load_policy(cfg.model, out / "tiny-init")
     device = next(model.parameters()).device
     ctx = lambda: autocast(cfg.model, device)  # noqa: E731
-    ref = None
-    if cfg.grpo.beta > 0:  # the frozen reference pi_ref; not loaded at all when beta = 0
-        ref = copy.deepcopy(model).eval().requires_grad_(False)
+    # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
+    ref = Reference(model) if cfg.grpo.beta > 0 else None
     task = load_task(cfg.data, tokenizer, cfg.train.seed)
     specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
     checker = specs[0].fn  # held-out accuracy reuses the first (accuracy) reward: they cannot drift apart
@@ -171,7 +169,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         with timers("advantages"):
             adv = compute_advantages(rewards, cfg).to(device)  # [N]
         with timers("reference"):
-            ref_logp = _logprobs_no_grad(ref, r, cfg, ctx) if ref is not None else None
+            ref_logp = None
+            if ref is not None:
+                with ref.context():
+                    ref_logp = _logprobs_no_grad(ref.model, r, cfg, ctx)
             old_logp = _logprobs_no_grad(model, r, cfg, ctx) if cfg.grpo.mu > 1 else None
         with timers("update"):
             for _ in range(cfg.grpo.mu):

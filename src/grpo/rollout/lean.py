@@ -1,0 +1,166 @@
+"""A lean forward for Llama-family decoders (Llama, Mistral, Qwen2, Qwen3) with a pre-allocated KV cache.
+
+Sampling calls the model once per new token for a batch of one-token queries, so on a CPU or with a
+small model the time goes into per-call overhead (masks, cache objects, dispatch) rather than into
+the matmuls. This module runs the same arithmetic as the Hugging Face modules with fewer calls:
+
+- the KV cache is allocated once per `generate` ([rows, kv_heads, P + max_new_tokens, head_dim] per
+  layer) and written in place; the attention mask is a view of one pre-built key mask;
+- q/k/v and gate/up projections are fused into one matmul each (weights concatenated once per call,
+  in the compute dtype), RoPE is applied to q and k together, cos/sin are looked up in a table;
+- the norms use `torch.nn.functional.rms_norm`, attention `scaled_dot_product_attention`;
+- `compact(keep)` drops finished rows from the cache, so late tokens cost only the live rows.
+
+It reads the weights of the Hugging Face modules themselves (no conversion, no state of its own
+between calls). Models outside `SUPPORTED` (or with a RoPE type that depends on the sequence length,
+or a sliding window shorter than the rollout) return None from `LeanDecoder.build`, and the engine
+uses the generic Hugging Face path instead. tests/test_rollout.py checks greedy output token for
+token against `transformers`' own `generate` and the log-probs against a full forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+"""`config.model_type`s whose decoder layers this module reproduces exactly."""
+
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+"""RoPE types whose cos/sin depend on the position only (so a table built once is exact)."""
+
+_GQA_KW = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA grew enable_gqa in 2.5
+
+
+def _rope_type(config) -> str:
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
+
+
+class _Layer:
+    """One decoder layer's weights, fused for the sampling loop (views of the live parameters where
+    nothing is fused, copies in the compute dtype where something is)."""
+
+    def __init__(self, layer, dtype: torch.dtype):
+        a, m = layer.self_attn, layer.mlp
+        cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
+        self.ln1, self.ln2 = cast(layer.input_layernorm.weight), cast(layer.post_attention_layernorm.weight)
+        self.eps = layer.input_layernorm.variance_epsilon
+        self.w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach().to(dtype)
+        biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
+        self.b_qkv = None if biases[0] is None else torch.cat(biases).detach().to(dtype)
+        self.w_o, self.b_o = cast(a.o_proj.weight), cast(a.o_proj.bias)
+        self.q_norm = cast(getattr(getattr(a, "q_norm", None), "weight", None))  # Qwen3: RMSNorm per head
+        self.k_norm = cast(getattr(getattr(a, "k_norm", None), "weight", None))
+        self.w_gu = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach().to(dtype)
+        biases = [m.gate_proj.bias, m.up_proj.bias]
+        self.b_gu = None if biases[0] is None else torch.cat(biases).detach().to(dtype)
+        self.w_down, self.b_down = cast(m.down_proj.weight), cast(m.down_proj.bias)
+        self.act = m.act_fn
+        self.scaling = a.scaling
+
+
+class LeanDecoder:
+    """Prefill + one-token steps of a Llama-family causal LM over a fixed-size KV cache."""
+
+    def __init__(self, model, dtype: torch.dtype):
+        cfg = model.config
+        self.dtype = dtype
+        self.H, self.Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.D = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        inner = model.model
+        self.embed = inner.embed_tokens.weight
+        self.rotary = inner.rotary_emb
+        self.norm = inner.norm.weight.detach().to(dtype)
+        self.norm_eps = inner.norm.variance_epsilon
+        self.lm_head = model.lm_head.weight.detach().to(dtype)
+        self.layers = [_Layer(layer, dtype) for layer in inner.layers]
+        self.k_cache: list[torch.Tensor] = []
+        self.v_cache: list[torch.Tensor] = []
+
+    @classmethod
+    def build(cls, model, max_len: int, dtype: torch.dtype | None = None) -> "LeanDecoder | None":
+        """The decoder for `model`, or None where this module does not reproduce it exactly."""
+        cfg = getattr(model, "config", None)
+        if getattr(cfg, "model_type", None) not in SUPPORTED or _rope_type(cfg) not in STATIC_ROPE:
+            return None
+        window = getattr(cfg, "sliding_window", None)
+        if window and getattr(cfg, "use_sliding_window", True) and max_len > window:
+            return None
+        if getattr(cfg, "pretraining_tp", 1) > 1 or not hasattr(model, "lm_head"):
+            return None
+        return cls(model, dtype or model.lm_head.weight.dtype)
+
+    # ----------------------------------------------------------------------------------------------
+    def _attention(self, i: int, lay: _Layer, h: torch.Tensor, cos, sin, start: int, mask) -> torch.Tensor:
+        """Self-attention of h [B, L, hidden] at cache slots start..start+L-1; mask [B, 1, L|1, S]."""
+        B, L, _ = h.shape
+        H, Hkv, D = self.H, self.Hkv, self.D
+        qkv = F.linear(h, lay.w_qkv, lay.b_qkv).view(B, L, H + 2 * Hkv, D)  # [B, L, H+2Hkv, D]
+        qk, v = qkv[:, :, :H + Hkv], qkv[:, :, H + Hkv:]
+        if lay.q_norm is not None:
+            qk = torch.cat([F.rms_norm(qk[:, :, :H], (D,), lay.q_norm, lay.eps),
+                            F.rms_norm(qk[:, :, H:], (D,), lay.k_norm, lay.eps)], dim=2)
+        half = D // 2
+        rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
+        qk = qk * cos + rotated * sin  # [B, L, H+Hkv, D]; cos/sin [B, L, 1, D]
+        end = start + L
+        self.k_cache[i][:, :, start:end] = qk[:, :, H:].transpose(1, 2)
+        self.v_cache[i][:, :, start:end] = v.transpose(1, 2)
+        q = qk[:, :, :H].transpose(1, 2)  # [B, H, L, D]
+        k, v = self.k_cache[i][:, :, :end], self.v_cache[i][:, :, :end]  # [B, Hkv, S, D]
+        if Hkv != H and _GQA_KW:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=lay.scaling, enable_gqa=True)
+        else:
+            if Hkv != H:
+                k, v = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=lay.scaling)
+        out = out.transpose(1, 2).reshape(B, L, H * D)  # [B, L, H*D]
+        return F.linear(out, lay.w_o, lay.b_o)
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask) -> torch.Tensor:
+        """Last-position logits [B, V] for token ids [B, L] at `positions` [B, L]."""
+        h = F.embedding(ids, self.embed).to(self.dtype)  # [B, L, hidden]
+        cos, sin = self.cos[positions].unsqueeze(2), self.sin[positions].unsqueeze(2)  # [B, L, 1, D]
+        for i, lay in enumerate(self.layers):
+            x = F.rms_norm(h, (h.shape[-1],), lay.ln1, lay.eps)
+            h = h + self._attention(i, lay, x, cos, sin, start, mask)
+            x = F.rms_norm(h, (h.shape[-1],), lay.ln2, lay.eps)
+            gate, up = F.linear(x, lay.w_gu, lay.b_gu).chunk(2, dim=-1)
+            h = h + F.linear(lay.act(gate) * up, lay.w_down, lay.b_down)
+        h = F.rms_norm(h[:, -1], (h.shape[-1],), self.norm, self.norm_eps)  # [B, hidden]
+        return F.linear(h, self.lm_head).float()  # [B, V]
+
+    # ----------------------------------------------------------------------------------------------
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                max_new_tokens: int) -> torch.Tensor:
+        """Allocate the cache and run the left-padded prompts ids/mask/positions [B, P]; logits [B, V]."""
+        B, P = ids.shape
+        S = P + max_new_tokens
+        dev = ids.device
+        self.k_cache = [torch.empty(B, self.Hkv, S, self.D, dtype=self.dtype, device=dev) for _ in self.layers]
+        self.v_cache = [torch.empty_like(k) for k in self.k_cache]
+        table = torch.arange(int(positions.max()) + max_new_tokens + 1, device=dev)[None]  # [1, S']
+        cos, sin = self.rotary(self.lm_head, table)
+        self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # [S', D]
+        # Keys a row may attend to: its real prompt tokens, then every generated token.
+        self.key_mask = torch.ones(B, S, dtype=torch.bool, device=dev)  # [B, S]
+        self.key_mask[:, :P] = mask.bool()
+        causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
+        # A pad query attends to itself only, so that no softmax row is empty (NaN would leak into the cache).
+        attend = (causal & self.key_mask[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=dev)  # [B, P, P]
+        self.length = P
+        return self._forward(ids, positions, 0, attend[:, None])
+
+    def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Feed one token per cache row (tokens, positions [B]); next-token logits [B, V]."""
+        t = self.length
+        self.length += 1
+        mask = self.key_mask[:, None, None, :t + 1]  # [B, 1, 1, S]
+        return self._forward(tokens[:, None], positions[:, None], t, mask)
+
+    def compact(self, keep: torch.Tensor) -> None:
+        """Keep only cache rows `keep` (an index tensor): finished rows stop costing anything."""
+        self.k_cache = [k[keep] for k in self.k_cache]
+        self.v_cache = [v[keep] for v in self.v_cache]
+        self.key_mask = self.key_mask[keep]

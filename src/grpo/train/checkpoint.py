@@ -1,0 +1,326 @@
+"""Checkpoints that let a GRPO run continue bit-for-bit, written so that no crash can corrupt one.
+
+    OUTPUT/checkpoints/step-000010/
+        model.safetensors    the policy's weights (tied weights stored once)
+        optimizer.pt         AdamW moments and the learning-rate schedule's position
+        rng.pt               torch CPU and CUDA RNGs, the sampling generator, python's `random`
+        trainer_state.json   step, data-sampler position, held-out accuracy before training, fault
+                             counters, lengths of metrics.jsonl and samples.jsonl at this step
+        config.yaml          the resolved config the run was started with
+
+Atomicity: a checkpoint is written into `step-000010.tmp/`, every file and the directory are
+fsynced, then a single `os.replace` gives it its name, and only then are checkpoints beyond the
+newest `train.keep_checkpoints` deleted. A directory named `step-NNNNNN` is therefore complete;
+a `.tmp` left by a kill or a full disk is never read, and is removed when the run starts again.
+
+The frozen reference model is not saved: it is the initial policy, loaded again from `model.path`
+on resume. A fingerprint of those initial weights is saved, so a model directory that changed in
+between stops the resume instead of silently giving another reference. A reward model is never
+trained by this loop, so it has no state to save.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from grpo.config import save_config, to_dict
+from grpo.errors import UserError
+
+CHECKPOINTS = "checkpoints"
+# Keys whose value may change between a run and its resume without changing the training itself
+# (logging and checkpoint cadence, resources), or that extend it on purpose (train.steps).
+MAY_CHANGE_ON_RESUME = {
+    "train.steps", "train.resume", "train.output_dir", "train.log_every", "train.eval_every",
+    "train.sample_every", "train.save_every", "train.keep_checkpoints", "train.max_bad_steps",
+    "train.threads", "rewards.workers", "rewards.timeout_s", "model.device",
+}
+
+
+@dataclass
+class TrainerState:
+    """The loop's own state; trainer_state.json in every checkpoint."""
+
+    step: int = 0
+    """Steps done (each: one batch of rollouts, grpo.mu optimizer updates)."""
+    accuracy_before: float = math.nan
+    """Held-out accuracy of the initial policy, measured once at the start of the run."""
+    skipped_updates: int = 0
+    """Updates skipped over the whole run because the loss or the gradient norm was not finite."""
+    bad_in_a_row: int = 0
+    """Skipped updates since the last good one (the run stops at train.max_bad_steps)."""
+    sampler: dict = field(default_factory=dict)
+    """The prompt sampler's position (`PromptSampler.state_dict()`)."""
+    metrics_bytes: int = 0
+    """Length of metrics.jsonl when the checkpoint was written; a resume cuts the file back to it."""
+    samples_bytes: int = 0
+    """Same for samples.jsonl."""
+    init_fingerprint: float = 0.0
+    """Sum of squares of the initial weights (float64): the reference model reloaded on resume must match."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped the run after a step; a checkpoint of that step was saved."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path, output_dir: Path):
+        self.signum, self.step, self.checkpoint, self.output_dir = signum, step, checkpoint, output_dir
+        super().__init__(f"interrupted at step {step} ({signal.Signals(signum).name}); checkpoint saved to "
+                         f"{checkpoint}; resume with: grpo train --resume {output_dir}")
+
+
+def weights_fingerprint(model) -> float:
+    return math.fsum(float(p.detach().double().square().sum()) for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Before anything is written: the output directory
+
+
+def check_output_dir(path: str | Path, resume: bool) -> Path | None:
+    """Check that `path` can be written (without creating it) and agrees with `resume`.
+
+    Returns the newest complete checkpoint when resuming. A fresh run into a directory that already
+    holds checkpoints is refused: its checkpoints would be mixed with (and pruned by) the new run's.
+    """
+    out = Path(path)
+    probe_dir = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not probe_dir.is_dir():
+        raise UserError(f"train.output_dir {out}: {probe_dir} exists and is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
+    except OSError as e:
+        raise UserError(f"train.output_dir {out} is not writable ({probe_dir}: {e.strerror or e})") from None
+    latest = latest_checkpoint(out)
+    if resume and latest is None:
+        raise UserError(f"nothing to resume: {out / CHECKPOINTS} holds no complete checkpoint "
+                        "(train.save_every > 0 writes them; an interrupted run writes one when it stops)")
+    if not resume and latest is not None:
+        raise UserError(f"train.output_dir {out} already holds checkpoints (newest: {latest.name}); continue "
+                        f"that run with --resume {out} (or train.resume=true), or choose another train.output_dir")
+    return latest
+
+
+def check_free_space(path: str | Path, model, checkpoints: bool) -> None:
+    """The final model and, when checkpoints are on, one checkpoint (weights + Adam's two moments) must fit."""
+    out = Path(path)
+    existing = out if out.exists() else next(p for p in out.parents if p.exists())
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    need = weights * (4 if checkpoints else 1)
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise UserError(f"train.output_dir {out}: {free / 2**20:.1f} MiB free on its disk, but the final model"
+                        f"{' and one checkpoint' if checkpoints else ''} need about {need / 2**20:.1f} MiB")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing
+
+
+def latest_checkpoint(out: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step, or None."""
+    steps = _complete_checkpoints(Path(out) / CHECKPOINTS)
+    return steps[-1] if steps else None
+
+
+def _complete_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def remove_partial_checkpoints(out: Path) -> list[str]:
+    """Delete `.tmp`/`.old` directories left by a save that was killed; returns their names."""
+    root = out / CHECKPOINTS
+    partial = [p for p in root.iterdir() if p.suffix in (".tmp", ".old")] if root.is_dir() else []
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p.name for p in partial]
+
+
+def save_checkpoint(out: Path, cfg, state: TrainerState, model, optimizer, scheduler,
+                    gen: torch.Generator, keep: int) -> Path:
+    """Write OUTPUT/checkpoints/step-NNNNNN atomically, then delete all but the newest `keep`."""
+    from safetensors.torch import save_model
+
+    root = out / CHECKPOINTS
+    final = root / f"step-{state.step:06d}"
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    try:
+        root.mkdir(exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_model(model, str(tmp / "model.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        torch.save(_rng_states(gen), tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)), encoding="utf-8")
+        save_config(cfg, tmp / "config.yaml")
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+        if final.exists():  # the same step saved before (a resumed run stopped again at once)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync(root)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, Exception):
+            raise
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
+        previous = latest_checkpoint(out)
+        kept = f"the last complete checkpoint, {previous}, is untouched" if previous else "no earlier checkpoint exists"
+        raise UserError(f"cannot write checkpoint {final}: {reason} ({shutil.disk_usage(out).free / 2**20:.1f} "
+                        f"MiB free on its disk); {kept}") from None
+    shutil.rmtree(old, ignore_errors=True)
+    for stale in _complete_checkpoints(root)[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rng_states(gen: torch.Generator) -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "sampling": gen.get_state(),
+        "python": _json_rng(random.getstate()),
+    }
+
+
+def _json_rng(state: tuple) -> list:
+    """`random.getstate()` as plain lists (JSON and torch's weights-only loader both take those)."""
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _from_json_rng(state: list) -> tuple:
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading
+
+
+def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Generator,
+                    init_fingerprint: float) -> TrainerState:
+    """Restore everything `save_checkpoint` wrote into the given objects; returns the loop's state.
+
+    `init_fingerprint` is that of the freshly loaded initial weights (the reference model).
+    """
+    from safetensors.torch import load_model
+
+    _check_same_config(path, cfg)
+    part = "trainer_state.json"
+    try:
+        state = TrainerState(**json.loads((path / part).read_text(encoding="utf-8")))
+        part = "model.safetensors"
+        load_model(model, str(path / part), device=str(next(model.parameters()).device))
+        part = "optimizer.pt"
+        opt = torch.load(path / part, weights_only=True)
+        optimizer.load_state_dict(opt["optimizer"])
+        scheduler.load_state_dict(opt["scheduler"])
+        part = "rng.pt"
+        rng = torch.load(path / part, weights_only=True)
+    except Exception as e:
+        raise UserError(f"checkpoint {path} cannot be loaded ({part}: {' '.join(str(e).split())[:300]}); "
+                        "delete that directory to resume from the one before it") from None
+    if not math.isclose(state.init_fingerprint, init_fingerprint, rel_tol=1e-9):
+        raise UserError(f"cannot resume from {path}: the initial weights in model.path={cfg.model.path} are not "
+                        "those the run started from, so the KL reference would change; restore that model")
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    gen.set_state(rng["sampling"])
+    random.setstate(_from_json_rng(rng["python"]))
+    return state
+
+
+def _check_same_config(path: Path, cfg) -> None:
+    """A resume continues the same run: only MAY_CHANGE_ON_RESUME keys may differ."""
+    try:
+        saved = _flatten(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"checkpoint {path} cannot be loaded (config.yaml: {e})") from None
+    now = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
+    diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and k not in MAY_CHANGE_ON_RESUME]
+    if diffs:
+        shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in diffs[:3])
+        more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+        raise UserError(f"cannot resume from {path}: the config differs from the run's in {shown}{more}; "
+                        "resume with the run's own config (grpo train --resume DIR reads it), or start a "
+                        "new train.output_dir")
+
+
+def _flatten(tree: dict) -> dict:
+    """{"grpo": {"beta": 0.04}} -> {"grpo.beta": 0.04} (one level: sections of fields)."""
+    return {f"{section}.{k}": v for section, fields in tree.items() for k, v in fields.items()}
+
+
+def restore_logs(out: Path, state: TrainerState) -> list[dict]:
+    """Cut metrics.jsonl and samples.jsonl back to their length at the checkpoint (a fresh run: empty),
+    so that a resumed run's files equal an uninterrupted run's; returns the metrics kept."""
+    for name, size in [("metrics.jsonl", state.metrics_bytes), ("samples.jsonl", state.samples_bytes)]:
+        f = out / name
+        have = f.stat().st_size if f.exists() else 0
+        if have < size:
+            raise UserError(f"{f} is shorter than when the checkpoint of step {state.step} was written "
+                            f"({have} < {size} bytes); restore it, or start a new train.output_dir")
+        with open(f, "ab") as fh:
+            fh.truncate(size)
+    text = (out / "metrics.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stopping cleanly
+
+
+class StopSignals:
+    """While active, SIGINT (Ctrl-C) and SIGTERM set `signum` instead of killing the process.
+
+    The loop reads it after each step, saves a checkpoint and stops (`TrainingInterrupted`). A second
+    signal raises KeyboardInterrupt at once: stop now, without a checkpoint. Handlers can only be
+    set from the main thread; elsewhere this does nothing.
+    """
+
+    def __enter__(self) -> StopSignals:
+        self.signum: int | None = None
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        # A signal handler must not take locks (logging does): write directly.
+        sys.stderr.write(f"\ngrpo: {signal.Signals(signum).name} received; stopping after this step with a "
+                         "checkpoint (send it again to stop at once, without one)\n")
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
