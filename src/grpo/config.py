@@ -145,6 +145,20 @@ class GRPOConfig:
 
 
 @dataclass
+class PPOConfig:
+    gamma: float = 1.0
+    """GAE discount."""
+    lam: float = 0.95
+    """GAE lambda."""
+    value_lr: float = 5e-4
+    """Learning rate of the value model (AdamW)."""
+    value_clip: float = 0.2
+    """Clip range of the value loss around the rollout-time values."""
+    whiten: bool = True
+    """Whiten GAE advantages over the batch's tokens."""
+
+
+@dataclass
 class OptimConfig:
     lr: float = 5e-4
     """Peak learning rate (AdamW)."""
@@ -179,7 +193,13 @@ class LoopConfig:
     sample_every: int = 10
     """Write a few sample completions to samples.jsonl every this many steps."""
     save_every: int = 0
-    """Checkpoint every this many steps (0: only the final model)."""
+    """Checkpoint every this many steps and at the last (0: none; SIGINT/SIGTERM and a fault stop still write one)."""
+    keep_checkpoints: int = 2
+    """Keep the newest this many checkpoints in OUTPUT/checkpoints, deleting older ones."""
+    resume: bool = False
+    """Continue the run in output_dir from its newest checkpoint (the CLI's `--resume DIR`)."""
+    max_bad_steps: int = 3
+    """Stop, with a checkpoint of the last good state, after this many updates in a row with a NaN/inf loss or gradient."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
 
@@ -188,18 +208,33 @@ class LoopConfig:
 class TrainConfig:
     """Everything `grpo train` reads."""
 
+    algorithm: Literal["grpo", "ppo"] = "grpo"
+    """'grpo', or the 'ppo' baseline (value model + GAE, KL folded into the reward with grpo.beta)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
 
     def validate(self) -> None:
         g, t = self.grpo, self.train
         _positive(self, ["grpo.G", "grpo.mu", "train.steps", "train.prompts_per_step", "train.micro_batch_size",
-                         "sampling.max_new_tokens", "data.max_prompt_length"])
+                         "sampling.max_new_tokens", "data.max_prompt_length", "data.num_train",
+                         "train.keep_checkpoints", "train.max_bad_steps", "model.tiny_num_layers"])
+        _not_negative(self, ["train.eval_every", "train.sample_every", "train.save_every", "train.log_every",
+                             "train.threads", "rewards.workers", "data.num_heldout", "optim.lr",
+                             "optim.weight_decay", "optim.warmup_steps", "optim.grad_clip"])
+        o, m = self.optim, self.model
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            raise UserError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
+        if not self.rewards.functions:
+            raise UserError("rewards.functions is empty: at least one reward function is needed")
+        if m.path == "tiny" and (m.tiny_hidden_size <= 0 or m.tiny_hidden_size % 8):
+            raise UserError(f"model.tiny_hidden_size must be a positive multiple of 8 (4 attention heads of even "
+                            f"width), got {m.tiny_hidden_size}")
         if g.G < 2:
             raise UserError(f"grpo.G: a group needs at least 2 completions to compare, got {g.G}")
         batch = t.prompts_per_step * g.G
@@ -246,6 +281,14 @@ class SFTConfig:
 
     def validate(self) -> None:
         _positive(self, ["sft.max_steps", "sft.batch_size", "sft.eval_every", "sft.patience"])
+
+
+def _not_negative(cfg, names: list[str]) -> None:
+    for name in names:
+        section, key = name.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value < 0:
+            raise UserError(f"{name} must be >= 0, got {value}")
 
 
 def _positive(cfg, names: list[str]) -> None:

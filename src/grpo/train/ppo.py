@@ -1,0 +1,100 @@
+"""The PPO baseline's extra parts: a learned value model and GAE advantages (DeepSeekMath §4.1, eq. 1-2).
+
+PPO for LLMs, as the paper describes it: the reward model's score sits on the last token, a KL
+penalty to the reference is folded into every token's reward,
+
+    r_t = -beta * (log pi_old(o_t) - log pi_ref(o_t))  +  [t = last] * R(q, o),
+
+advantages come from GAE over a value model V(q, o_<t) (whitened over the batch's tokens), and the
+value model is trained with the clipped value loss. Everything else (rollout, rewards, the clipped
+policy surrogate, logging, checkpoints) is the GRPO loop's own; `grpo.train.grpo` calls this module
+only where the algorithms differ. The value model is a second copy of the policy's transformer with
+a scalar head, initialised from the policy (the paper's PPO holds policy, reference, value and
+reward models; GRPO drops the value model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from grpo.algorithm import gae, value_loss, whiten
+from grpo.rollout.engine import Rollout
+from grpo.train.logprobs import position_ids_from_mask
+
+
+class ValueModel(nn.Module):
+    """V(prefix): the policy's transformer body (a copy) with a zero-initialised scalar head."""
+
+    def __init__(self, policy):
+        super().__init__()
+        import copy
+
+        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        self.body = copy.deepcopy(base.get_decoder() if hasattr(base, "get_decoder") else base.model)
+        self.body.requires_grad_(True)
+        self.head = nn.Linear(base.config.hidden_size, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, r: Rollout) -> torch.Tensor:
+        """Value of the state before each completion token. [N, T]"""
+        ids = torch.cat([r.prompt_ids, r.completion_ids], dim=1)  # [N, P+T]
+        mask = torch.cat([r.prompt_mask, r.completion_mask], dim=1)  # [N, P+T]
+        hidden = self.body(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                           use_cache=False).last_hidden_state  # [N, P+T, H]
+        T = r.completion_ids.shape[1]
+        return self.head(hidden[:, -T - 1:-1]).squeeze(-1).float()  # [N, T]
+
+
+@dataclass
+class PPOBatch:
+    advantages: torch.Tensor  # [N, T] whitened GAE advantages
+    returns: torch.Tensor  # [N, T] value targets
+    old_values: torch.Tensor  # [N, T] values at rollout time
+    kl_reward: float  # mean per-token KL penalty folded into the reward
+
+
+class Critic:
+    """The value model, its optimizer, and the PPO advantage computation."""
+
+    def __init__(self, policy, cfg):
+        self.cfg = cfg.ppo
+        self.model = ValueModel(policy).to(next(policy.parameters()).device).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.value_lr, betas=(0.9, 0.99))
+        self.micro = cfg.train.micro_batch_size
+
+    @torch.no_grad()
+    def advantages(self, r: Rollout, rewards: torch.Tensor, old_logp: torch.Tensor,
+                   ref_logp: torch.Tensor | None, beta: float) -> PPOBatch:
+        mask = r.completion_mask  # [N, T]
+        values = torch.cat([self.model(r.select(torch.arange(i, min(i + self.micro, mask.shape[0]))))
+                            for i in range(0, mask.shape[0], self.micro)])  # [N, T]
+        kl = (old_logp - ref_logp) * mask if ref_logp is not None else torch.zeros_like(values)  # [N, T] k1
+        token_rewards = -beta * kl  # [N, T]
+        last = (mask.sum(-1) - 1).clamp(min=0)  # [N] index of each completion's last token
+        score = torch.nan_to_num(rewards.to(values), nan=0.0)  # [N]
+        token_rewards[torch.arange(len(last)), last] += score
+        adv, returns = gae(token_rewards, values, mask, gamma=self.cfg.gamma, lam=self.cfg.lam)  # [N, T]
+        if self.cfg.whiten:
+            adv = whiten(adv, mask)
+        return PPOBatch(adv, returns, values, float((kl * mask).sum() / mask.sum().clamp(min=1)))
+
+    def update(self, r: Rollout, batch: PPOBatch) -> dict:
+        """One optimizer step of the clipped value loss over the batch (micro-batched, summed exactly)."""
+        mask = r.completion_mask
+        total = float(mask.sum().clamp(min=1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = 0.0
+        for i in range(0, mask.shape[0], self.micro):
+            rows = torch.arange(i, min(i + self.micro, mask.shape[0]))
+            v = self.model(r.select(rows))  # [n, T]
+            loss = value_loss(v, batch.old_values[rows], batch.returns[rows], mask[rows], self.cfg.value_clip,
+                              total_tokens=total)
+            loss.backward()
+            loss_sum += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        return {"ppo/value_loss": loss_sum}

@@ -1,0 +1,55 @@
+"""The PPO baseline's critic: shapes, the per-token reward it builds, and that it learns."""
+
+import torch
+
+from grpo.config import TrainConfig
+from grpo.models.tiny import TinyConfig, build_model, build_tokenizer
+from grpo.rollout.engine import Rollout
+from grpo.train.ppo import Critic
+
+
+def _rollout():
+    # two completions of lengths 3 and 2 after a 2-token prompt
+    return Rollout(
+        prompt_ids=torch.tensor([[1, 20], [1, 21]]), prompt_mask=torch.ones(2, 2, dtype=torch.long),
+        completion_ids=torch.tensor([[30, 31, 2], [32, 2, 0]]),
+        completion_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]), truncated=torch.tensor([False, False]))
+
+
+def _critic(**ppo):
+    torch.manual_seed(0)
+    cfg = TrainConfig()
+    cfg.train.micro_batch_size = 1
+    for k, v in ppo.items():
+        setattr(cfg.ppo, k, v)
+    return Critic(build_model(build_tokenizer(), TinyConfig(hidden_size=32, num_layers=1, num_heads=2,
+                                                          intermediate_size=64)), cfg)
+
+
+def test_reward_on_last_token_and_kl_on_every_token():
+    """With a zero value head (as initialised) and gamma = lam = 1, no whitening, GAE's advantage at t
+    is the sum of the per-token rewards from t on: -beta * kl_t for every token, + R on the last."""
+    critic = _critic(whiten=False, lam=1.0)
+    r = _rollout()
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, 0.0]])
+    ref = torch.tensor([[-1.5, -2.0, -1.0], [-1.0, -3.0, 0.0]])  # k1 = old - ref: [.5, 0, .5], [0, 2, -]
+    batch = critic.advantages(r, torch.tensor([1.0, 0.0]), old, ref, beta=0.1)
+    # row 0: rewards [-.05, 0, -.05 + 1] -> advantages [0.9, 0.95, 0.95]
+    # row 1: rewards [0, -.2 + 0] -> advantages [-0.2, -0.2], padding 0
+    expected = torch.tensor([[0.9, 0.95, 0.95], [-0.2, -0.2, 0.0]])
+    assert torch.allclose(batch.advantages, expected, atol=1e-6)
+    assert torch.equal(batch.old_values, torch.zeros(2, 3))
+    assert abs(batch.kl_reward - (0.5 + 0 + 0.5 + 0 + 2) / 5) < 1e-6
+
+
+def test_value_model_learns_the_returns():
+    critic = _critic(value_clip=10.0, value_lr=3e-3)
+    r = _rollout()
+    zeros = torch.zeros(2, 3)
+    losses = []
+    for _ in range(30):
+        batch = critic.advantages(r, torch.tensor([1.0, -1.0]), zeros, zeros, beta=0.0)
+        losses.append(critic.update(r, batch)["ppo/value_loss"])
+    assert losses[-1] < 0.2 * losses[0]
+    v = critic.model(r)
+    assert v.shape == (2, 3) and v[0, 0] > 0.5 and v[1, 0] < -0.5
