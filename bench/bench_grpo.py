@@ -86,6 +86,10 @@ def main():
     res = train(cfg, progress=False)
     t_train = time.perf_counter() - t0
 
+    from transformers import AutoTokenizer
+
+    prompts = [json.loads(line)["prompt"] for line in open(cfg.data.source, encoding="utf-8")]
+    prompt_lens = [len(x) for x in AutoTokenizer.from_pretrained(args.model_dir)(prompts)["input_ids"]]
     steps = [h for h in res.history if "time/step" in h]
     n_rows = cfg.train.prompts_per_step * cfg.grpo.G
     tokens = [h["completion/len_mean"] * n_rows for h in steps]  # valid completion tokens, EOS included
@@ -110,6 +114,8 @@ def main():
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "phase_sec_median_after_2": {k: round(median_after([h.get(f"time/{k}", 0.0) for h in steps], skip), 4)
                                      for k in PHASES},
+        "prompt_tokens_mean": round(statistics.mean(prompt_lens), 3),
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "completion_len_mean": round(statistics.mean(h["completion/len_mean"] for h in steps), 2),
         "completion_len_max_mean": round(statistics.mean(h["completion/len_max"] for h in steps), 2),
         "mean_reward_first5": round(statistics.mean(h["reward/mean"] for h in steps[:5]), 4),

@@ -21,10 +21,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _cmd_train(args) -> None:
+    from pathlib import Path
+
     from grpo.config import TrainConfig, load_config
     from grpo.train.grpo import train
 
-    cfg = load_config(TrainConfig, args.config, args.overrides)
+    config = args.config
+    if args.resume is not None:  # the run's own config.yaml, unless another is given; overrides still apply
+        config = config or Path(args.resume) / "config.yaml"
+        if not Path(config).is_file():
+            raise UserError(f"--resume {args.resume}: no config.yaml there (is it a grpo train output directory?)")
+    cfg = load_config(TrainConfig, config, args.overrides)
+    if args.resume is not None:
+        cfg.train.output_dir, cfg.train.resume = str(args.resume), True
     if cfg.model.path == "tiny":
         print("note: model.path=tiny is the built-in model with random weights, so rewards start at 0; "
               "`grpo demo` warm-starts it with SFT first (or pass model.path=DIR)", file=sys.stderr)
@@ -70,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", "-c", default=None, help="YAML config file")
         sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
         sp.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. grpo.beta=0.0")
+        if name == "train":
+            sp.add_argument("--resume", metavar="DIR", default=None,
+                            help="continue the run in DIR from its newest checkpoint (its config.yaml is the config)")
         sp.set_defaults(fn=fn)
     sp = sub.add_parser("plot", help="redraw training.png from a run's metrics.jsonl")
     sp.add_argument("run_dir")
@@ -96,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"grpo: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("grpo: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # a TrainingInterrupted says at which step and where the checkpoint is
+        print(f"grpo: {str(e) or 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)  # the shell's convention: 130 = SIGINT (2), 143 = SIGTERM (15)
     return 0
 
 

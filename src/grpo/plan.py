@@ -12,10 +12,16 @@ listed in docs/memory.md, and the activation terms were counted from the tensors
 a Hugging Face Llama forward (tests/test_plan.py checks them against that count, and the total
 against the peak memory of real training steps on CPU).
 
-Memory is split into what lives for the whole run (weights, gradients, optimizer state, the
-reference and other frozen models) and the two phases of a step, which never overlap: generation
-(KV cache) and the policy update (activations and logits of one micro-batch). The total is the
-always-live part plus the larger phase.
+Memory is split into what lives for the whole run (weights, optimizer state, the reference and
+other frozen models), the gradients, and what one phase of a step holds while it runs: generation
+(KV cache), the update (activations and logits of one micro-batch) and the optimizer step. The
+phases never overlap, so the total is the largest of their peaks:
+
+    generate  = always + gradients + KV cache + generation logits
+    update    = always + activations + logits (+ gradients when a micro-batch follows another;
+                with one micro-batch per update, max(activations + logits, gradients), because
+                zero_grad(set_to_none=True) frees the gradients before the forward)
+    step      = always + gradients + AdamW's temporary sqrt of its second moment
 """
 
 from __future__ import annotations
@@ -149,9 +155,13 @@ class PlanInput:
     """Completions generated at once (None: the whole rollout batch, as grpo's HF engine does)."""
     gradient_checkpointing: bool = False
     """Keep only each layer's input and recompute the rest in backward."""
+    shared_prompts: bool = True
+    """The update runs each distinct prompt once and the completions against copies of its keys and
+    values (grpo's training forward for Llama/Mistral/Qwen models); False: one forward over P+T tokens
+    per completion (TRL, and grpo for other model types)."""
     attention: Literal["sdpa", "flash", "eager"] = "sdpa"
-    """sdpa keeps a [mb, 1, s, s] mask per layer; eager also keeps the [mb, heads, s, s] scores and
-    probabilities; flash (varlen, no mask) keeps neither."""
+    """sdpa keeps a [mb, 1, s, s] mask per layer; eager the [mb, heads, s, s] softmax probabilities;
+    flash (varlen, no mask) neither."""
     reward_model_params: int = 0
     """Parameters of a learned reward model held for inference (0: rule-based rewards)."""
     value_model_params: int | None = None
@@ -162,8 +172,9 @@ class PlanInput:
 class Component:
     name: str
     bytes: int
-    phase: Literal["always", "generate", "update"]
-    """'always' lives for the whole run; the two phases of a step never overlap."""
+    phase: Literal["always", "gradients", "value gradients", "generate", "update", "value update", "step"]
+    """'always' lives for the whole run; 'gradients' from a backward to the next zero_grad; the
+    phases of a step (generate, update, optimizer step) never overlap."""
     formula: str
 
 
@@ -175,17 +186,32 @@ class MemoryPlan:
     def phase_bytes(self, phase: str) -> int:
         return sum(c.bytes for c in self.components if c.phase == phase)
 
+    def peaks(self) -> dict[str, int]:
+        """Bytes held at the peak of each phase of a step (see the module docstring)."""
+        always, grads, v_grads = (self.phase_bytes(p) for p in ("always", "gradients", "value gradients"))
+        accumulates = self.inputs.prompts_per_step * self.inputs.G > self.inputs.micro_batch_size
+
+        def update(acts: int, own_grads: int) -> int:  # zero_grad(set_to_none) frees own_grads first
+            return acts + own_grads if accumulates else max(acts, own_grads)
+
+        peaks = {"generate": always + grads + v_grads + self.phase_bytes("generate"),
+                 "update": always + v_grads + update(self.phase_bytes("update"), grads),
+                 "step": always + grads + v_grads + self.phase_bytes("step")}
+        if self.inputs.algorithm == "ppo":
+            peaks["value update"] = always + grads + update(self.phase_bytes("value update"), v_grads)
+        return peaks
+
     @property
     def total_bytes(self) -> int:
-        """Always-live memory plus the larger of the generation and update phases."""
-        return self.phase_bytes("always") + max(self.phase_bytes("generate"), self.phase_bytes("update"))
+        """The largest phase peak: what the device must hold."""
+        return max(self.peaks().values())
 
     def fits(self, gib: float) -> bool:
         return self.total_bytes <= gib * 2**30
 
     def to_dict(self) -> dict:
         return {"inputs": asdict(self.inputs), "components": [asdict(c) for c in self.components],
-                "total_bytes": self.total_bytes, "num_params": _num_params(self.inputs)}
+                "peaks": self.peaks(), "total_bytes": self.total_bytes, "num_params": _num_params(self.inputs)}
 
 
 def _num_params(inp: PlanInput) -> int:
@@ -197,37 +223,48 @@ def _bytes_of(precision: str) -> tuple[int, int, int, int]:
     return {"fp32": (4, 0, 4, 4), "bf16-autocast": (4, 0, 4, 4), "bf16": (2, 4, 2, 2)}[precision]
 
 
-def layer_activation_bytes(a: Architecture, tokens: int, seq_len: int, micro_batch: int, precision: str,
+def layer_activation_bytes(a: Architecture, rows: int, q_len: int, kv_len: int, precision: str,
                            attention: str = "sdpa") -> int:
-    """Bytes autograd keeps for one transformer block over `tokens` = micro_batch * seq_len positions.
+    """Bytes autograd keeps for one transformer block: `rows` sequences of `q_len` new tokens attending
+    to `kv_len` keys (q_len == kv_len for a plain forward; kv_len = cached prompt + q_len otherwise).
 
-    Counted term by term per token (h hidden, q = heads*head_dim, kv = kv_heads*head_dim, I
-    intermediate) from the tensors a Hugging Face Llama block saves for backward:
+    Counted term by term per new token (h hidden, q = heads*head_dim, I intermediate) from the tensors
+    a Hugging Face Llama block saves for backward:
       - two RMSNorms keep their input and normalised output: 4h, fp32 (HF norms upcast), plus one
         rsqrt each (2, fp32);
       - the inputs of q/k/v and of gate/up: 2h (under autocast each linear keeps its own bf16 cast: 5h);
-      - SDPA keeps q, k, v and its output (2q + 2kv) and the log-sum-exp (heads, fp32);
+      - attention keeps q and its output (2q) and the log-sum-exp (heads, fp32);
       - the MLP keeps gate, silu(gate), up and the down input: 4I.
-    fp32: 4 * (6h + 2q + 2kv + 4I + heads + 2); bf16-autocast: 4 * (4h + heads + 2) + 2 * (5h + 2q + 2kv + 4I).
-    Attention adds a per-layer s x s term (see `PlanInput.attention`).
+    fp32: 4 * (6h + 2q + 4I + heads + 2); bf16-autocast: 4 * (4h + heads + 2) + 2 * (5h + 2q + 4I);
+    bf16 weights: 4 * (2h + heads + 2) + 2 * (4h + 2q + 4I).
+    Per key: k and v, repeated to all query heads first with sdpa and eager attention (grouped-query
+    attention saves memory only in the KV cache): 2q; flash attention keeps 2kv.
+    Per (query, key) pair: sdpa keeps the [rows, 1, q_len, kv_len] mask, eager the softmax
+    probabilities [rows, heads, q_len, kv_len] (fp32, plus a bf16 cast) and no log-sum-exp.
     """
-    h, q, kv, I, nh = a.hidden_size, a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim, a.intermediate_size, \
-        a.num_heads
+    h, q, I = a.hidden_size, a.num_heads * a.head_dim, a.intermediate_size
+    nh = a.num_heads if attention != "eager" else 0  # eager attention keeps no log-sum-exp
     if precision == "fp32":
-        per_token = 4 * (4 * h + 2 * h + 2 * q + 2 * kv + 4 * I + nh + 2)
-        act = 4
+        per_token, act = 4 * (6 * h + 2 * q + 4 * I + nh + 2), 4
     elif precision == "bf16-autocast":
-        per_token = 4 * (4 * h + nh + 2) + 2 * (5 * h + 2 * q + 2 * kv + 4 * I)
-        act = 2
+        per_token, act = 4 * (4 * h + nh + 2) + 2 * (5 * h + 2 * q + 4 * I), 2
     else:  # bf16 weights: norms keep an fp32 upcast of their input and a bf16 normalised output
-        per_token = 4 * (2 * h + nh + 2) + 2 * (2 * h + 2 * h + 2 * q + 2 * kv + 4 * I)
-        act = 2
-    per_layer = per_token * tokens
-    if attention == "sdpa":  # the expanded [mb, 1, s, s] mask, one per layer
-        per_layer += micro_batch * seq_len * seq_len * act
-    elif attention == "eager":  # scores and probabilities [mb, heads, s, s] (+ the mask)
-        per_layer += micro_batch * seq_len * seq_len * act * (2 * nh + 1)
-    return per_layer
+        per_token, act = 4 * (2 * h + nh + 2) + 2 * (4 * h + 2 * q + 4 * I), 2
+    per_key = 2 * (q if attention != "flash" else a.num_kv_heads * a.head_dim) * act
+    pairs = {"sdpa": act, "eager": a.num_heads * (4 + (act if act != 4 else 0)), "flash": 0}[attention]
+    return rows * (q_len * per_token + kv_len * per_key + q_len * kv_len * pairs)
+
+
+def _update_forwards(inp: PlanInput) -> tuple[list[tuple[int, int, int]], int]:
+    """The (rows, q_len, kv_len) forwards of one micro-batch, and the LM-head rows per completion.
+
+    Shared prompts (grpo's training forward): each distinct prompt once, then the completion tokens
+    but the last against a copy of its prompt's keys and values. Plain: every row's P+T tokens."""
+    P, T, mb = inp.prompt_length, inp.completion_length, inp.micro_batch_size
+    distinct = max(1, math.ceil(mb / inp.G))
+    if inp.shared_prompts and 2 * distinct <= mb:
+        return [(distinct, P, P)] + ([(mb, T - 1, P + T - 1)] if T > 1 else []), T
+    return [(mb, P + T, P + T)], T + 1
 
 
 def plan_memory(inp: PlanInput) -> MemoryPlan:
@@ -239,6 +276,7 @@ def plan_memory(inp: PlanInput) -> MemoryPlan:
     n_params = _num_params(inp)
     lora = inp.lora_rank > 0
     trainable = a.lora_params(inp.lora_rank, inp.lora_targets) if lora else n_params
+    g = 4 if lora else g  # LoRA parameters and their gradients stay fp32
     opt = OPTIMIZER_STATE_BYTES[inp.optimizer]
     P, T, mb = inp.prompt_length, inp.completion_length, inp.micro_batch_size
     s, N = P + T, inp.prompts_per_step * inp.G
@@ -248,50 +286,65 @@ def plan_memory(inp: PlanInput) -> MemoryPlan:
         f"{n_params:,} params x {w} B" + (f" + {trainable:,} LoRA params x 4 B" if lora else ""))
     if master and not lora:
         add("fp32 master weights", trainable * master, "always", f"{trainable:,} trainable x {master} B")
-    add("gradients", trainable * (g if not lora else 4), "always",
-        f"{trainable:,} trainable x {g if not lora else 4} B (kept from one update to the next)")
+    add("gradients", trainable * g, "gradients", f"{trainable:,} trainable x {g} B (backward -> next zero_grad)")
     if opt:
         add("optimizer state", trainable * opt, "always", f"{trainable:,} trainable x {opt} B ({inp.optimizer})")
-    ref_needed = inp.beta > 0
-    if ref_needed:
+    if inp.optimizer == "adamw":
+        add("optimizer step temporaries", trainable * 4, "step", "sqrt of the second moment, fp32 (foreach AdamW)")
+    if inp.beta > 0:
         add("reference model", 0 if lora else n_params * w, "always",
             "0: the base with the adapter disabled" if lora else f"{n_params:,} params x {w} B")
     if inp.reward_model_params:
         add("reward model", inp.reward_model_params * act, "always", f"{inp.reward_model_params:,} params x {act} B")
-    if inp.algorithm == "ppo":
-        v_params = inp.value_model_params or (n_params - (0 if a.tie_embeddings else a.vocab_size * a.hidden_size)
-                                              + a.hidden_size + 1)
-        v_train = trainable if lora else v_params
-        add("value model weights", v_params * w + (v_train * master if master and not lora else 0), "always",
-            f"{v_params:,} params x {w} B" + (f" + {master} B master" if master and not lora else ""))
-        add("value model gradients", v_train * (g if not lora else 4), "always", f"{v_train:,} trainable")
-        if opt:
-            add("value model optimizer", v_train * opt, "always", f"{v_train:,} trainable x {opt} B")
     add("rollout tensors", N * (s * 8 * 2 + T * 4 * 4), "always",
         f"{N} completions x (ids and mask int64 over P+T, 4 float32 [T] rows)")
 
-    kv_bytes = 2 * a.num_layers * a.num_kv_heads * a.head_dim * s * n_gen * act
-    add("KV cache", kv_bytes, "generate", f"2 x {a.num_layers} layers x {a.num_kv_heads} kv heads x "
-        f"{a.head_dim} x (P+T)={s} x {n_gen} seqs x {act} B")
+    add("KV cache", 2 * a.num_layers * a.num_kv_heads * a.head_dim * s * n_gen * act, "generate",
+        f"2 x {a.num_layers} layers x {a.num_kv_heads} kv heads x {a.head_dim} x (P+T)={s} x {n_gen} seqs x {act} B")
     add("generation logits", n_gen * a.vocab_size * 4 * 3, "generate", f"{n_gen} x V={a.vocab_size} x fp32 x 3")
 
-    tokens = mb * s
-    one_layer = layer_activation_bytes(a, tokens, s, mb, inp.precision, inp.attention)
-    resid = 2 if inp.precision == "bf16" else 4
-    if inp.gradient_checkpointing:
-        acts = a.num_layers * tokens * a.hidden_size * resid + one_layer
-        formula = f"{a.num_layers} layer inputs of {mb}x{s}x{a.hidden_size} + one layer recomputed"
-    else:
-        acts = a.num_layers * one_layer
-        formula = f"{a.num_layers} layers x {one_layer / tokens:,.0f} B/token x {mb}x{s} tokens"
-    acts += tokens * 2 * a.hidden_size * resid + mb * (T + 1) * a.hidden_size * act  # final norm, LM-head input
-    models = 2 if inp.algorithm == "ppo" else 1  # the value model's forward/backward alongside the policy's
-    add("activations", acts * models, "update", formula + (" (policy + value)" if models == 2 else ""))
-    add("logits", 3 * mb * (T + 1) * a.vocab_size * 4, "update",
-        f"3 x {mb} x (T+1)={T + 1} x V={a.vocab_size} x fp32 (kept for log-softmax, its gradient, sliced gradient)")
+    forwards, lm_rows = _update_forwards(inp)
+    acts, formula, working = _activations(inp, forwards, mb * lm_rows)
+    add("activations", acts, "update", formula)
+    add("backward working set", working, "update", "gradients of one layer's widest intermediates (estimate)")
+    add("logits", 3 * mb * lm_rows * a.vocab_size * 4, "update",
+        f"3 x {mb} x {lm_rows} x V={a.vocab_size} x fp32 (kept for log-softmax, its gradient, sliced gradient)")
     if inp.precision == "bf16-autocast":
         add("autocast weight copies", a.matmul_params() * 2, "update", "bf16 copy of every linear weight, kept for backward")
+
+    if inp.algorithm == "ppo":  # a trained copy of the body with a scalar head, updated after the policy
+        v_params = inp.value_model_params or (n_params - (0 if a.tie_embeddings else a.vocab_size * a.hidden_size)
+                                              + a.hidden_size + 1)
+        add("value model weights", v_params * (w + master), "always",
+            f"{v_params:,} params x {w} B" + (f" + {master} B master" if master else ""))
+        add("value model gradients", v_params * g, "value gradients", f"{v_params:,} trainable x {g} B")
+        if opt:
+            add("value model optimizer", v_params * opt, "always", f"{v_params:,} trainable x {opt} B")
+        v_acts, v_formula, v_working = _activations(inp, [(mb, s, s)], 0)
+        add("value model activations", v_acts + v_working, "value update", v_formula + " + backward working set")
     return plan
+
+
+def _activations(inp: PlanInput, forwards: list[tuple[int, int, int]], lm_tokens: int) -> tuple[int, str, int]:
+    """(saved activations, their formula, the backward working set) of one micro-batch's forwards.
+
+    The working set is an estimate: while autograd runs backward through a layer it holds the
+    gradients of that layer's widest intermediates (gate, up, silu: 3I per token) and a few
+    hidden-size ones (4h)."""
+    a = inp.arch
+    resid = 2 if inp.precision == "bf16" else 4
+    act = 4 if inp.precision == "fp32" else 2
+    tokens = sum(rows * q_len for rows, q_len, _ in forwards)
+    layer = sum(layer_activation_bytes(a, *f, inp.precision, inp.attention) for f in forwards)
+    shapes = " + ".join(f"{r}x{q}" + (f"(keys {k})" if k != q else "") for r, q, k in forwards)
+    if inp.gradient_checkpointing:  # each layer's input, plus one layer's full set while it is recomputed
+        total = a.num_layers * tokens * a.hidden_size * resid + layer
+        formula = f"{a.num_layers} layer inputs of {shapes} tokens + one layer recomputed"
+    else:
+        total = a.num_layers * layer
+        formula = f"{a.num_layers} layers x {layer / tokens:,.0f} B/token x {shapes} tokens"
+    total += tokens * 2 * a.hidden_size * resid + lm_tokens * a.hidden_size * act  # final norm, LM-head input
+    return total, formula, tokens * (3 * a.intermediate_size + 4 * a.hidden_size) * act
 
 
 def _validate(inp: PlanInput) -> None:
@@ -313,16 +366,19 @@ def format_bytes(n: float) -> str:
 def format_plan(plan: MemoryPlan, gpu_gib: float | None = None) -> str:
     """An aligned table: one row per component, the phase totals, the total and whether it fits."""
     inp, a = plan.inputs, plan.inputs.arch
-    head = (f"{inp.algorithm.upper()} memory plan: {_num_params(inp) / 1e6:,.1f}M params "
+    n = _num_params(inp)
+    head = (f"{inp.algorithm.upper()} memory plan: " + (f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M") + " params "
             f"({a.num_layers} layers, hidden {a.hidden_size}, {a.num_heads}/{a.num_kv_heads} heads, vocab "
             f"{a.vocab_size}), {inp.precision}, {inp.optimizer}"
             + (f", LoRA r={inp.lora_rank}" if inp.lora_rank else "")
             + f"\nG={inp.G} x {inp.prompts_per_step} prompts, P={inp.prompt_length}, T={inp.completion_length}, "
               f"micro-batch {inp.micro_batch_size}" + (", gradient checkpointing" if inp.gradient_checkpointing else ""))
     rows = [(c.name, c.phase, format_bytes(c.bytes), c.formula) for c in plan.components]
-    for phase in ("generate", "update"):
-        rows.append((f"= {phase} phase", "", format_bytes(plan.phase_bytes(phase)), ""))
-    rows.append(("TOTAL", "", format_bytes(plan.total_bytes), "always + max(generate, update)"))
+    peaks = plan.peaks()
+    how = {"generate": "always + gradients + generate", "update": "always + update + gradients (see docs/memory.md)",
+           "step": "always + gradients + step", "value update": "always + value update + gradients"}
+    rows += [(f"peak during {phase}", "", format_bytes(n), how[phase]) for phase, n in peaks.items()]
+    rows.append(("TOTAL", "", format_bytes(plan.total_bytes), "the largest peak"))
     widths = [max(len(r[i]) for r in rows + [("component", "phase", "memory", "")]) for i in range(3)]
     line = lambda r: f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]}".rstrip()  # noqa: E731
     out = [head, "", line(("component", "phase", "memory", "how")), line(("-" * widths[0], "-" * widths[1],
@@ -378,6 +434,7 @@ def _cmd_plan(args) -> None:
                     prompts_per_step=args.prompts_per_step, micro_batch_size=args.micro_batch,
                     prompt_length=args.prompt_length, completion_length=args.completion_length,
                     generation_batch=args.generation_batch, gradient_checkpointing=args.gradient_checkpointing,
+                    shared_prompts=args.shared_prompts,
                     attention=args.attention, reward_model_params=int(args.reward_model_params),
                     value_model_params=int(args.value_params) if args.value_params else None)
     plan = plan_memory(inp)
@@ -420,6 +477,8 @@ def build_plan_parser(subparsers) -> None:
     r.add_argument("--completion-length", type=int, default=32, help="T, tokens (max_new_tokens)")
     r.add_argument("--generation-batch", type=int, default=None, help="completions generated at once (default all)")
     r.add_argument("--gradient-checkpointing", action="store_true")
+    r.add_argument("--no-shared-prompts", dest="shared_prompts", action="store_false",
+                   help="plan a plain forward over P+T tokens per completion (not grpo's shared-prompt forward)")
     r.add_argument("--attention", choices=["sdpa", "flash", "eager"], default="sdpa")
     r.add_argument("--reward-model-params", type=_count, default=0, help="learned reward model size (0: none)")
     r.add_argument("--value-params", type=_count, default=None, help="PPO value model size (default: the policy's)")

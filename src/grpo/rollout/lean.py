@@ -8,7 +8,9 @@ the matmuls. This module runs the same arithmetic as the Hugging Face modules wi
   layer) and written in place; the attention mask is a view of one pre-built key mask;
 - q/k/v and gate/up projections are fused into one matmul each (weights concatenated once per call,
   in the compute dtype), RoPE is applied to q and k together, cos/sin are looked up in a table;
-- the norms use `torch.nn.functional.rms_norm`, attention `scaled_dot_product_attention`;
+- the norms use `torch.nn.functional.rms_norm`; the prefill's attention is `scaled_dot_product_attention`,
+  a one-token step's is two matmuls (as fast here, and unlike SDPA's CPU kernel, its result does not
+  depend on the number of threads, so the engine may pick one per step without changing a bit);
 - `compact(keep)` drops finished rows from the cache, so late tokens cost only the live rows.
 
 It reads the weights of the Hugging Face modules themselves (no conversion, no state of its own
@@ -35,6 +37,21 @@ _GQA_KW = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # S
 def _rope_type(config) -> str:
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     return params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
+
+
+def _plain_modules(model) -> bool:
+    """True if every weight the lean forward reads is a plain parameter of a plain module."""
+    inner = getattr(model, "model", None)
+    if not isinstance(getattr(model, "lm_head", None), torch.nn.Linear) or inner is None:
+        return False
+    if not all(hasattr(inner, k) for k in ("embed_tokens", "rotary_emb", "norm", "layers")):
+        return False
+    linear = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    for layer in inner.layers:
+        mods = [getattr(layer.self_attn, k, None) for k in linear[:4]] + [getattr(layer.mlp, k, None) for k in linear[4:]]
+        if any(type(m) is not torch.nn.Linear for m in mods):
+            return False
+    return type(inner.embed_tokens) is torch.nn.Embedding
 
 
 class _Layer:
@@ -87,13 +104,14 @@ class LeanDecoder:
         window = getattr(cfg, "sliding_window", None)
         if window and getattr(cfg, "use_sliding_window", True) and max_len > window:
             return None
-        if getattr(cfg, "pretraining_tp", 1) > 1 or not hasattr(model, "lm_head"):
-            return None
+        if getattr(cfg, "pretraining_tp", 1) > 1 or not _plain_modules(model):
+            return None  # e.g. a PEFT-wrapped model: its adapters live in the modules' forward
         return cls(model, dtype or model.lm_head.weight.dtype)
 
     # ----------------------------------------------------------------------------------------------
     def _attention(self, i: int, lay: _Layer, h: torch.Tensor, cos, sin, start: int, mask) -> torch.Tensor:
-        """Self-attention of h [B, L, hidden] at cache slots start..start+L-1; mask [B, 1, L|1, S]."""
+        """Self-attention of h [B, L, hidden] at cache slots start..start+L-1. mask: [B, 1, L, S] bool
+        for the prefill, [B, 1, 1, S] additive (0 / -inf) for a one-token step."""
         B, L, _ = h.shape
         H, Hkv, D = self.H, self.Hkv, self.D
         qkv = F.linear(h, lay.w_qkv, lay.b_qkv).view(B, L, H + 2 * Hkv, D)  # [B, L, H+2Hkv, D]
@@ -107,8 +125,13 @@ class LeanDecoder:
         end = start + L
         self.k_cache[i][:, :, start:end] = qk[:, :, H:].transpose(1, 2)
         self.v_cache[i][:, :, start:end] = v.transpose(1, 2)
-        q = qk[:, :, :H].transpose(1, 2)  # [B, H, L, D]
         k, v = self.k_cache[i][:, :, :end], self.v_cache[i][:, :, :end]  # [B, Hkv, S, D]
+        if L == 1:  # decode: plain matmuls, whose results do not depend on the thread count (SDPA's do)
+            q = qk[:, 0, :H].reshape(B, Hkv, H // Hkv, D)  # [B, Hkv, H/Hkv, D]: query heads grouped by KV head
+            scores = torch.matmul(q, k.transpose(-1, -2)).mul_(lay.scaling).add_(mask)  # [B, Hkv, H/Hkv, S]
+            out = torch.matmul(scores.softmax(-1), v)  # [B, Hkv, H/Hkv, D]
+            return F.linear(out.reshape(B, 1, H * D), lay.w_o, lay.b_o)
+        q = qk[:, :, :H].transpose(1, 2)  # [B, H, L, D]
         if Hkv != H and _GQA_KW:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=lay.scaling, enable_gqa=True)
         else:
@@ -133,34 +156,38 @@ class LeanDecoder:
 
     # ----------------------------------------------------------------------------------------------
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                max_new_tokens: int) -> torch.Tensor:
-        """Allocate the cache and run the left-padded prompts ids/mask/positions [B, P]; logits [B, V]."""
+                max_new_tokens: int, repeats: int = 1) -> torch.Tensor:
+        """Run the left-padded prompts ids/mask/positions [B, P] into a new cache, then give each prompt
+        `repeats` cache rows (the G completions of a group share one prefill). Logits [B, V]."""
         B, P = ids.shape
         S = P + max_new_tokens
         dev = ids.device
         self.k_cache = [torch.empty(B, self.Hkv, S, self.D, dtype=self.dtype, device=dev) for _ in self.layers]
         self.v_cache = [torch.empty_like(k) for k in self.k_cache]
         table = torch.arange(int(positions.max()) + max_new_tokens + 1, device=dev)[None]  # [1, S']
-        cos, sin = self.rotary(self.lm_head, table)
+        cos, sin = self.rotary(torch.empty(0, device=dev), table)  # float32, as the HF modules compute it
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # [S', D]
         # Keys a row may attend to: its real prompt tokens, then every generated token.
-        self.key_mask = torch.ones(B, S, dtype=torch.bool, device=dev)  # [B, S]
-        self.key_mask[:, :P] = mask.bool()
+        self.key_bias = torch.zeros(B, S, dtype=self.dtype, device=dev)  # [B, S], 0 or -inf
+        self.key_bias[:, :P].masked_fill_(mask == 0, float("-inf"))
         causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
         # A pad query attends to itself only, so that no softmax row is empty (NaN would leak into the cache).
-        attend = (causal & self.key_mask[:, None, :P]) | torch.eye(P, dtype=torch.bool, device=dev)  # [B, P, P]
+        attend = (causal & mask.bool()[:, None, :]) | torch.eye(P, dtype=torch.bool, device=dev)  # [B, P, P]
         self.length = P
-        return self._forward(ids, positions, 0, attend[:, None])
+        logits = self._forward(ids, positions, 0, attend[:, None])
+        if repeats > 1:
+            self.compact(torch.arange(B, device=dev).repeat_interleave(repeats))
+        return logits
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Feed one token per cache row (tokens, positions [B]); next-token logits [B, V]."""
         t = self.length
         self.length += 1
-        mask = self.key_mask[:, None, None, :t + 1]  # [B, 1, 1, S]
+        mask = self.key_bias[:, None, None, :t + 1]  # [B, 1, 1, S]
         return self._forward(tokens[:, None], positions[:, None], t, mask)
 
     def compact(self, keep: torch.Tensor) -> None:
-        """Keep only cache rows `keep` (an index tensor): finished rows stop costing anything."""
+        """Keep (or repeat) cache rows `keep`, an index tensor: finished rows stop costing anything."""
         self.k_cache = [k[keep] for k in self.k_cache]
         self.v_cache = [v[keep] for v in self.v_cache]
-        self.key_mask = self.key_mask[keep]
+        self.key_bias = self.key_bias[keep]

@@ -71,7 +71,7 @@ class TrainerState:
     """Sum of squares of the initial weights (float64): the reference model reloaded on resume must match."""
 
 
-class TrainingInterrupted(Exception):
+class TrainingInterrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM stopped the run after a step; a checkpoint of that step was saved."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path, output_dir: Path):
@@ -273,9 +273,12 @@ def _check_same_config(path: Path, cfg) -> None:
                         "new train.output_dir")
 
 
-def _flatten(tree: dict) -> dict:
-    """{"grpo": {"beta": 0.04}} -> {"grpo.beta": 0.04} (one level: sections of fields)."""
-    return {f"{section}.{k}": v for section, fields in tree.items() for k, v in fields.items()}
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """{"grpo": {"beta": 0.04}, "algorithm": "grpo"} -> {"grpo.beta": 0.04, "algorithm": "grpo"}"""
+    flat = {}
+    for k, v in tree.items():
+        flat.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
 
 
 def restore_logs(out: Path, state: TrainerState) -> list[dict]:

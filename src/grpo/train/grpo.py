@@ -12,10 +12,17 @@ centred per group), which is expected; watch the reward and the held-out accurac
 
 from __future__ import annotations
 
-import random
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -29,13 +36,28 @@ from grpo.algorithm import (
     zero_std_fraction,
 )
 from grpo.config import TrainConfig
-from grpo.data import load_task
+from grpo.data import Task, load_task
+from grpo.errors import UserError
 from grpo.models.loading import Reference, autocast, load_policy
-from grpo.rewards import compute_rewards, reward_spec
+from grpo.rewards import RewardSpec, compute_rewards, reward_spec
 from grpo.rollout.engine import Rollout, SamplingParams
 from grpo.rollout.hf import HFEngine
+from grpo.train.checkpoint import (
+    CHECKPOINTS,
+    StopSignals,
+    TrainerState,
+    TrainingInterrupted,
+    check_free_space,
+    check_output_dir,
+    load_checkpoint,
+    remove_partial_checkpoints,
+    restore_logs,
+    save_checkpoint,
+    weights_fingerprint,
+)
 from grpo.train.common import (
     MetricsLog,
+    PromptSampler,
     Timers,
     decode,
     encode_prompts,
@@ -43,10 +65,13 @@ from grpo.train.common import (
     make_optimizer,
     peak_memory_mib,
     prepare_output_dir,
+    reward_pool,
     save_model,
     seed_everything,
 )
 from grpo.train.logprobs import completion_logprobs
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,8 +106,19 @@ def compute_advantages(rewards: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     return outcome_advantages(rewards, g.G, scale=g.scale, std=g.std, eps=g.adv_eps)  # [N]
 
 
-def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: TrainConfig, ctx) -> dict:
-    """One optimizer step on the whole batch: micro-batched forward/backward, summed exactly."""
+class UpdateResult(NamedTuple):
+    stats: dict
+    """loss, pg_loss, kl, clip fractions, entropy, grad_norm (docs/metrics.md)."""
+    applied: bool
+    """False: the loss or the gradient norm was not finite, and the optimizer step was skipped."""
+
+
+def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: TrainConfig, ctx) -> UpdateResult:
+    """One optimizer step on the whole batch: micro-batched forward/backward, summed exactly.
+
+    A non-finite loss or gradient norm skips the step (gradients dropped, weights and optimizer state
+    unchanged); the caller counts it.
+    """
     g = cfg.grpo
     mask = mask_truncated(r.completion_mask, r.truncated) if g.mask_truncated else r.completion_mask  # [N, T]
     totals = dict(total_tokens=float(mask.sum().clamp(min=1)), total_sequences=float(mask.shape[0]))
@@ -106,9 +142,13 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
             stats[k] = stats.get(k, 0.0) + float(v) * (1.0 if k in ("loss", "pg_loss") else share)
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-    optimizer.step()
     stats["grad_norm"] = float(grad_norm)
-    return stats
+    applied = math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])
+    if applied:
+        optimizer.step()
+    else:  # a NaN or inf must reach neither the weights nor Adam's moments
+        optimizer.zero_grad(set_to_none=True)
+    return UpdateResult(stats, applied)
 
 
 def rollout_metrics(r: Rollout, rewards, per_function: dict, cfg: TrainConfig) -> dict:
@@ -126,92 +166,200 @@ def rollout_metrics(r: Rollout, rewards, per_function: dict, cfg: TrainConfig) -
     return out
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
-    """Run GRPO as configured; returns accuracies before/after and the metrics history."""
-    t_start = time.perf_counter()
+@dataclass
+class Run:
+    """What the loop works with; built by `setup_run`."""
+
+    out: Path
+    model: Any
+    tokenizer: Any
+    ref: Reference | None
+    """The frozen pi_ref (None when beta = 0)."""
+    engine: HFEngine
+    task: Task
+    specs: list[RewardSpec]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    gen: torch.Generator
+    """Draws every sampled token."""
+    sampler: PromptSampler
+    state: TrainerState
+    history: list[dict]
+    """metrics.jsonl so far (when resuming: the lines up to the checkpoint)."""
+
+
+def setup_run(cfg: TrainConfig) -> Run:
+    """Load and check the model, data, reward functions, output directory and free space, then write.
+
+    A mistake in any of them stops the run before its directory is created. When resuming, the newest
+    checkpoint is loaded into the freshly built objects; the reference stays the initial weights.
+    """
     seed_everything(cfg.train.seed, cfg.train.threads)
-    out = prepare_output_dir(cfg.train.output_dir, cfg)
-    model, tokenizer = load_policy(cfg.model, out / "tiny-init")
-    device = next(model.parameters()).device
-    ctx = lambda: autocast(cfg.model, device)  # noqa: E731
-    # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
-    ref = Reference(model) if cfg.grpo.beta > 0 else None
-    task = load_task(cfg.data, tokenizer, cfg.train.seed)
-    specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
-    checker = specs[0].fn  # held-out accuracy reuses the first (accuracy) reward: they cannot drift apart
+    resume_from = check_output_dir(cfg.train.output_dir, cfg.train.resume)
+    with tempfile.TemporaryDirectory(prefix="grpo-") as staging:
+        tiny_dir = Path(staging) / "tiny-init"
+        model, tokenizer = load_policy(cfg.model, tiny_dir)
+        task = load_task(cfg.data, tokenizer, cfg.train.seed)
+        specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
+        # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
+        ref = Reference(model) if cfg.grpo.beta > 0 else None
+        optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.train.steps * cfg.grpo.mu)
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.train.seed)
+        sampler = PromptSampler(len(task.train), cfg.train.seed)
+        state = TrainerState(init_fingerprint=weights_fingerprint(model))
+        if resume_from is not None:
+            state = load_checkpoint(resume_from, cfg, model, optimizer, scheduler, gen, state.init_fingerprint)
+            sampler.load_state_dict(state.sampler)
+        check_free_space(cfg.train.output_dir, model, checkpoints=cfg.train.save_every > 0)
+        out = prepare_output_dir(cfg.train.output_dir, cfg)
+        if tiny_dir.exists():
+            shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
+    for name in remove_partial_checkpoints(out):
+        logger.warning("removed %s: a checkpoint whose writing was cut off", out / CHECKPOINTS / name)
     engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.train.steps * cfg.grpo.mu)
-    sampling = SamplingParams(cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.top_p, cfg.grpo.G)
-    gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
-    order = random.Random(cfg.train.seed)
-    log, samples = MetricsLog(out), open(out / "samples.jsonl", "a", encoding="utf-8")
-    timers, history, cursor, perm = Timers(), [], 0, []
-
-    acc_before, _ = evaluate_accuracy(engine, tokenizer, task.heldout, checker, cfg.sampling.max_new_tokens)
-    bar = tqdm(range(cfg.train.steps), desc="grpo", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        t0 = time.perf_counter()
-        if cursor + cfg.train.prompts_per_step > len(perm):  # a fresh shuffled pass over the prompts
-            perm, cursor = order.sample(range(len(task.train)), len(task.train)), 0
-        rows = [task.train[i] for i in perm[cursor:cursor + cfg.train.prompts_per_step]]
-        cursor += cfg.train.prompts_per_step
-
-        with timers("generate"):
-            r = engine.generate(encode_prompts(tokenizer, [x["prompt"] for x in rows]), sampling, gen)
-        with timers("reward"):
-            texts = decode(tokenizer, r.completion_ids, r.completion_mask)
-            G = cfg.grpo.G
-            columns = {k: [x.get(k) for x in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
-            scored = compute_rewards(specs, [x["prompt"] for x in rows for _ in range(G)], texts,
-                                     [ids[m.bool()].tolist() for ids, m in zip(r.completion_ids, r.completion_mask)],
-                                     columns, on_error=cfg.rewards.on_error, timeout_s=cfg.rewards.timeout_s)
-            rewards = torch.tensor(scored.total, dtype=torch.float32)  # [N]
-        with timers("advantages"):
-            adv = compute_advantages(rewards, cfg).to(device)  # [N]
-        with timers("reference"):
-            ref_logp = None
-            if ref is not None:
-                with ref.context():
-                    ref_logp = _logprobs_no_grad(ref.model, r, cfg, ctx)
-            old_logp = _logprobs_no_grad(model, r, cfg, ctx) if cfg.grpo.mu > 1 else None
-        with timers("update"):
-            for _ in range(cfg.grpo.mu):
-                stats = update_policy(model, optimizer, r, adv, ref_logp, old_logp, cfg, ctx)
-                scheduler.step()
-
-        record = {"step": step + 1, **rollout_metrics(r, rewards, scored.per_function, cfg), **stats,
-                  "lr": scheduler.get_last_lr()[0], "reward/errors": scored.num_errors,
-                  "reward/timeouts": scored.num_timeouts}
-        dt = time.perf_counter() - t0
-        record.update(timers.pop(), **{"time/step": dt, "tokens_per_s": float(r.lengths.sum()) / dt,
-                                       "memory/peak_mib": peak_memory_mib(device)})
-        if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
-            record["eval/accuracy"], _ = evaluate_accuracy(engine, tokenizer, task.heldout, checker,
-                                                           cfg.sampling.max_new_tokens)
-        if cfg.train.sample_every and step % cfg.train.sample_every == 0:
-            for i in range(0, len(texts), G):
-                samples.write(f'{{"step": {step + 1}, "prompt": {_js(rows[i // G]["prompt"])}, '
-                              f'"completion": {_js(texts[i])}, "reward": {rewards[i].item()}}}\n')
-            samples.flush()
-        log.write(record)
-        history.append(record)
-        bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record.get('kl', 0.0):.4f}")
-
-    acc_after, _ = evaluate_accuracy(engine, tokenizer, task.heldout, checker, cfg.sampling.max_new_tokens)
-    final = {"step": cfg.train.steps, "eval/accuracy": acc_after, "eval/accuracy_before": acc_before}
-    log.write(final)
-    history.append(final)
-    log.close()
-    samples.close()
-    save_model(model, tokenizer, out / "final")
-    _plot(out, history)
-    return TrainResult(out, acc_before, acc_after, cfg.train.steps, time.perf_counter() - t_start, history)
+    return Run(out, model, tokenizer, ref, engine, task, specs, optimizer, scheduler, gen, sampler, state,
+               history=restore_logs(out, state))
 
 
-def _js(s) -> str:
-    import json
+class StepOutput(NamedTuple):
+    record: dict
+    """This step's metrics (docs/metrics.md), without the timings."""
+    rows: list[dict]
+    """The prompts' dataset rows."""
+    texts: list[str]
+    """The N = prompts_per_step * G completions, grouped by prompt."""
+    rewards: torch.Tensor
+    """Their summed rewards. [N]"""
+    num_tokens: int
+    """Completion tokens generated."""
 
-    return json.dumps(s)
+
+def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
+    """generate -> reward -> advantages -> reference -> update, on the sampler's next prompts."""
+    G, device = cfg.grpo.G, next(run.model.parameters()).device
+    ctx = lambda: autocast(cfg.model, device)  # noqa: E731
+    rows = [run.task.train[i] for i in run.sampler.next(cfg.train.prompts_per_step)]
+    with timers("generate"):
+        sampling = SamplingParams(cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.top_p, G)
+        r = run.engine.generate(encode_prompts(run.tokenizer, [x["prompt"] for x in rows]), sampling, run.gen)
+    with timers("reward"):
+        texts = decode(run.tokenizer, r.completion_ids, r.completion_mask)
+        columns = {k: [x.get(k) for x in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
+        scored = compute_rewards(run.specs, [x["prompt"] for x in rows for _ in range(G)], texts,
+                                 [ids[m.bool()].tolist() for ids, m in zip(r.completion_ids, r.completion_mask)],
+                                 columns, on_error=cfg.rewards.on_error, timeout_s=cfg.rewards.timeout_s, pool=pool)
+        rewards = torch.tensor(scored.total, dtype=torch.float32)  # [N]
+    with timers("advantages"):
+        adv = compute_advantages(rewards, cfg).to(device)  # [N]
+    with timers("reference"):
+        ref_logp = None
+        if run.ref is not None:
+            with run.ref.context():
+                ref_logp = _logprobs_no_grad(run.ref.model, r, cfg, ctx)
+        old_logp = _logprobs_no_grad(run.model, r, cfg, ctx) if cfg.grpo.mu > 1 else None
+    with timers("update"):
+        for _ in range(cfg.grpo.mu):
+            update = update_policy(run.model, run.optimizer, r, adv, ref_logp, old_logp, cfg, ctx)
+            run.scheduler.step()
+            _count_fault(run.state, update.applied, cfg.train.max_bad_steps)
+    record = {**rollout_metrics(r, rewards, scored.per_function, cfg), **update.stats,
+              "lr": run.scheduler.get_last_lr()[0], "reward/errors": scored.num_errors,
+              "reward/timeouts": scored.num_timeouts, "faults/skipped_updates": run.state.skipped_updates}
+    return StepOutput(record, rows, texts, rewards, int(r.lengths.sum()))
+
+
+def _count_fault(state: TrainerState, applied: bool, max_bad: int) -> None:
+    if applied:
+        state.bad_in_a_row = 0
+        return
+    state.skipped_updates += 1
+    state.bad_in_a_row += 1
+    logger.warning("step %d: the loss or the gradient norm is not finite; update skipped (%d in a row, the run "
+                   "stops at train.max_bad_steps=%d)", state.step + 1, state.bad_in_a_row, max_bad)
+
+
+def checkpoint_or_stop(run: Run, cfg: TrainConfig, log: MetricsLog, samples, stop: StopSignals) -> None:
+    """After a step: a checkpoint when one is due; a checkpoint and a stop after train.max_bad_steps
+    skipped updates in a row, or when SIGINT/SIGTERM arrived."""
+    t, state = cfg.train, run.state
+    due = t.save_every > 0 and (state.step % t.save_every == 0 or state.step == t.steps)
+    too_many_faults = state.bad_in_a_row >= t.max_bad_steps
+    if not (due or too_many_faults or stop.signum is not None):
+        return
+    state.sampler = run.sampler.state_dict()
+    state.metrics_bytes, state.samples_bytes = log.path.stat().st_size, os.fstat(samples.fileno()).st_size
+    path = save_checkpoint(run.out, cfg, state, run.model, run.optimizer, run.scheduler, run.gen,
+                           keep=t.keep_checkpoints)
+    if too_many_faults:
+        raise UserError(f"stopped at step {state.step}: {state.bad_in_a_row} updates in a row had a non-finite "
+                        f"loss or gradient norm (train.max_bad_steps={t.max_bad_steps}); they were skipped, so "
+                        f"{path} holds the last good weights and optimizer state. Lower optim.lr or check "
+                        f"model.dtype and the rewards, then resume with --resume {run.out}")
+    if stop.signum is not None:
+        raise TrainingInterrupted(stop.signum, state.step, path, run.out)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+    """Run GRPO as configured (train.resume: continue the run in train.output_dir); returns accuracies
+    before/after and the metrics history."""
+    t_start = time.perf_counter()
+    run = setup_run(cfg)
+    state, timers, device = run.state, Timers(), next(run.model.parameters()).device
+    heldout = lambda: evaluate_accuracy(run.engine, run.tokenizer, run.task.heldout, run.specs[0].fn,  # noqa: E731
+                                        cfg.sampling.max_new_tokens)[0]  # the accuracy reward itself: no drift
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(reward_pool(cfg.rewards.workers))
+        log = MetricsLog(run.out)
+        stack.callback(log.close)
+        samples = stack.enter_context(open(run.out / "samples.jsonl", "a", encoding="utf-8"))
+        stop = stack.enter_context(StopSignals())
+        if state.step == 0:
+            state.accuracy_before = heldout()
+        bar = tqdm(range(state.step, cfg.train.steps), initial=state.step, total=cfg.train.steps, desc="grpo",
+                   disable=not progress, dynamic_ncols=True)
+        for step in bar:
+            t0 = time.perf_counter()
+            out = train_step(run, cfg, pool, timers)
+            dt = time.perf_counter() - t0
+            record = {"step": step + 1, **out.record, **timers.pop(), "time/step": dt,
+                      "tokens_per_s": out.num_tokens / dt, "memory/peak_mib": peak_memory_mib(device)}
+            if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
+                record["eval/accuracy"] = heldout()
+            if cfg.train.sample_every and step % cfg.train.sample_every == 0:
+                _write_samples(samples, step + 1, out, cfg.grpo.G)
+            log.write(record)
+            run.history.append(record)
+            bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record.get('kl', 0.0):.4f}")
+            state.step = step + 1
+            checkpoint_or_stop(run, cfg, log, samples, stop)
+        acc_after = heldout()
+        final = {"step": cfg.train.steps, "eval/accuracy": acc_after, "eval/accuracy_before": state.accuracy_before}
+        log.write(final)
+        run.history.append(final)
+    _save_final(run)
+    _plot(run.out, run.history)
+    return TrainResult(run.out, state.accuracy_before, acc_after, cfg.train.steps, time.perf_counter() - t_start,
+                       run.history)
+
+
+def _write_samples(samples, step: int, out: StepOutput, G: int) -> None:
+    """The first completion of each group, with its prompt and reward."""
+    try:
+        for i in range(0, len(out.texts), G):
+            samples.write(json.dumps({"step": step, "prompt": out.rows[i // G]["prompt"], "completion": out.texts[i],
+                                      "reward": out.rewards[i].item()}) + "\n")
+        samples.flush()
+    except OSError as e:
+        raise UserError(f"cannot write {samples.name}: {e.strerror or e}") from None
+
+
+def _save_final(run: Run) -> None:
+    from safetensors import SafetensorError
+
+    try:
+        save_model(run.model, run.tokenizer, run.out / "final")
+    except (OSError, SafetensorError) as e:
+        raise UserError(f"cannot write the final model to {run.out / 'final'}: {e}") from None
 
 
 def _plot(out: Path, history: list[dict]) -> None:

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Table of medians and ratios from the JSON lines of bench/run_bench.sh (grpo and TRL runs).
+
+Usage:
+    python bench/compare.py OUT_DIR [--model MODEL_DIR] [--flops]
+
+Reads OUT_DIR/{trl,grpo,grpo_bf16}-N.json, prints for each side the median over repeats of: seconds
+per step (each run's median after its first 2 steps), steps/s, generation seconds per step,
+generation tokens/s (valid completion tokens, EOS included, per second inside generation), completion
+tokens per step and peak RSS; then grpo / TRL ratios against the targets of the issue. With --flops
+(and --model) it also times a 2048^3 matmul on 2 threads (fp32 and bf16) and prints the FLOP/s grpo
+achieved in generation, the reference forward and the policy update (forward + backward + AdamW),
+counting the model FLOPs of the distinct tokens: each prompt once per group, each completion once.
+Writes OUT_DIR/summary.json.
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+SIDES = ("trl", "grpo", "grpo_bf16")
+
+
+def load(out: Path) -> dict[str, list[dict]]:
+    runs = {}
+    for side in SIDES:
+        files = sorted(glob.glob(str(out / f"{side}-*.json")))
+        if files:
+            runs[side] = [json.loads(Path(f).read_text()) for f in files]
+    return runs
+
+
+def med(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def summarise(runs: list[dict]) -> dict:
+    s = med(runs, "sec_per_step_median_after_2")
+    return {"sec_per_step": s, "steps_per_s": 1 / s, "gen_sec_per_step": med(runs, "gen_sec_per_step_median_after_2"),
+            "gen_tok_per_s": med(runs, "gen_completion_tok_per_s"),
+            "tokens_per_step": med(runs, "completion_tokens_per_step_mean"), "peak_rss_mib": med(runs, "peak_rss_mb"),
+            "runs": len(runs), "sec_per_step_each_run": [r["sec_per_step_median_after_2"] for r in runs]}
+
+
+def matmul_flops(dtype_name: str, n: int = 2048, threads: int = 2) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(7))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def forward_flops(cfg: dict, prompt_len: float, completion_len: float, groups: int, G: int) -> dict:
+    """Model FLOPs of one forward over `groups` prompts of prompt_len tokens, each followed by G
+    completions of completion_len tokens (matmuls only: 2 per weight per token, plus QK^T and AV)."""
+    h, L, V = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    H, Hkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    D = cfg.get("head_dim") or h // H
+    per_layer = h * H * D + 2 * h * Hkv * D + H * D * h + 3 * h * cfg["intermediate_size"]
+    weights = L * per_layer + h * V  # lm_head; the embedding lookup is not a matmul
+    p, t = prompt_len, completion_len
+    ctx_prompt = p * (p + 1) / 2  # sum of attended keys over the prompt's positions
+    ctx_completion = t * p + t * (t + 1) / 2
+    tokens = groups * (p + G * t)
+    attn = 4 * L * H * D * groups * (ctx_prompt + G * ctx_completion)
+    return {"tokens": tokens, "flops": 2 * weights * tokens + attn, "params_matmul": weights}
+
+
+def flop_report(runs: list[dict], model: Path, peak: dict) -> dict:
+    cfg = json.loads((model / "config.json").read_text())
+    r0 = runs[0]["settings"]
+    groups, G = r0["prompts_per_step"], r0["G"]
+    p, t = med(runs, "prompt_tokens_mean"), med(runs, "completion_len_mean")
+    fwd = forward_flops(cfg, p, t, groups, G)
+    phase = {k: statistics.median(r["phase_sec_median_after_2"][k] for r in runs)
+             for k in ("generate", "reference", "update")}
+    work = {"generate": fwd["flops"], "reference": fwd["flops"], "update": 3 * fwd["flops"]}
+    out = {"forward_flops_per_step": fwd["flops"], "matmul_params": fwd["params_matmul"]}
+    for k in phase:
+        rate = work[k] / phase[k]
+        out[k] = {"seconds": phase[k], "flops": work[k], "flop_per_s": rate,
+                  "of_fp32_matmul": rate / peak["float32"]}
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--flops", action="store_true")
+    args = ap.parse_args()
+    runs = load(args.out)
+    if "trl" not in runs or "grpo" not in runs:
+        raise SystemExit(f"need trl-N.json and grpo-N.json in {args.out}")
+    summary = {side: summarise(r) for side, r in runs.items()}
+    trl = summary["trl"]
+    print(f"\n{'':10} {'s/step':>8} {'steps/s':>8} {'gen s':>7} {'gen tok/s':>10} {'tok/step':>9} {'peak RSS':>9}"
+          f"   (medians over {trl['runs']} runs; load avg now {os.getloadavg()[0]:.2f})")
+    for side, s in summary.items():
+        print(f"{side:10} {s['sec_per_step']:8.3f} {s['steps_per_s']:8.2f} {s['gen_sec_per_step']:7.3f} "
+              f"{s['gen_tok_per_s']:10.0f} {s['tokens_per_step']:9.0f} {s['peak_rss_mib']:8.0f}M")
+    ratios = {}
+    for side in ("grpo", "grpo_bf16"):
+        if side in summary:
+            s = summary[side]
+            ratios[side] = {"steps_per_s_vs_trl": s["steps_per_s"] / trl["steps_per_s"],
+                            "gen_tok_per_s_vs_trl": s["gen_tok_per_s"] / trl["gen_tok_per_s"],
+                            "peak_rss_vs_trl": s["peak_rss_mib"] / trl["peak_rss_mib"]}
+            print(f"{side + ' / trl':17} steps/s x{ratios[side]['steps_per_s_vs_trl']:.2f}   "
+                  f"gen tok/s x{ratios[side]['gen_tok_per_s_vs_trl']:.2f}   "
+                  f"peak RSS x{ratios[side]['peak_rss_vs_trl']:.2f}")
+    if "grpo_bf16" in summary:
+        print(f"bf16 / fp32 (grpo): steps/s x{summary['grpo']['sec_per_step'] / summary['grpo_bf16']['sec_per_step']:.2f}")
+    result = {"summary": summary, "ratios": ratios}
+    if args.flops and args.model:
+        peak = {d: matmul_flops(d) for d in ("float32", "bfloat16")}
+        print(f"\nmatmul 2048^3, 2 threads: fp32 {peak['float32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bfloat16'] / 1e9:.1f} GFLOP/s")
+        result["matmul_flop_per_s"] = peak
+        for side in ("grpo", "grpo_bf16"):
+            if side not in runs:
+                continue
+            rep = flop_report(runs[side], args.model, peak)
+            result.setdefault("flops", {})[side] = rep
+            print(f"{side}: model FLOPs per forward over the step's tokens {rep['forward_flops_per_step'] / 1e9:.1f} G")
+            for k in ("generate", "reference", "update"):
+                x = rep[k]
+                print(f"  {k:9} {x['seconds']:7.3f} s  {x['flop_per_s'] / 1e9:6.1f} GFLOP/s  "
+                      f"= {100 * x['of_fp32_matmul']:5.1f}% of the fp32 matmul rate")
+    (args.out / "summary.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

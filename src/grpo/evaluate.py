@@ -1,0 +1,323 @@
+"""`grpo eval`: greedy accuracy, pass@k and maj@k of a model on a dataset (DeepSeekMath §5.2.2).
+
+    grpo eval --model runs/demo/grpo/final                       # the built-in task's held-out split
+    grpo eval --model /models/qwen --data test.jsonl --reward math_accuracy --n 16 --k 1,4,16
+
+For every prompt the model answers once greedily and n times by sampling (temperature, top_p).
+Correctness is decided by the reward function itself (`--reward`, the training accuracy reward), so
+the metric and the training signal cannot drift apart: a completion is correct when the reward
+returns 1.0 (None, "not applicable", counts as wrong, as in training's held-out accuracy).
+
+    greedy accuracy   mean over prompts of the reward of the greedy completion (the same function
+                      as training's `eval/accuracy`)
+    pass@k            mean over prompts of 1 - C(n-c, k) / C(n, k), c = correct samples of n
+                      (unbiased, Chen et al. 2021; `grpo.algorithm.pass_at_k`)
+    maj@k             mean over prompts of the expected correctness of the majority answer of k
+                      samples drawn without replacement from the n (see `maj_at_k`)
+
+docs/evaluation.md states the estimators with worked examples.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+import random
+import re
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+from grpo.algorithm.evaluation import majority_vote, pass_at_k
+from grpo.errors import UserError
+
+MAX_SUBSETS = 1000
+"""maj@k enumerates every k-subset of the n samples when there are at most this many, else draws this many."""
+
+_NUMBER = re.compile(r"^[-+\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?$|^[-+\u2212]?\.\d+$")
+
+
+@dataclass
+class EvalResult:
+    """What `evaluate` measured; every rate is in [0, 1]."""
+
+    greedy_accuracy: float
+    """Mean reward-checker verdict of the greedy (temperature 0) completions."""
+    pass_at_k: dict[int, float]
+    """k -> mean over prompts of the unbiased pass@k estimate from n samples."""
+    maj_at_k: dict[int, float]
+    """k -> mean over prompts of the expected majority-vote correctness of k of the n samples."""
+    sample_accuracy: float
+    """Fraction of all sampled completions that are correct (= pass@1)."""
+    n: int
+    """Samples per prompt."""
+    num_prompts: int
+    """Prompts evaluated."""
+    correct_counts: list[int] = field(default_factory=list)
+    """Per prompt: how many of its n samples were correct (c in the pass@k formula)."""
+    majority_answers: list[str | None] = field(default_factory=list)
+    """Per prompt: the normalised majority answer of all n samples (None: no sample gave an answer)."""
+
+
+def normalize_answer(answer: str | None) -> str | None:
+    """Canonical form for voting, so that equal values vote together.
+
+    Numbers lose thousands separators, a leading '+', trailing zeros and a trailing '.'; '$' signs and
+    surrounding whitespace go; anything else is compared as written (whitespace collapsed).
+
+    >>> [normalize_answer(x) for x in ["1,234", " 3.50 ", "$7", "+4.", "x = 2", ""]]
+    ['1234', '3.5', '7', '4', 'x = 2', None]
+    """
+    if answer is None:
+        return None
+    text = " ".join(answer.replace("$", "").split()).rstrip(".")
+    if not text:
+        return None
+    if _NUMBER.match(text):
+        try:
+            value = Decimal(text.replace(",", "").replace("\u2212", "-").lstrip("+"))
+        except InvalidOperation:
+            return text
+        value = value.normalize()
+        return "0" if value.is_zero() else format(value, "f")
+    return text
+
+
+def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int, rng: random.Random | None = None,
+             max_subsets: int = MAX_SUBSETS) -> float:
+    """Expected correctness of the majority answer of k samples drawn without replacement from n.
+
+    The exact mean over all C(n, k) subsets when there are at most `max_subsets` of them, else the
+    mean over `max_subsets` uniformly drawn subsets (`rng`). A voted answer is correct when at least
+    half of the samples that gave it were judged correct by the reward (for a reward that only looks
+    at the answer, all of them or none). Ties go to the answer seen first (`majority_vote`); samples
+    are i.i.d., so their order is random. A subset in which no sample gave an answer is wrong.
+
+    Example: answers ["4", "4", "5", None], correct [1, 1, 0, 0] (gold 4). k=2: of the 6 pairs only
+    {"5", None} votes "5", so maj@2 = 5/6. k=1 -> 2/4 = 0.5 (maj@1 is the sample accuracy).
+    """
+    n = len(answers)
+    if not 1 <= k <= n:
+        raise ValueError(f"maj_at_k needs 1 <= k <= n, got n={n}, k={k}")
+    votes: dict[str, list[bool]] = {}
+    for a, ok in zip(answers, correct):
+        if a is not None:
+            votes.setdefault(a, []).append(bool(ok))
+    answer_ok = {a: 2 * sum(oks) >= len(oks) for a, oks in votes.items()}
+    if math.comb(n, k) <= max_subsets:
+        subsets = itertools.combinations(range(n), k)
+    else:
+        rng = rng or random.Random(0)
+        subsets = (sorted(rng.sample(range(n), k)) for _ in range(max_subsets))
+    hits = [answer_ok.get(majority_vote([answers[i] for i in s]), False) for s in subsets]
+    return sum(hits) / len(hits)
+
+
+def answer_extractor(reward: str, options: dict | None = None) -> Callable[[str], str | None]:
+    """How to read the final answer out of a completion for voting, matching the reward's own parser:
+    `arithmetic_accuracy` -> the <answer> tag (`grpo.data.synthetic.parse_answer`); anything else ->
+    `grpo.rewards.math.extract_prediction` (answer tag, then \\boxed{}, then the last number)."""
+    if reward == "arithmetic_accuracy":
+        from grpo.data.synthetic import parse_answer
+
+        return parse_answer
+    from grpo.rewards.math import extract_prediction
+
+    return functools.partial(extract_prediction, source=(options or {}).get("pred_source", "auto"))
+
+
+def _score(checker, rows: list[dict], texts: list[str], completion_ids: list[list[int]], repeat: int) -> list[bool]:
+    """The reward's verdict per completion (rows[i] repeated `repeat` times); 1.0 counts as correct."""
+    columns = {k: [x.get(k) for x in rows for _ in range(repeat)] for k in rows[0] if k != "prompt"}
+    values = checker(prompts=[x["prompt"] for x in rows for _ in range(repeat)], completions=texts,
+                     completion_ids=completion_ids, **columns)
+    return [v is not None and float(v) >= 1.0 for v in values]
+
+
+def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Callable[[str], str | None],
+                    n: int = 8, ks: Sequence[int] = (1, 2, 4, 8), temperature: float = 1.0, top_p: float = 1.0,
+                    max_new_tokens: int = 32, seed: int = 0, batch_size: int = 256, engine=None) -> EvalResult:
+    """`evaluate` on a loaded model (rows carry a rendered `prompt` and the checker's columns)."""
+    import torch
+
+    from grpo.rollout.engine import SamplingParams
+    from grpo.rollout.hf import HFEngine
+    from grpo.train.common import decode, encode_prompts, evaluate_accuracy
+
+    ks = sorted(set(ks))
+    if not rows:
+        raise UserError("eval: no prompts to evaluate")
+    if n < 1 or not ks or ks[0] < 1 or ks[-1] > n:
+        raise UserError(f"eval: every k must be in 1..n (n={n} samples per prompt), got k={','.join(map(str, ks))}")
+    if temperature <= 0:
+        raise UserError("eval: --temperature must be > 0 for the n samples (greedy accuracy is always measured)")
+    engine = engine or HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    greedy, _ = evaluate_accuracy(engine, tokenizer, rows, checker, max_new_tokens, batch_size=batch_size)
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, G=n)
+    per_call = max(1, batch_size // n)  # prompts per generate call: about batch_size completions
+    correct, answers = [], []
+    for i in range(0, len(rows), per_call):
+        chunk = rows[i:i + per_call]
+        r = engine.generate(encode_prompts(tokenizer, [x["prompt"] for x in chunk]), params, gen)
+        texts = decode(tokenizer, r.completion_ids, r.completion_mask)
+        ids = [row[m.bool()].tolist() for row, m in zip(r.completion_ids, r.completion_mask)]
+        verdicts = _score(checker, chunk, texts, ids, n)
+        for j in range(len(chunk)):
+            correct.append(verdicts[j * n:(j + 1) * n])
+            answers.append([normalize_answer(answer_fn(t)) for t in texts[j * n:(j + 1) * n]])
+
+    rng = random.Random(seed)
+    counts = [sum(c) for c in correct]
+    return EvalResult(
+        greedy_accuracy=greedy,
+        pass_at_k={k: sum(pass_at_k(n, c, k) for c in counts) / len(counts) for k in ks},
+        maj_at_k={k: sum(maj_at_k(a, c, k, rng) for a, c in zip(answers, correct)) / len(correct) for k in ks},
+        sample_accuracy=sum(counts) / (n * len(counts)), n=n, num_prompts=len(rows), correct_counts=counts,
+        majority_answers=[majority_vote(a) for a in answers],
+    )
+
+
+def evaluate(model_path: str | Path, rows: list[dict], checker, answer_fn: Callable[[str], str | None], n: int = 8,
+             ks: Sequence[int] = (1, 2, 4, 8), temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
+             batch_size: int = 256, device: str = "auto", top_p: float = 1.0) -> EvalResult:
+    """Greedy accuracy, pass@k and maj@k of the model at `model_path` ('tiny' or a local HF directory).
+
+    `rows` are dicts with a rendered `prompt` plus the columns the checker reads (e.g. `answer`);
+    `checker` is a reward function (the accuracy reward used in training); `answer_fn` extracts the
+    answer that is voted on (`answer_extractor`).
+    """
+    from grpo.config import ModelConfig
+    from grpo.models.loading import load_policy
+
+    with tempfile.TemporaryDirectory() as tiny_dir:
+        model, tokenizer = load_policy(ModelConfig(path=str(model_path), device=device), Path(tiny_dir))
+    return evaluate_policy(model.eval(), tokenizer, rows, checker, answer_fn, n=n, ks=ks, temperature=temperature,
+                           top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+
+
+def format_result(res: EvalResult, title: str = "") -> str:
+    """A small aligned table: greedy and sample accuracy, then pass@k and maj@k per k."""
+    ks = sorted(res.pass_at_k)
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    cells = [[f"k={k}" for k in ks], [pct(res.pass_at_k[k]) for k in ks], [pct(res.maj_at_k[k]) for k in ks]]
+    w = max(len(c) for row in cells for c in row)
+    lines = [title] if title else []
+    lines += [f"greedy accuracy        {pct(res.greedy_accuracy):>7}",
+              f"sampled accuracy       {pct(res.sample_accuracy):>7}   (mean over {res.n} samples x "
+              f"{res.num_prompts} prompts)", ""]
+    for name, row in zip(["", "pass@k", "maj@k"], cells):
+        lines.append(f"{name:<8}" + "  ".join(f"{c:>{w}}" for c in row))
+    return "\n".join(lines)
+
+
+def result_to_json(res: EvalResult, settings: dict) -> dict:
+    d = asdict(res)
+    d["pass_at_k"] = {str(k): v for k, v in res.pass_at_k.items()}
+    d["maj_at_k"] = {str(k): v for k, v in res.maj_at_k.items()}
+    return {"settings": settings, **d}
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI: `grpo eval`
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--k: expected comma-separated integers like 1,2,4,8, got {text!r}") from None
+    if not ks:
+        raise UserError("--k: give at least one k")
+    return ks
+
+
+def _load_rows(args, tokenizer) -> list[dict]:
+    from grpo.config import DataConfig
+    from grpo.data import load_task
+
+    builtin = args.data.startswith("builtin:")
+    cfg = DataConfig(source=args.data, split=args.split, prompt_column=args.prompt_column,
+                     answer_column=args.answer_column, template=args.template,
+                     max_prompt_length=args.max_prompt_length, num_train=1, num_heldout=args.num_prompts)
+    try:
+        task = load_task(cfg, tokenizer, args.seed)
+    except ValueError as e:  # the built-in task has a finite held-out split
+        raise UserError(f"--num-prompts {args.num_prompts}: {e}") from None
+    return task.heldout if builtin else task.train[:args.num_prompts]
+
+
+def _cmd_eval(args) -> None:
+    import yaml
+
+    from grpo.config import ModelConfig
+    from grpo.models.loading import load_policy
+    from grpo.rewards.loader import load_reward_function
+
+    ks = _parse_ks(args.k)
+    if args.n < 1 or max(ks) > args.n or min(ks) < 1:
+        raise UserError(f"--k {args.k}: every k must be between 1 and --n {args.n}")
+    if args.num_prompts < 1:
+        raise UserError("--num-prompts must be >= 1")
+    reward = args.reward or ("arithmetic_accuracy" if args.data.startswith("builtin:") else "math_accuracy")
+    options = yaml.safe_load(args.reward_options) if args.reward_options else {}
+    if not isinstance(options, dict):
+        raise UserError(f"--reward-options: expected a mapping like '{{gold_style: gsm8k}}', got {args.reward_options!r}")
+    checker = load_reward_function(reward, options)
+    with tempfile.TemporaryDirectory() as tiny_dir:
+        model, tokenizer = load_policy(ModelConfig(path=args.model, device=args.device), Path(tiny_dir))
+    rows = _load_rows(args, tokenizer)
+    if not rows:
+        raise UserError(f"--data {args.data}: no prompts to evaluate")
+    res = evaluate_policy(model.eval(), tokenizer, rows, checker, answer_extractor(reward, options), n=args.n, ks=ks,
+                          temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                          seed=args.seed, batch_size=args.batch_size)
+    title = (f"{args.model} on {args.data}: {res.num_prompts} prompts, reward {reward}, n={res.n} samples at "
+             f"temperature {args.temperature:g}")
+    print(format_result(res, title))
+    if args.out:
+        settings = {k: v for k, v in vars(args).items() if k not in ("fn", "quiet")}
+        settings.update(reward=reward, ks=ks)
+        out = Path(args.out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result_to_json(res, settings), indent=2) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
+        print(f"wrote {out}")
+
+
+def build_eval_parser(subparsers) -> None:
+    """Add `grpo eval` to the CLI's subparsers; its `fn(args)` evaluates and prints the table."""
+    p = subparsers.add_parser("eval", help="greedy accuracy, pass@k and maj@k of a model on a dataset",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="a local Hugging Face model directory, or 'tiny'")
+    p.add_argument("--data", default="builtin:arithmetic",
+                   help="builtin:arithmetic (its held-out split) or a .jsonl/.json/.parquet/.csv/datasets directory")
+    p.add_argument("--n", type=int, default=8, help="samples per prompt")
+    p.add_argument("--k", default="1,2,4,8", help="comma-separated k for pass@k and maj@k (each <= n)")
+    p.add_argument("--out", default="eval.json", help="JSON results ('' to skip)")
+    p.add_argument("--reward", default=None,
+                   help="accuracy reward that judges correctness (default: arithmetic_accuracy for the built-in "
+                        "task, math_accuracy otherwise; any reward reference works)")
+    p.add_argument("--reward-options", default=None, help="YAML mapping of the reward's options, e.g. '{gold_style: gsm8k}'")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--answer-column", default="answer")
+    p.add_argument("--template", default=None, help="'r1' or a string with {prompt} (as data.template)")
+    p.add_argument("--split", default=None, help="split of a dataset directory / JSON of splits")
+    p.add_argument("--num-prompts", type=int, default=200, help="evaluate the first this many prompts")
+    p.add_argument("--max-prompt-length", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the n samples")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="seeds sampling (and picks the built-in held-out problems)")
+    p.add_argument("--batch-size", type=int, default=256, help="completions generated per call")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(fn=_cmd_eval, quiet=True)

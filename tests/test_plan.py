@@ -1,0 +1,268 @@
+"""`grpo plan`: parameter counts against real models, activation formulas against the tensors autograd
+actually saves, hand-worked component sizes, and the total against real GRPO steps measured on CPU."""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+
+from grpo.errors import UserError
+from grpo.plan import (
+    Architecture,
+    PlanInput,
+    architecture_from_config,
+    build_plan_parser,
+    format_plan,
+    layer_activation_bytes,
+    plan_memory,
+    tiny_architecture,
+)
+
+LLAMA2_7B = Architecture(num_layers=32, hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32,
+                         head_dim=128, vocab_size=32000)
+
+
+def _tiny_model(arch="llama", hidden=96, layers=2):
+    from grpo.models.tiny import TinyConfig, build_model, build_tokenizer
+
+    return build_model(build_tokenizer(), TinyConfig(hidden_size=hidden, num_layers=layers, architecture=arch))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_param_count_matches_the_built_model_and_its_config(arch, tmp_path):
+    model = _tiny_model(arch)
+    assert tiny_architecture(96, 2, arch).num_params() == sum(p.numel() for p in model.parameters())
+    model.config.save_pretrained(tmp_path)
+    assert architecture_from_config(tmp_path) == tiny_architecture(96, 2, arch)
+
+
+def test_param_count_of_llama2_7b_and_its_lora():
+    # per layer 4 * 4096^2 (attention) + 3 * 4096 * 11008 (MLP) + 2 * 4096 (norms) = 202,383,360;
+    # x 32 layers + 2 * 32000 * 4096 (embedding, head) + 4096 (final norm)
+    assert LLAMA2_7B.num_params() == 202_383_360 * 32 + 262_144_000 + 4096 == 6_738_415_616
+    # r=16 on all 7 linears: 16 * (2*8192 + 2*8192 + 3*(4096 + 11008)) = 1,249,280 per layer
+    assert LLAMA2_7B.lora_params(16, "all-linear") == 1_249_280 * 32 == 39_976_960
+
+
+def _saved_bytes(model, batch, seq, ctx):
+    """Bytes of the distinct non-parameter storages autograd saves in one forward (with left padding)."""
+    ids = torch.randint(0, 100, (batch, seq))
+    mask = torch.ones(batch, seq, dtype=torch.long)
+    mask[: batch // 2, :3] = 0
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in params:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+        model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("precision, attention, checkpointing", [
+    ("fp32", "sdpa", False), ("fp32", "eager", False), ("bf16-autocast", "sdpa", False), ("bf16", "sdpa", False),
+    ("fp32", "sdpa", True),
+])
+def test_layer_activations_equal_what_autograd_saves(precision, attention, checkpointing):
+    """One more layer adds exactly the formula's bytes (GQA with head_dim*heads != hidden, to catch mixups)."""
+    import contextlib
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    a = Architecture(num_layers=1, hidden_size=64, intermediate_size=160, num_heads=4, num_kv_heads=2, head_dim=24,
+                     vocab_size=128)
+    B, s = 4, 20
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-autocast" else contextlib.nullcontext()
+    saved = []
+    for layers in (1, 2):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(LlamaConfig(
+            vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=layers, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=24, attn_implementation=attention)).train()
+        if precision == "bf16":
+            model = model.to(torch.bfloat16)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        saved.append(_saved_bytes(model, B, s, ctx))
+    if checkpointing:  # only the layer's input stays (fp32)
+        expected = B * s * a.hidden_size * 4
+    else:
+        expected = layer_activation_bytes(a, B, s, s, precision, attention)
+    if precision == "bf16-autocast":  # autocast also keeps the bf16 copy of each linear weight
+        expected += 2 * (replace(a, num_layers=1, vocab_size=0).matmul_params())
+    assert saved[1] - saved[0] == expected
+
+
+def test_shared_prompt_forward_saves_what_the_formula_says():
+    """grpo's training forward: each distinct prompt once, then the completions against its K/V copies."""
+    import inspect
+
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from grpo.plan import _update_forwards
+    from grpo.train.logprobs import completion_logprobs
+
+    if "share_prompts" not in inspect.signature(completion_logprobs).parameters:
+        pytest.skip("this completion_logprobs has no shared-prompt forward")
+    a = Architecture(num_layers=1, hidden_size=64, intermediate_size=160, num_heads=4, num_kv_heads=2, head_dim=24,
+                     vocab_size=128)
+    prompts, G, P, T = 2, 4, 10, 12
+    prompt_ids = torch.randint(5, 100, (prompts, P)).repeat_interleave(G, 0)  # [B, P], groups contiguous
+    prompt_mask = torch.ones_like(prompt_ids)
+    prompt_mask[:G, :3] = 0
+    completion_ids = torch.randint(5, 100, (prompts * G, T))
+    completion_mask = torch.ones_like(completion_ids)
+    completion_mask[:3, -4:] = 0
+    saved = {}
+    for layers in (1, 2):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(LlamaConfig(
+            vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=layers, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=24)).train()
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        for share in (True, False):
+            seen = {}
+
+            def pack(t):
+                if t.untyped_storage().data_ptr() not in params:
+                    seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                    with_entropy=True, share_prompts=share)
+            saved[layers, share] = sum(seen.values())
+    for share in (True, False):
+        inp = PlanInput(arch=a, G=G, prompts_per_step=prompts, micro_batch_size=prompts * G, prompt_length=P,
+                        completion_length=T, shared_prompts=share)
+        # shared: 2 prompts x 10 tokens, then 8 rows x 11 tokens against 21 keys; plain: 8 rows x 22 tokens
+        forwards, _ = _update_forwards(inp)
+        assert forwards == ([(2, 10, 10), (8, 11, 21)] if share else [(8, 22, 22)])
+        assert saved[2, share] - saved[1, share] == sum(layer_activation_bytes(a, *f, "fp32") for f in forwards)
+
+
+def test_components_hand_worked_for_llama2_7b():
+    inp = PlanInput(arch=LLAMA2_7B, precision="bf16", G=64, prompts_per_step=16, micro_batch_size=4,
+                    prompt_length=512, completion_length=1024, beta=0.04, shared_prompts=False)
+    c = {x.name: x.bytes for x in plan_memory(inp).components}
+    n = 6_738_415_616
+    assert (c["policy weights"], c["fp32 master weights"], c["gradients"], c["optimizer state"]) == (2 * n, 4 * n,
+                                                                                                    2 * n, 8 * n)
+    assert c["reference model"] == 2 * n and "value model weights" not in c and "reward model" not in c
+    # KV cache: 2 (K and V) * 32 layers * 32 kv heads * 128 * (512 + 1024) tokens * 1024 completions * 2 B
+    assert c["KV cache"] == 2 * 32 * 32 * 128 * 1536 * 1024 * 2 == 824_633_720_832  # 768 GiB: generate in chunks
+    assert c["logits"] == 3 * 4 * 1025 * 32000 * 4
+    # per token (bf16 weights): 4 * (2h + heads + 2) + 2 * (4h + 2q + 4I); per key 2q * 2 B; the sdpa mask 2 B
+    per_token = 4 * (2 * 4096 + 32 + 2) + 2 * (4 * 4096 + 2 * 4096 + 4 * 11008) + 2 * 4096 * 2
+    layer = 4 * 1536 * per_token + 4 * 1536 * 1536 * 2
+    assert c["activations"] == 32 * layer + 4 * 1536 * 2 * 4096 * 2 + 4 * 1025 * 4096 * 2  # + final norm, head input
+
+
+def test_grpo_needs_less_than_ppo_and_lora_drops_the_reference():
+    base = PlanInput(arch=LLAMA2_7B, precision="bf16", micro_batch_size=8, prompt_length=256, completion_length=256)
+    grpo, ppo = plan_memory(base), plan_memory(replace(base, algorithm="ppo", reward_model_params=6_738_415_616))
+    names = {c.name for c in ppo.components}
+    assert {"value model weights", "value model gradients", "value model optimizer", "reward model"} <= names
+    assert ppo.total_bytes > grpo.total_bytes + 10 * 2**30
+    no_kl = plan_memory(replace(base, beta=0.0))
+    assert "reference model" not in {c.name for c in no_kl.components}
+    assert grpo.total_bytes - no_kl.total_bytes == 2 * 6_738_415_616
+    lora = {c.name: c.bytes for c in plan_memory(replace(base, lora_rank=16)).components}
+    assert lora["reference model"] == 0 and lora["optimizer state"] == 8 * 39_976_960
+    assert lora["policy weights"] == 2 * 6_738_415_616 + 4 * 39_976_960
+
+
+def test_gradient_checkpointing_and_micro_batch_shrink_the_update_phase():
+    base = PlanInput(arch=LLAMA2_7B, precision="bf16", micro_batch_size=8, prompt_length=256, completion_length=256,
+                     shared_prompts=False)
+    full = plan_memory(base).phase_bytes("update")
+    assert plan_memory(replace(base, gradient_checkpointing=True)).phase_bytes("update") < full / 5
+    assert plan_memory(replace(base, micro_batch_size=4)).phase_bytes("update") == pytest.approx(full / 2, rel=1e-3)
+
+
+def _plan_cli(argv, capsys):
+    p = argparse.ArgumentParser(prog="grpo")
+    build_plan_parser(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["plan", *argv])
+    args.fn(args)
+    return capsys.readouterr().out
+
+
+def test_cli_plan_prints_a_table_and_says_whether_it_fits(tmp_path, capsys):
+    out = _plan_cli(["--params", "7B", "--layers", "32", "--hidden", "4096", "--vocab", "32000", "--precision", "bf16",
+                     "--micro-batch", "4", "--gpu-gib", "80", "--out", str(tmp_path / "plan.json")], capsys)
+    assert "reference model" in out and "TOTAL" in out and "fits in 80 GiB: no" in out
+    assert json.loads((tmp_path / "plan.json").read_text())["num_params"] == 7_000_000_000
+    out = _plan_cli(["--model", "tiny", "--gpu-gib", "2"], capsys)
+    assert "fits in 2 GiB: yes" in out and "1.7M params" in out
+    _tiny_model().config.save_pretrained(tmp_path / "m")
+    out = _plan_cli(["--config", str(tmp_path / "m"), "--algorithm", "ppo"], capsys)
+    assert "0.6M params" in out and "value model weights" in out and "peak during value update" in out
+    with pytest.raises(UserError, match="--layers and --hidden"):
+        _plan_cli(["--params", "7e9"], capsys)
+    with pytest.raises(UserError, match="no config.json"):
+        _plan_cli(["--config", str(tmp_path / "missing")], capsys)
+
+
+# The CPU validation: real GRPO steps of the tiny model (widened so that model-dependent memory is
+# most of what is measured) in a fresh process. Baseline: RSS after a warm-up run that imports and
+# initialises everything; peak: VmHWM after the measured run. glibc's mmap threshold is pinned low so
+# that freed tensors go back to the OS and RSS follows live tensor memory (docs/memory.md has the
+# numbers with the default allocator, whose heap fragmentation adds ~30%).
+MEASURE = r"""
+import gc, json, sys, tempfile
+import torch
+from grpo.config import TrainConfig, load_config
+from grpo.train.grpo import train
+
+def status(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key + ":"))
+
+torch.set_num_threads(2)
+out = tempfile.mkdtemp()
+common = ["train.eval_every=0", "train.sample_every=0", "data.num_heldout=1", "data.num_train=64",
+          "optim.warmup_steps=0", "train.steps=3"]
+train(load_config(TrainConfig, None, common + ["train.prompts_per_step=1", "grpo.G=2", "train.micro_batch_size=2",
+      "sampling.max_new_tokens=4", "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
+      f"train.output_dir={out}/warm"]), progress=False)
+gc.collect()
+base = status("VmRSS")
+try:
+    open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark to the current RSS
+except OSError:
+    pass  # the warm-up's own peak is far below the measured one
+res = train(load_config(TrainConfig, None, common + sys.argv[1:] + [f"train.output_dir={out}/run"]), progress=False)
+print(json.dumps({"delta": status("VmHWM") - base, "T": max(r.get("completion/len_max", 0) for r in res.history)}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_plan_matches_peak_memory_of_real_grpo_steps_on_cpu():
+    from grpo.data.synthetic import make_rows
+    from grpo.models.tiny import build_tokenizer
+
+    h, L, G, prompts, T = 256, 4, 8, 2, 64
+    overrides = [f"model.tiny_hidden_size={h}", f"model.tiny_num_layers={L}", f"grpo.G={G}",
+                 f"train.prompts_per_step={prompts}", f"train.micro_batch_size={G * prompts}",
+                 f"sampling.max_new_tokens={T}", "grpo.beta=0.04"]
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", MEASURE, *overrides], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    assert measured["T"] == T  # the untrained model never stops early: every completion is T tokens
+    tok = build_tokenizer()
+    P = max(len(x) for x in tok([r["prompt"] for r in make_rows(64, "train", 0)])["input_ids"])  # longest prompt
+    plan = plan_memory(PlanInput(arch=tiny_architecture(h, L), G=G, prompts_per_step=prompts,
+                                 micro_batch_size=G * prompts, prompt_length=P, completion_length=T, beta=0.04))
+    ratio = measured["delta"] / plan.total_bytes
+    print(f"measured {measured['delta'] / 2**20:.1f} MiB, planned {plan.total_bytes / 2**20:.1f} MiB, ratio {ratio:.3f}")
+    assert 0.75 < ratio < 1.25, format_plan(plan)

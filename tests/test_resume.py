@@ -1,0 +1,229 @@
+"""Checkpoints and resume: a stopped and resumed run equals an uninterrupted one, bit for bit (CPU).
+
+"Equal" means: the final weights, the step-4 checkpoint's optimizer state, every metric except wall
+times and memory, and samples.jsonl. The run below is small but exercises what a resume must restore:
+sampled tokens (the sampling generator), a data pass that ends and is reshuffled after the stop (6
+prompts, 2 per step), a warm-up schedule still rising at the stop, Adam's moments, the KL reference
+(the initial weights, not the resumed policy) and a held-out evaluation after the stop.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from grpo.cli import main
+from grpo.config import TrainConfig, load_config
+from grpo.train.checkpoint import TrainingInterrupted, latest_checkpoint
+from grpo.train.grpo import train
+
+# digit_share comes first, so held-out "accuracy" is a non-trivial number for the random tiny model;
+# it varies within groups, so advantages and gradients are non-zero from the first step.
+REWARD = """
+def digit_share(prompts, completions, completion_ids, **columns):
+    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+"""
+SMALL = ["train.steps=4", "train.prompts_per_step=2", "grpo.G=4", "train.micro_batch_size=4",
+         "sampling.max_new_tokens=8", "data.num_train=6", "data.num_heldout=4", "train.eval_every=3",
+         "train.sample_every=1", "train.save_every=1", "train.keep_checkpoints=2", "train.threads=1",
+         "model.tiny_hidden_size=32", "model.tiny_num_layers=1", "optim.lr=0.01", "optim.warmup_steps=3",
+         "grpo.beta=0.04"]
+VOLATILE = ("time/", "tokens_per_s", "memory/")
+
+
+@pytest.fixture(scope="module")
+def reward_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rewards") / "digits.py"
+    path.write_text(REWARD)
+    return path
+
+
+def overrides(reward_file, out, *extra) -> list[str]:
+    return [*SMALL, f"rewards.functions=[{{fn: '{reward_file}:digit_share'}}, {{fn: arithmetic_format}}]",
+            f"train.output_dir={out}", *extra]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, reward_file):
+    """The reference: 4 steps without a stop."""
+    out = tmp_path_factory.mktemp("straight")
+    train(load_config(TrainConfig, None, overrides(reward_file, out)), progress=False)
+    return out
+
+
+def metrics(out) -> list[str]:
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [json.dumps({k: v for k, v in x.items() if not k.startswith(VOLATILE)}, sort_keys=True) for x in lines]
+
+
+def assert_same_run(a, b) -> None:
+    assert metrics(a) == metrics(b)
+    assert (a / "samples.jsonl").read_bytes() == (b / "samples.jsonl").read_bytes()
+    wa, wb = load_file(a / "final" / "model.safetensors"), load_file(b / "final" / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    oa = torch.load(a / "checkpoints" / "step-000004" / "optimizer.pt", weights_only=True)
+    ob = torch.load(b / "checkpoints" / "step-000004" / "optimizer.pt", weights_only=True)
+    for pa, pb in zip(oa["optimizer"]["state"].values(), ob["optimizer"]["state"].values()):
+        assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+    assert oa["scheduler"] == ob["scheduler"]
+
+
+def test_straight_run_keeps_the_last_two_checkpoints_and_moves_the_weights(straight):
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["step-000003", "step-000004"]
+    files = sorted(p.name for p in (straight / "checkpoints" / "step-000004").iterdir())
+    assert files == ["config.yaml", "model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"]
+    state = json.loads((straight / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["skipped_updates"] == 0
+    before, after = load_file(straight / "tiny-init" / "model.safetensors"), load_file(straight / "final" / "model.safetensors")
+    assert sum(not torch.equal(before[k], after[k]) for k in before) >= len(before) // 2
+    steps = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [x["lr"] for x in steps[:4]] == pytest.approx([0.005, 0.0075, 0.01, 0.01])  # warm-up 2/4, 3/4, 1, 1
+    assert "eval/accuracy" in steps[2] and steps[-1]["eval/accuracy_before"] > 0
+
+
+def test_sigterm_mid_step_then_resume_equals_the_straight_run(tmp_path, straight, reward_file, monkeypatch):
+    """SIGTERM arrives during step 2 (as a scheduler's preemption notice would): the step finishes,
+    a checkpoint of step 2 is written, TrainingInterrupted says where; resuming gives the straight run."""
+    import grpo.train.grpo as loop
+
+    calls, real = [], loop.compute_advantages
+
+    def advantages_then_sigterm(rewards, cfg):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(rewards, cfg)
+
+    monkeypatch.setattr(loop, "compute_advantages", advantages_then_sigterm)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(load_config(TrainConfig, None, overrides(reward_file, out)), progress=False)
+    assert (stopped.value.step, stopped.value.signum) == (2, signal.SIGTERM)
+    assert str(stopped.value) == (f"interrupted at step 2 (SIGTERM); checkpoint saved to {out}/checkpoints/step-000002; "
+                                  f"resume with: grpo train --resume {out}")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
+    assert latest_checkpoint(out).name == "step-000002" and not (out / "final").exists()
+    monkeypatch.undo()
+
+    train(load_config(TrainConfig, None, overrides(reward_file, out, "train.resume=true")), progress=False)
+    assert_same_run(straight, out)
+
+
+def test_cli_two_steps_then_resume_two_more_equals_four_steps(tmp_path, straight, reward_file, capsys):
+    """The issue's recipe: N/2 steps, stop, `grpo train --resume DIR train.steps=N`: the same N-step run."""
+    out = tmp_path / "run"
+    assert main(["train", "-q", *overrides(reward_file, out, "train.steps=2")]) == 0
+    assert main(["train", "-q", "--resume", str(out), "train.steps=4"]) == 0, capsys.readouterr().err
+    assert_same_run(straight, out)
+
+
+SIGKILL_DURING_SAVE = """
+import os, sys, time
+import torch
+from grpo.cli import main
+
+marker, real_save, calls = sys.argv[1], torch.save, []
+
+def save_then_hang(obj, f, *args, **kwargs):  # the 3rd torch.save is optimizer.pt of the 2nd checkpoint
+    real_save(obj, f, *args, **kwargs)
+    calls.append(f)
+    if len(calls) == 3:
+        os.truncate(f, os.path.getsize(f) // 2)  # half written, as when the kill lands inside the write
+        open(marker, "w").close()
+        time.sleep(600)
+
+torch.save = save_then_hang
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_to_resume_from(tmp_path, straight, reward_file):
+    out, marker = tmp_path / "run", tmp_path / "writing"
+    proc = subprocess.Popen([sys.executable, "-c", SIGKILL_DURING_SAVE, str(marker), "train", "-q",
+                             *overrides(reward_file, out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 180
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), proc.communicate(timeout=10)[1].decode()[-2000:] if proc.poll() is not None else "no save"
+    proc.kill()
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002.tmp"]
+    assert latest_checkpoint(out).name == "step-000001"
+
+    assert main(["train", "-q", "--resume", str(out)]) == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000003", "step-000004"]
+    assert_same_run(straight, out)  # even the run killed mid-save ends bit-identical to the straight one
+
+
+def test_ctrl_c_to_the_process_group_with_a_reward_pool_checkpoints_and_exits_130(tmp_path, reward_file, capsys):
+    """A terminal's Ctrl-C reaches the trainer and its reward workers; the workers ignore it, the
+    trainer finishes the step, saves, prints how to resume and exits 130. Then the run resumes."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "grpo", "train", "-q",
+                             *overrides(reward_file, out, "train.steps=500", "train.save_every=0", "rewards.workers=1")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 1:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    found = re.fullmatch(r"grpo: interrupted at step (\d+) \(SIGINT\); checkpoint saved to (\S+); "
+                         r"resume with: grpo train --resume (\S+)", last)
+    assert found, last
+    step = int(found[1])
+    assert found[2] == str(out / "checkpoints" / f"step-{step:06d}") and found[3] == str(out)
+    assert sum("reward/mean" in x for x in (out / "metrics.jsonl").read_text().splitlines()) == step
+    with pytest.raises(ProcessLookupError):  # no reward worker outlived the trainer
+        for _ in range(50):
+            os.killpg(proc.pid, 0)
+            time.sleep(0.1)
+
+    assert main(["train", "-q", "--resume", str(out), f"train.steps={step + 1}", "rewards.workers=0"]) == 0
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "reward/mean" in x] == list(range(1, step + 2))
+
+
+@pytest.fixture
+def finished_copy(tmp_path, straight):
+    out = tmp_path / "run"
+    shutil.copytree(straight, out)
+    return out
+
+
+def _cli_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    errors = [x for x in capsys.readouterr().err.splitlines() if not x.startswith("note:")]
+    assert len(errors) == 1 and errors[0].startswith("grpo: error: "), errors
+    return errors[0]
+
+
+def test_resume_refuses_a_changed_config_and_changes_nothing(finished_copy, capsys):
+    before = {p: p.stat().st_mtime_ns for p in finished_copy.rglob("*")}
+    err = _cli_error(capsys, ["train", "-q", "--resume", str(finished_copy), "grpo.beta=0.1", "train.steps=6"])
+    assert "the config differs from the run's in grpo.beta (0.04 -> 0.1)" in err
+    assert {p: p.stat().st_mtime_ns for p in finished_copy.rglob("*")} == before
+
+
+def test_a_fresh_run_into_a_directory_with_checkpoints_is_refused(finished_copy, reward_file, capsys):
+    err = _cli_error(capsys, ["train", "-q", *overrides(reward_file, finished_copy)])
+    assert f"already holds checkpoints (newest: step-000004); continue that run with --resume {finished_copy}" in err
+
+
+def test_resume_without_a_checkpoint_or_a_run_directory(tmp_path, reward_file, capsys):
+    err = _cli_error(capsys, ["train", "-q", *overrides(reward_file, tmp_path / "empty", "train.resume=true")])
+    assert "nothing to resume" in err and not (tmp_path / "empty").exists()
+    err = _cli_error(capsys, ["train", "-q", "--resume", str(tmp_path / "nowhere")])
+    assert "no config.yaml there" in err

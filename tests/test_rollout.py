@@ -1,0 +1,159 @@
+"""The sampling engine: exact against transformers' own generate and against a full forward.
+
+Every test runs both paths of `HFEngine` (the lean Llama-family decoder and the generic
+transformers forward) on small random models of each supported shape: Llama (also with grouped
+KV heads), Qwen2 (q/k/v biases) and Qwen3 (per-head q/k norms). Initialised with std 0.1 so that
+greedy choices are decisive (no near-ties that rounding could flip).
+"""
+
+import pytest
+import torch
+
+from grpo.rollout.engine import SamplingParams
+from grpo.rollout.hf import HFEngine
+from grpo.rollout.lean import LeanDecoder
+from grpo.train.logprobs import completion_logprobs
+
+V, PAD = 64, 0
+ARCHS = ["llama", "llama_gqa", "qwen2", "qwen3"]
+
+
+def make_model(arch: str):
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+
+    kw = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=4, max_position_embeddings=128, initializer_range=0.1, pad_token_id=PAD,
+              bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    config = {"llama": lambda: LlamaConfig(**kw), "llama_gqa": lambda: LlamaConfig(**{**kw, "num_key_value_heads": 2}),
+              "qwen2": lambda: Qwen2Config(**kw), "qwen3": lambda: Qwen3Config(**{**kw, "head_dim": 16})}[arch]()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:  # zero / one at init: make them matter
+                p.add_(0.05 * torch.randn_like(p))
+    return model.train()  # the loop hands over a model in train mode; generate must not care
+
+
+def prompts(n: int = 6, seed: int = 1) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, V, (int(k),), generator=g).tolist() for k in torch.randint(1, 11, (n,), generator=g)]
+
+
+def engines(model, eos: int | list[int] = 2):
+    return {"lean": HFEngine(model, eos, PAD), "generic": HFEngine(model, eos, PAD, lean=False)}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lean_decoder_supports_the_llama_family_and_not_peft(arch):
+    assert LeanDecoder.build(make_model(arch), 64) is not None
+
+
+def _hf_greedy(model, ps, max_new, eos) -> list[list[int]]:
+    P = max(map(len, ps))
+    ids = torch.tensor([[PAD] * (P - len(p)) + p for p in ps])
+    mask = (torch.arange(P)[None] >= torch.tensor([P - len(p) for p in ps])[:, None]).long()
+    out = model.eval().generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new,
+                                eos_token_id=eos, pad_token_id=PAD)[:, P:]
+    model.train()
+    seqs = []
+    for row in out.tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t == eos), len(row))  # up to and including EOS
+        seqs.append(row[:cut])
+    return seqs
+
+
+def _rows(r) -> list[list[int]]:
+    return [ids[m.bool()].tolist() for ids, m in zip(r.completion_ids, r.completion_mask)]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_equals_transformers_generate_token_for_token(arch):
+    model, ps, max_new = make_model(arch), prompts(8), 24
+    # EOS: the most common first token of transformers' own greedy output, so that rows stop at
+    # different steps (some at once, some never) and finished rows are dropped mid-loop.
+    free = _hf_greedy(model, ps, max_new, eos=V + 1)
+    eos = max(set(t for s in free for t in s[:6]), key=lambda t: sum(t in s[:6] for s in free))
+    want = _hf_greedy(model, ps, max_new, eos)
+    assert 0 < sum(len(s) < max_new for s in want) < len(ps), "the chosen EOS must stop some rows, not all"
+    for name, engine in engines(model, eos).items():
+        r = engine.generate(ps, SamplingParams(max_new_tokens=max_new, temperature=0.0, G=1))
+        assert _rows(r) == want, name
+        assert r.completion_ids.shape[1] == max(map(len, want)), name
+        assert r.truncated.tolist() == [len(s) == max_new and s[-1] != eos for s in want], name
+    assert model.training, "generate restores train mode"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampled_logprobs_equal_a_full_forward(arch, temperature):
+    model = make_model(arch)
+    for name, engine in engines(model, eos=[2, 7]).items():
+        r = engine.generate(prompts(4), SamplingParams(max_new_tokens=20, temperature=temperature, G=4),
+                            torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            full = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                       temperature, share_prompts=False).logp  # [N, T]
+        mask = r.completion_mask.bool()
+        assert (r.logp[mask] - full[mask]).abs().max() < 1e-5, name
+        assert (r.logp[~mask] == 0).all() and (r.completion_ids[~mask] == PAD).all(), name
+        assert not r.logp.requires_grad and not r.completion_ids.is_inference(), name
+
+
+def test_rollout_layout_groups_are_contiguous_copies_of_their_prompt():
+    model, ps = make_model("llama"), prompts(3)
+    r = HFEngine(model, 2, PAD).generate(ps, SamplingParams(max_new_tokens=8, G=5), torch.Generator().manual_seed(0))
+    assert r.prompt_ids.shape == (15, max(map(len, ps))) and r.completion_ids.shape[0] == 15
+    for i, p in enumerate(ps):
+        for row in range(5 * i, 5 * i + 5):
+            assert r.prompt_ids[row][r.prompt_mask[row].bool()].tolist() == p
+    assert r.logp.shape == r.completion_ids.shape == r.completion_mask.shape
+
+
+def test_eos_stops_a_row_and_truncation_is_flagged_exactly():
+    model, ps, max_new = make_model("llama"), prompts(6), 12
+    free = _rows(HFEngine(model, V + 1, PAD).generate(ps, SamplingParams(max_new_tokens=max_new, temperature=0.0)))
+    # EOS := a token that row k first emits at its very last slot: row k ends with it there and is not
+    # truncated (EOS at slot max_new - 1); rows where it never comes run to max_new and are truncated.
+    k = next(i for i, row in enumerate(free) if row[-1] not in row[:-1])
+    eos = free[k][-1]
+    for name, engine in engines(model, eos).items():
+        r = engine.generate(ps, SamplingParams(max_new_tokens=max_new, temperature=0.0))
+        got = _rows(r)
+        for i, row in enumerate(free):
+            stop = row.index(eos) + 1 if eos in row else max_new
+            assert got[i] == row[:stop], name
+            assert r.truncated[i].item() is (eos not in row), name
+        assert len(got[k]) == max_new and r.truncated[k].item() is False, name
+
+
+def test_same_seed_same_samples_and_paths_agree():
+    model = make_model("qwen2")
+    params = SamplingParams(max_new_tokens=16, temperature=1.0, G=4)
+    outs = {}
+    for name, engine in engines(model, 2).items():
+        a = engine.generate(prompts(3), params, torch.Generator().manual_seed(5))
+        b = engine.generate(prompts(3), params, torch.Generator().manual_seed(5))
+        c = engine.generate(prompts(3), params, torch.Generator().manual_seed(6))
+        assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.logp, b.logp), name
+        assert not torch.equal(a.completion_ids[:, :4], c.completion_ids[:, :4]), name
+        outs[name] = a
+    assert torch.equal(outs["lean"].completion_ids, outs["generic"].completion_ids)
+    assert (outs["lean"].logp - outs["generic"].logp).abs().max() < 1e-5
+
+
+def test_top_p_keeps_only_the_nucleus():
+    model = make_model("llama")
+    r = HFEngine(model, 2, PAD).generate(prompts(2), SamplingParams(max_new_tokens=10, temperature=1.0, top_p=1e-6, G=3),
+                                         torch.Generator().manual_seed(0))
+    greedy = HFEngine(model, 2, PAD).generate(prompts(2), SamplingParams(max_new_tokens=10, temperature=0.0, G=3))
+    assert torch.equal(r.completion_ids, greedy.completion_ids)  # a vanishing nucleus is the argmax
+    assert torch.allclose(r.logp[r.completion_mask.bool()], torch.zeros(()), atol=1e-6)  # renormalised: p = 1
+
+
+def test_peft_wrapped_models_use_the_generic_path():
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(make_model("llama"), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert LeanDecoder.build(model, 64) is None
+    r = HFEngine(model, 2, PAD).generate(prompts(2), SamplingParams(max_new_tokens=6, G=2), torch.Generator().manual_seed(0))
+    assert r.completion_ids.shape[0] == 4
