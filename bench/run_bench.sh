@@ -8,7 +8,8 @@
 #
 # Env: REPEATS (tiny 3, 25m 2), STEPS (tiny 20, 25m 8), PROMPTS (prompts per step), BF16 (1: also run
 # grpo with model.dtype=bfloat16), PEERS (the peer harness; default ../shared/peers beside the repo),
-# VENV (TRL's virtual environment, made on first use), OUT (.peers/bench/SIZE).
+# VENV (TRL's virtual environment, made on first use), OUT (.peers/bench/SIZE), QUIET_LOAD / QUIET_WAIT
+# (wait up to QUIET_WAIT s before each run for the load average to drop below QUIET_LOAD).
 # The first run creates VENV with torch==2.13.0 first (so nothing pulls another torch), then the
 # peer's pinned trl-requirements.txt. Nothing else is downloaded; the models are built offline.
 set -euo pipefail
@@ -38,14 +39,27 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q -r "$PEERS/trl-requirements.txt"
 fi
 mkdir -p "$OUT"
-rm -f "$OUT"/*.json
+rm -f "$OUT"/*.json "$OUT/load.log"
 # shellcheck disable=SC2086
 "$PY" "$PEERS/make_tiny_model.py" "$MODEL" $MODEL_ARGS 2>/dev/null > "$OUT/model.json"
 "$VENV/bin/python" -c "import torch, trl, transformers; print('peer: torch', torch.__version__, 'trl', trl.__version__, 'transformers', transformers.__version__)"
 echo "model $SIZE: $(cut -c1-120 "$OUT/model.json")..."
 echo "work: $PROMPTS prompts x G=$G, $TOKENS-token completions, $STEPS steps, $REPEATS alternating repeats"
 
+# The machine may be shared: before each run wait (up to QUIET_WAIT s) for the 1-minute load average to
+# fall below QUIET_LOAD, and log what it was. Both sides run under whatever load there is.
+QUIET_LOAD=${QUIET_LOAD:-1.0}
+QUIET_WAIT=${QUIET_WAIT:-60}
+wait_quiet() {
+  local waited=0
+  while awk -v max="$QUIET_LOAD" '{exit !($1 >= max)}' /proc/loadavg && [ "$waited" -lt "$QUIET_WAIT" ]; do
+    sleep 5; waited=$((waited + 5))
+  done
+  echo "load $(cut -d' ' -f1 /proc/loadavg)" >> "$OUT/load.log"
+}
+
 for i in $(seq 1 "$REPEATS"); do
+  wait_quiet
   "$VENV/bin/python" "$PEERS/trl_grpo_bench.py" "$MODEL" --max-steps "$STEPS" \
     --per-device-train-batch-size $((PROMPTS * G)) --num-generations $G --max-completion-length $TOKENS \
     --output-dir "$OUT/runs/trl-$i" --json-out "$OUT/trl-$i.json" > "$OUT/trl-$i.log" 2>&1 \
@@ -53,6 +67,7 @@ for i in $(seq 1 "$REPEATS"); do
   echo "run $i  trl        $(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['sec_per_step_median_after_2'], 's/step', d['peak_rss_mb'], 'MiB')" "$OUT/trl-$i.json")"
   for dtype in float32 $([ "$BF16" = 1 ] && echo bfloat16); do
     tag=grpo; [ "$dtype" = bfloat16 ] && tag=grpo_bf16
+    wait_quiet
     "$PY" "$HERE/bench_grpo.py" "$MODEL" --max-steps "$STEPS" --prompts-per-step "$PROMPTS" --G $G \
       --max-new-tokens $TOKENS --dtype $dtype --output-dir "$OUT/runs/$tag-$i" --json-out "$OUT/$tag-$i.json" \
       > "$OUT/$tag-$i.log" 2>&1 || { echo "grpo run $i failed, see $OUT/$tag-$i.log" >&2; exit 1; }

@@ -143,9 +143,10 @@ def test_a_hanging_reward_is_cut_off_scored_zero_and_counted(tmp_path, workers):
     assert res.steps == 1 and multiprocessing.active_children() == []
 
 
-def test_a_reward_hung_where_its_own_timer_cannot_reach_is_abandoned_and_its_worker_ended(tmp_path):
-    """Inside the pool worker, SIGALRM is blocked: the parent stops waiting (timeout_s + 5 s grace),
-    scores the samples 0, and ends the stuck worker when the run closes its pool."""
+def test_a_reward_hung_where_its_own_timer_cannot_reach_is_abandoned_and_its_worker_ended(tmp_path, monkeypatch):
+    """Inside the pool worker, SIGALRM is blocked: the parent stops waiting (timeout_s + a grace period,
+    5 s, here 0.5 s), scores the samples 0, and kills the stuck worker when the run closes its pool."""
+    monkeypatch.setattr("grpo.rewards.combine._POOL_GRACE_S", 0.5)
     cfg = load_config(TrainConfig, None, args(tmp_path, "train.steps=1", "rewards.timeout_s=0.3",
                                               "rewards.on_error=zero", "rewards.workers=1", "grpo.G=2",
                                               "train.micro_batch_size=4", reward=HANG_IN_C, second="hang"))

@@ -90,7 +90,8 @@ def test_layer_activations_equal_what_autograd_saves(precision, attention, check
         if precision == "bf16":
             model = model.to(torch.bfloat16)
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
         saved.append(_saved_bytes(model, B, s, ctx))
     if checkpointing:  # only the layer's input stays (fp32)
         expected = B * s * a.hidden_size * 4
@@ -215,8 +216,9 @@ def test_cli_plan_prints_a_table_and_says_whether_it_fits(tmp_path, capsys):
 # The CPU validation: real GRPO steps of the tiny model (widened so that model-dependent memory is
 # most of what is measured) in a fresh process. Baseline: RSS after a warm-up run that imports and
 # initialises everything; peak: VmHWM after the measured run. glibc's mmap threshold is pinned low so
-# that freed tensors go back to the OS and RSS follows live tensor memory (docs/memory.md has the
-# numbers with the default allocator, whose heap fragmentation adds ~30%).
+# that freed tensors go back to the OS and RSS follows live tensor memory, and oneDNN's primitive
+# caches are off (they keep buffers per matmul shape under bf16). docs/memory.md has the numbers with
+# the default allocator too, whose heap fragmentation adds ~30%.
 MEASURE = r"""
 import gc, json, sys, tempfile
 import torch
@@ -253,7 +255,8 @@ def test_plan_matches_peak_memory_of_real_grpo_steps_on_cpu():
     overrides = [f"model.tiny_hidden_size={h}", f"model.tiny_num_layers={L}", f"grpo.G={G}",
                  f"train.prompts_per_step={prompts}", f"train.micro_batch_size={G * prompts}",
                  f"sampling.max_new_tokens={T}", "grpo.beta=0.04"]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1",
+           "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "HF_HUB_OFFLINE": "1"}
     run = subprocess.run([sys.executable, "-c", MEASURE, *overrides], capture_output=True, text=True, env=env,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

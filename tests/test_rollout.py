@@ -157,3 +157,28 @@ def test_peft_wrapped_models_use_the_generic_path():
     assert LeanDecoder.build(model, 64) is None
     r = HFEngine(model, 2, PAD).generate(prompts(2), SamplingParams(max_new_tokens=6, G=2), torch.Generator().manual_seed(0))
     assert r.completion_ids.shape[0] == 4
+
+
+def test_lean_steps_give_the_same_bits_at_any_thread_count():
+    """`DecodeThreads` may run a step on one thread or on all; that must never change a result."""
+    import copy
+
+    model = make_model("llama_gqa").eval()
+    ps = prompts(16)  # 16 x 4 rows: enough work that a split-K attention kernel splits (SDPA's does)
+    P = max(map(len, ps))
+    ids = torch.tensor([[PAD] * (P - len(p)) + p for p in ps])
+    mask = (ids != PAD).long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    n = torch.get_num_threads()
+    with torch.inference_mode():
+        dec = LeanDecoder.build(model, P + 8)
+        dec.prefill(ids, mask, positions, 8, repeats=4)
+        tok, pos = torch.arange(64) % 60 + 3, positions[:, -1].repeat_interleave(4) + 1
+        logits = {}
+        for threads in (1, 2):
+            d = copy.copy(dec)
+            d.k_cache, d.v_cache = [k.clone() for k in dec.k_cache], [v.clone() for v in dec.v_cache]
+            torch.set_num_threads(threads)
+            logits[threads] = [d.step(tok, pos), d.step(tok + 1, pos + 1)]
+        torch.set_num_threads(n)
+    assert all(torch.equal(a, b) for a, b in zip(logits[1], logits[2]))

@@ -232,6 +232,8 @@ class TrainConfig:
             raise UserError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
         if not self.rewards.functions:
             raise UserError("rewards.functions is empty: at least one reward function is needed")
+        if self.rewards.timeout_s is not None and not self.rewards.timeout_s > 0:
+            raise UserError(f"rewards.timeout_s must be > 0 (or null for no limit), got {self.rewards.timeout_s}")
         if m.path == "tiny" and (m.tiny_hidden_size <= 0 or m.tiny_hidden_size % 8):
             raise UserError(f"model.tiny_hidden_size must be a positive multiple of 8 (4 attention heads of even "
                             f"width), got {m.tiny_hidden_size}")
@@ -303,6 +305,12 @@ def _positive(cfg, names: list[str]) -> None:
 # Loading: YAML + overrides -> dataclasses, with errors that name the field
 
 
+def _shown(value: Any, limit: int = 80, quote: bool = True) -> str:
+    """A value for an error message, cut short: a 5 MB line in a config must not become a 5 MB message."""
+    text = repr(value) if quote else str(value)
+    return text if len(text) <= limit else f"{text[:limit - 25]}... ({len(text)} characters)"
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -316,39 +324,39 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return _coerce(value, a, where)
             except UserError as e:
                 errors.append(str(e))
-        raise UserError(errors[0] if errors else f"{where}: got {value!r}")
+        raise UserError(errors[0] if errors else f"{where}: got {_shown(value)}")
     if origin is Literal:
         if value not in args:
-            raise UserError(f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+            raise UserError(f"{where}: expected one of {', '.join(map(repr, args))}, got {_shown(value)}")
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            raise UserError(f"{where}: expected a mapping of {tp.__name__} fields, got {_shown(value)}")
         return _build(tp, value, where)
     if origin is list:
         if not isinstance(value, list):
-            raise UserError(f"{where}: expected a list, got {value!r}")
+            raise UserError(f"{where}: expected a list, got {_shown(value)}")
         return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
+            raise UserError(f"{where}: expected a mapping, got {_shown(value)}")
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"{where}: expected true or false, got {value!r}")
+        raise UserError(f"{where}: expected true or false, got {_shown(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise UserError(f"{where}: expected an integer, got {value!r}")
+        raise UserError(f"{where}: expected an integer, got {_shown(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        raise UserError(f"{where}: expected a number, got {value!r}")
+        raise UserError(f"{where}: expected a number, got {_shown(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise UserError(f"{where}: expected a string, got {value!r}")
+        raise UserError(f"{where}: expected a string, got {_shown(value)}")
     return value
 
 
@@ -358,8 +366,8 @@ def _build(cls, data: dict, where: str = ""):
     unknown = sorted(set(data) - names)
     if unknown:
         prefix = f"{where}." if where else ""
-        raise UserError(f"unknown config key {prefix}{unknown[0]!s} (known keys of {where or 'the config'}: "
-                        f"{', '.join(sorted(names))})")
+        raise UserError(f"unknown config key {prefix}{_shown(unknown[0], quote=False)} (known keys of "
+                        f"{where or 'the config'}: {', '.join(sorted(names))})")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     obj = cls()
     for k, v in kwargs.items():

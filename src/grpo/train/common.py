@@ -155,9 +155,10 @@ def reward_pool(workers: int):
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
         for p in processes:  # a worker stuck in a hung reward call would otherwise block the exit
-            p.join(timeout=2)
+            p.join(timeout=1)
             if p.is_alive():
-                p.terminate()
+                p.kill()  # SIGKILL: the workers ignore SIGTERM (above)
+                p.join()
 
 
 class Timers:

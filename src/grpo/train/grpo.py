@@ -40,6 +40,7 @@ from grpo.data import Task, load_task
 from grpo.errors import UserError
 from grpo.models.loading import Reference, autocast, load_policy
 from grpo.rewards import RewardSpec, compute_rewards, reward_spec
+from grpo.rewards.loader import RESERVED_ARGUMENTS
 from grpo.rollout.engine import Rollout, SamplingParams
 from grpo.rollout.hf import HFEngine
 from grpo.train.checkpoint import (
@@ -201,6 +202,7 @@ def setup_run(cfg: TrainConfig) -> Run:
         model, tokenizer = load_policy(cfg.model, tiny_dir)
         task = load_task(cfg.data, tokenizer, cfg.train.seed)
         specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
+        _check_rewards(specs, task, cfg)
         # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
         ref = Reference(model) if cfg.grpo.beta > 0 else None
         optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.train.steps * cfg.grpo.mu)
@@ -219,6 +221,19 @@ def setup_run(cfg: TrainConfig) -> Run:
     engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     return Run(out, model, tokenizer, ref, engine, task, specs, optimizer, scheduler, gen, sampler, state,
                history=restore_logs(out, state))
+
+
+def _check_rewards(specs: list[RewardSpec], task: Task, cfg: TrainConfig) -> None:
+    """What `compute_rewards` would refuse at the first step, refused before anything is written."""
+    names = [s.name for s in specs]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"rewards.functions: two functions are named {repeated[0]!r}; give each function once "
+                        "(a weight scales it)")
+    clashes = sorted(set(task.train[0]) & set(RESERVED_ARGUMENTS))
+    if clashes:
+        raise UserError(f"data.source {cfg.data.source}: column {clashes[0]!r} clashes with a reward-function "
+                        f"argument ({', '.join(RESERVED_ARGUMENTS)}); rename it")
 
 
 class StepOutput(NamedTuple):
