@@ -1,8 +1,11 @@
-"""`grpo` command line: train | sft | demo | eval | plot.
+"""`grpo` command line: train | sft | demo | eval | plan | reproduce | plot.
 
     grpo demo                                   # SFT warm start, then GRPO, on the built-in task
-    grpo train --config configs/gsm8k.yaml grpo.beta=0.0 train.steps=200
-    grpo sft   --config configs/sft.yaml sft.max_steps=500
+    grpo train --config configs/gsm8k_style.yaml grpo.beta=0.0 train.steps=200
+    grpo sft   sft.max_steps=500
+    grpo eval  --model runs/demo/grpo/final --n 8 --k 1,2,4,8
+    grpo plan  --params 7B --layers 32 --hidden 4096 --vocab 32000 --precision bf16 --gpu-gib 80
+    grpo reproduce                              # SFT, then GRPO / PPO / RFT at equal budget -> results.md
 
 Every command takes `--config FILE.yaml` and any number of `section.key=value` overrides; see
 `grpo.config` for every field. Mistakes in config or data print one line and exit with status 2.
@@ -58,6 +61,14 @@ def _cmd_demo(args) -> None:
     run_demo(args.config, args.overrides, progress=not args.quiet)
 
 
+def _cmd_reproduce(args) -> None:
+    from grpo.reproduce import run_reproduce
+
+    ks = [int(k) for k in args.k.split(",")]
+    run_reproduce(args.config, args.overrides, n=args.n, ks=ks, docs_dir=args.docs, methods=args.methods.split(","),
+                  progress=not args.quiet)
+
+
 def _cmd_plot(args) -> None:
     from pathlib import Path
 
@@ -83,6 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--resume", metavar="DIR", default=None,
                             help="continue the run in DIR from its newest checkpoint (its config.yaml is the config)")
         sp.set_defaults(fn=fn)
+    from grpo.evaluate import build_eval_parser
+    from grpo.plan import build_plan_parser
+
+    build_eval_parser(sub)
+    build_plan_parser(sub)
+    sp = sub.add_parser("reproduce", help="SFT, then GRPO, PPO and RFT from it at equal budget, evaluated -> results.md")
+    sp.add_argument("--config", "-c", default=None, help="YAML config (as `grpo demo`'s: output_dir, sft, rl)")
+    sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    sp.add_argument("--n", type=int, default=16, help="samples per held-out problem for pass@k / maj@k")
+    sp.add_argument("--k", default="1,2,4,8,16", help="comma-separated k")
+    sp.add_argument("--methods", default="grpo,ppo,rft", help="comma-separated RL methods to train from the SFT model")
+    sp.add_argument("--docs", default=None, help="also copy results.md and its plots into this directory (e.g. docs)")
+    sp.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. rl.train.steps=30")
+    sp.set_defaults(fn=_cmd_reproduce)
     sp = sub.add_parser("plot", help="redraw training.png from a run's metrics.jsonl")
     sp.add_argument("run_dir")
     sp.set_defaults(fn=_cmd_plot, quiet=True)

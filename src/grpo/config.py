@@ -104,6 +104,11 @@ class RewardConfig:
     """Per-call time limit for reward functions (needs workers > 0 for code that might hang in C)."""
     workers: int = 0
     """Reward functions run in a process pool of this many workers (0: in the training process)."""
+    step_fn: str | None = None
+    """Process supervision (grpo.advantage=process): a function returning, per completion, a list of
+    (end character offset, reward) steps; 'arithmetic_steps' for the built-in task, or 'file.py:fn'."""
+    step_options: dict = field(default_factory=dict)
+    """Keyword options of step_fn (as `options` of a reward function)."""
 
 
 @dataclass
@@ -130,8 +135,9 @@ class GRPOConfig:
     """Policy updates per batch of rollouts (the paper's mu)."""
     aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
     """Loss aggregation: the paper's per-sequence mean, DAPO's token mean, or Dr. GRPO's constant normaliser."""
-    advantage: Literal["outcome", "rloo"] = "outcome"
-    """Outcome supervision (group-standardised) or the leave-one-out baseline."""
+    advantage: Literal["outcome", "rloo", "process"] = "outcome"
+    """Outcome supervision (group-standardised), the leave-one-out baseline, or process supervision
+    (per-step rewards from rewards.step_fn, normalised over the group's steps; DeepSeekMath §4.1.3)."""
     scale: Literal["group", "batch", "none"] = "group"
     """Divide advantages by the group std, the batch std, or nothing (Dr. GRPO)."""
     std: Literal["unbiased", "population"] = "unbiased"
@@ -202,14 +208,19 @@ class LoopConfig:
     """Stop, with a checkpoint of the last good state, after this many updates in a row with a NaN/inf loss or gradient."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
+    iterations: int = 1
+    """Iterative GRPO (DeepSeekMath Algorithm 1): split `steps` into this many iterations and reset the
+    reference model to the current policy at the start of each."""
 
 
 @dataclass
 class TrainConfig:
     """Everything `grpo train` reads."""
 
-    algorithm: Literal["grpo", "ppo"] = "grpo"
-    """'grpo', or the 'ppo' baseline (value model + GAE, KL folded into the reward with grpo.beta)."""
+    algorithm: Literal["grpo", "ppo", "rft"] = "grpo"
+    """'grpo'; the 'ppo' baseline (value model + GAE, KL folded into the reward with grpo.beta); or
+    online 'rft' (rejection-sampling fine-tuning: gradient coefficient 1 on correct samples, 0 otherwise,
+    no KL; correct = the first reward function returns >= 1)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
@@ -223,7 +234,8 @@ class TrainConfig:
         g, t = self.grpo, self.train
         _positive(self, ["grpo.G", "grpo.mu", "train.steps", "train.prompts_per_step", "train.micro_batch_size",
                          "sampling.max_new_tokens", "data.max_prompt_length", "data.num_train",
-                         "train.keep_checkpoints", "train.max_bad_steps", "model.tiny_num_layers"])
+                         "train.keep_checkpoints", "train.max_bad_steps", "model.tiny_num_layers",
+                         "train.iterations"])
         _not_negative(self, ["train.eval_every", "train.sample_every", "train.save_every", "train.log_every",
                              "train.threads", "rewards.workers", "data.num_heldout", "optim.lr",
                              "optim.weight_decay", "optim.warmup_steps", "optim.grad_clip"])
@@ -247,6 +259,17 @@ class TrainConfig:
             raise UserError("sampling: temperature must be >= 0 and top_p in (0, 1]")
         if g.beta < 0 or g.eps_low <= 0 or (g.eps_high is not None and g.eps_high <= 0):
             raise UserError("grpo: beta must be >= 0 and eps_low/eps_high > 0")
+        if g.advantage == "process" and not self.rewards.step_fn:
+            raise UserError("grpo.advantage=process needs rewards.step_fn, a function giving per-step rewards "
+                            "(built-in task: rewards.step_fn=arithmetic_steps)")
+        if g.advantage == "process" and self.algorithm != "grpo":
+            raise UserError(f"grpo.advantage=process is a GRPO option; algorithm={self.algorithm} has its own advantages")
+        if t.iterations > t.steps:
+            raise UserError(f"train.iterations={t.iterations} is more than train.steps={t.steps}: each iteration "
+                            "needs at least one step")
+        if t.iterations > 1 and m.lora is not None:
+            raise UserError("train.iterations > 1 resets the reference to the current policy, but with model.lora "
+                            "the reference is the base model with the adapter off; use full fine-tuning")
 
 
 @dataclass

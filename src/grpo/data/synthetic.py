@@ -148,3 +148,13 @@ def step_rewards(completion: str) -> list[tuple[int, float]]:
         out.append((pos, 1.0 if ok else 0.0))
         pos += 1  # the newline
     return out
+
+
+def arithmetic_steps(prompts, completions, answer, **kwargs) -> list[list[tuple[int, float]]]:
+    """Process supervision for the built-in task: per completion, one step per line of working
+    (`step_rewards`) plus a last step, ending at the completion's end, scored by the final answer.
+
+    >>> arithmetic_steps(["..."], ["<think>8+7=15\\n15-5=9</think><answer>9</answer>"], ["10"])
+    [[(13, 1.0), (20, 0.0), (46, 0.0)]]
+    """
+    return [step_rewards(c) + [(len(c), 1.0 if is_correct(c, a) else 0.0)] for c, a in zip(completions, answer)]

@@ -81,6 +81,12 @@ class Reference:
         self.shares_policy = is_lora(policy)
         self.model = policy if self.shares_policy else copy.deepcopy(policy).eval().requires_grad_(False)
 
+    def reset(self, policy) -> None:
+        """pi_ref <- pi_theta (iterative GRPO, DeepSeekMath Algorithm 1)."""
+        if self.shares_policy:
+            raise ValueError("a LoRA reference is the base model; it cannot be reset to the policy")
+        self.model.load_state_dict(policy.state_dict())
+
     def context(self):
         return self.model.disable_adapter() if self.shares_policy else contextlib.nullcontext()
 

@@ -44,6 +44,7 @@ BUILTIN_REWARDS: dict[str, Callable[..., RewardFn]] = {
     "code_tests": make_code_tests,
     "arithmetic_accuracy": lambda: _synthetic().arithmetic_accuracy,
     "arithmetic_format": lambda: _synthetic().arithmetic_format,
+    "arithmetic_steps": lambda: _synthetic().arithmetic_steps,  # per-step rewards: rewards.step_fn only
 }
 """Built-in reward names -> factory; a config's `options` are passed to the factory as keywords."""
 

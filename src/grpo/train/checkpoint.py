@@ -152,8 +152,12 @@ def remove_partial_checkpoints(out: Path) -> list[str]:
 
 
 def save_checkpoint(out: Path, cfg, state: TrainerState, model, optimizer, scheduler,
-                    gen: torch.Generator, keep: int) -> Path:
-    """Write OUTPUT/checkpoints/step-NNNNNN atomically, then delete all but the newest `keep`."""
+                    gen: torch.Generator, keep: int, extra: dict | None = None) -> Path:
+    """Write OUTPUT/checkpoints/step-NNNNNN atomically, then delete all but the newest `keep`.
+
+    `extra`: further state dicts of the run (PPO's value model and its optimizer, iterative GRPO's
+    reset reference), saved as extra.pt and given back by `load_extra`.
+    """
     from safetensors.torch import save_model
 
     root = out / CHECKPOINTS
@@ -166,6 +170,8 @@ def save_checkpoint(out: Path, cfg, state: TrainerState, model, optimizer, sched
         save_model(model, str(tmp / "model.safetensors"))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
         torch.save(_rng_states(gen), tmp / "rng.pt")
+        if extra:
+            torch.save(extra, tmp / "extra.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)), encoding="utf-8")
         save_config(cfg, tmp / "config.yaml")
         for f in tmp.iterdir():
@@ -255,6 +261,18 @@ def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Gen
     gen.set_state(rng["sampling"])
     random.setstate(_from_json_rng(rng["python"]))
     return state
+
+
+def load_extra(path: Path) -> dict:
+    """The `extra` state dicts saved with the checkpoint at `path` ({} if none)."""
+    f = path / "extra.pt"
+    if not f.exists():
+        return {}
+    try:
+        return torch.load(f, weights_only=True)
+    except Exception as e:
+        raise UserError(f"checkpoint {path} cannot be loaded (extra.pt: {' '.join(str(e).split())[:300]}); "
+                        "delete that directory to resume from the one before it") from None
 
 
 def _check_same_config(path: Path, cfg) -> None:

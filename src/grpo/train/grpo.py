@@ -1,9 +1,16 @@
-"""The GRPO loop (DeepSeekMath §4.1, Algorithm 1 with one iteration), top to bottom.
+"""The GRPO loop (DeepSeekMath §4.1, Algorithm 1), top to bottom.
 
-Each step: sample prompts -> generate G completions each -> score them -> group-relative advantages
--> reference log-probs (once, no grad) -> mu policy updates with the clipped surrogate and the k3 KL
-penalty, accumulated over micro-batches -> one optimizer step per update. The phase names are also
-the timer names in metrics.jsonl (`time/generate`, ...).
+Each step: sample prompts -> generate G completions each -> score them -> reference log-probs
+(once, no grad) -> group-relative advantages -> mu policy updates with the clipped surrogate and the
+k3 KL penalty, accumulated over micro-batches -> one optimizer step per update. The phase names are
+also the timer names in metrics.jsonl (`time/generate`, ...). With train.iterations = I the steps
+are split into I iterations and the reference is reset to the policy at the start of each.
+
+The baselines share this loop and differ only in the advantages (and PPO's critic update):
+`algorithm=ppo` takes token advantages from GAE over a learned value model, with the KL to the
+reference folded into the per-token reward (grpo.train.ppo); `algorithm=rft` (online rejection
+sampling fine-tuning) gives coefficient 1 to correct samples and 0 to the rest, without KL.
+Process supervision (`grpo.advantage=process`) takes per-token advantages from per-step rewards.
 
 With mu = 1 the "old" policy is the current one: old_logp = logp.detach(), the ratio is exactly 1
 and its gradient is grad log pi. The loss printed is then ~0 by construction (advantages are
@@ -33,13 +40,14 @@ from grpo.algorithm import (
     masked_mean,
     outcome_advantages,
     policy_loss,
+    process_advantages,
     zero_std_fraction,
 )
 from grpo.config import TrainConfig
 from grpo.data import Task, load_task
 from grpo.errors import UserError
 from grpo.models.loading import Reference, autocast, load_policy
-from grpo.rewards import RewardSpec, compute_rewards, reward_spec
+from grpo.rewards import RewardSpec, compute_rewards, load_reward_function, reward_spec
 from grpo.rewards.loader import RESERVED_ARGUMENTS
 from grpo.rollout.engine import Rollout, SamplingParams
 from grpo.rollout.hf import HFEngine
@@ -51,6 +59,7 @@ from grpo.train.checkpoint import (
     check_free_space,
     check_output_dir,
     load_checkpoint,
+    load_extra,
     remove_partial_checkpoints,
     restore_logs,
     save_checkpoint,
@@ -71,6 +80,8 @@ from grpo.train.common import (
     seed_everything,
 )
 from grpo.train.logprobs import completion_logprobs
+from grpo.train.ppo import Critic
+from grpo.train.process import step_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +112,28 @@ def _logprobs_no_grad(model, r: Rollout, cfg: TrainConfig, ctx) -> torch.Tensor:
 
 
 def compute_advantages(rewards: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """GRPO's per-completion advantages from the summed rewards (outcome supervision, or RLOO). [N]"""
     g = cfg.grpo
     if g.advantage == "rloo":
         return leave_one_out_advantages(rewards, g.G)
     return outcome_advantages(rewards, g.G, scale=g.scale, std=g.std, eps=g.adv_eps)  # [N]
+
+
+def rft_advantages(accuracy: list) -> torch.Tensor:
+    """Online RFT's gradient coefficient (DeepSeekMath §5.2.1): 1 for a correct sample, else 0. [N]"""
+    return torch.tensor([1.0 if v is not None and v >= 1.0 else 0.0 for v in accuracy])
+
+
+def step_advantages(run: "Run", r: Rollout, rows: list[dict], texts: list[str], cfg: TrainConfig) -> torch.Tensor:
+    """Process supervision: per-step rewards from rewards.step_fn -> per-token advantages. [N, T]"""
+    G = cfg.grpo.G
+    columns = {k: [x.get(k) for x in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
+    steps = run.step_fn(prompts=[x["prompt"] for x in rows for _ in range(G)], completions=texts,
+                        completion_ids=[ids[m.bool()].tolist() for ids, m in zip(r.completion_ids, r.completion_mask)],
+                        **columns)
+    step_rewards, step_end = step_tensors(list(steps), run.tokenizer, r.completion_ids, r.completion_mask)
+    return process_advantages(step_rewards, step_end, G, r.completion_mask, eps=cfg.grpo.adv_eps,
+                              std=cfg.grpo.std)  # [N, T]
 
 
 class UpdateResult(NamedTuple):
@@ -114,13 +143,17 @@ class UpdateResult(NamedTuple):
     """False: the loss or the gradient norm was not finite, and the optimizer step was skipped."""
 
 
-def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: TrainConfig, ctx) -> UpdateResult:
+def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: TrainConfig, ctx,
+                  beta: float | None = None) -> UpdateResult:
     """One optimizer step on the whole batch: micro-batched forward/backward, summed exactly.
+
+    `adv` is [N] or [N, T]; `beta` overrides grpo.beta (PPO folds the KL into its reward instead).
 
     A non-finite loss or gradient norm skips the step (gradients dropped, weights and optimizer state
     unchanged); the caller counts it.
     """
     g = cfg.grpo
+    beta = g.beta if beta is None else beta
     mask = mask_truncated(r.completion_mask, r.truncated) if g.mask_truncated else r.completion_mask  # [N, T]
     totals = dict(total_tokens=float(mask.sum().clamp(min=1)), total_sequences=float(mask.shape[0]))
     stats: dict[str, float] = {}
@@ -133,7 +166,7 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
         loss, m = policy_loss(
             logp, logp.detach() if old_logp is None else old_logp[mb], adv[mb], mask[mb],
             eps_low=g.eps_low, eps_high=g.eps_high, aggregation=g.aggregation,
-            ref_logp=None if ref_logp is None else ref_logp[mb], beta=g.beta, ratio_level=g.ratio_level,
+            ref_logp=None if ref_logp is None else ref_logp[mb], beta=beta, ratio_level=g.ratio_level,
             max_completion_length=cfg.sampling.max_new_tokens, **totals)
         loss.backward()
         # loss and pg_loss already carry the whole batch's normaliser: they add up; the token means
@@ -175,7 +208,7 @@ class Run:
     model: Any
     tokenizer: Any
     ref: Reference | None
-    """The frozen pi_ref (None when beta = 0)."""
+    """The frozen pi_ref (None when beta = 0, and for RFT)."""
     engine: HFEngine
     task: Task
     specs: list[RewardSpec]
@@ -187,6 +220,26 @@ class Run:
     state: TrainerState
     history: list[dict]
     """metrics.jsonl so far (when resuming: the lines up to the checkpoint)."""
+    critic: Critic | None = None
+    """PPO's value model and its optimizer (None for GRPO and RFT)."""
+    step_fn: Any = None
+    """Process supervision's step reward function (rewards.step_fn)."""
+
+    def extra_state(self, cfg: TrainConfig) -> dict:
+        """What a checkpoint needs beyond the policy: the critic, and a reference that was reset."""
+        extra = {}
+        if self.critic is not None:
+            extra.update(critic=self.critic.model.state_dict(), critic_optimizer=self.critic.optimizer.state_dict())
+        if self.ref is not None and cfg.train.iterations > 1:
+            extra["reference"] = self.ref.model.state_dict()
+        return extra
+
+    def load_extra_state(self, extra: dict) -> None:
+        if self.critic is not None and "critic" in extra:
+            self.critic.model.load_state_dict(extra["critic"])
+            self.critic.optimizer.load_state_dict(extra["critic_optimizer"])
+        if self.ref is not None and "reference" in extra:
+            self.ref.model.load_state_dict(extra["reference"])
 
 
 def setup_run(cfg: TrainConfig) -> Run:
@@ -203,15 +256,20 @@ def setup_run(cfg: TrainConfig) -> Run:
         task = load_task(cfg.data, tokenizer, cfg.train.seed)
         specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
         _check_rewards(specs, task, cfg)
+        step_fn = load_reward_function(cfg.rewards.step_fn, cfg.rewards.step_options) \
+            if cfg.grpo.advantage == "process" else None
         # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
-        ref = Reference(model) if cfg.grpo.beta > 0 else None
+        ref = Reference(model) if cfg.grpo.beta > 0 and cfg.algorithm != "rft" else None
+        critic = Critic(model, cfg) if cfg.algorithm == "ppo" else None
         optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.train.steps * cfg.grpo.mu)
         gen = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.train.seed)
         sampler = PromptSampler(len(task.train), cfg.train.seed)
         state = TrainerState(init_fingerprint=weights_fingerprint(model))
+        extra = {}
         if resume_from is not None:
             state = load_checkpoint(resume_from, cfg, model, optimizer, scheduler, gen, state.init_fingerprint)
             sampler.load_state_dict(state.sampler)
+            extra = load_extra(resume_from)
         check_free_space(cfg.train.output_dir, model, checkpoints=cfg.train.save_every > 0)
         out = prepare_output_dir(cfg.train.output_dir, cfg)
         if tiny_dir.exists():
@@ -219,8 +277,10 @@ def setup_run(cfg: TrainConfig) -> Run:
     for name in remove_partial_checkpoints(out):
         logger.warning("removed %s: a checkpoint whose writing was cut off", out / CHECKPOINTS / name)
     engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    return Run(out, model, tokenizer, ref, engine, task, specs, optimizer, scheduler, gen, sampler, state,
-               history=restore_logs(out, state))
+    run = Run(out, model, tokenizer, ref, engine, task, specs, optimizer, scheduler, gen, sampler, state,
+              history=restore_logs(out, state), critic=critic, step_fn=step_fn)
+    run.load_extra_state(extra)
+    return run
 
 
 def _check_rewards(specs: list[RewardSpec], task: Task, cfg: TrainConfig) -> None:
@@ -264,20 +324,33 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
                                  [ids[m.bool()].tolist() for ids, m in zip(r.completion_ids, r.completion_mask)],
                                  columns, on_error=cfg.rewards.on_error, timeout_s=cfg.rewards.timeout_s, pool=pool)
         rewards = torch.tensor(scored.total, dtype=torch.float32)  # [N]
-    with timers("advantages"):
-        adv = compute_advantages(rewards, cfg).to(device)  # [N]
     with timers("reference"):
         ref_logp = None
         if run.ref is not None:
             with run.ref.context():
                 ref_logp = _logprobs_no_grad(run.ref.model, r, cfg, ctx)
-        old_logp = _logprobs_no_grad(run.model, r, cfg, ctx) if cfg.grpo.mu > 1 else None
+        # pi_old: needed for the ratio when mu > 1, and by PPO's KL reward
+        old_logp = _logprobs_no_grad(run.model, r, cfg, ctx) if cfg.grpo.mu > 1 or run.critic else None
+    with timers("advantages"):
+        beta, extra = cfg.grpo.beta, {}
+        if run.critic is not None:  # PPO: GAE over the value model; the KL is in the reward, not the loss
+            ppo = run.critic.advantages(r, rewards, old_logp, ref_logp, cfg.grpo.beta)
+            adv, beta, extra = ppo.advantages, 0.0, {"ppo/kl_reward": ppo.kl_reward}  # [N, T]
+        elif cfg.algorithm == "rft":
+            adv, beta = rft_advantages(scored.per_function[run.specs[0].name]), 0.0  # [N]
+        elif cfg.grpo.advantage == "process":
+            adv = step_advantages(run, r, rows, texts, cfg)  # [N, T]
+        else:
+            adv = compute_advantages(rewards, cfg)  # [N]
+        adv = adv.to(device)
     with timers("update"):
         for _ in range(cfg.grpo.mu):
-            update = update_policy(run.model, run.optimizer, r, adv, ref_logp, old_logp, cfg, ctx)
+            update = update_policy(run.model, run.optimizer, r, adv, ref_logp, old_logp, cfg, ctx, beta=beta)
             run.scheduler.step()
             _count_fault(run.state, update.applied, cfg.train.max_bad_steps)
-    record = {**rollout_metrics(r, rewards, scored.per_function, cfg), **update.stats,
+            if run.critic is not None and update.applied:
+                extra.update(run.critic.update(r, ppo))
+    record = {**rollout_metrics(r, rewards, scored.per_function, cfg), **update.stats, **extra,
               "lr": run.scheduler.get_last_lr()[0], "reward/errors": scored.num_errors,
               "reward/timeouts": scored.num_timeouts, "faults/skipped_updates": run.state.skipped_updates}
     return StepOutput(record, rows, texts, rewards, int(r.lengths.sum()))
@@ -304,7 +377,7 @@ def checkpoint_or_stop(run: Run, cfg: TrainConfig, log: MetricsLog, samples, sto
     state.sampler = run.sampler.state_dict()
     state.metrics_bytes, state.samples_bytes = log.path.stat().st_size, os.fstat(samples.fileno()).st_size
     path = save_checkpoint(run.out, cfg, state, run.model, run.optimizer, run.scheduler, run.gen,
-                           keep=t.keep_checkpoints)
+                           keep=t.keep_checkpoints, extra=run.extra_state(cfg))
     if too_many_faults:
         raise UserError(f"stopped at step {state.step}: {state.bad_in_a_row} updates in a row had a non-finite "
                         f"loss or gradient norm (train.max_bad_steps={t.max_bad_steps}); they were skipped, so "
@@ -320,6 +393,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     t_start = time.perf_counter()
     run = setup_run(cfg)
     state, timers, device = run.state, Timers(), next(run.model.parameters()).device
+    I = cfg.train.iterations
+    iteration_starts = {round(i * cfg.train.steps / I) for i in range(1, I)}  # steps where an iteration begins
     heldout = lambda: evaluate_accuracy(run.engine, run.tokenizer, run.task.heldout, run.specs[0].fn,  # noqa: E731
                                         cfg.sampling.max_new_tokens)[0]  # the accuracy reward itself: no drift
     with contextlib.ExitStack() as stack:
@@ -333,6 +408,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         bar = tqdm(range(state.step, cfg.train.steps), initial=state.step, total=cfg.train.steps, desc="grpo",
                    disable=not progress, dynamic_ncols=True)
         for step in bar:
+            if step in iteration_starts and run.ref is not None:  # iterative GRPO: pi_ref <- pi_theta
+                run.ref.reset(run.model)
             t0 = time.perf_counter()
             out = train_step(run, cfg, pool, timers)
             dt = time.perf_counter() - t0

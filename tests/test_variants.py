@@ -1,0 +1,197 @@
+"""The loop's variants end to end: PPO (value model), online RFT, process supervision, iterative GRPO.
+
+Each shares the GRPO loop and differs only where the algorithm does; these tests check that
+difference with numbers (advantages by hand, KL exactly 0 after a reference reset) and that the
+extra state (the critic, a reset reference) survives a checkpoint and resume bit for bit.
+"""
+
+import json
+import math
+import types
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from grpo.config import TrainConfig, load_config
+from grpo.errors import UserError
+from grpo.models.tiny import build_tokenizer
+from grpo.rollout.engine import Rollout
+from grpo.train.grpo import rft_advantages, step_advantages, train
+from grpo.train.process import step_tensors
+
+REWARD = """
+def digit_share(prompts, completions, completion_ids, **columns):
+    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+
+def has_digit(prompts, completions, completion_ids, **columns):
+    return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]
+"""
+SMALL = ["train.steps=4", "train.prompts_per_step=2", "grpo.G=4", "train.micro_batch_size=4",
+         "sampling.max_new_tokens=8", "data.num_train=6", "data.num_heldout=4", "train.eval_every=0",
+         "train.sample_every=0", "train.threads=1", "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
+         "optim.lr=0.01", "optim.warmup_steps=0", "grpo.beta=0.04"]
+VOLATILE = ("time/", "tokens_per_s", "memory/")
+
+
+@pytest.fixture(scope="module")
+def reward_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rewards") / "digits.py"
+    path.write_text(REWARD)
+    return path
+
+
+def config(reward_file, out, *extra, first="digit_share") -> TrainConfig:
+    rewards = f"rewards.functions=[{{fn: '{reward_file}:{first}'}}, {{fn: arithmetic_format, weight: 0.1}}]"
+    return load_config(TrainConfig, None, [*SMALL, rewards, f"train.output_dir={out}", *extra])
+
+
+def steps_of(out) -> list[dict]:
+    return [x for x in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "reward/mean" in x]
+
+
+def stable(out) -> list[dict]:
+    return [{k: v for k, v in x.items() if not k.startswith(VOLATILE)} for x in steps_of(out)]
+
+
+def same_weights(a, b) -> bool:
+    wa, wb = load_file(a / "final" / "model.safetensors"), load_file(b / "final" / "model.safetensors")
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# ---------------------------------------------------------------------------------------------------
+# PPO
+
+
+def test_ppo_trains_policy_and_value_model_and_resumes_exactly(tmp_path, reward_file):
+    straight = tmp_path / "straight"
+    train(config(reward_file, straight, "algorithm=ppo", "train.save_every=2"), progress=False)
+    steps = steps_of(straight)
+    assert all("ppo/value_loss" in s and "ppo/kl_reward" in s for s in steps)
+    assert steps[0]["ppo/kl_reward"] == 0.0 and steps[0]["kl"] == 0.0  # pi_old = pi_ref before the first update
+    assert steps[-1]["kl"] > 0 and steps[-1]["ppo/value_loss"] > 0
+    extra = torch.load(straight / "checkpoints" / "step-000004" / "extra.pt", weights_only=True)
+    assert extra["critic"]["head.weight"].abs().sum() > 0  # the zero-initialised value head learned
+    assert "reference" not in extra  # one iteration: the reference is the initial weights, not saved again
+
+    resumed = tmp_path / "resumed"
+    train(config(reward_file, resumed, "algorithm=ppo", "train.save_every=2", "train.steps=2"), progress=False)
+    train(config(reward_file, resumed, "algorithm=ppo", "train.save_every=2", "train.resume=true"), progress=False)
+    assert stable(resumed) == stable(straight) and same_weights(resumed, straight)
+    extra_resumed = torch.load(resumed / "checkpoints" / "step-000004" / "extra.pt", weights_only=True)
+    assert all(torch.equal(extra["critic"][k], extra_resumed["critic"][k]) for k in extra["critic"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# online RFT
+
+
+def test_rft_coefficient_is_one_on_correct_samples_only():
+    assert rft_advantages([1.0, 0.0, None, 1.0, 0.5, math.nan]).tolist() == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
+
+
+def test_rft_trains_without_a_reference_model(tmp_path, reward_file):
+    out = tmp_path / "rft"
+    res = train(config(reward_file, out, "algorithm=rft", first="has_digit"), progress=False)
+    steps = steps_of(out)
+    assert all(s["kl"] == 0.0 for s in steps)  # no reference held, no KL term
+    assert any(s["reward/has_digit"] > 0 for s in steps) and any(s["grad_norm"] > 0 for s in steps)
+    before, after = load_file(out / "tiny-init" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert res.steps == 4
+
+
+# ---------------------------------------------------------------------------------------------------
+# process supervision
+
+
+def test_step_tensors_map_character_offsets_to_the_token_holding_the_last_character():
+    tok = build_tokenizer()
+    text = "<think>8+7=15\n15-5=9</think><answer>9</answer>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    pieces = [tok.decode([t]) for t in ids]
+    assert "".join(pieces) == text
+    steps = [[(13, 1.0), (20, 0.0), (len(text), None)]]
+    rewards, ends = step_tensors(steps, tok, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+    assert rewards[0, :2].tolist() == [1.0, 0.0] and math.isnan(rewards[0, 2])
+    # each step ends at the token whose text holds character end_char - 1
+    for j, end_char in enumerate([13, 20]):
+        k = int(ends[0, j])
+        assert len("".join(pieces[:k])) < end_char <= len("".join(pieces[:k + 1]))
+
+
+def test_process_advantages_of_the_builtin_step_rewards_by_hand():
+    """Group of 2 for the problem 8+7-5 (answer 10): one right, one wrong from its second line.
+
+    Steps (two lines + the answer): right [1, 1, 1], wrong [1, 0, 0]. Over the group's 6 steps:
+    mean 2/3, unbiased std sqrt(4/3 / 5) = 0.5164, so a 1 normalises to +0.6455, a 0 to -1.2910.
+    A token's advantage sums the normalised rewards of the steps ending at or after it: the right
+    completion gets 1.9365 up to its first line's end; the wrong one gets 0.6455 - 2 * 1.2910 =
+    -1.9365 on its first line, -2.5820 on its second, -1.2910 on the answer.
+    """
+    tok = build_tokenizer()
+    texts = ["<think>8+7=15\n15-5=10</think><answer>10</answer>", "<think>8+7=15\n15-5=9</think><answer>9</answer>"]
+    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    T = max(map(len, enc))
+    ids = torch.tensor([e + [tok.pad_token_id] * (T - len(e)) for e in enc])
+    mask = torch.tensor([[1] * len(e) + [0] * (T - len(e)) for e in enc])
+    r = Rollout(ids[:, :1], torch.ones(2, 1, dtype=torch.long), ids, mask, torch.tensor([False, False]))
+    cfg = load_config(TrainConfig, None, ["grpo.G=2", "grpo.advantage=process", "rewards.step_fn=arithmetic_steps",
+                                          "train.micro_batch_size=2"])
+    from grpo.rewards import load_reward_function
+
+    run = types.SimpleNamespace(step_fn=load_reward_function("arithmetic_steps"), tokenizer=tok)
+    adv = step_advantages(run, r, [{"prompt": "q", "answer": "10"}], texts, cfg)  # [2, T]
+    assert adv.shape == (2, T)
+    up, down = 0.6455, -1.2910
+    first_line_end = len(tok("<think>8+7=15", add_special_tokens=False)["input_ids"]) - 1
+    assert adv[0, 0].item() == pytest.approx(3 * up, abs=1e-3)
+    assert adv[0, len(enc[0]) - 1].item() == pytest.approx(up, abs=1e-3)
+    assert adv[1, 0].item() == pytest.approx(up + 2 * down, abs=1e-3)
+    assert adv[1, first_line_end].item() == pytest.approx(up + 2 * down, abs=1e-3)
+    assert adv[1, first_line_end + 1].item() == pytest.approx(2 * down, abs=1e-3)
+    assert adv[1, len(enc[1]) - 1].item() == pytest.approx(down, abs=1e-3)
+    assert adv[1, len(enc[1]):].abs().sum() == 0  # padding
+
+
+def test_process_supervision_runs_end_to_end(tmp_path, reward_file):
+    out = tmp_path / "process"
+    train(config(reward_file, out, "grpo.advantage=process", "rewards.step_fn=arithmetic_steps", "train.steps=2"),
+          progress=False)
+    assert len(steps_of(out)) == 2 and (out / "final" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# iterative GRPO
+
+
+def test_iterations_reset_the_reference_to_the_policy(tmp_path, reward_file):
+    """steps=4, iterations=2: the reference is the initial policy for steps 1-2 and the policy after
+    step 2 for steps 3-4. With mu = 1 the KL is measured before each update, so it is exactly 0 at
+    the first step of each iteration and positive after it."""
+    out = tmp_path / "iter"
+    train(config(reward_file, out, "train.iterations=2", "train.save_every=1"), progress=False)
+    kl = [s["kl"] for s in steps_of(out)]
+    assert kl[0] == 0.0 and kl[1] > 0 and kl[2] == pytest.approx(0.0, abs=1e-7) and kl[3] > 0
+
+    ref = torch.load(out / "checkpoints" / "step-000004" / "extra.pt", weights_only=True)["reference"]
+    # the reference of iteration 2 (the policy after step 2) differs from the initial and the final weights
+    init, final = load_file(out / "tiny-init" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    key = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(ref[key], init[key]) and not torch.equal(ref[key], final[key])
+
+    resumed = tmp_path / "resumed"  # stop in the middle of iteration 2: the reset reference must come back
+    train(config(reward_file, resumed, "train.iterations=2", "train.save_every=1", "train.steps=3"), progress=False)
+    train(config(reward_file, resumed, "train.iterations=2", "train.save_every=1", "train.resume=true"), progress=False)
+    assert stable(resumed) == stable(out) and same_weights(resumed, out)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["grpo.advantage=process"], "needs rewards.step_fn"),
+    (["train.iterations=5"], "more than train.steps=4"),
+    (["train.iterations=2", "model.lora={}"], "use full fine-tuning"),
+    (["algorithm=ppo", "grpo.advantage=process", "rewards.step_fn=arithmetic_steps"], "is a GRPO option"),
+])
+def test_variant_config_mistakes_are_named(tmp_path, reward_file, extra, message):
+    with pytest.raises(UserError, match=message):
+        config(reward_file, tmp_path / "x", *extra)
