@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     sp.add_argument("--n", type=int, default=16, help="samples per held-out problem for pass@k / maj@k")
     sp.add_argument("--k", default="1,2,4,8,16", help="comma-separated k")
-    sp.add_argument("--methods", default="grpo,ppo,rft", help="comma-separated RL methods to train from the SFT model")
+    sp.add_argument("--methods", default="grpo,grpo_process,ppo,rft", help="comma-separated RL methods to train from the SFT model")
     sp.add_argument("--docs", default=None, help="also copy results.md and its plots into this directory (e.g. docs)")
     sp.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. rl.train.steps=30")
     sp.set_defaults(fn=_cmd_reproduce)

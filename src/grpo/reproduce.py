@@ -1,14 +1,18 @@
 """`grpo reproduce`: the paper's comparative claims, in miniature, from one command.
 
 DeepSeekMath (§4-5) claims that RL with GRPO adds points over the SFT model it starts from, that
-GRPO matches or beats PPO while holding fewer models in memory (no value model), and that RL lifts
-maj@K more than pass@K. On the built-in task and the tiny model this command:
+GRPO matches or beats PPO while holding fewer models in memory (no value model), that online
+methods with a graded signal beat rejection-sampling fine-tuning (§5.2.1), and that RL lifts maj@K
+more than pass@K (§5.2.2). On the built-in task and the tiny model this command:
 
 1. warm-starts the tiny model with SFT until held-out accuracy plateaus (as `grpo demo`);
-2. trains GRPO and PPO from that checkpoint with the same sampling budget and seed, each in its own
-   process so that each one's peak memory is its own;
-3. evaluates SFT, GRPO and PPO on the held-out split (greedy accuracy, pass@k, maj@k);
+2. trains each method (GRPO with outcome supervision, GRPO with process supervision, PPO, online
+   RFT) from that checkpoint with the same sampling budget and seed, each in its own process so
+   that each one's peak memory is its own;
+3. evaluates every model on the held-out split (greedy accuracy, pass@k, maj@k);
 4. writes `results.md` plus PNG plots (reward and accuracy curves, pass@k / maj@k versus k).
+
+    grpo reproduce --docs docs          # ~25 min on a 2-core CPU; also copies results.md into docs/
 """
 
 from __future__ import annotations
@@ -22,11 +26,21 @@ from pathlib import Path
 from grpo.config import DemoConfig, load_config, save_config
 from grpo.errors import UserError
 
-METHODS = ("grpo", "ppo")
+METHODS = {
+    "grpo": ["algorithm=grpo"],
+    "grpo_process": ["algorithm=grpo", "grpo.advantage=process", "rewards.step_fn=arithmetic_steps"],
+    "ppo": ["algorithm=ppo"],
+    "rft": ["algorithm=rft"],
+}
+"""Method name -> the overrides of the shared RL config that select it."""
+
+LABELS = {"sft": "SFT", "grpo": "GRPO (outcome)", "grpo_process": "GRPO (process)", "ppo": "PPO", "rft": "Online RFT"}
+MODELS_HELD = {"sft": "policy", "grpo": "policy, reference", "grpo_process": "policy, reference",
+               "ppo": "policy, reference, value (+ its optimizer)", "rft": "policy"}
 
 
 def _train_in_subprocess(rl_config: Path, method: str, out: Path, sft_model: Path) -> dict:
-    cmd = [sys.executable, "-m", "grpo", "train", "-q", "--config", str(rl_config), f"algorithm={method}",
+    cmd = [sys.executable, "-m", "grpo", "train", "-q", "--config", str(rl_config), *METHODS[method],
            f"model.path={sft_model}", f"train.output_dir={out}"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -35,18 +49,28 @@ def _train_in_subprocess(rl_config: Path, method: str, out: Path, sft_model: Pat
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "reward/mean" in x]
     return {"seconds": time.perf_counter() - t0, "peak_mib": max(x["memory/peak_mib"] for x in steps),
+            "state_mib": max(x["memory/state_mib"] for x in steps),
             "history": lines, "model": out / "final"}
 
 
-def run_reproduce(config: str | None, overrides: list[str], n: int = 8, ks=(1, 2, 4, 8),
-                  docs_dir: str | None = None, progress: bool = True) -> dict:
+def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 2, 4, 8, 16),
+                  docs_dir: str | None = None, methods=tuple(METHODS), progress: bool = True) -> dict:
     from grpo.data import load_task
     from grpo.evaluate import answer_extractor, evaluate
     from grpo.models.tiny import build_tokenizer
     from grpo.rewards import load_reward_function
     from grpo.train.sft import sft
 
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UserError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
+    ks = sorted(set(ks))
+    if n < 1 or not ks or ks[0] < 1 or ks[-1] > n:
+        raise UserError(f"--k: every k must be in 1..--n ({n})")
+    t_start = time.perf_counter()
     cfg = load_config(DemoConfig, config, overrides)
+    if config is None and not any(o.startswith("output_dir=") for o in overrides):
+        cfg.output_dir = "runs/reproduce"  # not the demo's directory
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -56,28 +80,30 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 8, ks=(1, 2
     rl_config = out / "rl.yaml"
     save_config(cfg.rl, rl_config)
     runs = {}
-    for i, method in enumerate(METHODS):
-        print(f"[2/3] {method.upper()} from the SFT model ({cfg.rl.train.steps} steps, "
-              f"{cfg.rl.train.prompts_per_step} prompts x G={cfg.rl.grpo.G})")
+    for method in methods:
+        print(f"[2/3] {LABELS[method]} from the SFT model ({cfg.rl.train.steps} steps, "
+              f"{cfg.rl.train.prompts_per_step} prompts x G={cfg.rl.grpo.G})", flush=True)
         runs[method] = _train_in_subprocess(rl_config, method, out / method, s.model_dir)
     print("[3/3] evaluating on the held-out split")
     rows = load_task(cfg.rl.data, build_tokenizer(), cfg.rl.train.seed).heldout
     first = cfg.rl.rewards.functions[0]
     checker = load_reward_function(first.fn, first.options)
     answer_fn = answer_extractor(first.fn, first.options)
-    models = {"sft": s.model_dir, **{m: runs[m]["model"] for m in METHODS}}
+    models = {"sft": s.model_dir, **{m: runs[m]["model"] for m in methods}}
     evals = {name: evaluate(path, rows, checker, answer_fn, n=n, ks=ks,
                             max_new_tokens=cfg.rl.sampling.max_new_tokens, seed=cfg.rl.train.seed)
              for name, path in models.items()}
     summary = {
         name: {"greedy_accuracy": e.greedy_accuracy, "sample_accuracy": e.sample_accuracy,
                "pass_at_k": e.pass_at_k, "maj_at_k": e.maj_at_k,
-               **({"peak_mib": runs[name]["peak_mib"], "seconds": runs[name]["seconds"]} if name in runs else
+               **({k: runs[name][k] for k in ("peak_mib", "state_mib", "seconds")} if name in runs else
                   {"seconds": s.seconds, "steps": s.steps})}
         for name, e in evals.items()}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     plots = _plots(out, runs, evals, ks)
-    text = _markdown(summary, cfg, s, plots, n, ks)
+    command = " ".join(["grpo reproduce", *(["--config", config] if config else []), f"--n {n}",
+                        f"--k {','.join(map(str, ks))}", f"--methods {','.join(methods)}", *overrides])
+    text = _markdown(summary, cfg, s, plots, n, ks, command, time.perf_counter() - t_start)
     (out / "results.md").write_text(text)
     if docs_dir:
         _publish(out, Path(docs_dir), plots)
@@ -85,29 +111,87 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 8, ks=(1, 2
     return summary
 
 
-MODELS_HELD = {"grpo": "policy, reference", "ppo": "policy, reference, value (+ its optimizer)"}
-
-
-def _markdown(summary: dict, cfg: DemoConfig, s, plots: list[str], n: int, ks) -> str:
+def _markdown(summary: dict, cfg: DemoConfig, s, plots: list[str], n: int, ks, command: str, seconds: float) -> str:
     kmax = max(ks)
-    rows = ["| model | greedy acc. | sampled acc. | maj@%d | pass@%d | peak memory | wall time | models held |" % (kmax, kmax),
-            "|---|---|---|---|---|---|---|---|"]
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    rows = [f"| model | greedy acc. | sampled acc. | maj@{kmax} | pass@{kmax} | model state | peak RSS | wall time "
+            "| models held |", "|---|---|---|---|---|---|---|---|---|"]
     for name, v in summary.items():
-        mem = f"{v['peak_mib']:.0f} MiB" if "peak_mib" in v else "-"
-        rows.append(f"| {name.upper()} | {100 * v['greedy_accuracy']:.1f}% | {100 * v['sample_accuracy']:.1f}% | "
-                    f"{100 * v['maj_at_k'][kmax]:.1f}% | {100 * v['pass_at_k'][kmax]:.1f}% | {mem} | "
-                    f"{v['seconds']:.0f} s | {MODELS_HELD.get(name, 'policy')} |")
+        state = f"{v['state_mib']:.1f} MiB" if "state_mib" in v else "-"
+        rss = f"{v['peak_mib']:.0f} MiB" if "peak_mib" in v else "-"
+        rows.append(f"| {LABELS[name]} | {pct(v['greedy_accuracy'])} | {pct(v['sample_accuracy'])} | "
+                    f"{pct(v['maj_at_k'][kmax])} | {pct(v['pass_at_k'][kmax])} | {state} | {rss} | "
+                    f"{v['seconds']:.0f} s | {MODELS_HELD[name]} |")
+    curve = ["| model | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for name, v in summary.items():
+        curve.append(f"| {LABELS[name]} maj@k | " + " | ".join(pct(v["maj_at_k"][k]) for k in ks) + " |")
+        curve.append(f"| {LABELS[name]} pass@k | " + " | ".join(pct(v["pass_at_k"][k]) for k in ks) + " |")
     rl = cfg.rl
     return "\n".join([
-        "# Results: SFT vs GRPO vs PPO on the built-in task", "",
-        "Produced by `grpo reproduce` (see the command line below); numbers from one run on a 2-core CPU.", "",
-        *rows, "",
-        f"Held-out: {rl.data.num_heldout} problems disjoint from training. Sampled accuracy, maj@k and "
-        f"pass@k use n={n} samples per problem at temperature 1. SFT stopped at step {s.steps} "
-        f"(best at {s.best_step}). GRPO and PPO: {rl.train.steps} steps x {rl.train.prompts_per_step} prompts "
-        f"x {rl.grpo.G} samples, beta={rl.grpo.beta}, lr={rl.optim.lr}; PPO value lr={rl.ppo.value_lr}, "
-        f"GAE gamma={rl.ppo.gamma} lambda={rl.ppo.lam}. Peak memory is each training process's peak RSS.", "",
+        "# Results: SFT vs GRPO vs PPO vs online RFT on the built-in task", "",
+        f"Produced by `{command}` in {seconds / 60:.0f} min on this project's 2-core CPU (one run, seed "
+        f"{rl.train.seed}); `results.json` beside it has every number.", "",
+        *rows, "", *_claims(summary, kmax), "",
+        f"maj@k and pass@k against k (n={n} samples per problem at temperature {rl.sampling.temperature:g}):", "",
+        *curve, "",
+        f"Held-out: {rl.data.num_heldout} problems disjoint from training. Greedy accuracy is one completion at "
+        f"temperature 0; sampled accuracy, maj@k and pass@k use n={n} samples per problem. SFT stopped at step "
+        f"{s.steps} (best checkpoint at {s.best_step}, kept). Every RL method starts from that checkpoint with the "
+        f"same budget: {rl.train.steps} steps x {rl.train.prompts_per_step} prompts x {rl.grpo.G} samples, "
+        f"lr={rl.optim.lr}, beta={rl.grpo.beta} (PPO: folded into the per-token reward; RFT: no KL), "
+        f"max_new_tokens={rl.sampling.max_new_tokens}. PPO: value model = a copy of the policy's body with a "
+        f"scalar head, value lr={rl.ppo.value_lr}, GAE gamma={rl.ppo.gamma} lambda={rl.ppo.lam}. Process "
+        "supervision scores each line of working and the final answer (`arithmetic_steps`). Peak memory is each "
+        "training process's peak resident set size (the tiny model is ~1.4M parameters, so most of it is the "
+        "Python/PyTorch runtime; `grpo plan` gives the model-dependent part for real sizes).", "",
         *[f"![{p}]({p})" for p in plots], ""])
+
+
+def _plan_line() -> str:
+    import argparse
+
+    from grpo.plan import PlanInput, architecture_from_args, plan_memory
+
+    arch = architecture_from_args(argparse.Namespace(model=None, config=None, params=7e9, layers=32, hidden=4096,
+                                                     intermediate=11008, heads=32, kv_heads=32, vocab=32000))
+    gib = {a: plan_memory(PlanInput(arch=arch, algorithm=a, precision="bf16")).total_bytes / 2**30 for a in ("grpo", "ppo")}
+    return f"{gib['grpo']:.0f} GiB for GRPO vs {gib['ppo']:.0f} GiB for PPO (bf16, AdamW, no LoRA)"
+
+
+def _claims(summary: dict, kmax: int) -> list[str]:
+    """The paper's claims, checked against this run's numbers (a claim not met is said so)."""
+    acc = {m: v["greedy_accuracy"] for m, v in summary.items()}
+    out = ["What the numbers say about the paper's claims:", ""]
+    if "grpo" in acc:
+        gain = 100 * (acc["grpo"] - acc["sft"])
+        out.append(f"- RL adds points over SFT: GRPO {gain:+.1f} points over the SFT model it starts from "
+                   f"({'met' if gain >= 15 else 'NOT met'}: the target is +15).")
+    if "grpo" in acc and "ppo" in acc:
+        d = 100 * (acc["grpo"] - acc["ppo"])
+        out.append(f"- GRPO matches or beats PPO at equal budget: {d:+.1f} points "
+                   f"({'met' if d >= 0 else 'NOT met'}).")
+        g, p = summary["grpo"]["state_mib"], summary["ppo"]["state_mib"]
+        out.append(f"- Less memory without a value model: GRPO holds {g:.1f} MiB of model state (weights, "
+                   f"gradients, Adam moments, reference) vs PPO's {p:.1f} MiB, {p / g:.2f}x "
+                   f"({'met' if g < p else 'NOT met'}); at 7B parameters `grpo plan` gives {_plan_line()}.")
+    if "grpo_process" in acc and "grpo" in acc:
+        d = 100 * (acc["grpo_process"] - acc["grpo"])
+        out.append(f"- Process vs outcome supervision: {d:+.1f} points for process supervision (the paper finds "
+                   f"process supervision better; {'met' if d >= 0 else 'NOT met'} here).")
+    if "rft" in acc and "grpo" in acc:
+        d = 100 * (acc["grpo"] - acc["rft"])
+        out.append(f"- Online RFT (coefficient 1 on correct samples, none on wrong ones) vs GRPO: GRPO "
+                   f"{d:+.1f} points ({'met' if d >= 0 else 'NOT met'}).")
+    rl = [m for m in ("grpo", "grpo_process", "ppo") if m in summary]
+    if rl:
+        s = summary["sft"]
+        lines = []
+        for m in rl:
+            dm = 100 * (summary[m]["maj_at_k"][kmax] - s["maj_at_k"][kmax])
+            dp = 100 * (summary[m]["pass_at_k"][kmax] - s["pass_at_k"][kmax])
+            lines.append(f"{LABELS[m]} maj@{kmax} {dm:+.1f} / pass@{kmax} {dp:+.1f}")
+        out.append(f"- RL lifts maj@K more than pass@K (§5.2.2), in points over SFT: {'; '.join(lines)}.")
+    return out
 
 
 def _plots(out: Path, runs: dict, evals: dict, ks) -> list[str]:
@@ -120,12 +204,12 @@ def _plots(out: Path, runs: dict, evals: dict, ks) -> list[str]:
     for method, run in runs.items():
         hist = run["history"]
         steps = [h for h in hist if "reward/mean" in h]
-        a1.plot([h["step"] for h in steps], [h["reward/mean"] for h in steps], label=method.upper(), alpha=0.8)
+        a1.plot([h["step"] for h in steps], [h["reward/mean"] for h in steps], label=LABELS[method], alpha=0.8)
         ev = [(h["step"], h["eval/accuracy"]) for h in hist if "eval/accuracy" in h]
         before = hist[-1].get("eval/accuracy_before")
         if before is not None:
             ev.insert(0, (0, before))
-        a2.plot([x for x, _ in ev], [100 * y for _, y in ev], "o-", label=method.upper())
+        a2.plot([x for x, _ in ev], [100 * y for _, y in ev], "o-", label=LABELS[method])
     a1.set(xlabel="step", ylabel="reward", title="training reward")
     a2.set(xlabel="step", ylabel="accuracy (%)", title="held-out greedy accuracy", ylim=(0, 100))
     for ax in (a1, a2):
@@ -137,8 +221,8 @@ def _plots(out: Path, runs: dict, evals: dict, ks) -> list[str]:
 
     fig, (b1, b2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, e in evals.items():
-        b1.plot(list(ks), [100 * e.maj_at_k[k] for k in ks], "o-", label=name.upper())
-        b2.plot(list(ks), [100 * e.pass_at_k[k] for k in ks], "o-", label=name.upper())
+        b1.plot(list(ks), [100 * e.maj_at_k[k] for k in ks], "o-", label=LABELS[name])
+        b2.plot(list(ks), [100 * e.pass_at_k[k] for k in ks], "o-", label=LABELS[name])
     b1.set(xlabel="k", ylabel="%", title="maj@k", xscale="log", ylim=(0, 100))
     b2.set(xlabel="k", ylabel="%", title="pass@k", xscale="log", ylim=(0, 100))
     for ax in (b1, b2):

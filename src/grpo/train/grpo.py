@@ -234,6 +234,20 @@ class Run:
             extra["reference"] = self.ref.model.state_dict()
         return extra
 
+    def state_mib(self) -> float:
+        """Memory held by model state between steps: the weights, gradients and optimizer moments of
+        the policy (and PPO's value model) plus the reference's weights; each tensor counted once."""
+        tensors = [*self.model.parameters(), *(p.grad for p in self.model.parameters() if p.grad is not None),
+                   *(t for st in self.optimizer.state.values() for t in st.values() if torch.is_tensor(t))]
+        if self.ref is not None and not self.ref.shares_policy:
+            tensors += list(self.ref.model.parameters())
+        if self.critic is not None:
+            c = self.critic
+            tensors += [*c.model.parameters(), *(p.grad for p in c.model.parameters() if p.grad is not None),
+                        *(t for st in c.optimizer.state.values() for t in st.values() if torch.is_tensor(t))]
+        seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        return sum(seen.values()) / 2**20
+
     def load_extra_state(self, extra: dict) -> None:
         if self.critic is not None and "critic" in extra:
             self.critic.model.load_state_dict(extra["critic"])
@@ -414,7 +428,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             out = train_step(run, cfg, pool, timers)
             dt = time.perf_counter() - t0
             record = {"step": step + 1, **out.record, **timers.pop(), "time/step": dt,
-                      "tokens_per_s": out.num_tokens / dt, "memory/peak_mib": peak_memory_mib(device)}
+                      "tokens_per_s": out.num_tokens / dt, "memory/peak_mib": peak_memory_mib(device),
+                      "memory/state_mib": run.state_mib()}
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
                 record["eval/accuracy"] = heldout()
             if cfg.train.sample_every and step % cfg.train.sample_every == 0:

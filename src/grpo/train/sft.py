@@ -93,7 +93,7 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         scheduler.step()
-        record = {"step": step, "loss": float(loss), "lr": scheduler.get_last_lr()[0]}
+        record = {"step": step, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]}
         if step % s.eval_every == 0 or step == s.max_steps:
             acc, _ = evaluate_accuracy(engine, tokenizer, task.heldout, checker, cfg.sampling.max_new_tokens)
             record["eval/accuracy"] = acc
@@ -101,7 +101,7 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
                 best, evals_since_best = (acc, step, copy.deepcopy(model.state_dict())), 0
             else:
                 evals_since_best += 1
-            bar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.3f}", best=f"{best[0]:.3f}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{acc:.3f}", best=f"{best[0]:.3f}")
         log.write(record)
         history.append(record)
         if evals_since_best >= s.patience:
