@@ -195,3 +195,57 @@ def test_iterations_reset_the_reference_to_the_policy(tmp_path, reward_file):
 def test_variant_config_mistakes_are_named(tmp_path, reward_file, extra, message):
     with pytest.raises(UserError, match=message):
         config(reward_file, tmp_path / "x", *extra)
+
+
+# ---------------------------------------------------------------------------------------------------
+# iterative GRPO with a retrained reward model
+
+
+def test_a_reward_model_made_from_the_policy_starts_at_zero_and_learns_the_labels():
+    from grpo.config import RewardModelConfig
+    from grpo.models.tiny import TinyConfig, build_model
+    from grpo.train.reward_model import RewardModelTrainer
+    from grpo.rewards import RewardModel
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    policy = build_model(tok, TinyConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
+    rm = RewardModel.from_policy(policy, tok, batch_size=8)
+    assert rm(["q"] * 2, ["<answer>13</answer>", "<answer>7</answer>"]) == [0.0, 0.0]  # zero score head
+    body = dict(rm.model.named_parameters())["model.embed_tokens.weight"]
+    assert torch.equal(body, policy.model.embed_tokens.weight)  # the policy's body, copied
+    trainer = RewardModelTrainer(rm, RewardModelConfig(train_steps=60, lr=3e-3, train_batch_size=16, replay=0.5),
+                                 seed=0)
+    fresh = [["Q:", f"<answer>{a}</answer>", 1.0 if a % 2 == 0 else 0.0] for a in range(10, 30)]
+    stats = trainer.retrain(fresh, iteration=0)
+    assert stats["rm/samples"] == 20 and stats["rm/replayed"] == 0  # nothing earlier to replay yet
+    assert stats["rm/loss_before"] == pytest.approx(0.5) and stats["rm/loss_after"] < 0.1
+    stats = trainer.retrain(fresh[:10], iteration=1)
+    assert stats["rm/replayed"] == 5 and stats["rm/accuracy_before"] > 0.9  # half of 10, from the pool of 20
+    assert len(trainer.history) == 30
+
+
+def test_iterative_grpo_retrains_the_reward_model_each_iteration_and_resumes_exactly(tmp_path, reward_file):
+    rm = (f"rewards.model={{path: init, retrain: true, labeller: '{reward_file}:has_digit', prompts_per_iteration: 4, "
+          "train_steps: 3, train_batch_size: 8, lr: 0.001}")
+    args = ["train.iterations=2", "train.save_every=1", rm]
+    out = tmp_path / "straight"
+    train(config(reward_file, out, *args), progress=False)
+    steps = steps_of(out)
+    assert [s.get("iteration") for s in steps] == [1, None, 2, None]
+    assert steps[0]["rm/samples"] == 16 and steps[0]["rm/replayed"] == 0  # 4 prompts x G=4, nothing to replay
+    assert steps[2]["rm/replayed"] == 2  # 10% of 16 fresh samples, from iteration 1's
+    assert all("reward/reward_model" in s for s in steps) and steps[0]["rm/loss_after"] < steps[0]["rm/loss_before"]
+    assert (out / "reward_model" / "config.json").exists()
+    extra = torch.load(out / "checkpoints" / "step-000004" / "extra.pt", weights_only=True)
+    assert len(extra["reward_model"]["history"]) == 32
+
+    resumed = tmp_path / "resumed"  # stopped inside iteration 2: the retrained reward model must come back
+    train(config(reward_file, resumed, *args, "train.steps=3"), progress=False)
+    train(config(reward_file, resumed, *args, "train.resume=true"), progress=False)
+    assert stable(resumed) == stable(out) and same_weights(resumed, out)
+
+
+def test_reward_model_init_without_retraining_is_refused(tmp_path, reward_file):
+    with pytest.raises(UserError, match="set rewards.model.retrain=true"):
+        config(reward_file, tmp_path / "x", "rewards.model={}")

@@ -90,6 +90,34 @@ class RewardEntry:
     """Keyword options for built-in factories, or bound as keyword arguments of a user function."""
 
 
+@dataclass
+class RewardModelConfig:
+    path: str = "init"
+    """A local sequence-classification checkpoint (num_labels=1), or 'init': a copy of the policy's body
+    with a new score head, trained from the first iteration's labelled samples (needs retrain: true)."""
+    weight: float = 1.0
+    """Weight of its score in the summed reward."""
+    batch_size: int = 32
+    """Texts scored per forward."""
+    max_length: int = 1024
+    """Longest text scored in tokens (longer ones are cut on the left)."""
+    retrain: bool = False
+    """Iterative GRPO (DeepSeekMath Algorithm 1): at the start of every iteration, train the reward model
+    on freshly sampled policy completions labelled by `labeller`, plus a replay of earlier samples."""
+    labeller: str = "arithmetic_accuracy"
+    """Rule reward whose value labels the samples (the regression target of the score)."""
+    prompts_per_iteration: int = 64
+    """Prompts sampled (x grpo.G completions each) and labelled for each retraining."""
+    train_steps: int = 100
+    """Optimizer steps per retraining."""
+    lr: float = 1e-4
+    """Learning rate of the reward model (AdamW)."""
+    train_batch_size: int = 64
+    """Labelled samples per reward-model optimizer step."""
+    replay: float = 0.1
+    """Earlier samples mixed into each retraining, as a fraction of the fresh ones (the paper's 10%)."""
+
+
 def _default_rewards() -> list[RewardEntry]:
     return [RewardEntry("arithmetic_accuracy", 1.0), RewardEntry("arithmetic_format", 0.1)]
 
@@ -109,6 +137,8 @@ class RewardConfig:
     (end character offset, reward) steps; 'arithmetic_steps' for the built-in task, or 'file.py:fn'."""
     step_options: dict = field(default_factory=dict)
     """Keyword options of step_fn (as `options` of a reward function)."""
+    model: RewardModelConfig | None = None
+    """A learned reward model added to the sum as 'reward_model' (`rewards.model={}`: defaults)."""
 
 
 @dataclass
@@ -267,6 +297,15 @@ class TrainConfig:
         if t.iterations > t.steps:
             raise UserError(f"train.iterations={t.iterations} is more than train.steps={t.steps}: each iteration "
                             "needs at least one step")
+        rm = self.rewards.model
+        if rm is not None:
+            _positive(rm, ["batch_size", "max_length", "prompts_per_iteration", "train_steps", "train_batch_size"],
+                      "rewards.model.")
+            if rm.path == "init" and not rm.retrain:
+                raise UserError("rewards.model.path=init starts from an untrained score head: set "
+                                "rewards.model.retrain=true (or give a trained reward model's directory)")
+            if not 0 <= rm.replay <= 1 or rm.lr <= 0:
+                raise UserError("rewards.model: replay must be in [0, 1] and lr > 0")
         if t.iterations > 1 and m.lora is not None:
             raise UserError("train.iterations > 1 resets the reference to the current policy, but with model.lora "
                             "the reference is the base model with the adapter off; use full fine-tuning")
@@ -316,12 +355,13 @@ def _not_negative(cfg, names: list[str]) -> None:
             raise UserError(f"{name} must be >= 0, got {value}")
 
 
-def _positive(cfg, names: list[str]) -> None:
+def _positive(cfg, names: list[str], prefix: str = "") -> None:
     for name in names:
-        section, key = name.split(".")
-        value = getattr(getattr(cfg, section), key)
+        value = cfg
+        for part in name.split("."):
+            value = getattr(value, part)
         if value <= 0:
-            raise UserError(f"{name} must be a positive integer, got {value}")
+            raise UserError(f"{prefix}{name} must be a positive integer, got {value}")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -80,6 +80,31 @@ class RewardModel:
         self.tokenizer = tokenizer
         self.model = model.to(self.device).eval()
 
+    @classmethod
+    def from_policy(cls, policy, tokenizer, batch_size: int = 16, max_length: int = 1024) -> "RewardModel":
+        """A reward model to be trained: a copy of the causal LM `policy`'s body (its weights) with a new,
+        zero score head, on the policy's device; the tokenizer is the policy's (padding on the right)."""
+        import copy
+
+        import torch
+        from transformers import AutoModelForSequenceClassification
+
+        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        config = copy.deepcopy(base.config)
+        config.num_labels, config.pad_token_id = 1, tokenizer.pad_token_id
+        model = AutoModelForSequenceClassification.from_config(config)
+        body = {k: v for k, v in base.state_dict().items() if not k.startswith("lm_head.")}
+        missing, _ = model.load_state_dict(body, strict=False)
+        assert all(k.startswith("score.") for k in missing), missing
+        torch.nn.init.zeros_(model.score.weight)
+        rm = cls.__new__(cls)
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
+        rm.path, rm.batch_size, rm.max_length, rm.tokenizer = None, batch_size, max_length, tokenizer
+        rm.device = next(policy.parameters()).device
+        rm.model = model.to(rm.device).eval()
+        return rm
+
     def __call__(
         self, prompts: list[str], completions: list[str], completion_ids=None, **columns
     ) -> list[float]:

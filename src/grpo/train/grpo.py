@@ -47,7 +47,7 @@ from grpo.config import TrainConfig
 from grpo.data import Task, load_task
 from grpo.errors import UserError
 from grpo.models.loading import Reference, autocast, load_policy
-from grpo.rewards import RewardSpec, compute_rewards, load_reward_function, reward_spec
+from grpo.rewards import RewardModel, RewardSpec, compute_rewards, load_reward_function, reward_spec
 from grpo.rewards.loader import RESERVED_ARGUMENTS
 from grpo.rollout.engine import Rollout, SamplingParams
 from grpo.rollout.hf import HFEngine
@@ -82,6 +82,7 @@ from grpo.train.common import (
 from grpo.train.logprobs import completion_logprobs
 from grpo.train.ppo import Critic
 from grpo.train.process import step_tensors
+from grpo.train.reward_model import RewardModelTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -224,6 +225,8 @@ class Run:
     """PPO's value model and its optimizer (None for GRPO and RFT)."""
     step_fn: Any = None
     """Process supervision's step reward function (rewards.step_fn)."""
+    rm_trainer: RewardModelTrainer | None = None
+    """Retrains the learned reward model at each iteration's start (rewards.model.retrain)."""
 
     def extra_state(self, cfg: TrainConfig) -> dict:
         """What a checkpoint needs beyond the policy: the critic, and a reference that was reset."""
@@ -232,6 +235,8 @@ class Run:
             extra.update(critic=self.critic.model.state_dict(), critic_optimizer=self.critic.optimizer.state_dict())
         if self.ref is not None and cfg.train.iterations > 1:
             extra["reference"] = self.ref.model.state_dict()
+        if self.rm_trainer is not None:
+            extra["reward_model"] = self.rm_trainer.state_dict()
         return extra
 
     def state_mib(self) -> float:
@@ -254,6 +259,8 @@ class Run:
             self.critic.optimizer.load_state_dict(extra["critic_optimizer"])
         if self.ref is not None and "reference" in extra:
             self.ref.model.load_state_dict(extra["reference"])
+        if self.rm_trainer is not None and "reward_model" in extra:
+            self.rm_trainer.load_state_dict(extra["reward_model"])
 
 
 def setup_run(cfg: TrainConfig) -> Run:
@@ -269,6 +276,13 @@ def setup_run(cfg: TrainConfig) -> Run:
         model, tokenizer = load_policy(cfg.model, tiny_dir)
         task = load_task(cfg.data, tokenizer, cfg.train.seed)
         specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
+        rm_trainer = None
+        if cfg.rewards.model is not None:  # a learned reward model, on the policy's device
+            c = cfg.rewards.model
+            rm = RewardModel.from_policy(model, tokenizer, c.batch_size, c.max_length) if c.path == "init" else \
+                RewardModel(c.path, next(model.parameters()).device, c.batch_size, c.max_length)
+            specs.append(RewardSpec("reward_model", rm, c.weight, in_pool=False))
+            rm_trainer = RewardModelTrainer(rm, c, cfg.train.seed) if c.retrain else None
         _check_rewards(specs, task, cfg)
         step_fn = load_reward_function(cfg.rewards.step_fn, cfg.rewards.step_options) \
             if cfg.grpo.advantage == "process" else None
@@ -292,7 +306,7 @@ def setup_run(cfg: TrainConfig) -> Run:
         logger.warning("removed %s: a checkpoint whose writing was cut off", out / CHECKPOINTS / name)
     engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     run = Run(out, model, tokenizer, ref, engine, task, specs, optimizer, scheduler, gen, sampler, state,
-              history=restore_logs(out, state), critic=critic, step_fn=step_fn)
+              history=restore_logs(out, state), critic=critic, step_fn=step_fn, rm_trainer=rm_trainer)
     run.load_extra_state(extra)
     return run
 
@@ -422,12 +436,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         bar = tqdm(range(state.step, cfg.train.steps), initial=state.step, total=cfg.train.steps, desc="grpo",
                    disable=not progress, dynamic_ncols=True)
         for step in bar:
+            rm_stats = {}
             if step in iteration_starts and run.ref is not None:  # iterative GRPO: pi_ref <- pi_theta
                 run.ref.reset(run.model)
+            if (step == 0 or step in iteration_starts) and run.rm_trainer is not None:
+                rm_stats = retrain_reward_model(run, cfg, iteration=_iteration(step, iteration_starts), timers=timers)
             t0 = time.perf_counter()
             out = train_step(run, cfg, pool, timers)
             dt = time.perf_counter() - t0
-            record = {"step": step + 1, **out.record, **timers.pop(), "time/step": dt,
+            record = {"step": step + 1, **out.record, **rm_stats, **timers.pop(), "time/step": dt,
                       "tokens_per_s": out.num_tokens / dt, "memory/peak_mib": peak_memory_mib(device),
                       "memory/state_mib": run.state_mib()}
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
@@ -449,6 +466,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                        run.history)
 
 
+def _iteration(step: int, starts: set[int]) -> int:
+    return sum(s <= step for s in starts)  # 0-based
+
+
+def retrain_reward_model(run: Run, cfg: TrainConfig, iteration: int, timers: Timers) -> dict:
+    """Iterative GRPO's reward-model update on fresh labelled samples of the current policy (+ replay)."""
+    with timers("reward_model"):
+        was_training = run.model.training
+        run.model.eval()
+        fresh = run.rm_trainer.sample(run.engine, run.tokenizer, run.task.train, cfg.grpo.G,
+                                      cfg.sampling.max_new_tokens, cfg.sampling.temperature, iteration)
+        run.model.train(was_training)
+        return {**run.rm_trainer.retrain(fresh, iteration), "iteration": iteration + 1}
+
+
 def _write_samples(samples, step: int, out: StepOutput, G: int) -> None:
     """The first completion of each group, with its prompt and reward."""
     try:
@@ -465,6 +497,9 @@ def _save_final(run: Run) -> None:
 
     try:
         save_model(run.model, run.tokenizer, run.out / "final")
+        if run.rm_trainer is not None:  # the retrained reward model, loadable as rewards.model.path
+            run.rm_trainer.rm.model.save_pretrained(run.out / "reward_model")
+            run.rm_trainer.rm.tokenizer.save_pretrained(run.out / "reward_model")
     except (OSError, SafetensorError) as e:
         raise UserError(f"cannot write the final model to {run.out / 'final'}: {e}") from None
 
