@@ -70,6 +70,25 @@ from grpo.train.common import (
     save_model,
     seed_everything,
 )
+from grpo.train.batch import Batch, collect_batch, gather_batch
+from grpo.train.distributed import (
+    SINGLE,
+    Dist,
+    NullLog,
+    agreed_signal,
+    all_reduce_grads,
+    barrier,
+    broadcast_parameters,
+    check_divisible,
+    close_distributed,
+    global_totals,
+    init_distributed,
+    my_rows,
+    reduce_update_stats,
+    sampling_seed,
+    shard,
+    sharded_accuracy,
+)
 from grpo.train.logprobs import completion_logprobs
 
 logger = logging.getLogger(__name__)
@@ -114,15 +133,20 @@ class UpdateResult(NamedTuple):
     """False: the loss or the gradient norm was not finite, and the optimizer step was skipped."""
 
 
-def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: TrainConfig, ctx) -> UpdateResult:
+def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: TrainConfig, ctx,
+                  dist: Dist = SINGLE) -> UpdateResult:
     """One optimizer step on the whole batch: micro-batched forward/backward, summed exactly.
+
+    With several processes `r` is this rank's share: the loss normalisers are the global batch's and the
+    gradients and statistics are summed over ranks (grpo.train.distributed), so every rank takes the
+    step a single process would take on the whole batch.
 
     A non-finite loss or gradient norm skips the step (gradients dropped, weights and optimizer state
     unchanged); the caller counts it.
     """
     g = cfg.grpo
     mask = mask_truncated(r.completion_mask, r.truncated) if g.mask_truncated else r.completion_mask  # [N, T]
-    totals = dict(total_tokens=float(mask.sum().clamp(min=1)), total_sequences=float(mask.shape[0]))
+    totals = global_totals(mask, dist)
     stats: dict[str, float] = {}
     optimizer.zero_grad(set_to_none=True)
     for mb in _micro_batches(mask.shape[0], cfg.train.micro_batch_size):
@@ -142,6 +166,8 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
         for k, v in {**m, "entropy": masked_mean(lp.entropy, mask[mb]), "loss": loss.detach()}.items():
             stats[k] = stats.get(k, 0.0) + float(v) * (1.0 if k in ("loss", "pg_loss") else share)
     params = [p for p in model.parameters() if p.requires_grad]
+    stats = reduce_update_stats(stats, dist)
+    all_reduce_grads(params, dist)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
     stats["grad_norm"] = float(grad_norm)
     applied = math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])
@@ -187,6 +213,8 @@ class Run:
     state: TrainerState
     history: list[dict]
     """metrics.jsonl so far (when resuming: the lines up to the checkpoint)."""
+    dist: Dist = SINGLE
+    """This process's rank among torchrun's processes (rank 0 writes the files)."""
 
 
 def setup_run(cfg: TrainConfig) -> Run:
@@ -196,31 +224,37 @@ def setup_run(cfg: TrainConfig) -> Run:
     checkpoint is loaded into the freshly built objects; the reference stays the initial weights.
     """
     seed_everything(cfg.train.seed, cfg.train.threads)
+    dist = init_distributed(cfg.model.device)
+    check_divisible(cfg.train.prompts_per_step, dist)
     resume_from = check_output_dir(cfg.train.output_dir, cfg.train.resume)
     with tempfile.TemporaryDirectory(prefix="grpo-") as staging:
         tiny_dir = Path(staging) / "tiny-init"
         model, tokenizer = load_policy(cfg.model, tiny_dir)
+        broadcast_parameters(model, dist)
         task = load_task(cfg.data, tokenizer, cfg.train.seed)
         specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
         _check_rewards(specs, task, cfg)
         # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
         ref = Reference(model) if cfg.grpo.beta > 0 else None
         optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.train.steps * cfg.grpo.mu)
-        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.train.seed)
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(sampling_seed(cfg.train.seed, dist))
         sampler = PromptSampler(len(task.train), cfg.train.seed)
         state = TrainerState(init_fingerprint=weights_fingerprint(model))
         if resume_from is not None:
             state = load_checkpoint(resume_from, cfg, model, optimizer, scheduler, gen, state.init_fingerprint)
             sampler.load_state_dict(state.sampler)
+            if dist.rank > 0:  # the checkpoint holds rank 0's generator: the others start a fresh stream
+                gen.manual_seed(sampling_seed(cfg.train.seed, dist) + 1_000_003 * state.step)
         check_free_space(cfg.train.output_dir, model, checkpoints=cfg.train.save_every > 0)
-        out = prepare_output_dir(cfg.train.output_dir, cfg)
-        if tiny_dir.exists():
+        barrier(dist)  # every rank has checked the directory before rank 0 writes into it
+        out = prepare_output_dir(cfg.train.output_dir, cfg) if dist.is_main else Path(cfg.train.output_dir)
+        if tiny_dir.exists() and dist.is_main:
             shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
-    for name in remove_partial_checkpoints(out):
+    for name in remove_partial_checkpoints(out) if dist.is_main else []:
         logger.warning("removed %s: a checkpoint whose writing was cut off", out / CHECKPOINTS / name)
     engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     return Run(out, model, tokenizer, ref, engine, task, specs, optimizer, scheduler, gen, sampler, state,
-               history=restore_logs(out, state))
+               history=restore_logs(out, state) if dist.is_main else [], dist=dist)
 
 
 def _check_rewards(specs: list[RewardSpec], task: Task, cfg: TrainConfig) -> None:
@@ -240,7 +274,7 @@ class StepOutput(NamedTuple):
     record: dict
     """This step's metrics (docs/metrics.md), without the timings."""
     rows: list[dict]
-    """The prompts' dataset rows."""
+    """The prompts' dataset rows (all ranks')."""
     texts: list[str]
     """The N = prompts_per_step * G completions, grouped by prompt."""
     rewards: torch.Tensor
@@ -249,11 +283,9 @@ class StepOutput(NamedTuple):
     """Completion tokens generated."""
 
 
-def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
-    """generate -> reward -> advantages -> reference -> update, on the sampler's next prompts."""
-    G, device = cfg.grpo.G, next(run.model.parameters()).device
-    ctx = lambda: autocast(cfg.model, device)  # noqa: E731
-    rows = [run.task.train[i] for i in run.sampler.next(cfg.train.prompts_per_step)]
+def generate_and_score(run: Run, cfg: TrainConfig, pool, timers: Timers, rows: list[dict]) -> Batch:
+    """G completions of each prompt in `rows`, decoded and rewarded."""
+    G = cfg.grpo.G
     with timers("generate"):
         sampling = SamplingParams(cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.top_p, G)
         r = run.engine.generate(encode_prompts(run.tokenizer, [x["prompt"] for x in rows]), sampling, run.gen)
@@ -264,8 +296,24 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
                                  [ids[m.bool()].tolist() for ids, m in zip(r.completion_ids, r.completion_mask)],
                                  columns, on_error=cfg.rewards.on_error, timeout_s=cfg.rewards.timeout_s, pool=pool)
         rewards = torch.tensor(scored.total, dtype=torch.float32)  # [N]
+    return Batch(rows, r, texts, rewards, scored.per_function, scored.num_errors, scored.num_timeouts)
+
+
+def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
+    """generate -> reward (-> more prompts: dynamic sampling) -> advantages -> reference -> update.
+
+    With several processes this rank generates for its slice of the prompts; `everyone` is the
+    gathered global batch that advantages and metrics are computed on.
+    """
+    G, device, dist = cfg.grpo.G, next(run.model.parameters()).device, run.dist
+    ctx = lambda: autocast(cfg.model, device)  # noqa: E731
+    next_rows = lambda: [run.task.train[i] for i in shard(run.sampler.next(cfg.train.prompts_per_step), dist)]  # noqa: E731
+    batch, sampling = collect_batch(next_rows, lambda rows: generate_and_score(run, cfg, pool, timers, rows), G,
+                                    cfg.train.prompts_per_step, cfg.grpo.dynamic_sampling,
+                                    cfg.grpo.max_sampling_rounds, run.tokenizer.pad_token_id, dist)
+    r, everyone = batch.rollout, gather_batch(batch, dist)
     with timers("advantages"):
-        adv = compute_advantages(rewards, cfg).to(device)  # [N]
+        adv = my_rows(compute_advantages(everyone.rewards, cfg), dist).to(device)  # [N / world_size]
     with timers("reference"):
         ref_logp = None
         if run.ref is not None:
@@ -274,13 +322,16 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
         old_logp = _logprobs_no_grad(run.model, r, cfg, ctx) if cfg.grpo.mu > 1 else None
     with timers("update"):
         for _ in range(cfg.grpo.mu):
-            update = update_policy(run.model, run.optimizer, r, adv, ref_logp, old_logp, cfg, ctx)
+            update = update_policy(run.model, run.optimizer, r, adv, ref_logp, old_logp, cfg, ctx, dist)
             run.scheduler.step()
             _count_fault(run.state, update.applied, cfg.train.max_bad_steps)
-    record = {**rollout_metrics(r, rewards, scored.per_function, cfg), **update.stats,
-              "lr": run.scheduler.get_last_lr()[0], "reward/errors": scored.num_errors,
-              "reward/timeouts": scored.num_timeouts, "faults/skipped_updates": run.state.skipped_updates}
-    return StepOutput(record, rows, texts, rewards, int(r.lengths.sum()))
+    record = {**rollout_metrics(everyone, everyone.rewards, everyone.per_function, cfg), **update.stats,
+              "lr": run.scheduler.get_last_lr()[0], "reward/errors": everyone.num_errors,
+              "reward/timeouts": everyone.num_timeouts, "faults/skipped_updates": run.state.skipped_updates}
+    if sampling is not None:
+        record.update({"sampling/rounds": sampling.rounds, "sampling/prompts_drawn": sampling.prompts_drawn,
+                       "sampling/kept_groups": sampling.kept_groups})
+    return StepOutput(record, everyone.rows, everyone.texts, everyone.rewards, everyone.num_tokens)
 
 
 def _count_fault(state: TrainerState, applied: bool, max_bad: int) -> None:
@@ -299,12 +350,16 @@ def checkpoint_or_stop(run: Run, cfg: TrainConfig, log: MetricsLog, samples, sto
     t, state = cfg.train, run.state
     due = t.save_every > 0 and (state.step % t.save_every == 0 or state.step == t.steps)
     too_many_faults = state.bad_in_a_row >= t.max_bad_steps
+    stop.signum = agreed_signal(stop.signum, run.dist)
     if not (due or too_many_faults or stop.signum is not None):
         return
-    state.sampler = run.sampler.state_dict()
-    state.metrics_bytes, state.samples_bytes = log.path.stat().st_size, os.fstat(samples.fileno()).st_size
-    path = save_checkpoint(run.out, cfg, state, run.model, run.optimizer, run.scheduler, run.gen,
-                           keep=t.keep_checkpoints)
+    path = run.out / CHECKPOINTS  # ranks other than 0 only wait for rank 0 to write it
+    if run.dist.is_main:
+        state.sampler = run.sampler.state_dict()
+        state.metrics_bytes, state.samples_bytes = log.path.stat().st_size, os.fstat(samples.fileno()).st_size
+        path = save_checkpoint(run.out, cfg, state, run.model, run.optimizer, run.scheduler, run.gen,
+                               keep=t.keep_checkpoints)
+    barrier(run.dist)
     if too_many_faults:
         raise UserError(f"stopped at step {state.step}: {state.bad_in_a_row} updates in a row had a non-finite "
                         f"loss or gradient norm (train.max_bad_steps={t.max_bad_steps}); they were skipped, so "
@@ -320,18 +375,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     t_start = time.perf_counter()
     run = setup_run(cfg)
     state, timers, device = run.state, Timers(), next(run.model.parameters()).device
-    heldout = lambda: evaluate_accuracy(run.engine, run.tokenizer, run.task.heldout, run.specs[0].fn,  # noqa: E731
-                                        cfg.sampling.max_new_tokens)[0]  # the accuracy reward itself: no drift
+    evaluate = lambda rows: evaluate_accuracy(run.engine, run.tokenizer, rows, run.specs[0].fn,  # noqa: E731
+                                              cfg.sampling.max_new_tokens)[0]  # the accuracy reward itself: no drift
+    heldout = lambda: sharded_accuracy(evaluate, run.task.heldout, run.dist)  # noqa: E731
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(reward_pool(cfg.rewards.workers))
-        log = MetricsLog(run.out)
+        log = MetricsLog(run.out) if run.dist.is_main else NullLog()
         stack.callback(log.close)
-        samples = stack.enter_context(open(run.out / "samples.jsonl", "a", encoding="utf-8"))
+        samples = stack.enter_context(open(run.out / "samples.jsonl" if run.dist.is_main else os.devnull, "a",
+                                           encoding="utf-8"))
         stop = stack.enter_context(StopSignals())
         if state.step == 0:
             state.accuracy_before = heldout()
         bar = tqdm(range(state.step, cfg.train.steps), initial=state.step, total=cfg.train.steps, desc="grpo",
-                   disable=not progress, dynamic_ncols=True)
+                   disable=not (progress and run.dist.is_main), dynamic_ncols=True)
         for step in bar:
             t0 = time.perf_counter()
             out = train_step(run, cfg, pool, timers)
@@ -351,8 +408,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         final = {"step": cfg.train.steps, "eval/accuracy": acc_after, "eval/accuracy_before": state.accuracy_before}
         log.write(final)
         run.history.append(final)
-    _save_final(run)
-    _plot(run.out, run.history)
+    if run.dist.is_main:
+        _save_final(run)
+        _plot(run.out, run.history)
+    close_distributed(run.dist)
     return TrainResult(run.out, state.accuracy_before, acc_after, cfg.train.steps, time.perf_counter() - t_start,
                        run.history)
 
