@@ -138,11 +138,11 @@ def _initial(tiny_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).state_dict()
 
 
-# A reward constant within the groups of 2 prompts out of 3 (by prompt length), varying elsewhere: dynamic
-# sampling must drop the constant groups and draw more prompts.
+# A reward constant within the groups of prompts of even length, varying (with the token ids) elsewhere:
+# dynamic sampling must drop the constant groups and draw more prompts.
 SOME_FLAT = """
 def some_flat(prompts, completions, completion_ids, **columns):
-    return [0.0 if len(p) % 3 else sum(ch.isdigit() for ch in c) / max(1, len(c)) for p, c in zip(prompts, completions)]
+    return [sum(ids) % 97 / 97 if len(p) % 2 else 0.0 for p, ids in zip(prompts, completion_ids)]
 """
 
 

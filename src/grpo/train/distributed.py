@@ -69,8 +69,7 @@ def init_distributed(device_name: str) -> Dist:
 
     device = resolve_device(device_name)
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
     if not td.is_initialized():  # a long held-out evaluation on one rank must not time the others out
         td.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(minutes=60))
     return Dist(td.get_rank(), td.get_world_size(), device)

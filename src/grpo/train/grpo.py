@@ -224,12 +224,13 @@ def setup_run(cfg: TrainConfig) -> Run:
     checkpoint is loaded into the freshly built objects; the reference stays the initial weights.
     """
     seed_everything(cfg.train.seed, cfg.train.threads)
-    dist = init_distributed(cfg.model.device)
-    check_divisible(cfg.train.prompts_per_step, dist)
     resume_from = check_output_dir(cfg.train.output_dir, cfg.train.resume)
     with tempfile.TemporaryDirectory(prefix="grpo-") as staging:
         tiny_dir = Path(staging) / "tiny-init"
         model, tokenizer = load_policy(cfg.model, tiny_dir)
+        # joined only now: once torch.distributed is up, transformers' save_pretrained writes on rank 0 only
+        dist = init_distributed(cfg.model.device)
+        check_divisible(cfg.train.prompts_per_step, dist)
         broadcast_parameters(model, dist)
         task = load_task(cfg.data, tokenizer, cfg.train.seed)
         specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
