@@ -146,20 +146,32 @@ def some_flat(prompts, completions, completion_ids, **columns):
 """
 
 
-def test_torchrun_two_processes_rank0_writes_global_metrics(tmp_path):
+def _torchrun(tmp_path, name: str, *extra: str) -> Path:
+    """`torchrun --standalone --nproc_per_node 2 -m grpo train` on the tiny model; returns the run directory."""
     reward = tmp_path / "some_flat.py"
     reward.write_text(SOME_FLAT)
-    run = tmp_path / "run"
+    run = tmp_path / name
     args = ["train.steps=2", "train.prompts_per_step=2", "grpo.G=4", "train.micro_batch_size=4",
             "sampling.max_new_tokens=8", "data.num_heldout=4", "data.num_train=64", "train.eval_every=0",
             "train.sample_every=1", "model.tiny_hidden_size=32", "model.tiny_num_layers=1", "train.threads=1",
             "grpo.dynamic_sampling=true", "grpo.max_sampling_rounds=8", f"train.output_dir={run}",
-            f"rewards.functions=[{{fn: '{reward}:some_flat'}}]"]
+            f"rewards.functions=[{{fn: '{reward}:some_flat'}}]", *extra]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "grpo", "train", "--quiet", *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("held-out accuracy") == 1  # rank 0 alone prints
+    return run
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    return _torchrun(tmp_path_factory.mktemp("torchrun"), "ddp")
+
+
+def test_torchrun_two_processes_rank0_writes_global_metrics(ddp_run):
+    run = ddp_run
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "reward/mean" in x]
     assert [x["step"] for x in steps] == [1, 2]  # one writer: no line twice
@@ -171,3 +183,17 @@ def test_torchrun_two_processes_rank0_writes_global_metrics(tmp_path):
         assert x["sampling/prompts_drawn"] == 2 * x["sampling/rounds"]
         assert all(x[k] == x[k] and abs(x[k]) < 1e3 for k in ("loss", "grad_norm", "kl", "reward/mean"))
     assert sum(x["sampling/prompts_drawn"] for x in steps) > 2 * 2  # some groups were dropped
+
+
+def test_fsdp_on_cpu_gloo_matches_ddp(ddp_run, tmp_path):
+    """train.strategy=fsdp (fully_shard) on the same run: same samples, weights equal to DDP's to 1e-6."""
+    from safetensors.torch import load_file
+
+    fsdp = _torchrun(tmp_path, "fsdp", "train.strategy=fsdp")
+    a, b = load_file(ddp_run / "final" / "model.safetensors"), load_file(fsdp / "final" / "model.safetensors")
+    init = load_file(ddp_run / "tiny-init" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    assert max(float((a[k] - init[k]).abs().max()) for k in a) > 1e-4  # the weights did move
+    assert (fsdp / "samples.jsonl").read_text() == (ddp_run / "samples.jsonl").read_text()

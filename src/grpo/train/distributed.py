@@ -24,6 +24,7 @@ With one process every helper here is a no-op, and torch.distributed is never in
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -42,6 +43,8 @@ class Dist:
     """Number of processes (torchrun's WORLD_SIZE)."""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     """Where collective buffers live (the model's device: gloo on CPU, nccl on CUDA)."""
+    fsdp: bool = False
+    """The policy is sharded with fully_shard (train.strategy=fsdp): FSDP reduces the gradients itself."""
 
     @property
     def is_main(self) -> bool:
@@ -87,6 +90,14 @@ def check_divisible(prompts_per_step: int, dist: Dist) -> None:
     if prompts_per_step % dist.world_size:
         raise UserError(f"train.prompts_per_step={prompts_per_step} must be a multiple of the number of processes "
                         f"({dist.world_size}): each process takes an equal share of the prompts")
+
+
+def check_strategy(cfg, dist: Dist) -> None:
+    """FSDP runs write no checkpoints yet (the optimizer state is sharded): refuse what needs them."""
+    t = cfg.train
+    if dist.enabled and t.strategy == "fsdp" and (t.save_every > 0 or t.resume):
+        raise UserError("train.strategy=fsdp does not write checkpoints yet: set train.save_every=0 and do not "
+                        "resume (or use train.strategy=ddp)")
 
 
 def shard(items: list, dist: Dist) -> list:
@@ -154,6 +165,11 @@ def all_reduce_grads(params: list[torch.Tensor], dist: Dist) -> None:
     """
     if not dist.enabled:
         return
+    if dist.fsdp:  # FSDP's reduce-scatter has averaged them (gloo has no pre-scaled sum): undo the 1/world
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(dist.world_size)
+        return
     import torch.distributed as td
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -208,13 +224,14 @@ def barrier(dist: Dist) -> None:
         td.barrier()
 
 
-def sharded_accuracy(evaluate, rows: list[dict], dist: Dist) -> float:
+def sharded_accuracy(evaluate, rows: list[dict], model, dist: Dist) -> float:
     """Held-out accuracy with the rows split over ranks: `evaluate(rows) -> mean score`, summed back.
 
     Rank r scores rows[r::world_size]; the result is the mean over all rows, on every rank.
     """
     mine = rows[dist.rank::dist.world_size]
-    score = evaluate(mine) * len(mine) if mine else 0.0
+    with full_weights(model, dist):
+        score = evaluate(mine) * len(mine) if mine else 0.0
     total, count = all_sum([score, len(mine)], dist)
     return total / count if count else float("nan")
 
@@ -234,3 +251,51 @@ class NullLog:
 
     def close(self) -> None:
         pass
+
+
+def shard_model(model, strategy: str, dist: Dist):
+    """(model, dist): with train.strategy=fsdp and several ranks, the policy fully_shard-ed (each decoder
+    layer, then the root; weights, gradients and AdamW state split over ranks). Call before building
+    the optimizer: fully_shard replaces the parameters."""
+    if not dist.enabled or strategy != "fsdp":
+        return model, dist
+    import dataclasses
+
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = set(getattr(model, "_no_split_modules", None) or [])
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(model)
+    return model, dataclasses.replace(dist, fsdp=True)
+
+
+@contextmanager
+def full_weights(model, dist: Dist):
+    """Under FSDP: every weight gathered once for the block (generation, evaluation, saving), so that
+    the forwards inside are local; ranks may then run different numbers of them (EOS, uneven shards)."""
+    if not dist.fsdp:
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]  # unshard() is per module, not recursive
+    model.set_reshard_after_forward(False)
+    for m in sharded:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in sharded:
+            m.reshard()
+        model.set_reshard_after_forward(True)
+
+
+def full_state_dict(model, dist: Dist) -> dict | None:
+    """Under FSDP: the whole model's weights, gathered to CPU (a collective: every rank calls it); else None."""
+    if not dist.fsdp:
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

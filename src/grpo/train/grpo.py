@@ -80,13 +80,17 @@ from grpo.train.distributed import (
     barrier,
     broadcast_parameters,
     check_divisible,
+    check_strategy,
     close_distributed,
+    full_state_dict,
+    full_weights,
     global_totals,
     init_distributed,
     my_rows,
     reduce_update_stats,
     sampling_seed,
     shard,
+    shard_model,
     sharded_accuracy,
 )
 from grpo.train.logprobs import completion_logprobs
@@ -231,12 +235,14 @@ def setup_run(cfg: TrainConfig) -> Run:
         # joined only now: once torch.distributed is up, transformers' save_pretrained writes on rank 0 only
         dist = init_distributed(cfg.model.device)
         check_divisible(cfg.train.prompts_per_step, dist)
+        check_strategy(cfg, dist)
         broadcast_parameters(model, dist)
         task = load_task(cfg.data, tokenizer, cfg.train.seed)
         specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
         _check_rewards(specs, task, cfg)
         # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
         ref = Reference(model) if cfg.grpo.beta > 0 else None
+        model, dist = shard_model(model, cfg.train.strategy, dist)
         optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.train.steps * cfg.grpo.mu)
         gen = torch.Generator(device=next(model.parameters()).device).manual_seed(sampling_seed(cfg.train.seed, dist))
         sampler = PromptSampler(len(task.train), cfg.train.seed)
@@ -287,7 +293,7 @@ class StepOutput(NamedTuple):
 def generate_and_score(run: Run, cfg: TrainConfig, pool, timers: Timers, rows: list[dict]) -> Batch:
     """G completions of each prompt in `rows`, decoded and rewarded."""
     G = cfg.grpo.G
-    with timers("generate"):
+    with timers("generate"), full_weights(run.model, run.dist):
         sampling = SamplingParams(cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.top_p, G)
         r = run.engine.generate(encode_prompts(run.tokenizer, [x["prompt"] for x in rows]), sampling, run.gen)
     with timers("reward"):
@@ -355,7 +361,7 @@ def checkpoint_or_stop(run: Run, cfg: TrainConfig, log: MetricsLog, samples, sto
     if not (due or too_many_faults or stop.signum is not None):
         return
     path = run.out / CHECKPOINTS  # ranks other than 0 only wait for rank 0 to write it
-    if run.dist.is_main:
+    if run.dist.is_main and not run.dist.fsdp:  # TODO: FSDP checkpoints (sharded optimizer state)
         state.sampler = run.sampler.state_dict()
         state.metrics_bytes, state.samples_bytes = log.path.stat().st_size, os.fstat(samples.fileno()).st_size
         path = save_checkpoint(run.out, cfg, state, run.model, run.optimizer, run.scheduler, run.gen,
@@ -378,7 +384,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     state, timers, device = run.state, Timers(), next(run.model.parameters()).device
     evaluate = lambda rows: evaluate_accuracy(run.engine, run.tokenizer, rows, run.specs[0].fn,  # noqa: E731
                                               cfg.sampling.max_new_tokens)[0]  # the accuracy reward itself: no drift
-    heldout = lambda: sharded_accuracy(evaluate, run.task.heldout, run.dist)  # noqa: E731
+    heldout = lambda: sharded_accuracy(evaluate, run.task.heldout, run.model, run.dist)  # noqa: E731
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(reward_pool(cfg.rewards.workers))
         log = MetricsLog(run.out) if run.dist.is_main else NullLog()
@@ -409,8 +415,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         final = {"step": cfg.train.steps, "eval/accuracy": acc_after, "eval/accuracy_before": state.accuracy_before}
         log.write(final)
         run.history.append(final)
+    weights = full_state_dict(run.model, run.dist)  # FSDP: gathered from every rank
     if run.dist.is_main:
-        _save_final(run)
+        _save_final(run, weights)
         _plot(run.out, run.history)
     close_distributed(run.dist)
     return TrainResult(run.out, state.accuracy_before, acc_after, cfg.train.steps, time.perf_counter() - t_start,
@@ -428,11 +435,11 @@ def _write_samples(samples, step: int, out: StepOutput, G: int) -> None:
         raise UserError(f"cannot write {samples.name}: {e.strerror or e}") from None
 
 
-def _save_final(run: Run) -> None:
+def _save_final(run: Run, state_dict: dict | None = None) -> None:
     from safetensors import SafetensorError
 
     try:
-        save_model(run.model, run.tokenizer, run.out / "final")
+        save_model(run.model, run.tokenizer, run.out / "final", state_dict)
     except (OSError, SafetensorError) as e:
         raise UserError(f"cannot write the final model to {run.out / 'final'}: {e}") from None
 
