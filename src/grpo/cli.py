@@ -37,12 +37,14 @@ def _cmd_train(args) -> None:
     cfg = load_config(TrainConfig, config, args.overrides)
     if args.resume is not None:
         cfg.train.output_dir, cfg.train.resume = str(args.resume), True
-    if cfg.model.path == "tiny":
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints
+    if cfg.model.path == "tiny" and main_process:
         print("note: model.path=tiny is the built-in model with random weights, so rewards start at 0; "
               "`grpo demo` warm-starts it with SFT first (or pass model.path=DIR)", file=sys.stderr)
     res = train(cfg, progress=not args.quiet)
-    print(f"held-out accuracy: {100 * res.accuracy_before:.1f}% -> {100 * res.accuracy_after:.1f}% "
-          f"after {res.steps} GRPO steps ({res.seconds:.0f} s); model: {res.output_dir / 'final'}")
+    if main_process:
+        print(f"held-out accuracy: {100 * res.accuracy_before:.1f}% -> {100 * res.accuracy_after:.1f}% "
+              f"after {res.steps} GRPO steps ({res.seconds:.0f} s); model: {res.output_dir / 'final'}")
 
 
 def _cmd_sft(args) -> None:

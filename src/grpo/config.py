@@ -178,6 +178,12 @@ class GRPOConfig:
     """'sequence' is GSPO (one length-normalised ratio per completion)."""
     mask_truncated: bool = False
     """DAPO overlong filtering: completions that hit max_new_tokens get no gradient."""
+    dynamic_sampling: bool = False
+    """DAPO dynamic sampling: drop groups whose rewards are all equal and draw more prompts until the batch
+    has train.prompts_per_step groups with a spread (grpo.train.batch; metrics sampling/*)."""
+    max_sampling_rounds: int = 8
+    """Dynamic sampling: at most this many draws of prompts_per_step prompts per step; at the cap the step
+    trains on the groups with a spread plus all-equal groups to fill the batch (logged in sampling/kept_groups)."""
 
 
 @dataclass
@@ -241,6 +247,9 @@ class LoopConfig:
     iterations: int = 1
     """Iterative GRPO (DeepSeekMath Algorithm 1): split `steps` into this many iterations and reset the
     reference model to the current policy at the start of each."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """With several processes (torchrun): 'ddp' keeps a full copy of the weights on every rank and sums the
+    gradients; 'fsdp' shards weights, gradients and optimizer state (torch fully_shard). Ignored with one process."""
 
 
 @dataclass
@@ -265,7 +274,7 @@ class TrainConfig:
         _positive(self, ["grpo.G", "grpo.mu", "train.steps", "train.prompts_per_step", "train.micro_batch_size",
                          "sampling.max_new_tokens", "data.max_prompt_length", "data.num_train",
                          "train.keep_checkpoints", "train.max_bad_steps", "model.tiny_num_layers",
-                         "train.iterations"])
+                         "train.iterations", "grpo.max_sampling_rounds"])
         _not_negative(self, ["train.eval_every", "train.sample_every", "train.save_every", "train.log_every",
                              "train.threads", "rewards.workers", "data.num_heldout", "optim.lr",
                              "optim.weight_decay", "optim.warmup_steps", "optim.grad_clip"])

@@ -5,7 +5,8 @@ against its group (advantages), then maximise a clipped surrogate minus a per-to
 reference policy (loss). The variants of DAPO, Dr. GRPO, GSPO and RLOO are named arguments, and
 the PPO baseline's GAE and value loss live here too. docs/algorithm.md gives every formula.
 
-    advantages  outcome_advantages, leave_one_out_advantages, process_advantages, zero_std_fraction
+    advantages  outcome_advantages, leave_one_out_advantages, process_advantages, zero_std_fraction,
+                informative_groups
     kl          kl_k1, kl_k2, kl_k3
     losses      policy_loss -> PolicyLossOutput, aggregate_loss, masked_mean
     overlong    soft_overlong_penalty, mask_truncated
@@ -15,6 +16,7 @@ the PPO baseline's GAE and value loss live here too. docs/algorithm.md gives eve
 
 from grpo.algorithm.advantages import (
     ZERO_STD,
+    informative_groups,
     leave_one_out_advantages,
     outcome_advantages,
     process_advantages,
@@ -33,6 +35,7 @@ __all__ = [
     "PolicyLossOutput",
     "aggregate_loss",
     "gae",
+    "informative_groups",
     "kl_k1",
     "kl_k2",
     "kl_k3",

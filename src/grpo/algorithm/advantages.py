@@ -133,6 +133,18 @@ def zero_std_fraction(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return flat.to(grouped.dtype).mean()  # []
 
 
+def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Which groups carry a learning signal: the complement of the groups `zero_std_fraction` counts.
+
+    DAPO's dynamic sampling (arXiv 2503.14476 §3.2) keeps only these. Example with G = 2:
+    rewards [1, 1, 0, 1, nan, 0] -> [False, True, False] (all equal; spread; fewer than 2 valid).
+    Returns a [P] bool tensor.
+    """
+    grouped = _as_groups(rewards, group_size)  # [P, G]
+    valid, count, dev = _group_moments(grouped)  # [P, G], [P, 1], [P, G]
+    return ~_flat_groups(grouped, valid, _std(dev, count, 1)).squeeze(1)  # [P]
+
+
 def _sum_steps_ending_at_or_after(
     normed: torch.Tensor, end_index: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from pathlib import Path
 
 import torch
@@ -13,11 +14,14 @@ from grpo.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available, else cpu. Under torchrun, 'cuda' without an index is cuda:LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"model.device={name!r} but no CUDA device is available (use 'cpu' or 'auto')")
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return dev
 
 

@@ -206,8 +206,10 @@ def evaluate_accuracy(engine, tokenizer, rows: list[dict], checker, max_new_toke
     return sum(scores) / len(scores), texts
 
 
-def save_model(model, tokenizer, path: Path) -> None:
-    """save_pretrained into a temporary directory, then rename: a crash never leaves half a model."""
+def save_model(model, tokenizer, path: Path, state_dict: dict | None = None) -> None:
+    """save_pretrained into a temporary directory, then rename: a crash never leaves half a model.
+
+    state_dict: the weights to write instead of the model's own (FSDP: the gathered full weights)."""
     import shutil
 
     from grpo.models.loading import is_lora
@@ -221,7 +223,7 @@ def save_model(model, tokenizer, path: Path) -> None:
         model.save_pretrained(tmp / "adapter")
         copy.deepcopy(model).merge_and_unload().save_pretrained(tmp)
     else:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     if path.exists():
         shutil.rmtree(path)

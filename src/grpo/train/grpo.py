@@ -79,6 +79,29 @@ from grpo.train.common import (
     save_model,
     seed_everything,
 )
+from grpo.train.batch import Batch, collect_batch, gather_batch
+from grpo.train.distributed import (
+    SINGLE,
+    Dist,
+    NullLog,
+    agreed_signal,
+    all_reduce_grads,
+    barrier,
+    broadcast_parameters,
+    check_divisible,
+    check_strategy,
+    close_distributed,
+    full_state_dict,
+    full_weights,
+    global_totals,
+    init_distributed,
+    my_rows,
+    reduce_update_stats,
+    sampling_seed,
+    shard,
+    shard_model,
+    sharded_accuracy,
+)
 from grpo.train.logprobs import completion_logprobs
 from grpo.train.ppo import Critic
 from grpo.train.process import step_tensors
@@ -145,10 +168,13 @@ class UpdateResult(NamedTuple):
 
 
 def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: TrainConfig, ctx,
-                  beta: float | None = None) -> UpdateResult:
+                  beta: float | None = None, dist: Dist = SINGLE) -> UpdateResult:
     """One optimizer step on the whole batch: micro-batched forward/backward, summed exactly.
 
     `adv` is [N] or [N, T]; `beta` overrides grpo.beta (PPO folds the KL into its reward instead).
+    With several processes `r` is this rank's share: the loss normalisers are the global batch's and the
+    gradients and statistics are summed over ranks (grpo.train.distributed), so every rank takes the
+    step a single process would take on the whole batch.
 
     A non-finite loss or gradient norm skips the step (gradients dropped, weights and optimizer state
     unchanged); the caller counts it.
@@ -156,7 +182,7 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
     g = cfg.grpo
     beta = g.beta if beta is None else beta
     mask = mask_truncated(r.completion_mask, r.truncated) if g.mask_truncated else r.completion_mask  # [N, T]
-    totals = dict(total_tokens=float(mask.sum().clamp(min=1)), total_sequences=float(mask.shape[0]))
+    totals = global_totals(mask, dist)
     stats: dict[str, float] = {}
     optimizer.zero_grad(set_to_none=True)
     for mb in _micro_batches(mask.shape[0], cfg.train.micro_batch_size):
@@ -176,6 +202,8 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
         for k, v in {**m, "entropy": masked_mean(lp.entropy, mask[mb]), "loss": loss.detach()}.items():
             stats[k] = stats.get(k, 0.0) + float(v) * (1.0 if k in ("loss", "pg_loss") else share)
     params = [p for p in model.parameters() if p.requires_grad]
+    stats = reduce_update_stats(stats, dist)
+    all_reduce_grads(params, dist)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
     stats["grad_norm"] = float(grad_norm)
     applied = math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])
@@ -221,6 +249,8 @@ class Run:
     state: TrainerState
     history: list[dict]
     """metrics.jsonl so far (when resuming: the lines up to the checkpoint)."""
+    dist: Dist = SINGLE
+    """This process's rank among torchrun's processes (rank 0 writes the files)."""
     critic: Critic | None = None
     """PPO's value model and its optimizer (None for GRPO and RFT)."""
     step_fn: Any = None
@@ -274,6 +304,14 @@ def setup_run(cfg: TrainConfig) -> Run:
     with tempfile.TemporaryDirectory(prefix="grpo-") as staging:
         tiny_dir = Path(staging) / "tiny-init"
         model, tokenizer = load_policy(cfg.model, tiny_dir)
+        # joined only now: once torch.distributed is up, transformers' save_pretrained writes on rank 0 only
+        dist = init_distributed(cfg.model.device)
+        check_divisible(cfg.train.prompts_per_step, dist)
+        check_strategy(cfg, dist)
+        if dist.world_size > 1 and cfg.algorithm == "ppo":
+            raise UserError("algorithm=ppo runs in one process (its value model is not synchronised across ranks); "
+                            "use torchrun with algorithm=grpo or rft")
+        broadcast_parameters(model, dist)
         task = load_task(cfg.data, tokenizer, cfg.train.seed)
         specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
         rm_trainer = None
@@ -289,8 +327,9 @@ def setup_run(cfg: TrainConfig) -> Run:
         # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
         ref = Reference(model) if cfg.grpo.beta > 0 and cfg.algorithm != "rft" else None
         critic = Critic(model, cfg) if cfg.algorithm == "ppo" else None
+        model, dist = shard_model(model, cfg.train.strategy, dist)
         optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.train.steps * cfg.grpo.mu)
-        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(cfg.train.seed)
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(sampling_seed(cfg.train.seed, dist))
         sampler = PromptSampler(len(task.train), cfg.train.seed)
         state = TrainerState(init_fingerprint=weights_fingerprint(model))
         extra = {}
@@ -298,15 +337,19 @@ def setup_run(cfg: TrainConfig) -> Run:
             state = load_checkpoint(resume_from, cfg, model, optimizer, scheduler, gen, state.init_fingerprint)
             sampler.load_state_dict(state.sampler)
             extra = load_extra(resume_from)
+            if dist.rank > 0:  # the checkpoint holds rank 0's generator: the others start a fresh stream
+                gen.manual_seed(sampling_seed(cfg.train.seed, dist) + 1_000_003 * state.step)
         check_free_space(cfg.train.output_dir, model, checkpoints=cfg.train.save_every > 0)
-        out = prepare_output_dir(cfg.train.output_dir, cfg)
-        if tiny_dir.exists():
+        barrier(dist)  # every rank has checked the directory before rank 0 writes into it
+        out = prepare_output_dir(cfg.train.output_dir, cfg) if dist.is_main else Path(cfg.train.output_dir)
+        if tiny_dir.exists() and dist.is_main:
             shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
-    for name in remove_partial_checkpoints(out):
+    for name in remove_partial_checkpoints(out) if dist.is_main else []:
         logger.warning("removed %s: a checkpoint whose writing was cut off", out / CHECKPOINTS / name)
     engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     run = Run(out, model, tokenizer, ref, engine, task, specs, optimizer, scheduler, gen, sampler, state,
-              history=restore_logs(out, state), critic=critic, step_fn=step_fn, rm_trainer=rm_trainer)
+              history=restore_logs(out, state) if dist.is_main else [], dist=dist, critic=critic, step_fn=step_fn,
+              rm_trainer=rm_trainer)
     run.load_extra_state(extra)
     return run
 
@@ -328,7 +371,7 @@ class StepOutput(NamedTuple):
     record: dict
     """This step's metrics (docs/metrics.md), without the timings."""
     rows: list[dict]
-    """The prompts' dataset rows."""
+    """The prompts' dataset rows (all ranks')."""
     texts: list[str]
     """The N = prompts_per_step * G completions, grouped by prompt."""
     rewards: torch.Tensor
@@ -337,12 +380,10 @@ class StepOutput(NamedTuple):
     """Completion tokens generated."""
 
 
-def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
-    """generate -> reward -> advantages -> reference -> update, on the sampler's next prompts."""
-    G, device = cfg.grpo.G, next(run.model.parameters()).device
-    ctx = lambda: autocast(cfg.model, device)  # noqa: E731
-    rows = [run.task.train[i] for i in run.sampler.next(cfg.train.prompts_per_step)]
-    with timers("generate"):
+def generate_and_score(run: Run, cfg: TrainConfig, pool, timers: Timers, rows: list[dict]) -> Batch:
+    """G completions of each prompt in `rows`, decoded and rewarded."""
+    G = cfg.grpo.G
+    with timers("generate"), full_weights(run.model, run.dist):
         sampling = SamplingParams(cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.top_p, G)
         r = run.engine.generate(encode_prompts(run.tokenizer, [x["prompt"] for x in rows]), sampling, run.gen)
     with timers("reward"):
@@ -352,6 +393,22 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
                                  [ids[m.bool()].tolist() for ids, m in zip(r.completion_ids, r.completion_mask)],
                                  columns, on_error=cfg.rewards.on_error, timeout_s=cfg.rewards.timeout_s, pool=pool)
         rewards = torch.tensor(scored.total, dtype=torch.float32)  # [N]
+    return Batch(rows, r, texts, rewards, scored.per_function, scored.num_errors, scored.num_timeouts)
+
+
+def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
+    """generate -> reward (-> more prompts: dynamic sampling) -> advantages -> reference -> update.
+
+    With several processes this rank generates for its slice of the prompts; `everyone` is the
+    gathered global batch that advantages and metrics are computed on.
+    """
+    G, device, dist = cfg.grpo.G, next(run.model.parameters()).device, run.dist
+    ctx = lambda: autocast(cfg.model, device)  # noqa: E731
+    next_rows = lambda: [run.task.train[i] for i in shard(run.sampler.next(cfg.train.prompts_per_step), dist)]  # noqa: E731
+    batch, sampling = collect_batch(next_rows, lambda rows: generate_and_score(run, cfg, pool, timers, rows), G,
+                                    cfg.train.prompts_per_step, cfg.grpo.dynamic_sampling,
+                                    cfg.grpo.max_sampling_rounds, run.tokenizer.pad_token_id, dist)
+    r, everyone = batch.rollout, gather_batch(batch, dist)
     with timers("reference"):
         ref_logp = None
         if run.ref is not None:
@@ -362,26 +419,29 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
     with timers("advantages"):
         beta, extra = cfg.grpo.beta, {}
         if run.critic is not None:  # PPO: GAE over the value model; the KL is in the reward, not the loss
-            ppo = run.critic.advantages(r, rewards, old_logp, ref_logp, cfg.grpo.beta)
+            ppo = run.critic.advantages(r, batch.rewards, old_logp, ref_logp, cfg.grpo.beta)
             adv, beta, extra = ppo.advantages, 0.0, {"ppo/kl_reward": ppo.kl_reward}  # [N, T]
         elif cfg.algorithm == "rft":
-            adv, beta = rft_advantages(scored.per_function[run.specs[0].name]), 0.0  # [N]
-        elif cfg.grpo.advantage == "process":
-            adv = step_advantages(run, r, rows, texts, cfg)  # [N, T]
-        else:
-            adv = compute_advantages(rewards, cfg)  # [N]
+            adv, beta = rft_advantages(batch.per_function[run.specs[0].name]), 0.0  # [N]
+        elif cfg.grpo.advantage == "process":  # groups are whole on each rank: this rank's steps suffice
+            adv = step_advantages(run, r, batch.rows, batch.texts, cfg)  # [N, T]
+        else:  # over the gathered batch (grpo.scale=batch needs all of it), then this rank's rows
+            adv = my_rows(compute_advantages(everyone.rewards, cfg), dist)  # [N / world_size]
         adv = adv.to(device)
     with timers("update"):
         for _ in range(cfg.grpo.mu):
-            update = update_policy(run.model, run.optimizer, r, adv, ref_logp, old_logp, cfg, ctx, beta=beta)
+            update = update_policy(run.model, run.optimizer, r, adv, ref_logp, old_logp, cfg, ctx, beta=beta, dist=dist)
             run.scheduler.step()
             _count_fault(run.state, update.applied, cfg.train.max_bad_steps)
             if run.critic is not None and update.applied:
                 extra.update(run.critic.update(r, ppo))
-    record = {**rollout_metrics(r, rewards, scored.per_function, cfg), **update.stats, **extra,
-              "lr": run.scheduler.get_last_lr()[0], "reward/errors": scored.num_errors,
-              "reward/timeouts": scored.num_timeouts, "faults/skipped_updates": run.state.skipped_updates}
-    return StepOutput(record, rows, texts, rewards, int(r.lengths.sum()))
+    record = {**rollout_metrics(everyone, everyone.rewards, everyone.per_function, cfg), **update.stats, **extra,
+              "lr": run.scheduler.get_last_lr()[0], "reward/errors": everyone.num_errors,
+              "reward/timeouts": everyone.num_timeouts, "faults/skipped_updates": run.state.skipped_updates}
+    if sampling is not None:
+        record.update({"sampling/rounds": sampling.rounds, "sampling/prompts_drawn": sampling.prompts_drawn,
+                       "sampling/kept_groups": sampling.kept_groups})
+    return StepOutput(record, everyone.rows, everyone.texts, everyone.rewards, everyone.num_tokens)
 
 
 def _count_fault(state: TrainerState, applied: bool, max_bad: int) -> None:
@@ -400,12 +460,16 @@ def checkpoint_or_stop(run: Run, cfg: TrainConfig, log: MetricsLog, samples, sto
     t, state = cfg.train, run.state
     due = t.save_every > 0 and (state.step % t.save_every == 0 or state.step == t.steps)
     too_many_faults = state.bad_in_a_row >= t.max_bad_steps
+    stop.signum = agreed_signal(stop.signum, run.dist)
     if not (due or too_many_faults or stop.signum is not None):
         return
-    state.sampler = run.sampler.state_dict()
-    state.metrics_bytes, state.samples_bytes = log.path.stat().st_size, os.fstat(samples.fileno()).st_size
-    path = save_checkpoint(run.out, cfg, state, run.model, run.optimizer, run.scheduler, run.gen,
-                           keep=t.keep_checkpoints, extra=run.extra_state(cfg))
+    path = run.out / CHECKPOINTS  # ranks other than 0 only wait for rank 0 to write it
+    if run.dist.is_main and not run.dist.fsdp:  # TODO: FSDP checkpoints (sharded optimizer state)
+        state.sampler = run.sampler.state_dict()
+        state.metrics_bytes, state.samples_bytes = log.path.stat().st_size, os.fstat(samples.fileno()).st_size
+        path = save_checkpoint(run.out, cfg, state, run.model, run.optimizer, run.scheduler, run.gen,
+                               keep=t.keep_checkpoints, extra=run.extra_state(cfg))
+    barrier(run.dist)
     if too_many_faults:
         raise UserError(f"stopped at step {state.step}: {state.bad_in_a_row} updates in a row had a non-finite "
                         f"loss or gradient norm (train.max_bad_steps={t.max_bad_steps}); they were skipped, so "
@@ -423,18 +487,20 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     state, timers, device = run.state, Timers(), next(run.model.parameters()).device
     I = cfg.train.iterations
     iteration_starts = {round(i * cfg.train.steps / I) for i in range(1, I)}  # steps where an iteration begins
-    heldout = lambda: evaluate_accuracy(run.engine, run.tokenizer, run.task.heldout, run.specs[0].fn,  # noqa: E731
-                                        cfg.sampling.max_new_tokens)[0]  # the accuracy reward itself: no drift
+    evaluate = lambda rows: evaluate_accuracy(run.engine, run.tokenizer, rows, run.specs[0].fn,  # noqa: E731
+                                              cfg.sampling.max_new_tokens)[0]  # the accuracy reward itself: no drift
+    heldout = lambda: sharded_accuracy(evaluate, run.task.heldout, run.model, run.dist)  # noqa: E731
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(reward_pool(cfg.rewards.workers))
-        log = MetricsLog(run.out)
+        log = MetricsLog(run.out) if run.dist.is_main else NullLog()
         stack.callback(log.close)
-        samples = stack.enter_context(open(run.out / "samples.jsonl", "a", encoding="utf-8"))
+        samples = stack.enter_context(open(run.out / "samples.jsonl" if run.dist.is_main else os.devnull, "a",
+                                           encoding="utf-8"))
         stop = stack.enter_context(StopSignals())
         if state.step == 0:
             state.accuracy_before = heldout()
         bar = tqdm(range(state.step, cfg.train.steps), initial=state.step, total=cfg.train.steps, desc="grpo",
-                   disable=not progress, dynamic_ncols=True)
+                   disable=not (progress and run.dist.is_main), dynamic_ncols=True)
         for step in bar:
             rm_stats = {}
             if step in iteration_starts and run.ref is not None:  # iterative GRPO: pi_ref <- pi_theta
@@ -460,8 +526,11 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         final = {"step": cfg.train.steps, "eval/accuracy": acc_after, "eval/accuracy_before": state.accuracy_before}
         log.write(final)
         run.history.append(final)
-    _save_final(run)
-    _plot(run.out, run.history)
+    weights = full_state_dict(run.model, run.dist)  # FSDP: gathered from every rank
+    if run.dist.is_main:
+        _save_final(run, weights)
+        _plot(run.out, run.history)
+    close_distributed(run.dist)
     return TrainResult(run.out, state.accuracy_before, acc_after, cfg.train.steps, time.perf_counter() - t_start,
                        run.history)
 
@@ -492,11 +561,11 @@ def _write_samples(samples, step: int, out: StepOutput, G: int) -> None:
         raise UserError(f"cannot write {samples.name}: {e.strerror or e}") from None
 
 
-def _save_final(run: Run) -> None:
+def _save_final(run: Run, state_dict: dict | None = None) -> None:
     from safetensors import SafetensorError
 
     try:
-        save_model(run.model, run.tokenizer, run.out / "final")
+        save_model(run.model, run.tokenizer, run.out / "final", state_dict)
         if run.rm_trainer is not None:  # the retrained reward model, loadable as rewards.model.path
             run.rm_trainer.rm.model.save_pretrained(run.out / "reward_model")
             run.rm_trainer.rm.tokenizer.save_pretrained(run.out / "reward_model")

@@ -1,0 +1,199 @@
+"""Several processes (gloo, CPU) take exactly the step one process takes on the whole batch.
+
+1. `update_policy` on a fixed rollout batch: 2 ranks holding 4 groups between them (rank 0's completions
+   shorter, so the ranks' token counts differ) vs 1 process holding all 4; 3 optimizer steps with
+   micro-batching, clipping (a fixed old_logp far from the policy), the KL term and gradient-norm
+   clipping; for every aggregation. The final weights agree to 1e-5 and the logged statistics to 1e-5.
+   Without the global normalisers the token_mean case fails (checked below: the local-normaliser
+   update differs by > 1e-4).
+2. `torchrun --standalone --nproc_per_node 2 -m grpo train` on the tiny model with dynamic sampling:
+   only rank 0 writes, and the metrics describe the global batch.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from grpo.algorithm import AGGREGATIONS
+from grpo.config import TrainConfig, load_config
+from grpo.rollout.engine import Rollout
+from grpo.train.common import make_optimizer
+from grpo.train.distributed import SINGLE, Dist, my_rows
+from grpo.train.grpo import update_policy
+
+P, G, T, STEPS = 4, 2, 6, 3
+
+
+def _config(aggregation: str) -> TrainConfig:
+    cfg = load_config(TrainConfig, None, [f"grpo.aggregation={aggregation}", "grpo.beta=0.04", f"grpo.G={G}",
+                                          f"train.prompts_per_step={P}", "train.micro_batch_size=2",
+                                          f"sampling.max_new_tokens={T}", "optim.grad_clip=0.05"])
+    cfg.optim.lr, cfg.optim.warmup_steps = 1e-3, 0
+    return cfg
+
+
+def _fixed_batch():
+    """P * G = 8 rows; completion lengths 1..3 on rows 0-3 (rank 0) and 4..6 on rows 4-7 (rank 1)."""
+    g = torch.Generator().manual_seed(0)
+    N = P * G
+    prompt_len = torch.tensor([3, 3, 5, 5, 4, 4, 2, 2])  # a prompt per group of G = 2 rows
+    prompt_mask = (torch.arange(5) >= 5 - prompt_len[:, None]).long()  # [N, 5] left-padded
+    prompt_ids = torch.randint(10, 200, (N, 5), generator=g) * prompt_mask
+    lengths = torch.tensor([1, 2, 3, 2, 4, 6, 5, 6])
+    completion_mask = (torch.arange(T) < lengths[:, None]).long()  # [N, T]
+    completion_ids = torch.randint(10, 200, (N, T), generator=g) * completion_mask
+    r = Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated=lengths == T)
+    adv = torch.randn(N, generator=g)  # [N]
+    # the untrained policy gives every token about log(1/vocab) = -7: old_logp 0.3 away clips about half
+    old_logp = -7 + 0.3 * torch.randn(N, T, generator=g)  # [N, T]
+    ref_logp = -7 + 0.1 * torch.randn(N, T, generator=g)  # [N, T]
+    return r, adv, old_logp, ref_logp
+
+
+def _train_fixed(model_dir, aggregation: str, dist: Dist, global_totals: bool = True):
+    """STEPS updates on this rank's rows of the fixed batch; (final weights, stats of each step)."""
+    from transformers import AutoModelForCausalLM
+
+    import grpo.train.grpo as loop
+
+    torch.manual_seed(0)
+    cfg = _config(aggregation)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
+    optimizer, _ = make_optimizer(model, cfg.optim, STEPS)
+    r, adv, old_logp, ref_logp = _fixed_batch()
+    rows = my_rows(torch.arange(P * G), dist)
+    mine = r.select(rows)
+    stats = []
+    original = loop.global_totals
+    if not global_totals:  # the bug the global normalisers prevent: each rank divides by its own count
+        loop.global_totals = lambda mask, dist: original(mask, SINGLE)
+    try:
+        for _ in range(STEPS):
+            out = update_policy(model, optimizer, mine, adv[rows], ref_logp[rows], old_logp[rows], cfg, nullcontext,
+                                dist)
+            assert out.applied
+            stats.append(out.stats)
+    finally:
+        loop.global_totals = original
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, stats
+
+
+def _worker(rank: int, model_dir: str, store: str, out: str) -> None:
+    import torch.distributed as td
+
+    torch.set_num_threads(1)
+    td.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        dist = Dist(rank, 2)
+        results = {a: _train_fixed(model_dir, a, dist) for a in AGGREGATIONS}
+        results["token_mean/local"] = _train_fixed(model_dir, "token_mean", dist, global_totals=False)
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        td.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from grpo.models.tiny import TinyConfig, build_tiny
+
+    return str(build_tiny(tmp_path_factory.mktemp("tiny"), TinyConfig(hidden_size=32, num_layers=1)))
+
+
+def _two_ranks(tiny_dir, tmp_path) -> dict:
+    out = tmp_path / "ranks.pt"
+    mp.spawn(_worker, args=(tiny_dir, str(tmp_path / "store"), str(out)), nprocs=2)
+    return torch.load(out)
+
+
+def test_two_ranks_equal_one_process_for_every_aggregation(tiny_dir, tmp_path):
+    two = _two_ranks(tiny_dir, tmp_path)
+    for aggregation in AGGREGATIONS:
+        weights_1, stats_1 = _train_fixed(tiny_dir, aggregation, SINGLE)
+        weights_2, stats_2 = two[aggregation]
+        for k in weights_1:
+            torch.testing.assert_close(weights_2[k], weights_1[k], rtol=0, atol=1e-5, msg=f"{aggregation} {k}")
+        for s1, s2 in zip(stats_1, stats_2):
+            for k in ("loss", "pg_loss", "kl", "clip_frac", "ratio_mean", "entropy", "grad_norm"):
+                assert s2[k] == pytest.approx(s1[k], rel=1e-5, abs=1e-6), (aggregation, k)
+        # the weights moved (by ~lr = 1e-3 per step under Adam), so agreeing to 1e-5 is not trivial
+        moved = max(float((weights_1[k] - w).abs().max()) for k, w in _initial(tiny_dir).items())
+        assert moved > 2e-3, aggregation
+        assert 0 < stats_1[0]["clip_frac"] < 1 and stats_1[0]["kl"] > 0
+        if aggregation == "token_mean":  # the control: per-rank token counts give another update
+            local, _ = two["token_mean/local"]
+            assert max(float((local[k] - weights_1[k]).abs().max()) for k in weights_1) > 1e-3
+
+
+def _initial(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).state_dict()
+
+
+# A reward constant within the groups of prompts of even length, varying (with the token ids) elsewhere:
+# dynamic sampling must drop the constant groups and draw more prompts.
+SOME_FLAT = """
+def some_flat(prompts, completions, completion_ids, **columns):
+    return [sum(ids) % 97 / 97 if len(p) % 2 else 0.0 for p, ids in zip(prompts, completion_ids)]
+"""
+
+
+def _torchrun(tmp_path, name: str, *extra: str) -> Path:
+    """`torchrun --standalone --nproc_per_node 2 -m grpo train` on the tiny model; returns the run directory."""
+    reward = tmp_path / "some_flat.py"
+    reward.write_text(SOME_FLAT)
+    run = tmp_path / name
+    args = ["train.steps=2", "train.prompts_per_step=2", "grpo.G=4", "train.micro_batch_size=4",
+            "sampling.max_new_tokens=8", "data.num_heldout=4", "data.num_train=64", "train.eval_every=0",
+            "train.sample_every=1", "model.tiny_hidden_size=32", "model.tiny_num_layers=1", "train.threads=1",
+            "grpo.dynamic_sampling=true", "grpo.max_sampling_rounds=8", f"train.output_dir={run}",
+            f"rewards.functions=[{{fn: '{reward}:some_flat'}}]", *extra]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "grpo", "train", "--quiet", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("held-out accuracy") == 1  # rank 0 alone prints
+    return run
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    return _torchrun(tmp_path_factory.mktemp("torchrun"), "ddp")
+
+
+def test_torchrun_two_processes_rank0_writes_global_metrics(ddp_run):
+    run = ddp_run
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in lines if "reward/mean" in x]
+    assert [x["step"] for x in steps] == [1, 2]  # one writer: no line twice
+    assert len(lines) == 3 and "eval/accuracy" in lines[-1]
+    assert len((run / "samples.jsonl").read_text().splitlines()) == 2 * 2  # 2 steps x 2 groups, all ranks'
+    assert (run / "final" / "model.safetensors").is_file() and (run / "training.png").is_file()
+    for x in steps:
+        assert x["sampling/kept_groups"] == 2 and x["reward/zero_std_groups"] == 0.0
+        assert x["sampling/prompts_drawn"] == 2 * x["sampling/rounds"]
+        assert all(x[k] == x[k] and abs(x[k]) < 1e3 for k in ("loss", "grad_norm", "kl", "reward/mean"))
+    assert sum(x["sampling/prompts_drawn"] for x in steps) > 2 * 2  # some groups were dropped
+
+
+def test_fsdp_on_cpu_gloo_matches_ddp(ddp_run, tmp_path):
+    """train.strategy=fsdp (fully_shard) on the same run: same samples, weights equal to DDP's to 1e-6."""
+    from safetensors.torch import load_file
+
+    fsdp = _torchrun(tmp_path, "fsdp", "train.strategy=fsdp")
+    a, b = load_file(ddp_run / "final" / "model.safetensors"), load_file(fsdp / "final" / "model.safetensors")
+    init = load_file(ddp_run / "tiny-init" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    assert max(float((a[k] - init[k]).abs().max()) for k in a) > 1e-4  # the weights did move
+    assert (fsdp / "samples.jsonl").read_text() == (ddp_run / "samples.jsonl").read_text()
