@@ -33,6 +33,51 @@ from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PHASES = ("generate", "reward", "advantages", "reference", "update")
+SUB_PHASES = ("policy_forward", "optimizer", "clip_grad")
+"""Parts of `update`, timed by wrapping the functions the loop calls (bench only, nothing in grpo changes);
+what is left of `update` is the backward pass plus the loss arithmetic."""
+
+
+def instrument(sub: dict[str, float], per_step: list[dict]) -> None:
+    """Time the policy forward (completion_logprobs with grad on), the optimizer step and the gradient
+    clipping inside grpo's update phase; one dict of seconds per step goes to per_step."""
+    import functools
+
+    import torch
+
+    import grpo.train.grpo as loop
+
+    def timed(name, fn, when=lambda: True):
+        @functools.wraps(fn)
+        def wrapper(*a, **kw):
+            if not when():
+                return fn(*a, **kw)
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                sub[name] = sub.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+
+    loop.completion_logprobs = timed("policy_forward", loop.completion_logprobs, torch.is_grad_enabled)
+    torch.nn.utils.clip_grad_norm_ = timed("clip_grad", torch.nn.utils.clip_grad_norm_)
+    make_optimizer = loop.make_optimizer
+
+    def make_timed_optimizer(*a, **kw):
+        optimizer, scheduler = make_optimizer(*a, **kw)
+        optimizer.step = timed("optimizer", optimizer.step)  # wraps the scheduler's own step wrapper
+        return optimizer, scheduler
+
+    loop.make_optimizer = make_timed_optimizer
+    train_step = loop.train_step
+
+    def timed_step(*a, **kw):
+        sub.clear()
+        out = train_step(*a, **kw)
+        per_step.append(dict(sub))
+        return out
+
+    loop.train_step = timed_step
 
 
 def build_config(args):
@@ -61,6 +106,16 @@ def median_after(values: list[float], skip: int = 2) -> float:
     return statistics.median(values[skip:] if len(values) > skip else values)
 
 
+def _update_split(steps: list[dict], sub_by_step: list[dict], skip: int) -> dict:
+    """Medians of the parts of `update`: policy forward, backward (+ loss arithmetic), clip, optimizer."""
+    rows = []
+    for h, sub in zip(steps, sub_by_step):
+        parts = {k: sub.get(k, 0.0) for k in SUB_PHASES}
+        parts["backward_and_loss"] = h.get("time/update", 0.0) - sum(parts.values())
+        rows.append(parts)
+    return {k: round(median_after([r[k] for r in rows], skip), 4) for k in (*SUB_PHASES, "backward_and_loss")} if rows else {}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", type=Path)
@@ -82,6 +137,8 @@ def main():
 
     t_imports = time.perf_counter() - T_PROCESS_START
     cfg = build_config(args)
+    sub_by_step: list[dict] = []
+    instrument({}, sub_by_step)
     t0 = time.perf_counter()
     res = train(cfg, progress=False)
     t_train = time.perf_counter() - t0
@@ -114,6 +171,7 @@ def main():
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "phase_sec_median_after_2": {k: round(median_after([h.get(f"time/{k}", 0.0) for h in steps], skip), 4)
                                      for k in PHASES},
+        "update_split_sec_median_after_2": _update_split(steps, sub_by_step, skip),
         "prompt_tokens_mean": round(statistics.mean(prompt_lens), 3),
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "completion_len_mean": round(statistics.mean(h["completion/len_mean"] for h in steps), 2),

@@ -8,7 +8,7 @@ Reads OUT_DIR/{trl,grpo,grpo_bf16}-N.json, prints for each side the median over 
 per step (each run's median after its first 2 steps), steps/s, generation seconds per step,
 generation tokens/s (valid completion tokens, EOS included, per second inside generation), completion
 tokens per step and peak RSS; then grpo / TRL ratios against the targets of the issue. With --flops
-(and --model) it also times a 2048^3 matmul on 2 threads (fp32 and bf16) and prints the FLOP/s grpo
+(and --model) it also times a matmul on 2 threads (fp32 2048^3, bf16 512^3) and prints the FLOP/s grpo
 achieved in generation, the reference forward and the policy update (forward + backward + AdamW),
 counting the model FLOPs of the distinct tokens: each prompt once per group, each completion once.
 Writes OUT_DIR/summary.json.
@@ -46,15 +46,18 @@ def summarise(runs: list[dict]) -> dict:
             "runs": len(runs), "sec_per_step_each_run": [r["sec_per_step_median_after_2"] for r in runs]}
 
 
-def matmul_flops(dtype_name: str, n: int = 2048, threads: int = 2) -> float:
+def matmul_flops(dtype_name: str, n: int = 2048, threads: int = 2, budget_s: float = 3.0) -> float:
+    """Best-of-several FLOP/s of an n x n x n matmul (at least 2 timings, more while under budget_s)."""
     import torch
 
     torch.set_num_threads(threads)
     dtype = getattr(torch, dtype_name)
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(7))
-    return 2 * n**3 / best
+    times = [_timed(lambda: a @ b) for _ in range(2)]
+    while len(times) < 7 and sum(times) < budget_s:
+        times.append(_timed(lambda: a @ b))
+    return 2 * n**3 / min(times)
 
 
 def _timed(fn) -> float:
@@ -79,20 +82,34 @@ def forward_flops(cfg: dict, prompt_len: float, completion_len: float, groups: i
     return {"tokens": tokens, "flops": 2 * weights * tokens + attn, "params_matmul": weights}
 
 
-def flop_report(runs: list[dict], model: Path, peak: dict) -> dict:
+def flop_report(runs: list[dict], model: Path, peak: dict, prompt_len: float, phases: bool = True) -> dict:
+    """Achieved FLOP/s of one side's step (and, for grpo, of its phases) against the fp32 matmul rate.
+    Work counted: a forward over the step's distinct tokens for generation and for the reference, three
+    (forward + backward) for the policy update; the same useful work for either side."""
     cfg = json.loads((model / "config.json").read_text())
     r0 = runs[0]["settings"]
-    groups, G = r0["prompts_per_step"], r0["G"]
-    p, t = med(runs, "prompt_tokens_mean"), med(runs, "completion_len_mean")
+    G = r0.get("G") or r0["num_generations"]  # grpo's field names, then TRL's
+    groups = r0.get("prompts_per_step") or r0["per_device_train_batch_size"] // G
+    p = prompt_len  # the same 256 prompts on either side; grpo's runs record their mean length
+    t = statistics.median(r["completion_tokens_per_step_mean"] / (groups * G) for r in runs)
     fwd = forward_flops(cfg, p, t, groups, G)
+    step_s = med(runs, "sec_per_step_median_after_2")
+    step_flops = 5 * fwd["flops"]  # generation + reference + policy forward/backward (3x)
+    out = {"forward_flops_per_step": fwd["flops"], "matmul_params": fwd["params_matmul"],
+           "step": {"seconds": step_s, "flops": step_flops, "flop_per_s": step_flops / step_s,
+                    "of_fp32_matmul": step_flops / step_s / peak["float32"]}}
+    if not phases:
+        return out
     phase = {k: statistics.median(r["phase_sec_median_after_2"][k] for r in runs)
              for k in ("generate", "reference", "update")}
     work = {"generate": fwd["flops"], "reference": fwd["flops"], "update": 3 * fwd["flops"]}
-    out = {"forward_flops_per_step": fwd["flops"], "matmul_params": fwd["params_matmul"]}
+    if all("update_split_sec_median_after_2" in r for r in runs):  # the update without optimizer and clipping
+        split = [r["update_split_sec_median_after_2"] for r in runs]
+        phase["policy_fwd_bwd"] = statistics.median(x["policy_forward"] + x["backward_and_loss"] for x in split)
+        work["policy_fwd_bwd"] = 3 * fwd["flops"]
     for k in phase:
         rate = work[k] / phase[k]
-        out[k] = {"seconds": phase[k], "flops": work[k], "flop_per_s": rate,
-                  "of_fp32_matmul": rate / peak["float32"]}
+        out[k] = {"seconds": phase[k], "flops": work[k], "flop_per_s": rate, "of_fp32_matmul": rate / peak["float32"]}
     return out
 
 
@@ -107,6 +124,11 @@ def main():
         raise SystemExit(f"need trl-N.json and grpo-N.json in {args.out}")
     summary = {side: summarise(r) for side, r in runs.items()}
     trl = summary["trl"]
+    loads = [float(x.split()[1]) for x in (args.out / "load.log").read_text().split("\n") if x.startswith("load")] \
+        if (args.out / "load.log").exists() else []
+    if loads:
+        print(f"load average (1 min) before each run: median {statistics.median(loads):.2f}, "
+              f"min {min(loads):.2f}, max {max(loads):.2f} on {os.cpu_count()} CPUs")
     print(f"\n{'':10} {'s/step':>8} {'steps/s':>8} {'gen s':>7} {'gen tok/s':>10} {'tok/step':>9} {'peak RSS':>9}"
           f"   (medians over {trl['runs']} runs; load avg now {os.getloadavg()[0]:.2f})")
     for side, s in summary.items():
@@ -124,21 +146,24 @@ def main():
                   f"peak RSS x{ratios[side]['peak_rss_vs_trl']:.2f}")
     if "grpo_bf16" in summary:
         print(f"bf16 / fp32 (grpo): steps/s x{summary['grpo']['sec_per_step'] / summary['grpo_bf16']['sec_per_step']:.2f}")
-    result = {"summary": summary, "ratios": ratios}
+    result = {"summary": summary, "ratios": ratios, "load_before_runs": loads}
     if args.flops and args.model:
-        peak = {d: matmul_flops(d) for d in ("float32", "bfloat16")}
-        print(f"\nmatmul 2048^3, 2 threads: fp32 {peak['float32'] / 1e9:.1f} GFLOP/s, bf16 {peak['bfloat16'] / 1e9:.1f} GFLOP/s")
+        # bf16 at 512^3: without AVX512-BF16/AMX, CPUs run bf16 matmuls far below fp32 (0.2 GFLOP/s here)
+        peak = {"float32": matmul_flops("float32", 2048), "bfloat16": matmul_flops("bfloat16", 512)}
+        print(f"\nmatmul, 2 threads: fp32 (2048^3) {peak['float32'] / 1e9:.1f} GFLOP/s, "
+              f"bf16 (512^3) {peak['bfloat16'] / 1e9:.1f} GFLOP/s")
         result["matmul_flop_per_s"] = peak
-        for side in ("grpo", "grpo_bf16"):
+        for side in SIDES:
             if side not in runs:
                 continue
-            rep = flop_report(runs[side], args.model, peak)
+            rep = flop_report(runs[side], args.model, peak, med(runs["grpo"], "prompt_tokens_mean"), phases=side != "trl")
             result.setdefault("flops", {})[side] = rep
-            print(f"{side}: model FLOPs per forward over the step's tokens {rep['forward_flops_per_step'] / 1e9:.1f} G")
-            for k in ("generate", "reference", "update"):
-                x = rep[k]
-                print(f"  {k:9} {x['seconds']:7.3f} s  {x['flop_per_s'] / 1e9:6.1f} GFLOP/s  "
-                      f"= {100 * x['of_fp32_matmul']:5.1f}% of the fp32 matmul rate")
+            print(f"{side}: model FLOPs per forward over the step's distinct tokens {rep['forward_flops_per_step'] / 1e9:.1f} G")
+            for k in ("step", "generate", "reference", "update", "policy_fwd_bwd"):
+                if k in rep:
+                    x = rep[k]
+                    print(f"  {k:14} {x['seconds']:7.3f} s  {x['flop_per_s'] / 1e9:6.1f} GFLOP/s  "
+                          f"= {100 * x['of_fp32_matmul']:5.1f}% of the fp32 matmul rate")
     (args.out / "summary.json").write_text(json.dumps(result, indent=1))
 
 

@@ -7,9 +7,12 @@
 #                                            #   with achieved FLOP/s against this CPU's matmul rate
 #
 # Env: REPEATS (tiny 3, 25m 2), STEPS (tiny 20, 25m 8), PROMPTS (prompts per step), BF16 (1: also run
-# grpo with model.dtype=bfloat16), PEERS (the peer harness; default ../shared/peers beside the repo),
+# grpo with model.dtype=bfloat16; default 1 for tiny, 0 for 25m, since a CPU without AVX512-BF16/AMX runs
+# bf16 matmuls ~100x slower than fp32 and a 25M run would take hours), PEERS (the peer harness; default ../shared/peers beside the repo),
 # VENV (TRL's virtual environment, made on first use), OUT (.peers/bench/SIZE), QUIET_LOAD / QUIET_WAIT
-# (wait up to QUIET_WAIT s before each run for the load average to drop below QUIET_LOAD).
+# (wait up to QUIET_WAIT s before each run for the load average to drop below QUIET_LOAD), SRC (the grpo
+# source tree to import, put first on PYTHONPATH; default the checkout's src: set it to a snapshot, e.g.
+# `git worktree add /tmp/grpo-bench HEAD`, when someone is editing the checkout meanwhile).
 # The first run creates VENV with torch==2.13.0 first (so nothing pulls another torch), then the
 # peer's pinned trl-requirements.txt. Nothing else is downloaded; the models are built offline.
 set -euo pipefail
@@ -19,14 +22,15 @@ PEERS=${PEERS:-$(cd "$HERE/../../shared/peers" 2>/dev/null && pwd || echo "$ROOT
 SIZE=${SIZE:-tiny}
 VENV=${VENV:-$ROOT/.peers/trl-venv}
 OUT=${OUT:-$ROOT/.peers/bench/$SIZE}
-BF16=${BF16:-1}
 PY=${PY:-$ROOT/.venv/bin/python}
+SRC=${SRC:-$ROOT/src}
+export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
 [ -x "$PY" ] || PY=python3
 
 case "$SIZE" in
-  tiny) MODEL_ARGS=""; TOKENS=32; PROMPTS=${PROMPTS:-8}; STEPS=${STEPS:-20}; REPEATS=${REPEATS:-3} ;;
+  tiny) MODEL_ARGS=""; TOKENS=32; PROMPTS=${PROMPTS:-8}; STEPS=${STEPS:-20}; REPEATS=${REPEATS:-3}; BF16=${BF16:-1} ;;
   25m)  MODEL_ARGS="--hidden 512 --layers 8 --heads 8 --intermediate 1376"; TOKENS=128
-        PROMPTS=${PROMPTS:-1}; STEPS=${STEPS:-8}; REPEATS=${REPEATS:-2} ;;
+        PROMPTS=${PROMPTS:-1}; STEPS=${STEPS:-8}; REPEATS=${REPEATS:-2}; BF16=${BF16:-0} ;;
   *) echo "SIZE must be tiny or 25m" >&2; exit 2 ;;
 esac
 G=8
@@ -44,6 +48,7 @@ rm -f "$OUT"/*.json "$OUT/load.log"
 "$PY" "$PEERS/make_tiny_model.py" "$MODEL" $MODEL_ARGS 2>/dev/null > "$OUT/model.json"
 "$VENV/bin/python" -c "import torch, trl, transformers; print('peer: torch', torch.__version__, 'trl', trl.__version__, 'transformers', transformers.__version__)"
 echo "model $SIZE: $(cut -c1-120 "$OUT/model.json")..."
+echo "grpo from $SRC: $(git -C "$SRC" rev-parse --short HEAD 2>/dev/null)$(git -C "$SRC" status --porcelain -- . 2>/dev/null | grep -q . && echo ' + uncommitted changes')"
 echo "work: $PROMPTS prompts x G=$G, $TOKENS-token completions, $STEPS steps, $REPEATS alternating repeats"
 
 # The machine may be shared: before each run wait (up to QUIET_WAIT s) for the 1-minute load average to

@@ -29,6 +29,8 @@ def _render(rows: list[dict], cfg: DataConfig, tokenizer) -> list[dict]:
 
 
 def _check_lengths(rows: list[dict], cfg: DataConfig, tokenizer, name: str) -> tuple[list[dict], int]:
+    if not rows:  # no held-out set given: nothing to check (fast tokenizers fail on an empty batch)
+        return rows, 0
     ids = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
     check = check_prompt_lengths(ids, cfg.max_prompt_length, policy=cfg.on_long_prompt, source_name=name)
     return [rows[i] for i in check.kept], check.num_dropped

@@ -137,7 +137,7 @@ def _parse_json(path: Path, text: str, split: str | None) -> tuple[list[dict], l
         if split not in lists:
             raise UserError(
                 f"{path}: top-level JSON object; set split to the key holding the rows "
-                f"(keys with lists: {', '.join(lists) or 'none'})"
+                f"(keys with lists: {', '.join(_cut(k) for k in lists[:20]) or 'none'})"
             )
         data = data[split]
     elif split is not None:
@@ -158,16 +158,21 @@ def _is_json_object(line: str) -> bool:
 
 
 def _parse_csv(path: Path, text: str) -> tuple[list[dict], list[int]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    # strict: an unclosed quote or text after a closing quote is an error, not a silently merged row
+    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
     rows, lines = [], []
     try:
         for row in reader:
             if None in row:
                 raise UserError(f"{path}:{reader.line_num}: more fields than the header has columns")
+            missing = [k for k, v in row.items() if v is None]
+            if missing:
+                raise UserError(f"{path}:{reader.line_num}: fewer fields than the header has columns "
+                                f"(no {', '.join(map(repr, missing))})")
             rows.append(row)
             lines.append(reader.line_num)
-    except csv.Error as exc:
-        raise UserError(f"{path}:{reader.line_num}: invalid CSV ({exc})") from None
+    except csv.Error as exc:  # line_num counts the lines of the rows read before the one that failed
+        raise UserError(f"{path}:{reader.line_num + 1}: invalid CSV ({exc})") from None
     return rows, lines
 
 
@@ -223,7 +228,8 @@ def _map_columns(
     for field, column, target in wanted:
         if column not in columns:
             raise UserError(
-                f"{name}: no column {column!r} ({field}); the columns are: {', '.join(map(str, columns))}"
+                f"{name}: no column {column!r} ({field}); the columns are: "
+                f"{', '.join(_cut(str(c)) for c in columns[:20])}{', ...' if len(columns) > 20 else ''}"
             )
         if column != target and target in columns:
             raise UserError(
@@ -279,5 +285,9 @@ def _json_type(value: Any) -> str:
 
 
 def _shorten(value: Any, limit: int = 80) -> str:
-    text = repr(value)
+    return _cut(repr(value), limit)
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    """A name or value for an error message, cut short: a 5 MB column name must not become the message."""
     return text if len(text) <= limit else text[: limit - 3] + "..."

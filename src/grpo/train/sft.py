@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,14 +64,18 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
     t_start = time.perf_counter()
     s = cfg.sft
     seed_everything(s.seed, s.threads)
-    out = prepare_output_dir(s.output_dir, cfg)
-    model, tokenizer = load_policy(cfg.model, out / "tiny-init")
+    with tempfile.TemporaryDirectory(prefix="grpo-") as staging:  # a mistake in model or data writes nothing
+        tiny_dir = Path(staging) / "tiny-init"
+        model, tokenizer = load_policy(cfg.model, tiny_dir)
+        task = load_task(cfg.data, tokenizer, s.seed)
+        if s.target_column not in task.train[0]:
+            raise UserError(f"sft.target_column: {s.target_column!r} is not a column of {cfg.data.source} "
+                            f"(columns: {', '.join(sorted(task.train[0]))})")
+        checker = load_reward_function(s.eval_reward)
+        out = prepare_output_dir(s.output_dir, cfg)
+        if tiny_dir.exists():
+            shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
     device = next(model.parameters()).device
-    task = load_task(cfg.data, tokenizer, s.seed)
-    if s.target_column not in task.train[0]:
-        raise UserError(f"sft.target_column: {s.target_column!r} is not a column of {cfg.data.source} "
-                        f"(columns: {', '.join(sorted(task.train[0]))})")
-    checker = load_reward_function(s.eval_reward)
     engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     optimizer, scheduler = make_optimizer(model, cfg.optim, s.max_steps)
     log, rng = MetricsLog(out), random.Random(s.seed)
