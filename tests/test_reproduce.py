@@ -36,6 +36,17 @@ def test_reproduce_trains_every_method_and_writes_results_with_plots(tmp_path, c
     assert "grpo reproduce --n 4 --k 1,2,4" in text and "](img/curves.png)" in text
     assert (docs / "img" / "curves.png").stat().st_size > 10_000
     assert (docs / "img" / "maj_pass_at_k.png").stat().st_size > 10_000
+    assert all(summary[m]["run_peak_mib"] > 0 for m in ("grpo", "ppo"))
+    assert summary["ppo"]["state_mib"] > summary["grpo"]["state_mib"] > summary["rft"]["state_mib"]  # value model; reference
+
+    # a second comparison from the same SFT checkpoint: no SFT is trained again
+    capsys.readouterr()
+    assert main(["reproduce", "-q", "--n", "2", "--k", "1,2", "--methods", "rft", "--sft", str(out / "sft"),
+                 f"output_dir={tmp_path / 'again'}", *TINY]) == 0
+    assert f"reusing {out / 'sft' / 'final'}" in capsys.readouterr().out
+    assert not (tmp_path / "again" / "sft").exists()
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert list(again) == ["sft", "rft"] and again["sft"]["greedy_accuracy"] == summary["sft"]["greedy_accuracy"]
 
 
 def test_reproduce_refuses_unknown_methods_and_bad_k(tmp_path):

@@ -68,7 +68,7 @@ def _cmd_reproduce(args) -> None:
 
     ks = [int(k) for k in args.k.split(",")]
     run_reproduce(args.config, args.overrides, n=args.n, ks=ks, docs_dir=args.docs, methods=args.methods.split(","),
-                  progress=not args.quiet)
+                  progress=not args.quiet, sft_dir=args.sft)
 
 
 def _cmd_plot(args) -> None:
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--k", default="1,2,4,8,16", help="comma-separated k")
     sp.add_argument("--methods", default="grpo,grpo_process,ppo,rft", help="comma-separated RL methods to train from the SFT model")
     sp.add_argument("--docs", default=None, help="also copy results.md and its plots into this directory (e.g. docs)")
+    sp.add_argument("--sft", default=None, metavar="DIR", help="reuse a finished `grpo sft` run instead of training one")
     sp.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. rl.train.steps=30")
     sp.set_defaults(fn=_cmd_reproduce)
     sp = sub.add_parser("plot", help="redraw training.png from a run's metrics.jsonl")

@@ -60,6 +60,17 @@ def make_optimizer(model, cfg: OptimConfig, total_steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def current_memory_mib(device: torch.device) -> float:
+    """Memory in use now: allocated accelerator memory, else the process's resident set size (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
 def peak_memory_mib(device: torch.device) -> float:
     """Peak accelerator memory if on one, else the process's peak resident set size."""
     if device.type == "cuda":

@@ -46,7 +46,7 @@ from grpo.algorithm import (
 from grpo.config import TrainConfig
 from grpo.data import Task, load_task
 from grpo.errors import UserError
-from grpo.models.loading import Reference, autocast, load_policy
+from grpo.models.loading import Reference, autocast, load_policy, resolve_device
 from grpo.rewards import RewardModel, RewardSpec, compute_rewards, load_reward_function, reward_spec
 from grpo.rewards.loader import RESERVED_ARGUMENTS
 from grpo.rollout.engine import Rollout, SamplingParams
@@ -68,6 +68,7 @@ from grpo.train.checkpoint import (
 from grpo.train.common import (
     MetricsLog,
     PromptSampler,
+    current_memory_mib,
     Timers,
     decode,
     encode_prompts,
@@ -483,6 +484,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     """Run GRPO as configured (train.resume: continue the run in train.output_dir); returns accuracies
     before/after and the metrics history."""
     t_start = time.perf_counter()
+    baseline_mib = current_memory_mib(resolve_device(cfg.model.device))  # the runtime, before any model is built
     run = setup_run(cfg)
     state, timers, device = run.state, Timers(), next(run.model.parameters()).device
     I = cfg.train.iterations
@@ -512,7 +514,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             dt = time.perf_counter() - t0
             record = {"step": step + 1, **out.record, **rm_stats, **timers.pop(), "time/step": dt,
                       "tokens_per_s": out.num_tokens / dt, "memory/peak_mib": peak_memory_mib(device),
-                      "memory/state_mib": run.state_mib()}
+                      "memory/state_mib": run.state_mib(), "memory/baseline_mib": baseline_mib}
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
                 record["eval/accuracy"] = heldout()
             if cfg.train.sample_every and step % cfg.train.sample_every == 0:

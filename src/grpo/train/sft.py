@@ -114,7 +114,8 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
             break
     if best[2] is not None:
         model.load_state_dict(best[2])
-    log.write({"step": step, "best_step": best[1], "eval/best_accuracy": best[0]})
+    log.write({"step": step, "best_step": best[1], "eval/best_accuracy": best[0],
+               "seconds": time.perf_counter() - t_start})
     log.close()
     save_model(model, tokenizer, out / "final")
     return SFTResult(out, out / "final", best[0], best[1], step, time.perf_counter() - t_start, history)
