@@ -169,7 +169,7 @@ class UpdateResult(NamedTuple):
 
 
 def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: TrainConfig, ctx,
-                  beta: float | None = None, dist: Dist = SINGLE) -> UpdateResult:
+                  dist: Dist = SINGLE, beta: float | None = None) -> UpdateResult:
     """One optimizer step on the whole batch: micro-batched forward/backward, summed exactly.
 
     `adv` is [N] or [N, T]; `beta` overrides grpo.beta (PPO folds the KL into its reward instead).
@@ -281,7 +281,7 @@ class Run:
             c = self.critic
             tensors += [*c.model.parameters(), *(p.grad for p in c.model.parameters() if p.grad is not None),
                         *(t for st in c.optimizer.state.values() for t in st.values() if torch.is_tensor(t))]
-        seen = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        seen = dict(_storage(t) for t in tensors)
         return sum(seen.values()) / 2**20
 
     def load_extra_state(self, extra: dict) -> None:
@@ -292,6 +292,15 @@ class Run:
             self.ref.model.load_state_dict(extra["reference"])
         if self.rm_trainer is not None and "reward_model" in extra:
             self.rm_trainer.load_state_dict(extra["reward_model"])
+
+
+def _storage(t: torch.Tensor) -> tuple[int, int]:
+    """(storage id, bytes) of a tensor; an FSDP-sharded parameter counts its local shard."""
+    t = t.to_local() if hasattr(t, "to_local") else t
+    try:
+        return t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+    except RuntimeError:  # a storage Python cannot look into: count the tensor itself
+        return id(t), t.numel() * t.element_size()
 
 
 def setup_run(cfg: TrainConfig) -> Run:
