@@ -43,8 +43,12 @@ def _cmd_train(args) -> None:
               "`grpo demo` warm-starts it with SFT first (or pass model.path=DIR)", file=sys.stderr)
     res = train(cfg, progress=not args.quiet)
     if main_process:
-        print(f"held-out accuracy: {100 * res.accuracy_before:.1f}% -> {100 * res.accuracy_after:.1f}% "
-              f"after {res.steps} GRPO steps ({res.seconds:.0f} s); model: {res.output_dir / 'final'}")
+        if res.accuracy_before != res.accuracy_before:  # NaN: no held-out prompts to evaluate
+            accuracy = "held-out accuracy: not measured (no held-out set: set data.heldout_source)"
+        else:
+            accuracy = f"held-out accuracy: {100 * res.accuracy_before:.1f}% -> {100 * res.accuracy_after:.1f}%"
+        print(f"{accuracy} after {res.steps} {cfg.algorithm.upper()} steps ({res.seconds:.0f} s); "
+              f"model: {res.output_dir / 'final'}")
 
 
 def _cmd_sft(args) -> None:
