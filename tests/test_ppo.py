@@ -53,3 +53,22 @@ def test_value_model_learns_the_returns():
     assert losses[-1] < 0.2 * losses[0]
     v = critic.model(r)
     assert v.shape == (2, 3) and v[0, 0] > 0.5 and v[1, 0] < -0.5
+
+
+def test_value_head_on_the_policy_trains_only_the_head_and_leaves_the_policy_alone():
+    torch.manual_seed(0)
+    cfg = TrainConfig()
+    cfg.train.micro_batch_size = 2
+    cfg.ppo.value_model, cfg.ppo.value_clip, cfg.ppo.value_lr = "head", 10.0, 3e-2
+    policy = build_model(build_tokenizer(), TinyConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    critic = Critic(policy, cfg)
+    assert sorted(critic.model.state_dict()) == ["head.bias", "head.weight"]  # no second body held or saved
+    assert sum(p.numel() for p in critic.model.parameters()) == 32 + 1
+    r, zeros = _rollout(), torch.zeros(2, 3)
+    losses = []
+    for _ in range(30):
+        batch = critic.advantages(r, torch.tensor([1.0, -1.0]), zeros, zeros, beta=0.0)
+        losses.append(critic.update(r, batch)["ppo/value_loss"])
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())

@@ -188,6 +188,10 @@ class GRPOConfig:
 
 @dataclass
 class PPOConfig:
+    value_model: Literal["copy", "head"] = "copy"
+    """'copy': a trained copy of the policy's transformer with a scalar head (the paper's PPO, a second
+    model in memory); 'head': only a scalar head on the policy's own hidden states (no second model;
+    the value loss does not reach the policy's weights)."""
     gamma: float = 1.0
     """GAE discount."""
     lam: float = 0.95

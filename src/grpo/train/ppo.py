@@ -10,11 +10,13 @@ value model is trained with the clipped value loss. Everything else (rollout, re
 policy surrogate, logging, checkpoints) is the GRPO loop's own; `grpo.train.grpo` calls this module
 only where the algorithms differ. The value model is a second copy of the policy's transformer with
 a scalar head, initialised from the policy (the paper's PPO holds policy, reference, value and
-reward models; GRPO drops the value model).
+reward models; GRPO drops the value model); `ppo.value_model=head` keeps only a scalar head on the
+policy's own hidden states instead (no second model, the value loss never reaches the policy).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -26,15 +28,23 @@ from grpo.train.logprobs import position_ids_from_mask
 
 
 class ValueModel(nn.Module):
-    """V(prefix): the policy's transformer body (a copy) with a zero-initialised scalar head."""
+    """V(prefix): a transformer body with a zero-initialised scalar head.
 
-    def __init__(self, policy):
+    shared=False: the body is a trained copy of the policy's. shared=True: the body is the policy's
+    own, run without gradients (not a submodule: neither trained nor saved here); only the head learns.
+    """
+
+    def __init__(self, policy, shared: bool = False):
         super().__init__()
         import copy
 
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
-        self.body = copy.deepcopy(base.get_decoder() if hasattr(base, "get_decoder") else base.model)
-        self.body.requires_grad_(True)
+        body = base.get_decoder() if hasattr(base, "get_decoder") else base.model
+        if shared:
+            self._shared_body = (body,)  # a tuple: kept out of parameters() and state_dict()
+        else:
+            self.body = copy.deepcopy(body)
+            self.body.requires_grad_(True)
         self.head = nn.Linear(base.config.hidden_size, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -43,8 +53,11 @@ class ValueModel(nn.Module):
         """Value of the state before each completion token. [N, T]"""
         ids = torch.cat([r.prompt_ids, r.completion_ids], dim=1)  # [N, P+T]
         mask = torch.cat([r.prompt_mask, r.completion_mask], dim=1)  # [N, P+T]
-        hidden = self.body(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                           use_cache=False).last_hidden_state  # [N, P+T, H]
+        shared = getattr(self, "_shared_body", None)
+        with torch.no_grad() if shared else contextlib.nullcontext():
+            body = shared[0] if shared else self.body
+            hidden = body(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                          use_cache=False).last_hidden_state  # [N, P+T, H]
         T = r.completion_ids.shape[1]
         return self.head(hidden[:, -T - 1:-1]).squeeze(-1).float()  # [N, T]
 
@@ -62,7 +75,7 @@ class Critic:
 
     def __init__(self, policy, cfg):
         self.cfg = cfg.ppo
-        self.model = ValueModel(policy).to(next(policy.parameters()).device).train()
+        self.model = ValueModel(policy, shared=self.cfg.value_model == "head").to(next(policy.parameters()).device).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.value_lr, betas=(0.9, 0.99))
         self.micro = cfg.train.micro_batch_size
 
