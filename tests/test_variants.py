@@ -7,7 +7,6 @@ extra state (the critic, a reset reference) survives a checkpoint and resume bit
 
 import json
 import math
-import types
 
 import pytest
 import torch
@@ -17,7 +16,8 @@ from grpo.config import TrainConfig, load_config
 from grpo.errors import UserError
 from grpo.models.tiny import build_tokenizer
 from grpo.rollout.engine import Rollout
-from grpo.train.grpo import rft_advantages, step_advantages, train
+from grpo.train.advantages import rft_advantages, step_advantages
+from grpo.train.grpo import train
 from grpo.train.process import step_tensors
 
 REWARD = """
@@ -140,8 +140,8 @@ def test_process_advantages_of_the_builtin_step_rewards_by_hand():
                                           "train.micro_batch_size=2"])
     from grpo.rewards import load_reward_function
 
-    run = types.SimpleNamespace(step_fn=load_reward_function("arithmetic_steps"), tokenizer=tok)
-    adv = step_advantages(run, r, [{"prompt": "q", "answer": "10"}], texts, cfg)  # [2, T]
+    adv = step_advantages(load_reward_function("arithmetic_steps"), tok, r, [{"prompt": "q", "answer": "10"}], texts,
+                          cfg)  # [2, T]
     assert adv.shape == (2, T)
     up, down = 0.6455, -1.2910
     first_line_end = len(tok("<think>8+7=15", add_special_tokens=False)["input_ids"]) - 1

@@ -71,6 +71,24 @@ def current_memory_mib(device: torch.device) -> float:
         return 0.0
 
 
+def held_state_mib(held: list) -> float:
+    """MiB of the weights, gradients and optimizer state of (model, optimizer or None) pairs, each
+    storage counted once (an FSDP-sharded parameter counts its local shard)."""
+    sizes = {}
+    for model, optimizer in held:
+        params = list(model.parameters())
+        tensors = params + [p.grad for p in params if p.grad is not None]
+        if optimizer is not None:
+            tensors += [t for st in optimizer.state.values() for t in st.values() if torch.is_tensor(t)]
+        for t in tensors:
+            t = t.to_local() if hasattr(t, "to_local") else t
+            try:
+                sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            except RuntimeError:  # a storage Python cannot look into: count the tensor itself
+                sizes[id(t)] = t.numel() * t.element_size()
+    return sum(sizes.values()) / 2**20
+
+
 def peak_memory_mib(device: torch.device) -> float:
     """Peak accelerator memory if on one, else the process's peak resident set size."""
     if device.type == "cuda":

@@ -35,12 +35,9 @@ import torch
 from tqdm import tqdm
 
 from grpo.algorithm import (
-    leave_one_out_advantages,
     mask_truncated,
     masked_mean,
-    outcome_advantages,
     policy_loss,
-    process_advantages,
     zero_std_fraction,
 )
 from grpo.config import TrainConfig
@@ -69,6 +66,7 @@ from grpo.train.common import (
     MetricsLog,
     PromptSampler,
     current_memory_mib,
+    held_state_mib,
     Timers,
     decode,
     encode_prompts,
@@ -105,7 +103,7 @@ from grpo.train.distributed import (
 )
 from grpo.train.logprobs import completion_logprobs
 from grpo.train.ppo import Critic
-from grpo.train.process import step_tensors
+from grpo.train.advantages import compute_advantages, rft_advantages, step_advantages
 from grpo.train.reward_model import RewardModelTrainer
 
 logger = logging.getLogger(__name__)
@@ -134,31 +132,6 @@ def _logprobs_no_grad(model, r: Rollout, cfg: TrainConfig, ctx) -> torch.Tensor:
             out.append(completion_logprobs(model, r.prompt_ids[mb], r.prompt_mask[mb], r.completion_ids[mb],
                                            r.completion_mask[mb], cfg.sampling.temperature).logp.float())
     return torch.cat(out)
-
-
-def compute_advantages(rewards: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """GRPO's per-completion advantages from the summed rewards (outcome supervision, or RLOO). [N]"""
-    g = cfg.grpo
-    if g.advantage == "rloo":
-        return leave_one_out_advantages(rewards, g.G)
-    return outcome_advantages(rewards, g.G, scale=g.scale, std=g.std, eps=g.adv_eps)  # [N]
-
-
-def rft_advantages(accuracy: list) -> torch.Tensor:
-    """Online RFT's gradient coefficient (DeepSeekMath §5.2.1): 1 for a correct sample, else 0. [N]"""
-    return torch.tensor([1.0 if v is not None and v >= 1.0 else 0.0 for v in accuracy])
-
-
-def step_advantages(run: "Run", r: Rollout, rows: list[dict], texts: list[str], cfg: TrainConfig) -> torch.Tensor:
-    """Process supervision: per-step rewards from rewards.step_fn -> per-token advantages. [N, T]"""
-    G = cfg.grpo.G
-    columns = {k: [x.get(k) for x in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
-    steps = run.step_fn(prompts=[x["prompt"] for x in rows for _ in range(G)], completions=texts,
-                        completion_ids=[ids[m.bool()].tolist() for ids, m in zip(r.completion_ids, r.completion_mask)],
-                        **columns)
-    step_rewards, step_end = step_tensors(list(steps), run.tokenizer, r.completion_ids, r.completion_mask)
-    return process_advantages(step_rewards, step_end, G, r.completion_mask, eps=cfg.grpo.adv_eps,
-                              std=cfg.grpo.std)  # [N, T]
 
 
 class UpdateResult(NamedTuple):
@@ -271,18 +244,14 @@ class Run:
         return extra
 
     def state_mib(self) -> float:
-        """Memory held by model state between steps: the weights, gradients and optimizer moments of
-        the policy (and PPO's value model) plus the reference's weights; each tensor counted once."""
-        tensors = [*self.model.parameters(), *(p.grad for p in self.model.parameters() if p.grad is not None),
-                   *(t for st in self.optimizer.state.values() for t in st.values() if torch.is_tensor(t))]
+        """Memory held by model state between steps (metric memory/state_mib): the policy's weights,
+        gradients and optimizer moments, the reference's weights, PPO's value model with its own."""
+        held = [(self.model, self.optimizer)]
         if self.ref is not None and not self.ref.shares_policy:
-            tensors += list(self.ref.model.parameters())
+            held.append((self.ref.model, None))
         if self.critic is not None:
-            c = self.critic
-            tensors += [*c.model.parameters(), *(p.grad for p in c.model.parameters() if p.grad is not None),
-                        *(t for st in c.optimizer.state.values() for t in st.values() if torch.is_tensor(t))]
-        seen = dict(_storage(t) for t in tensors)
-        return sum(seen.values()) / 2**20
+            held.append((self.critic.model, self.critic.optimizer))
+        return held_state_mib(held)
 
     def load_extra_state(self, extra: dict) -> None:
         if self.critic is not None and "critic" in extra:
@@ -292,15 +261,6 @@ class Run:
             self.ref.model.load_state_dict(extra["reference"])
         if self.rm_trainer is not None and "reward_model" in extra:
             self.rm_trainer.load_state_dict(extra["reward_model"])
-
-
-def _storage(t: torch.Tensor) -> tuple[int, int]:
-    """(storage id, bytes) of a tensor; an FSDP-sharded parameter counts its local shard."""
-    t = t.to_local() if hasattr(t, "to_local") else t
-    try:
-        return t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
-    except RuntimeError:  # a storage Python cannot look into: count the tensor itself
-        return id(t), t.numel() * t.element_size()
 
 
 def setup_run(cfg: TrainConfig) -> Run:
@@ -434,7 +394,7 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
         elif cfg.algorithm == "rft":
             adv, beta = rft_advantages(batch.per_function[run.specs[0].name]), 0.0  # [N]
         elif cfg.grpo.advantage == "process":  # groups are whole on each rank: this rank's steps suffice
-            adv = step_advantages(run, r, batch.rows, batch.texts, cfg)  # [N, T]
+            adv = step_advantages(run.step_fn, run.tokenizer, r, batch.rows, batch.texts, cfg)  # [N, T]
         else:  # over the gathered batch (grpo.scale=batch needs all of it), then this rank's rows
             adv = my_rows(compute_advantages(everyone.rewards, cfg), dist)  # [N / world_size]
         adv = adv.to(device)
