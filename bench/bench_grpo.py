@@ -113,7 +113,8 @@ def _update_split(steps: list[dict], sub_by_step: list[dict], skip: int) -> dict
         parts = {k: sub.get(k, 0.0) for k in SUB_PHASES}
         parts["backward_and_loss"] = h.get("time/update", 0.0) - sum(parts.values())
         rows.append(parts)
-    return {k: round(median_after([r[k] for r in rows], skip), 4) for k in (*SUB_PHASES, "backward_and_loss")} if rows else {}
+    keys = (*SUB_PHASES, "backward_and_loss")
+    return {k: round(median_after([r[k] for r in rows], skip), 4) for k in keys} if rows else {}
 
 
 def main():

@@ -105,11 +105,13 @@ def flop_report(runs: list[dict], model: Path, peak: dict, prompt_len: float, ph
     work = {"generate": fwd["flops"], "reference": fwd["flops"], "update": 3 * fwd["flops"]}
     if all("update_split_sec_median_after_2" in r for r in runs):  # the update without optimizer and clipping
         split = [r["update_split_sec_median_after_2"] for r in runs]
-        phase["policy_fwd_bwd"] = statistics.median(x["policy_forward"] + x["backward_and_loss"] for x in split)
+        phase["policy_fwd_bwd"] = statistics.median(x["policy_forward"] + x["backward_and_loss"]
+                                                    for x in split)
         work["policy_fwd_bwd"] = 3 * fwd["flops"]
     for k in phase:
         rate = work[k] / phase[k]
-        out[k] = {"seconds": phase[k], "flops": work[k], "flop_per_s": rate, "of_fp32_matmul": rate / peak["float32"]}
+        out[k] = {"seconds": phase[k], "flops": work[k], "flop_per_s": rate,
+                  "of_fp32_matmul": rate / peak["float32"]}
     return out
 
 
@@ -124,8 +126,9 @@ def main():
         raise SystemExit(f"need trl-N.json and grpo-N.json in {args.out}")
     summary = {side: summarise(r) for side, r in runs.items()}
     trl = summary["trl"]
-    loads = [float(x.split()[1]) for x in (args.out / "load.log").read_text().split("\n") if x.startswith("load")] \
-        if (args.out / "load.log").exists() else []
+    load_log = args.out / "load.log"
+    loads = [float(x.split()[1]) for x in load_log.read_text().split("\n") if x.startswith("load")] \
+        if load_log.exists() else []
     if loads:
         print(f"load average (1 min) before each run: median {statistics.median(loads):.2f}, "
               f"min {min(loads):.2f}, max {max(loads):.2f} on {os.cpu_count()} CPUs")
@@ -156,9 +159,11 @@ def main():
         for side in SIDES:
             if side not in runs:
                 continue
-            rep = flop_report(runs[side], args.model, peak, med(runs["grpo"], "prompt_tokens_mean"), phases=side != "trl")
+            prompt_len = med(runs["grpo"], "prompt_tokens_mean")
+            rep = flop_report(runs[side], args.model, peak, prompt_len, phases=side != "trl")
             result.setdefault("flops", {})[side] = rep
-            print(f"{side}: model FLOPs per forward over the step's distinct tokens {rep['forward_flops_per_step'] / 1e9:.1f} G")
+            print(f"{side}: model FLOPs per forward over the step's distinct tokens "
+                  f"{rep['forward_flops_per_step'] / 1e9:.1f} G")
             for k in ("step", "generate", "reference", "update", "policy_fwd_bwd"):
                 if k in rep:
                     x = rep[k]
