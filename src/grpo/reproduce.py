@@ -45,7 +45,9 @@ def _train_in_subprocess(rl_config: Path, method: str, out: Path, sft_model: Pat
            f"model.path={sft_model}", f"train.output_dir={out}"]
     t0 = time.perf_counter()
     # freed tensors go back to the OS at once, so the process's peak RSS follows its live memory (docs/memory.md)
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    # and oneDNN keeps no per-shape buffers (as in the planner's validation, tests/test_plan.py)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1",
+           "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise UserError(f"{method} training failed:\n{proc.stderr[-2000:]}")
@@ -103,7 +105,7 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
                             max_new_tokens=cfg.rl.sampling.max_new_tokens, seed=cfg.rl.train.seed)
              for name, path in models.items()}
     summary = {
-        name: {"greedy_accuracy": e.greedy_accuracy, "sample_accuracy": e.sample_accuracy,
+        name: {"greedy_accuracy": e.greedy_accuracy, "sample_accuracy": e.sample_accuracy, "num_prompts": e.num_prompts,
                "pass_at_k": e.pass_at_k, "maj_at_k": e.maj_at_k,
                **({k: runs[name][k] for k in ("peak_mib", "run_peak_mib", "state_mib", "seconds")} if name in runs else
                   {"seconds": s.seconds, "steps": s.steps})}
@@ -111,7 +113,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     plots = _plots(out, runs, evals, ks)
     command = " ".join(["grpo reproduce", *(["--config", config] if config else []), f"--n {n}",
-                        f"--k {','.join(map(str, ks))}", f"--methods {','.join(methods)}", *overrides])
+                        f"--k {','.join(map(str, ks))}", f"--methods {','.join(methods)}",
+                        *([f"--sft {sft_dir}"] if sft_dir else []), *overrides])
     text = _markdown(summary, cfg, s, plots, n, ks, command, time.perf_counter() - t_start)
     (out / "results.md").write_text(text)
     if docs_dir:
@@ -150,9 +153,11 @@ def _markdown(summary: dict, cfg: DemoConfig, s, plots: list[str], n: int, ks, c
         f"max_new_tokens={rl.sampling.max_new_tokens}. PPO: value model = a copy of the policy's body with a "
         f"scalar head, value lr={rl.ppo.value_lr}, GAE gamma={rl.ppo.gamma} lambda={rl.ppo.lam}. Process "
         "supervision scores each line of working and the final answer (`arithmetic_steps`). Peak memory is each "
-        "training process's peak resident set size above its resident size before any model was built (the "
-        "imported Python/PyTorch runtime, ~400 MiB, is the same for every method), with glibc's mmap threshold at "
-        "64 KiB so that freed tensors leave the resident set; peak RSS is the raw figure.", "",
+        "training process's peak resident set size during its training steps (evaluations excluded) above its "
+        "resident size before any model was built (the imported Python/PyTorch runtime is the same for every "
+        "method), with glibc's mmap threshold at 64 KiB so that freed tensors leave the resident set and "
+        "oneDNN's per-shape caches off, as in the planner's validation (docs/memory.md); peak RSS is the raw "
+        "figure of the steps.", "",
         *[f"![{p}]({p})" for p in plots], ""])
 
 
@@ -210,6 +215,12 @@ def _claims(summary: dict, kmax: int) -> list[str]:
         d = 100 * (acc["grpo"] - acc["rft"])
         out.append(f"- Online RFT (coefficient 1 on correct samples, none on wrong ones) vs GRPO: GRPO "
                    f"{d:+.1f} points ({'met' if d >= 0 else 'NOT met'}).")
+    if "grpo" in acc and len(acc) > 2:
+        n, p = summary["grpo"]["num_prompts"], acc["grpo"]
+        se = 100 * (2 * p * (1 - p) / n) ** 0.5  # standard error of a difference of two such accuracies
+        out.append(f"- Noise: with {n} held-out problems and one seed, the difference of two accuracies near GRPO's has "
+                   f"a standard error of about {se:.1f} points, so differences between the RL methods smaller than "
+                   f"~{2 * se:.0f} points are not evidence either way.")
     rl = [m for m in ("grpo", "grpo_process", "ppo") if m in summary]
     if rl:
         s = summary["sft"]

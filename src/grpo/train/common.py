@@ -89,10 +89,28 @@ def held_state_mib(held: list) -> float:
     return sum(sizes.values()) / 2**20
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's peak allocation, or (Linux) the resident set's high-water mark."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident set size
+    except OSError:
+        pass  # not Linux, or not permitted: the peak is then the process's peak so far
+
+
 def peak_memory_mib(device: torch.device) -> float:
-    """Peak accelerator memory if on one, else the process's peak resident set size."""
+    """Peak accelerator memory if on one, else the peak resident set size (since the last
+    `reset_peak_memory`, where the OS allows resetting it)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 

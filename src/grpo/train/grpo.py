@@ -67,6 +67,7 @@ from grpo.train.common import (
     PromptSampler,
     current_memory_mib,
     held_state_mib,
+    reset_peak_memory,
     Timers,
     decode,
     encode_prompts,
@@ -478,6 +479,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                 run.ref.reset(run.model)
             if (step == 0 or step in iteration_starts) and run.rm_trainer is not None:
                 rm_stats = retrain_reward_model(run, cfg, iteration=_iteration(step, iteration_starts), timers=timers)
+            reset_peak_memory(device)  # memory/peak_mib: this step's peak, evaluations excluded
             t0 = time.perf_counter()
             out = train_step(run, cfg, pool, timers)
             dt = time.perf_counter() - t0
