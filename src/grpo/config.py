@@ -10,6 +10,7 @@ saved with every run (`config.yaml` in the output directory) and can be fed back
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -387,6 +388,9 @@ def _shown(value: Any, limit: int = 80, quote: bool = True) -> str:
     return text if len(text) <= limit else f"{text[:limit - 25]}... ({len(text)} characters)"
 
 
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -427,6 +431,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise UserError(f"{where}: expected an integer, got {_shown(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.match(value.strip()):  # YAML 1.1 reads 2e-3 (no dot) as a string
             return float(value)
         raise UserError(f"{where}: expected a number, got {_shown(value)}")
     if tp is str:
