@@ -7,6 +7,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# User reward functions loaded by path (tests/test_resume.py, tests/test_variants.py): on the random
+# tiny model both vary within groups, so advantages and gradients are non-zero from the first step.
+REWARD = """
+def digit_share(prompts, completions, completion_ids, **columns):
+    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+
+def has_digit(prompts, completions, completion_ids, **columns):
+    return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]
+"""
+
+
+@pytest.fixture(scope="module")
+def reward_file(tmp_path_factory):
+    """A .py file of the REWARD functions, referenced as f"{reward_file}:digit_share"."""
+    path = tmp_path_factory.mktemp("rewards") / "digits.py"
+    path.write_text(REWARD)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     """Keep each test on the 2-core CI machine's budget and deterministic."""

@@ -25,25 +25,15 @@ from grpo.config import TrainConfig, load_config
 from grpo.train.checkpoint import TrainingInterrupted, latest_checkpoint
 from grpo.train.grpo import train
 
-# digit_share comes first, so held-out "accuracy" is a non-trivial number for the random tiny model;
-# it varies within groups, so advantages and gradients are non-zero from the first step.
-REWARD = """
-def digit_share(prompts, completions, completion_ids, **columns):
-    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
-"""
+# digit_share (the `reward_file` fixture, conftest.py) comes first, so held-out "accuracy" is a
+# non-trivial number for the random tiny model; it varies within groups, so advantages and gradients
+# are non-zero from the first step.
 SMALL = ["train.steps=4", "train.prompts_per_step=2", "grpo.G=4", "train.micro_batch_size=4",
          "sampling.max_new_tokens=8", "data.num_train=6", "data.num_heldout=4", "train.eval_every=3",
          "train.sample_every=1", "train.save_every=1", "train.keep_checkpoints=2", "train.threads=1",
          "model.tiny_hidden_size=32", "model.tiny_num_layers=1", "optim.lr=0.01", "optim.warmup_steps=3",
          "grpo.beta=0.04"]
 VOLATILE = ("time/", "tokens_per_s", "memory/")
-
-
-@pytest.fixture(scope="module")
-def reward_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rewards") / "digits.py"
-    path.write_text(REWARD)
-    return path
 
 
 def overrides(reward_file, out, *extra) -> list[str]:

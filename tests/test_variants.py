@@ -20,25 +20,11 @@ from grpo.train.advantages import rft_advantages, step_advantages
 from grpo.train.grpo import train
 from grpo.train.process import step_tensors
 
-REWARD = """
-def digit_share(prompts, completions, completion_ids, **columns):
-    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
-
-def has_digit(prompts, completions, completion_ids, **columns):
-    return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]
-"""
 SMALL = ["train.steps=4", "train.prompts_per_step=2", "grpo.G=4", "train.micro_batch_size=4",
          "sampling.max_new_tokens=8", "data.num_train=6", "data.num_heldout=4", "train.eval_every=0",
          "train.sample_every=0", "train.threads=1", "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
          "optim.lr=0.01", "optim.warmup_steps=0", "grpo.beta=0.04"]
 VOLATILE = ("time/", "tokens_per_s", "memory/")
-
-
-@pytest.fixture(scope="module")
-def reward_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rewards") / "digits.py"
-    path.write_text(REWARD)
-    return path
 
 
 def config(reward_file, out, *extra, first="digit_share") -> TrainConfig:

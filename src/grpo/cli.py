@@ -68,10 +68,10 @@ def _cmd_demo(args) -> None:
 
 
 def _cmd_reproduce(args) -> None:
+    from grpo.evaluate import parse_ks
     from grpo.reproduce import run_reproduce
 
-    ks = [int(k) for k in args.k.split(",")]
-    run_reproduce(args.config, args.overrides, n=args.n, ks=ks, docs_dir=args.docs, methods=args.methods.split(","),
+    run_reproduce(args.config, args.overrides, n=args.n, ks=parse_ks(args.k), docs_dir=args.docs, methods=args.methods.split(","),
                   progress=not args.quiet, sft_dir=args.sft)
 
 

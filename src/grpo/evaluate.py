@@ -229,7 +229,7 @@ def result_to_json(res: EvalResult, settings: dict) -> dict:
 # CLI: `grpo eval`
 
 
-def _parse_ks(text: str) -> list[int]:
+def parse_ks(text: str) -> list[int]:
     try:
         ks = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -261,7 +261,7 @@ def _cmd_eval(args) -> None:
     from grpo.models.loading import load_policy
     from grpo.rewards.loader import load_reward_function
 
-    ks = _parse_ks(args.k)
+    ks = parse_ks(args.k)
     if args.n < 1 or max(ks) > args.n or min(ks) < 1:
         raise UserError(f"--k {args.k}: every k must be between 1 and --n {args.n}")
     if args.num_prompts < 1:

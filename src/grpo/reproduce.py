@@ -179,12 +179,10 @@ def _finished_sft(path: Path):
 
 
 def _plan_line() -> str:
-    import argparse
+    from grpo.plan import Architecture, PlanInput, plan_memory
 
-    from grpo.plan import PlanInput, architecture_from_args, plan_memory
-
-    arch = architecture_from_args(argparse.Namespace(model=None, config=None, params=7e9, layers=32, hidden=4096,
-                                                     intermediate=11008, heads=32, kv_heads=32, vocab=32000))
+    arch = Architecture(num_layers=32, hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32,
+                        head_dim=128, vocab_size=32000)  # Llama-2-7B's shape
     gib = {a: plan_memory(PlanInput(arch=arch, algorithm=a, precision="bf16")).total_bytes / 2**30 for a in ("grpo", "ppo")}
     return f"{gib['grpo']:.0f} GiB for GRPO vs {gib['ppo']:.0f} GiB for PPO (bf16, AdamW, no LoRA)"
 
@@ -192,29 +190,30 @@ def _plan_line() -> str:
 def _claims(summary: dict, kmax: int) -> list[str]:
     """The paper's claims, checked against this run's numbers (a claim not met is said so)."""
     acc = {m: v["greedy_accuracy"] for m, v in summary.items()}
+    met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
     out = ["What the numbers say about the paper's claims:", ""]
     if "grpo" in acc:
         gain = 100 * (acc["grpo"] - acc["sft"])
         out.append(f"- RL adds points over SFT: GRPO {gain:+.1f} points over the SFT model it starts from "
-                   f"({'met' if gain >= 15 else 'NOT met'}: the target is +15).")
+                   f"({met(gain >= 15)}: the target is +15).")
     if "grpo" in acc and "ppo" in acc:
         d = 100 * (acc["grpo"] - acc["ppo"])
         out.append(f"- GRPO matches or beats PPO at equal budget: {d:+.1f} points "
-                   f"({'met' if d >= 0 else 'NOT met'}).")
+                   f"({met(d >= 0)}).")
         g, p = summary["grpo"]["run_peak_mib"], summary["ppo"]["run_peak_mib"]
         gs, ps = summary["grpo"]["state_mib"], summary["ppo"]["state_mib"]
         out.append(f"- Less memory without a value model: GRPO's peak memory is {g / p:.2f}x PPO's ({g:.0f} vs "
-                   f"{p:.0f} MiB above the runtime; {'met' if g <= 0.75 * p else 'NOT met'}: the target is <= 0.75x). "
+                   f"{p:.0f} MiB above the runtime; {met(g <= 0.75 * p)}: the target is <= 0.75x). "
                    f"Model state alone (weights, gradients, Adam moments, reference, value model): {gs:.1f} vs "
                    f"{ps:.1f} MiB ({gs / ps:.2f}x). At 7B parameters `grpo plan` gives {_plan_line()}.")
     if "grpo_process" in acc and "grpo" in acc:
         d = 100 * (acc["grpo_process"] - acc["grpo"])
         out.append(f"- Process vs outcome supervision: {d:+.1f} points for process supervision (the paper finds "
-                   f"process supervision better; {'met' if d >= 0 else 'NOT met'} here).")
+                   f"process supervision better; {met(d >= 0)} here).")
     if "rft" in acc and "grpo" in acc:
         d = 100 * (acc["grpo"] - acc["rft"])
         out.append(f"- Online RFT (coefficient 1 on correct samples, none on wrong ones) vs GRPO: GRPO "
-                   f"{d:+.1f} points ({'met' if d >= 0 else 'NOT met'}).")
+                   f"{d:+.1f} points ({met(d >= 0)}).")
     if "grpo" in acc and len(acc) > 2:
         n, p = summary["grpo"]["num_prompts"], acc["grpo"]
         se = 100 * (2 * p * (1 - p) / n) ** 0.5  # standard error of a difference of two such accuracies

@@ -478,7 +478,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
             if step in iteration_starts and run.ref is not None:  # iterative GRPO: pi_ref <- pi_theta
                 run.ref.reset(run.model)
             if (step == 0 or step in iteration_starts) and run.rm_trainer is not None:
-                rm_stats = retrain_reward_model(run, cfg, iteration=_iteration(step, iteration_starts), timers=timers)
+                with timers("reward_model"):  # fresh labelled policy samples (+ replay) -> reward model
+                    rm_stats = run.rm_trainer.update(run.engine, run.tokenizer, run.task.train, cfg,
+                                                     iteration=sum(s <= step for s in iteration_starts))
             reset_peak_memory(device)  # memory/peak_mib: this step's peak, evaluations excluded
             t0 = time.perf_counter()
             out = train_step(run, cfg, pool, timers)
@@ -506,21 +508,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     close_distributed(run.dist)
     return TrainResult(run.out, state.accuracy_before, acc_after, cfg.train.steps, time.perf_counter() - t_start,
                        run.history)
-
-
-def _iteration(step: int, starts: set[int]) -> int:
-    return sum(s <= step for s in starts)  # 0-based
-
-
-def retrain_reward_model(run: Run, cfg: TrainConfig, iteration: int, timers: Timers) -> dict:
-    """Iterative GRPO's reward-model update on fresh labelled samples of the current policy (+ replay)."""
-    with timers("reward_model"):
-        was_training = run.model.training
-        run.model.eval()
-        fresh = run.rm_trainer.sample(run.engine, run.tokenizer, run.task.train, cfg.grpo.G,
-                                      cfg.sampling.max_new_tokens, cfg.sampling.temperature, iteration)
-        run.model.train(was_training)
-        return {**run.rm_trainer.retrain(fresh, iteration), "iteration": iteration + 1}
 
 
 def _write_samples(samples, step: int, out: StepOutput, G: int) -> None:

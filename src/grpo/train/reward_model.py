@@ -47,8 +47,7 @@ class RewardModelTrainer:
         """Fresh labelled samples of the current policy: [prompt, completion, label] each."""
         rng = random.Random(f"{self.seed}:rm:{iteration}")
         picked = [rows[i] for i in rng.sample(range(len(rows)), min(self.cfg.prompts_per_iteration, len(rows)))]
-        device = next(engine.model.parameters()).device if hasattr(engine, "model") else torch.device("cpu")
-        gen = torch.Generator(device=device).manual_seed(rng.randrange(2**31))
+        gen = torch.Generator(device=self.rm.device).manual_seed(rng.randrange(2**31))  # the policy's device
         r = engine.generate(encode_prompts(tokenizer, [x["prompt"] for x in picked]),
                             SamplingParams(max_new_tokens, temperature, 1.0, G), gen)
         texts = decode(tokenizer, r.completion_ids, r.completion_mask)
@@ -57,6 +56,12 @@ class RewardModelTrainer:
         ids = [row[m.bool()].tolist() for row, m in zip(r.completion_ids, r.completion_mask)]
         labels = self.labeller(prompts=prompts, completions=texts, completion_ids=ids, **columns)
         return [[p, c, float(y)] for p, c, y in zip(prompts, texts, labels) if y is not None]
+
+    def update(self, engine, tokenizer, rows: list[dict], cfg, iteration: int) -> dict:
+        """The iteration's update (0-based `iteration`): sample and label, then retrain; its metrics."""
+        s = cfg.sampling
+        fresh = self.sample(engine, tokenizer, rows, cfg.grpo.G, s.max_new_tokens, s.temperature, iteration)
+        return {**self.retrain(fresh, iteration), "iteration": iteration + 1}
 
     def retrain(self, fresh: list[list], iteration: int) -> dict:
         rng = random.Random(f"{self.seed}:rm-replay:{iteration}")

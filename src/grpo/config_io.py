@@ -1,0 +1,176 @@
+"""Reading and writing configs: YAML files and `section.key=value` overrides onto the dataclass tree of
+`grpo.config`, with errors that name the field.
+
+Nothing here knows a particular config: `load_config(cls, path, overrides)` builds any dataclass whose
+fields are typed (nested dataclasses, lists, Literals, Optionals) and calls its `validate()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from grpo.errors import UserError
+
+
+
+def _shown(value: Any, limit: int = 80, quote: bool = True) -> str:
+    """A value for an error message, cut short: a 5 MB line in a config must not become a 5 MB message."""
+    text = repr(value) if quote else str(value)
+    return text if len(text) <= limit else f"{text[:limit - 25]}... ({len(text)} characters)"
+
+
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"{where}: got {_shown(value)}")
+    if origin is Literal:
+        if value not in args:
+            raise UserError(f"{where}: expected one of {', '.join(map(repr, args))}, got {_shown(value)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping of {tp.__name__} fields, got {_shown(value)}")
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {_shown(value)}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {_shown(value)}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected true or false, got {_shown(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected an integer, got {_shown(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.match(value.strip()):  # YAML 1.1 reads 2e-3 (no dot) as a string
+            return float(value)
+        raise UserError(f"{where}: expected a number, got {_shown(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"{where}: expected a string, got {_shown(value)}")
+    return value
+
+
+def _build(cls, data: dict, where: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise UserError(f"unknown config key {prefix}{_shown(unknown[0], quote=False)} (known keys of "
+                        f"{where or 'the config'}: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    obj = cls()
+    for k, v in kwargs.items():
+        if dataclasses.is_dataclass(v) and dataclasses.is_dataclass(getattr(obj, k)):
+            v = _merge(getattr(obj, k), v, data[k])
+        setattr(obj, k, v)
+    return obj
+
+
+def _merge(base, new, given: dict):
+    """Fields of `new` that were given explicitly, over `base` (so YAML sections are partial)."""
+    for k in given:
+        setattr(base, k, getattr(new, k))
+    return base
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {key}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not of the form key=value (e.g. grpo.beta=0.0)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: a config file must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
+    """Defaults <- YAML file <- `key=value` overrides, validated."""
+    data = read_yaml(path) if path else {}
+    data = _deep_update(data, parse_overrides(overrides or []))
+    try:
+        cfg = _build(cls, data)
+    except UserError as e:
+        raise UserError(f"{path}: {e}" if path else str(e)) from None
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
