@@ -159,12 +159,15 @@ def test_peft_wrapped_models_use_the_generic_path():
     assert r.completion_ids.shape[0] == 4
 
 
-def test_lean_steps_give_the_same_bits_at_any_thread_count():
-    """`DecodeThreads` may run a step on one thread or on all; that must never change a result."""
+@pytest.mark.parametrize("n_prompts", [16, 2])
+def test_lean_steps_give_the_same_bits_at_any_thread_count(n_prompts):
+    """`DecodeThreads` may run a step on one thread or on all; that must never change a result.
+    16 x 4 rows: enough work that a split-K attention kernel splits (SDPA's does); 2 x 4 rows: the
+    projections run as (w @ x.T).T (`grpo.rollout.lean.SMALL_BATCH`)."""
     import copy
 
     model = make_model("llama_gqa").eval()
-    ps = prompts(16)  # 16 x 4 rows: enough work that a split-K attention kernel splits (SDPA's does)
+    ps = prompts(n_prompts)
     P = max(map(len, ps))
     ids = torch.tensor([[PAD] * (P - len(p)) + p for p in ps])
     mask = (ids != PAD).long()
@@ -173,7 +176,7 @@ def test_lean_steps_give_the_same_bits_at_any_thread_count():
     with torch.inference_mode():
         dec = LeanDecoder.build(model, P + 8)
         dec.prefill(ids, mask, positions, 8, repeats=4)
-        tok, pos = torch.arange(64) % 60 + 3, positions[:, -1].repeat_interleave(4) + 1
+        tok, pos = torch.arange(4 * n_prompts) % 60 + 3, positions[:, -1].repeat_interleave(4) + 1
         logits = {}
         for threads in (1, 2):
             d = copy.copy(dec)

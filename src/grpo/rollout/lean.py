@@ -34,6 +34,28 @@ STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 _GQA_KW = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA grew enable_gqa in 2.5
 
 
+SMALL_BATCH = 16
+"""Up to this many rows a projection runs as (w @ x.T).T (see `_linear`)."""
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ w.T (+ b) for x [..., K], w [N, K].
+
+    With few rows (a decode step of a few prompts' groups) MKL splits a product across threads by
+    the rows of its result, so [rows x N] leaves a thread idle while [N x rows] splits well: at 8 rows
+    the 25M model's gate/up projection (512 -> 2752) takes 0.6 ms this way against 1.7 ms, and a
+    decode step 27-29 ms against 33-45 ms on 2 threads. With more rows the transposed result costs
+    more in the element-wise ops after it than it saves (the tiny model's 64-row steps were ~7%
+    slower), so those use `F.linear`. Either way each output is one thread's dot product, so the
+    result does not depend on the thread count."""
+    if x.numel() > SMALL_BATCH * x.shape[-1]:
+        return F.linear(x, w, b)
+    out = torch.mm(w, x.reshape(-1, x.shape[-1]).t()).t()  # [M, N], a transposed view
+    if b is not None:
+        out = out + b
+    return out.reshape(*x.shape[:-1], w.shape[0])
+
+
 def _rope_type(config) -> str:
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     return params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
@@ -114,7 +136,7 @@ class LeanDecoder:
         for the prefill, [B, 1, 1, S] additive (0 / -inf) for a one-token step."""
         B, L, _ = h.shape
         H, Hkv, D = self.H, self.Hkv, self.D
-        qkv = F.linear(h, lay.w_qkv, lay.b_qkv).view(B, L, H + 2 * Hkv, D)  # [B, L, H+2Hkv, D]
+        qkv = _linear(h, lay.w_qkv, lay.b_qkv).view(B, L, H + 2 * Hkv, D)  # [B, L, H+2Hkv, D]
         qk, v = qkv[:, :, :H + Hkv], qkv[:, :, H + Hkv:]
         if lay.q_norm is not None:
             qk = torch.cat([F.rms_norm(qk[:, :, :H], (D,), lay.q_norm, lay.eps),
@@ -130,7 +152,7 @@ class LeanDecoder:
             q = qk[:, 0, :H].reshape(B, Hkv, H // Hkv, D)  # [B, Hkv, H/Hkv, D]: query heads grouped by KV head
             scores = torch.matmul(q, k.transpose(-1, -2)).mul_(lay.scaling).add_(mask)  # [B, Hkv, H/Hkv, S]
             out = torch.matmul(scores.softmax(-1), v)  # [B, Hkv, H/Hkv, D]
-            return F.linear(out.reshape(B, 1, H * D), lay.w_o, lay.b_o)
+            return _linear(out.reshape(B, 1, H * D), lay.w_o, lay.b_o)
         q = qk[:, :, :H].transpose(1, 2)  # [B, H, L, D]
         if Hkv != H and _GQA_KW:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=lay.scaling, enable_gqa=True)
@@ -139,7 +161,7 @@ class LeanDecoder:
                 k, v = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=lay.scaling)
         out = out.transpose(1, 2).reshape(B, L, H * D)  # [B, L, H*D]
-        return F.linear(out, lay.w_o, lay.b_o)
+        return _linear(out, lay.w_o, lay.b_o)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask) -> torch.Tensor:
         """Last-position logits [B, V] for token ids [B, L] at `positions` [B, L]."""
@@ -149,10 +171,10 @@ class LeanDecoder:
             x = F.rms_norm(h, (h.shape[-1],), lay.ln1, lay.eps)
             h = h + self._attention(i, lay, x, cos, sin, start, mask)
             x = F.rms_norm(h, (h.shape[-1],), lay.ln2, lay.eps)
-            gate, up = F.linear(x, lay.w_gu, lay.b_gu).chunk(2, dim=-1)
-            h = h + F.linear(lay.act(gate) * up, lay.w_down, lay.b_down)
+            gate, up = _linear(x, lay.w_gu, lay.b_gu).chunk(2, dim=-1)
+            h = h + _linear(lay.act(gate) * up, lay.w_down, lay.b_down)
         h = F.rms_norm(h[:, -1], (h.shape[-1],), self.norm, self.norm_eps)  # [B, hidden]
-        return F.linear(h, self.lm_head).float()  # [B, V]
+        return _linear(h, self.lm_head).float()  # [B, V]
 
     # ----------------------------------------------------------------------------------------------
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
