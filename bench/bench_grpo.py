@@ -80,6 +80,22 @@ def instrument(sub: dict[str, float], per_step: list[dict]) -> None:
     loop.train_step = timed_step
 
 
+def track_lifetime_peak(peaks: list[float]) -> None:
+    """grpo's loop resets the resident set's high-water mark before each step (its per-step
+    `memory/peak_mib`), which also resets what `ru_maxrss` reports; record the mark before each reset,
+    so that the peak this bench reports is the whole process's, as TRL's `ru_maxrss` is."""
+    import grpo.train.grpo as loop
+    from grpo.train.common import peak_memory_mib
+
+    reset = loop.reset_peak_memory
+
+    def recording_reset(device):
+        peaks.append(peak_memory_mib(device))
+        reset(device)
+
+    loop.reset_peak_memory = recording_reset
+
+
 def build_config(args):
     from grpo.config import RewardEntry, TrainConfig
 
@@ -140,6 +156,8 @@ def main():
     cfg = build_config(args)
     sub_by_step: list[dict] = []
     instrument({}, sub_by_step)
+    peaks: list[float] = []
+    track_lifetime_peak(peaks)
     t0 = time.perf_counter()
     res = train(cfg, progress=False)
     t_train = time.perf_counter() - t0
@@ -169,7 +187,7 @@ def main():
         "completion_tokens_per_step_mean": round(sum(tokens) / max(len(tokens), 1), 2),
         "gen_completion_tok_per_s": round(sum(tokens[skip:]) / sum(gen_s[skip:]), 1),
         "e2e_completion_tok_per_s": round(sum(tokens) / t_train, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+        "peak_rss_mb": round(max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, *peaks]), 1),
         "phase_sec_median_after_2": {k: round(median_after([h.get(f"time/{k}", 0.0) for h in steps], skip), 4)
                                      for k in PHASES},
         "update_split_sec_median_after_2": _update_split(steps, sub_by_step, skip),
