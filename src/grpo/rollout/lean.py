@@ -11,10 +11,13 @@ the matmuls. This module runs the same arithmetic as the Hugging Face modules wi
 - the norms use `torch.nn.functional.rms_norm`; the prefill's attention is `scaled_dot_product_attention`,
   a one-token step's is two matmuls (as fast here, and unlike SDPA's CPU kernel, its result does not
   depend on the number of threads, so the engine may pick one per step without changing a bit);
+- the one-token steps multiply through oneDNN with the weights packed once per `generate` where torch
+  has it (CPU, float32; see `_Proj`): a step of a few rows reads every weight of the model, and the
+  packed layout streams them faster (25M model, 8 rows: 19-23 ms per step against 40 ms);
 - `compact(keep)` drops finished rows from the cache, so late tokens cost only the live rows.
 
 It reads the weights of the Hugging Face modules themselves (no conversion, no state of its own
-between calls). Models outside `SUPPORTED` (or with a RoPE type that depends on the sequence length,
+between calls: fused and packed copies are made per `generate`). Models outside `SUPPORTED` (or with a RoPE type that depends on the sequence length,
 or a sliding window shorter than the rollout) return None from `LeanDecoder.build`, and the engine
 uses the generic Hugging Face path instead. tests/test_rollout.py checks greedy output token for
 token against `transformers`' own `generate` and the log-probs against a full forward.
@@ -35,25 +38,44 @@ _GQA_KW = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # S
 
 
 SMALL_BATCH = 16
-"""Up to this many rows a projection runs as (w @ x.T).T (see `_linear`)."""
+"""Up to this many rows (and without oneDNN) a projection runs as (w @ x.T).T: see `_Proj`."""
 
 
-def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ w.T (+ b) for x [..., K], w [N, K].
+def _onednn(dtype: torch.dtype, device: torch.device) -> bool:
+    """True if torch has oneDNN's linear with pre-packed weights here (CPU builds with mkldnn, fp32)."""
+    return (device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
-    With few rows (a decode step of a few prompts' groups) MKL splits a product across threads by
-    the rows of its result, so [rows x N] leaves a thread idle while [N x rows] splits well: at 8 rows
-    the 25M model's gate/up projection (512 -> 2752) takes 0.6 ms this way against 1.7 ms, and a
-    decode step 27-29 ms against 33-45 ms on 2 threads. With more rows the transposed result costs
-    more in the element-wise ops after it than it saves (the tiny model's 64-row steps were ~7%
-    slower), so those use `F.linear`. Either way each output is one thread's dot product, so the
-    result does not depend on the thread count."""
-    if x.numel() > SMALL_BATCH * x.shape[-1]:
-        return F.linear(x, w, b)
-    out = torch.mm(w, x.reshape(-1, x.shape[-1]).t()).t()  # [M, N], a transposed view
-    if b is not None:
-        out = out + b
-    return out.reshape(*x.shape[:-1], w.shape[0])
+
+class _Proj:
+    """One projection y = x @ w.T + b of the sampling loop, w [N, K], x [..., K].
+
+    A one-token step multiplies a few rows by every weight of the model, so how the product is run
+    matters more than its FLOPs. Measured on the 2-core bench machine (AMD EPYC, AVX2; 25M model, 8
+    rows): the gate/up projection 512 -> 2752 took 1.5-1.7 ms through `F.linear` (MKL splits a
+    product across threads by the rows of its result, so 8 rows leave a thread idle), 0.8-0.9 ms as
+    (w @ x.T).T, and 0.6-0.7 ms through oneDNN with the weight packed once into its blocked layout; a
+    whole decode step 40, 27-29 and 19-23 ms. So the steps use oneDNN where torch has it (`pack`,
+    once per `generate`, since the weights change between calls), else (w @ x.T).T up to SMALL_BATCH
+    rows; the prefill, with many rows, uses `F.linear`. Each output element is one thread's dot
+    product on every path, so no result depends on the thread count (tests/test_rollout.py).
+    """
+
+    def __init__(self, w: torch.Tensor, b: torch.Tensor | None):
+        self.w, self.b, self.packed = w, b, None
+
+    def pack(self, rows: int) -> None:
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.w, rows)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.b, "none", [], "")
+        if x.numel() > SMALL_BATCH * x.shape[-1]:
+            return F.linear(x, self.w, self.b)
+        out = torch.mm(self.w, x.reshape(-1, x.shape[-1]).t()).t()  # [M, N], a transposed view
+        if self.b is not None:
+            out = out + self.b
+        return out.reshape(*x.shape[:-1], self.w.shape[0])
 
 
 def _rope_type(config) -> str:
@@ -85,16 +107,16 @@ class _Layer:
         cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
         self.ln1, self.ln2 = cast(layer.input_layernorm.weight), cast(layer.post_attention_layernorm.weight)
         self.eps = layer.input_layernorm.variance_epsilon
-        self.w_qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach().to(dtype)
         biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
-        self.b_qkv = None if biases[0] is None else torch.cat(biases).detach().to(dtype)
-        self.w_o, self.b_o = cast(a.o_proj.weight), cast(a.o_proj.bias)
+        self.qkv = _Proj(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach().to(dtype),
+                         None if biases[0] is None else torch.cat(biases).detach().to(dtype))
+        self.o = _Proj(cast(a.o_proj.weight), cast(a.o_proj.bias))
         self.q_norm = cast(getattr(getattr(a, "q_norm", None), "weight", None))  # Qwen3: RMSNorm per head
         self.k_norm = cast(getattr(getattr(a, "k_norm", None), "weight", None))
-        self.w_gu = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach().to(dtype)
         biases = [m.gate_proj.bias, m.up_proj.bias]
-        self.b_gu = None if biases[0] is None else torch.cat(biases).detach().to(dtype)
-        self.w_down, self.b_down = cast(m.down_proj.weight), cast(m.down_proj.bias)
+        self.gu = _Proj(torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach().to(dtype),
+                        None if biases[0] is None else torch.cat(biases).detach().to(dtype))
+        self.down = _Proj(cast(m.down_proj.weight), cast(m.down_proj.bias))
         self.act = m.act_fn
         self.scaling = a.scaling
 
@@ -112,8 +134,9 @@ class LeanDecoder:
         self.rotary = inner.rotary_emb
         self.norm = inner.norm.weight.detach().to(dtype)
         self.norm_eps = inner.norm.variance_epsilon
-        self.lm_head = model.lm_head.weight.detach().to(dtype)
+        self.lm_head = _Proj(model.lm_head.weight.detach().to(dtype), None)
         self.layers = [_Layer(layer, dtype) for layer in inner.layers]
+        self.onednn = _onednn(dtype, self.lm_head.w.device)
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
 
@@ -136,7 +159,7 @@ class LeanDecoder:
         for the prefill, [B, 1, 1, S] additive (0 / -inf) for a one-token step."""
         B, L, _ = h.shape
         H, Hkv, D = self.H, self.Hkv, self.D
-        qkv = _linear(h, lay.w_qkv, lay.b_qkv).view(B, L, H + 2 * Hkv, D)  # [B, L, H+2Hkv, D]
+        qkv = lay.qkv(h).view(B, L, H + 2 * Hkv, D)  # [B, L, H+2Hkv, D]
         qk, v = qkv[:, :, :H + Hkv], qkv[:, :, H + Hkv:]
         if lay.q_norm is not None:
             qk = torch.cat([F.rms_norm(qk[:, :, :H], (D,), lay.q_norm, lay.eps),
@@ -152,7 +175,7 @@ class LeanDecoder:
             q = qk[:, 0, :H].reshape(B, Hkv, H // Hkv, D)  # [B, Hkv, H/Hkv, D]: query heads grouped by KV head
             scores = torch.matmul(q, k.transpose(-1, -2)).mul_(lay.scaling).add_(mask)  # [B, Hkv, H/Hkv, S]
             out = torch.matmul(scores.softmax(-1), v)  # [B, Hkv, H/Hkv, D]
-            return _linear(out.reshape(B, 1, H * D), lay.w_o, lay.b_o)
+            return lay.o(out.reshape(B, 1, H * D))
         q = qk[:, :, :H].transpose(1, 2)  # [B, H, L, D]
         if Hkv != H and _GQA_KW:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=lay.scaling, enable_gqa=True)
@@ -161,7 +184,7 @@ class LeanDecoder:
                 k, v = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=lay.scaling)
         out = out.transpose(1, 2).reshape(B, L, H * D)  # [B, L, H*D]
-        return _linear(out, lay.w_o, lay.b_o)
+        return lay.o(out)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask) -> torch.Tensor:
         """Last-position logits [B, V] for token ids [B, L] at `positions` [B, L]."""
@@ -171,10 +194,10 @@ class LeanDecoder:
             x = F.rms_norm(h, (h.shape[-1],), lay.ln1, lay.eps)
             h = h + self._attention(i, lay, x, cos, sin, start, mask)
             x = F.rms_norm(h, (h.shape[-1],), lay.ln2, lay.eps)
-            gate, up = _linear(x, lay.w_gu, lay.b_gu).chunk(2, dim=-1)
-            h = h + _linear(lay.act(gate) * up, lay.w_down, lay.b_down)
+            gate, up = lay.gu(x).chunk(2, dim=-1)
+            h = h + lay.down(lay.act(gate) * up)
         h = F.rms_norm(h[:, -1], (h.shape[-1],), self.norm, self.norm_eps)  # [B, hidden]
-        return _linear(h, self.lm_head).float()  # [B, V]
+        return self.lm_head(h).float()  # [B, V]
 
     # ----------------------------------------------------------------------------------------------
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
@@ -195,7 +218,7 @@ class LeanDecoder:
         causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
         # A pad query attends to itself only, so that no softmax row is empty (NaN would leak into the cache).
         attend = (causal & mask.bool()[:, None, :]) | torch.eye(P, dtype=torch.bool, device=dev)  # [B, P, P]
-        self.length = P
+        self.length = self.prompt_length = P
         logits = self._forward(ids, positions, 0, attend[:, None])
         if repeats > 1:
             self.compact(torch.arange(B, device=dev).repeat_interleave(repeats))
@@ -204,6 +227,15 @@ class LeanDecoder:
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Feed one token per cache row (tokens, positions [B]); next-token logits [B, V]."""
         t = self.length
+        if self.onednn and t == self.prompt_length:  # the first step: pack the weights for oneDNN
+            projections = [self.lm_head] + [p for lay in self.layers for p in (lay.qkv, lay.o, lay.gu, lay.down)]
+            try:
+                for p in projections:
+                    p.pack(tokens.shape[0])
+            except RuntimeError:  # a build whose oneDNN refuses the shapes: the plain paths are exact too
+                self.onednn = False
+                for p in projections:
+                    p.packed = None
         self.length += 1
         mask = self.key_bias[:, None, None, :t + 1]  # [B, 1, 1, S]
         return self._forward(tokens[:, None], positions[:, None], t, mask)
