@@ -11,6 +11,7 @@ import torch
 
 from grpo.rollout.engine import SamplingParams
 from grpo.rollout.hf import HFEngine
+from grpo.rollout import lean
 from grpo.rollout.lean import LeanDecoder
 from grpo.train.logprobs import completion_logprobs
 
@@ -40,8 +41,22 @@ def prompts(n: int = 6, seed: int = 1) -> list[list[int]]:
     return [torch.randint(3, V, (int(k),), generator=g).tolist() for k in torch.randint(1, 11, (n,), generator=g)]
 
 
+class _PackedEngine(HFEngine):
+    """The lean path with its weights packed for oneDNN, which the test models are too small to get."""
+
+    def generate(self, *a, **kw):
+        old, lean.PACK_MIN_BYTES = lean.PACK_MIN_BYTES, 0
+        try:
+            return super().generate(*a, **kw)
+        finally:
+            lean.PACK_MIN_BYTES = old
+
+
 def engines(model, eos: int | list[int] = 2):
-    return {"lean": HFEngine(model, eos, PAD), "generic": HFEngine(model, eos, PAD, lean=False)}
+    out = {"lean": HFEngine(model, eos, PAD), "generic": HFEngine(model, eos, PAD, lean=False)}
+    if lean._onednn(torch.float32, torch.device("cpu"), lean.PACK_MIN_BYTES):
+        out["lean, packed for oneDNN"] = _PackedEngine(model, eos, PAD)
+    return out
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -159,12 +174,18 @@ def test_peft_wrapped_models_use_the_generic_path():
     assert r.completion_ids.shape[0] == 4
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("n_prompts", [16, 2])
-def test_lean_steps_give_the_same_bits_at_any_thread_count(n_prompts):
+def test_lean_steps_give_the_same_bits_at_any_thread_count(n_prompts, packed, monkeypatch):
     """`DecodeThreads` may run a step on one thread or on all; that must never change a result.
     16 x 4 rows: enough work that a split-K attention kernel splits (SDPA's does); 2 x 4 rows: the
-    projections run as (w @ x.T).T (`grpo.rollout.lean.SMALL_BATCH`)."""
+    projections run as (w @ x.T).T (`grpo.rollout.lean.SMALL_BATCH`); packed: through oneDNN."""
     import copy
+
+    if packed:
+        if not lean._onednn(torch.float32, torch.device("cpu"), lean.PACK_MIN_BYTES):
+            pytest.skip("this torch has no oneDNN linear")
+        monkeypatch.setattr(lean, "PACK_MIN_BYTES", 0)
 
     model = make_model("llama_gqa").eval()
     ps = prompts(n_prompts)
@@ -185,3 +206,4 @@ def test_lean_steps_give_the_same_bits_at_any_thread_count(n_prompts):
             logits[threads] = [d.step(tok, pos), d.step(tok + 1, pos + 1)]
         torch.set_num_threads(n)
     assert all(torch.equal(a, b) for a, b in zip(logits[1], logits[2]))
+    assert all((lay.gu.packed is not None) == packed for lay in dec.layers)  # the path under test ran

@@ -41,9 +41,17 @@ SMALL_BATCH = 16
 """Up to this many rows (and without oneDNN) a projection runs as (w @ x.T).T: see `_Proj`."""
 
 
-def _onednn(dtype: torch.dtype, device: torch.device) -> bool:
-    """True if torch has oneDNN's linear with pre-packed weights here (CPU builds with mkldnn, fp32)."""
-    return (device.type == "cpu" and dtype == torch.float32 and torch.backends.mkldnn.is_available()
+PACK_MIN_BYTES = 32 * 2**20
+"""Pack the weights for oneDNN only from this size on. Smaller weights stay in the CPU's caches between
+steps: on the 1M-parameter tiny model (4 MiB) packing measured no faster, within noise, while oneDNN's
+buffers raised the bench's peak RSS by 25-30 MiB."""
+
+
+def _onednn(dtype: torch.dtype, device: torch.device, weight_bytes: int) -> bool:
+    """True if torch has oneDNN's linear with pre-packed weights here (CPU builds with mkldnn, fp32)
+    and the weights are large enough for it to pay (PACK_MIN_BYTES)."""
+    return (device.type == "cpu" and dtype == torch.float32 and weight_bytes >= PACK_MIN_BYTES
+            and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
@@ -57,8 +65,9 @@ class _Proj:
     (w @ x.T).T, and 0.6-0.7 ms through oneDNN with the weight packed once into its blocked layout; a
     whole decode step 40, 27-29 and 19-23 ms. So the steps use oneDNN where torch has it (`pack`,
     once per `generate`, since the weights change between calls), else (w @ x.T).T up to SMALL_BATCH
-    rows; the prefill, with many rows, uses `F.linear`. Each output element is one thread's dot
-    product on every path, so no result depends on the thread count (tests/test_rollout.py).
+    rows; the prefill, with many rows, uses `F.linear`. Weights under PACK_MIN_BYTES are not packed.
+    Each output element is one thread's dot product on every path, so no result depends on the thread
+    count (tests/test_rollout.py).
     """
 
     def __init__(self, w: torch.Tensor, b: torch.Tensor | None):
@@ -136,7 +145,8 @@ class LeanDecoder:
         self.norm_eps = inner.norm.variance_epsilon
         self.lm_head = _Proj(model.lm_head.weight.detach().to(dtype), None)
         self.layers = [_Layer(layer, dtype) for layer in inner.layers]
-        self.onednn = _onednn(dtype, self.lm_head.w.device)
+        weights = [self.lm_head.w] + [p.w for lay in self.layers for p in (lay.qkv, lay.o, lay.gu, lay.down)]
+        self.onednn = _onednn(dtype, self.lm_head.w.device, sum(w.numel() * w.element_size() for w in weights))
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
 
