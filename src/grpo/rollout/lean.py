@@ -17,10 +17,11 @@ the matmuls. This module runs the same arithmetic as the Hugging Face modules wi
 - `compact(keep)` drops finished rows from the cache, so late tokens cost only the live rows.
 
 It reads the weights of the Hugging Face modules themselves (no conversion, no state of its own
-between calls: fused and packed copies are made per `generate`). Models outside `SUPPORTED` (or with a RoPE type that depends on the sequence length,
-or a sliding window shorter than the rollout) return None from `LeanDecoder.build`, and the engine
-uses the generic Hugging Face path instead. tests/test_rollout.py checks greedy output token for
-token against `transformers`' own `generate` and the log-probs against a full forward.
+between calls: fused and packed copies are made per `generate`). Models outside `SUPPORTED` (or with
+a RoPE type that depends on the sequence length, or a sliding window shorter than the rollout) return
+None from `LeanDecoder.build`, and the engine uses the generic Hugging Face path instead.
+tests/test_rollout.py checks greedy output token for token against `transformers`' own `generate` and
+the log-probs against a full forward.
 """
 
 from __future__ import annotations
