@@ -476,7 +476,9 @@ def build_plan_parser(subparsers) -> None:
     r.add_argument("--prompt-length", type=int, default=256, help="P, tokens")
     r.add_argument("--completion-length", type=int, default=32, help="T, tokens (max_new_tokens)")
     r.add_argument("--generation-batch", type=int, default=None, help="completions generated at once (default all)")
-    r.add_argument("--gradient-checkpointing", action="store_true")
+    r.add_argument("--gradient-checkpointing", action="store_true",
+                   help="plan per-layer activation checkpointing (for trainers that offer it: "
+                        "`grpo train` does not yet)")
     r.add_argument("--no-shared-prompts", dest="shared_prompts", action="store_false",
                    help="plan a plain forward over P+T tokens per completion (not grpo's shared-prompt forward)")
     r.add_argument("--attention", choices=["sdpa", "flash", "eager"], default="sdpa")
