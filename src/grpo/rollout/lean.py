@@ -146,8 +146,8 @@ class LeanDecoder:
         self.norm_eps = inner.norm.variance_epsilon
         self.lm_head = _Proj(model.lm_head.weight.detach().to(dtype), None)
         self.layers = [_Layer(layer, dtype) for layer in inner.layers]
-        weights = [self.lm_head.w] + [p.w for lay in self.layers for p in (lay.qkv, lay.o, lay.gu, lay.down)]
-        self.onednn = _onednn(dtype, self.lm_head.w.device, sum(w.numel() * w.element_size() for w in weights))
+        self.projections = [self.lm_head] + [p for lay in self.layers for p in (lay.qkv, lay.o, lay.gu, lay.down)]
+        self.onednn = _onednn(dtype, self.lm_head.w.device, sum(p.w.nbytes for p in self.projections))
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
 
@@ -239,13 +239,12 @@ class LeanDecoder:
         """Feed one token per cache row (tokens, positions [B]); next-token logits [B, V]."""
         t = self.length
         if self.onednn and t == self.prompt_length:  # the first step: pack the weights for oneDNN
-            projections = [self.lm_head] + [p for lay in self.layers for p in (lay.qkv, lay.o, lay.gu, lay.down)]
             try:
-                for p in projections:
+                for p in self.projections:
                     p.pack(tokens.shape[0])
             except RuntimeError:  # a build whose oneDNN refuses the shapes: the plain paths are exact too
                 self.onednn = False
-                for p in projections:
+                for p in self.projections:
                     p.packed = None
         self.length += 1
         mask = self.key_bias[:, None, None, :t + 1]  # [B, 1, 1, S]
