@@ -46,6 +46,7 @@ def instrument(sub: dict[str, float], per_step: list[dict]) -> None:
     import torch
 
     import grpo.train.grpo as loop
+    import grpo.train.update as update
 
     def timed(name, fn, when=lambda: True):
         @functools.wraps(fn)
@@ -59,7 +60,7 @@ def instrument(sub: dict[str, float], per_step: list[dict]) -> None:
                 sub[name] = sub.get(name, 0.0) + time.perf_counter() - t0
         return wrapper
 
-    loop.completion_logprobs = timed("policy_forward", loop.completion_logprobs, torch.is_grad_enabled)
+    update.completion_logprobs = timed("policy_forward", update.completion_logprobs, torch.is_grad_enabled)
     torch.nn.utils.clip_grad_norm_ = timed("clip_grad", torch.nn.utils.clip_grad_norm_)
     make_optimizer = loop.make_optimizer
 

@@ -26,7 +26,7 @@ from grpo.config import TrainConfig, load_config
 from grpo.rollout.engine import Rollout
 from grpo.train.common import make_optimizer
 from grpo.train.distributed import SINGLE, Dist, my_rows
-from grpo.train.grpo import update_policy
+from grpo.train.update import update_policy
 
 P, G, T, STEPS = 4, 2, 6, 3
 
@@ -61,7 +61,7 @@ def _train_fixed(model_dir, aggregation: str, dist: Dist, global_totals: bool = 
     """STEPS updates on this rank's rows of the fixed batch; (final weights, stats of each step)."""
     from transformers import AutoModelForCausalLM
 
-    import grpo.train.grpo as loop
+    import grpo.train.update as loop
 
     torch.manual_seed(0)
     cfg = _config(aggregation)

@@ -72,7 +72,7 @@ class InfGrad(torch.autograd.Function):
 
 def inject(monkeypatch, at_calls, fault):
     """Make grpo's policy_loss give a faulty loss on the given calls (one call per step here)."""
-    import grpo.train.grpo as loop
+    import grpo.train.update as loop
 
     real, calls = loop.policy_loss, []
 

@@ -3,8 +3,9 @@
 Each step: sample prompts -> generate G completions each -> score them -> reference log-probs
 (once, no grad) -> group-relative advantages -> mu policy updates with the clipped surrogate and the
 k3 KL penalty, accumulated over micro-batches -> one optimizer step per update. The phase names are
-also the timer names in metrics.jsonl (`time/generate`, ...). With train.iterations = I the steps
-are split into I iterations and the reference is reset to the policy at the start of each.
+also the timer names in metrics.jsonl (`time/generate`, ...); the update itself is in
+`grpo.train.update`. With train.iterations = I the steps are split into I iterations and the
+reference is reset to the policy at the start of each.
 
 The baselines share this loop and differ only in the advantages (and PPO's critic update):
 `algorithm=ppo` takes token advantages from GAE over a learned value model, with the KL to the
@@ -22,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -34,12 +34,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from grpo.algorithm import (
-    mask_truncated,
-    masked_mean,
-    policy_loss,
-    zero_std_fraction,
-)
+from grpo.algorithm import zero_std_fraction
 from grpo.config import TrainConfig
 from grpo.data import Task, load_task
 from grpo.errors import UserError
@@ -85,7 +80,6 @@ from grpo.train.distributed import (
     Dist,
     NullLog,
     agreed_signal,
-    all_reduce_grads,
     barrier,
     broadcast_parameters,
     check_divisible,
@@ -93,19 +87,17 @@ from grpo.train.distributed import (
     close_distributed,
     full_state_dict,
     full_weights,
-    global_totals,
     init_distributed,
     my_rows,
-    reduce_update_stats,
     sampling_seed,
     shard,
     shard_model,
     sharded_accuracy,
 )
-from grpo.train.logprobs import completion_logprobs
 from grpo.train.ppo import Critic
 from grpo.train.advantages import compute_advantages, rft_advantages, step_advantages
 from grpo.train.reward_model import RewardModelTrainer
+from grpo.train.update import logprobs_no_grad, update_policy
 
 logger = logging.getLogger(__name__)
 
@@ -118,75 +110,6 @@ class TrainResult:
     steps: int
     seconds: float
     history: list[dict] = field(default_factory=list)
-
-
-def _micro_batches(n: int, size: int):
-    return [slice(i, i + size) for i in range(0, n, size)]
-
-
-@torch.no_grad()
-def _logprobs_no_grad(model, r: Rollout, cfg: TrainConfig, ctx) -> torch.Tensor:
-    """Log-probs of the sampled tokens, micro-batched, without building a graph. [N, T]"""
-    out = []
-    for mb in _micro_batches(r.completion_ids.shape[0], cfg.train.micro_batch_size):
-        with ctx():
-            out.append(completion_logprobs(model, r.prompt_ids[mb], r.prompt_mask[mb], r.completion_ids[mb],
-                                           r.completion_mask[mb], cfg.sampling.temperature).logp.float())
-    return torch.cat(out)
-
-
-class UpdateResult(NamedTuple):
-    stats: dict
-    """loss, pg_loss, kl, clip fractions, entropy, grad_norm (docs/metrics.md)."""
-    applied: bool
-    """False: the loss or the gradient norm was not finite, and the optimizer step was skipped."""
-
-
-def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: TrainConfig, ctx,
-                  dist: Dist = SINGLE, beta: float | None = None) -> UpdateResult:
-    """One optimizer step on the whole batch: micro-batched forward/backward, summed exactly.
-
-    `adv` is [N] or [N, T]; `beta` overrides grpo.beta (PPO folds the KL into its reward instead).
-    With several processes `r` is this rank's share: the loss normalisers are the global batch's and the
-    gradients and statistics are summed over ranks (grpo.train.distributed), so every rank takes the
-    step a single process would take on the whole batch.
-
-    A non-finite loss or gradient norm skips the step (gradients dropped, weights and optimizer state
-    unchanged); the caller counts it.
-    """
-    g = cfg.grpo
-    beta = g.beta if beta is None else beta
-    mask = mask_truncated(r.completion_mask, r.truncated) if g.mask_truncated else r.completion_mask  # [N, T]
-    totals = global_totals(mask, dist)
-    stats: dict[str, float] = {}
-    optimizer.zero_grad(set_to_none=True)
-    for mb in _micro_batches(mask.shape[0], cfg.train.micro_batch_size):
-        with ctx():
-            lp = completion_logprobs(model, r.prompt_ids[mb], r.prompt_mask[mb], r.completion_ids[mb],
-                                     r.completion_mask[mb], cfg.sampling.temperature, with_entropy=True)
-        logp = lp.logp.float()  # [n, T]
-        loss, m = policy_loss(
-            logp, logp.detach() if old_logp is None else old_logp[mb], adv[mb], mask[mb],
-            eps_low=g.eps_low, eps_high=g.eps_high, aggregation=g.aggregation,
-            ref_logp=None if ref_logp is None else ref_logp[mb], beta=beta, ratio_level=g.ratio_level,
-            max_completion_length=cfg.sampling.max_new_tokens, **totals)
-        loss.backward()
-        # loss and pg_loss already carry the whole batch's normaliser: they add up; the token means
-        # (clip fractions, ratio, KL, entropy) are weighted by this micro-batch's share of tokens.
-        share = float(mask[mb].sum()) / totals["total_tokens"]
-        for k, v in {**m, "entropy": masked_mean(lp.entropy, mask[mb]), "loss": loss.detach()}.items():
-            stats[k] = stats.get(k, 0.0) + float(v) * (1.0 if k in ("loss", "pg_loss") else share)
-    params = [p for p in model.parameters() if p.requires_grad]
-    stats = reduce_update_stats(stats, dist)
-    all_reduce_grads(params, dist)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-    stats["grad_norm"] = float(grad_norm)
-    applied = math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])
-    if applied:
-        optimizer.step()
-    else:  # a NaN or inf must reach neither the weights nor Adam's moments
-        optimizer.zero_grad(set_to_none=True)
-    return UpdateResult(stats, applied)
 
 
 def rollout_metrics(r: Rollout, rewards, per_function: dict, cfg: TrainConfig) -> dict:
@@ -384,9 +307,9 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
         ref_logp = None
         if run.ref is not None:
             with run.ref.context():
-                ref_logp = _logprobs_no_grad(run.ref.model, r, cfg, ctx)
+                ref_logp = logprobs_no_grad(run.ref.model, r, cfg, ctx)
         # pi_old: needed for the ratio when mu > 1, and by PPO's KL reward
-        old_logp = _logprobs_no_grad(run.model, r, cfg, ctx) if cfg.grpo.mu > 1 or run.critic else None
+        old_logp = logprobs_no_grad(run.model, r, cfg, ctx) if cfg.grpo.mu > 1 or run.critic else None
     with timers("advantages"):
         beta, extra = cfg.grpo.beta, {}
         if run.critic is not None:  # PPO: GAE over the value model; the KL is in the reward, not the loss
