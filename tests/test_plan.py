@@ -247,14 +247,16 @@ print(json.dumps({"delta": status("VmHWM") - base, "T": max(r.get("completion/le
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
-def test_plan_matches_peak_memory_of_real_grpo_steps_on_cpu():
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_plan_matches_peak_memory_of_real_grpo_steps_on_cpu(checkpointing):
     from grpo.data.synthetic import make_rows
     from grpo.models.tiny import build_tokenizer
 
     h, L, G, prompts, T = 256, 4, 8, 2, 64
     overrides = [f"model.tiny_hidden_size={h}", f"model.tiny_num_layers={L}", f"grpo.G={G}",
                  f"train.prompts_per_step={prompts}", f"train.micro_batch_size={G * prompts}",
-                 f"sampling.max_new_tokens={T}", "grpo.beta=0.04"]
+                 f"sampling.max_new_tokens={T}", "grpo.beta=0.04",
+                 f"train.gradient_checkpointing={str(checkpointing).lower()}"]
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1",
            "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "HF_HUB_OFFLINE": "1"}
     run = subprocess.run([sys.executable, "-c", MEASURE, *overrides], capture_output=True, text=True, env=env,
@@ -265,7 +267,8 @@ def test_plan_matches_peak_memory_of_real_grpo_steps_on_cpu():
     tok = build_tokenizer()
     P = max(len(x) for x in tok([r["prompt"] for r in make_rows(64, "train", 0)])["input_ids"])  # longest prompt
     plan = plan_memory(PlanInput(arch=tiny_architecture(h, L), G=G, prompts_per_step=prompts,
-                                 micro_batch_size=G * prompts, prompt_length=P, completion_length=T, beta=0.04))
+                                 micro_batch_size=G * prompts, prompt_length=P, completion_length=T, beta=0.04,
+                                 gradient_checkpointing=checkpointing))
     ratio = measured["delta"] / plan.total_bytes
     print(f"measured {measured['delta'] / 2**20:.1f} MiB, planned {plan.total_bytes / 2**20:.1f} MiB, ratio {ratio:.3f}")
     assert 0.75 < ratio < 1.25, format_plan(plan)

@@ -225,6 +225,11 @@ class LoopConfig:
     """Prompts per step; the batch is prompts_per_step * G completions."""
     micro_batch_size: int = 64
     """Completions per forward/backward (gradient accumulation when smaller than the batch)."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them (Hugging
+    Face's activation checkpointing, non-reentrant): the update keeps only each layer's input, for about
+    one more forward of compute. Under it the training forward runs every completion with its own prompt
+    (checkpointed layers cannot use the KV cache that sharing a prompt's forward needs)."""
     seed: int = 0
     """Seeds data order, sampling and initialisation."""
     output_dir: str = "runs/grpo"

@@ -157,8 +157,8 @@ class PlanInput:
     """Keep only each layer's input and recompute the rest in backward."""
     shared_prompts: bool = True
     """The update runs each distinct prompt once and the completions against copies of its keys and
-    values (grpo's training forward for Llama/Mistral/Qwen models); False: one forward over P+T tokens
-    per completion (TRL, and grpo for other model types)."""
+    values (grpo's training forward for Llama/Mistral/Qwen models, without gradient checkpointing);
+    False: one forward over P+T tokens per completion (TRL, and grpo for other model types)."""
     attention: Literal["sdpa", "flash", "eager"] = "sdpa"
     """sdpa keeps a [mb, 1, s, s] mask per layer; eager the [mb, heads, s, s] softmax probabilities;
     flash (varlen, no mask) neither."""
@@ -259,10 +259,11 @@ def _update_forwards(inp: PlanInput) -> tuple[list[tuple[int, int, int]], int]:
     """The (rows, q_len, kv_len) forwards of one micro-batch, and the LM-head rows per completion.
 
     Shared prompts (grpo's training forward): each distinct prompt once, then the completion tokens
-    but the last against a copy of its prompt's keys and values. Plain: every row's P+T tokens."""
+    but the last against a copy of its prompt's keys and values. Plain: every row's P+T tokens (also
+    under gradient checkpointing, which turns off the KV cache the shared forward needs)."""
     P, T, mb = inp.prompt_length, inp.completion_length, inp.micro_batch_size
     distinct = max(1, math.ceil(mb / inp.G))
-    if inp.shared_prompts and 2 * distinct <= mb:
+    if inp.shared_prompts and not inp.gradient_checkpointing and 2 * distinct <= mb:
         return [(distinct, P, P)] + ([(mb, T - 1, P + T - 1)] if T > 1 else []), T
     return [(mb, P + T, P + T)], T + 1
 
@@ -477,8 +478,8 @@ def build_plan_parser(subparsers) -> None:
     r.add_argument("--completion-length", type=int, default=32, help="T, tokens (max_new_tokens)")
     r.add_argument("--generation-batch", type=int, default=None, help="completions generated at once (default all)")
     r.add_argument("--gradient-checkpointing", action="store_true",
-                   help="plan per-layer activation checkpointing (for trainers that offer it: "
-                        "`grpo train` does not yet)")
+                   help="plan per-layer activation checkpointing (grpo train's train.gradient_checkpointing; "
+                        "the update then runs every completion with its prompt)")
     r.add_argument("--no-shared-prompts", dest="shared_prompts", action="store_false",
                    help="plan a plain forward over P+T tokens per completion (not grpo's shared-prompt forward)")
     r.add_argument("--attention", choices=["sdpa", "flash", "eager"], default="sdpa")

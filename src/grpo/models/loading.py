@@ -74,6 +74,23 @@ def is_lora(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
+def enable_checkpointing(model) -> None:
+    """Hugging Face's activation checkpointing on every decoder layer, non-reentrant (so LoRA needs no
+    input-gradient hook and the recompute sees the same autocast and RNG state). It acts only in a
+    forward with gradients in train mode: generation and the reference keep their KV cache."""
+    base = model.get_base_model() if is_lora(model) else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise UserError(f"train.gradient_checkpointing: {type(base).__name__} does not support activation "
+                        "checkpointing in transformers; set it to false")
+    kwargs = {"use_reentrant": False}
+    enable = getattr(base, "activation_checkpointing_enable", None)  # transformers >= 5 (the old name warns)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+
 class Reference:
     """The frozen reference policy pi_ref of the KL penalty.
 

@@ -38,7 +38,7 @@ from grpo.algorithm import zero_std_fraction
 from grpo.config import TrainConfig
 from grpo.data import Task, load_task
 from grpo.errors import UserError
-from grpo.models.loading import Reference, autocast, load_policy, resolve_device
+from grpo.models.loading import Reference, autocast, enable_checkpointing, load_policy, resolve_device
 from grpo.rewards import RewardModel, RewardSpec, compute_rewards, load_reward_function, reward_spec
 from grpo.rewards.loader import RESERVED_ARGUMENTS
 from grpo.rollout.engine import Rollout, SamplingParams
@@ -221,6 +221,8 @@ def setup_run(cfg: TrainConfig) -> Run:
         # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
         ref = Reference(model) if cfg.grpo.beta > 0 and cfg.algorithm != "rft" else None
         critic = Critic(model, cfg) if cfg.algorithm == "ppo" else None
+        if cfg.train.gradient_checkpointing:  # the policy's update only: copies made above keep their activations
+            enable_checkpointing(model)
         model, dist = shard_model(model, cfg.train.strategy, dist)
         optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.train.steps * cfg.grpo.mu)
         gen = torch.Generator(device=next(model.parameters()).device).manual_seed(sampling_seed(cfg.train.seed, dist))

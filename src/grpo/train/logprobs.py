@@ -68,6 +68,14 @@ def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[
     return starts.nonzero().squeeze(1), starts.long().cumsum(0) - 1
 
 
+def recomputes_layers(model) -> bool:
+    """Whether a forward of `model` now runs under Hugging Face's activation checkpointing, which
+    turns the KV cache off in every checkpointed layer (train mode with gradients; see
+    grpo.models.loading.enable_checkpointing)."""
+    return model.training and torch.is_grad_enabled() and \
+        any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
 def _forward(model, **kw):
     """(logits, cache) of one forward; the cache under whichever name this transformers uses."""
     out = model(**kw)
@@ -90,12 +98,15 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
                         share_prompts: bool | None = None) -> TokenLogProbs:
     """log pi(completion token t | prompt, completion < t) for every completion position. [B, T]
 
-    share_prompts: run each distinct prompt once (None: when rows repeat prompts and the model type
-    is in SHARED_PROMPT_MODELS). Both ways compute the same function."""
+    share_prompts: run each distinct prompt once (None: when rows repeat prompts, the model type is in
+    SHARED_PROMPT_MODELS and its layers are not being checkpointed). Both ways compute the same function."""
     first, inverse = prompt_groups(prompt_ids, prompt_mask)
+    checkpointed = recomputes_layers(model)
     if share_prompts is None:
-        share_prompts = (2 * len(first) <= prompt_ids.shape[0]
+        share_prompts = (2 * len(first) <= prompt_ids.shape[0] and not checkpointed
                          and getattr(model.config, "model_type", None) in SHARED_PROMPT_MODELS)
+    elif share_prompts and checkpointed:
+        raise ValueError("share_prompts=True needs the KV cache, which activation checkpointing turns off")
     mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
     positions = position_ids_from_mask(mask)  # [B, P+T]
     B, P = prompt_ids.shape
