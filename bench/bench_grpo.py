@@ -3,7 +3,8 @@
 
 Usage:
     python bench/bench_grpo.py MODEL_DIR [--max-steps 20] [--prompts-per-step 8] [--max-new-tokens 32]
-                               [--dtype float32|bfloat16] [--output-dir DIR] [--json-out FILE]
+                               [--dtype float32|bfloat16] [--gradient-checkpointing] [--output-dir DIR]
+                               [--json-out FILE]
 
 Same work as /work/shared/peers/trl_grpo_bench.py: the 256 prompts "What is A+B? Answer:" of its
 `make_dataset(256, seed=0)` (bench/add_prompts.jsonl), its two rewards (bench/add_rewards.py), G=8,
@@ -115,6 +116,7 @@ def build_config(args):
     t = cfg.train
     t.steps, t.prompts_per_step, t.micro_batch_size = args.max_steps, args.prompts_per_step, args.prompts_per_step * args.G
     t.seed, t.output_dir, t.eval_every, t.sample_every, t.threads = args.seed, str(args.output_dir), 0, 0, 2
+    t.gradient_checkpointing = args.gradient_checkpointing
     cfg.validate()
     return cfg
 
@@ -144,6 +146,8 @@ def main():
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="train.gradient_checkpointing=true (the peer's --gradient-checkpointing)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", type=Path, default=Path(".peers/runs/grpo"))
     p.add_argument("--json-out", type=Path, default=None)
@@ -199,6 +203,7 @@ def main():
         "mean_reward_first5": round(statistics.mean(h["reward/mean"] for h in steps[:5]), 4),
         "mean_reward_last5": round(statistics.mean(h["reward/mean"] for h in steps[-5:]), 4),
         "settings": {"prompts_per_step": cfg.train.prompts_per_step, "G": cfg.grpo.G,
+                     "gradient_checkpointing": cfg.train.gradient_checkpointing,
                      "max_new_tokens": cfg.sampling.max_new_tokens, "beta": cfg.grpo.beta,
                      "lr": cfg.optim.lr, "mu": cfg.grpo.mu, "model": str(args.model_dir), "python": sys.version.split()[0]},
     }

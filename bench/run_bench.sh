@@ -6,10 +6,12 @@
 #   SIZE=25m bash bench/run_bench.sh         # ~25M-param Llama, 1 prompt x G=8, 128-token completions,
 #                                            #   with achieved FLOP/s against this CPU's matmul rate
 #
-# Env: REPEATS (tiny 3, 25m 2), STEPS (tiny 20, 25m 8), PROMPTS (prompts per step), BF16 (1: also run
+# Env: GC (1: both sides with activation checkpointing: TRL's --gradient-checkpointing, grpo's
+# train.gradient_checkpointing; default 0, as in the peer harness), REPEATS (tiny 3, 25m 2), STEPS
+# (tiny 20, 25m 8), PROMPTS (prompts per step), BF16 (1: also run
 # grpo with model.dtype=bfloat16; default 1 for tiny, 0 for 25m, since a CPU without AVX512-BF16/AMX runs
 # bf16 matmuls ~100x slower than fp32 and a 25M run would take hours), PEERS (the peer harness; default ../shared/peers beside the repo),
-# VENV (TRL's virtual environment, made on first use), OUT (.peers/bench/SIZE), QUIET_LOAD / QUIET_WAIT
+# VENV (TRL's virtual environment, made on first use), OUT (.peers/bench/SIZE, or SIZE-gc), QUIET_LOAD / QUIET_WAIT
 # (wait up to QUIET_WAIT s before each run for the load average to drop below QUIET_LOAD), SRC (the grpo
 # source tree to import, put first on PYTHONPATH; default the checkout's src: set it to a snapshot, e.g.
 # `git worktree add /tmp/grpo-bench HEAD`, when someone is editing the checkout meanwhile).
@@ -21,7 +23,9 @@ ROOT=$(cd "$HERE/.." && pwd)
 PEERS=${PEERS:-$(cd "$HERE/../../shared/peers" 2>/dev/null && pwd || echo "$ROOT/../shared/peers")}
 SIZE=${SIZE:-tiny}
 VENV=${VENV:-$ROOT/.peers/trl-venv}
-OUT=${OUT:-$ROOT/.peers/bench/$SIZE}
+GC=${GC:-0}
+GC_FLAG=$([ "$GC" = 1 ] && echo --gradient-checkpointing || true)
+OUT=${OUT:-$ROOT/.peers/bench/$SIZE$([ "$GC" = 1 ] && echo -gc || true)}
 PY=${PY:-$ROOT/.venv/bin/python}
 SRC=${SRC:-$ROOT/src}
 export PYTHONPATH="$SRC${PYTHONPATH:+:$PYTHONPATH}"
@@ -49,7 +53,7 @@ rm -f "$OUT"/*.json "$OUT/load.log"
 "$VENV/bin/python" -c "import torch, trl, transformers; print('peer: torch', torch.__version__, 'trl', trl.__version__, 'transformers', transformers.__version__)"
 echo "model $SIZE: $(cut -c1-120 "$OUT/model.json")..."
 echo "grpo from $SRC: $(git -C "$SRC" rev-parse --short HEAD 2>/dev/null)$(git -C "$SRC" status --porcelain -- . 2>/dev/null | grep -q . && echo ' + uncommitted changes')"
-echo "work: $PROMPTS prompts x G=$G, $TOKENS-token completions, $STEPS steps, $REPEATS alternating repeats"
+echo "work: $PROMPTS prompts x G=$G, $TOKENS-token completions, $STEPS steps, $REPEATS alternating repeats$([ "$GC" = 1 ] && echo ', gradient checkpointing on both sides')"
 
 # The machine may be shared: before each run wait (up to QUIET_WAIT s) for the 1-minute load average to
 # fall below QUIET_LOAD, and log what it was. Both sides run under whatever load there is.
@@ -67,14 +71,14 @@ for i in $(seq 1 "$REPEATS"); do
   wait_quiet
   "$VENV/bin/python" "$PEERS/trl_grpo_bench.py" "$MODEL" --max-steps "$STEPS" \
     --per-device-train-batch-size $((PROMPTS * G)) --num-generations $G --max-completion-length $TOKENS \
-    --output-dir "$OUT/runs/trl-$i" --json-out "$OUT/trl-$i.json" > "$OUT/trl-$i.log" 2>&1 \
+    $GC_FLAG --output-dir "$OUT/runs/trl-$i" --json-out "$OUT/trl-$i.json" > "$OUT/trl-$i.log" 2>&1 \
     || { echo "TRL run $i failed, see $OUT/trl-$i.log" >&2; exit 1; }
   echo "run $i  trl        $(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['sec_per_step_median_after_2'], 's/step', d['peak_rss_mb'], 'MiB')" "$OUT/trl-$i.json")"
   for dtype in float32 $([ "$BF16" = 1 ] && echo bfloat16); do
     tag=grpo; [ "$dtype" = bfloat16 ] && tag=grpo_bf16
     wait_quiet
     "$PY" "$HERE/bench_grpo.py" "$MODEL" --max-steps "$STEPS" --prompts-per-step "$PROMPTS" --G $G \
-      --max-new-tokens $TOKENS --dtype $dtype --output-dir "$OUT/runs/$tag-$i" --json-out "$OUT/$tag-$i.json" \
+      --max-new-tokens $TOKENS --dtype $dtype $GC_FLAG --output-dir "$OUT/runs/$tag-$i" --json-out "$OUT/$tag-$i.json" \
       > "$OUT/$tag-$i.log" 2>&1 || { echo "grpo run $i failed, see $OUT/$tag-$i.log" >&2; exit 1; }
     echo "run $i  $(printf %-10s $tag) $(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['sec_per_step_median_after_2'], 's/step', d['peak_rss_mb'], 'MiB')" "$OUT/$tag-$i.json")"
   done

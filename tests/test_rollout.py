@@ -207,3 +207,5 @@ def test_lean_steps_give_the_same_bits_at_any_thread_count(n_prompts, packed, mo
         torch.set_num_threads(n)
     assert all(torch.equal(a, b) for a, b in zip(logits[1], logits[2]))
     assert all((lay.gu.packed is not None) == packed for lay in dec.layers)  # the path under test ran
+    if packed:  # only the packed copies stay: the fused (unpacked) ones are let go
+        assert all(p.w is None for p in dec.projections)

@@ -75,7 +75,10 @@ class _Proj:
         self.w, self.b, self.packed = w, b, None
 
     def pack(self, rows: int) -> None:
+        """Reorder w for oneDNN; from then on only the packed copy is read, so w (a fused copy, or a
+        view of a parameter) is let go here and its memory is not held twice."""
         self.packed = torch.ops.mkldnn._reorder_linear_weight(self.w, rows)
+        self.w = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
@@ -239,19 +242,19 @@ class LeanDecoder:
         """Feed one token per cache row (tokens, positions [B]); next-token logits [B, V]."""
         t = self.length
         if self.onednn and t == self.prompt_length:  # the first step: pack the weights for oneDNN
-            try:
-                for p in self.projections:
-                    p.pack(tokens.shape[0])
-            except RuntimeError:  # a build whose oneDNN refuses the shapes: the plain paths are exact too
-                self.onednn = False
-                for p in self.projections:
-                    p.packed = None
+            for p in self.projections:
+                try:
+                    if p.packed is None:
+                        p.pack(tokens.shape[0])
+                except RuntimeError:  # a build whose oneDNN refuses the shape: the plain paths are exact too
+                    pass
         self.length += 1
         mask = self.key_bias[:, None, None, :t + 1]  # [B, 1, 1, S]
         return self._forward(tokens[:, None], positions[:, None], t, mask)
 
     def compact(self, keep: torch.Tensor) -> None:
         """Keep (or repeat) cache rows `keep`, an index tensor: finished rows stop costing anything."""
-        self.k_cache = [k[keep] for k in self.k_cache]
-        self.v_cache = [v[keep] for v in self.v_cache]
+        for cache in (self.k_cache, self.v_cache):
+            for i, kv in enumerate(cache):  # one layer at a time: the old cache is freed as the new one fills
+                cache[i] = kv[keep]
         self.key_bias = self.key_bias[keep]

@@ -83,6 +83,7 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
     applied = math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])
     if applied:
         optimizer.step()
-    else:  # a NaN or inf must reach neither the weights nor Adam's moments
-        optimizer.zero_grad(set_to_none=True)
+    # dropped either way: a NaN or inf must reach neither the weights nor Adam's moments, and a gradient
+    # kept until the next update would hold a copy of the weights' size through generation
+    optimizer.zero_grad(set_to_none=True)
     return UpdateResult(stats, applied)
