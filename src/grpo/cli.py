@@ -78,12 +78,21 @@ def _cmd_reproduce(args) -> None:
 def _cmd_plot(args) -> None:
     from pathlib import Path
 
-    from grpo.plotting import plot_training, read_metrics
+    from grpo.plotting import plot_comparison, plot_training, read_metrics
 
-    run = Path(args.run_dir)
-    if not (run / "metrics.jsonl").is_file():
-        raise UserError(f"{run}: no metrics.jsonl (is it a grpo output directory?)")
-    print(plot_training(read_metrics(run / "metrics.jsonl"), run / "training.png"))
+    runs = [Path(r) for r in args.run_dirs]
+    for run in runs:
+        if not (run / "metrics.jsonl").is_file():
+            raise UserError(f"{run}: no metrics.jsonl (is it a grpo output directory?)")
+    labels = args.labels.split(",") if args.labels else [str(r) for r in runs]
+    if len(labels) != len(runs):
+        raise UserError(f"--labels: {len(labels)} labels for {len(runs)} runs")
+    if len(runs) == 1 and args.out is None:
+        print(plot_training(read_metrics(runs[0] / "metrics.jsonl"), runs[0] / "training.png"))
+    elif args.out is None:
+        raise UserError("plotting several runs together needs --out FILE.png")
+    else:
+        print(plot_comparison({label: read_metrics(r / "metrics.jsonl") for label, r in zip(labels, runs)}, args.out))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,8 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sft", default=None, metavar="DIR", help="reuse a finished `grpo sft` run instead of training one")
     sp.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. rl.train.steps=30")
     sp.set_defaults(fn=_cmd_reproduce)
-    sp = sub.add_parser("plot", help="redraw training.png from a run's metrics.jsonl")
-    sp.add_argument("run_dir")
+    sp = sub.add_parser("plot", help="redraw a run's training.png, or compare several runs' curves in one PNG")
+    sp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="grpo output directories (with metrics.jsonl)")
+    sp.add_argument("--out", default=None, help="the PNG to write (needed for several runs; one run: RUN_DIR/training.png)")
+    sp.add_argument("--labels", default=None, help="comma-separated legend labels, one per run (default: the paths)")
     sp.set_defaults(fn=_cmd_plot, quiet=True)
     return p
 

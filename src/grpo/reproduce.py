@@ -235,27 +235,12 @@ def _claims(summary: dict, kmax: int) -> list[str]:
 def _plots(out: Path, runs: dict, evals: dict, ks) -> list[str]:
     import matplotlib
 
+    from grpo.plotting import plot_comparison
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for method, run in runs.items():
-        hist = run["history"]
-        steps = [h for h in hist if "reward/mean" in h]
-        a1.plot([h["step"] for h in steps], [h["reward/mean"] for h in steps], label=LABELS[method], alpha=0.8)
-        ev = [(h["step"], h["eval/accuracy"]) for h in hist if "eval/accuracy" in h]
-        before = hist[-1].get("eval/accuracy_before")
-        if before is not None:
-            ev.insert(0, (0, before))
-        a2.plot([x for x, _ in ev], [100 * y for _, y in ev], "o-", label=LABELS[method])
-    a1.set(xlabel="step", ylabel="reward", title="training reward")
-    a2.set(xlabel="step", ylabel="accuracy (%)", title="held-out greedy accuracy", ylim=(0, 100))
-    for ax in (a1, a2):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
-    plt.close(fig)
+    plot_comparison({LABELS[method]: run["history"] for method, run in runs.items()}, out / "curves.png")
 
     fig, (b1, b2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, e in evals.items():
