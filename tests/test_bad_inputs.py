@@ -207,7 +207,7 @@ def test_huge_config_line(tmp_path, capfd):
     config = tmp_path / "huge.yaml"
     config.write_text("grpo:\n  G: " + "9" * 1_000_000 + "x\n")
     line = run_cli(["train", "-q", "--config", str(config), f"train.output_dir={tmp_path}/run"], capfd)
-    assert_names(line, ["huge.yaml: grpo.G: expected an integer", "(1000003 characters)"])
+    assert_names(line, ["huge.yaml:2: grpo.G: expected an integer", "(1000003 characters)"])
     assert not (tmp_path / "run").exists()
 
 

@@ -46,10 +46,10 @@ def test_demo_config_loads_and_matches_defaults():
     assert cfg == default, "configs/demo.yaml must spell out the defaults of `grpo demo`"
 
 
-def test_config_errors_name_file_and_field(tmp_path):
+def test_config_errors_name_file_line_and_field(tmp_path):
     bad = tmp_path / "x.yaml"
     bad.write_text("grpo:\n  G: many\n")
-    with pytest.raises(UserError, match=r"x\.yaml: grpo\.G: expected an integer, got 'many'"):
+    with pytest.raises(UserError, match=r"x\.yaml:2: grpo\.G: expected an integer, got 'many'"):
         load_config(TrainConfig, bad)
     bad.write_text("- a list\n")
     with pytest.raises(UserError, match="must be a mapping"):
@@ -62,3 +62,20 @@ def test_config_errors_name_file_and_field(tmp_path):
         load_config(TrainConfig, None, ["train.steps=0"])
     with pytest.raises(UserError, match="not of the form key=value"):
         load_config(TrainConfig, None, ["grpo.beta"])
+
+
+def test_validation_errors_point_at_the_line_the_file_set_and_not_at_overrides(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("# a comment\ntrain:\n  steps: 4\n  iterations: 9\nrewards:\n  functions:\n"
+                   "    - {fn: arithmetic_accuracy}\n    - {fn: arithmetic_format, weight: x}\n")
+    with pytest.raises(UserError, match=r"^.*c\.yaml:8: rewards\.functions\[1\]\.weight: expected a number"):
+        load_config(TrainConfig, cfg)
+    with pytest.raises(UserError, match=r"c\.yaml:4: train\.iterations=9 is more than train\.steps=4"):
+        load_config(TrainConfig, cfg, ["rewards.functions=[{fn: arithmetic_accuracy}]"])
+    # the iterations come from the command line: the file's train.steps is the value it names next
+    with pytest.raises(UserError, match=r"c\.yaml:3: train\.iterations=7 is more than"):
+        load_config(TrainConfig, cfg, ["train.iterations=7", "rewards.functions=[{fn: arithmetic_accuracy}]"])
+    # every value it names came from the command line: no file, no line
+    with pytest.raises(UserError, match=r"^train\.iterations=7 is more than train\.steps=5"):
+        load_config(TrainConfig, cfg, ["train.iterations=7", "train.steps=5",
+                                       "rewards.functions=[{fn: arithmetic_accuracy}]"])

@@ -156,15 +156,70 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def key_lines(text: str) -> dict[str, int]:
+    """The 1-based line of every key of a YAML mapping, dotted as errors name them (`grpo.G`,
+    `rewards.functions[1].weight`); {} for text that is not YAML."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+
+    def walk(node, where: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    key = f"{where}.{k.value}" if where else str(k.value)
+                    lines.setdefault(key, k.start_mark.line + 1)
+                    walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines.setdefault(f"{where}[{i}]", item.start_mark.line + 1)
+                walk(item, f"{where}[{i}]")
+
+    walk(root, "")
+    return lines
+
+
+def locate(message: str, path: str | Path, lines: dict[str, int], overridden: set[str]) -> str:
+    """`path:line: message` where the message names a key the file sets (the first one it names);
+    `path: message` if it names no key of the overrides either; else the message as it is (the
+    overrides on the command line caused it)."""
+    named = []
+    for key, line in lines.items():
+        m = re.search(rf"(?<![\w.\[]){re.escape(key)}(?![\w.\[])", message)
+        if m:
+            named.append((m.start(), -len(key), key, line))
+    mentioned_override = any(re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message) for k in overridden)
+    for _, _, key, line in sorted(named):
+        if not any(key == k or key.startswith(f"{k}.") or key.startswith(f"{k}[") for k in overridden):
+            return f"{path}:{line}: {message}"
+    return message if mentioned_override else f"{path}: {message}"
+
+
+def _dotted(tree: dict, where: str = "") -> set[str]:
+    """The dotted keys of the values an override tree sets (`{"train": {"steps": 3}}` -> {"train.steps"})."""
+    out = set()
+    for k, v in tree.items():
+        key = f"{where}.{k}" if where else str(k)
+        out |= _dotted(v, key) if isinstance(v, dict) and v else {key}
+    return out
+
+
 def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
-    """Defaults <- YAML file <- `key=value` overrides, validated."""
+    """Defaults <- YAML file <- `key=value` overrides, validated. An error in a value the file set
+    names the file and the line of its key."""
     data = read_yaml(path) if path else {}
-    data = _deep_update(data, parse_overrides(overrides or []))
+    given = parse_overrides(overrides or [])
+    data = _deep_update(data, given)
     try:
         cfg = _build(cls, data)
+        cfg.validate()
     except UserError as e:
-        raise UserError(f"{path}: {e}" if path else str(e)) from None
-    cfg.validate()
+        if not path:
+            raise
+        lines = key_lines(Path(path).read_text(encoding="utf-8"))
+        raise UserError(locate(str(e), path, lines, _dotted(given))) from None
     return cfg
 
 
