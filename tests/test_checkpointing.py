@@ -1,4 +1,4 @@
-"""train.gradient_checkpointing: the same log-probs, gradients and training run, far fewer saved activations."""
+"""train.gradient_checkpointing: the same log-probs, gradients and training, far fewer saved activations."""
 
 import warnings
 
@@ -132,7 +132,8 @@ def test_training_with_checkpointing_takes_the_same_steps(tmp_path, reward_file)
     plain, checkpointed = steps
     assert [h["step"] for h in checkpointed] == [1, 2]
     for key in ("loss", "grad_norm", "kl", "entropy", "reward/mean"):  # same rollouts, same update
-        assert [h[key] for h in checkpointed] == pytest.approx([h[key] for h in plain], rel=1e-4, abs=1e-7), key
+        expected = pytest.approx([h[key] for h in plain], rel=1e-4, abs=1e-7)
+        assert [h[key] for h in checkpointed] == expected, key
     before = load_file(tmp_path / "gc-False" / "tiny-init" / "model.safetensors")
     assert any(not torch.equal(before[k], finals[0][k]) for k in before)  # the steps did move the weights
     # Adam divides by the gradient's own scale, so float noise in a near-zero gradient can move a weight by
@@ -140,3 +141,4 @@ def test_training_with_checkpointing_takes_the_same_steps(tmp_path, reward_file)
     diffs = torch.cat([(finals[1][k] - finals[0][k]).abs().flatten() for k in finals[0]])
     assert float(diffs.max()) <= 2 * 1e-2
     assert float((diffs > 1e-5).float().mean()) < 0.01, float((diffs > 1e-5).float().mean())
+

@@ -141,3 +141,26 @@ def test_cli_subprocess_train_and_sft(tmp_path):
                           f"train.output_dir={tmp_path / 'rl'}"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert "held-out accuracy" in run.stdout and (tmp_path / "rl" / "final" / "model.safetensors").exists()
+
+
+def test_bf16_on_a_cpu_without_bf16_units_says_it_will_be_slow(monkeypatch, capsys):
+    import grpo.models.loading as loading
+    import grpo.train.grpo as loop
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert loading.emulates_bf16(torch.device("cpu")) and not loading.emulates_bf16(torch.device("cuda"))
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **kw):
+        raise Stop
+
+    monkeypatch.setattr(loop, "train", stop)  # only what the CLI says before training matters here
+    for dtype, noted in (("bfloat16", True), ("float32", False)):
+        with pytest.raises(Stop):
+            main(["train", "-q", f"model.dtype={dtype}", "model.device=cpu"])
+        assert ("torch emulates bf16 matmuls here" in capsys.readouterr().err) == noted
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert not loading.emulates_bf16(torch.device("cpu"))

@@ -27,6 +27,7 @@ def _cmd_train(args) -> None:
     from pathlib import Path
 
     from grpo.config import TrainConfig, load_config
+    from grpo.models.loading import emulates_bf16, resolve_device
     from grpo.train.grpo import train
 
     config = args.config
@@ -41,6 +42,9 @@ def _cmd_train(args) -> None:
     if cfg.model.path == "tiny" and main_process:
         print("note: model.path=tiny is the built-in model with random weights, so rewards start at 0; "
               "`grpo demo` warm-starts it with SFT first (or pass model.path=DIR)", file=sys.stderr)
+    if cfg.model.dtype == "bfloat16" and main_process and emulates_bf16(resolve_device(cfg.model.device)):
+        print("note: model.dtype=bfloat16 on a CPU without AVX512-BF16 or AMX: torch emulates bf16 matmuls here, "
+              "so training runs ~10x slower than with float32", file=sys.stderr)
     res = train(cfg, progress=not args.quiet)
     if main_process:
         if res.accuracy_before != res.accuracy_before:  # NaN: no held-out prompts to evaluate
@@ -126,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=_cmd_reproduce)
     sp = sub.add_parser("plot", help="redraw a run's training.png, or compare several runs' curves in one PNG")
     sp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="grpo output directories (with metrics.jsonl)")
-    sp.add_argument("--out", default=None, help="the PNG to write (needed for several runs; one run: RUN_DIR/training.png)")
+    sp.add_argument("--out", default=None,
+                    help="the PNG to write (needed for several runs; one run: RUN_DIR/training.png)")
     sp.add_argument("--labels", default=None, help="comma-separated legend labels, one per run (default: the paths)")
     sp.set_defaults(fn=_cmd_plot, quiet=True)
     return p

@@ -112,6 +112,15 @@ class Reference:
         return self.model.disable_adapter() if self.shares_policy else contextlib.nullcontext()
 
 
+def emulates_bf16(device: torch.device) -> bool:
+    """True on a CPU without AVX512-BF16 or AMX, where torch runs bf16 matmuls through a slow fallback
+    (measured: the demo's GRPO stage 12x slower than in float32, docs/performance.md)."""
+    if device.type != "cpu":
+        return False
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up with a fallback
+    return not any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def autocast(cfg: ModelConfig, device: torch.device):
     """bf16 compute with fp32 master weights when asked for; a no-op context for fp32."""
     if cfg.dtype == "bfloat16":
