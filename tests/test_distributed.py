@@ -146,8 +146,9 @@ def some_flat(prompts, completions, completion_ids, **columns):
 """
 
 
-def _torchrun(tmp_path, name: str, *extra: str) -> Path:
-    """`torchrun --standalone --nproc_per_node 2 -m grpo train` on the tiny model; returns the run directory."""
+def _torchrun(tmp_path, name: str, *extra: str, resume: bool = False) -> Path:
+    """`torchrun --standalone --nproc_per_node 2 -m grpo train` on the tiny model (resume: `--resume` the
+    run of that name, with `extra` overrides); returns the run directory."""
     reward = tmp_path / "some_flat.py"
     reward.write_text(SOME_FLAT)
     run = tmp_path / name
@@ -156,6 +157,8 @@ def _torchrun(tmp_path, name: str, *extra: str) -> Path:
             "train.sample_every=1", "model.tiny_hidden_size=32", "model.tiny_num_layers=1", "train.threads=1",
             "grpo.dynamic_sampling=true", "grpo.max_sampling_rounds=8", f"train.output_dir={run}",
             f"rewards.functions=[{{fn: '{reward}:some_flat'}}]", *extra]
+    if resume:
+        args = ["--resume", str(run), *extra]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "grpo", "train", "--quiet", *args], env=env, capture_output=True, text=True,
@@ -185,11 +188,16 @@ def test_torchrun_two_processes_rank0_writes_global_metrics(ddp_run):
     assert sum(x["sampling/prompts_drawn"] for x in steps) > 2 * 2  # some groups were dropped
 
 
-def test_fsdp_on_cpu_gloo_matches_ddp(ddp_run, tmp_path):
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory):
+    return _torchrun(tmp_path_factory.mktemp("torchrun"), "fsdp", "train.strategy=fsdp")
+
+
+def test_fsdp_on_cpu_gloo_matches_ddp(ddp_run, fsdp_run):
     """train.strategy=fsdp (fully_shard) on the same run: same samples, weights equal to DDP's to 1e-6."""
     from safetensors.torch import load_file
 
-    fsdp = _torchrun(tmp_path, "fsdp", "train.strategy=fsdp")
+    fsdp = fsdp_run
     a, b = load_file(ddp_run / "final" / "model.safetensors"), load_file(fsdp / "final" / "model.safetensors")
     init = load_file(ddp_run / "tiny-init" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -197,3 +205,22 @@ def test_fsdp_on_cpu_gloo_matches_ddp(ddp_run, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
     assert max(float((a[k] - init[k]).abs().max()) for k in a) > 1e-4  # the weights did move
     assert (fsdp / "samples.jsonl").read_text() == (ddp_run / "samples.jsonl").read_text()
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_checkpoint_then_resume_under_torchrun_equals_the_straight_run(strategy, ddp_run, fsdp_run, tmp_path):
+    """One step with a checkpoint, then `--resume` for the second: the same two steps as the straight run,
+    to the bit. The checkpoint holds every rank's sampling stream (rank 1 samples differently from rank 0)
+    and, under FSDP, the full weights and the optimizer state gathered from the shards."""
+    from safetensors.torch import load_file
+
+    straight = {"ddp": ddp_run, "fsdp": fsdp_run}[strategy]
+    out = _torchrun(tmp_path, "run", f"train.strategy={strategy}", "train.steps=1", "train.save_every=1")
+    saved = torch.load(out / "checkpoints" / "step-000001" / "rng.pt", weights_only=True)
+    assert len(saved["sampling_by_rank"]) == 2 and not torch.equal(*saved["sampling_by_rank"])
+    optimizer = torch.load(out / "checkpoints" / "step-000001" / "optimizer.pt", weights_only=True)
+    assert ("optimizer_by_name" in optimizer) == (strategy == "fsdp")
+    _torchrun(tmp_path, "run", "train.steps=2", resume=True)
+    a, b = load_file(straight / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "samples.jsonl").read_text() == (straight / "samples.jsonl").read_text()

@@ -38,6 +38,7 @@ import yaml
 
 from grpo.config import save_config, to_dict
 from grpo.errors import UserError
+from grpo.train.distributed import SINGLE, Dist, Gathered, load_full_state, sampling_seed
 
 CHECKPOINTS = "checkpoints"
 # Keys whose value may change between a run and its resume without changing the training itself
@@ -152,13 +153,16 @@ def remove_partial_checkpoints(out: Path) -> list[str]:
 
 
 def save_checkpoint(out: Path, cfg, state: TrainerState, model, optimizer, scheduler,
-                    gen: torch.Generator, keep: int, extra: dict | None = None) -> Path:
+                    gen: torch.Generator, keep: int, extra: dict | None = None,
+                    gathered: Gathered | None = None) -> Path:
     """Write OUTPUT/checkpoints/step-NNNNNN atomically, then delete all but the newest `keep`.
 
     `extra`: further state dicts of the run (PPO's value model and its optimizer, iterative GRPO's
-    reset reference), saved as extra.pt and given back by `load_extra`.
+    reset reference), saved as extra.pt and given back by `load_extra`. `gathered`: what the other
+    ranks hold (`grpo.train.distributed.gather_checkpoint_state`): under FSDP the full weights and the
+    name-keyed optimizer state, and every rank's sampling-generator state.
     """
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
 
     root = out / CHECKPOINTS
     final = root / f"step-{state.step:06d}"
@@ -167,9 +171,20 @@ def save_checkpoint(out: Path, cfg, state: TrainerState, model, optimizer, sched
         root.mkdir(exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        torch.save(_rng_states(gen), tmp / "rng.pt")
+        rng = _rng_states(gen)
+        if gathered is not None and gathered.weights is not None:  # copies: tied weights must not share storage
+            save_file({k: v.detach().contiguous().clone() for k, v in gathered.weights.items()},
+                      str(tmp / "model.safetensors"))
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
+        if gathered is not None and gathered.optimizer is not None:
+            opt = {"optimizer_by_name": gathered.optimizer}
+        else:
+            opt = {"optimizer": optimizer.state_dict()}
+        torch.save({**opt, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        if gathered is not None and len(gathered.sampling) > 1:
+            rng["sampling_by_rank"] = gathered.sampling
+        torch.save(rng, tmp / "rng.pt")
         if extra:
             torch.save(extra, tmp / "extra.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)), encoding="utf-8")
@@ -230,22 +245,30 @@ def _from_json_rng(state: list) -> tuple:
 
 
 def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Generator,
-                    init_fingerprint: float) -> TrainerState:
+                    init_fingerprint: float, dist: Dist = SINGLE) -> TrainerState:
     """Restore everything `save_checkpoint` wrote into the given objects; returns the loop's state.
 
-    `init_fingerprint` is that of the freshly loaded initial weights (the reference model).
+    `init_fingerprint` is that of the freshly loaded initial weights (the reference model). Every
+    rank reads the checkpoint: an FSDP-sharded model and optimizer take their shards of the full state;
+    each rank continues its own sampling stream where the checkpoint has one for it.
     """
-    from safetensors.torch import load_model
+    from safetensors.torch import load_file, load_model
 
     _check_same_config(path, cfg)
     part = "trainer_state.json"
     try:
         state = TrainerState(**json.loads((path / part).read_text(encoding="utf-8")))
         part = "model.safetensors"
-        load_model(model, str(path / part), device=str(next(model.parameters()).device))
+        if dist.fsdp:
+            load_full_state(model, optimizer, load_file(str(path / part)), None)
+        else:
+            load_model(model, str(path / part), device=str(next(model.parameters()).device))
         part = "optimizer.pt"
         opt = torch.load(path / part, weights_only=True)
-        optimizer.load_state_dict(opt["optimizer"])
+        if "optimizer_by_name" in opt:  # written under FSDP: loads into a sharded optimizer or a whole one
+            load_full_state(model, optimizer, None, opt["optimizer_by_name"])
+        else:
+            optimizer.load_state_dict(opt["optimizer"])
         scheduler.load_state_dict(opt["scheduler"])
         part = "rng.pt"
         rng = torch.load(path / part, weights_only=True)
@@ -258,7 +281,13 @@ def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Gen
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    gen.set_state(rng["sampling"])
+    by_rank = rng.get("sampling_by_rank") or []
+    if len(by_rank) == dist.world_size:
+        gen.set_state(by_rank[dist.rank])
+    elif dist.rank == 0:
+        gen.set_state(rng["sampling"])
+    else:  # saved by another number of processes: a fresh stream, distinct per rank and step
+        gen.manual_seed(sampling_seed(cfg.train.seed, dist) + 1_000_003 * state.step)
     random.setstate(_from_json_rng(rng["python"]))
     return state
 

@@ -92,14 +92,6 @@ def check_divisible(prompts_per_step: int, dist: Dist) -> None:
                         f"({dist.world_size}): each process takes an equal share of the prompts")
 
 
-def check_strategy(cfg, dist: Dist) -> None:
-    """FSDP runs write no checkpoints yet (the optimizer state is sharded): refuse what needs them."""
-    t = cfg.train
-    if dist.enabled and t.strategy == "fsdp" and (t.save_every > 0 or t.resume):
-        raise UserError("train.strategy=fsdp does not write checkpoints yet: set train.save_every=0 and do not "
-                        "resume (or use train.strategy=ddp)")
-
-
 def shard(items: list, dist: Dist) -> list:
     """This rank's contiguous slice of a list whose length is a multiple of world_size.
 
@@ -299,3 +291,39 @@ def full_state_dict(model, dist: Dist) -> dict | None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+@dataclass
+class Gathered:
+    """What every rank contributes to the checkpoint rank 0 writes (`gather_checkpoint_state`)."""
+
+    weights: dict | None
+    """FSDP: the full weights, gathered to CPU (otherwise rank 0's model holds them all)."""
+    optimizer: dict | None
+    """FSDP: the full optimizer state, keyed by parameter name (otherwise rank 0's optimizer holds it)."""
+    sampling: list[torch.Tensor]
+    """Every rank's sampling-generator state, by rank: each continues its own stream on resume."""
+
+
+def gather_checkpoint_state(model, optimizer, gen: torch.Generator, dist: Dist) -> Gathered:
+    """A collective: every rank calls it before rank 0 writes a checkpoint."""
+    optim = None
+    if dist.fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        optim = get_optimizer_state_dict(model, optimizer,
+                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return Gathered(full_state_dict(model, dist), optim, all_gather_objects(gen.get_state(), dist))
+
+
+def load_full_state(model, optimizer, weights: dict | None, optim: dict | None) -> None:
+    """Full (unsharded, name-keyed) weights and optimizer state into a model that may be FSDP-sharded;
+    every rank passes the same dicts (each reads the checkpoint)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True)
+    if weights is not None:
+        set_model_state_dict(model, weights, options=options)
+    if optim is not None:
+        set_optimizer_state_dict(model, optimizer, optim, options=options)

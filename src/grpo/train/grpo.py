@@ -83,10 +83,10 @@ from grpo.train.distributed import (
     barrier,
     broadcast_parameters,
     check_divisible,
-    check_strategy,
     close_distributed,
     full_state_dict,
     full_weights,
+    gather_checkpoint_state,
     init_distributed,
     my_rows,
     sampling_seed,
@@ -201,7 +201,6 @@ def setup_run(cfg: TrainConfig) -> Run:
         # joined only now: once torch.distributed is up, transformers' save_pretrained writes on rank 0 only
         dist = init_distributed(cfg.model.device)
         check_divisible(cfg.train.prompts_per_step, dist)
-        check_strategy(cfg, dist)
         if dist.world_size > 1 and cfg.algorithm == "ppo":
             raise UserError("algorithm=ppo runs in one process (its value model is not synchronised across ranks); "
                             "use torchrun with algorithm=grpo or rft")
@@ -221,20 +220,19 @@ def setup_run(cfg: TrainConfig) -> Run:
         # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
         ref = Reference(model) if cfg.grpo.beta > 0 and cfg.algorithm != "rft" else None
         critic = Critic(model, cfg) if cfg.algorithm == "ppo" else None
+        fingerprint = weights_fingerprint(model)  # of the whole initial weights, the same on every rank
         if cfg.train.gradient_checkpointing:  # the policy's update only: copies made above keep their activations
             enable_checkpointing(model)
         model, dist = shard_model(model, cfg.train.strategy, dist)
         optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.train.steps * cfg.grpo.mu)
         gen = torch.Generator(device=next(model.parameters()).device).manual_seed(sampling_seed(cfg.train.seed, dist))
         sampler = PromptSampler(len(task.train), cfg.train.seed)
-        state = TrainerState(init_fingerprint=weights_fingerprint(model))
+        state = TrainerState(init_fingerprint=fingerprint)
         extra = {}
         if resume_from is not None:
-            state = load_checkpoint(resume_from, cfg, model, optimizer, scheduler, gen, state.init_fingerprint)
+            state = load_checkpoint(resume_from, cfg, model, optimizer, scheduler, gen, fingerprint, dist)
             sampler.load_state_dict(state.sampler)
             extra = load_extra(resume_from)
-            if dist.rank > 0:  # the checkpoint holds rank 0's generator: the others start a fresh stream
-                gen.manual_seed(sampling_seed(cfg.train.seed, dist) + 1_000_003 * state.step)
         check_free_space(cfg.train.output_dir, model, checkpoints=cfg.train.save_every > 0)
         barrier(dist)  # every rank has checked the directory before rank 0 writes into it
         out = prepare_output_dir(cfg.train.output_dir, cfg) if dist.is_main else Path(cfg.train.output_dir)
@@ -359,12 +357,13 @@ def checkpoint_or_stop(run: Run, cfg: TrainConfig, log: MetricsLog, samples, sto
     stop.signum = agreed_signal(stop.signum, run.dist)
     if not (due or too_many_faults or stop.signum is not None):
         return
-    path = run.out / CHECKPOINTS  # ranks other than 0 only wait for rank 0 to write it
-    if run.dist.is_main and not run.dist.fsdp:  # TODO: FSDP checkpoints (sharded optimizer state)
+    path = run.out / CHECKPOINTS  # ranks other than 0 contribute their state, then wait for rank 0 to write it
+    gathered = gather_checkpoint_state(run.model, run.optimizer, run.gen, run.dist)
+    if run.dist.is_main:
         state.sampler = run.sampler.state_dict()
         state.metrics_bytes, state.samples_bytes = log.path.stat().st_size, os.fstat(samples.fileno()).st_size
         path = save_checkpoint(run.out, cfg, state, run.model, run.optimizer, run.scheduler, run.gen,
-                               keep=t.keep_checkpoints, extra=run.extra_state(cfg))
+                               keep=t.keep_checkpoints, extra=run.extra_state(cfg), gathered=gathered)
     barrier(run.dist)
     if too_many_faults:
         raise UserError(f"stopped at step {state.step}: {state.bad_in_a_row} updates in a row had a non-finite "
