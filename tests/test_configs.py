@@ -79,3 +79,14 @@ def test_validation_errors_point_at_the_line_the_file_set_and_not_at_overrides(t
     with pytest.raises(UserError, match=r"^train\.iterations=7 is more than train\.steps=5"):
         load_config(TrainConfig, cfg, ["train.iterations=7", "train.steps=5",
                                        "rewards.functions=[{fn: arithmetic_accuracy}]"])
+
+
+def test_tensorboard_without_its_package_is_refused_before_anything_is_written(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(UserError, match=r"train.tensorboard: the tensorboard package is not installed"):
+        load_config(TrainConfig, None, ["train.tensorboard=true", f"train.output_dir={tmp_path / 'run'}"])
+    assert not (tmp_path / "run").exists()
+    load_config(TrainConfig, None, ["train.tensorboard=false"])

@@ -164,3 +164,21 @@ def test_bf16_on_a_cpu_without_bf16_units_says_it_will_be_slow(monkeypatch, caps
         assert ("torch emulates bf16 matmuls here" in capsys.readouterr().err) == noted
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert not loading.emulates_bf16(torch.device("cpu"))
+
+
+def test_tensorboard_gets_the_logged_scalars_and_a_resume_adds_no_duplicates(tmp_path, reward_file):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    args = [*SMALL, "train.steps=1", "train.eval_every=0", "train.save_every=1", "train.tensorboard=true",
+            f"train.output_dir={out}", f"rewards.functions=[{{fn: '{reward_file}:digit_share'}}]"]
+    assert main(["train", "-q", *args]) == 0
+    assert main(["train", "-q", "--resume", str(out), "train.steps=2"]) == 0
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in logged if "reward/mean" in x]
+    events = EventAccumulator(str(out / "tensorboard")).Reload()
+    for key in ("reward/mean", "loss", "kl", "grad_norm"):
+        scalars = events.Scalars(key)
+        assert [e.step for e in scalars] == [1, 2], key
+        assert [e.value for e in scalars] == pytest.approx([x[key] for x in steps], rel=1e-6), key

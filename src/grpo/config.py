@@ -250,6 +250,9 @@ class LoopConfig:
     """Stop, with a checkpoint of the last good state, after this many updates in a row with a NaN/inf loss or gradient."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
+    tensorboard: bool = False
+    """Also write every logged scalar to OUTPUT/tensorboard (`tensorboard --logdir OUTPUT`); needs the
+    tensorboard package (`pip install 'grpo[tensorboard]'`)."""
     iterations: int = 1
     """Iterative GRPO (DeepSeekMath Algorithm 1): split `steps` into this many iterations and reset the
     reference model to the current policy at the start of each."""
@@ -289,6 +292,7 @@ class TrainConfig:
             raise UserError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
         if not self.rewards.functions:
             raise UserError("rewards.functions is empty: at least one reward function is needed")
+        _check_tensorboard(self.train.tensorboard, "train.tensorboard")
         if self.rewards.timeout_s is not None and not self.rewards.timeout_s > 0:
             raise UserError(f"rewards.timeout_s must be > 0 (or null for no limit), got {self.rewards.timeout_s}")
         if m.path == "tiny" and (m.tiny_hidden_size <= 0 or m.tiny_hidden_size % 8):
@@ -346,6 +350,8 @@ class SFTLoopConfig:
     """Reward function that scores held-out greedy completions (the plateau is judged on it)."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
+    tensorboard: bool = False
+    """Also write the logged scalars to OUTPUT/tensorboard."""
 
 
 @dataclass
@@ -360,6 +366,15 @@ class SFTConfig:
 
     def validate(self) -> None:
         _positive(self, ["sft.max_steps", "sft.batch_size", "sft.eval_every", "sft.patience"])
+        _check_tensorboard(self.sft.tensorboard, "sft.tensorboard")
+
+
+def _check_tensorboard(wanted: bool, name: str) -> None:
+    """Before anything is written: the TensorBoard writer's package is there."""
+    import importlib.util
+
+    if wanted and importlib.util.find_spec("tensorboard") is None:
+        raise UserError(f"{name}: the tensorboard package is not installed (pip install 'grpo[tensorboard]')")
 
 
 def _not_negative(cfg, names: list[str]) -> None:

@@ -118,16 +118,19 @@ def peak_memory_mib(device: torch.device) -> float:
 class MetricsLog:
     """metrics.jsonl (one JSON object per step) and, when asked, TensorBoard scalars."""
 
-    def __init__(self, out_dir: Path, tensorboard: bool = False, name: str = "metrics.jsonl"):
+    def __init__(self, out_dir: Path, tensorboard: bool = False, name: str = "metrics.jsonl",
+                 resumed_at: int = 0):
+        """resumed_at: the step of the checkpoint a resumed run continues from; TensorBoard then hides
+        the events of later steps a stopped run had logged (as metrics.jsonl is cut back to it)."""
         self.path = out_dir / name
-        self.file = open(self.path, "a", encoding="utf-8")
         self.tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise UserError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from None
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+                raise UserError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resumed_at + 1 if resumed_at else None)
+        self.file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
         try:

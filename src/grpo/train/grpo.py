@@ -388,7 +388,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     heldout = lambda: sharded_accuracy(evaluate, run.task.heldout, run.model, run.dist)  # noqa: E731
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(reward_pool(cfg.rewards.workers))
-        log = MetricsLog(run.out) if run.dist.is_main else NullLog()
+        log = MetricsLog(run.out, cfg.train.tensorboard, resumed_at=state.step) if run.dist.is_main else NullLog()
         stack.callback(log.close)
         samples = stack.enter_context(open(run.out / "samples.jsonl" if run.dist.is_main else os.devnull, "a",
                                            encoding="utf-8"))

@@ -78,7 +78,7 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
     device = next(model.parameters()).device
     engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     optimizer, scheduler = make_optimizer(model, cfg.optim, s.max_steps)
-    log, rng = MetricsLog(out), random.Random(s.seed)
+    log, rng = MetricsLog(out, s.tensorboard), random.Random(s.seed)
     best = (-1.0, 0, None)  # (accuracy, step, state_dict)
     evals_since_best, history, perm, cursor = 0, [], [], 0
     bar = tqdm(range(1, s.max_steps + 1), desc="sft", disable=not progress, dynamic_ncols=True)
