@@ -224,3 +224,20 @@ def test_checkpoint_then_resume_under_torchrun_equals_the_straight_run(strategy,
     a, b = load_file(straight / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (out / "samples.jsonl").read_text() == (straight / "samples.jsonl").read_text()
+
+
+def test_an_fsdp_checkpoint_resumes_in_one_process(tmp_path, monkeypatch):
+    """The FSDP checkpoint holds whole weights and a name-keyed optimizer state: one process takes both."""
+    from safetensors.torch import load_file
+
+    from grpo.cli import main
+
+    out = _torchrun(tmp_path, "run", "train.strategy=fsdp", "train.steps=1", "train.save_every=1")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "-q", "--resume", str(out), "train.steps=2"]) == 0
+    first = load_file(out / "checkpoints" / "step-000001" / "model.safetensors")
+    final = load_file(out / "final" / "model.safetensors")
+    assert first.keys() == final.keys() and any(not torch.equal(first[k], final[k]) for k in first)
+    optimizer = torch.load(out / "checkpoints" / "step-000002" / "optimizer.pt", weights_only=True)["optimizer"]
+    steps = {float(s["step"]) for s in optimizer["state"].values()}
+    assert steps == {2.0}  # Adam's moments came from the FSDP checkpoint: one step there, one here
