@@ -89,11 +89,38 @@ def test_checkpointing_is_off_without_gradients_or_in_eval_mode():
                                    completion_logprobs(model, *_batch(), share_prompts=False).logp)
 
 
-def test_shared_prompts_cannot_be_forced_under_checkpointing():
+def test_checkpointing_keeps_the_shared_prompt_forward(monkeypatch, caplog):
+    """Under checkpointing each distinct prompt still runs once (two forwards: prompts, then completions
+    against their keys and values), and transformers is never made to drop the cache."""
+    import grpo.train.logprobs as lp
+
     model = _model()
     enable_checkpointing(model)
-    with pytest.raises(ValueError, match="checkpointing"):
+    calls = []
+    forward = lp._forward
+    monkeypatch.setattr(lp, "_forward", lambda m, **kw: calls.append(kw["input_ids"].shape) or forward(m, **kw))
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setattr(hf_logging._get_library_root_logger(), "propagate", True)  # to caplog
+    with caplog.at_level("WARNING"):
+        _logp_and_grads(model)
+    assert calls == [torch.Size([2, 7]), torch.Size([8, 8])]  # 2 distinct prompts, then 8 x (9 - 1) tokens
+    assert "incompatible" not in caplog.text
+
+
+def test_without_a_cache_that_checkpointed_layers_may_keep_prompts_are_not_shared(monkeypatch):
+    import grpo.train.logprobs as lp
+
+    model = _model()
+    plain_logp, plain_grads = _logp_and_grads(model)
+    enable_checkpointing(model)
+    monkeypatch.setattr(lp, "_prefix_cache_supported", lambda m: False)  # an older transformers
+    with pytest.raises(ValueError, match="_can_checkpoint_with_cache"):
         completion_logprobs(model, *_batch(), share_prompts=True)
+    logp, grads = _logp_and_grads(model)  # one plain forward over prompt + completion
+    torch.testing.assert_close(logp, plain_logp, rtol=0, atol=1e-5)
+    for name, g in grads.items():
+        torch.testing.assert_close(g, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_a_model_without_checkpointing_support_is_a_user_error():

@@ -228,8 +228,7 @@ class LoopConfig:
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass instead of keeping them (Hugging
     Face's activation checkpointing, non-reentrant): the update keeps only each layer's input, for about
-    one more forward of compute. Under it the training forward runs every completion with its own prompt
-    (checkpointed layers cannot use the KV cache that sharing a prompt's forward needs)."""
+    one more forward of compute. Each distinct prompt still runs once (grpo.train.logprobs)."""
     seed: int = 0
     """Seeds data order, sampling and initialisation."""
     output_dir: str = "runs/grpo"

@@ -157,8 +157,8 @@ class PlanInput:
     """Keep only each layer's input and recompute the rest in backward."""
     shared_prompts: bool = True
     """The update runs each distinct prompt once and the completions against copies of its keys and
-    values (grpo's training forward for Llama/Mistral/Qwen models, without gradient checkpointing);
-    False: one forward over P+T tokens per completion (TRL, and grpo for other model types)."""
+    values (grpo's training forward for Llama/Mistral/Qwen models); False: one forward over P+T tokens
+    per completion (TRL, and grpo for other model types)."""
     attention: Literal["sdpa", "flash", "eager"] = "sdpa"
     """sdpa keeps a [mb, 1, s, s] mask per layer; eager the [mb, heads, s, s] softmax probabilities;
     flash (varlen, no mask) neither."""
@@ -259,11 +259,10 @@ def _update_forwards(inp: PlanInput) -> tuple[list[tuple[int, int, int]], int]:
     """The (rows, q_len, kv_len) forwards of one micro-batch, and the LM-head rows per completion.
 
     Shared prompts (grpo's training forward): each distinct prompt once, then the completion tokens
-    but the last against a copy of its prompt's keys and values. Plain: every row's P+T tokens (also
-    under gradient checkpointing, which turns off the KV cache the shared forward needs)."""
+    but the last against a copy of its prompt's keys and values. Plain: every row's P+T tokens."""
     P, T, mb = inp.prompt_length, inp.completion_length, inp.micro_batch_size
     distinct = max(1, math.ceil(mb / inp.G))
-    if inp.shared_prompts and not inp.gradient_checkpointing and 2 * distinct <= mb:
+    if inp.shared_prompts and 2 * distinct <= mb:
         return [(distinct, P, P)] + ([(mb, T - 1, P + T - 1)] if T > 1 else []), T
     return [(mb, P + T, P + T)], T + 1
 
@@ -339,8 +338,10 @@ def _activations(inp: PlanInput, forwards: list[tuple[int, int, int]], lm_tokens
     layer = sum(layer_activation_bytes(a, *f, inp.precision, inp.attention) for f in forwards)
     shapes = " + ".join(f"{r}x{q}" + (f"(keys {k})" if k != q else "") for r, q, k in forwards)
     if inp.gradient_checkpointing:  # each layer's input, plus one layer's full set while it is recomputed
-        total = a.num_layers * tokens * a.hidden_size * resid + layer
-        formula = f"{a.num_layers} layer inputs of {shapes} tokens + one layer recomputed"
+        # and, for a shared prompt, the copies of its keys and values each layer reads (the cache holds them)
+        prefix = sum(rows * (k_len - q_len) for rows, q_len, k_len in forwards)
+        total = a.num_layers * (tokens * a.hidden_size + prefix * 2 * a.num_kv_heads * a.head_dim) * resid + layer
+        formula = f"{a.num_layers} layer inputs of {shapes} tokens (+ prompt K/V copies) + one layer recomputed"
     else:
         total = a.num_layers * layer
         formula = f"{a.num_layers} layers x {layer / tokens:,.0f} B/token x {shapes} tokens"
@@ -478,8 +479,7 @@ def build_plan_parser(subparsers) -> None:
     r.add_argument("--completion-length", type=int, default=32, help="T, tokens (max_new_tokens)")
     r.add_argument("--generation-batch", type=int, default=None, help="completions generated at once (default all)")
     r.add_argument("--gradient-checkpointing", action="store_true",
-                   help="plan per-layer activation checkpointing (grpo train's train.gradient_checkpointing; "
-                        "the update then runs every completion with its prompt)")
+                   help="plan per-layer activation checkpointing (grpo train's train.gradient_checkpointing)")
     r.add_argument("--no-shared-prompts", dest="shared_prompts", action="store_false",
                    help="plan a plain forward over P+T tokens per completion (not grpo's shared-prompt forward)")
     r.add_argument("--attention", choices=["sdpa", "flash", "eager"], default="sdpa")

@@ -15,6 +15,7 @@ model is one whose cache is known to behave (`SHARED_PROMPT_MODELS`); otherwise 
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -68,12 +69,84 @@ def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[
     return starts.nonzero().squeeze(1), starts.long().cumsum(0) - 1
 
 
+def _checkpointed_layers(model) -> list:
+    return [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+
+
 def recomputes_layers(model) -> bool:
     """Whether a forward of `model` now runs under Hugging Face's activation checkpointing, which
     turns the KV cache off in every checkpointed layer (train mode with gradients; see
     grpo.models.loading.enable_checkpointing)."""
-    return model.training and torch.is_grad_enabled() and \
-        any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+    return model.training and torch.is_grad_enabled() and bool(_checkpointed_layers(model))
+
+
+def _prefix_cache_supported(model) -> bool:
+    """Whether this transformers lets a checkpointed layer keep a cache (`_can_checkpoint_with_cache`)
+    and gives this model plain per-layer caches (`DynamicLayer`: no sliding window), which
+    `_repeatable_caches` builds on."""
+    try:
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:
+        return False
+    if not hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache"):
+        return False
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # noqa: BLE001 (any model this version cannot build a cache for)
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+@contextlib.contextmanager
+def _checkpointed_with_cache(model):
+    """Let the checkpointed layers keep the cache they are given (transformers drops it otherwise); the
+    caches of `_repeatable_caches` make every update repeatable, so a layer's recompute in the backward
+    pass sees what its forward saw."""
+    layers = _checkpointed_layers(model)
+    try:
+        for m in layers:
+            m._can_checkpoint_with_cache = True
+        yield
+    finally:
+        for m in layers:
+            m.__dict__.pop("_can_checkpoint_with_cache", None)
+
+
+def _repeatable_caches(model, inverse: torch.Tensor):
+    """(prompt cache, make_completion_cache) for a forward under activation checkpointing, whose layers'
+    updates give the same result when a recompute repeats them: the prompt cache stores (the cache is
+    empty before, so storing is appending), the completion cache returns its prompt's keys and values
+    followed by the new ones and stores nothing. The second is built from the first once the prompt
+    forward has filled it, one copy per row (`inverse`). Class swaps, not bound methods: a method bound
+    to its own layer would be a reference cycle keeping the autograd graph alive until gc runs."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    class StoringLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            self.keys, self.values = key_states, value_states
+            return key_states, value_states
+
+    class PrefixLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+    prompt = DynamicCache(config=model.config)
+    for layer in prompt.layers:
+        layer.__class__ = StoringLayer
+
+    def completion_cache():
+        rows = DynamicCache(config=model.config)
+        for src, layer in zip(prompt.layers, rows.layers):
+            keys, values = src.keys.index_select(0, inverse), src.values.index_select(0, inverse)
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+            layer.__class__ = PrefixLayer
+        return rows
+
+    return prompt, completion_cache
 
 
 def _forward(model, **kw):
@@ -99,14 +172,19 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
     """log pi(completion token t | prompt, completion < t) for every completion position. [B, T]
 
     share_prompts: run each distinct prompt once (None: when rows repeat prompts, the model type is in
-    SHARED_PROMPT_MODELS and its layers are not being checkpointed). Both ways compute the same function."""
+    SHARED_PROMPT_MODELS and, under activation checkpointing, this transformers lets checkpointed layers
+    keep a cache). Both ways compute the same function. Under checkpointing the prompt forward is not
+    checkpointed (it writes the cache; it is the small one) and the completion forward reads the
+    prompt's keys and values as a read-only prefix."""
     first, inverse = prompt_groups(prompt_ids, prompt_mask)
     checkpointed = recomputes_layers(model)
     if share_prompts is None:
-        share_prompts = (2 * len(first) <= prompt_ids.shape[0] and not checkpointed
-                         and getattr(model.config, "model_type", None) in SHARED_PROMPT_MODELS)
-    elif share_prompts and checkpointed:
-        raise ValueError("share_prompts=True needs the KV cache, which activation checkpointing turns off")
+        share_prompts = (2 * len(first) <= prompt_ids.shape[0]
+                         and getattr(model.config, "model_type", None) in SHARED_PROMPT_MODELS
+                         and (not checkpointed or _prefix_cache_supported(model)))
+    elif share_prompts and checkpointed and not _prefix_cache_supported(model):
+        raise ValueError("share_prompts=True under activation checkpointing needs a transformers whose "
+                         "checkpointed layers can keep a cache (_can_checkpoint_with_cache)")
     mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
     positions = position_ids_from_mask(mask)  # [B, P+T]
     B, P = prompt_ids.shape
@@ -117,16 +195,26 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
                              use_cache=False, logits_to_keep=T + 1)
         logits = logits[:, :-1]  # [B, T, V]: position P-1+t predicts completion token t
     else:
-        head, cache = _forward(model, input_ids=prompt_ids[first], attention_mask=prompt_mask[first],
-                               position_ids=positions[first, :P], use_cache=True, logits_to_keep=1)
-        head = head[inverse]  # [B, 1, V]: the last prompt position predicts completion token 0
-        if T > 1:
-            cache.reorder_cache(inverse)  # every row gets (a differentiable copy of) its prompt's K/V
-            rest, _ = _forward(model, input_ids=completion_ids[:, :-1], attention_mask=mask[:, :-1],
-                               position_ids=positions[:, P:-1], use_cache=True, **{cache_kwarg(model): cache})
-            logits = torch.cat([head, rest], dim=1)  # [B, T, V]
-        else:
+        # under checkpointing: caches whose updates a layer's recompute can repeat, passed explicitly
+        # (use_cache stays off so that transformers does not warn about them)
+        kw = {cache_kwarg(model): None, "use_cache": True}
+        if checkpointed:
+            prompt_cache, completion_cache = _repeatable_caches(model, inverse)
+            kw = {cache_kwarg(model): prompt_cache, "use_cache": False}
+        with _checkpointed_with_cache(model) if checkpointed else contextlib.nullcontext():
+            head, cache = _forward(model, input_ids=prompt_ids[first], attention_mask=prompt_mask[first],
+                                   position_ids=positions[first, :P], logits_to_keep=1, **kw)
+            head = head[inverse]  # [B, 1, V]: the last prompt position predicts completion token 0
             logits = head
+            if T > 1:
+                if checkpointed:
+                    kw = {cache_kwarg(model): completion_cache(), "use_cache": False}
+                else:
+                    cache.reorder_cache(inverse)  # every row gets (a differentiable copy of) its prompt's K/V
+                    kw = {cache_kwarg(model): cache, "use_cache": True}
+                rest, _ = _forward(model, input_ids=completion_ids[:, :-1], attention_mask=mask[:, :-1],
+                                   position_ids=positions[:, P:-1], **kw)
+                logits = torch.cat([head, rest], dim=1)  # [B, T, V]
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     return selective_log_softmax(logits, completion_ids, with_entropy=with_entropy)
