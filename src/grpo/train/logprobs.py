@@ -11,6 +11,8 @@ all G rows flows back into the one prompt forward), then runs only the completio
 that cache. Same function, fewer FLOPs: with 22-token prompts and 32-token completions at G=8 the
 forward sees 2,224 instead of 3,456 tokens. Used where consecutive rows repeat a prompt and the
 model is one whose cache is known to behave (`SHARED_PROMPT_MODELS`); otherwise one plain forward.
+Under activation checkpointing (train.gradient_checkpointing) too, where transformers would drop the
+cache of a checkpointed layer: its caches are then ones whose updates a recompute can repeat.
 """
 
 from __future__ import annotations
@@ -173,9 +175,8 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
 
     share_prompts: run each distinct prompt once (None: when rows repeat prompts, the model type is in
     SHARED_PROMPT_MODELS and, under activation checkpointing, this transformers lets checkpointed layers
-    keep a cache). Both ways compute the same function. Under checkpointing the prompt forward is not
-    checkpointed (it writes the cache; it is the small one) and the completion forward reads the
-    prompt's keys and values as a read-only prefix."""
+    keep a cache). Both ways compute the same function. Under checkpointing both forwards are
+    checkpointed, over the caches of `_repeatable_caches`."""
     first, inverse = prompt_groups(prompt_ids, prompt_mask)
     checkpointed = recomputes_layers(model)
     if share_prompts is None:
