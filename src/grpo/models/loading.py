@@ -90,7 +90,6 @@ def enable_checkpointing(model) -> None:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-
 class Reference:
     """The frozen reference policy pi_ref of the KL penalty.
 

@@ -128,7 +128,7 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise UserError("train.tensorboard needs the tensorboard package: pip install tensorboard") from None
+                raise UserError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from None
             self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resumed_at + 1 if resumed_at else None)
         self.file = open(self.path, "a", encoding="utf-8")
 

@@ -18,6 +18,7 @@ cache of a checkpointed layer: its caches are then ones whose updates a recomput
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import NamedTuple
 
 import torch
@@ -115,14 +116,11 @@ def _checkpointed_with_cache(model):
             m.__dict__.pop("_can_checkpoint_with_cache", None)
 
 
-def _repeatable_caches(model, inverse: torch.Tensor):
-    """(prompt cache, make_completion_cache) for a forward under activation checkpointing, whose layers'
-    updates give the same result when a recompute repeats them: the prompt cache stores (the cache is
-    empty before, so storing is appending), the completion cache returns its prompt's keys and values
-    followed by the new ones and stores nothing. The second is built from the first once the prompt
-    forward has filled it, one copy per row (`inverse`). Class swaps, not bound methods: a method bound
-    to its own layer would be a reference cycle keeping the autograd graph alive until gc runs."""
-    from transformers.cache_utils import DynamicCache, DynamicLayer
+@functools.cache
+def _repeatable_layer_classes() -> tuple[type, type]:
+    """(StoringLayer, PrefixLayer): `DynamicLayer`s whose update a recompute can repeat. Defined on first
+    use, so that importing this module does not import transformers."""
+    from transformers.cache_utils import DynamicLayer
 
     class StoringLayer(DynamicLayer):
         def update(self, key_states, value_states, *args, **kwargs):
@@ -135,6 +133,19 @@ def _repeatable_caches(model, inverse: torch.Tensor):
         def update(self, key_states, value_states, *args, **kwargs):
             return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
 
+    return StoringLayer, PrefixLayer
+
+
+def _repeatable_caches(model, inverse: torch.Tensor):
+    """(prompt cache, make_completion_cache) for a forward under activation checkpointing, whose layers'
+    updates give the same result when a recompute repeats them: the prompt cache stores (the cache is
+    empty before, so storing is appending), the completion cache returns its prompt's keys and values
+    followed by the new ones and stores nothing. The second is built from the first once the prompt
+    forward has filled it, one copy per row (`inverse`). Class swaps, not bound methods: a method bound
+    to its own layer would be a reference cycle keeping the autograd graph alive until gc runs."""
+    from transformers.cache_utils import DynamicCache
+
+    StoringLayer, PrefixLayer = _repeatable_layer_classes()
     prompt = DynamicCache(config=model.config)
     for layer in prompt.layers:
         layer.__class__ = StoringLayer
