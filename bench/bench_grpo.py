@@ -116,7 +116,7 @@ def build_config(args):
     t = cfg.train
     t.steps, t.prompts_per_step, t.micro_batch_size = args.max_steps, args.prompts_per_step, args.prompts_per_step * args.G
     t.seed, t.output_dir, t.eval_every, t.sample_every, t.threads = args.seed, str(args.output_dir), 0, 0, 2
-    t.gradient_checkpointing = args.gradient_checkpointing
+    t.gradient_checkpointing, t.micro_batch_tokens = args.gradient_checkpointing, args.micro_batch_tokens
     cfg.validate()
     return cfg
 
@@ -148,6 +148,8 @@ def main():
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="train.gradient_checkpointing=true (the peer's --gradient-checkpointing)")
+    p.add_argument("--micro-batch-tokens", type=int, default=None,
+                   help="train.micro_batch_tokens (default: none, one forward/backward over the batch, as TRL)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", type=Path, default=Path(".peers/runs/grpo"))
     p.add_argument("--json-out", type=Path, default=None)
@@ -204,6 +206,7 @@ def main():
         "mean_reward_last5": round(statistics.mean(h["reward/mean"] for h in steps[-5:]), 4),
         "settings": {"prompts_per_step": cfg.train.prompts_per_step, "G": cfg.grpo.G,
                      "gradient_checkpointing": cfg.train.gradient_checkpointing,
+                     "micro_batch_tokens": cfg.train.micro_batch_tokens,
                      "max_new_tokens": cfg.sampling.max_new_tokens, "beta": cfg.grpo.beta,
                      "lr": cfg.optim.lr, "mu": cfg.grpo.mu, "model": str(args.model_dir), "python": sys.version.split()[0]},
     }

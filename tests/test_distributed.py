@@ -10,6 +10,7 @@
    only rank 0 writes, and the metrics describe the global batch.
 """
 
+import datetime
 import json
 import os
 import subprocess
@@ -25,15 +26,17 @@ from grpo.algorithm import AGGREGATIONS
 from grpo.config import TrainConfig, load_config
 from grpo.rollout.engine import Rollout
 from grpo.train.common import make_optimizer
-from grpo.train.distributed import SINGLE, Dist, my_rows
-from grpo.train.update import update_policy
+from grpo.train.distributed import SINGLE, Dist, all_gather_objects, full_state_dict, my_rows, shard_model
+from grpo.train.update import micro_batches, update_policy
 
 P, G, T, STEPS = 4, 2, 6, 3
+BUDGET = 12  # padded tokens per micro-batch: rows x (longest prompt + longest completion)
 
 
-def _config(aggregation: str) -> TrainConfig:
+def _config(aggregation: str, budget: int | None = None) -> TrainConfig:
     cfg = load_config(TrainConfig, None, [f"grpo.aggregation={aggregation}", "grpo.beta=0.04", f"grpo.G={G}",
                                           f"train.prompts_per_step={P}", "train.micro_batch_size=2",
+                                          f"train.micro_batch_tokens={budget or 'null'}",
                                           f"sampling.max_new_tokens={T}", "optim.grad_clip=0.05"])
     cfg.optim.lr, cfg.optim.warmup_steps = 1e-3, 0
     return cfg
@@ -57,15 +60,18 @@ def _fixed_batch():
     return r, adv, old_logp, ref_logp
 
 
-def _train_fixed(model_dir, aggregation: str, dist: Dist, global_totals: bool = True):
+def _train_fixed(model_dir, aggregation: str, dist: Dist, global_totals: bool = True, budget: int | None = None,
+                 fsdp: bool = False):
     """STEPS updates on this rank's rows of the fixed batch; (final weights, stats of each step)."""
     from transformers import AutoModelForCausalLM
 
     import grpo.train.update as loop
 
     torch.manual_seed(0)
-    cfg = _config(aggregation)
+    cfg = _config(aggregation, budget)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
+    if fsdp:
+        model, dist = shard_model(model, "fsdp", dist)
     optimizer, _ = make_optimizer(model, cfg.optim, STEPS)
     r, adv, old_logp, ref_logp = _fixed_batch()
     rows = my_rows(torch.arange(P * G), dist)
@@ -82,6 +88,8 @@ def _train_fixed(model_dir, aggregation: str, dist: Dist, global_totals: bool = 
             stats.append(out.stats)
     finally:
         loop.global_totals = original
+    if fsdp:
+        return full_state_dict(model, dist), stats
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, stats
 
 
@@ -89,11 +97,17 @@ def _worker(rank: int, model_dir: str, store: str, out: str) -> None:
     import torch.distributed as td
 
     torch.set_num_threads(1)
-    td.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    # a collective that one rank never joins fails after a minute instead of hanging the suite
+    td.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                          timeout=datetime.timedelta(seconds=60))
     try:
         dist = Dist(rank, 2)
         results = {a: _train_fixed(model_dir, a, dist) for a in AGGREGATIONS}
         results["token_mean/local"] = _train_fixed(model_dir, "token_mean", dist, global_totals=False)
+        results["token_mean/budget"] = _train_fixed(model_dir, "token_mean", dist, budget=BUDGET)
+        results["token_mean/budget/fsdp"] = _train_fixed(model_dir, "token_mean", dist, budget=BUDGET, fsdp=True)
+        mine = _fixed_batch()[0].select(my_rows(torch.arange(P * G), dist))
+        results["micro_batches"] = all_gather_objects(len(micro_batches(mine, 2, BUDGET, dist)), dist)
         if rank == 0:
             torch.save(results, out)
     finally:
@@ -107,14 +121,17 @@ def tiny_dir(tmp_path_factory):
     return str(build_tiny(tmp_path_factory.mktemp("tiny"), TinyConfig(hidden_size=32, num_layers=1)))
 
 
-def _two_ranks(tiny_dir, tmp_path) -> dict:
-    out = tmp_path / "ranks.pt"
-    mp.spawn(_worker, args=(tiny_dir, str(tmp_path / "store"), str(out)), nprocs=2)
+@pytest.fixture(scope="module")
+def two_ranks(tiny_dir, tmp_path_factory) -> dict:
+    """What `_worker` saved: rank 0's results of `_train_fixed` on 2 ranks."""
+    tmp = tmp_path_factory.mktemp("ranks")
+    out = tmp / "ranks.pt"
+    mp.spawn(_worker, args=(tiny_dir, str(tmp / "store"), str(out)), nprocs=2)
     return torch.load(out)
 
 
-def test_two_ranks_equal_one_process_for_every_aggregation(tiny_dir, tmp_path):
-    two = _two_ranks(tiny_dir, tmp_path)
+def test_two_ranks_equal_one_process_for_every_aggregation(tiny_dir, two_ranks):
+    two = two_ranks
     for aggregation in AGGREGATIONS:
         weights_1, stats_1 = _train_fixed(tiny_dir, aggregation, SINGLE)
         weights_2, stats_2 = two[aggregation]
@@ -130,6 +147,22 @@ def test_two_ranks_equal_one_process_for_every_aggregation(tiny_dir, tmp_path):
         if aggregation == "token_mean":  # the control: per-rank token counts give another update
             local, _ = two["token_mean/local"]
             assert max(float((local[k] - weights_1[k]).abs().max()) for k in weights_1) > 1e-3
+
+
+def test_two_ranks_with_a_token_cap_equal_one_process_and_agree_on_micro_batches(tiny_dir, two_ranks):
+    """train.micro_batch_tokens: rank 0's short rows fit in 3 micro-batches, rank 1's long ones need 4;
+    rank 0 makes 4 too (FSDP runs collectives in every forward), and the steps are one process's."""
+    two = two_ranks
+    assert two["micro_batches"] == [4, 4]
+    r = _fixed_batch()[0]
+    assert [len(micro_batches(r.select(my_rows(torch.arange(P * G), Dist(k, 2))), 2, BUDGET)) for k in (0, 1)] == [3, 4]
+    weights_1, stats_1 = _train_fixed(tiny_dir, "token_mean", SINGLE, budget=BUDGET)
+    for run in ("token_mean/budget", "token_mean/budget/fsdp"):  # the second hangs if the counts differ
+        weights_2, stats_2 = two[run]
+        for k in weights_1:
+            torch.testing.assert_close(weights_2[k], weights_1[k], rtol=0, atol=1e-5, msg=f"{run} {k}")
+        for s1, s2 in zip(stats_1, stats_2):
+            assert s2["loss"] == pytest.approx(s1["loss"], rel=1e-5, abs=1e-6), run
 
 
 def _initial(tiny_dir):

@@ -187,6 +187,12 @@ def test_gradient_checkpointing_and_micro_batch_shrink_the_update_phase():
     full = plan_memory(base).phase_bytes("update")
     assert plan_memory(replace(base, gradient_checkpointing=True)).phase_bytes("update") < full / 5
     assert plan_memory(replace(base, micro_batch_size=4)).phase_bytes("update") == pytest.approx(full / 2, rel=1e-3)
+    # train.micro_batch_tokens: a cap of 4 full-length rows (4 x 512 tokens) plans as 4 rows, under one as 1
+    capped = replace(base, micro_batch_tokens=4 * 512 + 100)
+    assert capped.update_rows == 4 and plan_memory(capped).peaks() == plan_memory(replace(base, micro_batch_size=4)).peaks()
+    assert replace(base, micro_batch_tokens=10).update_rows == 1 and replace(base, micro_batch_tokens=10**6).update_rows == 8
+    with pytest.raises(UserError, match="micro_batch_tokens must be >= 1"):
+        plan_memory(replace(base, micro_batch_tokens=0))
 
 
 def _plan_cli(argv, capsys):

@@ -225,6 +225,10 @@ class LoopConfig:
     """Prompts per step; the batch is prompts_per_step * G completions."""
     micro_batch_size: int = 64
     """Completions per forward/backward (gradient accumulation when smaller than the batch)."""
+    micro_batch_tokens: int | None = None
+    """Also cap a forward/backward at this many padded tokens (rows x (longest prompt + longest
+    completion) of its rows), so that activation memory follows tokens, not rows: long completions go
+    in smaller micro-batches. A completion longer than the cap goes alone. null: rows only."""
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass instead of keeping them (Hugging
     Face's activation checkpointing, non-reentrant): the update keeps only each layer's input, for about
@@ -299,6 +303,9 @@ class TrainConfig:
                             f"width), got {m.tiny_hidden_size}")
         if g.G < 2:
             raise UserError(f"grpo.G: a group needs at least 2 completions to compare, got {g.G}")
+        if t.micro_batch_tokens is not None and (isinstance(t.micro_batch_tokens, bool) or t.micro_batch_tokens <= 0):
+            raise UserError(f"train.micro_batch_tokens must be a positive integer (or null for no cap), "
+                            f"got {t.micro_batch_tokens}")
         batch = t.prompts_per_step * g.G
         if batch % t.micro_batch_size:
             raise UserError(f"train.micro_batch_size={t.micro_batch_size} must divide the batch of "

@@ -147,6 +147,8 @@ class PlanInput:
     """Prompts per step (the rollout batch is prompts_per_step * G completions)."""
     micro_batch_size: int = 64
     """Completions per forward/backward of the update."""
+    micro_batch_tokens: int | None = None
+    """train.micro_batch_tokens: at most this many padded tokens per forward/backward (None: no cap)."""
     prompt_length: int = 256
     """Longest prompt in tokens (P)."""
     completion_length: int = 32
@@ -166,6 +168,14 @@ class PlanInput:
     """Parameters of a learned reward model held for inference (0: rule-based rewards)."""
     value_model_params: int | None = None
     """PPO value model parameters (None: the policy's backbone plus a scalar head)."""
+
+    @property
+    def update_rows(self) -> int:
+        """Completions in the update's largest forward: micro_batch_size, or fewer where micro_batch_tokens
+        caps a micro-batch of full-length rows (P + T tokens each; never under one row)."""
+        if self.micro_batch_tokens is None:
+            return self.micro_batch_size
+        return max(1, min(self.micro_batch_size, self.micro_batch_tokens // (self.prompt_length + self.completion_length)))
 
 
 @dataclass
@@ -189,7 +199,7 @@ class MemoryPlan:
     def peaks(self) -> dict[str, int]:
         """Bytes held at the peak of each phase of a step (see the module docstring)."""
         always, grads, v_grads = (self.phase_bytes(p) for p in ("always", "gradients", "value gradients"))
-        accumulates = self.inputs.prompts_per_step * self.inputs.G > self.inputs.micro_batch_size
+        accumulates = self.inputs.prompts_per_step * self.inputs.G > self.inputs.update_rows
 
         def update(acts: int, own_grads: int) -> int:  # zero_grad(set_to_none) frees own_grads first
             return acts + own_grads if accumulates else max(acts, own_grads)
@@ -260,7 +270,7 @@ def _update_forwards(inp: PlanInput) -> tuple[list[tuple[int, int, int]], int]:
 
     Shared prompts (grpo's training forward): each distinct prompt once, then the completion tokens
     but the last against a copy of its prompt's keys and values. Plain: every row's P+T tokens."""
-    P, T, mb = inp.prompt_length, inp.completion_length, inp.micro_batch_size
+    P, T, mb = inp.prompt_length, inp.completion_length, inp.update_rows
     distinct = max(1, math.ceil(mb / inp.G))
     if inp.shared_prompts and 2 * distinct <= mb:
         return [(distinct, P, P)] + ([(mb, T - 1, P + T - 1)] if T > 1 else []), T
@@ -278,7 +288,7 @@ def plan_memory(inp: PlanInput) -> MemoryPlan:
     trainable = a.lora_params(inp.lora_rank, inp.lora_targets) if lora else n_params
     g = 4 if lora else g  # LoRA parameters and their gradients stay fp32
     opt = OPTIMIZER_STATE_BYTES[inp.optimizer]
-    P, T, mb = inp.prompt_length, inp.completion_length, inp.micro_batch_size
+    P, T, mb = inp.prompt_length, inp.completion_length, inp.update_rows
     s, N = P + T, inp.prompts_per_step * inp.G
     n_gen = inp.generation_batch or N
 
@@ -353,6 +363,8 @@ def _validate(inp: PlanInput) -> None:
     for name in ("G", "prompts_per_step", "micro_batch_size", "prompt_length", "completion_length"):
         if getattr(inp, name) < 1:
             raise UserError(f"plan: {name} must be >= 1, got {getattr(inp, name)}")
+    if inp.micro_batch_tokens is not None and inp.micro_batch_tokens < 1:
+        raise UserError(f"plan: micro_batch_tokens must be >= 1, got {inp.micro_batch_tokens}")
     if inp.precision not in PRECISIONS:
         raise UserError(f"plan: precision must be one of {', '.join(PRECISIONS)}, got {inp.precision!r}")
     if inp.optimizer not in OPTIMIZER_STATE_BYTES:
@@ -374,7 +386,9 @@ def format_plan(plan: MemoryPlan, gpu_gib: float | None = None) -> str:
             f"{a.vocab_size}), {inp.precision}, {inp.optimizer}"
             + (f", LoRA r={inp.lora_rank}" if inp.lora_rank else "")
             + f"\nG={inp.G} x {inp.prompts_per_step} prompts, P={inp.prompt_length}, T={inp.completion_length}, "
-              f"micro-batch {inp.micro_batch_size}" + (", gradient checkpointing" if inp.gradient_checkpointing else ""))
+              f"micro-batch {inp.micro_batch_size}"
+            + (f" capped at {inp.micro_batch_tokens} tokens ({inp.update_rows} full-length rows)"
+               if inp.micro_batch_tokens is not None else "") + (", gradient checkpointing" if inp.gradient_checkpointing else ""))
     rows = [(c.name, c.phase, format_bytes(c.bytes), c.formula) for c in plan.components]
     peaks = plan.peaks()
     how = {"generate": "always + gradients + generate", "update": "always + update + gradients (see docs/memory.md)",
@@ -434,6 +448,7 @@ def _cmd_plan(args) -> None:
                     algorithm=args.algorithm, precision=args.precision, optimizer=args.optimizer,
                     lora_rank=args.lora_rank, lora_targets=args.lora_targets, beta=args.beta, G=args.G,
                     prompts_per_step=args.prompts_per_step, micro_batch_size=args.micro_batch,
+                    micro_batch_tokens=args.micro_batch_tokens,
                     prompt_length=args.prompt_length, completion_length=args.completion_length,
                     generation_batch=args.generation_batch, gradient_checkpointing=args.gradient_checkpointing,
                     shared_prompts=args.shared_prompts,
@@ -475,6 +490,8 @@ def build_plan_parser(subparsers) -> None:
     r.add_argument("--G", type=int, default=8, help="completions per prompt")
     r.add_argument("--prompts-per-step", type=int, default=16)
     r.add_argument("--micro-batch", type=int, default=64, help="completions per forward/backward")
+    r.add_argument("--micro-batch-tokens", type=int, default=None,
+                   help="train.micro_batch_tokens: padded tokens per forward/backward (default: no cap)")
     r.add_argument("--prompt-length", type=int, default=256, help="P, tokens")
     r.add_argument("--completion-length", type=int, default=32, help="T, tokens (max_new_tokens)")
     r.add_argument("--generation-batch", type=int, default=None, help="completions generated at once (default all)")

@@ -307,9 +307,9 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
         ref_logp = None
         if run.ref is not None:
             with run.ref.context():
-                ref_logp = logprobs_no_grad(run.ref.model, r, cfg, ctx)
+                ref_logp = logprobs_no_grad(run.ref.model, r, cfg, ctx, dist)
         # pi_old: needed for the ratio when mu > 1, and by PPO's KL reward
-        old_logp = logprobs_no_grad(run.model, r, cfg, ctx) if cfg.grpo.mu > 1 or run.critic else None
+        old_logp = logprobs_no_grad(run.model, r, cfg, ctx, dist) if cfg.grpo.mu > 1 or run.critic else None
     with timers("advantages"):
         beta, extra = cfg.grpo.beta, {}
         if run.critic is not None:  # PPO: GAE over the value model; the KL is in the reward, not the loss

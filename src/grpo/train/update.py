@@ -1,6 +1,12 @@
 """The policy update of the GRPO loop (and of its PPO / RFT baselines): log-probs without a graph for
 the reference and pi_old, and one optimizer step on a batch, micro-batched and summed exactly.
 
+Micro-batches (`micro_batches`) hold rows of similar completion length, each cut to its own longest
+prompt and completion, so padding costs little: the G rows of a prompt stay together (the forward runs
+their prompt once, grpo.train.logprobs) and groups are ordered by their longest completion.
+`train.micro_batch_tokens` also caps the padded tokens of a micro-batch, so memory follows tokens
+rather than rows.
+
 Functions of a model, an optimizer and a rollout; the loop (`grpo.train.grpo`) decides when to call
 them.
 """
@@ -15,23 +21,90 @@ import torch
 from grpo.algorithm import mask_truncated, masked_mean, policy_loss
 from grpo.config import TrainConfig
 from grpo.rollout.engine import Rollout
-from grpo.train.distributed import SINGLE, Dist, all_reduce_grads, global_totals, reduce_update_stats
-from grpo.train.logprobs import completion_logprobs
+from grpo.train.distributed import SINGLE, Dist, all_min, all_reduce_grads, global_totals, reduce_update_stats
+from grpo.train.logprobs import completion_logprobs, prompt_groups
 
 
-def _micro_batches(n: int, size: int):
-    return [slice(i, i + size) for i in range(0, n, size)]
+class MicroBatch(NamedTuple):
+    """Rows of a batch that one forward/backward takes, and the columns it keeps."""
+
+    rows: torch.Tensor
+    """[n] indices into the batch; the rows of one prompt are consecutive."""
+    prompt_len: int
+    """The last prompt_len prompt columns (prompts are left-padded): these rows' longest prompt (at least 1)."""
+    completion_len: int
+    """The first completion_len completion columns: these rows' longest completion (at least 1)."""
+
+    def prompt(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.rows, x.shape[1] - self.prompt_len:]  # [n, prompt_len]
+
+    def completion(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, T] (or [N]: rows only) cut to this micro-batch."""
+        return x[self.rows] if x.dim() == 1 else x[self.rows, :self.completion_len]
+
+    @property
+    def tokens(self) -> int:
+        """Padded tokens of the micro-batch: rows x (prompt + completion columns)."""
+        return len(self.rows) * (self.prompt_len + self.completion_len)
+
+
+
+
+def micro_batches(r: Rollout, size: int, max_tokens: int | None = None, dist: Dist = SINGLE) -> list[MicroBatch]:
+    """Split the batch `r` into micro-batches of at most `size` rows (and, with max_tokens, at most that
+    many padded tokens, rows x (prompt + completion columns); a row longer than that goes alone).
+
+    Rows are ordered by their group's longest completion, then by group (a run of rows with the same
+    prompt), then by length, and cut in that order: micro-batches of similar lengths, whose rows of one
+    prompt stay consecutive, so the forward still runs that prompt once. Each micro-batch keeps only
+    the columns its rows use. The split depends on the lengths only, so it is the same in every pass
+    over a batch (reference, pi_old, update). With several processes and max_tokens, every rank makes
+    the same number of micro-batches (FSDP's collectives run once per forward and backward): a rank
+    with fewer halves its largest until the counts agree.
+    """
+    lens = r.completion_mask.sum(1).tolist()  # [N]
+    prompt_lens = r.prompt_mask.sum(1).tolist()  # [N]
+    widths = lambda rows: (max(1, max(prompt_lens[i] for i in rows)), max(1, max(lens[i] for i in rows)))  # noqa: E731
+    group = prompt_groups(r.prompt_ids, r.prompt_mask)[1].tolist()  # [N] run of identical prompts
+    longest = {}
+    for g, n in zip(group, lens):
+        longest[g] = max(longest.get(g, 0), n)
+    order = sorted(range(len(lens)), key=lambda i: (longest[group[i]], group[i], lens[i]))
+    cuts, current, P, T = [], [], 1, 1  # P, T: the current micro-batch's longest prompt and completion
+    for i in order:
+        p, t = max(P, prompt_lens[i]), max(T, lens[i])
+        if current and (len(current) == size or (max_tokens is not None and (len(current) + 1) * (p + t) > max_tokens)):
+            cuts.append(current)
+            current, p, t = [], max(1, prompt_lens[i]), max(1, lens[i])
+        current.append(i)
+        P, T = p, t
+    if current:
+        cuts.append(current)
+    if max_tokens is not None and dist.enabled:
+        wanted = -all_min(-len(cuts), dist)
+        while len(cuts) < wanted:
+            splittable = [c for c in cuts if len(c) > 1]
+            if not splittable:
+                raise RuntimeError(f"rank {dist.rank}: {len(order)} rows cannot make the {wanted} micro-batches "
+                                   "another rank needs (every rank should hold the same number of rows)")
+            big = max(splittable, key=lambda c: len(c) * sum(widths(c)))
+            k = cuts.index(big)
+            cuts[k:k + 1] = [big[:len(big) // 2], big[len(big) // 2:]]
+    device = r.completion_ids.device
+    return [MicroBatch(torch.tensor(c, dtype=torch.long, device=device), *widths(c)) for c in cuts]
 
 
 @torch.no_grad()
-def logprobs_no_grad(model, r: Rollout, cfg: TrainConfig, ctx) -> torch.Tensor:
-    """Log-probs of the sampled tokens, micro-batched, without building a graph. [N, T]"""
-    out = []
-    for mb in _micro_batches(r.completion_ids.shape[0], cfg.train.micro_batch_size):
+def logprobs_no_grad(model, r: Rollout, cfg: TrainConfig, ctx, dist: Dist = SINGLE) -> torch.Tensor:
+    """Log-probs of the sampled tokens, micro-batched, without building a graph (0 past a row's end). [N, T]"""
+    out = torch.zeros(r.completion_ids.shape, dtype=torch.float32, device=r.completion_ids.device)  # [N, T]
+    for mb in micro_batches(r, cfg.train.micro_batch_size, cfg.train.micro_batch_tokens, dist):
         with ctx():
-            out.append(completion_logprobs(model, r.prompt_ids[mb], r.prompt_mask[mb], r.completion_ids[mb],
-                                           r.completion_mask[mb], cfg.sampling.temperature).logp.float())
-    return torch.cat(out)
+            lp = completion_logprobs(model, mb.prompt(r.prompt_ids), mb.prompt(r.prompt_mask),
+                                     mb.completion(r.completion_ids), mb.completion(r.completion_mask),
+                                     cfg.sampling.temperature).logp
+        out[mb.rows, :mb.completion_len] = lp.float().masked_fill(mb.completion(r.completion_mask) == 0, 0.0)
+    return out
 
 
 class UpdateResult(NamedTuple):
@@ -59,21 +132,22 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
     totals = global_totals(mask, dist)
     stats: dict[str, float] = {}
     optimizer.zero_grad(set_to_none=True)
-    for mb in _micro_batches(mask.shape[0], cfg.train.micro_batch_size):
+    for mb in micro_batches(r, cfg.train.micro_batch_size, cfg.train.micro_batch_tokens, dist):
         with ctx():
-            lp = completion_logprobs(model, r.prompt_ids[mb], r.prompt_mask[mb], r.completion_ids[mb],
-                                     r.completion_mask[mb], cfg.sampling.temperature, with_entropy=True)
-        logp = lp.logp.float()  # [n, T]
+            lp = completion_logprobs(model, mb.prompt(r.prompt_ids), mb.prompt(r.prompt_mask),
+                                     mb.completion(r.completion_ids), mb.completion(r.completion_mask),
+                                     cfg.sampling.temperature, with_entropy=True)
+        logp, mb_mask = lp.logp.float(), mb.completion(mask)  # [n, t]
         loss, m = policy_loss(
-            logp, logp.detach() if old_logp is None else old_logp[mb], adv[mb], mask[mb],
+            logp, logp.detach() if old_logp is None else mb.completion(old_logp), mb.completion(adv), mb_mask,
             eps_low=g.eps_low, eps_high=g.eps_high, aggregation=g.aggregation,
-            ref_logp=None if ref_logp is None else ref_logp[mb], beta=beta, ratio_level=g.ratio_level,
+            ref_logp=None if ref_logp is None else mb.completion(ref_logp), beta=beta, ratio_level=g.ratio_level,
             max_completion_length=cfg.sampling.max_new_tokens, **totals)
         loss.backward()
         # loss and pg_loss already carry the whole batch's normaliser: they add up; the token means
         # (clip fractions, ratio, KL, entropy) are weighted by this micro-batch's share of tokens.
-        share = float(mask[mb].sum()) / totals["total_tokens"]
-        for k, v in {**m, "entropy": masked_mean(lp.entropy, mask[mb]), "loss": loss.detach()}.items():
+        share = float(mb_mask.sum()) / totals["total_tokens"]
+        for k, v in {**m, "entropy": masked_mean(lp.entropy, mb_mask), "loss": loss.detach()}.items():
             stats[k] = stats.get(k, 0.0) + float(v) * (1.0 if k in ("loss", "pg_loss") else share)
     params = [p for p in model.parameters() if p.requires_grad]
     stats = reduce_update_stats(stats, dist)

@@ -1,0 +1,157 @@
+"""Micro-batches by length (grpo.train.update.micro_batches): which rows go together, which columns they
+keep, and that the update they feed is the one a single unpadded-order forward gives.
+
+The batch: 4 prompts of different lengths x G=3, completions of lengths spread over 1..9 (T = 9), so
+that sorting and cutting matter.
+"""
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+import grpo.train.update as update
+from grpo.algorithm import policy_loss
+from grpo.config import TrainConfig, load_config
+from grpo.rollout.engine import Rollout
+from grpo.train.distributed import Dist
+from grpo.train.logprobs import completion_logprobs
+from grpo.train.update import logprobs_no_grad, micro_batches, update_policy
+from test_rollout import make_model
+
+G, T = 3, 9
+PROMPT_LENS = [4, 2, 6, 3]  # one per group
+LENGTHS = [3, 1, 2, 9, 8, 4, 5, 5, 5, 1, 7, 2]  # group longest: 3, 9, 5, 7
+
+
+def _batch(seed: int = 0) -> Rollout:
+    g = torch.Generator().manual_seed(seed)
+    prompt_len = torch.tensor(PROMPT_LENS).repeat_interleave(G)  # [N]
+    P = max(PROMPT_LENS)
+    prompt_mask = (torch.arange(P) >= P - prompt_len[:, None]).long()  # [N, P] left-padded
+    prompt_ids = torch.randint(3, 60, (len(PROMPT_LENS), P), generator=g).repeat_interleave(G, 0) * prompt_mask
+    lengths = torch.tensor(LENGTHS)
+    completion_mask = (torch.arange(T) < lengths[:, None]).long()  # [N, T]
+    completion_ids = torch.randint(3, 60, (len(LENGTHS), T), generator=g) * completion_mask
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated=lengths == T)
+
+
+def _rows(mbs) -> list[list[int]]:
+    return [mb.rows.tolist() for mb in mbs]
+
+
+def test_groups_stay_whole_and_go_in_order_of_their_longest_completion():
+    mbs = micro_batches(_batch(), size=G)
+    # groups 0..3 have longest completions 3, 9, 5, 7: order 0, 2, 3, 1; rows by length inside a group
+    assert _rows(mbs) == [[1, 2, 0], [6, 7, 8], [9, 11, 10], [5, 4, 3]]
+    assert [(mb.prompt_len, mb.completion_len) for mb in mbs] == [(4, 3), (6, 5), (3, 7), (2, 9)]
+    assert [mb.tokens for mb in mbs] == [3 * 7, 3 * 11, 3 * 10, 3 * 11]
+    assert sum(mb.tokens for mb in mbs) < 12 * (6 + 9)  # the padded batch: 180 tokens, now 117
+
+
+def test_every_row_once_and_a_micro_batch_keeps_the_columns_its_rows_use():
+    r = _batch()
+    for size, cap in [(1, None), (2, None), (4, None), (12, None), (12, 40), (6, 25), (12, 1)]:
+        mbs = micro_batches(r, size=size, max_tokens=cap)
+        rows = sorted(i for mb in mbs for i in mb.rows.tolist())
+        assert rows == list(range(12)), (size, cap)
+        for mb in mbs:
+            assert 1 <= len(mb.rows) <= size
+            assert mb.completion_len == max(LENGTHS[i] for i in mb.rows.tolist())
+            assert mb.prompt_len == max(PROMPT_LENS[i // G] for i in mb.rows.tolist())
+            assert cap is None or mb.tokens <= cap or len(mb.rows) == 1, (size, cap, mb)
+            # the columns cut away are padding only
+            assert int(mb.prompt(r.prompt_mask).sum()) == int(r.prompt_mask[mb.rows].sum())
+            assert int(mb.completion(r.completion_mask).sum()) == int(r.completion_mask[mb.rows].sum())
+            # rows of one prompt are consecutive: the forward can run each prompt once
+            groups = [i // G for i in mb.rows.tolist()]
+            assert all(groups.index(x) + groups.count(x) - 1 == len(groups) - 1 - groups[::-1].index(x)
+                       for x in set(groups))
+
+
+def test_a_token_cap_puts_long_completions_in_smaller_micro_batches():
+    mbs = micro_batches(_batch(), size=12, max_tokens=40)
+    assert _rows(mbs) == [[1, 2, 0], [6, 7, 8], [9, 11, 10, 5], [4, 3]]
+    assert [mb.tokens for mb in mbs] == [3 * (4 + 3), 3 * (6 + 5), 4 * (3 + 7), 2 * (2 + 9)]
+    # a cap under one row's size: that row alone
+    assert all(len(mb.rows) == 1 for mb in micro_batches(_batch(), size=12, max_tokens=1))
+
+
+def test_ranks_agree_on_the_number_of_micro_batches(monkeypatch):
+    """With a token cap a rank of short rows needs fewer micro-batches; FSDP runs collectives in every
+    forward and backward, so it halves its largest until it has as many as the rank that needs most."""
+    seen = []
+    monkeypatch.setattr(update, "all_min", lambda value, dist: seen.append(value) or -6)
+    mbs = micro_batches(_batch(), size=12, max_tokens=40, dist=Dist(0, 2))
+    assert seen == [-4]  # this rank needs 4 (the test above); another needs 6
+    assert _rows(mbs) == [[1, 2, 0], [6], [7, 8], [9, 11], [10, 5], [4, 3]]  # the 40, then the 33 halved
+    monkeypatch.setattr(update, "all_min", lambda value, dist: -13)
+    with pytest.raises(RuntimeError, match="cannot make the 13 micro-batches"):
+        micro_batches(_batch(), size=12, max_tokens=40, dist=Dist(0, 2))
+
+
+def _cfg(size: int, cap: int | None) -> TrainConfig:
+    return load_config(TrainConfig, None, [f"grpo.G={G}", "train.prompts_per_step=4", f"train.micro_batch_size={size}",
+                                           f"train.micro_batch_tokens={'null' if cap is None else cap}",
+                                           "grpo.beta=0.04", f"sampling.max_new_tokens={T}", "optim.grad_clip=0"])
+
+
+def _reference_step(model, r, adv, ref_logp, old_logp, cfg):
+    """The loss and gradients of one forward over the whole padded batch, in its own row order."""
+    model.zero_grad(set_to_none=True)
+    lp = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                             with_entropy=True)
+    mask = r.completion_mask
+    loss, _ = policy_loss(lp.logp, old_logp, adv, mask, eps_low=0.2, eps_high=None, aggregation=cfg.grpo.aggregation,
+                          ref_logp=ref_logp, beta=cfg.grpo.beta, max_completion_length=T,
+                          total_tokens=float(mask.sum()), total_sequences=float(mask.shape[0]))
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("size,cap", [(12, None), (3, None), (12, 40), (2, 25)])
+def test_the_update_equals_one_forward_over_the_padded_batch(size, cap):
+    """Whatever the split, the loss and every gradient are those of one forward over the whole padded batch, and logprobs_no_grad gives that forward's log-probs (0 past each row's end)."""
+    model = make_model("llama").double()
+    r = _batch()
+    g = torch.Generator().manual_seed(1)
+    adv = torch.randn(12, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        full = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask).logp
+    old_logp = (full + 0.2 * torch.randn(full.shape, generator=g, dtype=torch.float64)) * r.completion_mask
+    ref_logp = (full + 0.1 * torch.randn(full.shape, generator=g, dtype=torch.float64)) * r.completion_mask
+    cfg = _cfg(size, cap)
+    loss, grads = _reference_step(model, r, adv, ref_logp, old_logp, cfg)
+
+    nograd = logprobs_no_grad(model, r, cfg, nullcontext)
+    assert nograd.shape == (12, T)
+    torch.testing.assert_close(nograd, (full * r.completion_mask).float(), rtol=0, atol=1e-6)
+
+    calls = []
+    original = update.completion_logprobs
+    update.completion_logprobs = lambda *a, **k: calls.append(a[3].shape) or original(*a, **k)
+    try:
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # a step that changes nothing: gradients only
+        seen = {}
+        opt.step = lambda: seen.update({n: p.grad.clone() for n, p in model.named_parameters()})
+        out = update_policy(model, opt, r, adv, ref_logp, old_logp, cfg, nullcontext)
+    finally:
+        update.completion_logprobs = original
+    assert out.applied and out.stats["loss"] == pytest.approx(loss, rel=1e-10)
+    for n, grad in grads.items():
+        # float64, but Hugging Face's RMSNorm computes in float32: another split moves the last float64
+        # bits, which can flip a float32 rounding (measured: <= 6e-8 of the tensor's largest gradient)
+        scale = float(grad.abs().max())
+        torch.testing.assert_close(seen[n], grad, rtol=0, atol=1e-6 * scale, msg=lambda m: f"{n}: {m}")
+        assert scale > 1e-3, n  # every weight has a gradient to compare
+    assert len(calls) == len(micro_batches(r, size, cap))
+    slots = sum(rows * cols for rows, cols in calls)  # completion slots the forwards took
+    assert slots == 12 * T if len(calls) == 1 else slots < 12 * T
+
+
+def test_micro_batch_tokens_must_be_positive():
+    from grpo.errors import UserError
+
+    with pytest.raises(UserError, match="train.micro_batch_tokens must be a positive integer"):
+        _cfg(12, 0)
+    assert _cfg(12, None).train.micro_batch_tokens is None and _cfg(12, 64).train.micro_batch_tokens == 64
