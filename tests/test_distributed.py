@@ -30,7 +30,7 @@ from grpo.train.distributed import SINGLE, Dist, all_gather_objects, full_state_
 from grpo.train.update import micro_batches, update_policy
 
 P, G, T, STEPS = 4, 2, 6, 3
-BUDGET = 12  # padded tokens per micro-batch: rows x (longest prompt + longest completion)
+BUDGET = 14  # padded tokens per micro-batch: rows x (longest prompt + longest completion)
 
 
 def _config(aggregation: str, budget: int | None = None) -> TrainConfig:

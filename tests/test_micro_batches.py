@@ -42,10 +42,10 @@ def _rows(mbs) -> list[list[int]]:
 
 def test_groups_stay_whole_and_go_in_order_of_their_longest_completion():
     mbs = micro_batches(_batch(), size=G)
-    # groups 0..3 have longest completions 3, 9, 5, 7: order 0, 2, 3, 1; rows by length inside a group
-    assert _rows(mbs) == [[1, 2, 0], [6, 7, 8], [9, 11, 10], [5, 4, 3]]
-    assert [(mb.prompt_len, mb.completion_len) for mb in mbs] == [(4, 3), (6, 5), (3, 7), (2, 9)]
-    assert [mb.tokens for mb in mbs] == [3 * 7, 3 * 11, 3 * 10, 3 * 11]
+    # groups 0..3 have longest completions 3, 9, 5, 7: order 1, 3, 2, 0, longest first; inside a group too
+    assert _rows(mbs) == [[3, 4, 5], [10, 11, 9], [6, 7, 8], [0, 2, 1]]
+    assert [(mb.prompt_len, mb.completion_len) for mb in mbs] == [(2, 9), (3, 7), (6, 5), (4, 3)]
+    assert [mb.tokens for mb in mbs] == [3 * 11, 3 * 10, 3 * 11, 3 * 7]
     assert sum(mb.tokens for mb in mbs) < 12 * (6 + 9)  # the padded batch: 180 tokens, now 117
 
 
@@ -70,9 +70,9 @@ def test_every_row_once_and_a_micro_batch_keeps_the_columns_its_rows_use():
 
 
 def test_a_token_cap_puts_long_completions_in_smaller_micro_batches():
-    mbs = micro_batches(_batch(), size=12, max_tokens=40)
-    assert _rows(mbs) == [[1, 2, 0], [6, 7, 8], [9, 11, 10, 5], [4, 3]]
-    assert [mb.tokens for mb in mbs] == [3 * (4 + 3), 3 * (6 + 5), 4 * (3 + 7), 2 * (2 + 9)]
+    mbs = micro_batches(_batch(), size=12, max_tokens=32)
+    assert _rows(mbs) == [[3, 4], [5, 10, 11], [9, 6], [7, 8], [0, 2, 1]]
+    assert [mb.tokens for mb in mbs] == [2 * (2 + 9), 3 * (3 + 7), 2 * (6 + 5), 2 * (6 + 5), 3 * (4 + 3)]
     # a cap under one row's size: that row alone
     assert all(len(mb.rows) == 1 for mb in micro_batches(_batch(), size=12, max_tokens=1))
 
@@ -81,13 +81,13 @@ def test_ranks_agree_on_the_number_of_micro_batches(monkeypatch):
     """With a token cap a rank of short rows needs fewer micro-batches; FSDP runs collectives in every
     forward and backward, so it halves its largest until it has as many as the rank that needs most."""
     seen = []
-    monkeypatch.setattr(update, "all_min", lambda value, dist: seen.append(value) or -6)
-    mbs = micro_batches(_batch(), size=12, max_tokens=40, dist=Dist(0, 2))
-    assert seen == [-4]  # this rank needs 4 (the test above); another needs 6
-    assert _rows(mbs) == [[1, 2, 0], [6], [7, 8], [9, 11], [10, 5], [4, 3]]  # the 40, then the 33 halved
+    monkeypatch.setattr(update, "all_min", lambda value, dist: seen.append(value) or -7)
+    mbs = micro_batches(_batch(), size=12, max_tokens=32, dist=Dist(0, 2))
+    assert seen == [-5]  # this rank needs 5 (the test above); another needs 7
+    assert _rows(mbs) == [[3], [4], [5], [10, 11], [9, 6], [7, 8], [0, 2, 1]]  # the 30, then a 22 halved
     monkeypatch.setattr(update, "all_min", lambda value, dist: -13)
     with pytest.raises(RuntimeError, match="cannot make the 13 micro-batches"):
-        micro_batches(_batch(), size=12, max_tokens=40, dist=Dist(0, 2))
+        micro_batches(_batch(), size=12, max_tokens=32, dist=Dist(0, 2))
 
 
 def _cfg(size: int, cap: int | None) -> TrainConfig:

@@ -55,8 +55,10 @@ def micro_batches(r: Rollout, size: int, max_tokens: int | None = None, dist: Di
     many padded tokens, rows x (prompt + completion columns); a row longer than that goes alone).
 
     Rows are ordered by their group's longest completion, then by group (a run of rows with the same
-    prompt), then by length, and cut in that order: micro-batches of similar lengths, whose rows of one
-    prompt stay consecutive, so the forward still runs that prompt once. Each micro-batch keeps only
+    prompt), then by length, longest first, and cut in that order: micro-batches of similar lengths,
+    whose rows of one prompt stay consecutive, so the forward still runs that prompt once. Longest
+    first: the largest micro-batch comes first, so later ones fit in the memory it freed (the heap grows
+    less) and a batch too large for memory fails at once. Each micro-batch keeps only
     the columns its rows use. The split depends on the lengths only, so it is the same in every pass
     over a batch (reference, pi_old, update). With several processes and max_tokens, every rank makes
     the same number of micro-batches (FSDP's collectives run once per forward and backward): a rank
@@ -69,7 +71,7 @@ def micro_batches(r: Rollout, size: int, max_tokens: int | None = None, dist: Di
     longest = {}
     for g, n in zip(group, lens):
         longest[g] = max(longest.get(g, 0), n)
-    order = sorted(range(len(lens)), key=lambda i: (longest[group[i]], group[i], lens[i]))
+    order = sorted(range(len(lens)), key=lambda i: (-longest[group[i]], group[i], -lens[i]))  # longest first
     cuts, current, P, T = [], [], 1, 1  # P, T: the current micro-batch's longest prompt and completion
     for i in order:
         p, t = max(P, prompt_lens[i]), max(T, lens[i])
