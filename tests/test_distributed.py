@@ -259,6 +259,24 @@ def test_checkpoint_then_resume_under_torchrun_equals_the_straight_run(strategy,
     assert (out / "samples.jsonl").read_text() == (straight / "samples.jsonl").read_text()
 
 
+def test_a_ddp_checkpoint_resumes_under_fsdp(ddp_run, tmp_path):
+    """train.strategy may change on resume: a DDP checkpoint's numbered optimizer state goes into FSDP's
+    shards by parameter name. Step 2 under FSDP: the straight DDP run's samples and weights (to 1e-6, as
+    FSDP against DDP above), with Adam's moments carried over (a resume that drops them fails this test)."""
+    from safetensors.torch import load_file
+
+    out = _torchrun(tmp_path, "run", "train.steps=1", "train.save_every=1")
+    assert "optimizer" in torch.load(out / "checkpoints" / "step-000001" / "optimizer.pt", weights_only=True)
+    _torchrun(tmp_path, "run", "train.steps=2", "train.strategy=fsdp", resume=True)
+    a, b = load_file(ddp_run / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    assert (out / "samples.jsonl").read_text() == (ddp_run / "samples.jsonl").read_text()
+    optimizer = torch.load(out / "checkpoints" / "step-000002" / "optimizer.pt", weights_only=True)
+    assert {float(s["step"]) for s in optimizer["optimizer_by_name"]["state"].values()} == {2.0}
+
+
 def test_an_fsdp_checkpoint_resumes_in_one_process(tmp_path, monkeypatch):
     """The FSDP checkpoint holds whole weights and a name-keyed optimizer state: one process takes both."""
     from safetensors.torch import load_file

@@ -42,11 +42,15 @@ from grpo.train.distributed import SINGLE, Dist, Gathered, load_full_state, samp
 
 CHECKPOINTS = "checkpoints"
 # Keys whose value may change between a run and its resume without changing the training itself
-# (logging and checkpoint cadence, resources), or that extend it on purpose (train.steps).
+# (logging and checkpoint cadence, resources), or that extend it on purpose (train.steps). The
+# micro-batching, checkpointing and strategy keys change how an update is computed, not what it is
+# (the same sums, up to float rounding): a run that ran out of memory may resume with smaller
+# micro-batches, activation checkpointing or FSDP; a DDP checkpoint loads into FSDP shards and back.
 MAY_CHANGE_ON_RESUME = {
     "train.steps", "train.resume", "train.output_dir", "train.log_every", "train.eval_every",
     "train.sample_every", "train.save_every", "train.keep_checkpoints", "train.max_bad_steps",
     "train.threads", "rewards.workers", "rewards.timeout_s", "model.device",
+    "train.micro_batch_size", "train.micro_batch_tokens", "train.gradient_checkpointing", "train.strategy",
 }
 
 
@@ -267,6 +271,8 @@ def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Gen
         opt = torch.load(path / part, weights_only=True)
         if "optimizer_by_name" in opt:  # written under FSDP: loads into a sharded optimizer or a whole one
             load_full_state(model, optimizer, None, opt["optimizer_by_name"])
+        elif dist.fsdp:  # written by one process or DDP, resumed under FSDP: into the shards, by name
+            load_full_state(model, optimizer, None, _by_name(model, opt["optimizer"]))
         else:
             optimizer.load_state_dict(opt["optimizer"])
         scheduler.load_state_dict(opt["scheduler"])
@@ -290,6 +296,14 @@ def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Gen
         gen.manual_seed(sampling_seed(cfg.train.seed, dist) + 1_000_003 * state.step)
     random.setstate(_from_json_rng(rng["python"]))
     return state
+
+
+def _by_name(model, optim: dict) -> dict:
+    """An `optimizer.state_dict()` (parameters numbered in `make_optimizer`'s order: the model's trainable
+    parameters) keyed by parameter name instead, as torch.distributed.checkpoint's full state dict is."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    return {"state": {names[i]: s for i, s in optim["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in optim["param_groups"]]}
 
 
 def load_extra(path: Path) -> dict:
