@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from grpo.algorithm import gae, value_loss
-from grpo.algorithm.ppo import whiten
+from grpo.algorithm.ppo import masked_moments, whiten
 
 TOL = {torch.float64: {"atol": 1e-12, "rtol": 0.0}, torch.float32: {"atol": 1e-6, "rtol": 1e-6}}
 
@@ -124,3 +124,15 @@ def test_whiten_hand_example():
     torch.testing.assert_close(
         whiten(x, mask, shift_mean=False), torch.where(mask.bool(), expected + 2, 0.0), atol=1e-12, rtol=0
     )
+
+
+def test_whiten_with_given_moments_and_masked_moments():
+    # the moments of several processes' batches: whiten each part with those of the whole
+    x = torch.tensor([[1.0, 2.0], [3.0, 50.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    mean, var = masked_moments(x, mask)
+    assert (float(mean), float(var)) == (2.0, 1.0)
+    parts = [whiten(x[i:i + 1], mask[i:i + 1], moments=(2.0, 1.0)) for i in range(2)]
+    torch.testing.assert_close(torch.cat(parts), whiten(x, mask), atol=0, rtol=0)
+    assert float(whiten(x[:1], mask[:1])[0, 0]) == pytest.approx(-0.5 / math.sqrt(0.5 + 1e-8))  # its own: mean 1.5, var 0.5
+    assert masked_moments(torch.tensor([[4.0, 9.0]]), torch.tensor([[1, 0]])) == (4.0, 0.0)  # one value: var 0

@@ -93,6 +93,27 @@ def _train_fixed(model_dir, aggregation: str, dist: Dist, global_totals: bool = 
     return {k: v.detach().clone() for k, v in model.state_dict().items()}, stats
 
 
+def _ppo_fixed(model_dir, dist: Dist):
+    """PPO's critic on this rank's rows of the fixed batch: 2 rounds of advantages + value update;
+    (final value-model weights, [(this rank's advantages, kl_reward, value_loss)] per round)."""
+    from transformers import AutoModelForCausalLM
+
+    from grpo.train.ppo import Critic
+
+    torch.manual_seed(0)
+    cfg = _config("token_mean")
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    critic = Critic(policy, cfg, dist)
+    r, _, old_logp, ref_logp = _fixed_batch()
+    rows = my_rows(torch.arange(P * G), dist)
+    rewards = torch.linspace(0.0, 1.0, P * G)  # [N]
+    rounds = []
+    for _ in range(2):
+        batch = critic.advantages(r.select(rows), rewards[rows], old_logp[rows], ref_logp[rows], beta=0.04)
+        rounds.append((batch.advantages, batch.kl_reward, critic.update(r.select(rows), batch)["ppo/value_loss"]))
+    return {k: v.detach().clone() for k, v in critic.model.state_dict().items()}, rounds
+
+
 def _worker(rank: int, model_dir: str, store: str, out: str) -> None:
     import torch.distributed as td
 
@@ -106,6 +127,7 @@ def _worker(rank: int, model_dir: str, store: str, out: str) -> None:
         results["token_mean/local"] = _train_fixed(model_dir, "token_mean", dist, global_totals=False)
         results["token_mean/budget"] = _train_fixed(model_dir, "token_mean", dist, budget=BUDGET)
         results["token_mean/budget/fsdp"] = _train_fixed(model_dir, "token_mean", dist, budget=BUDGET, fsdp=True)
+        results["ppo"] = _ppo_fixed(model_dir, dist)
         mine = _fixed_batch()[0].select(my_rows(torch.arange(P * G), dist))
         results["micro_batches"] = all_gather_objects(len(micro_batches(mine, 2, BUDGET, dist)), dist)
         if rank == 0:
@@ -149,6 +171,38 @@ def test_two_ranks_equal_one_process_for_every_aggregation(tiny_dir, two_ranks):
             assert max(float((local[k] - weights_1[k]).abs().max()) for k in weights_1) > 1e-3
 
 
+def test_ppo_critic_on_two_ranks_equals_one_process(tiny_dir, two_ranks):
+    """algorithm=ppo under DDP: advantages whitened with the global batch's moments (rank 0's completions
+    are the shorter ones, so its own moments would differ), the KL reward and the value loss over the
+    global batch, and the value model's gradients summed over ranks: one process's numbers and weights."""
+    weights_1, rounds_1 = _ppo_fixed(tiny_dir, SINGLE)
+    weights_2, rounds_2 = two_ranks["ppo"]
+    rows = my_rows(torch.arange(P * G), Dist(0, 2))
+    for (adv_1, kl_1, loss_1), (adv_2, kl_2, loss_2) in zip(rounds_1, rounds_2):
+        torch.testing.assert_close(adv_2, adv_1[rows], rtol=0, atol=1e-5)
+        assert kl_2 == pytest.approx(kl_1, rel=1e-6) and loss_2 == pytest.approx(loss_1, rel=1e-5)
+        assert float(adv_1[rows].abs().max()) > 0.1 and kl_1 > 0 and loss_1 > 0
+    for k in weights_1:
+        torch.testing.assert_close(weights_2[k], weights_1[k], rtol=0, atol=1e-5, msg=k)
+    assert float((weights_1["head.weight"]).abs().max()) > 1e-4  # the zero-initialised head learned
+    from grpo.algorithm import whiten
+
+    local = whiten(rounds_1[0][0][rows], _fixed_batch()[0].completion_mask[rows])  # rank 0's own moments
+    assert float((local - rounds_1[0][0][rows]).abs().max()) > 1e-2
+
+
+def test_ppo_under_torchrun(tmp_path):
+    """`torchrun ... algorithm=ppo` (DDP) runs and logs the value loss; FSDP is refused with a reason."""
+    run = _torchrun(tmp_path, "ppo", "algorithm=ppo", "grpo.dynamic_sampling=false")
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "reward/mean" in x]
+    assert [x["step"] for x in steps] == [1, 2] and all(x["ppo/value_loss"] >= 0 for x in steps)
+    assert any(x["ppo/value_loss"] > 0 for x in steps)  # 0 where every reward and the KL are 0
+    assert (run / "final" / "model.safetensors").is_file()
+    err = _torchrun(tmp_path, "ppo-fsdp", "algorithm=ppo", "grpo.dynamic_sampling=false", "train.strategy=fsdp",
+                    refused=True)
+    assert "algorithm=ppo under torchrun needs train.strategy=ddp" in err
+
+
 def test_two_ranks_with_a_token_cap_equal_one_process_and_agree_on_micro_batches(tiny_dir, two_ranks):
     """train.micro_batch_tokens: rank 0's short rows fit in 3 micro-batches, rank 1's long ones need 4;
     rank 0 makes 4 too (FSDP runs collectives in every forward), and the steps are one process's."""
@@ -179,9 +233,10 @@ def some_flat(prompts, completions, completion_ids, **columns):
 """
 
 
-def _torchrun(tmp_path, name: str, *extra: str, resume: bool = False) -> Path:
+def _torchrun(tmp_path, name: str, *extra: str, resume: bool = False, refused: bool = False):
     """`torchrun --standalone --nproc_per_node 2 -m grpo train` on the tiny model (resume: `--resume` the
-    run of that name, with `extra` overrides); returns the run directory."""
+    run of that name, with `extra` overrides); returns the run directory (refused: the failed process's
+    stderr)."""
     reward = tmp_path / "some_flat.py"
     reward.write_text(SOME_FLAT)
     run = tmp_path / name
@@ -196,6 +251,9 @@ def _torchrun(tmp_path, name: str, *extra: str, resume: bool = False) -> Path:
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "grpo", "train", "--quiet", *args], env=env, capture_output=True, text=True,
                           timeout=300)
+    if refused:
+        assert proc.returncode != 0
+        return proc.stderr
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("held-out accuracy") == 1  # rank 0 alone prints
     return run

@@ -10,7 +10,7 @@ the PPO baseline's GAE and value loss live here too. docs/algorithm.md gives eve
     kl          kl_k1, kl_k2, kl_k3
     losses      policy_loss -> PolicyLossOutput, aggregate_loss, masked_mean
     overlong    soft_overlong_penalty, mask_truncated
-    ppo         gae -> GAEOutput, value_loss, whiten
+    ppo         gae -> GAEOutput, value_loss, whiten, masked_moments
     evaluation  pass_at_k, majority_vote
 """
 
@@ -26,7 +26,7 @@ from grpo.algorithm.evaluation import majority_vote, pass_at_k
 from grpo.algorithm.kl import kl_k1, kl_k2, kl_k3
 from grpo.algorithm.losses import AGGREGATIONS, PolicyLossOutput, aggregate_loss, masked_mean, policy_loss
 from grpo.algorithm.overlong import mask_truncated, soft_overlong_penalty
-from grpo.algorithm.ppo import GAEOutput, gae, value_loss, whiten
+from grpo.algorithm.ppo import GAEOutput, gae, masked_moments, value_loss, whiten
 
 __all__ = [
     "AGGREGATIONS",
@@ -43,6 +43,7 @@ __all__ = [
     "majority_vote",
     "mask_truncated",
     "masked_mean",
+    "masked_moments",
     "outcome_advantages",
     "pass_at_k",
     "policy_loss",

@@ -86,15 +86,32 @@ def value_loss(
     )
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / sqrt(var + eps) over the valid entries (unbiased var), 0 on padding.
+def masked_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, unbiased variance) of x over the entries where mask is set (0 and 0 with fewer than 2).
 
-    With shift_mean=False the mean is added back, so only the scale changes (used for rewards).
+    >>> masked_moments(torch.tensor([[1.0, 3.0, 9.0]]), torch.tensor([[1, 1, 0]]))
+    (tensor(2.), tensor(2.))
     """
     valid = mask.bool()  # [B, T]
     count = valid.sum()
     mean = torch.where(valid, x, 0.0).sum() / count.clamp(min=1)
     var = torch.where(valid, (x - mean) ** 2, 0.0).sum() / (count - 1).clamp(min=1)
+    return mean, var
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8,
+           moments: tuple[torch.Tensor | float, torch.Tensor | float] | None = None) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) over the valid entries (unbiased var), 0 on padding.
+
+    With shift_mean=False the mean is added back, so only the scale changes (used for rewards).
+    moments: (mean, var) computed elsewhere, e.g. over the batches of several processes
+    (`masked_moments` of their concatenation); None: those of x itself.
+    """
+    valid = mask.bool()  # [B, T]
+    if moments is None:
+        mean, var = masked_moments(x, mask)
+    else:
+        mean, var = (torch.as_tensor(m, dtype=x.dtype, device=x.device) for m in moments)
     scaled = (x - mean) * torch.rsqrt(var + eps)  # [B, T]
     if not shift_mean:
         scaled = scaled + mean

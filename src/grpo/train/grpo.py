@@ -201,9 +201,9 @@ def setup_run(cfg: TrainConfig) -> Run:
         # joined only now: once torch.distributed is up, transformers' save_pretrained writes on rank 0 only
         dist = init_distributed(cfg.model.device)
         check_divisible(cfg.train.prompts_per_step, dist)
-        if dist.world_size > 1 and cfg.algorithm == "ppo":
-            raise UserError("algorithm=ppo runs in one process (its value model is not synchronised across ranks); "
-                            "use torchrun with algorithm=grpo or rft")
+        if dist.world_size > 1 and cfg.algorithm == "ppo" and cfg.train.strategy == "fsdp":
+            raise UserError("algorithm=ppo under torchrun needs train.strategy=ddp (its value model is a whole copy "
+                            "on every rank, synchronised like DDP's)")
         broadcast_parameters(model, dist)
         task = load_task(cfg.data, tokenizer, cfg.train.seed)
         specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
@@ -219,7 +219,7 @@ def setup_run(cfg: TrainConfig) -> Run:
             if cfg.grpo.advantage == "process" else None
         # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
         ref = Reference(model) if cfg.grpo.beta > 0 and cfg.algorithm != "rft" else None
-        critic = Critic(model, cfg) if cfg.algorithm == "ppo" else None
+        critic = Critic(model, cfg, dist) if cfg.algorithm == "ppo" else None
         fingerprint = weights_fingerprint(model)  # of the whole initial weights, the same on every rank
         if cfg.train.gradient_checkpointing:  # the policy's update only: copies made above keep their activations
             enable_checkpointing(model)

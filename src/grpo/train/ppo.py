@@ -24,6 +24,7 @@ from torch import nn
 
 from grpo.algorithm import gae, value_loss, whiten
 from grpo.rollout.engine import Rollout
+from grpo.train.distributed import SINGLE, Dist, all_reduce_grads, all_sum
 from grpo.train.logprobs import position_ids_from_mask
 
 
@@ -70,11 +71,28 @@ class PPOBatch:
     kl_reward: float  # mean per-token KL penalty folded into the reward
 
 
-class Critic:
-    """The value model, its optimizer, and the PPO advantage computation."""
+def _global_moments(x: torch.Tensor, mask: torch.Tensor, dist: Dist) -> tuple[float, float] | None:
+    """(mean, unbiased variance) of x's valid entries over every rank's batch (None with one process:
+    `whiten` takes its own); float64 sums, two collectives."""
+    if not dist.enabled:
+        return None
+    valid = mask.bool()  # [N, T]
+    count, total = all_sum([float(valid.sum()), float(torch.where(valid, x, 0.0).sum())], dist)
+    mean = total / max(count, 1.0)
+    (squares,) = all_sum([float(torch.where(valid, (x - mean) ** 2, 0.0).sum())], dist)
+    return mean, squares / max(count - 1.0, 1.0)
 
-    def __init__(self, policy, cfg):
-        self.cfg = cfg.ppo
+
+class Critic:
+    """The value model, its optimizer, and the PPO advantage computation.
+
+    Under torchrun (DDP) every rank holds the same value model (built from the same broadcast policy,
+    zero head) and takes the same step: advantages are whitened with the global batch's moments, the
+    value loss is normalised by the global token count and its gradients summed over ranks, as the
+    policy's are (grpo.train.distributed)."""
+
+    def __init__(self, policy, cfg, dist: Dist = SINGLE):
+        self.cfg, self.dist = cfg.ppo, dist
         self.model = ValueModel(policy, shared=self.cfg.value_model == "head").to(next(policy.parameters()).device).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.value_lr, betas=(0.9, 0.99))
         self.micro = cfg.train.micro_batch_size
@@ -92,13 +110,14 @@ class Critic:
         token_rewards[torch.arange(len(last)), last] += score
         adv, returns = gae(token_rewards, values, mask, gamma=self.cfg.gamma, lam=self.cfg.lam)  # [N, T]
         if self.cfg.whiten:
-            adv = whiten(adv, mask)
-        return PPOBatch(adv, returns, values, float((kl * mask).sum() / mask.sum().clamp(min=1)))
+            adv = whiten(adv, mask, moments=_global_moments(adv, mask, self.dist))
+        kl_sum, tokens = all_sum([float((kl * mask).sum()), float(mask.sum())], self.dist)
+        return PPOBatch(adv, returns, values, kl_sum / max(tokens, 1.0))
 
     def update(self, r: Rollout, batch: PPOBatch) -> dict:
         """One optimizer step of the clipped value loss over the batch (micro-batched, summed exactly)."""
         mask = r.completion_mask
-        total = float(mask.sum().clamp(min=1))
+        total = max(all_sum([float(mask.sum())], self.dist)[0], 1.0)  # the global batch's tokens
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for i in range(0, mask.shape[0], self.micro):
@@ -108,6 +127,8 @@ class Critic:
                               total_tokens=total)
             loss.backward()
             loss_sum += float(loss.detach())
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        all_reduce_grads(params, self.dist)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         self.optimizer.step()
-        return {"ppo/value_loss": loss_sum}
+        return {"ppo/value_loss": all_sum([loss_sum], self.dist)[0]}
