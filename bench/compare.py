@@ -4,7 +4,7 @@
 Usage:
     python bench/compare.py OUT_DIR [--model MODEL_DIR] [--flops]
 
-Reads OUT_DIR/{trl,grpo,grpo_bf16}-N.json, prints for each side the median over repeats of: seconds
+Reads OUT_DIR/{trl,grpo,grpo_bf16,grpo_capped}-N.json, prints for each side the median over repeats of: seconds
 per step (each run's median after its first 2 steps), steps/s, generation seconds per step,
 generation tokens/s (valid completion tokens, EOS included, per second inside generation), completion
 tokens per step and peak RSS; then grpo / TRL ratios against the targets of the issue. With --flops
@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-SIDES = ("trl", "grpo", "grpo_bf16")
+SIDES = ("trl", "grpo", "grpo_bf16", "grpo_capped")
 
 
 def load(out: Path) -> dict[str, list[dict]]:
@@ -138,7 +138,7 @@ def main():
         print(f"{side:10} {s['sec_per_step']:8.3f} {s['steps_per_s']:8.2f} {s['gen_sec_per_step']:7.3f} "
               f"{s['gen_tok_per_s']:10.0f} {s['tokens_per_step']:9.0f} {s['peak_rss_mib']:8.0f}M")
     ratios = {}
-    for side in ("grpo", "grpo_bf16"):
+    for side in SIDES[1:]:
         if side in summary:
             s = summary[side]
             ratios[side] = {"steps_per_s_vs_trl": s["steps_per_s"] / trl["steps_per_s"],

@@ -8,7 +8,8 @@
 #
 # Env: GC (1: both sides with activation checkpointing: TRL's --gradient-checkpointing, grpo's
 # train.gradient_checkpointing; default 0, as in the peer harness), REPEATS (tiny 3, 25m 2), STEPS
-# (tiny 20, 25m 8), PROMPTS (prompts per step), BF16 (1: also run
+# (tiny 20, 25m 8), PROMPTS (prompts per step), MBT (also run grpo with train.micro_batch_tokens=MBT: the
+# update in micro-batches of at most MBT padded tokens, longest first; TRL's side stays one forward), BF16 (1: also run
 # grpo with model.dtype=bfloat16; default 1 for tiny, 0 for 25m, since a CPU without AVX512-BF16/AMX runs
 # bf16 matmuls ~100x slower than fp32 and a 25M run would take hours), PEERS (the peer harness; default ../shared/peers beside the repo),
 # VENV (TRL's virtual environment, made on first use), OUT (.peers/bench/SIZE, or SIZE-gc), QUIET_LOAD / QUIET_WAIT
@@ -74,11 +75,14 @@ for i in $(seq 1 "$REPEATS"); do
     $GC_FLAG --output-dir "$OUT/runs/trl-$i" --json-out "$OUT/trl-$i.json" > "$OUT/trl-$i.log" 2>&1 \
     || { echo "TRL run $i failed, see $OUT/trl-$i.log" >&2; exit 1; }
   echo "run $i  trl        $(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['sec_per_step_median_after_2'], 's/step', d['peak_rss_mb'], 'MiB')" "$OUT/trl-$i.json")"
-  for dtype in float32 $([ "$BF16" = 1 ] && echo bfloat16); do
-    tag=grpo; [ "$dtype" = bfloat16 ] && tag=grpo_bf16
+  for variant in float32 $([ "$BF16" = 1 ] && echo bfloat16) $([ -n "$MBT" ] && echo capped); do
+    tag=grpo dtype=float32 extra=""
+    [ "$variant" = bfloat16 ] && tag=grpo_bf16 dtype=bfloat16
+    [ "$variant" = capped ] && tag=grpo_capped extra="--micro-batch-tokens $MBT"
     wait_quiet
+    # shellcheck disable=SC2086
     "$PY" "$HERE/bench_grpo.py" "$MODEL" --max-steps "$STEPS" --prompts-per-step "$PROMPTS" --G $G \
-      --max-new-tokens $TOKENS --dtype $dtype $GC_FLAG --output-dir "$OUT/runs/$tag-$i" --json-out "$OUT/$tag-$i.json" \
+      --max-new-tokens $TOKENS --dtype $dtype $GC_FLAG $extra --output-dir "$OUT/runs/$tag-$i" --json-out "$OUT/$tag-$i.json" \
       > "$OUT/$tag-$i.log" 2>&1 || { echo "grpo run $i failed, see $OUT/$tag-$i.log" >&2; exit 1; }
     echo "run $i  $(printf %-10s $tag) $(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['sec_per_step_median_after_2'], 's/step', d['peak_rss_mb'], 'MiB')" "$OUT/$tag-$i.json")"
   done
