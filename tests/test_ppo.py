@@ -72,3 +72,27 @@ def test_value_head_on_the_policy_trains_only_the_head_and_leaves_the_policy_alo
         losses.append(critic.update(r, batch)["ppo/value_loss"])
     assert losses[-1] < 0.5 * losses[0]
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
+
+
+def test_micro_batches_give_the_critic_the_same_values_and_steps():
+    """The value model runs the policy's micro-batches (by length, cut to their columns, capped by
+    train.micro_batch_tokens): values, value losses and weights do not depend on the split."""
+    r, zeros = _rollout(), torch.zeros(2, 3)
+    runs = []
+    for size, cap in [(2, None), (1, None), (2, 4)]:  # one forward; a row each; a cap under one row's 5 tokens
+        critic = _critic(value_clip=10.0, value_lr=3e-3)
+        critic.micro, critic.micro_tokens = size, cap
+        rounds = []
+        for _ in range(2):  # the second round's values come from a trained head
+            batch = critic.advantages(r, torch.tensor([1.0, -1.0]), zeros, zeros, beta=0.0)
+            rounds.append((batch.old_values, batch.advantages, critic.update(r, batch)["ppo/value_loss"]))
+        runs.append((rounds, critic.model.state_dict()))
+    (rounds_1, weights_1), others = runs[0], runs[1:]
+    assert float(rounds_1[1][0].abs().max()) > 1e-3 and float(rounds_1[1][0][1, 2]) == 0.0  # 0 past the end
+    for rounds, weights in others:
+        for (v1, a1, l1), (v2, a2, l2) in zip(rounds_1, rounds):
+            torch.testing.assert_close(v2, v1, rtol=0, atol=1e-6)
+            torch.testing.assert_close(a2, a1, rtol=0, atol=1e-5)
+            assert abs(l2 - l1) < 1e-6 * max(1.0, abs(l1))
+        for k in weights_1:
+            torch.testing.assert_close(weights[k], weights_1[k], rtol=0, atol=1e-6)

@@ -26,6 +26,7 @@ from grpo.algorithm import gae, value_loss, whiten
 from grpo.rollout.engine import Rollout
 from grpo.train.distributed import SINGLE, Dist, all_reduce_grads, all_sum
 from grpo.train.logprobs import position_ids_from_mask
+from grpo.train.update import MicroBatch, micro_batches
 
 
 class ValueModel(nn.Module):
@@ -71,6 +72,12 @@ class PPOBatch:
     kl_reward: float  # mean per-token KL penalty folded into the reward
 
 
+def _part(r: Rollout, mb: MicroBatch) -> Rollout:
+    """The rows and columns of `r` that micro-batch `mb` takes."""
+    return Rollout(mb.prompt(r.prompt_ids), mb.prompt(r.prompt_mask), mb.completion(r.completion_ids),
+                   mb.completion(r.completion_mask), r.truncated[mb.rows])
+
+
 def _global_moments(x: torch.Tensor, mask: torch.Tensor, dist: Dist) -> tuple[float, float] | None:
     """(mean, unbiased variance) of x's valid entries over every rank's batch (None with one process:
     `whiten` takes its own); float64 sums, two collectives."""
@@ -95,14 +102,15 @@ class Critic:
         self.cfg, self.dist = cfg.ppo, dist
         self.model = ValueModel(policy, shared=self.cfg.value_model == "head").to(next(policy.parameters()).device).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.value_lr, betas=(0.9, 0.99))
-        self.micro = cfg.train.micro_batch_size
+        self.micro, self.micro_tokens = cfg.train.micro_batch_size, cfg.train.micro_batch_tokens
 
     @torch.no_grad()
     def advantages(self, r: Rollout, rewards: torch.Tensor, old_logp: torch.Tensor,
                    ref_logp: torch.Tensor | None, beta: float) -> PPOBatch:
         mask = r.completion_mask  # [N, T]
-        values = torch.cat([self.model(r.select(torch.arange(i, min(i + self.micro, mask.shape[0]))))
-                            for i in range(0, mask.shape[0], self.micro)])  # [N, T]
+        values = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # [N, T], 0 past each end
+        for mb in micro_batches(r, self.micro, self.micro_tokens, self.dist):  # as the policy's passes
+            values[mb.rows, :mb.completion_len] = self.model(_part(r, mb)) * mb.completion(mask)
         kl = (old_logp - ref_logp) * mask if ref_logp is not None else torch.zeros_like(values)  # [N, T] k1
         token_rewards = -beta * kl  # [N, T]
         last = (mask.sum(-1) - 1).clamp(min=0)  # [N] index of each completion's last token
@@ -120,11 +128,10 @@ class Critic:
         total = max(all_sum([float(mask.sum())], self.dist)[0], 1.0)  # the global batch's tokens
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for i in range(0, mask.shape[0], self.micro):
-            rows = torch.arange(i, min(i + self.micro, mask.shape[0]))
-            v = self.model(r.select(rows))  # [n, T]
-            loss = value_loss(v, batch.old_values[rows], batch.returns[rows], mask[rows], self.cfg.value_clip,
-                              total_tokens=total)
+        for mb in micro_batches(r, self.micro, self.micro_tokens, self.dist):
+            v = self.model(_part(r, mb))  # [n, t]
+            loss = value_loss(v, mb.completion(batch.old_values), mb.completion(batch.returns), mb.completion(mask),
+                              self.cfg.value_clip, total_tokens=total)
             loss.backward()
             loss_sum += float(loss.detach())
         params = [p for p in self.model.parameters() if p.requires_grad]
