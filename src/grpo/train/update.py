@@ -48,8 +48,6 @@ class MicroBatch(NamedTuple):
         return len(self.rows) * (self.prompt_len + self.completion_len)
 
 
-
-
 def micro_batches(r: Rollout, size: int, max_tokens: int | None = None, dist: Dist = SINGLE) -> list[MicroBatch]:
     """Split the batch `r` into micro-batches of at most `size` rows (and, with max_tokens, at most that
     many padded tokens, rows x (prompt + completion columns); a row longer than that goes alone).
@@ -58,11 +56,11 @@ def micro_batches(r: Rollout, size: int, max_tokens: int | None = None, dist: Di
     prompt), then by length, longest first, and cut in that order: micro-batches of similar lengths,
     whose rows of one prompt stay consecutive, so the forward still runs that prompt once. Longest
     first: the largest micro-batch comes first, so later ones fit in the memory it freed (the heap grows
-    less) and a batch too large for memory fails at once. Each micro-batch keeps only
-    the columns its rows use. The split depends on the lengths only, so it is the same in every pass
-    over a batch (reference, pi_old, update). With several processes and max_tokens, every rank makes
-    the same number of micro-batches (FSDP's collectives run once per forward and backward): a rank
-    with fewer halves its largest until the counts agree.
+    less) and a batch too large for memory fails at once. Each micro-batch keeps only the columns its
+    rows use. The split depends on the lengths only, so it is the same in every pass over a batch
+    (reference, pi_old, update). With several processes and max_tokens, every rank makes the same
+    number of micro-batches (FSDP's collectives run once per forward and backward): a rank with fewer
+    halves its largest until the counts agree.
     """
     lens = r.completion_mask.sum(1).tolist()  # [N]
     prompt_lens = r.prompt_mask.sum(1).tolist()  # [N]
