@@ -259,9 +259,14 @@ def test_sft_bad_dataset_writes_nothing(name, tiny, tmp_path, capfd):
     assert not (tmp_path / "run").exists()
 
 
-def test_sft_bad_config(tmp_path, capfd):
-    line = run_cli(["sft", "-q", f"sft.output_dir={tmp_path}/run", "sft.batch_size=0"], capfd)
-    assert_names(line, ["sft.batch_size must be a positive integer, got 0"])
+@pytest.mark.parametrize("override,expected", [
+    ("sft.batch_size=0", "sft.batch_size must be a positive integer, got 0"),
+    ("sft.micro_batch_size=0", "sft.micro_batch_size must be a positive integer (or null), got 0"),
+    ("sft.micro_batch_tokens=-8", "sft.micro_batch_tokens must be a positive integer (or null), got -8"),
+])
+def test_sft_bad_config(override, expected, tmp_path, capfd):
+    line = run_cli(["sft", "-q", f"sft.output_dir={tmp_path}/run", override], capfd)
+    assert_names(line, [expected])
     assert not (tmp_path / "run").exists()
 
 

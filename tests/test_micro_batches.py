@@ -157,3 +157,26 @@ def test_micro_batch_tokens_must_be_positive():
     with pytest.raises(UserError, match="train.micro_batch_tokens must be a positive integer"):
         _cfg(12, 0)
     assert _cfg(12, None).train.micro_batch_tokens is None and _cfg(12, 64).train.micro_batch_tokens == 64
+
+
+@pytest.mark.parametrize("size,cap", [(None, None), (2, None), (12, 30)])
+def test_sft_micro_batches_give_the_whole_batch_loss_and_gradients(size, cap):
+    """`grpo sft` with sft.micro_batch_size / sft.micro_batch_tokens: the mean target NLL and its
+    gradients of one forward over the batch, whatever the split."""
+    from types import SimpleNamespace
+
+    from grpo.train.sft import _accumulate_nll
+
+    model = make_model("llama").double()
+    r = _batch(seed=3)
+    full = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask).logp
+    expected = -(full * r.completion_mask).sum() / r.completion_mask.sum()
+    model.zero_grad(set_to_none=True)
+    expected.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss = _accumulate_nll(model, r, SimpleNamespace(micro_batch_size=size, micro_batch_tokens=cap), nullcontext, opt)
+    assert loss == pytest.approx(float(expected.detach()), rel=1e-6)
+    for n, p in model.named_parameters():
+        scale = float(grads[n].abs().max())
+        torch.testing.assert_close(p.grad, grads[n], rtol=0, atol=1e-6 * scale, msg=lambda m: f"{n}: {m}")

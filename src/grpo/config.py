@@ -342,6 +342,11 @@ class SFTLoopConfig:
     """Upper bound on optimizer steps; training stops earlier once held-out accuracy plateaus."""
     batch_size: int = 64
     """(prompt, target) pairs per step."""
+    micro_batch_size: int | None = None
+    """Pairs per forward/backward (gradient accumulation, summed exactly; null: the whole batch at once).
+    Micro-batches group pairs of similar length and keep only the columns they use (as `train`'s)."""
+    micro_batch_tokens: int | None = None
+    """Also cap a forward/backward at this many padded tokens (null: no cap), as train.micro_batch_tokens."""
     eval_every: int = 50
     """Held-out greedy accuracy every this many steps."""
     patience: int = 4
@@ -372,6 +377,10 @@ class SFTConfig:
 
     def validate(self) -> None:
         _positive(self, ["sft.max_steps", "sft.batch_size", "sft.eval_every", "sft.patience"])
+        for name in ("micro_batch_size", "micro_batch_tokens"):
+            value = getattr(self.sft, name)
+            if value is not None and (isinstance(value, bool) or value <= 0):
+                raise UserError(f"sft.{name} must be a positive integer (or null), got {value}")
         _check_tensorboard(self.sft.tensorboard, "sft.tensorboard")
 
 

@@ -33,7 +33,9 @@ from grpo.train.common import (
     save_model,
     seed_everything,
 )
+from grpo.rollout.engine import Rollout
 from grpo.train.logprobs import completion_logprobs
+from grpo.train.update import micro_batches
 
 
 @dataclass
@@ -58,6 +60,23 @@ def encode_pairs(tokenizer, prompts: list[str], targets: list[str]):
         c_ids[i, :len(ids)] = torch.tensor(ids)
         c_mask[i, :len(ids)] = 1
     return p_ids, p_mask, c_ids, c_mask
+
+
+def _accumulate_nll(model, r: Rollout, s, ctx, optimizer) -> float:
+    """Gradients of the mean NLL of the target tokens of batch `r`, micro-batched (s.micro_batch_size
+    pairs, at most s.micro_batch_tokens padded tokens; the whole batch at once by default) and summed
+    exactly: each micro-batch's sum is divided by the whole batch's token count. Returns the loss."""
+    total = float(r.completion_mask.sum())
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    for mb in micro_batches(r, s.micro_batch_size or r.completion_ids.shape[0], s.micro_batch_tokens):
+        with ctx():
+            logp = completion_logprobs(model, mb.prompt(r.prompt_ids), mb.prompt(r.prompt_mask),
+                                       mb.completion(r.completion_ids), mb.completion(r.completion_mask)).logp
+        loss = -(logp.float() * mb.completion(r.completion_mask)).sum() / total  # [n, t] -> its share
+        loss.backward()
+        loss_sum += float(loss.detach())
+    return loss_sum
 
 
 def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
@@ -90,16 +109,13 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
         batch = [t.to(device) for t in encode_pairs(tokenizer, [r["prompt"] for r in rows],
                                                     [r[s.target_column] for r in rows])]
         model.train()
-        with autocast(cfg.model, device):
-            logp = completion_logprobs(model, *batch).logp.float()  # [B, T]
-        loss = -(logp * batch[3]).sum() / batch[3].sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = _accumulate_nll(model, Rollout(*batch, truncated=torch.zeros(len(rows), dtype=torch.bool, device=device)), s,
+                               lambda: autocast(cfg.model, device), optimizer)
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         scheduler.step()
-        record = {"step": step, "loss": float(loss.detach()), "lr": scheduler.get_last_lr()[0]}
+        record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
         if step % s.eval_every == 0 or step == s.max_steps:
             acc, _ = evaluate_accuracy(engine, tokenizer, task.heldout, checker, cfg.sampling.max_new_tokens)
             record["eval/accuracy"] = acc
@@ -107,7 +123,7 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
                 best, evals_since_best = (acc, step, copy.deepcopy(model.state_dict())), 0
             else:
                 evals_since_best += 1
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", acc=f"{acc:.3f}", best=f"{best[0]:.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", best=f"{best[0]:.3f}")
         log.write(record)
         history.append(record)
         if evals_since_best >= s.patience:

@@ -57,8 +57,8 @@ def micro_batches(r: Rollout, size: int, max_tokens: int | None = None, dist: Di
     whose rows of one prompt stay consecutive, so the forward still runs that prompt once. Longest
     first: the largest micro-batch comes first, so later ones fit in the memory it freed (the heap grows
     less) and a batch too large for memory fails at once. Each micro-batch keeps only the columns its
-    rows use. The split depends on the lengths only, so it is the same in every pass over a batch
-    (reference, pi_old, update). With several processes and max_tokens, every rank makes the same
+    rows use; a batch that fits in one micro-batch keeps its own row order. The split depends on the
+    lengths only, so it is the same in every pass over a batch (reference, pi_old, update). With several processes and max_tokens, every rank makes the same
     number of micro-batches (FSDP's collectives run once per forward and backward): a rank with fewer
     halves its largest until the counts agree.
     """
@@ -80,6 +80,8 @@ def micro_batches(r: Rollout, size: int, max_tokens: int | None = None, dist: Di
         P, T = p, t
     if current:
         cuts.append(current)
+    if len(cuts) == 1:
+        cuts = [sorted(cuts[0])]  # one forward over the whole batch: its rows in their own order
     if max_tokens is not None and dist.enabled:
         wanted = -all_min(-len(cuts), dist)
         while len(cuts) < wanted:
