@@ -75,7 +75,7 @@ for i in $(seq 1 "$REPEATS"); do
     $GC_FLAG --output-dir "$OUT/runs/trl-$i" --json-out "$OUT/trl-$i.json" > "$OUT/trl-$i.log" 2>&1 \
     || { echo "TRL run $i failed, see $OUT/trl-$i.log" >&2; exit 1; }
   echo "run $i  trl        $(python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(d['sec_per_step_median_after_2'], 's/step', d['peak_rss_mb'], 'MiB')" "$OUT/trl-$i.json")"
-  for variant in float32 $([ "$BF16" = 1 ] && echo bfloat16) $([ -n "$MBT" ] && echo capped); do
+  for variant in float32 $([ "$BF16" = 1 ] && echo bfloat16) $([ -n "${MBT:-}" ] && echo capped); do
     tag=grpo dtype=float32 extra=""
     [ "$variant" = bfloat16 ] && tag=grpo_bf16 dtype=bfloat16
     [ "$variant" = capped ] && tag=grpo_capped extra="--micro-batch-tokens $MBT"
