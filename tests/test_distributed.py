@@ -191,16 +191,27 @@ def test_ppo_critic_on_two_ranks_equals_one_process(tiny_dir, two_ranks):
     assert float((local - rounds_1[0][0][rows]).abs().max()) > 1e-2
 
 
-def test_ppo_under_torchrun(tmp_path):
-    """`torchrun ... algorithm=ppo` (DDP) runs and logs the value loss; FSDP is refused with a reason."""
-    run = _torchrun(tmp_path, "ppo", "algorithm=ppo", "grpo.dynamic_sampling=false")
-    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "reward/mean" in x]
-    assert [x["step"] for x in steps] == [1, 2] and all(x["ppo/value_loss"] >= 0 for x in steps)
-    assert any(x["ppo/value_loss"] > 0 for x in steps)  # 0 where every reward and the KL are 0
-    assert (run / "final" / "model.safetensors").is_file()
-    err = _torchrun(tmp_path, "ppo-fsdp", "algorithm=ppo", "grpo.dynamic_sampling=false", "train.strategy=fsdp",
-                    refused=True)
-    assert "algorithm=ppo under torchrun needs train.strategy=ddp" in err
+def test_ppo_under_torchrun_ddp_and_fsdp(tmp_path):
+    """`torchrun ... algorithm=ppo` runs and logs the value loss; under FSDP (the policy sharded, the value
+    model a whole copy per rank) it takes DDP's steps: same samples and value losses, policy weights to
+    1e-6. A value head on the policy's sharded body is refused with the reason."""
+    from safetensors.torch import load_file
+
+    ppo = ("algorithm=ppo", "grpo.dynamic_sampling=false")
+    ddp, fsdp = _torchrun(tmp_path, "ppo", *ppo), _torchrun(tmp_path, "ppo-fsdp", *ppo, "train.strategy=fsdp")
+    losses = {}
+    for name, run in (("ddp", ddp), ("fsdp", fsdp)):
+        steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "reward/mean" in x]
+        assert [x["step"] for x in steps] == [1, 2] and all(x["ppo/value_loss"] >= 0 for x in steps)
+        losses[name] = [x["ppo/value_loss"] for x in steps]
+    assert any(v > 0 for v in losses["ddp"])  # 0 where every reward and the KL are 0
+    assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-5)
+    assert (fsdp / "samples.jsonl").read_text() == (ddp / "samples.jsonl").read_text()
+    a, b = load_file(ddp / "final" / "model.safetensors"), load_file(fsdp / "final" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    err = _torchrun(tmp_path, "ppo-head", *ppo, "train.strategy=fsdp", "ppo.value_model=head", refused=True)
+    assert "ppo.value_model=head cannot run under train.strategy=fsdp" in err
 
 
 def test_two_ranks_with_a_token_cap_equal_one_process_and_agree_on_micro_batches(tiny_dir, two_ranks):

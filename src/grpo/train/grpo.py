@@ -201,9 +201,10 @@ def setup_run(cfg: TrainConfig) -> Run:
         # joined only now: once torch.distributed is up, transformers' save_pretrained writes on rank 0 only
         dist = init_distributed(cfg.model.device)
         check_divisible(cfg.train.prompts_per_step, dist)
-        if dist.world_size > 1 and cfg.algorithm == "ppo" and cfg.train.strategy == "fsdp":
-            raise UserError("algorithm=ppo under torchrun needs train.strategy=ddp (its value model is a whole copy "
-                            "on every rank, synchronised like DDP's)")
+        if dist.world_size > 1 and cfg.algorithm == "ppo" and cfg.train.strategy == "fsdp" and cfg.ppo.value_model == "head":
+            raise UserError("algorithm=ppo with ppo.value_model=head cannot run under train.strategy=fsdp (the head "
+                            "reads the policy's sharded body outside the policy's forward); use ppo.value_model=copy "
+                            "or train.strategy=ddp")
         broadcast_parameters(model, dist)
         task = load_task(cfg.data, tokenizer, cfg.train.seed)
         specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
