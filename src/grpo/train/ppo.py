@@ -24,9 +24,9 @@ from torch import nn
 
 from grpo.algorithm import gae, value_loss, whiten
 from grpo.rollout.engine import Rollout
-from grpo.train.distributed import SINGLE, Dist, all_reduce_grads, all_sum
+from grpo.train.distributed import SINGLE, Dist, all_reduce_grads, all_sum, global_totals
 from grpo.train.logprobs import position_ids_from_mask
-from grpo.train.update import MicroBatch, micro_batches
+from grpo.train.update import micro_batches
 
 
 class ValueModel(nn.Module):
@@ -72,12 +72,6 @@ class PPOBatch:
     kl_reward: float  # mean per-token KL penalty folded into the reward
 
 
-def _part(r: Rollout, mb: MicroBatch) -> Rollout:
-    """The rows and columns of `r` that micro-batch `mb` takes."""
-    return Rollout(mb.prompt(r.prompt_ids), mb.prompt(r.prompt_mask), mb.completion(r.completion_ids),
-                   mb.completion(r.completion_mask), r.truncated[mb.rows])
-
-
 def _global_moments(x: torch.Tensor, mask: torch.Tensor, dist: Dist) -> tuple[float, float] | None:
     """(mean, unbiased variance) of x's valid entries over every rank's batch (None with one process:
     `whiten` takes its own); float64 sums, two collectives."""
@@ -110,7 +104,7 @@ class Critic:
         mask = r.completion_mask  # [N, T]
         values = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # [N, T], 0 past each end
         for mb in micro_batches(r, self.micro, self.micro_tokens, self.dist):  # as the policy's passes
-            values[mb.rows, :mb.completion_len] = self.model(_part(r, mb)) * mb.completion(mask)
+            values[mb.rows, :mb.completion_len] = self.model(mb.select(r)) * mb.completion(mask)
         kl = (old_logp - ref_logp) * mask if ref_logp is not None else torch.zeros_like(values)  # [N, T] k1
         token_rewards = -beta * kl  # [N, T]
         last = (mask.sum(-1) - 1).clamp(min=0)  # [N] index of each completion's last token
@@ -125,11 +119,11 @@ class Critic:
     def update(self, r: Rollout, batch: PPOBatch) -> dict:
         """One optimizer step of the clipped value loss over the batch (micro-batched, summed exactly)."""
         mask = r.completion_mask
-        total = max(all_sum([float(mask.sum())], self.dist)[0], 1.0)  # the global batch's tokens
+        total = global_totals(mask, self.dist)["total_tokens"]  # the global batch's, as the policy loss's
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for mb in micro_batches(r, self.micro, self.micro_tokens, self.dist):
-            v = self.model(_part(r, mb))  # [n, t]
+            v = self.model(mb.select(r))  # [n, t]
             loss = value_loss(v, mb.completion(batch.old_values), mb.completion(batch.returns), mb.completion(mask),
                               self.cfg.value_clip, total_tokens=total)
             loss.backward()

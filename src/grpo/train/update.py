@@ -42,6 +42,11 @@ class MicroBatch(NamedTuple):
         """x [N, T] (or [N]: rows only) cut to this micro-batch."""
         return x[self.rows] if x.dim() == 1 else x[self.rows, :self.completion_len]
 
+    def select(self, r: Rollout) -> Rollout:
+        """The rows and columns of `r` this micro-batch takes."""
+        return Rollout(self.prompt(r.prompt_ids), self.prompt(r.prompt_mask), self.completion(r.completion_ids),
+                       self.completion(r.completion_mask), r.truncated[self.rows])
+
     @property
     def tokens(self) -> int:
         """Padded tokens of the micro-batch: rows x (prompt + completion columns)."""
