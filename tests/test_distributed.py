@@ -115,8 +115,13 @@ def _ppo_fixed(model_dir, dist: Dist):
 
 
 def _worker(rank: int, model_dir: str, store: str, out: str) -> None:
-    import torch.distributed as td
+    import faulthandler
 
+    import torch.distributed as td
+    from transformers.utils import logging
+
+    faulthandler.enable()  # a crash prints where it happened, not only "terminated with signal ..."
+    logging.disable_progress_bar()  # ... and is not buried under 14 loading bars in the captured stderr
     torch.set_num_threads(1)
     # a collective that one rank never joins fails after a minute instead of hanging the suite
     td.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
@@ -132,8 +137,14 @@ def _worker(rank: int, model_dir: str, store: str, out: str) -> None:
         results["micro_batches"] = all_gather_objects(len(micro_batches(mine, 2, BUDGET, dist)), dist)
         if rank == 0:
             torch.save(results, out)
+        td.barrier()  # neither rank leaves while the other still talks to it
     finally:
         td.destroy_process_group()
+    # fully_shard's DTensors leave torch's sharding caches holding the device mesh, and through it the gloo
+    # process group, after destroy_process_group: its threads then raced the interpreter's teardown (SIGABRT
+    # "terminate called without an active exception", or SIGSEGV, in ~1 run of 20, after both ranks had
+    # returned; CI failed on it once). The results are saved: leave without that teardown.
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")
