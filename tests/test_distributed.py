@@ -142,7 +142,7 @@ def _worker(rank: int, model_dir: str, store: str, out: str) -> None:
         td.destroy_process_group()
     # fully_shard's DTensors leave torch's sharding caches holding the device mesh, and through it the gloo
     # process group, after destroy_process_group: its threads then raced the interpreter's teardown (SIGABRT
-    # "terminate called without an active exception", or SIGSEGV, in ~1 run of 20, after both ranks had
+    # "terminate called without an active exception", or SIGSEGV: 2 runs of 112 here, after both ranks had
     # returned; CI failed on it once). The results are saved: leave without that teardown.
     os._exit(0)
 
