@@ -281,6 +281,19 @@ def _torchrun(tmp_path, name: str, *extra: str, resume: bool = False, refused: b
     return run
 
 
+def test_a_torchrun_rank_exits_with_its_status_and_its_output():
+    """Under WORLD_SIZE > 1, `python -m grpo` leaves through os._exit once done (`grpo.cli.entry`: a
+    sharded run's process group outlives destroy_process_group and crashed the interpreter's teardown):
+    what it printed still arrives, piped, and its exit status is main's, 0 or 2."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # piped stdout block-buffered, as usual
+    env.update(PYTHONPATH=str(Path(__file__).parents[1] / "src"), WORLD_SIZE="2")
+    plan = [sys.executable, "-m", "grpo", "plan", "--params", "1M", "--layers", "2", "--hidden", "64", "--vocab", "100"]
+    ok = subprocess.run(plan, env=env, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout.rstrip().splitlines()[-1].startswith("TOTAL"), ok.stderr[-2000:]
+    bad = subprocess.run([*plan[:4], "--model", "no-such-model"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("grpo: error: --model"), bad.stderr[-2000:]
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
     return _torchrun(tmp_path_factory.mktemp("torchrun"), "ddp")

@@ -1,5 +1,3 @@
-import sys
+from grpo.cli import entry
 
-from grpo.cli import main
-
-sys.exit(main())
+entry()
