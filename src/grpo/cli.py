@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="continue the run in DIR from its newest checkpoint (its config.yaml is the config)")
         sp.set_defaults(fn=fn)
     from grpo.evaluate import build_eval_parser
-    from grpo.plan import build_plan_parser
+    from grpo.plan_cli import build_plan_parser
 
     build_eval_parser(sub)
     build_plan_parser(sub)

@@ -38,12 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grpo.errors import UserError
+from grpo.rewards._sandbox_processes import (has_exited, kill_child, make_writable_and_retry, open_pidfd,
+                                             remove_files_of, sandbox_uid)
 
 STATUSES = ("ok", "error", "timeout", "memory", "process_limit", "file_limit", "output_limit", "crashed")
 """`SandboxResult.status` values: every one but "ok" scores 0."""
-
-SANDBOX_UIDS = range(60700, 60764)
-"""uids handed to concurrent sandboxes when running as root, one per run (locked with flock)."""
 
 _CHILD_SOURCE = (Path(__file__).parent / "_sandbox_child.py").read_text(encoding="utf-8")
 _TAIL_BYTES = 4096
@@ -122,16 +121,16 @@ def run_python_sandboxed(
         "max_procs": max_procs,
         "max_file_mb": max_file_mb,
     }
-    with _sandbox_uid() as uid:
+    with sandbox_uid() as uid:
         workdir = tempfile.mkdtemp(prefix="grpo-sandbox-")
         try:
             if uid is not None:
                 os.chown(workdir, uid, uid)
             return _run_child(config | {"uid": uid}, workdir, timeout_s, max_output_kb << 10)
         finally:
-            shutil.rmtree(workdir, onerror=_make_writable_and_retry)
+            shutil.rmtree(workdir, onerror=make_writable_and_retry)
             if uid is not None:
-                _remove_files_of(uid)
+                remove_files_of(uid)
 
 
 def split_tests(tests: list[str] | str) -> list[str]:
@@ -296,7 +295,7 @@ def _run_child(config: dict, workdir: str, timeout_s: float, max_output: int) ->
         outcome, streams = _collect(proc, report_r, start + timeout_s, max_output)
         wall_s = time.monotonic() - start
     finally:
-        _kill_child(proc, config["uid"])
+        kill_child(proc, config["uid"])
         os.close(report_r)
         proc.stdout.close()
         proc.stderr.close()
@@ -335,7 +334,7 @@ def _collect(proc, report_r: int, deadline: float, max_output: int) -> tuple[str
     selector.register(proc.stdout, selectors.EVENT_READ, "stdout")
     selector.register(proc.stderr, selectors.EVENT_READ, "stderr")
     selector.register(report_r, selectors.EVENT_READ, "report")
-    pidfd = _pidfd(proc.pid)
+    pidfd = open_pidfd(proc.pid)
     if pidfd is not None:
         selector.register(pidfd, selectors.EVENT_READ, "exit")  # readable once the child exits
     output, exited = 0, False
@@ -369,137 +368,12 @@ def _collect(proc, report_r: int, deadline: float, max_output: int) -> tuple[str
                 output += len(chunk)
                 if output > max_output:
                     return "output_limit", streams
-            exited = exited or (pidfd is None and _has_exited(proc.pid))
+            exited = exited or (pidfd is None and has_exited(proc.pid))
         return None, streams
     finally:
         selector.close()
         if pidfd is not None:
             os.close(pidfd)
-
-
-def _has_exited(pid: int) -> bool:
-    """Whether our child has exited, without reaping it (a zombie keeps its pid from reuse)."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-
-
-def _pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):  # Linux < 5.3, or not Linux
-        return None
-
-
-def _kill_child(proc, uid: int | None) -> None:
-    """Kill everything the run started.
-
-    Order matters: the PID-namespace init first (its death kills the namespace), then the process
-    group, both while the child is unreaped (so its pid cannot be reused), then every process of the
-    sandbox uid, which also catches processes that left the group with setsid()."""
-    if not _has_exited(proc.pid):
-        for pid, ppid, _, _ in _processes():
-            if ppid == proc.pid:
-                _signal(pid)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    if uid is not None:
-        _kill_uid(uid)
-    else:  # no uid of its own: catch what is left of its session (setsid() escapes this)
-        for pid, _, sid, _ in _processes():
-            if sid == proc.pid:
-                _signal(pid)
-
-
-def _kill_uid(uid: int) -> None:
-    # A killed process cannot fork, and RLIMIT_NPROC bounds how many there are: a few rounds suffice.
-    for _ in range(50):
-        pids = [pid for pid, _, _, owner in _processes() if owner == uid]
-        if not pids:
-            return
-        for pid in pids:
-            _signal(pid)
-        time.sleep(0.01)
-    raise RuntimeError(f"sandbox: processes of uid {uid} survive SIGKILL")
-
-
-def _signal(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _processes():
-    """(pid, parent pid, session id, real uid) of every live (not zombie) process, from /proc."""
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-            if not fields["State"].strip().startswith("Z"):
-                first = [int(fields[key].split()[0]) for key in ("PPid", "NSsid", "Uid")]
-                yield (int(name), *first)
-        except (OSError, KeyError, ValueError, IndexError):  # not a process, or gone meanwhile
-            continue
-
-
-@contextlib.contextmanager
-def _sandbox_uid():
-    """As root: a uid from SANDBOX_UIDS that no account and no concurrent sandbox uses; else None."""
-    if os.geteuid() != 0:
-        yield None
-        return
-    import fcntl
-
-    lock_dir = Path(tempfile.gettempdir()) / "grpo-sandbox-uids"
-    lock_dir.mkdir(mode=0o700, exist_ok=True)
-    if lock_dir.is_symlink() or lock_dir.stat().st_uid != 0:
-        raise RuntimeError(f"sandbox: {lock_dir} is not a directory owned by root; remove it")
-    for uid in SANDBOX_UIDS:
-        if _has_account(uid):
-            continue
-        fd = os.open(lock_dir / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        try:
-            _kill_uid(uid)  # leftovers of a parent that died mid-run
-            yield uid
-        finally:
-            os.close(fd)
-        return
-    raise RuntimeError(f"sandbox: all {len(SANDBOX_UIDS)} sandbox uids are in use")
-
-
-def _has_account(uid: int) -> bool:
-    import pwd
-
-    try:
-        pwd.getpwuid(uid)
-        return True
-    except KeyError:
-        return False
-
-
-def _remove_files_of(uid: int) -> None:
-    """Remove what the sandbox uid left in the shared temporary directories (top level only)."""
-    for directory in {tempfile.gettempdir(), "/tmp", "/var/tmp", "/dev/shm"}:
-        with contextlib.suppress(OSError):
-            for entry in os.scandir(directory):
-                with contextlib.suppress(OSError):
-                    if entry.stat(follow_symlinks=False).st_uid != uid:
-                        continue
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, onerror=_make_writable_and_retry)
-                    else:
-                        os.unlink(entry.path)
-
-
-def _make_writable_and_retry(function, path, _exc_info) -> None:
-    # Code running as the parent's own uid may chmod its files read-only; root needs no help.
-    with contextlib.suppress(OSError):
-        os.chmod(os.path.dirname(path), 0o700)
-        os.chmod(path, 0o700)
-        function(path)
 
 
 def _status_from_exit(returncode: int | None) -> str:

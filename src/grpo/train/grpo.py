@@ -201,7 +201,8 @@ def setup_run(cfg: TrainConfig) -> Run:
         # joined only now: once torch.distributed is up, transformers' save_pretrained writes on rank 0 only
         dist = init_distributed(cfg.model.device)
         check_divisible(cfg.train.prompts_per_step, dist)
-        if dist.world_size > 1 and cfg.algorithm == "ppo" and cfg.train.strategy == "fsdp" and cfg.ppo.value_model == "head":
+        if dist.world_size > 1 and cfg.algorithm == "ppo" and cfg.train.strategy == "fsdp" \
+                and cfg.ppo.value_model == "head":
             raise UserError("algorithm=ppo with ppo.value_model=head cannot run under train.strategy=fsdp (the head "
                             "reads the policy's sharded body outside the policy's forward); use ppo.value_model=copy "
                             "or train.strategy=ddp")

@@ -24,6 +24,7 @@ from grpo.data import load_task
 from grpo.errors import UserError
 from grpo.models.loading import autocast, load_policy
 from grpo.rewards import load_reward_function
+from grpo.rollout.engine import Rollout
 from grpo.rollout.hf import HFEngine, _pad_left
 from grpo.train.common import (
     MetricsLog,
@@ -33,7 +34,6 @@ from grpo.train.common import (
     save_model,
     seed_everything,
 )
-from grpo.rollout.engine import Rollout
 from grpo.train.logprobs import completion_logprobs
 from grpo.train.update import micro_batches
 
@@ -109,8 +109,8 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
         batch = [t.to(device) for t in encode_pairs(tokenizer, [r["prompt"] for r in rows],
                                                     [r[s.target_column] for r in rows])]
         model.train()
-        loss = _accumulate_nll(model, Rollout(*batch, truncated=torch.zeros(len(rows), dtype=torch.bool, device=device)), s,
-                               lambda: autocast(cfg.model, device), optimizer)
+        pairs = Rollout(*batch, truncated=torch.zeros(len(rows), dtype=torch.bool, device=device))
+        loss = _accumulate_nll(model, pairs, s, lambda: autocast(cfg.model, device), optimizer)
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()

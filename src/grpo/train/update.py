@@ -63,9 +63,9 @@ def micro_batches(r: Rollout, size: int, max_tokens: int | None = None, dist: Di
     first: the largest micro-batch comes first, so later ones fit in the memory it freed (the heap grows
     less) and a batch too large for memory fails at once. Each micro-batch keeps only the columns its
     rows use; a batch that fits in one micro-batch keeps its own row order. The split depends on the
-    lengths only, so it is the same in every pass over a batch (reference, pi_old, update). With several processes and max_tokens, every rank makes the same
-    number of micro-batches (FSDP's collectives run once per forward and backward): a rank with fewer
-    halves its largest until the counts agree.
+    lengths only, so it is the same in every pass over a batch (reference, pi_old, update). With several
+    processes and max_tokens, every rank makes the same number of micro-batches (FSDP's collectives run
+    once per forward and backward): a rank with fewer halves its largest until the counts agree.
     """
     lens = r.completion_mask.sum(1).tolist()  # [N]
     prompt_lens = r.prompt_mask.sum(1).tolist()  # [N]

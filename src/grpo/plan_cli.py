@@ -1,0 +1,113 @@
+"""The `grpo plan` command: its arguments, the architecture they describe, and the printed plan.
+
+The formulas are in grpo.plan; this module turns the command line into a `PlanInput`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import grpo.plan
+from grpo.errors import UserError
+from grpo.plan import (OPTIMIZER_STATE_BYTES, PRECISIONS, Architecture, PlanInput, architecture_from_config,
+                       format_plan, plan_memory, tiny_architecture)
+
+
+def _default_intermediate(h: int) -> int:
+    return int(math.ceil(8 * h / 3 / 256) * 256)  # Llama's SwiGLU width rule
+
+
+def architecture_from_args(args) -> Architecture:
+    sources = [x for x in (args.model, args.config, args.params) if x is not None]
+    if len(sources) > 1:
+        raise UserError("grpo plan: give one of --model tiny, --config DIR, --params N")
+    if args.model is not None:
+        if args.model != "tiny":
+            raise UserError(f"--model: only 'tiny' is built in (got {args.model!r}); use --config DIR for others")
+        arch = tiny_architecture(args.hidden or 160, args.layers or 4)
+    elif args.config is not None:
+        arch = architecture_from_config(args.config)
+    elif args.params is not None:
+        if not (args.layers and args.hidden):
+            raise UserError("--params needs the architecture too: --layers and --hidden (optionally --heads, "
+                            "--kv-heads, --intermediate, --vocab)")
+        arch = Architecture(num_layers=args.layers, hidden_size=args.hidden,
+                            intermediate_size=_default_intermediate(args.hidden), num_heads=max(1, args.hidden // 128),
+                            num_kv_heads=0, head_dim=0, vocab_size=32000)
+    else:
+        raise UserError("grpo plan: which model? --model tiny, --config DIR (a local config.json) or --params N")
+    over = {k: v for k, v in dict(num_layers=args.layers, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                                  num_heads=args.heads, num_kv_heads=args.kv_heads, vocab_size=args.vocab).items()
+            if v is not None}
+    arch = replace(arch, **over)
+    if "hidden_size" in over or "num_heads" in over or not arch.head_dim:
+        arch = replace(arch, head_dim=arch.hidden_size // arch.num_heads)
+    return replace(arch, num_kv_heads=arch.num_kv_heads or arch.num_heads)
+
+
+def _cmd_plan(args) -> None:
+    arch = architecture_from_args(args)
+    inp = PlanInput(arch=arch, num_params=int(args.params) if args.params is not None else None,
+                    algorithm=args.algorithm, precision=args.precision, optimizer=args.optimizer,
+                    lora_rank=args.lora_rank, lora_targets=args.lora_targets, beta=args.beta, G=args.G,
+                    prompts_per_step=args.prompts_per_step, micro_batch_size=args.micro_batch,
+                    micro_batch_tokens=args.micro_batch_tokens,
+                    prompt_length=args.prompt_length, completion_length=args.completion_length,
+                    generation_batch=args.generation_batch, gradient_checkpointing=args.gradient_checkpointing,
+                    shared_prompts=args.shared_prompts,
+                    attention=args.attention, reward_model_params=int(args.reward_model_params),
+                    value_model_params=int(args.value_params) if args.value_params else None)
+    plan = plan_memory(inp)
+    print(format_plan(plan, args.gpu_gib))
+    if args.out:
+        Path(args.out).write_text(json.dumps(plan.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def _count(text: str) -> float:
+    """'7e9', '7B', '500M', '1.5b' -> a number."""
+    t = text.strip().lower()
+    scale = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}.get(t[-1:], 1)
+    try:
+        return float(t[:-1] if scale != 1 else t) * scale
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+
+
+def build_plan_parser(subparsers) -> None:
+    """Add `grpo plan` to the CLI's subparsers; its `fn(args)` prints the plan."""
+    p = subparsers.add_parser("plan", help="memory needed by a GRPO/PPO run, per component",
+                              description=grpo.plan.__doc__.split("\n\n")[0])
+    m = p.add_argument_group("model (one of --model, --config, --params)")
+    m.add_argument("--model", help="'tiny': the built-in model (width/depth from --hidden/--layers)")
+    m.add_argument("--config", help="a local Hugging Face model directory or config.json")
+    m.add_argument("--params", type=_count, help="total parameters, e.g. 7e9 or 7B (needs --layers, --hidden)")
+    for flag in ("layers", "hidden", "intermediate", "heads", "kv-heads", "vocab"):
+        m.add_argument(f"--{flag}", type=int, help="override the architecture's " + flag.replace("-", " "))
+    r = p.add_argument_group("run")
+    r.add_argument("--algorithm", choices=["grpo", "ppo"], default="grpo")
+    r.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    r.add_argument("--optimizer", choices=list(OPTIMIZER_STATE_BYTES), default="adamw")
+    r.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tuning")
+    r.add_argument("--lora-targets", choices=["all-linear", "attention"], default="all-linear")
+    r.add_argument("--beta", type=float, default=0.04, help="KL weight; 0 holds no reference model")
+    r.add_argument("--G", type=int, default=8, help="completions per prompt")
+    r.add_argument("--prompts-per-step", type=int, default=16)
+    r.add_argument("--micro-batch", type=int, default=64, help="completions per forward/backward")
+    r.add_argument("--micro-batch-tokens", type=int, default=None,
+                   help="train.micro_batch_tokens: padded tokens per forward/backward (default: no cap)")
+    r.add_argument("--prompt-length", type=int, default=256, help="P, tokens")
+    r.add_argument("--completion-length", type=int, default=32, help="T, tokens (max_new_tokens)")
+    r.add_argument("--generation-batch", type=int, default=None, help="completions generated at once (default all)")
+    r.add_argument("--gradient-checkpointing", action="store_true",
+                   help="plan per-layer activation checkpointing (grpo train's train.gradient_checkpointing)")
+    r.add_argument("--no-shared-prompts", dest="shared_prompts", action="store_false",
+                   help="plan a plain forward over P+T tokens per completion (not grpo's shared-prompt forward)")
+    r.add_argument("--attention", choices=["sdpa", "flash", "eager"], default="sdpa")
+    r.add_argument("--reward-model-params", type=_count, default=0, help="learned reward model size (0: none)")
+    r.add_argument("--value-params", type=_count, default=None, help="PPO value model size (default: the policy's)")
+    p.add_argument("--gpu-gib", type=float, default=None, help="say whether the total fits in this many GiB")
+    p.add_argument("--out", default=None, help="also write the plan as JSON here")
+    p.set_defaults(fn=_cmd_plan, quiet=True)
