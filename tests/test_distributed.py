@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -114,6 +115,38 @@ def _ppo_fixed(model_dir, dist: Dist):
     return {k: v.detach().clone() for k, v in critic.model.state_dict().items()}, rounds
 
 
+def _fsdp_checkpoints(model_dir, dist: Dist, out: Path) -> tuple[str, str]:
+    """Two checkpoints of a model sharded over the 2 ranks: the first saved; in the second, writing rank 1's
+    shard fails (a full disk). What this rank saw: (the first's path, the second's error)."""
+    from torch.distributed.checkpoint import FileSystemWriter
+    from transformers import AutoModelForCausalLM
+
+    from grpo.errors import UserError
+    from grpo.train.checkpoint import TrainerState, save_checkpoint
+
+    cfg = _config("token_mean")
+    model, dist = shard_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), "fsdp", dist)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, STEPS)
+    save = lambda step: save_checkpoint(out, cfg, TrainerState(step=step), model, optimizer, scheduler,  # noqa: E731
+                                        torch.Generator(), keep=2, dist=dist)
+    first = save(1)
+    write_data = FileSystemWriter.write_data
+
+    def full_disk(self, plan, planner):
+        if dist.rank == 1:
+            raise OSError(28, "No space left on device")
+        return write_data(self, plan, planner)
+
+    FileSystemWriter.write_data = full_disk
+    try:
+        save(2)
+        return str(first), "saved"
+    except UserError as e:
+        return str(first), str(e)
+    finally:
+        FileSystemWriter.write_data = write_data
+
+
 def _worker(rank: int, model_dir: str, store: str, out: str) -> None:
     import faulthandler
 
@@ -135,6 +168,7 @@ def _worker(rank: int, model_dir: str, store: str, out: str) -> None:
         results["ppo"] = _ppo_fixed(model_dir, dist)
         mine = _fixed_batch()[0].select(my_rows(torch.arange(P * G), dist))
         results["micro_batches"] = all_gather_objects(len(micro_batches(mine, 2, BUDGET, dist)), dist)
+        results["checkpoints"] = all_gather_objects(_fsdp_checkpoints(model_dir, dist, Path(out).parent), dist)
         if rank == 0:
             torch.save(results, out)
         td.barrier()  # neither rank leaves while the other still talks to it
@@ -180,6 +214,28 @@ def test_two_ranks_equal_one_process_for_every_aggregation(tiny_dir, two_ranks):
         if aggregation == "token_mean":  # the control: per-rank token counts give another update
             local, _ = two["token_mean/local"]
             assert max(float((local[k] - weights_1[k]).abs().max()) for k in weights_1) > 1e-3
+
+
+def test_a_shard_that_cannot_be_written_fails_the_checkpoint_on_every_rank(two_ranks, tiny_dir):
+    """Under FSDP every rank writes its shard into the checkpoint's temporary directory; when rank 1's write
+    fails, both ranks raise the same error (neither waits for the other, nor goes on as if saved), the
+    step's directory never appears, the temporary one is gone, and the checkpoint before is intact and
+    loads in one process."""
+    from transformers import AutoModelForCausalLM
+
+    from grpo.train.checkpoint import load_checkpoint
+
+    (first, err0), (first1, err1) = two_ranks["checkpoints"]
+    first = Path(first)
+    assert first == Path(first1) and first.name == "step-000001"
+    assert err0 == err1 and err0.startswith(f"cannot write checkpoint {first.parent / 'step-000002'}: ")
+    assert "No space left on device" in err0 and f"the last complete checkpoint, {first}, is untouched" in err0
+    assert sorted(p.name for p in first.parent.iterdir()) == ["step-000001"]
+    cfg = _config("token_mean")
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, STEPS)
+    state = load_checkpoint(first, cfg, model, optimizer, scheduler, torch.Generator(), init_fingerprint=0.0)
+    assert state.step == 1
 
 
 def test_ppo_critic_on_two_ranks_equals_one_process(tiny_dir, two_ranks):
@@ -281,6 +337,15 @@ def _torchrun(tmp_path, name: str, *extra: str, resume: bool = False, refused: b
     return run
 
 
+def _read_shards(checkpoint: Path) -> dict:
+    """An FSDP checkpoint's shards as one whole {"model": ..., "optimizer": ...} (torch's own converter)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(checkpoint / "shards", Path(tmp) / "whole.pt")
+        return torch.load(Path(tmp) / "whole.pt", weights_only=False)
+
+
 def test_a_torchrun_rank_exits_with_its_status_and_its_output():
     """Under WORLD_SIZE > 1, `python -m grpo` leaves through os._exit once done (`grpo.cli.entry`: a
     sharded run's process group outlives destroy_process_group and crashed the interpreter's teardown):
@@ -337,15 +402,22 @@ def test_fsdp_on_cpu_gloo_matches_ddp(ddp_run, fsdp_run):
 def test_checkpoint_then_resume_under_torchrun_equals_the_straight_run(strategy, ddp_run, fsdp_run, tmp_path):
     """One step with a checkpoint, then `--resume` for the second: the same two steps as the straight run,
     to the bit. The checkpoint holds every rank's sampling stream (rank 1 samples differently from rank 0)
-    and, under FSDP, the full weights and the optimizer state gathered from the shards."""
+    and, under FSDP, each rank's shard of the weights and the optimizer state, written by that rank."""
     from safetensors.torch import load_file
 
     straight = {"ddp": ddp_run, "fsdp": fsdp_run}[strategy]
     out = _torchrun(tmp_path, "run", f"train.strategy={strategy}", "train.steps=1", "train.save_every=1")
-    saved = torch.load(out / "checkpoints" / "step-000001" / "rng.pt", weights_only=True)
+    ckpt = out / "checkpoints" / "step-000001"
+    saved = torch.load(ckpt / "rng.pt", weights_only=True)
     assert len(saved["sampling_by_rank"]) == 2 and not torch.equal(*saved["sampling_by_rank"])
-    optimizer = torch.load(out / "checkpoints" / "step-000001" / "optimizer.pt", weights_only=True)
-    assert ("optimizer_by_name" in optimizer) == (strategy == "fsdp")
+    optimizer = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    assert ("optimizer" in optimizer) == (strategy == "ddp") and "scheduler" in optimizer
+    if strategy == "fsdp":
+        assert not (ckpt / "model.safetensors").exists()
+        assert sorted(p.name for p in (ckpt / "shards").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+        whole = _read_shards(ckpt)  # the shards add up to the whole model, each weight once
+        assert whole["model"].keys() == load_file(straight / "final" / "model.safetensors").keys()
+        assert {float(s["step"]) for s in whole["optimizer"]["state"].values()} == {1.0}
     _torchrun(tmp_path, "run", "train.steps=2", resume=True)
     a, b = load_file(straight / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -366,12 +438,12 @@ def test_a_ddp_checkpoint_resumes_under_fsdp(ddp_run, tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
     assert (out / "samples.jsonl").read_text() == (ddp_run / "samples.jsonl").read_text()
-    optimizer = torch.load(out / "checkpoints" / "step-000002" / "optimizer.pt", weights_only=True)
-    assert {float(s["step"]) for s in optimizer["optimizer_by_name"]["state"].values()} == {2.0}
+    optimizer = _read_shards(out / "checkpoints" / "step-000002")["optimizer"]
+    assert {float(s["step"]) for s in optimizer["state"].values()} == {2.0}
 
 
 def test_an_fsdp_checkpoint_resumes_in_one_process(tmp_path, monkeypatch):
-    """The FSDP checkpoint holds whole weights and a name-keyed optimizer state: one process takes both."""
+    """The FSDP checkpoint's shards (2 ranks) load into one process without torch.distributed."""
     from safetensors.torch import load_file
 
     from grpo.cli import main
@@ -379,7 +451,7 @@ def test_an_fsdp_checkpoint_resumes_in_one_process(tmp_path, monkeypatch):
     out = _torchrun(tmp_path, "run", "train.strategy=fsdp", "train.steps=1", "train.save_every=1")
     monkeypatch.chdir(tmp_path)
     assert main(["train", "-q", "--resume", str(out), "train.steps=2"]) == 0
-    first = load_file(out / "checkpoints" / "step-000001" / "model.safetensors")
+    first = _read_shards(out / "checkpoints" / "step-000001")["model"]
     final = load_file(out / "final" / "model.safetensors")
     assert first.keys() == final.keys() and any(not torch.equal(first[k], final[k]) for k in first)
     optimizer = torch.load(out / "checkpoints" / "step-000002" / "optimizer.pt", weights_only=True)["optimizer"]

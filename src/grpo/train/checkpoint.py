@@ -7,9 +7,12 @@
         trainer_state.json   step, data-sampler position, held-out accuracy before training, fault
                              counters, lengths of metrics.jsonl and samples.jsonl at this step
         config.yaml          the resolved config the run was started with
+        shards/              under FSDP instead of model.safetensors and the moments: every rank's
+                             shard of both, written by that rank (torch.distributed.checkpoint)
 
 Atomicity: a checkpoint is written into `step-000010.tmp/`, every file and the directory are
-fsynced, then a single `os.replace` gives it its name, and only then are checkpoints beyond the
+fsynced, then a single `os.replace` gives it its name (under torchrun: once every rank has
+written its part; if any rank failed, none goes on as if saved), and only then are checkpoints beyond the
 newest `train.keep_checkpoints` deleted. A directory named `step-NNNNNN` is therefore complete;
 a `.tmp` left by a kill or a full disk is never read, and is removed when the run starts again.
 
@@ -38,9 +41,12 @@ import yaml
 
 from grpo.config import save_config, to_dict
 from grpo.errors import UserError
-from grpo.train.distributed import SINGLE, Dist, Gathered, load_full_state, sampling_seed
+from grpo.train.distributed import (SINGLE, Dist, first_error, load_full_state, load_shards, sampling_seed,
+                                    save_shards)
 
 CHECKPOINTS = "checkpoints"
+SHARDS = "shards"
+"""Inside a checkpoint written under FSDP: torch.distributed.checkpoint's files, one per rank."""
 # Keys whose value may change between a run and its resume without changing the training itself
 # (logging and checkpoint cadence, resources), or that extend it on purpose (train.steps). The
 # micro-batching, checkpointing and strategy keys change how an update is computed, not what it is
@@ -157,63 +163,89 @@ def remove_partial_checkpoints(out: Path) -> list[str]:
 
 
 def save_checkpoint(out: Path, cfg, state: TrainerState, model, optimizer, scheduler,
-                    gen: torch.Generator, keep: int, extra: dict | None = None,
-                    gathered: Gathered | None = None) -> Path:
+                    gen: torch.Generator, keep: int, extra: dict | None = None, dist: Dist = SINGLE,
+                    sampling: list[torch.Tensor] | None = None) -> Path:
     """Write OUTPUT/checkpoints/step-NNNNNN atomically, then delete all but the newest `keep`.
 
-    `extra`: further state dicts of the run (PPO's value model and its optimizer, iterative GRPO's
-    reset reference), saved as extra.pt and given back by `load_extra`. `gathered`: what the other
-    ranks hold (`grpo.train.distributed.gather_checkpoint_state`): under FSDP the full weights and the
-    name-keyed optimizer state, and every rank's sampling-generator state.
+    Under torchrun every rank calls it: rank 0 writes every file, except under FSDP the weights and
+    optimizer state, which every rank writes its own shard of into the same temporary directory
+    (`shards/`, `save_shards`); a failure on any rank fails the save on every rank alike (the same
+    error), and the temporary directory is removed. `extra`: further state dicts of the run (PPO's value
+    model and its optimizer, iterative GRPO's reset reference), saved as extra.pt and given back by
+    `load_extra`. `sampling`: every rank's sampling-generator state, by rank.
     """
-    from safetensors.torch import save_file, save_model
-
     root = out / CHECKPOINTS
     final = root / f"step-{state.step:06d}"
     tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
     try:
-        root.mkdir(exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        rng = _rng_states(gen)
-        if gathered is not None and gathered.weights is not None:  # copies: tied weights must not share storage
-            save_file({k: v.detach().contiguous().clone() for k, v in gathered.weights.items()},
-                      str(tmp / "model.safetensors"))
-        else:
-            save_model(model, str(tmp / "model.safetensors"))
-        if gathered is not None and gathered.optimizer is not None:
-            opt = {"optimizer_by_name": gathered.optimizer}
-        else:
-            opt = {"optimizer": optimizer.state_dict()}
-        torch.save({**opt, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        if gathered is not None and len(gathered.sampling) > 1:
-            rng["sampling_by_rank"] = gathered.sampling
-        torch.save(rng, tmp / "rng.pt")
-        if extra:
-            torch.save(extra, tmp / "extra.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)), encoding="utf-8")
-        save_config(cfg, tmp / "config.yaml")
-        for f in tmp.iterdir():
-            _fsync(f)
-        _fsync(tmp)
-        if final.exists():  # the same step saved before (a resumed run stopped again at once)
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync(root)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(e, Exception):
-            raise
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())
-        previous = latest_checkpoint(out)
-        kept = f"the last complete checkpoint, {previous}, is untouched" if previous else "no earlier checkpoint exists"
-        raise UserError(f"cannot write checkpoint {final}: {reason} ({shutil.disk_usage(out).free / 2**20:.1f} "
-                        f"MiB free on its disk); {kept}") from None
-    shutil.rmtree(old, ignore_errors=True)
-    for stale in _complete_checkpoints(root)[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
+        error = _attempt(lambda: _start(root, tmp)) if dist.is_main else None
+        if first_error(error, dist) is None and dist.fsdp:
+            error = _attempt(lambda: save_shards(tmp / SHARDS, model, optimizer))
+            error = first_error(error, dist) or error
+        if dist.is_main and error is None:
+            error = _attempt(lambda: _finish(tmp, final, old, root, cfg, state, model, optimizer, scheduler,
+                                             gen, extra, dist, sampling))
+        error = first_error(error, dist)
+    except BaseException:
+        if dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if error is not None:
+        message = None
+        if dist.is_main:  # rank 0 words it, so that every rank raises the same message
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = latest_checkpoint(out)
+            kept = f"the last complete checkpoint, {previous}, is untouched" if previous else "no earlier checkpoint exists"
+            message = (f"cannot write checkpoint {final}: {error} ({shutil.disk_usage(out).free / 2**20:.1f} MiB "
+                       f"free on its disk); {kept}")
+        raise UserError(first_error(message, dist))
+    if dist.is_main:
+        shutil.rmtree(old, ignore_errors=True)
+        for stale in _complete_checkpoints(root)[:-keep]:
+            shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _attempt(write) -> str | None:
+    """None if write() succeeded, else why it failed, in one line."""
+    try:
+        write()
+    except Exception as e:
+        return e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:500]
+    return None
+
+
+def _start(root: Path, tmp: Path) -> None:
+    root.mkdir(exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+
+
+def _finish(tmp: Path, final: Path, old: Path, root: Path, cfg, state: TrainerState, model, optimizer,
+            scheduler, gen: torch.Generator, extra: dict | None, dist: Dist, sampling) -> None:
+    """Rank 0: the files besides the shards, everything fsynced, then the rename that completes it."""
+    from safetensors.torch import save_model
+
+    rng = _rng_states(gen)
+    if not dist.fsdp:  # under FSDP the shards hold the weights and the optimizer state
+        save_model(model, str(tmp / "model.safetensors"))
+    opt = {} if dist.fsdp else {"optimizer": optimizer.state_dict()}
+    torch.save({**opt, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+    if sampling is not None and len(sampling) > 1:
+        rng["sampling_by_rank"] = sampling
+    torch.save(rng, tmp / "rng.pt")
+    if extra:
+        torch.save(extra, tmp / "extra.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)), encoding="utf-8")
+    save_config(cfg, tmp / "config.yaml")
+    for f in sorted(tmp.rglob("*"), reverse=True):  # files before the directories that hold them
+        _fsync(f)
+    _fsync(tmp)
+    if final.exists():  # the same step saved before (a resumed run stopped again at once)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync(root)
 
 
 def _fsync(path: Path) -> None:
@@ -262,15 +294,17 @@ def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Gen
     part = "trainer_state.json"
     try:
         state = TrainerState(**json.loads((path / part).read_text(encoding="utf-8")))
-        part = "model.safetensors"
-        if dist.fsdp:
+        part = SHARDS if (path / SHARDS).is_dir() else "model.safetensors"
+        if part == SHARDS:  # written under FSDP: into shards over any number of ranks, or a whole model
+            load_shards(path / SHARDS, model, optimizer)
+        elif dist.fsdp:
             load_full_state(model, optimizer, load_file(str(path / part)), None)
         else:
             load_model(model, str(path / part), device=str(next(model.parameters()).device))
-        part = "optimizer.pt"
+        sharded, part = part == SHARDS, "optimizer.pt"
         opt = torch.load(path / part, weights_only=True)
-        if "optimizer_by_name" in opt:  # written under FSDP: loads into a sharded optimizer or a whole one
-            load_full_state(model, optimizer, None, opt["optimizer_by_name"])
+        if sharded:
+            pass  # the shards held the optimizer state; optimizer.pt only the schedule's position
         elif dist.fsdp:  # written by one process or DDP, resumed under FSDP: into the shards, by name
             load_full_state(model, optimizer, None, _by_name(model, opt["optimizer"]))
         else:

@@ -24,6 +24,7 @@ With one process every helper here is a no-op, and torch.distributed is never in
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -293,27 +294,55 @@ def full_state_dict(model, dist: Dist) -> dict | None:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-@dataclass
-class Gathered:
-    """What every rank contributes to the checkpoint rank 0 writes (`gather_checkpoint_state`)."""
-
-    weights: dict | None
-    """FSDP: the full weights, gathered to CPU (otherwise rank 0's model holds them all)."""
-    optimizer: dict | None
-    """FSDP: the full optimizer state, keyed by parameter name (otherwise rank 0's optimizer holds it)."""
-    sampling: list[torch.Tensor]
-    """Every rank's sampling-generator state, by rank: each continues its own stream on resume."""
+def first_error(error: str | None, dist: Dist) -> str | None:
+    """The lowest rank's error among every rank's (None: no rank failed). A collective: a step that may
+    fail on some ranks only ends with every rank knowing, so none waits on a rank that gave up."""
+    if not dist.enabled:
+        return error
+    return next((e for e in all_gather_objects(error, dist) if e is not None), None)
 
 
-def gather_checkpoint_state(model, optimizer, gen: torch.Generator, dist: Dist) -> Gathered:
-    """A collective: every rank calls it before rank 0 writes a checkpoint."""
-    optim = None
-    if dist.fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+def save_shards(path, model, optimizer) -> None:
+    """Every rank writes its own shard of the weights and the optimizer state into the directory `path`
+    (torch.distributed.checkpoint: one file per rank and a `.metadata` written by rank 0; each file is
+    fsynced). A collective under FSDP: nothing is gathered, so no rank ever holds the whole state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        optim = get_optimizer_state_dict(model, optimizer,
-                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    return Gathered(full_state_dict(model, dist), optim, all_gather_objects(gen.get_state(), dist))
+    weights, optim = get_state_dict(model, optimizer)
+    try:
+        dcp.save({"model": weights, "optimizer": optim}, storage_writer=dcp.FileSystemWriter(str(path)))
+    except dcp.api.CheckpointException as e:
+        raise _plain(e) from None
+
+
+def load_shards(path, model, optimizer) -> None:
+    """What `save_shards` wrote into a model and optimizer laid out any way: FSDP-sharded over any number
+    of ranks (torch.distributed.checkpoint reshards), DDP, or one process without torch.distributed."""
+    import torch.distributed as td
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    weights, optim = get_state_dict(model, optimizer)  # the targets (an empty optimizer's state is created)
+    single = not (td.is_available() and td.is_initialized())
+    try:
+        with warnings.catch_warnings():  # one process is meant here: no warning that it assumes so
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+            dcp.load({"model": weights, "optimizer": optim}, storage_reader=dcp.FileSystemReader(str(path)),
+                     no_dist=single)
+    except dcp.api.CheckpointException as e:
+        raise _plain(e) from None
+    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=optim)
+
+
+def _plain(e) -> RuntimeError:
+    """torch.distributed.checkpoint's CheckpointException (a BaseException, holding each failed rank's
+    exception and traceback) as one ordinary exception naming each rank and its reason, e.g.
+    "rank 1: No space left on device"."""
+    def reason(exc: BaseException) -> str:
+        return exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())[:300]
+
+    return RuntimeError("; ".join(f"rank {r}: {reason(exc)}" for r, (exc, _) in sorted(e.failures.items())))
 
 
 def load_full_state(model, optimizer, weights: dict | None, optim: dict | None) -> None:

@@ -80,13 +80,13 @@ from grpo.train.distributed import (
     Dist,
     NullLog,
     agreed_signal,
+    all_gather_objects,
     barrier,
     broadcast_parameters,
     check_divisible,
     close_distributed,
     full_state_dict,
     full_weights,
-    gather_checkpoint_state,
     init_distributed,
     my_rows,
     sampling_seed,
@@ -359,14 +359,12 @@ def checkpoint_or_stop(run: Run, cfg: TrainConfig, log: MetricsLog, samples, sto
     stop.signum = agreed_signal(stop.signum, run.dist)
     if not (due or too_many_faults or stop.signum is not None):
         return
-    path = run.out / CHECKPOINTS  # ranks other than 0 contribute their state, then wait for rank 0 to write it
-    gathered = gather_checkpoint_state(run.model, run.optimizer, run.gen, run.dist)
+    sampling = all_gather_objects(run.gen.get_state(), run.dist)  # each rank resumes its own stream
     if run.dist.is_main:
         state.sampler = run.sampler.state_dict()
         state.metrics_bytes, state.samples_bytes = log.path.stat().st_size, os.fstat(samples.fileno()).st_size
-        path = save_checkpoint(run.out, cfg, state, run.model, run.optimizer, run.scheduler, run.gen,
-                               keep=t.keep_checkpoints, extra=run.extra_state(cfg), gathered=gathered)
-    barrier(run.dist)
+    path = save_checkpoint(run.out, cfg, state, run.model, run.optimizer, run.scheduler, run.gen,  # every rank
+                           keep=t.keep_checkpoints, extra=run.extra_state(cfg), dist=run.dist, sampling=sampling)
     if too_many_faults:
         raise UserError(f"stopped at step {state.step}: {state.bad_in_a_row} updates in a row had a non-finite "
                         f"loss or gradient norm (train.max_bad_steps={t.max_bad_steps}); they were skipped, so "
