@@ -60,7 +60,7 @@ def engines(model, eos: int | list[int] = 2):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_lean_decoder_supports_the_llama_family_and_not_peft(arch):
+def test_lean_decoder_supports_the_llama_family(arch):
     assert LeanDecoder.build(make_model(arch), 64) is not None
 
 
@@ -166,9 +166,45 @@ def test_top_p_keeps_only_the_nucleus():
     assert torch.allclose(r.logp[r.completion_mask.bool()], torch.zeros(()), atol=1e-6)  # renormalised: p = 1
 
 
-def test_peft_wrapped_models_use_the_generic_path():
+def _lora(model, **kw):
+    """`model` under peft LoRA adapters on every projection, with B drawn at random (peft starts it at
+    zero, where an adapter changes nothing and a test of it could not fail)."""
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(make_model("llama"), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, **kw))
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    return model
+
+
+def test_lora_samples_on_the_lean_path_with_its_adapters_folded_in():
+    """A LoRA policy samples through the lean decoder (adapters folded into the weights per generate):
+    the greedy tokens of peft's own forward, log-probs equal a full forward of the adapted model to 1e-5;
+    with the adapters disabled (a LoRA reference), the base model's tokens; the adapters do change them."""
+    base = make_model("llama")
+    ps = prompts(6)
+    base_greedy = _rows(HFEngine(base, 2, PAD, lean=False).generate(ps, SamplingParams(max_new_tokens=16, temperature=0.0)))
+    model = _lora(base)
+    assert LeanDecoder.build(model, 64) is not None
+    greedy = {name: _rows(e.generate(ps, SamplingParams(max_new_tokens=16, temperature=0.0)))
+              for name, e in engines(model).items()}
+    assert all(g == greedy["generic"] for g in greedy.values()) and greedy["lean"] != base_greedy
+    with model.disable_adapter():
+        assert _rows(HFEngine(model, 2, PAD).generate(ps, SamplingParams(max_new_tokens=16, temperature=0.0))) == base_greedy
+    r = HFEngine(model, [2, 7], PAD).generate(prompts(4), SamplingParams(max_new_tokens=20, G=4),
+                                              torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = completion_logprobs(model.eval(), r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                   share_prompts=False).logp  # [N, T]
+    mask = r.completion_mask.bool()
+    assert (r.logp[mask] - full[mask]).abs().max() < 1e-5
+
+
+def test_adapters_beyond_plain_lora_use_the_generic_path():
+    model = _lora(make_model("llama"), use_dora=True)
     assert LeanDecoder.build(model, 64) is None
     r = HFEngine(model, 2, PAD).generate(prompts(2), SamplingParams(max_new_tokens=6, G=2), torch.Generator().manual_seed(0))
     assert r.completion_ids.shape[0] == 4

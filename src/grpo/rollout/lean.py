@@ -17,9 +17,12 @@ the matmuls. This module runs the same arithmetic as the Hugging Face modules wi
 - `compact(keep)` drops finished rows from the cache, so late tokens cost only the live rows.
 
 It reads the weights of the Hugging Face modules themselves (no conversion, no state of its own
-between calls: fused and packed copies are made per `generate`). Models outside `SUPPORTED` (or with
-a RoPE type that depends on the sequence length, or a sliding window shorter than the rollout) return
-None from `LeanDecoder.build`, and the engine uses the generic Hugging Face path instead.
+between calls: fused and packed copies are made per `generate`). A model under peft LoRA adapters
+samples from its weights with the adapters folded in (W + scale * B @ A, made per `generate` like the
+fused copies), so LoRA runs sample as fast as full fine-tuning. Models outside `SUPPORTED` (or with
+a RoPE type that depends on the sequence length, a sliding window shorter than the rollout, or
+adapters other than plain LoRA on linear layers) return None from `LeanDecoder.build`, and the engine
+uses the generic Hugging Face path instead.
 tests/test_rollout.py checks greedy output token for token against `transformers`' own `generate` and
 the log-probs against a full forward.
 """
@@ -96,19 +99,71 @@ def _rope_type(config) -> str:
     return params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
 
 
+def _active_lora(module) -> list[str] | None:
+    """The adapters a peft LoRA `Linear` over a plain `nn.Linear` adds in its forward (none where they are
+    disabled, as for a LoRA reference, or already merged); None if `module` is not one, or uses more
+    than plain LoRA (DoRA, LoRA biases)."""
+    base = getattr(module, "base_layer", None)
+    if type(base) is not torch.nn.Linear or not all(hasattr(module, k) for k in ("get_delta_weight", "lora_A")):
+        return None
+    active = [] if module.disable_adapters or module.merged else [a for a in module.active_adapters if a in module.lora_A]
+    if any(getattr(module, "use_dora", {}).get(a) or getattr(module, "lora_bias", {}).get(a) for a in active):
+        return None
+    return active
+
+
+def _base_weight(module) -> torch.Tensor:
+    return getattr(module, "base_layer", module).weight
+
+
+def _foldable(module) -> bool:
+    return type(module) is torch.nn.Linear or _active_lora(module) is not None
+
+
+def _linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(w, b) such that a `_foldable` module computes x @ w.T + b in eval mode.
+
+    A plain `nn.Linear`: its own parameters. A LoRA `Linear`: the base weight plus each active adapter's
+    scale * B @ A (peft's `get_delta_weight`, what merging the adapter would store), a new tensor per
+    call. LoRA's dropout is the identity in eval mode, so the folded weight computes the same function
+    up to float rounding (tests/test_rollout.py: the same greedy tokens, log-probs to 1e-5).
+    """
+    if type(module) is torch.nn.Linear:
+        return module.weight, module.bias
+    base = module.base_layer
+    w = base.weight
+    for a in _active_lora(module):
+        w = w + module.get_delta_weight(a).to(w.dtype)
+    return w, base.bias
+
+
+def _causal_lm(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) and hasattr(model, "peft_config") else model
+
+
 def _plain_modules(model) -> bool:
-    """True if every weight the lean forward reads is a plain parameter of a plain module."""
+    """True if every weight the lean forward reads is a parameter of a plain module, or of a plain
+    module under plain LoRA adapters (`_foldable`)."""
     inner = getattr(model, "model", None)
-    if not isinstance(getattr(model, "lm_head", None), torch.nn.Linear) or inner is None:
+    if not _foldable(getattr(model, "lm_head", None)) or inner is None:
         return False
     if not all(hasattr(inner, k) for k in ("embed_tokens", "rotary_emb", "norm", "layers")):
         return False
     linear = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     for layer in inner.layers:
         mods = [getattr(layer.self_attn, k, None) for k in linear[:4]] + [getattr(layer.mlp, k, None) for k in linear[4:]]
-        if any(type(m) is not torch.nn.Linear for m in mods):
+        if not all(_foldable(m) for m in mods):
             return False
     return type(inner.embed_tokens) is torch.nn.Embedding
+
+
+def _fused(parts: list[tuple[torch.Tensor, torch.Tensor | None]], dtype: torch.dtype) -> _Proj:
+    """One projection computing several (w, b) at once: their weights (and biases) concatenated."""
+    biases = [b for _, b in parts]
+    return _Proj(torch.cat([w for w, _ in parts]).detach().to(dtype),
+                 None if biases[0] is None else torch.cat(biases).detach().to(dtype))
 
 
 class _Layer:
@@ -120,16 +175,12 @@ class _Layer:
         cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
         self.ln1, self.ln2 = cast(layer.input_layernorm.weight), cast(layer.post_attention_layernorm.weight)
         self.eps = layer.input_layernorm.variance_epsilon
-        biases = [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]
-        self.qkv = _Proj(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach().to(dtype),
-                         None if biases[0] is None else torch.cat(biases).detach().to(dtype))
-        self.o = _Proj(cast(a.o_proj.weight), cast(a.o_proj.bias))
+        self.qkv = _fused([_linear(a.q_proj), _linear(a.k_proj), _linear(a.v_proj)], dtype)
+        self.o = _Proj(*map(cast, _linear(a.o_proj)))
         self.q_norm = cast(getattr(getattr(a, "q_norm", None), "weight", None))  # Qwen3: RMSNorm per head
         self.k_norm = cast(getattr(getattr(a, "k_norm", None), "weight", None))
-        biases = [m.gate_proj.bias, m.up_proj.bias]
-        self.gu = _Proj(torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach().to(dtype),
-                        None if biases[0] is None else torch.cat(biases).detach().to(dtype))
-        self.down = _Proj(cast(m.down_proj.weight), cast(m.down_proj.bias))
+        self.gu = _fused([_linear(m.gate_proj), _linear(m.up_proj)], dtype)
+        self.down = _Proj(*map(cast, _linear(m.down_proj)))
         self.act = m.act_fn
         self.scaling = a.scaling
 
@@ -138,6 +189,7 @@ class LeanDecoder:
     """Prefill + one-token steps of a Llama-family causal LM over a fixed-size KV cache."""
 
     def __init__(self, model, dtype: torch.dtype):
+        model = _causal_lm(model)
         cfg = model.config
         self.dtype = dtype
         self.H, self.Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -147,7 +199,8 @@ class LeanDecoder:
         self.rotary = inner.rotary_emb
         self.norm = inner.norm.weight.detach().to(dtype)
         self.norm_eps = inner.norm.variance_epsilon
-        self.lm_head = _Proj(model.lm_head.weight.detach().to(dtype), None)
+        head, head_bias = _linear(model.lm_head)
+        self.lm_head = _Proj(head.detach().to(dtype), None if head_bias is None else head_bias.detach().to(dtype))
         self.layers = [_Layer(layer, dtype) for layer in inner.layers]
         self.projections = [self.lm_head] + [p for lay in self.layers for p in (lay.qkv, lay.o, lay.gu, lay.down)]
         self.onednn = _onednn(dtype, self.lm_head.w.device, sum(p.w.nbytes for p in self.projections))
@@ -156,7 +209,9 @@ class LeanDecoder:
 
     @classmethod
     def build(cls, model, max_len: int, dtype: torch.dtype | None = None) -> "LeanDecoder | None":
-        """The decoder for `model`, or None where this module does not reproduce it exactly."""
+        """The decoder for `model` (or for the transformers model under its peft LoRA adapters), or None
+        where this module does not reproduce it exactly."""
+        model = _causal_lm(model)
         cfg = getattr(model, "config", None)
         if getattr(cfg, "model_type", None) not in SUPPORTED or _rope_type(cfg) not in STATIC_ROPE:
             return None
@@ -164,8 +219,8 @@ class LeanDecoder:
         if window and getattr(cfg, "use_sliding_window", True) and max_len > window:
             return None
         if getattr(cfg, "pretraining_tp", 1) > 1 or not _plain_modules(model):
-            return None  # e.g. a PEFT-wrapped model: its adapters live in the modules' forward
-        return cls(model, dtype or model.lm_head.weight.dtype)
+            return None  # e.g. adapters other than plain LoRA (DoRA, LoRA biases, on embeddings)
+        return cls(model, dtype or _base_weight(model.lm_head).dtype)
 
     # ----------------------------------------------------------------------------------------------
     def _attention(self, i: int, lay: _Layer, h: torch.Tensor, cos, sin, start: int, mask) -> torch.Tensor:
