@@ -491,3 +491,23 @@ def test_lora_under_fsdp_resumes_and_saves_the_adapter_and_the_merged_model(ddp_
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
     assert max(float((a[k] - init[k]).abs().max()) for k in a) > 1e-4  # the adapters did train
     assert (out / "samples.jsonl").read_text() == (straight / "samples.jsonl").read_text()
+
+
+def test_iterative_grpo_with_a_retrained_reward_model_under_fsdp_equals_ddp(tmp_path):
+    """DeepSeekMath's Algorithm 1 under FSDP: at the second iteration the reference is reset to the policy
+    (from weights gathered to every rank: each rank's policy holds only shards) and the reward model is
+    retrained on samples of the policy (drawn inside `full_weights`: sampling from the shards crashed).
+    Same samples and final weights as under DDP to 1e-6; both crashed under FSDP before."""
+    from safetensors.torch import load_file
+
+    algo1 = ("train.iterations=2", "rewards.model.path=init", "rewards.model.retrain=true",
+             "rewards.model.prompts_per_iteration=2", "rewards.model.train_steps=2")
+    ddp = _torchrun(tmp_path, "ddp", *algo1)
+    fsdp = _torchrun(tmp_path, "fsdp", *algo1, "train.strategy=fsdp")
+    a, b = load_file(ddp / "final" / "model.safetensors"), load_file(fsdp / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    assert (fsdp / "samples.jsonl").read_text() == (ddp / "samples.jsonl").read_text()
+    metrics = [json.loads(line) for line in (fsdp / "metrics.jsonl").read_text().splitlines()]
+    assert [m.get("iteration") for m in metrics if "step" in m and "iteration" in m] == [1, 2]

@@ -101,11 +101,12 @@ class Reference:
         self.shares_policy = is_lora(policy)
         self.model = policy if self.shares_policy else copy.deepcopy(policy).eval().requires_grad_(False)
 
-    def reset(self, policy) -> None:
-        """pi_ref <- pi_theta (iterative GRPO, DeepSeekMath Algorithm 1)."""
+    def reset(self, policy, weights: dict | None = None) -> None:
+        """pi_ref <- pi_theta (iterative GRPO, DeepSeekMath Algorithm 1). weights: the policy's full weights
+        where its own are FSDP shards (`grpo.train.distributed.full_state_dict`), else None."""
         if self.shares_policy:
             raise ValueError("a LoRA reference is the base model; it cannot be reset to the policy")
-        self.model.load_state_dict(policy.state_dict())
+        self.model.load_state_dict(policy.state_dict() if weights is None else weights)
 
     def context(self):
         return self.model.disable_adapter() if self.shares_policy else contextlib.nullcontext()

@@ -285,13 +285,14 @@ def full_weights(model, dist: Dist):
         model.set_reshard_after_forward(True)
 
 
-def full_state_dict(model, dist: Dist) -> dict | None:
-    """Under FSDP: the whole model's weights, gathered to CPU (a collective: every rank calls it); else None."""
+def full_state_dict(model, dist: Dist, every_rank: bool = False) -> dict | None:
+    """Under FSDP: the whole model's weights (a collective: every rank calls it), gathered to rank 0's CPU
+    (other ranks get {}), or with `every_rank` to every rank, on the model's device; else None."""
     if not dist.fsdp:
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not every_rank))
 
 
 def first_error(error: str | None, dist: Dist) -> str | None:

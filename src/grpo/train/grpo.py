@@ -400,9 +400,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         for step in bar:
             rm_stats = {}
             if step in iteration_starts and run.ref is not None:  # iterative GRPO: pi_ref <- pi_theta
-                run.ref.reset(run.model)
+                run.ref.reset(run.model, full_state_dict(run.model, run.dist, every_rank=True))  # FSDP: gathered
             if (step == 0 or step in iteration_starts) and run.rm_trainer is not None:
-                with timers("reward_model"):  # fresh labelled policy samples (+ replay) -> reward model
+                # fresh labelled policy samples (+ replay) -> reward model; FSDP: sampled from the full weights
+                with timers("reward_model"), full_weights(run.model, run.dist):
                     rm_stats = run.rm_trainer.update(run.engine, run.tokenizer, run.task.train, cfg,
                                                      iteration=sum(s <= step for s in iteration_starts))
             reset_peak_memory(device)  # memory/peak_mib: this step's peak, evaluations excluded
