@@ -178,11 +178,11 @@ def save_checkpoint(out: Path, cfg, state: TrainerState, model, optimizer, sched
     final = root / f"step-{state.step:06d}"
     tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
     try:
-        error = _attempt(lambda: _start(root, tmp)) if dist.is_main else None
-        if first_error(error, dist) is None and dist.fsdp:
-            error = _attempt(lambda: save_shards(tmp / SHARDS, model, optimizer))
-            error = first_error(error, dist) or error
-        if dist.is_main and error is None:
+        # Each stage ends with every rank knowing whether any rank failed in it (first_error, a collective).
+        error = first_error(_attempt(lambda: _start(root, tmp)) if dist.is_main else None, dist)
+        if error is None and dist.fsdp:
+            error = first_error(_attempt(lambda: save_shards(tmp / SHARDS, model, optimizer)), dist)
+        if error is None and dist.is_main:
             error = _attempt(lambda: _finish(tmp, final, old, root, cfg, state, model, optimizer, scheduler,
                                              gen, extra, dist, sampling))
         error = first_error(error, dist)
@@ -294,20 +294,19 @@ def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Gen
     part = "trainer_state.json"
     try:
         state = TrainerState(**json.loads((path / part).read_text(encoding="utf-8")))
-        part = SHARDS if (path / SHARDS).is_dir() else "model.safetensors"
-        if part == SHARDS:  # written under FSDP: into shards over any number of ranks, or a whole model
+        sharded = (path / SHARDS).is_dir()  # written under FSDP: weights and optimizer state in the shards
+        part = SHARDS if sharded else "model.safetensors"
+        if sharded:  # into FSDP shards over any number of ranks, or a whole model
             load_shards(path / SHARDS, model, optimizer)
         elif dist.fsdp:
             load_full_state(model, optimizer, load_file(str(path / part)), None)
         else:
             load_model(model, str(path / part), device=str(next(model.parameters()).device))
-        sharded, part = part == SHARDS, "optimizer.pt"
+        part = "optimizer.pt"
         opt = torch.load(path / part, weights_only=True)
-        if sharded:
-            pass  # the shards held the optimizer state; optimizer.pt only the schedule's position
-        elif dist.fsdp:  # written by one process or DDP, resumed under FSDP: into the shards, by name
+        if not sharded and dist.fsdp:  # written by one process or DDP, resumed under FSDP: by name
             load_full_state(model, optimizer, None, _by_name(model, opt["optimizer"]))
-        else:
+        elif not sharded:
             optimizer.load_state_dict(opt["optimizer"])
         scheduler.load_state_dict(opt["scheduler"])
         part = "rng.pt"
