@@ -211,6 +211,32 @@ def test_a_reward_model_made_from_the_policy_starts_at_zero_and_learns_the_label
     assert len(trainer.history) == 30
 
 
+def test_a_reward_model_made_from_a_lora_policy_copies_the_body_it_computes_with():
+    """With model.lora the policy's weights sit under peft's names (base_layer, lora_A/B); the reward model's
+    body is the policy's with its adapters merged (this crashed on the names before). B is drawn at random
+    here so that the merged weight differs from the base one."""
+    peft = pytest.importorskip("peft")
+    from grpo.models.tiny import TinyConfig, build_model
+    from grpo.rewards import RewardModel
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    base = build_model(tok, TinyConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
+    policy = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    q = policy.get_base_model().model.layers[0].self_attn.q_proj
+    merged = q.base_layer.weight + q.get_delta_weight("default")
+    rm = RewardModel.from_policy(policy, tok, batch_size=8)
+    body = dict(rm.model.named_parameters())
+    torch.testing.assert_close(body["model.layers.0.self_attn.q_proj.weight"], merged)
+    assert not torch.allclose(merged, q.base_layer.weight)
+    assert rm(["q"], ["<answer>13</answer>"]) == [0.0]  # zero score head
+    assert hasattr(policy.get_base_model().model.layers[0].self_attn.q_proj, "lora_A")  # the policy keeps its adapters
+
+
 def test_iterative_grpo_retrains_the_reward_model_each_iteration_and_resumes_exactly(tmp_path, reward_file):
     rm = (f"rewards.model={{path: init, retrain: true, labeller: '{reward_file}:has_digit', prompts_per_iteration: 4, "
           "train_steps: 3, train_batch_size: 8, lr: 0.001}")

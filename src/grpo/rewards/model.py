@@ -89,7 +89,8 @@ class RewardModel:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        # peft LoRA: the body as the policy computes it, adapters merged into a copy (zero at the start)
+        base = copy.deepcopy(policy).merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
         config = copy.deepcopy(base.config)
         config.num_labels, config.pad_token_id = 1, tokenizer.pad_token_id
         model = AutoModelForSequenceClassification.from_config(config)
