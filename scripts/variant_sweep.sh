@@ -6,7 +6,7 @@
 #   bash scripts/variant_sweep.sh              # one process
 #   TORCHRUN=1 bash scripts/variant_sweep.sh   # 2 ranks, train.strategy=fsdp
 #
-# Env: OUT (default /tmp/grpo-sweep), PY (default .venv/bin/python). About 10 s per combination.
+# Env: OUT (default /tmp/grpo-sweep), PY (default .venv/bin/python). About 25-30 s per combination.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
