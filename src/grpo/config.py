@@ -149,6 +149,16 @@ class SamplingConfig:
 
 
 @dataclass
+class RolloutConfig:
+    engine: Literal["hf", "vllm"] = "hf"
+    """Who samples the completions: 'hf', the policy itself through grpo's own sampling loop (any device);
+    or 'vllm', a vLLM engine on the GPU in the training process, its weights copied from the policy after
+    every update (needs vLLM and a CUDA GPU; one process or DDP, not train.strategy=fsdp)."""
+    gpu_memory_utilization: float = 0.3
+    """vLLM: share of the GPU's memory its weights and KV cache may take; the trainer needs the rest."""
+
+
+@dataclass
 class GRPOConfig:
     G: int = 8
     """Completions sampled per prompt (the group size)."""
@@ -276,6 +286,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     rewards: RewardConfig = field(default_factory=RewardConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -322,6 +333,8 @@ class TrainConfig:
         if t.iterations > t.steps:
             raise UserError(f"train.iterations={t.iterations} is more than train.steps={t.steps}: each iteration "
                             "needs at least one step")
+        if not 0 < self.rollout.gpu_memory_utilization < 1:
+            raise UserError(f"rollout.gpu_memory_utilization must be in (0, 1), got {self.rollout.gpu_memory_utilization}")
         rm = self.rewards.model
         if rm is not None:
             _positive(rm, ["batch_size", "max_length", "prompts_per_iteration", "train_steps", "train_batch_size"],

@@ -137,6 +137,23 @@ def _linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return w, base.bias
 
 
+def hf_weights(model) -> dict[str, torch.Tensor]:
+    """The model's weights under transformers' own names: a peft LoRA model's with its adapters folded in
+    (`_linear`; e.g. `model.layers.0.self_attn.q_proj.weight` = base + scale * B @ A), what another engine
+    loading a transformers checkpoint of this architecture expects."""
+    base = _causal_lm(model)
+    if base is model:
+        return model.state_dict()
+    out = {k: v for k, v in base.state_dict().items() if ".base_layer." not in k and "lora_" not in k}
+    for name, module in base.named_modules():
+        if _active_lora(module) is not None:
+            w, b = _linear(module)
+            out[f"{name}.weight"] = w.detach()
+            if b is not None:
+                out[f"{name}.bias"] = b.detach()
+    return out
+
+
 def _causal_lm(model):
     """The transformers model under a peft wrapper (or the model itself)."""
     get_base = getattr(model, "get_base_model", None)

@@ -28,6 +28,10 @@ import torch
 from grpo.errors import UserError
 from grpo.rollout.engine import Rollout, SamplingParams
 from grpo.rollout.hf import _pad_left
+from grpo.rollout.lean import hf_weights
+
+SYNC_TIMEOUT_S = 300
+"""A weight copy into a vLLM worker process that takes longer than this is an error, not a hang."""
 
 
 def rollout_from_outputs(prompt_ids: list[list[int]], outputs: Sequence, G: int, pad_id: int,
@@ -88,7 +92,8 @@ class VLLMEngine:
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams,
                  generator: torch.Generator | None = None) -> Rollout:
-        seed = None if generator is None else int(torch.randint(2**31 - 1, (1,), generator=generator))
+        seed = None if generator is None else int(torch.randint(2**31 - 1, (1,), generator=generator,
+                                                                device=generator.device))
         exact = self.processed_logprobs or (params.temperature in (0.0, 1.0) and params.top_p == 1.0)
         sp = self._vllm.SamplingParams(
             n=params.G, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
@@ -98,14 +103,24 @@ class VLLMEngine:
         return rollout_from_outputs(prompt_ids, outputs, params.G, self.pad_id, self.device, with_logp=exact)
 
     def sync_weights(self, model) -> None:
-        """Load `model`'s current weights into vLLM's copy (after every optimizer step)."""
-        state = model.state_dict()
-        items = ((k, v.detach()) for k, v in state.items())
-        target = _driver_model(self.llm)
-        if target is not None:
-            target.load_weights(items)
-        else:  # a multi-process engine: ship the weights to the worker
-            self.llm.collective_rpc(_load_weights, args=(dict(items),))
+        """Load `model`'s current weights into vLLM's copy (after every update). A peft LoRA model's are sent
+        with the adapters folded in, under transformers' names (`hf_weights`). Any failure, including a
+        worker that does not answer within `SYNC_TIMEOUT_S`, is a UserError: sampling on from stale
+        weights would train on the wrong policy without a sign."""
+        weights = {k: v.detach() for k, v in hf_weights(model).items()}
+        try:
+            target = _driver_model(self.llm)
+            if target is not None:
+                loaded = target.load_weights(iter(weights.items()))
+            else:  # a multi-process engine: ship the weights to the worker, and do not wait forever
+                loaded = self.llm.collective_rpc(_load_weights, args=(weights,), timeout=SYNC_TIMEOUT_S)[0]
+        except Exception as e:
+            raise UserError(f"rollout.engine=vllm: copying the policy's weights into vLLM failed "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); stopping rather than "
+                            "sampling from stale weights") from None
+        if loaded is not None and not loaded:
+            raise UserError("rollout.engine=vllm: vLLM took none of the policy's weights (names do not match its "
+                            "model); stopping rather than sampling from stale weights")
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()  # cached prompt K/V were computed by the old weights
 
@@ -130,5 +145,5 @@ def _driver_model(llm):
     return None
 
 
-def _load_weights(worker, weights: dict) -> None:
-    worker.model_runner.model.load_weights(weights.items())
+def _load_weights(worker, weights: dict):
+    return worker.model_runner.model.load_weights(iter(weights.items()))

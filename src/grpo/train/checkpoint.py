@@ -50,13 +50,15 @@ SHARDS = "shards"
 # Keys whose value may change between a run and its resume without changing the training itself
 # (logging and checkpoint cadence, resources), or that extend it on purpose (train.steps). The
 # micro-batching, checkpointing and strategy keys change how an update is computed, not what it is
-# (the same sums, up to float rounding): a run that ran out of memory may resume with smaller
-# micro-batches, activation checkpointing or FSDP; a DDP checkpoint loads into FSDP shards and back.
+# (the same sums, up to float rounding), and the rollout keys which engine samples from the same policy:
+# a run that ran out of memory may resume with smaller micro-batches, activation checkpointing or FSDP;
+# a DDP checkpoint loads into FSDP shards and back; a run may move to a GPU with vLLM.
 MAY_CHANGE_ON_RESUME = {
     "train.steps", "train.resume", "train.output_dir", "train.log_every", "train.eval_every",
     "train.sample_every", "train.save_every", "train.keep_checkpoints", "train.max_bad_steps",
     "train.threads", "rewards.workers", "rewards.timeout_s", "model.device",
     "train.micro_batch_size", "train.micro_batch_tokens", "train.gradient_checkpointing", "train.strategy",
+    "rollout.engine", "rollout.gpu_memory_utilization",
 }
 
 

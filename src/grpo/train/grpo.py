@@ -235,6 +235,9 @@ def setup_run(cfg: TrainConfig) -> Run:
             state = load_checkpoint(resume_from, cfg, model, optimizer, scheduler, gen, fingerprint, dist)
             sampler.load_state_dict(state.sampler)
             extra = load_extra(resume_from)
+        engine = make_engine(cfg, model, tokenizer, tiny_dir if tiny_dir.exists() else Path(cfg.model.path), dist)
+        if resume_from is not None:
+            engine.sync_weights(model)  # vLLM started from model.path, the policy from the checkpoint
         check_free_space(cfg.train.output_dir, model, checkpoints=cfg.train.save_every > 0)
         barrier(dist)  # every rank has checked the directory before rank 0 writes into it
         out = prepare_output_dir(cfg.train.output_dir, cfg) if dist.is_main else Path(cfg.train.output_dir)
@@ -242,12 +245,28 @@ def setup_run(cfg: TrainConfig) -> Run:
             shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
     for name in remove_partial_checkpoints(out) if dist.is_main else []:
         logger.warning("removed %s: a checkpoint whose writing was cut off", out / CHECKPOINTS / name)
-    engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
     run = Run(out, model, tokenizer, ref, engine, task, specs, optimizer, scheduler, gen, sampler, state,
               history=restore_logs(out, state) if dist.is_main else [], dist=dist, critic=critic, step_fn=step_fn,
               rm_trainer=rm_trainer)
     run.load_extra_state(extra)
     return run
+
+
+def make_engine(cfg: TrainConfig, model, tokenizer, model_dir: Path, dist: Dist):
+    """The rollout engine `rollout.engine` names. vLLM is built here, before the run writes anything, so
+    that a missing vLLM or GPU stops it with one line; it loads `model_dir` (the policy's starting weights)
+    and is kept in step by `sync_weights` after every update."""
+    if cfg.rollout.engine == "hf":
+        return HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if dist.fsdp:
+        raise UserError("rollout.engine=vllm cannot run with train.strategy=fsdp (each rank's vLLM would need the "
+                        "whole weights after every update); use train.strategy=ddp or rollout.engine=hf")
+    from grpo.rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(str(model_dir), tokenizer.eos_token_id, tokenizer.pad_token_id,
+                      gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                      dtype="bfloat16" if cfg.model.dtype == "bfloat16" else "float32",
+                      seed=sampling_seed(cfg.train.seed, dist), device=str(next(model.parameters()).device))
 
 
 def _check_rewards(specs: list[RewardSpec], task: Task, cfg: TrainConfig) -> None:
@@ -331,6 +350,7 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
             _count_fault(run.state, update.applied, cfg.train.max_bad_steps)
             if run.critic is not None and update.applied:
                 extra.update(run.critic.update(r, ppo))
+        run.engine.sync_weights(run.model)  # vLLM: its copy of the weights; the HF engine shares them
     record = {**rollout_metrics(everyone, everyone.rewards, everyone.per_function, cfg), **update.stats, **extra,
               "lr": run.scheduler.get_last_lr()[0], "reward/errors": everyone.num_errors,
               "reward/timeouts": everyone.num_timeouts, "faults/skipped_updates": run.state.skipped_updates}
