@@ -156,3 +156,13 @@ def test_cli_eval_user_errors(argv, message):
         base[flag] = value
     with pytest.raises(UserError, match=message.replace("+", r"\+")):
         _cli([x for kv in base.items() for x in kv] + ["--out", ""])
+
+
+def test_an_adapter_directory_is_refused_with_the_merged_model_named(tmp_path):
+    """`final/adapter` of a LoRA run (adapter_config.json, no config.json): the error names `final/`, where
+    the run wrote the merged model."""
+    adapter = tmp_path / "final" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError, match=f"holds a LoRA adapter: the merged model a LoRA run writes is in {tmp_path / 'final'}$"):
+        _cli(["--model", str(adapter), "--n", "2", "--k", "1", "--out", ""])

@@ -39,8 +39,10 @@ def load_policy(cfg: ModelConfig, tiny_dir: Path):
         path = build_tiny(tiny_dir, TinyConfig(hidden_size=cfg.tiny_hidden_size, num_layers=cfg.tiny_num_layers,
                                                architecture=cfg.tiny_architecture))
     elif not (path / "config.json").is_file():
+        hint = (f"; it holds a LoRA adapter: the merged model a LoRA run writes is in {path.parent}"
+                if (path / "adapter_config.json").is_file() else "")
         raise UserError(f"model.path: {path} is not a Hugging Face model directory (no config.json); "
-                        "use 'tiny' or a local directory written by save_pretrained")
+                        f"use 'tiny' or a local directory written by save_pretrained{hint}")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
