@@ -16,7 +16,8 @@ What changes with N = WORLD_SIZE > 1 processes (docs/distributed.md has the full
   the local gradients (`all_reduce_grads`), taken before clipping, so every rank clips the same
   global norm and applies the same step: the weights stay identical without DDP's broadcast.
 - Metrics are computed on the gathered batch; only rank 0 writes files (logs, samples, plots,
-  checkpoints, the final model). Held-out evaluation is sharded and summed.
+  checkpoints, the final model), except that under FSDP every rank writes its own shard of a
+  checkpoint (`save_shards`). Held-out evaluation is sharded and summed.
 
 With one process every helper here is a no-op, and torch.distributed is never initialised.
 """
