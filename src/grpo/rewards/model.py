@@ -89,12 +89,14 @@ class RewardModel:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        # peft LoRA: the body as the policy computes it, adapters merged into a copy (zero at the start)
-        base = copy.deepcopy(policy).merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
+        from grpo.rollout.lean import hf_weights
+
+        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         config = copy.deepcopy(base.config)
         config.num_labels, config.pad_token_id = 1, tokenizer.pad_token_id
         model = AutoModelForSequenceClassification.from_config(config)
-        body = {k: v for k, v in base.state_dict().items() if not k.startswith("lm_head.")}
+        # under transformers' names; peft LoRA: the body as the policy computes it, adapters folded in
+        body = {k: v for k, v in hf_weights(policy).items() if not k.startswith("lm_head.")}
         missing, _ = model.load_state_dict(body, strict=False)
         assert all(k.startswith("score.") for k in missing), missing
         torch.nn.init.zeros_(model.score.weight)

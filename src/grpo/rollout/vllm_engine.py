@@ -107,7 +107,7 @@ class VLLMEngine:
         with the adapters folded in, under transformers' names (`hf_weights`). Any failure, including a
         worker that does not answer within `SYNC_TIMEOUT_S`, is a UserError: sampling on from stale
         weights would train on the wrong policy without a sign."""
-        weights = {k: v.detach() for k, v in hf_weights(model).items()}
+        weights = hf_weights(model)
         try:
             target = _driver_model(self.llm)
             if target is not None:
