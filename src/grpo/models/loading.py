@@ -28,13 +28,15 @@ def resolve_device(name: str) -> torch.device:
 def load_policy(cfg: ModelConfig, tiny_dir: Path):
     """(model, tokenizer) in train mode, float32 master weights on the configured device.
 
-    `cfg.path == 'tiny'` builds the built-in model into `tiny_dir` first (offline, deterministic).
+    `cfg.path == 'tiny'` builds the built-in model into `tiny_dir` first (offline, deterministic); a named
+    pretrained model (`smollm2`) resolves to its converted, cached directory (`grpo.models.convert`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from grpo.models.convert import resolve_model_path
     from grpo.models.tiny import TinyConfig, build_tiny
 
-    path = Path(cfg.path)
+    path = resolve_model_path(cfg.path)
     if cfg.path == "tiny":
         path = build_tiny(tiny_dir, TinyConfig(hidden_size=cfg.tiny_hidden_size, num_layers=cfg.tiny_num_layers,
                                                architecture=cfg.tiny_architecture))
@@ -42,7 +44,7 @@ def load_policy(cfg: ModelConfig, tiny_dir: Path):
         hint = (f"; it holds a LoRA adapter: the merged model a LoRA run writes is in {path.parent}"
                 if (path / "adapter_config.json").is_file() else "")
         raise UserError(f"model.path: {path} is not a Hugging Face model directory (no config.json); "
-                        f"use 'tiny' or a local directory written by save_pretrained{hint}")
+                        f"use 'tiny', 'smollm2' or a local directory written by save_pretrained{hint}")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -38,6 +38,7 @@ from grpo.algorithm import zero_std_fraction
 from grpo.config import TrainConfig
 from grpo.data import Task, load_task
 from grpo.errors import UserError
+from grpo.models.convert import resolve_model_path
 from grpo.models.loading import Reference, autocast, enable_checkpointing, load_policy, resolve_device
 from grpo.rewards import RewardModel, RewardSpec, compute_rewards, load_reward_function, reward_spec
 from grpo.rewards.loader import RESERVED_ARGUMENTS
@@ -235,7 +236,8 @@ def setup_run(cfg: TrainConfig) -> Run:
             state = load_checkpoint(resume_from, cfg, model, optimizer, scheduler, gen, fingerprint, dist)
             sampler.load_state_dict(state.sampler)
             extra = load_extra(resume_from)
-        engine = make_engine(cfg, model, tokenizer, tiny_dir if tiny_dir.exists() else Path(cfg.model.path), dist)
+        engine = make_engine(cfg, model, tokenizer, tiny_dir if tiny_dir.exists() else resolve_model_path(cfg.model.path),
+                             dist)
         if resume_from is not None:
             engine.sync_weights(model)  # vLLM started from model.path, the policy from the checkpoint
         check_free_space(cfg.train.output_dir, model, checkpoints=cfg.train.save_every > 0)

@@ -1,0 +1,99 @@
+"""Write GSM8K-style word problems as chat messages: data/word_problems_{train,test}.jsonl.
+
+    python scripts/make_word_problems.py            # 3000 train, 400 test (the files in data/)
+
+Each row: {"prompt": [{"role": "user", "content": QUESTION + INSTRUCTION}], "answer": "...#### N"}, the
+answer a worked solution in GSM8K's style (calculator annotations <<a+b=c>>, then `#### N`), so
+`math_accuracy` with `gold_style: gsm8k` reads it as GSM8K's own answers are read. Problems take one
+or two operations (+, -, x) on small whole numbers with whole, non-negative results. Train and test
+are disjoint by construction: a problem goes to the test split when a hash of its text says so,
+never to both. Deterministic: the same arguments write the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+from pathlib import Path
+
+NAMES = ["Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Max", "Eli", "Amy", "Noah", "Lily", "Omar", "Rosa",
+         "Ben", "Nina", "Jack", "Emma", "Raj", "Sofia"]
+ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "shells", "cards", "coins", "flowers"]
+INSTRUCTION = "\nSolve it step by step, then give the final answer as a number on the last line, after ####."
+
+
+def _one_step(rng: random.Random) -> tuple[str, str, int]:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    a, b = rng.randint(3, 40), rng.randint(2, 30)
+    kind = rng.choice(["add", "sub", "mul"])
+    if kind == "add":
+        q = f"{name} has {a} {item}. {name} gets {b} more {item}. How many {item} does {name} have now?"
+        return q, f"{name} has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {item}.", a + b
+    if kind == "sub":
+        a, b = max(a, b) + 1, min(a, b)
+        q = f"{name} has {a} {item} and gives {b} of them to a friend. How many {item} does {name} have left?"
+        return q, f"{name} has {a} - {b} = <<{a}-{b}={a - b}>>{a - b} {item} left.", a - b
+    a, b = rng.randint(2, 9), rng.randint(2, 12)
+    q = f"{name} buys {a} bags with {b} {item} in each bag. How many {item} does {name} buy?"
+    return q, f"{name} buys {a} * {b} = <<{a}*{b}={a * b}>>{a * b} {item}.", a * b
+
+
+def _two_steps(rng: random.Random) -> tuple[str, str, int]:
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    a, b, c = rng.randint(5, 40), rng.randint(2, 25), rng.randint(2, 20)
+    kind = rng.choice(["add_sub", "mul_add", "sub_add"])
+    if kind == "add_sub":
+        c = min(c, a + b)
+        q = (f"{name} has {a} {item}. {name} buys {b} more and then loses {c}. "
+             f"How many {item} does {name} have now?")
+        s = (f"After buying, {name} has {a} + {b} = <<{a}+{b}={a + b}>>{a + b} {item}.\n"
+             f"After losing some, {name} has {a + b} - {c} = <<{a + b}-{c}={a + b - c}>>{a + b - c} {item}.")
+        return q, s, a + b - c
+    if kind == "mul_add":
+        a, b = rng.randint(2, 6), rng.randint(2, 10)
+        q = (f"{name} has {a} boxes with {b} {item} in each box, and {c} loose {item}. "
+             f"How many {item} does {name} have in total?")
+        s = (f"The boxes hold {a} * {b} = <<{a}*{b}={a * b}>>{a * b} {item}.\n"
+             f"In total {name} has {a * b} + {c} = <<{a * b}+{c}={a * b + c}>>{a * b + c} {item}.")
+        return q, s, a * b + c
+    b = min(b, a)
+    q = (f"{name} had {a} {item}, gave away {b}, and then found {c} more. "
+         f"How many {item} does {name} have now?")
+    s = (f"After giving some away, {name} has {a} - {b} = <<{a}-{b}={a - b}>>{a - b} {item}.\n"
+         f"After finding more, {name} has {a - b} + {c} = <<{a - b}+{c}={a - b + c}>>{a - b + c} {item}.")
+    return q, s, a - b + c
+
+
+def make_rows(n: int, split: str, seed: int, two_step_fraction: float = 0.5) -> list[dict]:
+    """`n` distinct problems of `split` ("train" or "test"; about 1 in 8 problems hash to test)."""
+    rng, rows, seen = random.Random(f"{seed}-{split}"), [], set()
+    while len(rows) < n:
+        question, solution, answer = (_two_steps if rng.random() < two_step_fraction else _one_step)(rng)
+        in_test = hashlib.sha256(question.encode()).digest()[0] < 32
+        if question in seen or in_test != (split == "test"):
+            continue
+        seen.add(question)
+        rows.append({"prompt": [{"role": "user", "content": question + INSTRUCTION}],
+                     "answer": f"{solution}\n#### {answer}"})
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="data", help="directory for word_problems_{train,test}.jsonl")
+    p.add_argument("--train", type=int, default=3000)
+    p.add_argument("--test", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", args.train), ("test", args.test)):
+        path = out / f"word_problems_{split}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in make_rows(n, split, args.seed)), encoding="utf-8")
+        print(f"wrote {path} ({n} problems)")
+
+
+if __name__ == "__main__":
+    main()
