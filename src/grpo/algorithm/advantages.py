@@ -133,6 +133,19 @@ def zero_std_fraction(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return flat.to(grouped.dtype).mean()  # []
 
 
+def expected_zero_std_fraction(pass_rate: float, group_size: int) -> float:
+    """Share of groups expected to have all-equal binary rewards when each sample is right with
+    probability `pass_rate` = p, independently: p^G + (1 - p)^G (all right or all wrong).
+
+    Example: p = 0.05, G = 8 -> 0.05^8 + 0.95^8 = 0.6634; p = 0.5, G = 8 -> 2 * 0.5^8 = 0.0078.
+    Prompts differ in difficulty, so the measured share of a batch is usually higher than this
+    (the function is convex in p): a much higher one says the pass rate is spread unevenly.
+    """
+    if not 0.0 <= pass_rate <= 1.0:
+        raise ValueError(f"pass_rate must be in [0, 1], got {pass_rate}")
+    return pass_rate ** group_size + (1.0 - pass_rate) ** group_size
+
+
 def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """Which groups carry a learning signal: the complement of the groups `zero_std_fraction` counts.
 

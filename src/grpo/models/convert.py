@@ -54,7 +54,11 @@ def resolve_model_path(path: str | Path) -> Path:
         return Path(path)
     out = cache_dir() / "models" / NAMED_MODELS[name]
     if not (out / "config.json").is_file():
-        convert_gguf(smollm2_gguf(), out)
+        try:
+            convert_gguf(smollm2_gguf(), out)
+        except UserError:
+            if not (out / "config.json").is_file():  # else another process (a torchrun rank) converted it first
+                raise
     return out
 
 
@@ -64,8 +68,8 @@ def convert_gguf(gguf: str | Path, out_dir: str | Path) -> Path:
     gguf, out = Path(gguf), Path(out_dir)
     if not gguf.is_file():
         raise UserError(f"convert: {gguf} is not a file")
-    if (out / "config.json").is_file():
-        raise UserError(f"convert: {out} already holds a model; remove it or choose another directory")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"convert: {out} already exists and is not empty; remove it or choose another directory")
     try:
         import gguf as _  # noqa: F401  (transformers' GGUF reader)
     except ImportError:
@@ -90,12 +94,15 @@ def convert_gguf(gguf: str | Path, out_dir: str | Path) -> Path:
                         f"unexpected {sorted(unexpected)[:3]})")
     model.tie_weights()
     model.generation_config = GenerationConfig.from_model_config(config)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # one per process: torchrun ranks may race
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out)  # onto a missing or empty directory
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").is_file():  # else another process finished the same conversion first
+            raise UserError(f"convert: cannot write {out}: {e.strerror or e}") from None
     return out

@@ -16,6 +16,7 @@ from grpo.rewards.format import (
     make_repetition_penalty,
     make_soft_overlong_penalty,
     r1_format_lenient,
+    gsm8k_format,
     r1_format_strict,
 )
 from grpo.rewards.loader import BUILTIN_REWARDS, FileRewardFunction, RewardFn, load_reward_function
@@ -50,6 +51,7 @@ __all__ = [
     "make_soft_overlong_penalty",
     "math_accuracy",
     "r1_format_lenient",
+    "gsm8k_format",
     "r1_format_strict",
     "reward_spec",
     "run_with_deadline",

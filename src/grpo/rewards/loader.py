@@ -28,6 +28,7 @@ from grpo.rewards.format import (
     make_repetition_penalty,
     make_soft_overlong_penalty,
     r1_format_lenient,
+    gsm8k_format,
     r1_format_strict,
 )
 from grpo.rewards.math import make_math_accuracy
@@ -38,6 +39,7 @@ BUILTIN_REWARDS: dict[str, Callable[..., RewardFn]] = {
     "math_accuracy": make_math_accuracy,
     "r1_format_strict": lambda: r1_format_strict,
     "r1_format_lenient": lambda: r1_format_lenient,
+    "gsm8k_format": lambda: gsm8k_format,
     "soft_overlong_penalty": make_soft_overlong_penalty,
     "length_penalty": make_length_penalty,
     "repetition_penalty": make_repetition_penalty,

