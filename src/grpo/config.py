@@ -65,7 +65,7 @@ class DataConfig:
     template: str | None = None
     """How string prompts are rendered: None (as is), 'r1' (the DeepSeek-R1 template), or a string with {prompt}."""
     max_prompt_length: int = 256
-    """Longest prompt in tokens."""
+    """Longest prompt in tokens as the model sees it, special tokens (BOS) included."""
     on_long_prompt: Literal["error", "drop"] = "error"
     """What to do with a longer prompt: stop with an error naming it, or drop it and count the drops."""
     heldout_source: str | None = None

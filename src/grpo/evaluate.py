@@ -144,9 +144,11 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
     """`evaluate` on a loaded model (rows carry a rendered `prompt` and the checker's columns)."""
     import torch
 
+    from grpo.data.templates import encode_prompts
+    from grpo.models.loading import stop_token_ids
     from grpo.rollout.engine import SamplingParams
     from grpo.rollout.hf import HFEngine
-    from grpo.train.common import decode, encode_prompts, evaluate_accuracy
+    from grpo.train.common import decode, evaluate_accuracy
 
     ks = sorted(set(ks))
     if not rows:
@@ -155,7 +157,7 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
         raise UserError(f"eval: every k must be in 1..n (n={n} samples per prompt), got k={','.join(map(str, ks))}")
     if temperature <= 0:
         raise UserError("eval: --temperature must be > 0 for the n samples (greedy accuracy is always measured)")
-    engine = engine or HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    engine = engine or HFEngine(model, stop_token_ids(model, tokenizer), tokenizer.pad_token_id)
     torch.manual_seed(seed)
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from grpo.config import DataConfig
 from grpo.data.loading import load_rows
-from grpo.data.templates import TEMPLATES, check_prompt_lengths, render_prompt
+from grpo.data.templates import TEMPLATES, check_prompt_lengths, encode_prompts, render_prompt
 from grpo.errors import UserError
 
-__all__ = ["Task", "load_task", "load_rows", "render_prompt"]
+__all__ = ["Task", "load_task", "load_rows", "render_prompt", "encode_prompts"]
 
 
 @dataclass
@@ -29,9 +29,9 @@ def _render(rows: list[dict], cfg: DataConfig, tokenizer) -> list[dict]:
 
 
 def _check_lengths(rows: list[dict], cfg: DataConfig, tokenizer, name: str) -> tuple[list[dict], int]:
-    if not rows:  # no held-out set given: nothing to check (fast tokenizers fail on an empty batch)
-        return rows, 0
-    ids = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+    """Drop (or refuse) rows whose prompt is longer than max_prompt_length tokens as the model sees it,
+    special tokens included: the ids `encode_prompts` gives the rollout."""
+    ids = encode_prompts(tokenizer, [r["prompt"] for r in rows])
     check = check_prompt_lengths(ids, cfg.max_prompt_length, policy=cfg.on_long_prompt, source_name=name)
     return [rows[i] for i in check.kept], check.num_dropped
 

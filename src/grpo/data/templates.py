@@ -5,6 +5,11 @@ with the generation prompt appended. Plain-string prompts go through a text temp
 `{prompt}` placeholder; `R1_TEMPLATE` is the DeepSeek-R1 style one, in which the assistant reasons
 inside <think></think> and answers inside <answer></answer> (pair it with the r1_format rewards and
 math_accuracy's "answer_tag" predictions).
+
+`encode_prompts` turns rendered texts into the token ids the policy sees, everywhere a prompt is
+tokenised (rollouts, SFT, evaluation, the reward model, the max_prompt_length check), so that the
+special tokens are added once: a chat template that renders `{{ bos_token }}` has already written
+the BOS, and the tokenizer's own post-processor must not add a second.
 """
 
 from __future__ import annotations
@@ -64,6 +69,29 @@ def render_prompt(prompt: str | list[dict], tokenizer: Any = None, template: str
             )
         return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     raise UserError(f"a prompt must be a string or a list of messages; got {type(prompt).__name__}")
+
+
+def encode_prompts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """The token ids the model sees for each rendered prompt text, special tokens included.
+
+    A text that starts with the tokenizer's BOS string was rendered by a chat template that wrote
+    the special tokens it needs, so it is tokenised as written (add_special_tokens=False); any other
+    text gets the tokenizer's own special tokens (a plain-text prompt gets the BOS the tokenizer adds).
+    With the tiny tokenizer (BOS "<bos>", id 1, added by its post-processor; "h" = 56, "i" = 57):
+
+        "<bos>user: hi\nassistant: " -> [1, ...]      (one BOS, the template's)
+        "hi"                          -> [1, 56, 57]   (the tokenizer's BOS)
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    rendered = [i for i, t in enumerate(texts) if bos and t.startswith(bos)]
+    plain = sorted(set(range(len(texts))) - set(rendered))
+    ids: list[list[int]] = [[] for _ in texts]
+    for rows, special in ((rendered, False), (plain, True)):
+        if rows:  # fast tokenizers fail on an empty batch
+            encoded = tokenizer([texts[i] for i in rows], add_special_tokens=special)["input_ids"]
+            for i, x in zip(rows, encoded):
+                ids[i] = list(x)
+    return ids
 
 
 class PromptLengthCheck(NamedTuple):

@@ -57,6 +57,21 @@ def load_policy(cfg: ModelConfig, tiny_dir: Path):
     return model.train(), tokenizer
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The ids that end a completion: every id of the model's generation_config.eos_token_id (an int or a
+    list: chat models often list their end-of-turn token there), then the tokenizer's eos_token_id, each
+    once. Every rollout engine is given these, so where a completion stops (its mask, `truncated`) does
+    not depend on the engine.
+
+    SmolLM2-135M-Instruct: generation_config 2 (<|im_end|>), tokenizer 2 -> [2].
+    """
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
+
+
 def add_lora(model, lora):
     """Wrap `model` with peft LoRA adapters; only the adapters train, the base stays frozen."""
     try:

@@ -3,8 +3,9 @@
 Any local Hugging Face `AutoModelForSequenceClassification` checkpoint with `num_labels=1` (the
 DeepSeekMath / R1 outcome reward model shape) scores the text `prompt + completion`. Inputs are padded
 on the right, so with causal attention padding never changes a sample's score: batching does not
-change the values. Texts longer than `max_length` tokens keep their end (the completion), cut on
-the left.
+change the values. The text is tokenised as the policy's prompts are (`grpo.data.templates.
+encode_prompts`: a prompt rendered with its BOS gets no second one). Texts longer than `max_length`
+tokens keep their end (the completion), cut on the left after the BOS.
 
 torch and transformers are imported on first use, so `import grpo.rewards` stays light.
 """
@@ -108,6 +109,20 @@ class RewardModel:
         rm.model = model.to(rm.device).eval()
         return rm
 
+    def encode(self, texts: list[str]):
+        """input_ids and attention_mask [B, L] on the device, padded on the right: each text's ids as
+        `encode_prompts` gives them, cut to the last `max_length` tokens (a leading BOS is kept)."""
+        from grpo.data.templates import encode_prompts
+
+        bos = self.tokenizer.bos_token_id
+        ids = []
+        for x in encode_prompts(self.tokenizer, texts):
+            if len(x) > self.max_length:
+                head = x[:1] if bos is not None and x[0] == bos else []
+                x = head + x[len(x) - self.max_length + len(head):]
+            ids.append(x)
+        return self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt").to(self.device)
+
     def __call__(
         self, prompts: list[str], completions: list[str], completion_ids=None, **columns
     ) -> list[float]:
@@ -118,13 +133,7 @@ class RewardModel:
         scores: list[float] = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(
-                    texts[start : start + self.batch_size],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
+                enc = self.encode(texts[start : start + self.batch_size])
                 logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
                 scores.extend(logits[:, 0].float().cpu().tolist())  # [B, 1] -> B floats
         return scores

@@ -1,6 +1,6 @@
 """Rollouts from vLLM on a GPU, colocated with the trainer, behind the same interface as `HFEngine`.
 
-    engine = VLLMEngine(model_dir, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    engine = VLLMEngine(model_dir, eos_token_id=stop_token_ids(policy, tok), pad_token_id=tok.pad_token_id)
     r = engine.generate(prompt_ids, SamplingParams(max_new_tokens=256, temperature=1.0, G=8), gen)
     ...one optimizer step on the policy...
     engine.sync_weights(policy)   # vLLM samples from the updated weights from here on

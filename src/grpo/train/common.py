@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from grpo.config import OptimConfig, save_config
+from grpo.data.templates import encode_prompts
 from grpo.errors import UserError
 from grpo.rollout.engine import SamplingParams
 
@@ -233,13 +234,10 @@ def decode(tokenizer, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
     return tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(ids, mask)], skip_special_tokens=True)
 
 
-def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    return tokenizer(prompts)["input_ids"]
-
-
 def evaluate_accuracy(engine, tokenizer, rows: list[dict], checker, max_new_tokens: int,
                       batch_size: int = 128) -> tuple[float, list[str]]:
-    """Greedy held-out accuracy: mean of `checker` (the accuracy reward itself) over `rows`."""
+    """Greedy held-out accuracy: mean of `checker` (the accuracy reward itself) over `rows`. The checker
+    gets what training's rewards get: the completion texts and their unpadded ids (EOS included)."""
     if not rows:
         return float("nan"), []
     texts, scores = [], []
@@ -249,8 +247,9 @@ def evaluate_accuracy(engine, tokenizer, rows: list[dict], checker, max_new_toke
         r = engine.generate(encode_prompts(tokenizer, [x["prompt"] for x in chunk]), params)
         batch_texts = decode(tokenizer, r.completion_ids, r.completion_mask)
         columns = {k: [x.get(k) for x in chunk] for k in chunk[0] if k != "prompt"}
-        values = checker(prompts=[x["prompt"] for x in chunk], completions=batch_texts,
-                         completion_ids=r.completion_ids.tolist(), **columns)
+        ids = [row[m.bool()].tolist() for row, m in zip(r.completion_ids, r.completion_mask)]
+        values = checker(prompts=[x["prompt"] for x in chunk], completions=batch_texts, completion_ids=ids,
+                         **columns)
         scores += [0.0 if v is None else float(v) for v in values]
         texts += batch_texts
     return sum(scores) / len(scores), texts

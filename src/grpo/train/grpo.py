@@ -34,12 +34,19 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from grpo.algorithm import zero_std_fraction
+from grpo.algorithm import expected_zero_std_fraction, zero_std_fraction
 from grpo.config import TrainConfig
 from grpo.data import Task, load_task
 from grpo.errors import UserError
 from grpo.models.convert import resolve_model_path
-from grpo.models.loading import Reference, autocast, enable_checkpointing, load_policy, resolve_device
+from grpo.models.loading import (
+    Reference,
+    autocast,
+    enable_checkpointing,
+    load_policy,
+    resolve_device,
+    stop_token_ids,
+)
 from grpo.rewards import RewardModel, RewardSpec, compute_rewards, load_reward_function, reward_spec
 from grpo.rewards.loader import RESERVED_ARGUMENTS
 from grpo.rollout.engine import Rollout, SamplingParams
@@ -113,7 +120,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def rollout_metrics(r: Rollout, rewards, per_function: dict, cfg: TrainConfig) -> dict:
+def rollout_metrics(r: Rollout, rewards, per_function: dict, cfg: TrainConfig, accuracy: str | None = None) -> dict:
+    """This batch's reward and length metrics; `accuracy` names the reward whose mean is the pass rate."""
     lengths = r.lengths.float()
     out = {
         "reward/mean": float(torch.nanmean(rewards)),
@@ -125,7 +133,29 @@ def rollout_metrics(r: Rollout, rewards, per_function: dict, cfg: TrainConfig) -
     }
     for name, values in per_function.items():
         out[f"reward/{name}"] = float(torch.tensor(values, dtype=torch.float64).nanmean())
+    pass_rate = out.get(f"reward/{accuracy}")
+    if pass_rate is not None and pass_rate == pass_rate:  # the share a pass rate alone would leave without signal
+        out["reward/zero_std_expected"] = expected_zero_std_fraction(min(max(pass_rate, 0.0), 1.0), cfg.grpo.G)
     return out
+
+
+NO_SIGNAL_SHARE = 0.5
+"""Warn once when more than this share of a step's groups have all-equal rewards (no gradient)."""
+
+
+def warn_if_no_signal(record: dict, cfg: TrainConfig, accuracy: str, warned: bool) -> bool:
+    """One warning line, the first time most of a step's groups carry no signal; returns whether warned."""
+    share = record.get("reward/zero_std_groups", 0.0)
+    if warned or share <= NO_SIGNAL_SHARE or cfg.algorithm != "grpo":
+        return warned
+    p = record.get(f"reward/{accuracy}", float("nan"))
+    expected = record.get("reward/zero_std_expected", float("nan"))
+    logger.warning(
+        "grpo: warning: step %d: %.0f%% of the groups have all-equal rewards and give no gradient (%.0f%% expected from "
+        "the pass rate %s = %.1f%% at grpo.G=%d); for more signal try a larger grpo.G, a sampling.temperature "
+        "nearer where the model is most often right, a warm start (grpo sft) or easier prompts",
+        record["step"], 100 * share, 100 * expected, accuracy, 100 * p, cfg.grpo.G)
+    return True
 
 
 @dataclass
@@ -257,15 +287,16 @@ def setup_run(cfg: TrainConfig) -> Run:
 def make_engine(cfg: TrainConfig, model, tokenizer, model_dir: Path, dist: Dist):
     """The rollout engine `rollout.engine` names. vLLM is built here, before the run writes anything, so
     that a missing vLLM or GPU stops it with one line; it loads `model_dir` (the policy's starting weights)
-    and is kept in step by `sync_weights` after every update."""
+    and is kept in step by `sync_weights` after every update. Both stop at `stop_token_ids`."""
+    stop = stop_token_ids(model, tokenizer)
     if cfg.rollout.engine == "hf":
-        return HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        return HFEngine(model, stop, tokenizer.pad_token_id)
     if dist.fsdp:
         raise UserError("rollout.engine=vllm cannot run with train.strategy=fsdp (each rank's vLLM would need the "
                         "whole weights after every update); use train.strategy=ddp or rollout.engine=hf")
     from grpo.rollout.vllm_engine import VLLMEngine
 
-    return VLLMEngine(str(model_dir), tokenizer.eos_token_id, tokenizer.pad_token_id,
+    return VLLMEngine(str(model_dir), stop, tokenizer.pad_token_id,
                       gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                       dtype="bfloat16" if cfg.model.dtype == "bfloat16" else "float32",
                       seed=sampling_seed(cfg.train.seed, dist), device=str(next(model.parameters()).device))
@@ -353,7 +384,8 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
             if run.critic is not None and update.applied:
                 extra.update(run.critic.update(r, ppo))
         run.engine.sync_weights(run.model)  # vLLM: its copy of the weights; the HF engine shares them
-    record = {**rollout_metrics(everyone, everyone.rewards, everyone.per_function, cfg), **update.stats, **extra,
+    record = {**rollout_metrics(everyone, everyone.rewards, everyone.per_function, cfg, run.specs[0].name),
+              **update.stats, **extra,
               "lr": run.scheduler.get_last_lr()[0], "reward/errors": everyone.num_errors,
               "reward/timeouts": everyone.num_timeouts, "faults/skipped_updates": run.state.skipped_updates}
     if sampling is not None:
@@ -415,6 +447,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
         samples = stack.enter_context(open(run.out / "samples.jsonl" if run.dist.is_main else os.devnull, "a",
                                            encoding="utf-8"))
         stop = stack.enter_context(StopSignals())
+        warned = False
         if state.step == 0:
             state.accuracy_before = heldout()
         bar = tqdm(range(state.step, cfg.train.steps), initial=state.step, total=cfg.train.steps, desc="grpo",
@@ -441,6 +474,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
                 _write_samples(samples, step + 1, out, cfg.grpo.G)
             log.write(record)
             run.history.append(record)
+            if run.dist.is_main:
+                warned = warn_if_no_signal(record, cfg, run.specs[0].name, warned)
             bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record.get('kl', 0.0):.4f}")
             state.step = step + 1
             checkpoint_or_stop(run, cfg, log, samples, stop)

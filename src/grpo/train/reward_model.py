@@ -25,7 +25,8 @@ import torch
 from grpo.config import RewardModelConfig
 from grpo.rewards import RewardModel, load_reward_function
 from grpo.rollout.engine import SamplingParams
-from grpo.train.common import decode, encode_prompts
+from grpo.data.templates import encode_prompts
+from grpo.train.common import decode
 
 
 class RewardModelTrainer:
@@ -38,8 +39,7 @@ class RewardModelTrainer:
 
     def scores(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         """The score with gradients, batch_size texts at a time. [n]"""
-        enc = self.rm.tokenizer([p + c for p, c in zip(prompts, completions)], padding=True, truncation=True,
-                                max_length=self.rm.max_length, return_tensors="pt").to(self.rm.device)
+        enc = self.rm.encode([p + c for p, c in zip(prompts, completions)])
         return self.rm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, 0].float()
 
     def sample(self, engine, tokenizer, rows: list[dict], G: int, max_new_tokens: int, temperature: float,

@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from grpo.config import SFTConfig
 from grpo.data import load_task
+from grpo.data.templates import encode_prompts
 from grpo.errors import UserError
-from grpo.models.loading import autocast, load_policy
+from grpo.models.loading import autocast, load_policy, stop_token_ids
 from grpo.rewards import load_reward_function
 from grpo.rollout.engine import Rollout
 from grpo.rollout.hf import HFEngine, _pad_left
@@ -51,7 +52,7 @@ class SFTResult:
 
 def encode_pairs(tokenizer, prompts: list[str], targets: list[str]):
     """Rollout layout for teacher forcing: left-padded prompts, right-padded target + EOS."""
-    p_ids, p_mask = _pad_left(tokenizer(prompts)["input_ids"], tokenizer.pad_token_id)  # [B, P]
+    p_ids, p_mask = _pad_left(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)  # [B, P]
     tgt = [ids + [tokenizer.eos_token_id] for ids in tokenizer(targets, add_special_tokens=False)["input_ids"]]
     T = max(map(len, tgt))
     c_ids = torch.full((len(tgt), T), tokenizer.pad_token_id, dtype=torch.long)  # [B, T]
@@ -95,7 +96,7 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
         if tiny_dir.exists():
             shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
     device = next(model.parameters()).device
-    engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    engine = HFEngine(model, stop_token_ids(model, tokenizer), tokenizer.pad_token_id)
     optimizer, scheduler = make_optimizer(model, cfg.optim, s.max_steps)
     log, rng = MetricsLog(out, s.tensorboard), random.Random(s.seed)
     best = (-1.0, 0, None)  # (accuracy, step, state_dict)
