@@ -81,7 +81,7 @@ def test_grpo_convert_writes_the_same_model_as_the_cache(tmp_path, capsys):
     assert not list(tmp_path.glob(".smol.tmp-*"))
 
 
-TINY_RUN = ["model.path=smollm2", "model.lora={r: 4, alpha: 8}", "data.source=data/word_problems_train.jsonl",
+TINY_RUN = ["model.path=smollm2", "data.source=data/word_problems_train.jsonl",
             "data.heldout_source=data/word_problems_test.jsonl", "data.num_heldout=2", "train.prompts_per_step=1",
             "grpo.G=2", "train.micro_batch_size=2", "sampling.max_new_tokens=6", "sampling.temperature=1.0",
             "train.eval_every=0", "train.save_every=1", "optim.lr=1e-3", "optim.warmup_steps=0",
@@ -91,16 +91,24 @@ TINY_RUN = ["model.path=smollm2", "model.lora={r: 4, alpha: 8}", "data.source=da
 
 @needs_smollm2
 @pytest.mark.slow
-def test_lora_steps_on_smollm2_checkpoint_resume_exactly_and_evaluate(tmp_path, capsys):
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+def test_steps_on_smollm2_checkpoint_resume_exactly_and_evaluate(tmp_path, capsys, lora):
+    """Two steps straight equal one step, a checkpoint and a resumed second step, bit for bit: the LoRA
+    adapters, or (full fine-tuning) every weight with the tied embedding and head stored once."""
+    run = [*TINY_RUN, "model.lora={r: 4, alpha: 8}"] if lora else [*TINY_RUN, "optim.lr=1e-5", "grpo.beta=0.04"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert main(["train", "-q", *TINY_RUN, "train.steps=2", f"train.output_dir={straight}"]) == 0
-    assert main(["train", "-q", *TINY_RUN, "train.steps=1", f"train.output_dir={resumed}"]) == 0
+    assert main(["train", "-q", *run, "train.steps=2", f"train.output_dir={straight}"]) == 0
+    assert main(["train", "-q", *run, "train.steps=1", f"train.output_dir={resumed}"]) == 0
     assert main(["train", "-q", "--resume", str(resumed), "train.steps=2"]) == 0, capsys.readouterr().err
-    a = load_file(straight / "final" / "adapter" / "adapter_model.safetensors")
-    b = load_file(resumed / "final" / "adapter" / "adapter_model.safetensors")
+    weights = "adapter/adapter_model.safetensors" if lora else "model.safetensors"
+    a, b = load_file(straight / "final" / weights), load_file(resumed / "final" / weights)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    init = {k: v for k, v in a.items() if "lora_B" in k}
-    assert any(v.abs().sum() > 0 for v in init.values())  # B starts at zero: the steps moved it
+    if lora:
+        assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # B starts at zero: it moved
+    else:
+        init = load_file(convert.resolve_model_path("smollm2") / "model.safetensors")
+        assert "lm_head.weight" not in a  # tied: stored once, as the embedding
+        assert not torch.equal(a["model.embed_tokens.weight"], init["model.embed_tokens.weight"])
     metrics = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert [m.get("loss") for m in metrics(straight)] == [m.get("loss") for m in metrics(resumed)]
 

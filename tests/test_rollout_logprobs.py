@@ -63,3 +63,63 @@ def test_selective_log_softmax_in_chunks_equals_the_float64_reference():
         got = selective_log_softmax(logits, index, chunk=chunk, with_entropy=True)
         assert (got.logp.double() - want).abs().max() < 1e-6
         assert (got.entropy.double() - entropy).abs().max() < 1e-6
+
+
+def _head_grads(model, r, chunked, share, temperature=0.8):
+    model.zero_grad()
+    lp = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, temperature,
+                             with_entropy=True, share_prompts=share, chunked_head=chunked)
+    weights = torch.linspace(-1, 1, lp.logp.numel()).view_as(lp.logp)
+    (lp.logp * weights * r.completion_mask).sum().backward()
+    return lp.logp.detach(), lp.entropy, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["plain forward", "shared prompts"])
+@pytest.mark.parametrize("tied", [False, True], ids=["own head", "tied embeddings"])
+def test_chunked_head_equals_full_logits_with_gradients(share, tied, monkeypatch):
+    """The head applied after the forward, a few positions at a time and recomputed in backward: the
+    log-probs, entropies and every gradient (the head's, or the tied embedding's) of the full-logits path."""
+    import grpo.train.logprobs as lp_module
+
+    model = make_model("llama")
+    if tied:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    r = HFEngine(model, 2, PAD).generate(prompts(4), SamplingParams(max_new_tokens=12, G=4),
+                                         torch.Generator().manual_seed(0))
+    full = _head_grads(model, r, chunked=False, share=share)
+    V = model.lm_head.weight.shape[0]
+    monkeypatch.setattr(lp_module, "LOGSOFTMAX_CHUNK_ELEMENTS", 7 * V)  # chunks of 7 positions: many, uneven
+    chunked = _head_grads(model, r, chunked=True, share=share)
+    mask = r.completion_mask.bool()
+    assert (full[0] - chunked[0])[mask].abs().max() < 1e-5
+    assert (full[1] - chunked[1])[mask].abs().max() < 1e-5
+    for name, g in full[2].items():
+        assert (g - chunked[2][name]).norm() <= 1e-5 * g.norm() + 1e-8, name
+    assert full[2]["model.embed_tokens.weight" if tied else "lm_head.weight"].norm() > 0
+
+
+def test_chunked_head_never_builds_full_vocabulary_logits(monkeypatch):
+    """No tensor of [rows, positions, vocabulary] is made in the forward or the backward: the largest
+    float32 tensor the head's path creates is one chunk's logits."""
+    import grpo.train.logprobs as lp_module
+
+    model = make_model("llama")
+    r = HFEngine(model, 2, PAD).generate(prompts(4), SamplingParams(max_new_tokens=12, G=4),
+                                         torch.Generator().manual_seed(0))
+    B, T = r.completion_ids.shape
+    V = model.lm_head.weight.shape[0]
+    monkeypatch.setattr(lp_module, "LOGSOFTMAX_CHUNK_ELEMENTS", 8 * V)
+    seen = []
+    real_linear = torch.nn.functional.linear
+
+    def spy(x, w, b=None):
+        out = real_linear(x, w, b)
+        if w.data_ptr() == model.lm_head.weight.data_ptr():
+            seen.append(out.numel())
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    lp = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+    (lp.logp * r.completion_mask).sum().backward()
+    assert seen and max(seen) <= 8 * V < B * T * V
+    assert len(seen) >= 2 * (B * T // 8)  # every chunk ran twice: forward, then recomputed in backward

@@ -8,10 +8,10 @@ Format (DeepSeek-R1, §2.2.2): the reasoning goes in <think>...</think>, then th
                        <answer>...</answer> block, whatever else surrounds them; else 0.0
 
 Format (GSM8K): the solution ends with one line `#### N`, N a number.
-    gsm8k_format       1.0 if `####` occurs once, on the last non-empty line, followed by a number
-                       and nothing else; 0.5 if a `#### N` line is there but more text or more such
-                       lines follow (pretrained models often keep writing `#### N` lines after their
-                       answer); else 0.0
+    gsm8k_format       1.0 for worked text, then `#### N` (N a number) as the last non-empty line and
+                       the only `####`; 0.5 for a `#### N` line anywhere else (more text or more such
+                       lines after it, as pretrained models often write, or no working before it: a
+                       bare `#### N` must not be the easiest way to the full format reward); else 0.0
 
 Soft overlong punishment (DAPO, arXiv 2503.14476, eq. 13), L = number of completion tokens,
 L_max = max_len, L_cache = cache_len:
@@ -69,17 +69,19 @@ def r1_format_lenient(prompts, completions, completion_ids=None, **columns) -> l
 
 
 def gsm8k_format(prompts, completions, completion_ids=None, **columns) -> list[float]:
-    """1.0 if the completion ends with its only `#### N` line (N a number); 0.5 if it has a `#### N` line
-    but goes on after it; else 0.0.
+    """1.0 for working followed by one final `#### N` line (N a number); 0.5 for a `#### N` line with more
+    after it or no working before it; else 0.0.
 
-    >>> gsm8k_format(["q"] * 5, ["3 + 4 = 7\\n#### 7", "#### 7\\n#### 7", "#### 7 apples", "so 7\\n#### 7\\n\\n", "7"])
-    [1.0, 0.5, 0.0, 1.0, 0.0]
+    >>> gsm8k_format(["q"] * 6, ["3 + 4 = 7\\n#### 7", "7\\n#### 7\\n#### 7", "so 7\\n#### 7 apples",
+    ...                          "3 + 4 = 7\\n#### 7\\n\\n", "#### 7", "7"])
+    [1.0, 0.5, 0.0, 1.0, 0.5, 0.0]
     """
     rewards = []
     for completion in completions:
         lines = [line.strip() for line in completion.strip().splitlines()]
         answer_lines = [i for i, line in enumerate(lines) if _GSM8K_LINE.fullmatch(line)]
-        if completion.count("####") == 1 and answer_lines == [len(lines) - 1]:
+        worked = any(lines[:-1])
+        if completion.count("####") == 1 and answer_lines == [len(lines) - 1] and worked:
             rewards.append(1.0)
         else:
             rewards.append(0.5 if answer_lines else 0.0)

@@ -13,6 +13,15 @@ forward sees 2,224 instead of 3,456 tokens. Used where consecutive rows repeat a
 model is one whose cache is known to behave (`SHARED_PROMPT_MODELS`); otherwise one plain forward.
 Under activation checkpointing (train.gradient_checkpointing) too, where transformers would drop the
 cache of a checkpointed layer: its caches are then ones whose updates a recompute can repeat.
+
+No full-vocabulary logits. The model's forward stops at the last hidden states (its LM head returns its
+input for the duration of the call); `head_logprobs` then applies the head, log-softmax and the gather
+to a chunk of positions at a time, and in a forward with gradients recomputes each chunk's logits in
+the backward pass (activation checkpointing of the head alone). So no [B, T, V] tensor exists in the
+forward or the backward: at a 49,152-token vocabulary, 32 rows x 130 positions would be 0.8 GB of
+float32 logits and as much again for their gradient. Where the head is not a plain linear layer (LoRA
+on the head) or the weights are FSDP shards, the head runs inside the forward as usual and the chunks
+are of those logits (`selective_log_softmax`).
 """
 
 from __future__ import annotations
@@ -56,6 +65,73 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk: int 
                 p = torch.softmax(lg, dim=-1)
                 ents.append(lse - (p * lg).sum(-1))  # [b, T]
     return TokenLogProbs(torch.cat(logps), torch.cat(ents) if with_entropy else None)
+
+
+def _head_chunk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+    """log pi(index) for hidden states h [n, H] under the head (weight [V, H], bias [V]). [n]"""
+    logits = torch.nn.functional.linear(h, weight, bias).float()  # [n, V]
+    if temperature not in (0.0, 1.0):
+        logits = logits / temperature
+    return logits.gather(-1, index.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [n]
+
+
+def _head_entropy(h, weight, bias, temperature: float) -> torch.Tensor:
+    logits = torch.nn.functional.linear(h, weight, bias).float()  # [n, V]
+    if temperature not in (0.0, 1.0):
+        logits = logits / temperature
+    p = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)  # [n]
+
+
+def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, index: torch.Tensor, temperature: float = 1.0,
+                  with_entropy: bool = False, chunk: int | None = None) -> TokenLogProbs:
+    """log_softmax(head(hidden) / temperature)[..., index] without the full logits: `chunk` positions at a
+    time (default: as many as keep one chunk's float32 logits under LOGSOFTMAX_CHUNK_ELEMENTS), each
+    chunk's logits recomputed in the backward pass when gradients are on. hidden [B, T, H], index [B, T].
+    Equal to the plain path to float rounding (tests/test_rollout_logprobs.py)."""
+    B, T, H = hidden.shape
+    V = head.weight.shape[0]
+    chunk = chunk or max(1, LOGSOFTMAX_CHUNK_ELEMENTS // V)
+    flat_h, flat_ix = hidden.reshape(B * T, H), index.reshape(B * T)  # [B*T, H], [B*T]
+    recompute = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
+    logps, ents = [], []
+    for h, ix in zip(flat_h.split(chunk), flat_ix.split(chunk)):
+        if recompute:
+            logps.append(torch.utils.checkpoint.checkpoint(_head_chunk, h, head.weight, head.bias, ix, temperature,
+                                                           use_reentrant=False))
+        else:
+            logps.append(_head_chunk(h, head.weight, head.bias, ix, temperature))
+        if with_entropy:
+            with torch.no_grad():
+                ents.append(_head_entropy(h, head.weight, head.bias, temperature))
+    logp = torch.cat(logps).reshape(B, T)
+    return TokenLogProbs(logp, torch.cat(ents).reshape(B, T) if with_entropy else None)
+
+
+def _plain_head(model) -> torch.nn.Linear | None:
+    """The model's LM head if it is a plain, unsharded linear layer (so that it can be applied outside the
+    forward, in chunks); else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "model_type", None) not in SHARED_PROMPT_MODELS:
+        return None  # other families may scale or soft-cap the logits after the head (Gemma 2, Cohere)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if type(head) is not torch.nn.Linear or type(head.weight) is not torch.nn.Parameter:
+        return None  # peft-wrapped (LoRA on the head), or FSDP's DTensor shards
+    return head
+
+
+@contextlib.contextmanager
+def _head_returns_hidden(head: torch.nn.Linear | None):
+    """For the duration: the LM head returns its input, so the model's 'logits' are its last hidden states."""
+    if head is None:
+        yield
+        return
+    head.forward = lambda h: h  # an instance attribute shadows the class's forward
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,13 +257,14 @@ def cache_kwarg(model) -> str:
 
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                         temperature: float = 1.0, with_entropy: bool = False,
-                        share_prompts: bool | None = None) -> TokenLogProbs:
+                        share_prompts: bool | None = None, chunked_head: bool = True) -> TokenLogProbs:
     """log pi(completion token t | prompt, completion < t) for every completion position. [B, T]
 
     share_prompts: run each distinct prompt once (None: when rows repeat prompts, the model type is in
     SHARED_PROMPT_MODELS and, under activation checkpointing, this transformers lets checkpointed layers
     keep a cache). Both ways compute the same function. Under checkpointing both forwards are
-    checkpointed, over the caches of `_repeatable_caches`."""
+    checkpointed, over the caches of `_repeatable_caches`. chunked_head: the LM head applied in chunks
+    of positions after the forward (`head_logprobs`), where the head allows it; False: inside it."""
     first, inverse = prompt_groups(prompt_ids, prompt_mask)
     checkpointed = recomputes_layers(model)
     if share_prompts is None:
@@ -199,6 +276,22 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
                          "checkpointed layers can keep a cache (_can_checkpoint_with_cache)")
     mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
     positions = position_ids_from_mask(mask)  # [B, P+T]
+    B, P = prompt_ids.shape
+    T = completion_ids.shape[1]
+    head = _plain_head(model) if chunked_head else None
+    with _head_returns_hidden(head):  # `logits` below are hidden states [.., H] when head is not None
+        logits = _completion_outputs(model, prompt_ids, prompt_mask, completion_ids, mask, positions, first,
+                                     inverse, share_prompts, checkpointed)
+    if head is not None:
+        return head_logprobs(logits, head, completion_ids, temperature, with_entropy)
+    if temperature not in (0.0, 1.0):
+        logits = logits / temperature
+    return selective_log_softmax(logits, completion_ids, with_entropy=with_entropy)
+
+
+def _completion_outputs(model, prompt_ids, prompt_mask, completion_ids, mask, positions, first, inverse,
+                        share_prompts: bool, checkpointed: bool) -> torch.Tensor:
+    """The model's outputs at the positions that predict the completion tokens. [B, T, V or H]"""
     B, P = prompt_ids.shape
     T = completion_ids.shape[1]
     if not share_prompts:
@@ -227,6 +320,4 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
                 rest, _ = _forward(model, input_ids=completion_ids[:, :-1], attention_mask=mask[:, :-1],
                                    position_ids=positions[:, P:-1], **kw)
                 logits = torch.cat([head, rest], dim=1)  # [B, T, V]
-    if temperature not in (0.0, 1.0):
-        logits = logits / temperature
-    return selective_log_softmax(logits, completion_ids, with_entropy=with_entropy)
+    return logits
