@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from grpo.algorithm import majority_vote, mask_truncated, pass_at_k, soft_overlong_penalty
+from grpo.algorithm.evaluation import answer_classes
 
 
 def test_pass_at_k_hand_examples():
@@ -48,6 +49,34 @@ def test_majority_vote():
     assert majority_vote([None, None]) is None
     assert majority_vote([]) is None
     assert majority_vote([2, 1, 1]) == 1
+
+
+def _same_value(a, b):
+    return Fraction(a) == Fraction(b)
+
+
+def test_majority_vote_counts_equivalent_answers_as_one():
+    # 0.5, 1/2 and 2/4 are one answer with 3 votes; "2" has 2 and loses. The class is reported by its
+    # first-seen answer.
+    assert majority_vote(["0.5", "2", "1/2", "2", "2/4"], _same_value) == "0.5"
+    assert majority_vote(["0.5", "2", "1/2", "2", "2/4"]) == "2"  # by string: 2 votes against 1, 1, 1
+    # Ties and None behave as without an equivalence: 2 votes each, the class seen first wins.
+    assert majority_vote([None, "2", "1/2", "0.5", "2.0"], _same_value) == "2"
+    assert majority_vote([None, None], _same_value) is None
+
+
+def test_answer_classes_compare_with_the_first_seen_answer_once_per_distinct_answer():
+    calls = []
+
+    def equivalent(first, answer):
+        calls.append((first, answer))
+        return _same_value(first, answer)
+
+    answers = ["0.5", None, "2", "1/2", "0.5", "1/2", "4/2"]
+    assert answer_classes(answers, equivalent) == [0, None, 1, 0, 0, 0, 1]
+    # Repeated strings reuse their class; "4/2" is tried against 0.5 (no) then 2 (yes), first-seen first.
+    assert calls == [("0.5", "2"), ("0.5", "1/2"), ("0.5", "4/2"), ("2", "4/2")]
+    assert answer_classes(["b", "a", "b"]) == [0, 1, 0]
 
 
 def test_soft_overlong_penalty_hand_example():

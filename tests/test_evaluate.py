@@ -12,6 +12,7 @@ import torch
 from grpo.algorithm.evaluation import majority_vote
 from grpo.errors import UserError
 from grpo.evaluate import (
+    answer_equivalence,
     answer_extractor,
     build_eval_parser,
     evaluate_policy,
@@ -56,6 +57,21 @@ def test_maj_at_k_random_subsets_estimate_the_exact_mean():
     assert maj_at_k(answers, correct, k, max_subsets=10**5) == pytest.approx(exact, abs=1e-12)
     drawn = maj_at_k(answers, correct, k, random.Random(0))
     assert drawn != exact and abs(drawn - exact) < 0.047  # 3 sigma of a mean of 1000 Bernoulli draws
+
+
+def test_maj_at_k_votes_by_the_checkers_equivalence():
+    # Gold 1/2: three samples write it three ways (all correct), two answer 2 (wrong).
+    answers, correct = ["0.5", "1/2", "\\frac{1}{2}", "2", "2"], [True, True, True, False, False]
+    same = answer_equivalence("math_accuracy")
+    assert majority_vote(answers, same) == "0.5"
+    assert maj_at_k(answers, correct, 5, equivalent=same) == 1.0  # 3 votes against 2
+    # k=4 leaves out one sample: leaving out a 2 gives 3-1, leaving out a half a 2-2 tie that the half
+    # class wins (seen first): 5/5. By string each half has 1 vote, so {h, h, 2, 2} votes 2: 2/5.
+    assert maj_at_k(answers, correct, 4, equivalent=same) == 1.0
+    assert maj_at_k(answers, correct, 4) == pytest.approx(2 / 5, abs=1e-12)
+    assert maj_at_k(answers, correct, 5) == 0.0
+    exact = answer_equivalence("arithmetic_accuracy")  # its checker compares strings
+    assert exact("4", "4") and not exact("4", "4.0")
 
 
 class ScriptedEngine:
@@ -119,6 +135,22 @@ def test_math_answers_vote_after_normalisation_and_the_math_checker_judges():
     # "1,234" and "1234" are one answer with 2 votes: every triple's majority is it, or a 1-1-1 tie
     # won by the first seen; triples (0,2,3)->1234, (1,2,3)->1234, (0,1,x)->1234: all 4 correct.
     assert res.maj_at_k[3] == 1.0 and res.majority_answers == ["1234"]
+
+
+def test_evaluate_reports_maj_at_k_over_the_checkers_answer_classes():
+    tok = build_tokenizer()
+    row = {"prompt": "What is 1 divided by 2?\n", "answer": "\\boxed{\\frac{1}{2}}"}
+    samples = {row["prompt"]: [_tag("0.5"), _tag("1/2"), "so \\boxed{\\frac{1}{2}}", _tag(2), _tag(2)]}
+    kwargs = dict(n=5, ks=(1, 4, 5), engine=ScriptedEngine(tok, {row["prompt"]: _tag(2)}, samples))
+    checker, answer_fn = load_reward_function("math_accuracy"), answer_extractor("math_accuracy")
+    same = answer_equivalence("math_accuracy")
+    res = evaluate_policy(None, tok, [row], checker, answer_fn, equivalent=same, **kwargs)
+    assert res.greedy_accuracy == 0.0 and res.correct_counts == [3]
+    # The three halves are one answer (3 votes) against "2" (2 votes); k=4 by hand in the test above.
+    assert res.maj_at_k == {1: pytest.approx(3 / 5, abs=1e-12), 4: 1.0, 5: 1.0}
+    assert res.majority_answers == ["0.5"]
+    by_string = evaluate_policy(None, tok, [row], checker, answer_fn, **kwargs)
+    assert by_string.maj_at_k[5] == 0.0 and by_string.majority_answers == ["2"]
 
 
 def _cli(argv):

@@ -1,6 +1,8 @@
 """Math answer checking: gold extraction, prediction extraction, math-verify matching, timeouts."""
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +54,10 @@ def test_extract_gold(text, style, gold):
         ("so the total is 1,234", "last_number", "1234"),
         ("the change is -3.5 degrees", "last_number", "-3.5"),
         ("a ratio of 3/4", "last_number", "3/4"),
+        ("so x = 3y", "last_number", "3y"),  # a coefficient keeps its variable
+        ("the area is 2\\pi", "last_number", "2\\pi"),
+        ("it took 45min.", "last_number", "45min"),
+        ("it took 45 min.", "last_number", "45"),
         ("<answer>7</answer> and \\boxed{8} and 9", "auto", "7"),
         ("\\boxed{8} and 9", "auto", "8"),
         ("just 9 left", "auto", "9"),
@@ -101,6 +107,83 @@ def test_extract_prediction(text, source, pred):
 )
 def test_answers_match(gold, pred, match):
     assert answers_match(gold, pred) is match
+
+
+@pytest.mark.parametrize(
+    "gold, pred, match",
+    [
+        # variables, with or without a coefficient, are never dropped as units
+        ("3x", "3", False),
+        ("3", "3x", False),
+        ("3x", "3y", False),
+        ("5n", "5", False),
+        ("2", "2 x", False),
+        ("3xy", "3", False),
+        ("2ab", "2", False),
+        ("\\frac{1}{2}t", "\\frac{1}{2}", False),
+        # single letters math-verify itself would read as units (t, m, h, s, g): still variables
+        ("3t", "3", False),
+        ("5m", "5", False),
+        ("2", "2h", False),
+        ("3", "3 s", False),
+        ("5", "5 m", False),
+        ("3x", "3x", True),
+        ("2x+3", "3+2x", True),
+        # imaginary unit and constants
+        ("2i", "2", False),
+        ("2", "2i", False),
+        ("3 + 2i", "3", False),
+        ("1+i", "1+i", True),
+        ("3e", "3", False),
+        ("2\\pi", "2", False),
+        ("2", "2\\pi", False),
+        ("2", "2 pi", False),
+        ("2", "2 \\pi", False),
+        ("2\\pi", "2 \\pi", True),
+        ("3", "3 theta", False),
+        # unit words, on either side, with or without a space or a full stop
+        ("12", "12 dollars", True),
+        ("12 dollars", "12", True),
+        ("24", "24 cards", True),
+        ("24 cards", "24", True),
+        ("24", "24 cards.", True),
+        ("3", "3 cm.", True),
+        ("45", "45 minutes", True),
+        ("5", "5kg", True),
+        ("7", "7 days.", True),
+        ("10", "10 square meters", True),
+        ("50", "50 percent", True),
+        ("5", "5 \\text{ cm}", True),
+        ("5\\text{ cm}", "5", True),
+        ("12", "13 dollars", False),
+        ("24", "25 cards", False),
+        # currency and thousands separators
+        ("1234.5", "$1,234.50", True),
+        ("1,234.50", "\\$1234.5", True),
+        ("1,234", "1234 dollars", True),
+        ("1,234", "$1,243", False),
+    ],
+)
+def test_only_unit_words_are_dropped_never_variables_or_constants(gold, pred, match):
+    # No deadline: a cold math-verify import under load can take longer than the default 5 s; the
+    # deadline has its own tests below.
+    assert answers_match(gold, pred, timeout_s=None) is match
+
+
+@pytest.mark.parametrize(
+    "completion, gold, reward",
+    [
+        ("so x = 3y", "3", 0.0),  # the last number is the coefficient of y, not an answer of 3
+        ("so x = 3y", "3x", 0.0),
+        ("the roots are 1 and 2i", "2", 0.0),
+        ("so it is 3y", "3y", 1.0),
+        ("the pen costs 3 dollars", "3", 1.0),
+        ("the trip takes 45min.", "45", 1.0),
+    ],
+)
+def test_last_number_keeps_an_attached_variable(completion, gold, reward):
+    check = make_math_accuracy(gold_style="plain", pred_source="last_number", timeout_s=None)
+    assert check(["q"], [completion], [[0]], answer=[gold]) == [reward]
 
 
 def test_answers_match_prose_answer():
@@ -179,3 +262,12 @@ def test_answers_match_gives_up_after_timeout(monkeypatch, in_thread):
         check()
     assert result["match"] is False
     assert result["seconds"] < 3.0
+
+
+@pytest.mark.slow
+def test_the_first_comparison_in_a_process_is_not_timed_out_by_math_verify_imports():
+    # A fresh interpreter: importing sympy and math-verify and building the LaTeX parser takes seconds,
+    # which must not count against the deadline of the first comparison.
+    code = ("from grpo.rewards import answers_match\n"
+            "assert answers_match('\\\\frac{1}{2}', '0.5', timeout_s=2.0)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -13,7 +13,8 @@ returns 1.0 (None, "not applicable", counts as wrong, as in training's held-out 
     pass@k            mean over prompts of 1 - C(n-c, k) / C(n, k), c = correct samples of n
                       (unbiased, Chen et al. 2021; `grpo.algorithm.pass_at_k`)
     maj@k             mean over prompts of the expected correctness of the majority answer of k
-                      samples drawn without replacement from the n (see `maj_at_k`)
+                      samples drawn without replacement from the n (see `maj_at_k`); answers the
+                      reward's own comparison calls equal vote together (`answer_equivalence`)
 
 docs/evaluation.md states the estimators with worked examples.
 """
@@ -24,6 +25,7 @@ import functools
 import itertools
 import json
 import math
+import operator
 import random
 import re
 import tempfile
@@ -32,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from grpo.algorithm.evaluation import majority_vote, pass_at_k
+from grpo.algorithm.evaluation import answer_classes, majority_vote, pass_at_k
 from grpo.errors import UserError
 
 MAX_SUBSETS = 1000
@@ -60,7 +62,8 @@ class EvalResult:
     correct_counts: list[int] = field(default_factory=list)
     """Per prompt: how many of its n samples were correct (c in the pass@k formula)."""
     majority_answers: list[str | None] = field(default_factory=list)
-    """Per prompt: the normalised majority answer of all n samples (None: no sample gave an answer)."""
+    """Per prompt: the majority answer of all n samples, as its class's first-seen normalised answer
+    (None: no sample gave an answer)."""
 
 
 def normalize_answer(answer: str | None) -> str | None:
@@ -88,14 +91,17 @@ def normalize_answer(answer: str | None) -> str | None:
 
 
 def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int, rng: random.Random | None = None,
-             max_subsets: int = MAX_SUBSETS) -> float:
+             max_subsets: int = MAX_SUBSETS, equivalent: Callable[[str, str], bool] | None = None) -> float:
     """Expected correctness of the majority answer of k samples drawn without replacement from n.
 
-    The exact mean over all C(n, k) subsets when there are at most `max_subsets` of them, else the
-    mean over `max_subsets` uniformly drawn subsets (`rng`). A voted answer is correct when at least
-    half of the samples that gave it were judged correct by the reward (for a reward that only looks
-    at the answer, all of them or none). Ties go to the answer seen first (`majority_vote`); samples
-    are i.i.d., so their order is random. A subset in which no sample gave an answer is wrong.
+    Answers vote by class (`grpo.algorithm.evaluation.answer_classes`): with `equivalent`, the
+    reward's comparison (`answer_equivalence`), 0.5, 1/2 and \\frac{1}{2} are one answer; without it
+    only equal strings are. The classes are formed once over all n answers. The exact mean over all
+    C(n, k) subsets when there are at most `max_subsets` of them, else the mean over `max_subsets`
+    uniformly drawn subsets (`rng`). A voted class is correct when at least half of the samples in it
+    were judged correct by the reward (for a reward that only looks at the answer, all of them or
+    none). Ties go to the class seen first (`majority_vote`); samples are i.i.d., so their order is
+    random. A subset in which no sample gave an answer is wrong.
 
     Example: answers ["4", "4", "5", None], correct [1, 1, 0, 0] (gold 4). k=2: of the 6 pairs only
     {"5", None} votes "5", so maj@2 = 5/6. k=1 -> 2/4 = 0.5 (maj@1 is the sample accuracy).
@@ -103,17 +109,18 @@ def maj_at_k(answers: Sequence[str | None], correct: Sequence[bool], k: int, rng
     n = len(answers)
     if not 1 <= k <= n:
         raise ValueError(f"maj_at_k needs 1 <= k <= n, got n={n}, k={k}")
-    votes: dict[str, list[bool]] = {}
-    for a, ok in zip(answers, correct):
-        if a is not None:
-            votes.setdefault(a, []).append(bool(ok))
-    answer_ok = {a: 2 * sum(oks) >= len(oks) for a, oks in votes.items()}
+    classes = answer_classes(answers, equivalent)
+    votes: dict[int, list[bool]] = {}
+    for c, ok in zip(classes, correct):
+        if c is not None:
+            votes.setdefault(c, []).append(bool(ok))
+    class_ok = {c: 2 * sum(oks) >= len(oks) for c, oks in votes.items()}
     if math.comb(n, k) <= max_subsets:
         subsets = itertools.combinations(range(n), k)
     else:
         rng = rng or random.Random(0)
         subsets = (sorted(rng.sample(range(n), k)) for _ in range(max_subsets))
-    hits = [answer_ok.get(majority_vote([answers[i] for i in s]), False) for s in subsets]
+    hits = [class_ok.get(majority_vote([classes[i] for i in s]), False) for s in subsets]
     return sum(hits) / len(hits)
 
 
@@ -130,6 +137,17 @@ def answer_extractor(reward: str, options: dict | None = None) -> Callable[[str]
     return functools.partial(extract_prediction, source=(options or {}).get("pred_source", "auto"))
 
 
+def answer_equivalence(reward: str, options: dict | None = None) -> Callable[[str, str], bool]:
+    """When two voted answers are the same answer, by the reward's own comparison (the partner of
+    `answer_extractor`): `arithmetic_accuracy` compares strings, so equality; anything else ->
+    `grpo.rewards.math.answers_match(a, b)` with the reward's `timeout_s` (0.5 = 1/2 = \\frac{1}{2})."""
+    if reward == "arithmetic_accuracy":
+        return operator.eq
+    from grpo.rewards.math import answers_match
+
+    return functools.partial(answers_match, timeout_s=(options or {}).get("timeout_s", 5.0))
+
+
 def _score(checker, rows: list[dict], texts: list[str], completion_ids: list[list[int]], repeat: int) -> list[bool]:
     """The reward's verdict per completion (rows[i] repeated `repeat` times); 1.0 counts as correct."""
     columns = {k: [x.get(k) for x in rows for _ in range(repeat)] for k in rows[0] if k != "prompt"}
@@ -140,7 +158,8 @@ def _score(checker, rows: list[dict], texts: list[str], completion_ids: list[lis
 
 def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Callable[[str], str | None],
                     n: int = 8, ks: Sequence[int] = (1, 2, 4, 8), temperature: float = 1.0, top_p: float = 1.0,
-                    max_new_tokens: int = 32, seed: int = 0, batch_size: int = 256, engine=None) -> EvalResult:
+                    max_new_tokens: int = 32, seed: int = 0, batch_size: int = 256, engine=None,
+                    equivalent: Callable[[str, str], bool] | None = None) -> EvalResult:
     """`evaluate` on a loaded model (rows carry a rendered `prompt` and the checker's columns)."""
     import torch
 
@@ -178,23 +197,28 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
 
     rng = random.Random(seed)
     counts = [sum(c) for c in correct]
+    # Per prompt, the class of each sample's answer: formed once (it costs checker calls), voted on per k.
+    votes = [answer_classes(a, equivalent) for a in answers]
+    winners = [majority_vote(v) for v in votes]
     return EvalResult(
         greedy_accuracy=greedy,
         pass_at_k={k: sum(pass_at_k(n, c, k) for c in counts) / len(counts) for k in ks},
-        maj_at_k={k: sum(maj_at_k(a, c, k, rng) for a, c in zip(answers, correct)) / len(correct) for k in ks},
+        maj_at_k={k: sum(maj_at_k(v, c, k, rng) for v, c in zip(votes, correct)) / len(correct) for k in ks},
         sample_accuracy=sum(counts) / (n * len(counts)), n=n, num_prompts=len(rows), correct_counts=counts,
-        majority_answers=[majority_vote(a) for a in answers],
+        majority_answers=[None if w is None else a[v.index(w)] for a, v, w in zip(answers, votes, winners)],
     )
 
 
 def evaluate(model_path: str | Path, rows: list[dict], checker, answer_fn: Callable[[str], str | None], n: int = 8,
              ks: Sequence[int] = (1, 2, 4, 8), temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
-             batch_size: int = 256, device: str = "auto", top_p: float = 1.0) -> EvalResult:
+             batch_size: int = 256, device: str = "auto", top_p: float = 1.0,
+             equivalent: Callable[[str, str], bool] | None = None) -> EvalResult:
     """Greedy accuracy, pass@k and maj@k of the model at `model_path` ('tiny' or a local HF directory).
 
     `rows` are dicts with a rendered `prompt` plus the columns the checker reads (e.g. `answer`);
     `checker` is a reward function (the accuracy reward used in training); `answer_fn` extracts the
-    answer that is voted on (`answer_extractor`).
+    answer that is voted on (`answer_extractor`) and `equivalent` says when two answers vote together
+    (`answer_equivalence`; None: only equal normalised strings do).
     """
     from grpo.config import ModelConfig
     from grpo.models.loading import load_policy
@@ -202,7 +226,8 @@ def evaluate(model_path: str | Path, rows: list[dict], checker, answer_fn: Calla
     with tempfile.TemporaryDirectory() as tiny_dir:
         model, tokenizer = load_policy(ModelConfig(path=str(model_path), device=device), Path(tiny_dir))
     return evaluate_policy(model.eval(), tokenizer, rows, checker, answer_fn, n=n, ks=ks, temperature=temperature,
-                           top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+                           top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
+                           equivalent=equivalent)
 
 
 def format_result(res: EvalResult, title: str = "") -> str:
@@ -280,7 +305,8 @@ def _cmd_eval(args) -> None:
         raise UserError(f"--data {args.data}: no prompts to evaluate")
     res = evaluate_policy(model.eval(), tokenizer, rows, checker, answer_extractor(reward, options), n=args.n, ks=ks,
                           temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                          seed=args.seed, batch_size=args.batch_size)
+                          seed=args.seed, batch_size=args.batch_size,
+                          equivalent=answer_equivalence(reward, options))
     title = (f"{args.model} on {args.data}: {res.num_prompts} prompts, reward {reward}, n={res.n} samples at "
              f"temperature {args.temperature:g}")
     print(format_result(res, title))

@@ -5,11 +5,13 @@
       pass@k = 1 - C(n - c, k) / C(n, k) = 1 - prod_{i = n-c+1}^{n} (1 - k / i)
   The product form avoids the huge binomials.
 - maj@k: the answer most of the k samples agree on (self-consistency, Wang et al., arXiv
-  2203.11171), scored as correct when that answer is.
+  2203.11171), scored as correct when that answer is. Answers that differ in writing but are the same
+  answer (0.5, 1/2, \\frac{1}{2}) vote together when the caller passes the checker's own comparison as
+  `equivalent(a, b)`; this module takes the callable and imports no checker.
 """
 
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import TypeVar
 
 Answer = TypeVar("Answer", bound=Hashable)
@@ -33,13 +35,44 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - all_wrong
 
 
-def majority_vote(answers: Sequence[Answer | None]) -> Answer | None:
-    """The most common answer, ignoring None (no answer extracted); ties go to the first seen.
+def answer_classes(
+    answers: Sequence[Answer | None], equivalent: Callable[[Answer, Answer], bool] | None = None
+) -> list[int | None]:
+    """Per answer, the index of its class of equal answers (None stays None), classes numbered in
+    first-seen order.
+
+    An answer joins the first class whose first-seen answer `r` has `equivalent(r, answer)` (r first,
+    as a checker's gold), else opens a new class; equal answers always share a class, and without
+    `equivalent` only they do. Calls `equivalent` at most (distinct answers) x (classes) times.
+
+    Example: ["0.5", None, "2", "1/2", "0.5"] with equal values equivalent -> [0, None, 1, 0, 0].
+    """
+    first_seen: list[Answer] = []  # class index -> its first-seen answer
+    known: dict[Answer, int] = {}
+    classes: list[int | None] = []
+    for answer in answers:
+        if answer is not None and answer not in known:
+            match = next((c for c, r in enumerate(first_seen) if equivalent and equivalent(r, answer)), None)
+            if match is None:
+                match = len(first_seen)
+                first_seen.append(answer)
+            known[answer] = match
+        classes.append(None if answer is None else known[answer])
+    return classes
+
+
+def majority_vote(
+    answers: Sequence[Answer | None], equivalent: Callable[[Answer, Answer], bool] | None = None
+) -> Answer | None:
+    """The first-seen answer of the class with the most votes (`answer_classes`), ignoring None (no
+    answer extracted); ties go to the class seen first.
 
     Example: ["4", None, "5", "5", "4"] -> "4" (2 votes each; "4" came first). All None -> None.
+    With equal values equivalent, ["0.5", "2", "1/2", "2", "2/4"] -> "0.5" (3 votes against 2).
     """
-    votes = Counter(answer for answer in answers if answer is not None)
+    classes = answer_classes(answers, equivalent)
+    votes = Counter(c for c in classes if c is not None)
     if not votes:
         return None
-    # Counter keeps first-seen order and most_common sorts stably, so the first answer wins a tie.
-    return votes.most_common(1)[0][0]
+    # Counter keeps first-seen order and most_common sorts stably, so the first class wins a tie.
+    return answers[classes.index(votes.most_common(1)[0][0])]

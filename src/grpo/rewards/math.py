@@ -11,20 +11,27 @@ Gold answers come in three styles:
     plain   the whole column is the answer (a string or a number)
 
 Predictions come from the last `<answer>...</answer>` block, the last `\\boxed{...}`, or the last
-number in the completion.
+number in the completion (with a variable or command written onto it: `3y`, `2\\pi`).
 
 Comparison: both strings are parsed by `math_verify.parse` and compared by
-`math_verify.verify(gold, pred)`, in that order (verify is not symmetric). math-verify's signal-based
+`math_verify.verify(gold, pred)`, in that order (verify is not symmetric). Only unit words are dropped
+(`is_unit_word`): "24 cards" and "$1,234.50" are read as bare numbers, but a letter that is not a unit
+word is a variable or constant and stays (`3x`, `2i`, `3e`, `2 pi`); for such an answer math-verify's
+own unit removal, which would read `3t` or `5 m` as units, is switched off. math-verify's signal-based
 timeouts are switched off (`parsing_timeout=None`, `timeout_seconds=None`) because they fail outside
 the main thread; `answers_match` enforces its own limit with `run_with_deadline`, which works in
-threads and worker processes alike.
+threads and worker processes alike; the one-time import and set-up of math-verify runs before the
+deadline starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import re
 from dataclasses import dataclass
+from string import ascii_letters
 from typing import Any
 
 from grpo.errors import UserError
@@ -39,9 +46,24 @@ _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\b")
 # A number, optionally with thousands separators, a decimal part, or as a simple fraction a/b.
 _NUMBER = r"[-+\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|[-+\u2212]?\.\d+"
-_NUMBER_RE = re.compile(_NUMBER)
-# "12", "$1,234.50", "12 dollars", "3 cm." : a number with an optional currency sign and unit words.
-_NUMBER_WITH_UNIT = re.compile(r"^\s*(?:\\?\$\s*)?(?P<num>" + _NUMBER + r")\s*(?:[A-Za-z][A-Za-z ]*)?\.?\s*$")
+# The last number of a completion keeps letters or a command written onto it: in "x = 3y" the answer is
+# 3y, not 3 (a coefficient is not an answer).
+_LAST_NUMBER_RE = re.compile(r"(?:" + _NUMBER + r")(?:[A-Za-z]+|\\[A-Za-z]+)?")
+# "12", "$1,234.50", "12 dollars", "3 cm.", "5kg": a number with an optional currency sign and words,
+# which are dropped when every one is a unit word. (Each word ends at a non-letter: no backtracking.)
+_NUMBER_WITH_WORDS = re.compile(
+    r"^\s*(?:\\?\$\s*)?(?P<num>" + _NUMBER + r")(?P<words>(?:\s*[A-Za-z]+(?![A-Za-z]))*)\s*\.?\s*$"
+)
+UNIT_ABBREVIATIONS = frozenset(
+    "mm cm km ft yd mi ml mg kg lb lbs oz hr hrs min mins sec secs mph kph kmh usd "
+    "st nd rd th".split()  # and ordinal suffixes: "3rd" is 3
+)
+"""Short unit words: dropped after a number even when written onto it ("5kg")."""
+MATH_WORDS = frozenset(
+    "sin cos tan cot csc log exp sqrt inf infty alpha beta gamma delta epsilon zeta eta theta iota "
+    "kappa lambda rho sigma tau phi chi psi omega".split()
+)
+"""Words of three or more letters that are mathematics, never units ("3 theta" is 3θ)."""
 
 
 def extract_gold(text: Any, style: str = "auto") -> str | None:
@@ -85,6 +107,8 @@ def extract_prediction(text: str, source: str = "auto") -> str | None:
     '4'
     >>> extract_prediction("... so it costs $1,234.50 in total", source="last_number")
     '1234.50'
+    >>> extract_prediction("so x = 3y", source="last_number")  # a coefficient keeps its variable
+    '3y'
     """
     if source not in PRED_SOURCES:
         raise UserError(
@@ -100,7 +124,7 @@ def extract_prediction(text: str, source: str = "auto") -> str | None:
         elif src == "boxed":
             answer = last_boxed(text)
         else:
-            numbers = _NUMBER_RE.findall(text)
+            numbers = _LAST_NUMBER_RE.findall(text)
             answer = numbers[-1].replace(",", "") if numbers else None
         if answer:
             return answer
@@ -144,6 +168,7 @@ def answers_match(gold: str | None, pred: str | None, timeout_s: float | None = 
     """
     if not gold or not pred:
         return False
+    _warm_up_math_verify()
     try:
         return run_with_deadline(lambda: _verify(gold, pred), timeout_s)
     except CallTimeout:
@@ -160,19 +185,83 @@ def _verify(gold: str, pred: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
+def is_unit_word(word: str, spaced: bool = True) -> bool:
+    """True if `word`, following a number, is a unit to drop rather than a variable or constant.
+
+    A unit word is a short unit (`UNIT_ABBREVIATIONS`), or, when a space separates it from the number,
+    any word of three or more letters that is not mathematics (`MATH_WORDS`): GSM8K answers count
+    "cards" and "apples" as well as "dollars". One or two other letters are variables (`x`, `ab`), the
+    imaginary unit `i` or the constants `e` and `pi`.
+
+    >>> [is_unit_word(w) for w in ["cards", "cm", "x", "i", "pi", "xy", "theta"]]
+    [True, True, False, False, False, False, False]
+    >>> is_unit_word("kg", spaced=False), is_unit_word("apples", spaced=False)
+    (True, False)
+    """
+    word = word.lower()
+    return word in UNIT_ABBREVIATIONS or (spaced and len(word) >= 3 and word not in MATH_WORDS)
+
+
+def _unit_free_number(answer: str) -> str | None:
+    """The bare number of an answer whose only other parts are a currency sign and unit words, else None.
+
+    >>> _unit_free_number("$1,234.50"), _unit_free_number("24 cards."), _unit_free_number("3x")
+    ('1234.50', '24', None)
+    """
+    m = _NUMBER_WITH_WORDS.match(answer)
+    if not m:
+        return None
+    attached = m["words"][:1].isalpha()  # "5kg": the first word is written onto the number
+    if not all(is_unit_word(w, spaced=i > 0 or not attached) for i, w in enumerate(m["words"].split())):
+        return None
+    return m["num"].replace(",", "").replace("\u2212", "-")
+
+
+def _may_drop_units(answer: str) -> bool:
+    """False when `answer` ends in a word that is not a unit word (`3t`, `2ab`, `5 m`): math-verify's
+    own unit list includes such letters (t, m, s, h, ab, ...) and would drop the variable."""
+    core = (last_boxed(answer) or answer).rstrip(" .$")
+    before = core.rstrip(ascii_letters)
+    if before == core or before.endswith("\\"):  # no trailing word, or a command such as \pi
+        return True
+    return is_unit_word(core[len(before):], spaced=before[-1:].isspace())
+
+
+@functools.lru_cache(maxsize=2)
+def _extraction_configs(drop_units: bool) -> tuple:
+    """math-verify's default extraction (LaTeX, then plain expressions), its unit removal on or off."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    latex = LatexExtractionConfig()
+    if not drop_units:
+        normalization = dataclasses.replace(latex.normalization_config, units=False)
+        latex = dataclasses.replace(latex, normalization_config=normalization)
+    return (latex, ExprExtractionConfig())
+
+
 def _parse(answer: str) -> list:
-    """math_verify.parse of one extracted answer, trying a bare number (units dropped) first."""
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+    """math_verify.parse of one extracted answer, trying a bare number (unit words dropped) first."""
+    from math_verify import parse
 
     _silence_math_verify_timeout_warning()
-    number = _NUMBER_WITH_UNIT.match(answer)
-    if number:
-        answer = number["num"].replace(",", "").replace("\u2212", "-")
-    configs = [LatexExtractionConfig(), ExprExtractionConfig()]
+    answer = _unit_free_number(answer) or answer
+    configs = _extraction_configs(_may_drop_units(answer))
     # Wrapped in $...$ the LaTeX extractor reads the whole string as math (\dfrac, \sqrt, tuples);
     # a bare parse is the fallback for prose such as "x is 5".
     parsed = parse(f"${answer}$", extraction_config=configs, parsing_timeout=None)
-    return parsed or parse(answer, parsing_timeout=None)
+    return parsed or parse(answer, extraction_config=configs, parsing_timeout=None)
+
+
+@functools.cache
+def _warm_up_math_verify() -> None:
+    # The first comparisons in a process import sympy and math-verify, build the LaTeX parsers and
+    # import sympy's simplification on first use (10-30 s on a loaded 2-core machine). Done once,
+    # outside the deadline, so that `timeout_s` limits one comparison and a correct answer is not
+    # scored 0 for being among the first; a number pair and a symbolic pair cover both paths.
+    from math_verify import verify
+
+    for gold, pred in (("\\frac{1}{2}", "0.5"), ("2x", "3x")):
+        verify(_parse(gold), _parse(pred), timeout_seconds=None)
 
 
 def _silence_math_verify_timeout_warning() -> None:
