@@ -63,7 +63,7 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
                   docs_dir: str | None = None, methods=tuple(METHODS), progress: bool = True,
                   sft_dir: str | None = None) -> dict:
     from grpo.data import load_task
-    from grpo.evaluate import answer_extractor, evaluate
+    from grpo.evaluate import answer_equivalence, answer_extractor, evaluate
     from grpo.models.tiny import build_tokenizer
     from grpo.rewards import load_reward_function
     from grpo.train.sft import sft
@@ -99,10 +99,11 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     rows = load_task(cfg.rl.data, build_tokenizer(), cfg.rl.train.seed).heldout
     first = cfg.rl.rewards.functions[0]
     checker = load_reward_function(first.fn, first.options)
-    answer_fn = answer_extractor(first.fn, first.options)
+    answer_fn, equivalent = answer_extractor(first.fn, first.options), answer_equivalence(first.fn, first.options)
     models = {"sft": s.model_dir, **{m: runs[m]["model"] for m in methods}}
     evals = {name: evaluate(path, rows, checker, answer_fn, n=n, ks=ks,
-                            max_new_tokens=cfg.rl.sampling.max_new_tokens, seed=cfg.rl.train.seed)
+                            max_new_tokens=cfg.rl.sampling.max_new_tokens, seed=cfg.rl.train.seed,
+                            equivalent=equivalent)
              for name, path in models.items()}
     summary = {
         name: {"greedy_accuracy": e.greedy_accuracy, "sample_accuracy": e.sample_accuracy, "num_prompts": e.num_prompts,
