@@ -367,6 +367,51 @@ def test_gspo_clips_whole_sequences():
     assert loss.item() == pytest.approx(-(1 + 3e-4), abs=1e-15)
 
 
+# ---------------------------------------------------------------- padding never reaches exp
+
+
+@pytest.mark.parametrize("ratio_level", ["token", "sequence"])
+@pytest.mark.parametrize("beta", [0.04, 0.0])
+@pytest.mark.parametrize("old_shift", [0.0, 100.0, -100.0])
+def test_padding_never_reaches_exp_so_gradients_stay_finite(ratio_level, beta, old_shift):
+    # The reference's log-probs are 0 after EOS, so at the padded position k3 would read
+    # exp(0 - (-100)) = inf in float32, and an old_logp 100 below logp a ratio exp(100) = inf: masked in
+    # the forward, but 0 * inf = NaN in the backward. The gradient must be that of the loss without the
+    # padded position. By hand (ratio 1, A = 1): d loss / d logp_0 = -(A + beta * (pi_ref / pi - 1))
+    # = -(1 + beta * (e^-0.1 - 1)) = -0.996193 for beta = 0.04, -1 for beta = 0; 0 at the padding.
+    logp = torch.tensor([[-1.0, -100.0]], requires_grad=True)
+    old_logp = logp.detach() + torch.tensor([[0.0, old_shift]])
+    ref_logp, adv = torch.tensor([[-1.1, 0.0]]), torch.tensor([1.0])
+    kwargs = {"ref_logp": ref_logp, "beta": beta, "ratio_level": ratio_level}
+    loss, metrics = policy_loss(logp, old_logp, adv, torch.tensor([[1, 0]]), **kwargs)
+    loss.backward()
+    short = logp.detach()[:, :1].requires_grad_()
+    kwargs["ref_logp"] = ref_logp[:, :1]
+    short_loss, short_metrics = policy_loss(short, old_logp[:, :1], adv, torch.tensor([[1]]), **kwargs)
+    short_loss.backward()
+    assert torch.isfinite(logp.grad).all(), logp.grad
+    assert logp.grad[0, 0].item() == short.grad[0, 0].item() and logp.grad[0, 1].item() == 0.0
+    assert logp.grad[0, 0].item() == pytest.approx(-(1 + beta * (math.exp(-0.1) - 1)), abs=1e-6)
+    assert loss.item() == short_loss.item()
+    assert {k: v.item() for k, v in metrics.items()} == {k: v.item() for k, v in short_metrics.items()}
+
+
+@pytest.mark.parametrize("pad_ref", [0.0, -math.inf])
+@pytest.mark.parametrize("estimator", [kl_k1, kl_k2, kl_k3])
+def test_kl_estimators_with_a_mask_give_zero_value_and_gradient_on_padding(estimator, pad_ref):
+    # logp = -100 and ref 0 at the padding: unmasked k3 = e^100 (inf in float32); ref -inf: k1, k2
+    # and k3 are inf. With the mask the padded value is 0, its gradient 0 (not NaN), and the valid
+    # positions equal the unmasked estimator's.
+    logp = torch.tensor([[-1.0, -2.0, -100.0]], requires_grad=True)
+    ref_logp, mask = torch.tensor([[-2.0, -1.5, pad_ref]]), torch.tensor([[1, 1, 0]])
+    kl = estimator(logp, ref_logp, mask)  # [1, 3]
+    (grad,) = torch.autograd.grad(kl.sum(), logp)
+    (valid_grad,) = torch.autograd.grad(estimator(logp[:, :2], ref_logp[:, :2]).sum(), logp)
+    assert kl[0, 2].item() == 0.0 and torch.isfinite(grad).all() and grad[0, 2].item() == 0.0
+    assert torch.equal(kl[:, :2], estimator(logp[:, :2], ref_logp[:, :2]))
+    assert torch.equal(grad[:, :2], valid_grad[:, :2])
+
+
 # ---------------------------------------------------------------- gradient accumulation
 
 

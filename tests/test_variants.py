@@ -106,6 +106,56 @@ def test_step_tensors_map_character_offsets_to_the_token_holding_the_last_charac
         assert len("".join(pieces[:k])) < end_char <= len("".join(pieces[:k + 1]))
 
 
+def metaspace_tokenizer():
+    """SentencePiece-style (Unigram, "▁" Metaspace) tokenizer over digits and operators, built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "</s>", "▁", "+", "-", "="] + [str(d) for d in range(10)] + [f"▁{d}" for d in range(10)]
+    tok = Tokenizer(models.Unigram([(p, 0.0 if p.startswith("<") else -1.0) for p in pieces], unk_id=0))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="</s>")
+
+
+def byte_level_tokenizer():
+    """GPT-2-style byte-level BPE ("Ġ" marks a space) with the merges Ġ5 and Ġ7, built offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(["<unk>", "</s>", *sorted(pre_tokenizers.ByteLevel.alphabet()), "Ġ5", "Ġ7"])}
+    tok = Tokenizer(models.BPE(vocab, [("Ġ", "5"), ("Ġ", "7")], unk_token="<unk>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="</s>")
+
+
+@pytest.mark.parametrize("make, space, first", [(metaspace_tokenizer, "▁", "▁3"), (byte_level_tokenizer, "Ġ", "3")])
+def test_step_ends_follow_the_decoded_text_on_sentencepiece_and_byte_level_tokenizers(make, space, first):
+    """Steps end after each equation; each ends at the token holding its last character.
+
+    Both tokenizers split "3+4=7 7-2=5 5+1=6" into 3 + 4 = 7 _7 - 2 = 5 _5 + 1 = 6 (_ the space
+    marker; Metaspace also writes the first as "▁3", and its decoder drops that space again). The
+    equations end at characters 5, 11, 17, whose last characters "7", "5", "6" are in tokens 4, 9, 14;
+    a step ending at character 6 ends with the space, which "_7" (token 5) holds. Decoded alone,
+    "▁7" is "7" (the Metaspace decoder drops a sequence's leading space), so summing lone tokens'
+    lengths falls one character short per word: it put the second equation's end on "▁5" (10), and
+    on the EOS (10) in the first completion, whose EOS is inside the mask as in a rollout.
+    """
+    tok = make()
+    texts = ["3+4=7 7-2=5", "3+4=7 7-2=5 5+1=6"]
+    enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    w = lambda d: f"{space}{d}"  # noqa: E731
+    assert tok.convert_ids_to_tokens(enc[1]) == [first, "+", "4", "=", "7", w(7), "-", "2", "=", "5", w(5), "+", "1",
+                                                 "=", "6"]
+    enc[0].append(tok.eos_token_id)
+    ids = torch.tensor([enc[0] + [tok.pad_token_id] * 4, enc[1]])  # [2, 15]
+    mask = torch.tensor([[1] * 11 + [0] * 4, [1] * 15])  # [2, 15]
+    assert tok.batch_decode([enc[0], enc[1]], skip_special_tokens=True) == texts  # what the step function sees
+    steps = [[(5, 1.0), (6, 0.5), (11, 0.0)], [(5, 1.0), (11, 0.0), (17, 1.0)]]
+    rewards, ends = step_tensors(steps, tok, ids, mask)
+    assert ends.tolist() == [[4, 5, 9], [4, 9, 14]]
+    assert rewards.tolist() == [[1.0, 0.5, 0.0], [1.0, 0.0, 1.0]]
+
+
 def test_process_advantages_of_the_builtin_step_rewards_by_hand():
     """Group of 2 for the problem 8+7-5 (answer 10): one right, one wrong from its second line.
 

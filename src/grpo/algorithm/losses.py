@@ -19,6 +19,10 @@ With one update per batch (mu = 1), old_logp == logp.detach(): every ratio is 1,
 and the loss value is a weighted mean of -A, near 0 by construction because advantages are centred
 per group (0 up to rounding for outcome advantages, "seq_mean_token_mean" and beta = 0). Its
 gradient, -A * grad(logp) / normaliser, is not 0, and is what trains the policy.
+
+Padding (mask 0) holds filled-in log-probs, so every difference that is exponentiated (the ratio, the
+k3 KL) is replaced by 0 there before `exp`: a `torch.where` on the output alone gives 0 forward but
+0 * exp(large) = 0 * inf = NaN backward, which would skip the update.
 """
 
 from functools import partial
@@ -124,7 +128,7 @@ def policy_loss(
     pg_loss1 = -adv * ratio  # [B, T]
     pg_loss2 = -adv * torch.clamp(ratio, 1 - eps_low, 1 + eps_high)  # [B, T]
     pg_loss = torch.maximum(pg_loss1, pg_loss2)  # [B, T]
-    kl = torch.zeros_like(logp) if ref_logp is None else kl_k3(logp, ref_logp)  # [B, T]
+    kl = torch.zeros_like(logp) if ref_logp is None else kl_k3(logp, ref_logp, mask)  # [B, T], 0 on padding
     per_token = pg_loss + beta * kl if beta != 0 else pg_loss  # [B, T]
     aggregate = partial(
         aggregate_loss,
@@ -147,14 +151,15 @@ def _log_ratio(
 
     GSPO: log s_i = 1/|o_i| * sum_t (logp - old_logp). Its token form s_i,t = sg[s_i] *
     pi_theta(o_it) / sg[pi_theta(o_it)] has the value s_i at every token while the gradient flows
-    through each token's own log-prob.
+    through each token's own log-prob. Both are 0 on padding (ratio 1), so `exp` never reads it.
     """
-    log_ratio = logp - old_logp  # [B, T]
+    valid = mask.bool()  # [B, T]
+    log_ratio = torch.where(valid, logp - old_logp, 0.0)  # [B, T]
     if ratio_level == "token":
         return log_ratio
     if ratio_level == "sequence":
         seq_log_ratio = masked_mean(log_ratio, mask, dim=-1).detach()  # [B]
-        return seq_log_ratio[:, None] + (logp - logp.detach())  # [B, T]
+        return torch.where(valid, seq_log_ratio[:, None] + (logp - logp.detach()), 0.0)  # [B, T]
     raise ValueError(f"ratio_level must be one of {RATIO_LEVELS}, got {ratio_level!r}")
 
 

@@ -5,16 +5,21 @@ A step reward function (`rewards.step_fn`) returns, for each completion, a list 
 (exclusive) and `reward` scores it. `process_advantages` (grpo.algorithm) needs, per completion, the
 token index where each step ends; a step ends at the token that holds its last character.
 
-Token spans are found by decoding every completion token on its own and summing the text lengths,
-which is exact for tokenizers whose tokens decode to whole characters (the built-in tokenizer,
-SentencePiece and most BPE vocabularies on ASCII text); for a token that splits a multi-byte
-character the offsets may shift by that character, never past the completion's end.
+The text the step function saw is `tokenizer.decode(ids, skip_special_tokens=True)`, so characters
+are counted in decoded prefixes of the same ids: token k ends at character len(decode(ids[:k + 1])),
+and a step ending at `end_char` ends at the first token whose prefix reaches it (a binary search,
+O(log T) decodes per step). Decoding each token alone and summing the lengths would not do:
+SentencePiece ("▁", Metaspace) decoders drop the leading space of a sequence's first token, so every
+lone word-initial token comes out one character short and the steps drift onto later tokens, one
+character per word. Prefixes are decoded the way the whole text was, whatever the tokenizer. A token
+that splits a multi-byte character (byte-level BPE) decodes to U+FFFD until the character is
+complete, so a step ending at such a character may end at its first token.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
+import functools
 import math
 
 import torch
@@ -36,11 +41,21 @@ def step_tensors(steps: list[list[tuple[int, float]]], tokenizer, completion_ids
     ends = torch.zeros((N, S), dtype=torch.long)  # [N, S]
     for i, (row, m) in enumerate(zip(completion_ids, completion_mask)):
         ids = row[m.bool()].tolist()
-        pieces = tokenizer.batch_decode([[t] for t in ids], skip_special_tokens=True)
-        cum = list(itertools.accumulate(len(p) for p in pieces))  # cum[k]: characters in tokens 0..k
+        chars_through = _prefix_lengths(tokenizer, ids)
         for j, (end_char, reward) in enumerate(steps[i]):
             if reward is None:
                 continue
             rewards[i, j] = float(reward)
-            ends[i, j] = min(bisect.bisect_left(cum, end_char), max(len(ids) - 1, 0))
+            k = bisect.bisect_left(range(len(ids)), end_char, key=chars_through)  # first to reach end_char
+            ends[i, j] = min(k, max(len(ids) - 1, 0))
     return rewards, ends
+
+
+def _prefix_lengths(tokenizer, ids: list[int]):
+    """k -> characters in the decoded text of tokens 0..k, decoded as the whole completion is; cached."""
+
+    @functools.cache
+    def chars_through(k: int) -> int:
+        return len(tokenizer.decode(ids[:k + 1], skip_special_tokens=True))
+
+    return chars_through
