@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 
 from grpo.cli import main
 from grpo.config import TrainConfig, load_config
-from grpo.train.checkpoint import TrainingInterrupted, latest_checkpoint
+from grpo.errors import UserError
+from grpo.train.checkpoint import LOCK_FILE, OutputDirLock, TrainingInterrupted, latest_checkpoint
 from grpo.train.grpo import train
 
 # digit_share (the `reward_file` fixture, conftest.py) comes first, so held-out "accuracy" is a
@@ -217,3 +218,96 @@ def test_resume_without_a_checkpoint_or_a_run_directory(tmp_path, reward_file, c
     assert "nothing to resume" in err and not (tmp_path / "empty").exists()
     err = _cli_error(capsys, ["train", "-q", "--resume", str(tmp_path / "nowhere")])
     assert "no config.yaml there" in err
+
+
+# ---------------------------------------------------------------------------------------------------
+# One run per output directory
+
+
+def in_use(out, holder: str) -> str:
+    return f"{out} is in use by another grpo train ({holder}); wait for it or choose another train.output_dir"
+
+
+def test_one_lock_per_output_directory_released_when_the_run_ends_or_fails(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    with OutputDirLock(out, enabled=True) as first:
+        assert not out.exists()  # entering writes nothing; the directory comes with hold()
+        first.hold()
+        assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(UserError) as refused:  # another open file: flock refuses it, even in this process
+            OutputDirLock(out, enabled=True).__enter__()
+        assert str(refused.value) == in_use(out, f"pid {os.getpid()}")
+        monkeypatch.setenv("RANK", "1")  # torchrun's other ranks write under rank 0's lock
+        with OutputDirLock(out) as other_rank:
+            other_rank.hold()
+    with pytest.raises(RuntimeError), OutputDirLock(out, enabled=True) as second:  # free again
+        second.hold()
+        raise RuntimeError("the run failed")
+    with OutputDirLock(out, enabled=True) as third:  # released by the failure too
+        third.hold()
+
+
+HOLD_LOCK = """
+import sys, time
+from grpo.train.checkpoint import OutputDirLock
+lock = OutputDirLock(sys.argv[1], enabled=True).__enter__()
+if sys.argv[2] == "hold":
+    lock.hold()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def locking_process(out, move: str) -> subprocess.Popen:
+    """A process holding `out` through OutputDirLock: "hold" as a run writing it, "enter" as one starting."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), move], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    if proc.stdout.readline() != "locked\n":
+        raise AssertionError(proc.communicate(timeout=30)[1][-2000:])
+    return proc
+
+
+def sigkill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_live_holder_refuses_and_a_sigkilled_one_leaves_no_stale_lock(tmp_path):
+    out = tmp_path / "run"
+    with OutputDirLock(out, enabled=True) as late:  # entered before the directory existed: nothing locked
+        holder = locking_process(out, "hold")
+        try:
+            with pytest.raises(UserError) as refused:  # two fresh runs meet at the first write
+                late.hold()
+            assert str(refused.value) == in_use(out, f"pid {holder.pid}")
+        finally:
+            sigkill(holder)
+        # The file still names the killed holder; a run that locked it and has not written its pid yet:
+        starting = locking_process(out, "enter")
+        try:
+            with pytest.raises(UserError) as refused:
+                OutputDirLock(out, enabled=True).__enter__()
+            assert str(refused.value) == in_use(out, "still starting: its pid is not written yet")
+        finally:
+            sigkill(starting)
+        late.hold()  # both killed: the OS dropped their flocks
+        assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+
+
+@pytest.mark.slow
+def test_train_into_a_live_runs_directory_stops_and_after_a_sigkill_proceeds(tmp_path, reward_file, capsys):
+    out = tmp_path / "run"
+    fresh = ["train", "-q", *overrides(reward_file, out, "train.steps=1")]
+    resume = ["train", "-q", "--resume", str(out), "train.steps=2"]
+    for argv in (fresh, resume):
+        holder = locking_process(out, "hold")
+        try:
+            before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+            assert _cli_error(capsys, argv) == "grpo: error: " + in_use(out, f"pid {holder.pid}")
+            assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == before
+        finally:
+            sigkill(holder)
+        assert main(argv) == 0  # the killed holder's lock file is left, unlocked: the run goes ahead
+        assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    assert latest_checkpoint(out).name == "step-000002" and (out / "final" / "model.safetensors").exists()

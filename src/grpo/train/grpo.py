@@ -53,6 +53,7 @@ from grpo.rollout.engine import Rollout, SamplingParams
 from grpo.rollout.hf import HFEngine
 from grpo.train.checkpoint import (
     CHECKPOINTS,
+    OutputDirLock,
     StopSignals,
     TrainerState,
     TrainingInterrupted,
@@ -218,7 +219,7 @@ class Run:
             self.rm_trainer.load_state_dict(extra["reward_model"])
 
 
-def setup_run(cfg: TrainConfig) -> Run:
+def setup_run(cfg: TrainConfig, lock: OutputDirLock) -> Run:
     """Load and check the model, data, reward functions, output directory and free space, then write.
 
     A mistake in any of them stops the run before its directory is created. When resuming, the newest
@@ -272,6 +273,7 @@ def setup_run(cfg: TrainConfig) -> Run:
             engine.sync_weights(model)  # vLLM started from model.path, the policy from the checkpoint
         check_free_space(cfg.train.output_dir, model, checkpoints=cfg.train.save_every > 0)
         barrier(dist)  # every rank has checked the directory before rank 0 writes into it
+        lock.hold()  # before the first write: no other grpo train may use the directory from here on
         out = prepare_output_dir(cfg.train.output_dir, cfg) if dist.is_main else Path(cfg.train.output_dir)
         if tiny_dir.exists() and dist.is_main:
             shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
@@ -430,10 +432,15 @@ def checkpoint_or_stop(run: Run, cfg: TrainConfig, log: MetricsLog, samples, sto
 
 def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
     """Run GRPO as configured (train.resume: continue the run in train.output_dir); returns accuracies
-    before/after and the metrics history."""
+    before/after and the metrics history. One run per output directory (`OutputDirLock`)."""
+    with OutputDirLock(cfg.train.output_dir) as lock:  # released however the run ends
+        return _train(cfg, progress, lock)
+
+
+def _train(cfg: TrainConfig, progress: bool, lock: OutputDirLock) -> TrainResult:
     t_start = time.perf_counter()
     baseline_mib = current_memory_mib(resolve_device(cfg.model.device))  # the runtime, before any model is built
-    run = setup_run(cfg)
+    run = setup_run(cfg, lock)
     state, timers, device = run.state, Timers(), next(run.model.parameters()).device
     I = cfg.train.iterations
     iteration_starts = {round(i * cfg.train.steps / I) for i in range(1, I)}  # steps where an iteration begins
