@@ -86,7 +86,7 @@ TINY_RUN = ["model.path=smollm2", "data.source=data/word_problems_train.jsonl",
             "grpo.G=2", "train.micro_batch_size=2", "sampling.max_new_tokens=6", "sampling.temperature=1.0",
             "train.eval_every=0", "train.save_every=1", "optim.lr=1e-3", "optim.warmup_steps=0",
             "rewards.functions=[{fn: math_accuracy, options: {gold_style: gsm8k}}, {fn: gsm8k_format}, "
-            "{fn: length_penalty, options: {target_len: 2, per_token: 0.1}}]"]
+            "{fn: 'tests/fixtures/varied_reward.py:letter_share'}]"]
 
 
 @needs_smollm2
@@ -132,8 +132,9 @@ def smollm2():
 
 
 def _chat_ids(tokenizer, questions):
-    return [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
-            for q in questions]
+    from grpo.data.templates import encode_prompts, render_prompt
+
+    return encode_prompts(tokenizer, [render_prompt([{"role": "user", "content": q}], tokenizer) for q in questions])
 
 
 @pytest.mark.slow
