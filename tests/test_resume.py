@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 from grpo.cli import main
 from grpo.config import TrainConfig, load_config
 from grpo.errors import UserError
-from grpo.train.checkpoint import LOCK_FILE, OutputDirLock, TrainingInterrupted, latest_checkpoint
+from grpo.train.checkpoint import TrainingInterrupted, latest_checkpoint
+from grpo.train.run_lock import LOCK_FILE, OutputDirLock
 from grpo.train.grpo import train
 
 # digit_share (the `reward_file` fixture, conftest.py) comes first, so held-out "accuracy" is a
@@ -249,7 +250,7 @@ def test_one_lock_per_output_directory_released_when_the_run_ends_or_fails(tmp_p
 
 HOLD_LOCK = """
 import sys, time
-from grpo.train.checkpoint import OutputDirLock
+from grpo.train.run_lock import OutputDirLock
 lock = OutputDirLock(sys.argv[1], enabled=True).__enter__()
 if sys.argv[2] == "hold":
     lock.hold()

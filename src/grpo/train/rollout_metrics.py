@@ -1,0 +1,51 @@
+"""What a step's rollouts say: reward and length metrics, and whether the groups carry any signal."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from grpo.algorithm import expected_zero_std_fraction, zero_std_fraction
+from grpo.config import TrainConfig
+from grpo.rollout.engine import Rollout
+
+logger = logging.getLogger("grpo.train.grpo")  # the loop's logger: its warnings read as the loop's
+
+
+def rollout_metrics(r: Rollout, rewards, per_function: dict, cfg: TrainConfig, accuracy: str | None = None) -> dict:
+    """This batch's reward and length metrics; `accuracy` names the reward whose mean is the pass rate."""
+    lengths = r.lengths.float()
+    out = {
+        "reward/mean": float(torch.nanmean(rewards)),
+        "reward/std": float(rewards[~rewards.isnan()].std()) if (~rewards.isnan()).sum() > 1 else 0.0,
+        "reward/zero_std_groups": float(zero_std_fraction(rewards, cfg.grpo.G)),
+        "completion/len_mean": float(lengths.mean()),
+        "completion/len_max": float(lengths.max()),
+        "completion/truncated": float(r.truncated.float().mean()),
+    }
+    for name, values in per_function.items():
+        out[f"reward/{name}"] = float(torch.tensor(values, dtype=torch.float64).nanmean())
+    pass_rate = out.get(f"reward/{accuracy}")
+    if pass_rate is not None and pass_rate == pass_rate:  # the share a pass rate alone would leave without signal
+        out["reward/zero_std_expected"] = expected_zero_std_fraction(min(max(pass_rate, 0.0), 1.0), cfg.grpo.G)
+    return out
+
+
+NO_SIGNAL_SHARE = 0.5
+"""Warn once when more than this share of a step's groups have all-equal rewards (no gradient)."""
+
+
+def warn_if_no_signal(record: dict, cfg: TrainConfig, accuracy: str, warned: bool) -> bool:
+    """One warning line, the first time most of a step's groups carry no signal; returns whether warned."""
+    share = record.get("reward/zero_std_groups", 0.0)
+    if warned or share <= NO_SIGNAL_SHARE or cfg.algorithm != "grpo":
+        return warned
+    p = record.get(f"reward/{accuracy}", float("nan"))
+    expected = record.get("reward/zero_std_expected", float("nan"))
+    logger.warning(
+        "grpo: warning: step %d: %.0f%% of the groups have all-equal rewards and give no gradient (%.0f%% expected from "
+        "the pass rate %s = %.1f%% at grpo.G=%d); for more signal try a larger grpo.G, a sampling.temperature "
+        "nearer where the model is most often right, a warm start (grpo sft) or easier prompts",
+        record["step"], 100 * share, 100 * expected, accuracy, 100 * p, cfg.grpo.G)
+    return True
