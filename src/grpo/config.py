@@ -49,6 +49,10 @@ class ModelConfig:
     lora: LoraConfig | None = None
     """Train LoRA adapters (peft) instead of all weights; the reference is then the base model with the
     adapter disabled, so no second copy is held. `model.lora={}` turns it on with defaults."""
+    keep_dropout: bool = False
+    """RL only (`grpo train`): keep the model's and LoRA's dropout in the update. By default every dropout
+    probability is set to 0, so the sampler (eval mode), pi_old and the update compute one function and the
+    importance ratios carry no dropout noise (TRL's disable_dropout). `grpo sft` keeps dropout as configured."""
 
 
 @dataclass
@@ -157,6 +161,19 @@ class RolloutConfig:
     every update (needs vLLM and a CUDA GPU; one process or DDP, not train.strategy=fsdp)."""
     gpu_memory_utilization: float = 0.3
     """vLLM: share of the GPU's memory its weights and KV cache may take; the trainer needs the rest."""
+    correction: Literal["auto", "none", "tis", "mask"] = "auto"
+    """Sampler/trainer mismatch correction, a detached weight on each token's policy-gradient term from
+    w = pi_old / pi_sampler (docs/algorithm.md): 'tis' truncates w at correction_high; 'mask' keeps w inside
+    [correction_low, correction_high] and drops the token (weight 0) outside; 'none'. 'auto': 'tis' where
+    the sampler runs in another precision than the trainer (rollout.engine=vllm, or model.dtype=bfloat16,
+    whose sampler uses bf16 copies of the weights), else 'none'. The mismatch/* metrics are logged either way."""
+    correction_level: Literal["token", "sequence"] = "token"
+    """'token': one weight per token; 'sequence': each completion's tokens share the geometric mean of its
+    token weights (one keep-or-drop decision per completion under 'mask')."""
+    correction_low: float = 0.5
+    """Lower bound of the kept weights under correction=mask (and of mismatch/outside_frac)."""
+    correction_high: float = 2.0
+    """Truncation of the weights under 'tis'; upper bound of the kept ones under 'mask'."""
 
 
 @dataclass
@@ -189,6 +206,13 @@ class GRPOConfig:
     dynamic_sampling: bool = False
     """DAPO dynamic sampling: drop groups whose rewards are all equal and draw more prompts until the batch
     has train.prompts_per_step groups with a spread (grpo.train.batch; metrics sampling/*)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: the loss adds -entropy_coef * H per policy token (aggregated like the surrogate), H the
+    policy's next-token entropy at the sampling temperature (metric `entropy`). 0: off."""
+    top_entropy_quantile: float = 1.0
+    """Train on the highest-entropy tokens only ("forking tokens", Wang et al. 2025; TRL's name): the loss and
+    its normalisers keep the tokens whose entropy is in the top this fraction of the batch's policy tokens
+    (0.2 in the paper; 1.0: every token). Costs one no-grad forward of the policy per step when grpo.mu = 1."""
     max_sampling_rounds: int = 8
     """Dynamic sampling: at most this many draws of prompts_per_step prompts per step; at the cap the step
     trains on the groups with a spread plus all-equal groups to fill the batch (logged in sampling/kept_groups)."""
@@ -326,6 +350,13 @@ class TrainConfig:
             raise UserError("sampling: temperature must be >= 0 and top_p in (0, 1]")
         if g.beta < 0 or g.eps_low <= 0 or (g.eps_high is not None and g.eps_high <= 0):
             raise UserError("grpo: beta must be >= 0 and eps_low/eps_high > 0")
+        if not 0 < g.top_entropy_quantile <= 1:
+            raise UserError(f"grpo.top_entropy_quantile must be in (0, 1] (the share of tokens kept), "
+                            f"got {g.top_entropy_quantile}")
+        r = self.rollout
+        if not 0 <= r.correction_low <= 1 <= r.correction_high:
+            raise UserError(f"rollout: need 0 <= correction_low <= 1 <= correction_high, got "
+                            f"{r.correction_low} and {r.correction_high}")
         if g.advantage == "process" and not self.rewards.step_fn:
             raise UserError("grpo.advantage=process needs rewards.step_fn, a function giving per-step rewards "
                             "(built-in task: rewards.step_fn=arithmetic_steps)")

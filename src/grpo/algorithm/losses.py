@@ -14,6 +14,10 @@ and the loss is -J. Per token that is `max(pg_loss1, pg_loss2) + beta * KL` with
   "seq_mean_token_sum_norm" (Dr. GRPO arXiv 2503.20783 §3.2).
 - `eps_high` > `eps_low`: DAPO's clip-higher (§3.1), e.g. 0.2 / 0.28.
 - `ratio_level="sequence"`: GSPO (arXiv 2507.18071 §4), one length-normalised ratio per output.
+- `token_weights`: a detached weight on each token's surrogate term, the sampler/trainer mismatch
+  correction (`grpo.algorithm.correction`); the KL term is not weighted.
+- `entropy`, `entropy_coef`: an entropy bonus, `-entropy_coef * H` per token (`grpo.algorithm.entropy`),
+  aggregated like the rest; `entropy` must carry its gradient for the bonus to train anything.
 
 With one update per batch (mu = 1), old_logp == logp.detach(): every ratio is 1, nothing is clipped
 and the loss value is a weighted mean of -A, near 0 by construction because advantages are centred
@@ -108,6 +112,9 @@ def policy_loss(
     max_completion_length: int | None = None,
     total_tokens: int | torch.Tensor | None = None,
     total_sequences: int | torch.Tensor | None = None,
+    token_weights: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> PolicyLossOutput:
     """Clipped GRPO surrogate + beta * k3 KL per token, aggregated (DeepSeekMath eq. 3, §4.1.1).
 
@@ -118,18 +125,26 @@ def policy_loss(
         mask: [B, T] completion mask, 1 for real tokens.
         eps_low, eps_high: ratio clipped to [1 - eps_low, 1 + eps_high]; eps_high None -> eps_low.
         ratio_level: "token", or "sequence" for GSPO (see `_log_ratio`).
+        token_weights: [B, T] detached weights of the surrogate per token (None: 1).
+        entropy: [B, T] policy entropy per token; with entropy_coef != 0 the loss adds -entropy_coef * entropy.
         The other arguments go to `aggregate_loss`.
     """
     if ref_logp is None and beta != 0:
         raise ValueError(f"beta={beta} needs ref_logp (the reference model's log-probs)")
+    if entropy is None and entropy_coef != 0:
+        raise ValueError(f"entropy_coef={entropy_coef} needs entropy (the policy's per-token entropy)")
     eps_high = eps_low if eps_high is None else eps_high
     adv = _per_token(advantages, logp)  # [B, 1] or [B, T]
     ratio = torch.exp(_log_ratio(logp, old_logp, mask, ratio_level))  # [B, T]
     pg_loss1 = -adv * ratio  # [B, T]
     pg_loss2 = -adv * torch.clamp(ratio, 1 - eps_low, 1 + eps_high)  # [B, T]
     pg_loss = torch.maximum(pg_loss1, pg_loss2)  # [B, T]
+    if token_weights is not None:
+        pg_loss = pg_loss * token_weights.detach()  # [B, T]
     kl = torch.zeros_like(logp) if ref_logp is None else kl_k3(logp, ref_logp, mask)  # [B, T], 0 on padding
     per_token = pg_loss + beta * kl if beta != 0 else pg_loss  # [B, T]
+    if entropy_coef != 0:
+        per_token = per_token - entropy_coef * torch.where(mask.bool(), entropy, 0.0)  # [B, T]
     aggregate = partial(
         aggregate_loss,
         mask=mask,

@@ -140,6 +140,28 @@ def emulates_bf16(device: torch.device) -> bool:
     return not any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+def compute_dtype(cfg: ModelConfig) -> torch.dtype | None:
+    """The dtype forward passes compute in when it is not the weights' own float32 (None then)."""
+    return torch.bfloat16 if cfg.dtype == "bfloat16" else None
+
+
+def disable_dropout(model) -> int:
+    """Set every dropout probability in `model` to 0: `nn.Dropout` modules (the model's and LoRA's
+    `lora_dropout`) and the float `*dropout` attributes attention modules read in train mode (Llama's
+    `attention_dropout`). Returns how many were changed. In eval mode dropout is off anyway; this makes
+    train mode (the update, pi_old) compute the same function as the sampler (TRL's disable_dropout)."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p != 0:
+            module.p = 0.0
+            changed += 1
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool) and value != 0:
+                setattr(module, name, 0.0)
+                changed += 1
+    return changed
+
+
 def autocast(cfg: ModelConfig, device: torch.device):
     """bf16 compute with fp32 master weights when asked for; a no-op context for fp32."""
     if cfg.dtype == "bfloat16":

@@ -130,6 +130,17 @@ def all_min(value: int, dist: Dist) -> int:
     return int(buf.item())
 
 
+def all_max(values: list[float], dist: Dist) -> list[float]:
+    """Element-wise maximum of a few numbers over ranks, in float64 (one collective)."""
+    if not dist.enabled:
+        return [float(v) for v in values]
+    import torch.distributed as td
+
+    buf = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dist.device)
+    td.all_reduce(buf, op=td.ReduceOp.MAX)
+    return buf.tolist()
+
+
 def all_gather_objects(obj, dist: Dist) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank (pickled; for small per-step summaries)."""
     if not dist.enabled:

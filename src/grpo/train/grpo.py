@@ -41,6 +41,8 @@ from grpo.models.convert import resolve_model_path
 from grpo.models.loading import (
     Reference,
     autocast,
+    compute_dtype,
+    disable_dropout,
     enable_checkpointing,
     load_policy,
     resolve_device,
@@ -106,7 +108,7 @@ from grpo.train.rollout_metrics import rollout_metrics, warn_if_no_signal
 from grpo.train.run_lock import OutputDirLock
 from grpo.train.advantages import compute_advantages, rft_advantages, step_advantages
 from grpo.train.reward_model import RewardModelTrainer
-from grpo.train.update import logprobs_no_grad, update_policy
+from grpo.train.update import forking_tokens, logprobs_no_grad, update_policy
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +194,8 @@ def setup_run(cfg: TrainConfig, lock: OutputDirLock) -> Run:
     with tempfile.TemporaryDirectory(prefix="grpo-") as staging:
         tiny_dir = Path(staging) / "tiny-init"
         model, tokenizer = load_policy(cfg.model, tiny_dir)
+        if not cfg.model.keep_dropout:  # sampler, pi_old and update: one function, no dropout noise in the ratio
+            disable_dropout(model)
         # joined only now: once torch.distributed is up, transformers' save_pretrained writes on rank 0 only
         dist = init_distributed(cfg.model.device)
         check_divisible(cfg.train.prompts_per_step, dist)
@@ -253,8 +257,8 @@ def make_engine(cfg: TrainConfig, model, tokenizer, model_dir: Path, dist: Dist)
     that a missing vLLM or GPU stops it with one line; it loads `model_dir` (the policy's starting weights)
     and is kept in step by `sync_weights` after every update. Both stop at `stop_token_ids`."""
     stop = stop_token_ids(model, tokenizer)
-    if cfg.rollout.engine == "hf":
-        return HFEngine(model, stop, tokenizer.pad_token_id)
+    if cfg.rollout.engine == "hf":  # model.dtype=bfloat16: samples from bf16 copies of the weights
+        return HFEngine(model, stop, tokenizer.pad_token_id, dtype=compute_dtype(cfg.model))
     if dist.fsdp:
         raise UserError("rollout.engine=vllm cannot run with train.strategy=fsdp (each rank's vLLM would need the "
                         "whole weights after every update); use train.strategy=ddp or rollout.engine=hf")
@@ -325,11 +329,18 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
         ref_logp = None
         if run.ref is not None:
             with run.ref.context():
-                ref_logp = logprobs_no_grad(run.ref.model, r, cfg, ctx, dist)
-        # pi_old: needed for the ratio when mu > 1, and by PPO's KL reward
-        old_logp = logprobs_no_grad(run.model, r, cfg, ctx, dist) if cfg.grpo.mu > 1 or run.critic else None
+                ref_logp = logprobs_no_grad(run.ref.model, r, cfg, ctx, dist).logp
+        # pi_old: needed for the ratio when mu > 1, by PPO's KL reward, and for the batch's entropies
+        fraction, keep = cfg.grpo.top_entropy_quantile, None
+        old = logprobs_no_grad(run.model, r, cfg, ctx, dist, with_entropy=fraction < 1) \
+            if cfg.grpo.mu > 1 or run.critic or fraction < 1 else None
+        old_logp = None if old is None else old.logp
     with timers("advantages"):
         beta, extra = cfg.grpo.beta, {}
+        if fraction < 1:  # forking tokens: the loss keeps the batch's highest-entropy policy tokens
+            keep, threshold = forking_tokens(old.entropy, r.completion_mask, fraction, dist)
+            extra.update({"entropy/threshold": threshold,
+                          "entropy/kept_frac": float(keep.sum()) / max(1.0, float(r.completion_mask.sum()))})
         if run.critic is not None:  # PPO: GAE over the value model; the KL is in the reward, not the loss
             ppo = run.critic.advantages(r, batch.rewards, old_logp, ref_logp, cfg.grpo.beta)
             adv, beta, extra = ppo.advantages, 0.0, {"ppo/kl_reward": ppo.kl_reward}  # [N, T]
@@ -342,7 +353,8 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
         adv = adv.to(device)
     with timers("update"):
         for _ in range(cfg.grpo.mu):
-            update = update_policy(run.model, run.optimizer, r, adv, ref_logp, old_logp, cfg, ctx, beta=beta, dist=dist)
+            update = update_policy(run.model, run.optimizer, r, adv, ref_logp, old_logp, cfg, ctx, beta=beta, dist=dist,
+                                   keep=keep)
             run.scheduler.step()
             _count_fault(run.state, update.applied, cfg.train.max_bad_steps)
             if run.critic is not None and update.applied:

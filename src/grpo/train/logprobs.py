@@ -32,6 +32,8 @@ from typing import NamedTuple
 
 import torch
 
+from grpo.algorithm.entropy import token_entropy
+
 SHARED_PROMPT_MODELS = ("llama", "mistral", "qwen2", "qwen3")
 """`config.model_type`s whose dynamic KV cache keeps gradients and reorders by batch index."""
 
@@ -49,10 +51,10 @@ def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk: int | None = None,
-                          with_entropy: bool = False) -> TokenLogProbs:
+                          with_entropy: bool = False, entropy_grad: bool = False) -> TokenLogProbs:
     """log_softmax(logits)[..., index], `chunk` rows at a time (default: as many rows as keep the
     float32 copy under LOGSOFTMAX_CHUNK_ELEMENTS), so peak memory is one chunk's, not the batch's.
-    logits [B, T, V], index [B, T]."""
+    logits [B, T, V], index [B, T]. The entropy (with_entropy) carries a gradient only with entropy_grad."""
     B, T, V = logits.shape
     chunk = chunk or max(1, LOGSOFTMAX_CHUNK_ELEMENTS // max(1, T * V))
     logps, ents = [], []
@@ -61,50 +63,50 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk: int 
         lse = torch.logsumexp(lg, dim=-1)  # [b, T]
         logps.append(lg.gather(-1, ix.unsqueeze(-1)).squeeze(-1) - lse)  # [b, T]
         if with_entropy:
-            with torch.no_grad():
-                p = torch.softmax(lg, dim=-1)
-                ents.append(lse - (p * lg).sum(-1))  # [b, T]
+            with contextlib.nullcontext() if entropy_grad else torch.no_grad():
+                ents.append(token_entropy(lg))  # [b, T]
     return TokenLogProbs(torch.cat(logps), torch.cat(ents) if with_entropy else None)
 
 
 def _head_chunk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor,
-                temperature: float) -> torch.Tensor:
-    """log pi(index) for hidden states h [n, H] under the head (weight [V, H], bias [V]). [n]"""
+                temperature: float, with_entropy: bool = False):
+    """log pi(index) for hidden states h [n, H] under the head (weight [V, H], bias [V]) [n], and with
+    with_entropy the entropy of each position's distribution [n]."""
     logits = torch.nn.functional.linear(h, weight, bias).float()  # [n, V]
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
-    return logits.gather(-1, index.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [n]
-
-
-def _head_entropy(h, weight, bias, temperature: float) -> torch.Tensor:
-    logits = torch.nn.functional.linear(h, weight, bias).float()  # [n, V]
-    if temperature not in (0.0, 1.0):
-        logits = logits / temperature
-    p = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)  # [n]
+    logp = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [n]
+    return (logp, token_entropy(logits)) if with_entropy else logp
 
 
 def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, index: torch.Tensor, temperature: float = 1.0,
-                  with_entropy: bool = False, chunk: int | None = None) -> TokenLogProbs:
+                  with_entropy: bool = False, chunk: int | None = None, entropy_grad: bool = False) -> TokenLogProbs:
     """log_softmax(head(hidden) / temperature)[..., index] without the full logits: `chunk` positions at a
     time (default: as many as keep one chunk's float32 logits under LOGSOFTMAX_CHUNK_ELEMENTS), each
     chunk's logits recomputed in the backward pass when gradients are on. hidden [B, T, H], index [B, T].
-    Equal to the plain path to float rounding (tests/test_rollout_logprobs.py)."""
+    The entropy (with_entropy) carries a gradient only with entropy_grad (the entropy bonus); it is then
+    computed in the same checkpointed chunk as the log-probs. Equal to the plain path to float rounding
+    (tests/test_rollout_logprobs.py)."""
     B, T, H = hidden.shape
     V = head.weight.shape[0]
     chunk = chunk or max(1, LOGSOFTMAX_CHUNK_ELEMENTS // V)
     flat_h, flat_ix = hidden.reshape(B * T, H), index.reshape(B * T)  # [B*T, H], [B*T]
     recompute = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
+    joint = with_entropy and entropy_grad  # entropy with a gradient: from the same chunk as the log-probs
     logps, ents = [], []
     for h, ix in zip(flat_h.split(chunk), flat_ix.split(chunk)):
-        if recompute:
-            logps.append(torch.utils.checkpoint.checkpoint(_head_chunk, h, head.weight, head.bias, ix, temperature,
-                                                           use_reentrant=False))
-        else:
-            logps.append(_head_chunk(h, head.weight, head.bias, ix, temperature))
+        args = (h, head.weight, head.bias, ix, temperature, joint)
+        out = torch.utils.checkpoint.checkpoint(_head_chunk, *args, use_reentrant=False) if recompute \
+            else _head_chunk(*args)
+        if joint:
+            logps.append(out[0])
+            ents.append(out[1])
+            continue
+        logps.append(out)
         if with_entropy:
             with torch.no_grad():
-                ents.append(_head_entropy(h, head.weight, head.bias, temperature))
+                logits = torch.nn.functional.linear(h, head.weight, head.bias)  # [n, V]
+                ents.append(token_entropy(logits, temperature))
     logp = torch.cat(logps).reshape(B, T)
     return TokenLogProbs(logp, torch.cat(ents).reshape(B, T) if with_entropy else None)
 
@@ -257,14 +259,16 @@ def cache_kwarg(model) -> str:
 
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                         temperature: float = 1.0, with_entropy: bool = False,
-                        share_prompts: bool | None = None, chunked_head: bool = True) -> TokenLogProbs:
+                        share_prompts: bool | None = None, chunked_head: bool = True,
+                        entropy_grad: bool = False) -> TokenLogProbs:
     """log pi(completion token t | prompt, completion < t) for every completion position. [B, T]
 
     share_prompts: run each distinct prompt once (None: when rows repeat prompts, the model type is in
     SHARED_PROMPT_MODELS and, under activation checkpointing, this transformers lets checkpointed layers
     keep a cache). Both ways compute the same function. Under checkpointing both forwards are
     checkpointed, over the caches of `_repeatable_caches`. chunked_head: the LM head applied in chunks
-    of positions after the forward (`head_logprobs`), where the head allows it; False: inside it."""
+    of positions after the forward (`head_logprobs`), where the head allows it; False: inside it.
+    with_entropy: also the entropy of each position's distribution, with a gradient if entropy_grad."""
     first, inverse = prompt_groups(prompt_ids, prompt_mask)
     checkpointed = recomputes_layers(model)
     if share_prompts is None:
@@ -283,10 +287,10 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
         logits = _completion_outputs(model, prompt_ids, prompt_mask, completion_ids, mask, positions, first,
                                      inverse, share_prompts, checkpointed)
     if head is not None:
-        return head_logprobs(logits, head, completion_ids, temperature, with_entropy)
+        return head_logprobs(logits, head, completion_ids, temperature, with_entropy, entropy_grad=entropy_grad)
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
-    return selective_log_softmax(logits, completion_ids, with_entropy=with_entropy)
+    return selective_log_softmax(logits, completion_ids, with_entropy=with_entropy, entropy_grad=entropy_grad)
 
 
 def _completion_outputs(model, prompt_ids, prompt_mask, completion_ids, mask, positions, first, inverse,

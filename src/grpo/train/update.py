@@ -18,10 +18,27 @@ from typing import NamedTuple
 
 import torch
 
-from grpo.algorithm import mask_truncated, masked_mean, policy_loss
+from grpo.algorithm import (
+    entropy_threshold,
+    importance_weights,
+    mask_truncated,
+    masked_mean,
+    mismatch_metrics,
+    policy_loss,
+    top_entropy_mask,
+)
 from grpo.config import TrainConfig
 from grpo.rollout.engine import Rollout
-from grpo.train.distributed import SINGLE, Dist, all_min, all_reduce_grads, global_totals, reduce_update_stats
+from grpo.train.distributed import (
+    SINGLE,
+    Dist,
+    all_gather_objects,
+    all_max,
+    all_min,
+    all_reduce_grads,
+    global_totals,
+    reduce_update_stats,
+)
 from grpo.train.logprobs import completion_logprobs, prompt_groups
 
 
@@ -101,34 +118,86 @@ def micro_batches(r: Rollout, size: int, max_tokens: int | None = None, dist: Di
     return [MicroBatch(torch.tensor(c, dtype=torch.long, device=device), *widths(c)) for c in cuts]
 
 
+class NoGradLogProbs(NamedTuple):
+    logp: torch.Tensor
+    """[N, T] log-probs of the sampled tokens (0 past a row's end)."""
+    entropy: torch.Tensor | None
+    """[N, T] the policy's entropy at each position (0 past a row's end), if asked."""
+
+
 @torch.no_grad()
-def logprobs_no_grad(model, r: Rollout, cfg: TrainConfig, ctx, dist: Dist = SINGLE) -> torch.Tensor:
-    """Log-probs of the sampled tokens, micro-batched, without building a graph (0 past a row's end). [N, T]"""
+def logprobs_no_grad(model, r: Rollout, cfg: TrainConfig, ctx, dist: Dist = SINGLE,
+                     with_entropy: bool = False) -> NoGradLogProbs:
+    """Log-probs of the sampled tokens (and the entropy), micro-batched, without building a graph."""
     out = torch.zeros(r.completion_ids.shape, dtype=torch.float32, device=r.completion_ids.device)  # [N, T]
+    ent = torch.zeros_like(out) if with_entropy else None  # [N, T]
     for mb in micro_batches(r, cfg.train.micro_batch_size, cfg.train.micro_batch_tokens, dist):
         with ctx():
             lp = completion_logprobs(model, mb.prompt(r.prompt_ids), mb.prompt(r.prompt_mask),
                                      mb.completion(r.completion_ids), mb.completion(r.completion_mask),
-                                     cfg.sampling.temperature).logp
-        out[mb.rows, :mb.completion_len] = lp.float().masked_fill(mb.completion(r.completion_mask) == 0, 0.0)
-    return out
+                                     cfg.sampling.temperature, with_entropy=with_entropy)
+        pad = mb.completion(r.completion_mask) == 0
+        out[mb.rows, :mb.completion_len] = lp.logp.float().masked_fill(pad, 0.0)
+        if with_entropy:
+            ent[mb.rows, :mb.completion_len] = lp.entropy.float().masked_fill(pad, 0.0)
+    return NoGradLogProbs(out, ent)
+
+
+def forking_tokens(entropy: torch.Tensor, mask: torch.Tensor, fraction: float,
+                   dist: Dist = SINGLE) -> tuple[torch.Tensor, float]:
+    """(keep [N, T] bool, threshold): the policy tokens whose entropy is in the top `fraction` of the whole
+    batch's (every rank's) policy tokens (grpo.top_entropy_quantile; `grpo.algorithm.top_entropy_mask`)."""
+    valid = entropy[mask.bool()].float()
+    if dist.enabled:
+        valid = torch.tensor([v for part in all_gather_objects(valid.tolist(), dist) for v in part])
+    threshold = entropy_threshold(valid, fraction)
+    return top_entropy_mask(entropy, mask, fraction, threshold), threshold
+
+
+def correction_mode(cfg: TrainConfig) -> str:
+    """rollout.correction with 'auto' resolved: 'tis' where the sampler runs in another precision than the
+    trainer (vLLM; bf16 sampling copies under model.dtype=bfloat16), else 'none'."""
+    mode = cfg.rollout.correction
+    if mode != "auto":
+        return mode
+    return "tis" if cfg.rollout.engine == "vllm" or cfg.model.dtype == "bfloat16" else "none"
+
+
+def sampler_correction(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
+                       cfg: TrainConfig) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """(weights [n, T] or None, metrics) for the rows of one micro-batch: `grpo.algorithm.correction` with
+    the rollout.correction* settings. trainer_logp is pi_old's (no grad), sampler_logp the engine's."""
+    c = cfg.rollout
+    metrics = mismatch_metrics(trainer_logp, sampler_logp, mask, low=c.correction_low, high=c.correction_high)
+    mode = correction_mode(cfg)
+    if mode == "none":
+        return None, metrics
+    weights = importance_weights(trainer_logp, sampler_logp, mask, mode=mode, level=c.correction_level,
+                                 low=c.correction_low, high=c.correction_high)  # [n, T]
+    metrics["correction/weight_mean"] = masked_mean(weights, mask)
+    metrics["correction/dropped_frac"] = masked_mean((weights == 0).to(weights.dtype), mask)
+    return weights, metrics
 
 
 class UpdateResult(NamedTuple):
     stats: dict
-    """loss, pg_loss, kl, clip fractions, entropy, grad_norm (docs/metrics.md)."""
+    """loss, pg_loss, kl, clip fractions, entropy, grad_norm, mismatch/* (docs/metrics.md)."""
     applied: bool
     """False: the loss or the gradient norm was not finite, and the optimizer step was skipped."""
 
 
 def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: TrainConfig, ctx,
-                  dist: Dist = SINGLE, beta: float | None = None) -> UpdateResult:
+                  dist: Dist = SINGLE, beta: float | None = None, keep: torch.Tensor | None = None) -> UpdateResult:
     """One optimizer step on the whole batch: micro-batched forward/backward, summed exactly.
 
-    `adv` is [N] or [N, T]; `beta` overrides grpo.beta (PPO folds the KL into its reward instead).
+    `adv` is [N] or [N, T]; `beta` overrides grpo.beta (PPO folds the KL into its reward instead);
+    `keep` [N, T] bool: the tokens the loss keeps (grpo.top_entropy_quantile; None: every policy token).
     With several processes `r` is this rank's share: the loss normalisers are the global batch's and the
     gradients and statistics are summed over ranks (grpo.train.distributed), so every rank takes the
     step a single process would take on the whole batch.
+
+    When the engine gave its log-probs (`r.logp`), the sampler/trainer mismatch is measured against pi_old
+    on every micro-batch and, per rollout.correction, the surrogate is weighted (`sampler_correction`).
 
     A non-finite loss or gradient norm skips the step (gradients dropped, weights and optimizer state
     unchanged); the caller counts it.
@@ -136,28 +205,45 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
     g = cfg.grpo
     beta = g.beta if beta is None else beta
     mask = mask_truncated(r.completion_mask, r.truncated) if g.mask_truncated else r.completion_mask  # [N, T]
-    totals = global_totals(mask, dist)
+    loss_mask = mask if keep is None else mask * keep.to(mask.dtype)  # [N, T]
+    totals = global_totals(loss_mask, dist)
+    policy_tokens = totals["total_tokens"] if keep is None else global_totals(mask, dist)["total_tokens"]
     stats: dict[str, float] = {}
+    maxima: dict[str, float] = {}
     optimizer.zero_grad(set_to_none=True)
     for mb in micro_batches(r, cfg.train.micro_batch_size, cfg.train.micro_batch_tokens, dist):
         with ctx():
             lp = completion_logprobs(model, mb.prompt(r.prompt_ids), mb.prompt(r.prompt_mask),
                                      mb.completion(r.completion_ids), mb.completion(r.completion_mask),
-                                     cfg.sampling.temperature, with_entropy=True)
-        logp, mb_mask = lp.logp.float(), mb.completion(mask)  # [n, t]
+                                     cfg.sampling.temperature, with_entropy=True, entropy_grad=g.entropy_coef != 0)
+        logp, mb_mask, mb_policy = lp.logp.float(), mb.completion(loss_mask), mb.completion(mask)  # [n, t]
+        old = logp.detach() if old_logp is None else mb.completion(old_logp)  # [n, t]
+        weights, sampler = (None, {}) if r.logp is None else \
+            sampler_correction(old, mb.completion(r.logp), mb_policy, cfg)
         loss, m = policy_loss(
-            logp, logp.detach() if old_logp is None else mb.completion(old_logp), mb.completion(adv), mb_mask,
+            logp, old, mb.completion(adv), mb_mask,
             eps_low=g.eps_low, eps_high=g.eps_high, aggregation=g.aggregation,
             ref_logp=None if ref_logp is None else mb.completion(ref_logp), beta=beta, ratio_level=g.ratio_level,
-            max_completion_length=cfg.sampling.max_new_tokens, **totals)
+            max_completion_length=cfg.sampling.max_new_tokens, token_weights=weights,
+            entropy=lp.entropy.float(), entropy_coef=g.entropy_coef, **totals)
         loss.backward()
-        # loss and pg_loss already carry the whole batch's normaliser: they add up; the token means
-        # (clip fractions, ratio, KL, entropy) are weighted by this micro-batch's share of tokens.
+        # loss and pg_loss already carry the whole batch's normaliser: they add up; the token means are
+        # weighted by this micro-batch's share of the tokens they average over (clip fractions, ratio and
+        # KL: the tokens the loss keeps; entropy and the mismatch: every policy token).
         share = float(mb_mask.sum()) / totals["total_tokens"]
-        for k, v in {**m, "entropy": masked_mean(lp.entropy, mb_mask), "loss": loss.detach()}.items():
-            stats[k] = stats.get(k, 0.0) + float(v) * (1.0 if k in ("loss", "pg_loss") else share)
+        policy_share = float(mb_policy.sum()) / policy_tokens
+        means = {**{k: (v, 1.0 if k in ("loss", "pg_loss") else share) for k, v in m.items()},
+                 "loss": (loss.detach(), 1.0), "entropy": (masked_mean(lp.entropy.detach(), mb_policy), policy_share)}
+        for k, v in sampler.items():
+            if k.endswith("_max"):
+                maxima[k] = max(maxima.get(k, 0.0), float(v))
+            else:
+                means[k] = (v, policy_share)
+        for k, (v, w) in means.items():
+            stats[k] = stats.get(k, 0.0) + float(v) * w
     params = [p for p in model.parameters() if p.requires_grad]
     stats = reduce_update_stats(stats, dist)
+    stats.update(zip(sorted(maxima), all_max([maxima[k] for k in sorted(maxima)], dist)))
     all_reduce_grads(params, dist)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
     stats["grad_norm"] = float(grad_norm)
