@@ -123,3 +123,35 @@ def test_chunked_head_never_builds_full_vocabulary_logits(monkeypatch):
     (lp.logp * r.completion_mask).sum().backward()
     assert seen and max(seen) <= 8 * V < B * T * V
     assert len(seen) >= 2 * (B * T // 8)  # every chunk ran twice: forward, then recomputed in backward
+
+
+@pytest.mark.parametrize("share", [False, True], ids=["plain forward", "shared prompts"])
+def test_entropy_with_gradient_chunked_equals_full_logits(share, monkeypatch):
+    """The entropy bonus needs the entropy's gradient: chunked and recomputed in backward (entropy_grad), it
+    equals the full-logits path's, and without entropy_grad the entropy carries no graph."""
+    import grpo.train.logprobs as lp_module
+
+    model = make_model("llama")
+    r = HFEngine(model, 2, PAD).generate(prompts(4), SamplingParams(max_new_tokens=12, G=4),
+                                         torch.Generator().manual_seed(0))
+
+    def grads(chunked):
+        model.zero_grad()
+        lp = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, 0.8,
+                                 with_entropy=True, share_prompts=share, chunked_head=chunked, entropy_grad=True)
+        w = torch.linspace(-1, 1, lp.entropy.numel()).view_as(lp.entropy)
+        ((lp.entropy * w + 0.3 * lp.logp) * r.completion_mask).sum().backward()
+        return lp.entropy.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    full = grads(chunked=False)
+    monkeypatch.setattr(lp_module, "LOGSOFTMAX_CHUNK_ELEMENTS", 7 * model.lm_head.weight.shape[0])
+    chunked = grads(chunked=True)
+    mask = r.completion_mask.bool()
+    assert (full[0] - chunked[0])[mask].abs().max() < 1e-5
+    for name, g in full[1].items():
+        assert (g - chunked[1][name]).norm() <= 1e-5 * g.norm() + 1e-8, name
+    assert full[1]["lm_head.weight"].norm() > 0
+    for chunked_head in (False, True):
+        lp = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                                 with_entropy=True, chunked_head=chunked_head)
+        assert lp.logp.requires_grad and not lp.entropy.requires_grad
