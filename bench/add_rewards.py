@@ -23,3 +23,13 @@ def correctness(prompts, completions, completion_ids, answer, **columns):
 def starts_with_int(prompts, completions, completion_ids, **columns):
     """1.0 if the completion starts with an integer (weighted 0.1 in the config, as in the peer)."""
     return [1.0 if STARTS_WITH_INT.match(text) else 0.0 for text in completions]
+
+
+def correctness_last(prompts, completions, completion_ids, answer, **columns):
+    """1.0 if the last integer in the completion equals the gold answer (the part after "####" in a
+    GSM8K-style answer, commas dropped), else 0.0: the peer's --answer-position last."""
+    out = []
+    for text, gold in zip(completions, answer):
+        found = FIRST_INT.findall(text)
+        out.append(1.0 if found and found[-1] == str(gold).split("####")[-1].strip().replace(",", "") else 0.0)
+    return out

@@ -4,7 +4,13 @@
 Usage:
     python bench/bench_grpo.py MODEL_DIR [--max-steps 20] [--prompts-per-step 8] [--max-new-tokens 32]
                                [--dtype float32|bfloat16] [--gradient-checkpointing] [--output-dir DIR]
-                               [--json-out FILE]
+                               [--json-out FILE] [--prompts-jsonl FILE --answer-position last]
+                               [--temperature T] [--learning-rate LR] [--lora]
+
+With --prompts-jsonl the rows of FILE (chat messages rendered by the model's template, answers as in
+GSM8K) replace the A+B prompts, as the peer's option of the same name does; --answer-position last
+compares the completion's last integer (bench/add_rewards.py:correctness_last); --lora trains LoRA
+adapters (r 16, alpha 32, every projection, as bench/trl_lora_bench.py gives TRL).
 
 Same work as /work/shared/peers/trl_grpo_bench.py: the 256 prompts "What is A+B? Answer:" of its
 `make_dataset(256, seed=0)` (bench/add_prompts.jsonl), its two rewards (bench/add_rewards.py), G=8,
@@ -103,13 +109,19 @@ def build_config(args):
 
     cfg = TrainConfig()
     cfg.model.path, cfg.model.dtype, cfg.model.device = str(args.model_dir), args.dtype, "cpu"
-    cfg.data.source, cfg.data.max_prompt_length = str(HERE / "add_prompts.jsonl"), 32
+    cfg.data.source = str(args.prompts_jsonl or HERE / "add_prompts.jsonl")
+    cfg.data.max_prompt_length = args.max_prompt_length
     # TODO: an empty held-out set currently fails in load_task (tokenizer([])); 8 greedy prompts
     # before and after training cost ~0.1 s and are outside the timed steps.
     cfg.data.heldout_source, cfg.data.num_heldout = cfg.data.source, 8
-    cfg.rewards.functions = [RewardEntry(f"{HERE / 'add_rewards.py'}:correctness", 1.0),
+    correctness = "correctness" if args.answer_position == "first" else "correctness_last"
+    cfg.rewards.functions = [RewardEntry(f"{HERE / 'add_rewards.py'}:{correctness}", 1.0),
                              RewardEntry(f"{HERE / 'add_rewards.py'}:starts_with_int", 0.1)]
-    cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.top_p = args.max_new_tokens, 1.0, 1.0
+    cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.top_p = args.max_new_tokens, args.temperature, 1.0
+    if args.lora:
+        from grpo.config import LoraConfig
+
+        cfg.model.lora = LoraConfig(r=16, alpha=32)
     cfg.grpo.G, cfg.grpo.beta, cfg.grpo.mu = args.G, args.beta, 1
     cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.schedule = args.learning_rate, 0, "linear"
     cfg.optim.betas, cfg.optim.weight_decay, cfg.optim.grad_clip = [0.9, 0.999], 0.0, 1.0
@@ -150,6 +162,11 @@ def main():
                    help="train.gradient_checkpointing=true (the peer's --gradient-checkpointing)")
     p.add_argument("--micro-batch-tokens", type=int, default=None,
                    help="train.micro_batch_tokens (default: none, one forward/backward over the batch, as TRL)")
+    p.add_argument("--prompts-jsonl", type=Path, default=None, help="prompts and answers (the peer's option)")
+    p.add_argument("--answer-position", choices=["first", "last"], default="first")
+    p.add_argument("--max-prompt-length", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--lora", action="store_true", help="LoRA r 16, alpha 32 on every projection")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", type=Path, default=Path(".peers/runs/grpo"))
     p.add_argument("--json-out", type=Path, default=None)
@@ -171,8 +188,11 @@ def main():
 
     from transformers import AutoTokenizer
 
+    from grpo.data.templates import encode_prompts, render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     prompts = [json.loads(line)["prompt"] for line in open(cfg.data.source, encoding="utf-8")]
-    prompt_lens = [len(x) for x in AutoTokenizer.from_pretrained(args.model_dir)(prompts)["input_ids"]]
+    prompt_lens = [len(x) for x in encode_prompts(tokenizer, [render_prompt(x, tokenizer) for x in prompts])]
     steps = [h for h in res.history if "time/step" in h]
     n_rows = cfg.train.prompts_per_step * cfg.grpo.G
     tokens = [h["completion/len_mean"] * n_rows for h in steps]  # valid completion tokens, EOS included
@@ -208,7 +228,8 @@ def main():
                      "gradient_checkpointing": cfg.train.gradient_checkpointing,
                      "micro_batch_tokens": cfg.train.micro_batch_tokens,
                      "max_new_tokens": cfg.sampling.max_new_tokens, "beta": cfg.grpo.beta,
-                     "lr": cfg.optim.lr, "mu": cfg.grpo.mu, "model": str(args.model_dir), "python": sys.version.split()[0]},
+                     "lr": cfg.optim.lr, "mu": cfg.grpo.mu, "lora": args.lora,
+                     "temperature": cfg.sampling.temperature, "model": str(args.model_dir), "python": sys.version.split()[0]},
     }
     line = json.dumps(result)
     if args.json_out:
