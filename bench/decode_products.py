@@ -9,7 +9,7 @@ Builds random fp32 matrices of a Llama layer's four projections (qkv fused, o, g
 rows: through `torch.mm(w, x.T)` and through oneDNN with pre-packed weights (the sampler's path on a
 CPU, grpo.rollout.lean._Proj), medians of 10 passes. For scale it also prints the rate a `sum` streams
 400 MB at and the fp32 2048^3 matmul rate. The defaults are the bench's 25M model (docs/performance.md,
-fifth session: 101 MB of weights against a 32 MB L3, so every pass reads them from memory).
+"Generation is memory-bound": 101 MB of weights against a 32 MB L3, so every pass reads them from memory).
 """
 
 import argparse

@@ -10,7 +10,7 @@ high-water mark since the step began, and from `mallinfo2` the main heap's size,
 (freed memory glibc keeps: resident, but holding nothing) and how much is in mmapped chunks.
 `--small-mmap-in` lowers glibc's mmap threshold to 1 MiB during the named phases (mallopt
 M_MMAP_THRESHOLD, back to 32 MiB after), so that their large allocations are returned to the system
-when freed. docs/performance.md (fifth session) has what it showed on the 25M model.
+when freed. docs/performance.md ("Why 25M misses 0.8x memory") has what it showed on the 25M model.
 """
 
 import argparse

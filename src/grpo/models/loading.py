@@ -133,7 +133,7 @@ class Reference:
 
 def emulates_bf16(device: torch.device) -> bool:
     """True on a CPU without AVX512-BF16 or AMX, where torch runs bf16 matmuls through a slow fallback
-    (measured: the demo's GRPO stage 12x slower than in float32, docs/performance.md)."""
+    (measured: the demo's GRPO training phases 14-18x slower than in float32, docs/performance.md)."""
     if device.type != "cpu":
         return False
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up with a fallback
