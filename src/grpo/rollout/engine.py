@@ -9,6 +9,9 @@ Layout of a rollout (N = num_prompts * G rows, groups contiguous: rows i*G .. i*
     completion_ids  [N, T]  right-padded with pad_id       completion_mask  [N, T]  (EOS included)
     truncated       [N]     True where no EOS came within max_new_tokens
     logp            [N, T]  log-probs of the sampled tokens under the sampling distribution, or None
+    policy_mask     [N, T]  multi-turn only: 1 on the policy's own tokens, 0 on environment (tool) tokens,
+                            which completion_mask also marks (the forward attends to them) but the loss,
+                            KL and entropy skip; None: every completion token is the policy's
 """
 
 from __future__ import annotations
@@ -35,16 +38,27 @@ class Rollout:
     completion_mask: torch.Tensor  # [N, T]
     truncated: torch.Tensor  # [N] bool
     logp: torch.Tensor | None = None  # [N, T]
+    policy_mask: torch.Tensor | None = None  # [N, T]
 
     @property
     def lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)  # [N]
 
+    @property
+    def policy_tokens(self) -> torch.Tensor:
+        """[N, T] the tokens the loss, KL and entropy are taken over: the policy's own (policy_mask), which
+        for a single-turn rollout are all its completion tokens (completion_mask)."""
+        return self.completion_mask if self.policy_mask is None else self.policy_mask
+
+    def to(self, device) -> "Rollout":
+        return Rollout(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
+
     def select(self, rows: torch.Tensor) -> "Rollout":
         """The rollout restricted to `rows` (an index tensor)."""
         pick = lambda t: None if t is None else t[rows]  # noqa: E731
         return Rollout(*(pick(getattr(self, f)) for f in
-                         ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "truncated", "logp")))
+                         ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "truncated", "logp",
+                          "policy_mask")))
 
 
 class RolloutEngine(Protocol):

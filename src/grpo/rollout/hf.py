@@ -24,7 +24,7 @@ from grpo.rollout.lean import LeanDecoder
 from grpo.train.logprobs import cache_kwarg, position_ids_from_mask
 
 
-def _pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     P = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), P), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), P), dtype=torch.long)
@@ -33,6 +33,9 @@ def _pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
             ids[i, P - len(s):] = torch.tensor(s)
             mask[i, P - len(s):] = 1
     return ids, mask
+
+
+_pad_left = pad_left  # the name grpo.train.sft imports
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
@@ -54,7 +57,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
 
-class _HFStepper:
+class HFStepper:
     """The generic path: the model's own forward with its dynamic KV cache."""
 
     def __init__(self, model, dtype: torch.dtype | None):
@@ -142,13 +145,18 @@ class HFEngine:
     def sync_weights(self, model) -> None:
         self.model = model
 
+    def make_stepper(self, max_len: int):
+        """The prefill/step/compact object of a generate over sequences of at most max_len tokens."""
+        stepper = LeanDecoder.build(self.model, max_len, self.dtype) if self.lean else None
+        return stepper or HFStepper(self.model, self.dtype)
+
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams,
                  generator: torch.Generator | None = None) -> Rollout:
         model = self.model
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        ids, mask = _pad_left(prompt_ids, self.pad_id)
+        ids, mask = pad_left(prompt_ids, self.pad_id)
         ids, mask = ids.to(device), mask.to(device)  # [n, P], one row per distinct prompt
         try:
             with torch.inference_mode():
@@ -167,8 +175,7 @@ class HFEngine:
         completion (live: the slot holds a token of the completion, EOS included)."""
         (n, P), G, device = ids.shape, params.G, ids.device
         N, model = n * G, self.model
-        stepper = LeanDecoder.build(model, P + params.max_new_tokens, self.dtype) if self.lean else None
-        stepper = stepper or _HFStepper(model, self.dtype)
+        stepper = self.make_stepper(P + params.max_new_tokens)
         positions = position_ids_from_mask(mask)  # [n, P]
         logits = stepper.prefill(ids, mask, positions, params.max_new_tokens, G).repeat_interleave(G, 0)  # [N, V]
         pos = (positions[:, -1] + 1).repeat_interleave(G, 0)  # [N]

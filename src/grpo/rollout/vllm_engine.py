@@ -27,7 +27,7 @@ import torch
 
 from grpo.errors import UserError
 from grpo.rollout.engine import Rollout, SamplingParams
-from grpo.rollout.hf import _pad_left
+from grpo.rollout.hf import pad_left
 from grpo.rollout.lean import hf_weights
 
 SYNC_TIMEOUT_S = 300
@@ -54,7 +54,7 @@ def rollout_from_outputs(prompt_ids: list[list[int]], outputs: Sequence, G: int,
                 logp = None
             else:
                 logp[i, :n] = torch.tensor([step[t].logprob for t, step in zip(c.token_ids, c.logprobs)])
-    p_ids, p_mask = _pad_left(prompt_ids, pad_id)
+    p_ids, p_mask = pad_left(prompt_ids, pad_id)
     truncated = torch.tensor([c.finish_reason == "length" for c in completions])
     return Rollout(prompt_ids=p_ids.repeat_interleave(G, 0).to(device), prompt_mask=p_mask.repeat_interleave(G, 0).to(device),
                    completion_ids=ids.to(device), completion_mask=mask.to(device), truncated=truncated.to(device),

@@ -1,0 +1,170 @@
+"""Multi-turn environments: a dataset row starts one, each policy turn steps it.
+
+    env = make_env(row)              # one fresh environment per trajectory (row: the dataset row)
+    turn = env.step(completion)      # completion: the text of the policy's last turn
+    turn.messages                    # what comes back, as chat messages; None: the episode is over
+    turn.reward                      # optional per-turn reward, summed into the trajectory's reward
+
+Any object with that `step` is an environment (`rollout.environment: my_env.py:MyEnv`, called with the
+row). `ToolEnvironment` is the built-in one for function calling: it parses the turn's calls
+(`grpo.tools.parser`), runs each tool, and answers with one `tool` message per call; a turn without a
+call ends the episode (the model has answered). Every failure becomes the text of that tool message,
+which the model reads on its next turn, never an exception:
+
+    malformed call   error: malformed tool call: not JSON (Expecting value at char 9)
+    unknown tool     error: unknown tool 'calc' (available: calculator)
+    raised           error: calculator raised ValueError: not an arithmetic expression: '2+'
+    timeout          error: calculator timed out after 5 s
+    oversized        error: calculator returned 812 tokens, more than rollout.max_observation_tokens=64
+
+Calls run where `ToolRunner` says: in the reward worker pool (`rewards.workers > 0`: separate spawned
+processes, each call limited to the timeout inside the worker and the parent waiting at most a grace
+period longer), in the training process under the same deadline (`rewards.workers = 0`), or, for a
+tool with `sandbox: true`, in the code sandbox (grpo.rewards.code: a fresh process with rlimits and,
+where the kernel allows, no network).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from grpo.tools.functions import Tool
+from grpo.tools.parser import ToolCall
+
+POOL_GRACE_S = 5.0
+"""Extra seconds the parent waits for a pooled call beyond the worker's own limit."""
+
+
+@dataclass
+class Turn:
+    """What an environment answers to one policy turn."""
+
+    messages: list[dict] | None
+    """Chat messages ({role, content}) appended after the policy's turn; None: the episode is over."""
+    reward: float = 0.0
+    """This turn's reward (summed over the turns into the trajectory's `environment` reward)."""
+    tool_calls: int = 0
+    """Tool calls the turn made (metrics tools/calls)."""
+    tool_errors: int = 0
+    """Of which failed: malformed, unknown tool, raised, timed out, oversized (metrics tools/errors)."""
+
+
+class Environment(Protocol):
+    def step(self, completion: str) -> Turn: ...
+
+
+def call_tool(fn: Callable[..., Any], arguments: dict, timeout_s: float | None) -> tuple[str, str]:
+    """(status, text) of fn(**arguments) under a deadline: ('ok', result as text), ('timeout', ''), or
+    ('error', 'ValueError: ...'). Runs in a pool worker or in-process; nothing in it raises."""
+    from grpo.rewards import CallTimeout, run_with_deadline
+
+    try:
+        out = run_with_deadline(lambda: fn(**arguments), timeout_s)
+        return "ok", out if isinstance(out, str) else json.dumps(out, default=str)
+    except CallTimeout:
+        return "timeout", ""
+    except Exception as e:  # noqa: BLE001 (the model sees what went wrong)
+        return "error", f"{type(e).__name__}: {e}"
+
+
+def _call_sandboxed(tool: Tool, arguments: dict, timeout_s: float | None) -> tuple[str, str]:
+    """The call in the code sandbox: the tool's file, then one line printing the result as JSON."""
+    from grpo.rewards.code import run_python_sandboxed
+
+    if tool.source is None:
+        return "error", "RuntimeError: a sandboxed tool must come from a .py file"
+    with open(tool.source, encoding="utf-8") as f:
+        code = f.read()
+    code += (f"\nimport json as _json\n_out = {tool.fn.__name__}(**_json.loads({json.dumps(arguments)!r}))\n"
+             "print('\\n' + (_out if isinstance(_out, str) else _json.dumps(_out, default=str)), end='')\n")
+    r = run_python_sandboxed(code, ["pass"], timeout_s=timeout_s or 5.0)
+    if r.status == "timeout":
+        return "timeout", ""
+    if r.status != "ok":
+        last = (r.stderr_tail.strip().splitlines() or [r.status])[-1]
+        return "error", last
+    return "ok", r.stdout_tail.rsplit("\n", 1)[-1]
+
+
+class ToolRunner:
+    """Runs tool calls: in `pool` (a process pool, the reward workers) or in-process, or in the sandbox."""
+
+    def __init__(self, tools: list[Tool], timeout_s: float | None, pool: concurrent.futures.Executor | None = None):
+        self.tools = {t.name: t for t in tools}
+        self.timeout_s, self.pool = timeout_s, pool
+
+    def submit(self, tool: Tool, arguments: dict) -> concurrent.futures.Future:
+        if tool.sandbox:
+            return _immediate(lambda: _call_sandboxed(tool, arguments, self.timeout_s))
+        if self.pool is not None:
+            return self.pool.submit(call_tool, tool.fn, arguments, self.timeout_s)
+        return _immediate(lambda: call_tool(tool.fn, arguments, self.timeout_s))
+
+    def result(self, future: concurrent.futures.Future) -> tuple[str, str]:
+        wait = None if self.timeout_s is None else self.timeout_s + POOL_GRACE_S
+        try:
+            return future.result(timeout=wait)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            return "timeout", ""
+        except Exception as e:  # noqa: BLE001 (a worker died, or the arguments did not pickle)
+            return "error", f"{type(e).__name__}: {e}"
+
+
+def _immediate(fn) -> concurrent.futures.Future:
+    future = concurrent.futures.Future()
+    future.set_result(fn())
+    return future
+
+
+@dataclass
+class ToolEnvironment:
+    """Function calling: each policy turn's calls are run and answered with one `tool` message each; a turn
+    without a call ends the episode."""
+
+    runner: ToolRunner
+    parse: Callable[[str], list[ToolCall]]
+    count_tokens: Callable[[str], int] = len
+    """Length of a result in tokens (for max_observation_tokens)."""
+    max_observation_tokens: int | None = None
+    calls: int = field(default=0, init=False)
+
+    def step(self, completion: str) -> Turn:
+        calls = self.parse(completion)
+        if not calls:
+            return Turn(None)
+        pending = []
+        for call in calls:  # submitted together: pooled calls run in parallel
+            tool = self.runner.tools.get(call.name)
+            if call.error is None and tool is not None:
+                pending.append(self.runner.submit(tool, call.arguments))
+            else:
+                pending.append(None)
+        messages, errors = [], 0
+        for call, future in zip(calls, pending):
+            text, failed = self.answer(call, future)
+            errors += failed
+            messages.append({"role": "tool", "name": call.name, "content": text})
+        self.calls += len(calls)
+        return Turn(messages, tool_calls=len(calls), tool_errors=errors)
+
+    def answer(self, call: ToolCall, future) -> tuple[str, bool]:
+        """(text, failed): the tool message's text for one call, its result or the error the model reads."""
+        if call.error is not None:
+            return f"error: {call.error}", True
+        if future is None:
+            return f"error: unknown tool {call.name!r} (available: {', '.join(self.runner.tools) or 'none'})", True
+        status, text = self.runner.result(future)
+        if status == "timeout":
+            return f"error: {call.name} timed out after {self.runner.timeout_s:g} s", True
+        if status == "error":
+            return f"error: {call.name} raised {text}", True
+        if self.max_observation_tokens is not None:
+            n = self.count_tokens(text)
+            if n > self.max_observation_tokens:
+                return (f"error: {call.name} returned {n} tokens, more than "
+                        f"rollout.max_observation_tokens={self.max_observation_tokens}"), True
+        return text, False
