@@ -79,7 +79,8 @@ class DataConfig:
     num_heldout: int = 200
     """Built-in task: number of held-out problems (also the cap on any held-out set evaluated)."""
     direct_fraction: float = 0.6
-    """Built-in task: fraction of SFT demonstrations that give a bare answer without working."""
+    """Built-in task: fraction of SFT demonstrations that give a bare answer without working (builtin:calculator:
+    of the hard problems, answered without calling the tool)."""
 
 
 @dataclass
@@ -154,6 +155,14 @@ class SamplingConfig:
 
 
 @dataclass
+class ToolEntry:
+    fn: str = ""
+    """'calculator' (built-in), 'path/to/file.py:function' or 'package.module:function' (docs/tools.md)."""
+    sandbox: bool = False
+    """Run each call in the code sandbox (a fresh limited process) instead of the reward worker pool."""
+
+
+@dataclass
 class RolloutConfig:
     engine: Literal["hf", "vllm"] = "hf"
     """Who samples the completions: 'hf', the policy itself through grpo's own sampling loop (any device);
@@ -174,6 +183,22 @@ class RolloutConfig:
     """Lower bound of the kept weights under correction=mask (and of mismatch/outside_frac)."""
     correction_high: float = 2.0
     """Truncation of the weights under 'tis'; upper bound of the kept ones under 'mask'."""
+    tools: list[ToolEntry] = field(default_factory=list)
+    """Functions the policy may call (multi-turn rollouts, docs/tools.md); run in the reward worker pool."""
+    environment: str | None = None
+    """A multi-turn environment instead: 'file.py:Factory', called with each dataset row (docs/tools.md)."""
+    max_turns: int = 4
+    """Multi-turn: at most this many policy turns per trajectory (sampling.max_new_tokens caps its tokens)."""
+    tool_timeout_s: float = 5.0
+    """Per-call time limit of a tool; a call past it answers with an error observation."""
+    max_observation_tokens: int = 64
+    """A tool result longer than this many tokens answers with an error observation instead."""
+    tool_parser: str = "json_tags"
+    """How calls are read from a turn: 'json_tags' (<tool_call>{json}</tool_call>) or 'file.py:function'."""
+
+    @property
+    def multi_turn(self) -> bool:
+        return bool(self.tools) or self.environment is not None
 
 
 @dataclass
@@ -365,6 +390,8 @@ class TrainConfig:
         if t.iterations > t.steps:
             raise UserError(f"train.iterations={t.iterations} is more than train.steps={t.steps}: each iteration "
                             "needs at least one step")
+        if r.multi_turn:
+            _check_multi_turn(self)
         if not 0 < self.rollout.gpu_memory_utilization < 1:
             raise UserError(f"rollout.gpu_memory_utilization must be in (0, 1), got {self.rollout.gpu_memory_utilization}")
         rm = self.rewards.model
@@ -419,6 +446,8 @@ class SFTConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, warmup_steps=20, schedule="constant"))
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     sft: SFTLoopConfig = field(default_factory=SFTLoopConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Only rollout.tools / environment and their settings: evaluate by multi-turn episodes (docs/tools.md)."""
 
     def validate(self) -> None:
         _positive(self, ["sft.max_steps", "sft.batch_size", "sft.eval_every", "sft.patience"])
@@ -427,6 +456,20 @@ class SFTConfig:
             if value is not None and (isinstance(value, bool) or value <= 0):
                 raise UserError(f"sft.{name} must be a positive integer (or null), got {value}")
         _check_tensorboard(self.sft.tensorboard, "sft.tensorboard")
+
+
+def _check_multi_turn(cfg: TrainConfig) -> None:
+    r = cfg.rollout
+    if r.tools and r.environment:
+        raise UserError("rollout: give rollout.tools or rollout.environment, not both")
+    if r.engine != "hf":
+        raise UserError("rollout.tools / rollout.environment (multi-turn) need rollout.engine=hf; the vLLM engine "
+                        "samples single turns only")
+    if cfg.algorithm == "ppo" or cfg.grpo.advantage == "process":
+        raise UserError("multi-turn rollouts train with outcome advantages (algorithm=grpo or rft, "
+                        "grpo.advantage=outcome or rloo)")
+    if r.max_turns < 1 or r.max_observation_tokens < 1 or not r.tool_timeout_s > 0:
+        raise UserError("rollout: max_turns and max_observation_tokens must be >= 1, tool_timeout_s > 0")
 
 
 def _check_tensorboard(wanted: bool, name: str) -> None:

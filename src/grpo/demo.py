@@ -39,6 +39,14 @@ def run_demo(config: str | None, overrides: list[str], progress: bool = True) ->
         "grpo_steps": r.steps, "sft_seconds": s.seconds, "grpo_seconds": r.seconds,
         "total_seconds": time.perf_counter() - t0, "heldout_size": cfg.rl.data.num_heldout,
     }
+    if cfg.rl.rollout.multi_turn:  # tool use before and after, per kind of problem (docs/tools.md)
+        from grpo.train.episodes import tool_use_report
+
+        summary["tools"] = {"sft": tool_use_report(s.model_dir, cfg.rl),
+                            "grpo": tool_use_report(r.output_dir / "final", cfg.rl)}
+        for stage, report in summary["tools"].items():
+            print(f"{stage:>4}: " + "; ".join(f"{k} accuracy {100 * v['accuracy']:.1f}%, calls the tool "
+                                              f"{100 * v['called']:.1f}%" for k, v in report.items()))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(_markdown(summary, cfg))
     print(f"held-out accuracy: SFT {100 * r.accuracy_before:.1f}% -> GRPO {100 * r.accuracy_after:.1f}% "

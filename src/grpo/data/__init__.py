@@ -42,8 +42,14 @@ def load_task(cfg: DataConfig, tokenizer, seed: int = 0) -> Task:
 
         train = make_rows(cfg.num_train, "train", seed, cfg.direct_fraction)
         heldout = make_rows(cfg.num_heldout, "heldout", seed)
+    elif cfg.source == "builtin:calculator":  # a task where a calculator tool pays (docs/tools.md)
+        from grpo.data import calculator
+
+        train = calculator.make_rows(cfg.num_train, "train", seed, cfg.direct_fraction)
+        heldout = calculator.make_rows(cfg.num_heldout, "heldout", seed)
     elif cfg.source.startswith("builtin:"):
-        raise UserError(f"data.source: unknown built-in task {cfg.source!r} (available: builtin:arithmetic)")
+        raise UserError(f"data.source: unknown built-in task {cfg.source!r} (available: builtin:arithmetic, "
+                        "builtin:calculator)")
     else:
         kw = dict(split=cfg.split, prompt_column=cfg.prompt_column, answer_column=cfg.answer_column)
         train = load_rows(cfg.source, **kw)

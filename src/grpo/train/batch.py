@@ -51,6 +51,8 @@ class Batch:
     """Reward calls that raised while scoring (including groups later dropped)."""
     num_timeouts: int = 0
     """Reward calls that timed out while scoring."""
+    episodes: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    """Multi-turn: per-trajectory statistics (grpo.train.episodes.EPISODE_COLUMNS); empty otherwise."""
 
     def groups(self, idx: list[int], G: int) -> Batch:
         """The batch restricted to the groups `idx`, in that order (error counts kept)."""
@@ -59,7 +61,8 @@ class Batch:
         return dataclasses.replace(
             self, rows=[self.rows[g] for g in idx], rollout=self.rollout.select(pick.to(self.rollout.prompt_ids.device)),
             texts=[self.texts[i] for i in rows], rewards=self.rewards[pick],
-            per_function={k: [v[i] for i in rows] for k, v in self.per_function.items()})
+            per_function={k: [v[i] for i in rows] for k, v in self.per_function.items()},
+            episodes={k: [v[i] for i in rows] for k, v in self.episodes.items()})
 
 
 class SamplingStats(NamedTuple):
@@ -110,7 +113,8 @@ def cat_batches(batches: list[Batch], pad_id: int) -> Batch:
     return Batch(rows=[x for b in batches for x in b.rows], rollout=cat_rollouts([b.rollout for b in batches], pad_id),
                  texts=[x for b in batches for x in b.texts], rewards=torch.cat([b.rewards for b in batches]),
                  per_function={k: [x for b in batches for x in b.per_function[k]] for k in names},
-                 num_errors=sum(b.num_errors for b in batches), num_timeouts=sum(b.num_timeouts for b in batches))
+                 num_errors=sum(b.num_errors for b in batches), num_timeouts=sum(b.num_timeouts for b in batches),
+                 episodes={k: [x for b in batches for x in b.episodes[k]] for k in batches[0].episodes})
 
 
 def cat_rollouts(rollouts: list[Rollout], pad_id: int) -> Rollout:
@@ -119,14 +123,16 @@ def cat_rollouts(rollouts: list[Rollout], pad_id: int) -> Rollout:
     T = max(r.completion_ids.shape[1] for r in rollouts)
     left = lambda t, v: F.pad(t, (P - t.shape[1], 0), value=v)  # noqa: E731
     right = lambda t, v: F.pad(t, (0, T - t.shape[1]), value=v)  # noqa: E731
-    logp = None
+    logp = policy = None
     if all(r.logp is not None for r in rollouts):
         logp = torch.cat([right(r.logp, 0.0) for r in rollouts])  # [N, T]
+    if all(r.policy_mask is not None for r in rollouts):
+        policy = torch.cat([right(r.policy_mask, 0) for r in rollouts])  # [N, T]
     return Rollout(prompt_ids=torch.cat([left(r.prompt_ids, pad_id) for r in rollouts]),  # [N, P]
                    prompt_mask=torch.cat([left(r.prompt_mask, 0) for r in rollouts]),  # [N, P]
                    completion_ids=torch.cat([right(r.completion_ids, pad_id) for r in rollouts]),  # [N, T]
                    completion_mask=torch.cat([right(r.completion_mask, 0) for r in rollouts]),  # [N, T]
-                   truncated=torch.cat([r.truncated for r in rollouts]), logp=logp)
+                   truncated=torch.cat([r.truncated for r in rollouts]), logp=logp, policy_mask=policy)
 
 
 class GlobalBatch(NamedTuple):
@@ -143,6 +149,8 @@ class GlobalBatch(NamedTuple):
     """[N] bool, no EOS within max_new_tokens."""
     num_errors: int
     num_timeouts: int
+    episodes: dict[str, list[float]]
+    """Multi-turn: every rank's per-trajectory statistics (`Batch.episodes`)."""
 
     @property
     def num_tokens(self) -> int:
@@ -153,10 +161,11 @@ def gather_batch(batch: Batch, dist: Dist) -> GlobalBatch:
     """Everything but the token ids, from every rank (one small all_gather_object): for advantages,
     metrics and samples. With one process it is the batch itself."""
     local = (batch.rows, batch.texts, batch.rewards.tolist(), batch.per_function, batch.rollout.lengths.tolist(),
-             batch.rollout.truncated.tolist(), batch.num_errors, batch.num_timeouts)
+             batch.rollout.truncated.tolist(), batch.num_errors, batch.num_timeouts, batch.episodes)
     parts = all_gather_objects(local, dist)
     cat = lambda i: [x for p in parts for x in p[i]]  # noqa: E731
     return GlobalBatch(rows=cat(0), texts=cat(1), rewards=torch.tensor(cat(2), dtype=batch.rewards.dtype),
                        per_function={k: [x for p in parts for x in p[3][k]] for k in batch.per_function},
                        lengths=torch.tensor(cat(4), dtype=torch.long), truncated=torch.tensor(cat(5), dtype=torch.bool),
-                       num_errors=sum(p[6] for p in parts), num_timeouts=sum(p[7] for p in parts))
+                       num_errors=sum(p[6] for p in parts), num_timeouts=sum(p[7] for p in parts),
+                       episodes={k: [x for p in parts for x in p[8][k]] for k in batch.episodes})

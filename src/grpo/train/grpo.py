@@ -84,6 +84,7 @@ from grpo.train.common import (
     seed_everything,
 )
 from grpo.train.batch import Batch, collect_batch, gather_batch
+from grpo.train.episodes import Episodic, add_environment_reward, episode_columns, episode_metrics, trajectory_texts
 from grpo.train.distributed import (
     SINGLE,
     Dist,
@@ -151,6 +152,8 @@ class Run:
     """Process supervision's step reward function (rewards.step_fn)."""
     rm_trainer: RewardModelTrainer | None = None
     """Retrains the learned reward model at each iteration's start (rewards.model.retrain)."""
+    episodic: Episodic | None = None
+    """Multi-turn rollouts' environments (rollout.tools / rollout.environment; None: single turn)."""
 
     def extra_state(self, cfg: TrainConfig) -> dict:
         """What a checkpoint needs beyond the policy: the critic, and a reference that was reset."""
@@ -215,6 +218,7 @@ def setup_run(cfg: TrainConfig, lock: OutputDirLock) -> Run:
             specs.append(RewardSpec("reward_model", rm, c.weight, in_pool=False))
             rm_trainer = RewardModelTrainer(rm, c, cfg.train.seed) if c.retrain else None
         _check_rewards(specs, task, cfg)
+        episodic = Episodic(cfg, tokenizer) if cfg.rollout.multi_turn else None
         step_fn = load_reward_function(cfg.rewards.step_fn, cfg.rewards.step_options) \
             if cfg.grpo.advantage == "process" else None
         # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
@@ -247,7 +251,7 @@ def setup_run(cfg: TrainConfig, lock: OutputDirLock) -> Run:
         logger.warning("removed %s: a checkpoint whose writing was cut off", out / CHECKPOINTS / name)
     run = Run(out, model, tokenizer, ref, engine, task, specs, optimizer, scheduler, gen, sampler, state,
               history=restore_logs(out, state) if dist.is_main else [], dist=dist, critic=critic, step_fn=step_fn,
-              rm_trainer=rm_trainer)
+              rm_trainer=rm_trainer, episodic=episodic)
     run.load_extra_state(extra)
     return run
 
@@ -298,18 +302,25 @@ class StepOutput(NamedTuple):
 
 def generate_and_score(run: Run, cfg: TrainConfig, pool, timers: Timers, rows: list[dict]) -> Batch:
     """G completions of each prompt in `rows`, decoded and rewarded."""
-    G = cfg.grpo.G
+    G, episodes = cfg.grpo.G, None
     with timers("generate"), full_weights(run.model, run.dist):
         sampling = SamplingParams(cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.top_p, G)
-        r = run.engine.generate(encode_prompts(run.tokenizer, [x["prompt"] for x in rows]), sampling, run.gen)
+        if run.episodic is None:
+            r = run.engine.generate(encode_prompts(run.tokenizer, [x["prompt"] for x in rows]), sampling, run.gen)
+        else:  # multi-turn: the policy's turns and its environment's answers (grpo.train.episodes)
+            r, episodes = run.episodic.generate(run.engine, rows, sampling, run.gen, pool)
     with timers("reward"):
-        texts = decode(run.tokenizer, r.completion_ids, r.completion_mask)
+        texts = decode(run.tokenizer, r.completion_ids, r.completion_mask) if episodes is None \
+            else trajectory_texts(run.tokenizer, r)
         columns = {k: [x.get(k) for x in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
         scored = compute_rewards(run.specs, [x["prompt"] for x in rows for _ in range(G)], texts,
                                  [ids[m.bool()].tolist() for ids, m in zip(r.completion_ids, r.completion_mask)],
                                  columns, on_error=cfg.rewards.on_error, timeout_s=cfg.rewards.timeout_s, pool=pool)
         rewards = torch.tensor(scored.total, dtype=torch.float32)  # [N]
-    return Batch(rows, r, texts, rewards, scored.per_function, scored.num_errors, scored.num_timeouts)
+        if episodes is not None and cfg.rollout.environment:
+            rewards = add_environment_reward(rewards, scored.per_function, episodes)
+    return Batch(rows, r, texts, rewards, scored.per_function, scored.num_errors, scored.num_timeouts,
+                 episodes=episode_columns(episodes) if episodes is not None else {})
 
 
 def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
@@ -338,9 +349,9 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
     with timers("advantages"):
         beta, extra = cfg.grpo.beta, {}
         if fraction < 1:  # forking tokens: the loss keeps the batch's highest-entropy policy tokens
-            keep, threshold = forking_tokens(old.entropy, r.completion_mask, fraction, dist)
+            keep, threshold = forking_tokens(old.entropy, r.policy_tokens, fraction, dist)
             extra.update({"entropy/threshold": threshold,
-                          "entropy/kept_frac": float(keep.sum()) / max(1.0, float(r.completion_mask.sum()))})
+                          "entropy/kept_frac": float(keep.sum()) / max(1.0, float(r.policy_tokens.sum()))})
         if run.critic is not None:  # PPO: GAE over the value model; the KL is in the reward, not the loss
             ppo = run.critic.advantages(r, batch.rewards, old_logp, ref_logp, cfg.grpo.beta)
             adv, beta, extra = ppo.advantages, 0.0, {"ppo/kl_reward": ppo.kl_reward}  # [N, T]
@@ -361,7 +372,7 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
                 extra.update(run.critic.update(r, ppo))
         run.engine.sync_weights(run.model)  # vLLM: its copy of the weights; the HF engine shares them
     record = {**rollout_metrics(everyone, everyone.rewards, everyone.per_function, cfg, run.specs[0].name),
-              **update.stats, **extra,
+              **episode_metrics(everyone.episodes, bool(cfg.rollout.environment)), **update.stats, **extra,
               "lr": run.scheduler.get_last_lr()[0], "reward/errors": everyone.num_errors,
               "reward/timeouts": everyone.num_timeouts, "faults/skipped_updates": run.state.skipped_updates}
     if sampling is not None:
@@ -419,7 +430,8 @@ def _train(cfg: TrainConfig, progress: bool, lock: OutputDirLock) -> TrainResult
     I = cfg.train.iterations
     iteration_starts = {round(i * cfg.train.steps / I) for i in range(1, I)}  # steps where an iteration begins
     evaluate = lambda rows: evaluate_accuracy(run.engine, run.tokenizer, rows, run.specs[0].fn,  # noqa: E731
-                                              cfg.sampling.max_new_tokens)[0]  # the accuracy reward itself: no drift
+                                              cfg.sampling.max_new_tokens)[0] if run.episodic is None else \
+        run.episodic.evaluate(run.engine, rows, run.specs[0].fn, pool)[0]  # the accuracy reward itself: no drift
     heldout = lambda: sharded_accuracy(evaluate, run.task.heldout, run.model, run.dist)  # noqa: E731
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(reward_pool(cfg.rewards.workers))

@@ -27,6 +27,7 @@ from grpo.models.loading import autocast, load_policy, stop_token_ids
 from grpo.rewards import load_reward_function
 from grpo.rollout.engine import Rollout
 from grpo.rollout.hf import HFEngine, _pad_left
+from grpo.rollout.multiturn import encode_demonstrations
 from grpo.train.common import (
     MetricsLog,
     evaluate_accuracy,
@@ -35,6 +36,7 @@ from grpo.train.common import (
     save_model,
     seed_everything,
 )
+from grpo.train.episodes import Episodic
 from grpo.train.logprobs import completion_logprobs
 from grpo.train.update import micro_batches
 
@@ -67,14 +69,14 @@ def _accumulate_nll(model, r: Rollout, s, ctx, optimizer) -> float:
     """Gradients of the mean NLL of the target tokens of batch `r`, micro-batched (s.micro_batch_size
     pairs, at most s.micro_batch_tokens padded tokens; the whole batch at once by default) and summed
     exactly: each micro-batch's sum is divided by the whole batch's token count. Returns the loss."""
-    total = float(r.completion_mask.sum())
+    total = float(r.policy_tokens.sum())  # multi-turn demonstrations: the assistant's tokens only
     optimizer.zero_grad(set_to_none=True)
     loss_sum = 0.0
     for mb in micro_batches(r, s.micro_batch_size or r.completion_ids.shape[0], s.micro_batch_tokens):
         with ctx():
             logp = completion_logprobs(model, mb.prompt(r.prompt_ids), mb.prompt(r.prompt_mask),
                                        mb.completion(r.completion_ids), mb.completion(r.completion_mask)).logp
-        loss = -(logp.float() * mb.completion(r.completion_mask)).sum() / total  # [n, t] -> its share
+        loss = -(logp.float() * mb.completion(r.policy_tokens)).sum() / total  # [n, t] -> its share
         loss.backward()
         loss_sum += float(loss.detach())
     return loss_sum
@@ -97,6 +99,7 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
             shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
     device = next(model.parameters()).device
     engine = HFEngine(model, stop_token_ids(model, tokenizer), tokenizer.pad_token_id)
+    episodic = Episodic(cfg, tokenizer) if cfg.rollout.multi_turn else None  # tools run in-process here
     optimizer, scheduler = make_optimizer(model, cfg.optim, s.max_steps)
     log, rng = MetricsLog(out, s.tensorboard), random.Random(s.seed)
     best = (-1.0, 0, None)  # (accuracy, step, state_dict)
@@ -107,10 +110,14 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
             perm, cursor = rng.sample(range(len(task.train)), len(task.train)), 0
         rows = [task.train[i] for i in perm[cursor:cursor + s.batch_size]]
         cursor += s.batch_size
-        batch = [t.to(device) for t in encode_pairs(tokenizer, [r["prompt"] for r in rows],
-                                                    [r[s.target_column] for r in rows])]
+        targets = [r[s.target_column] for r in rows]
+        if isinstance(targets[0], list):  # demonstrated episodes (chat messages with tool turns)
+            pairs = encode_demonstrations(tokenizer, encode_prompts(tokenizer, [r["prompt"] for r in rows]), targets,
+                                          tokenizer.eos_token_id, tokenizer.pad_token_id).to(device)
+        else:
+            batch = [t.to(device) for t in encode_pairs(tokenizer, [r["prompt"] for r in rows], targets)]
+            pairs = Rollout(*batch, truncated=torch.zeros(len(rows), dtype=torch.bool, device=device))
         model.train()
-        pairs = Rollout(*batch, truncated=torch.zeros(len(rows), dtype=torch.bool, device=device))
         loss = _accumulate_nll(model, pairs, s, lambda: autocast(cfg.model, device), optimizer)
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -118,7 +125,8 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
         scheduler.step()
         record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
         if step % s.eval_every == 0 or step == s.max_steps:
-            acc, _ = evaluate_accuracy(engine, tokenizer, task.heldout, checker, cfg.sampling.max_new_tokens)
+            acc = evaluate_accuracy(engine, tokenizer, task.heldout, checker, cfg.sampling.max_new_tokens)[0] \
+                if episodic is None else episodic.evaluate(engine, task.heldout, checker, None)[0]
             record["eval/accuracy"] = acc
             if acc > best[0]:
                 best, evals_since_best = (acc, step, copy.deepcopy(model.state_dict())), 0

@@ -204,7 +204,8 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
     """
     g = cfg.grpo
     beta = g.beta if beta is None else beta
-    mask = mask_truncated(r.completion_mask, r.truncated) if g.mask_truncated else r.completion_mask  # [N, T]
+    # the policy's own tokens (multi-turn: not the environment's, which the forward still attends to)
+    mask = mask_truncated(r.policy_tokens, r.truncated) if g.mask_truncated else r.policy_tokens  # [N, T]
     loss_mask = mask if keep is None else mask * keep.to(mask.dtype)  # [N, T]
     totals = global_totals(loss_mask, dist)
     policy_tokens = totals["total_tokens"] if keep is None else global_totals(mask, dist)["total_tokens"]
