@@ -155,3 +155,29 @@ def test_entropy_with_gradient_chunked_equals_full_logits(share, monkeypatch):
         lp = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
                                  with_entropy=True, chunked_head=chunked_head)
         assert lp.logp.requires_grad and not lp.entropy.requires_grad
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_the_chunked_heads_hand_written_backward_equals_float64_autograd(temperature):
+    """grpo.train.lm_head's backward (dz = g (onehot - p) - g_H p (log p + H), recomputed per chunk, in
+    float32) against autograd of the plain formula in float64: log-probs and entropy, with respect to the
+    hidden states, weight and bias, over uneven chunks."""
+    from grpo.train.lm_head import ChunkedHeadLogProbs
+
+    g = torch.Generator().manual_seed(0)
+    h, w, b = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+               for shape in ((7, 5), (11, 5), (11,)))
+    ix = torch.randint(0, 11, (7,), generator=g)
+    g_logp, g_ent = torch.randn(7, generator=g, dtype=torch.float64), torch.randn(7, generator=g, dtype=torch.float64)
+
+    def grads(logp, entropy):
+        return torch.autograd.grad((logp * g_logp).sum() + (entropy * g_ent).sum(), (h, w, b))
+
+    z = (h @ w.T + b) / temperature
+    want_logp, want_ent = z.log_softmax(-1).gather(-1, ix[:, None]).squeeze(-1), -(z.softmax(-1) * z.log_softmax(-1)).sum(-1)
+    want = grads(want_logp, want_ent)
+    logp, ent = ChunkedHeadLogProbs.apply(h, w, b, ix, temperature, 3, True)
+    torch.testing.assert_close(logp.double(), want_logp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ent.double(), want_ent, rtol=1e-5, atol=1e-5)
+    for got, expected in zip(grads(logp.double(), ent.double()), want):
+        torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-5)

@@ -17,7 +17,7 @@ cache of a checkpointed layer: its caches are then ones whose updates a recomput
 No full-vocabulary logits. The model's forward stops at the last hidden states (its LM head returns its
 input for the duration of the call); `head_logprobs` then applies the head, log-softmax and the gather
 to a chunk of positions at a time, and in a forward with gradients recomputes each chunk's logits in
-the backward pass (activation checkpointing of the head alone). So no [B, T, V] tensor exists in the
+the backward pass, with a hand-written backward (`grpo.train.lm_head`). So no [B, T, V] tensor exists in the
 forward or the backward: at a 49,152-token vocabulary, 32 rows x 130 positions would be 0.8 GB of
 float32 logits and as much again for their gradient. Where the head is not a plain linear layer (LoRA
 on the head) or the weights are FSDP shards, the head runs inside the forward as usual and the chunks
@@ -33,6 +33,7 @@ from typing import NamedTuple
 import torch
 
 from grpo.algorithm.entropy import token_entropy
+from grpo.train.lm_head import chunked_head_logprobs
 
 SHARED_PROMPT_MODELS = ("llama", "mistral", "qwen2", "qwen3")
 """`config.model_type`s whose dynamic KV cache keeps gradients and reorders by batch index."""
@@ -68,47 +69,21 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk: int 
     return TokenLogProbs(torch.cat(logps), torch.cat(ents) if with_entropy else None)
 
 
-def _head_chunk(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor,
-                temperature: float, with_entropy: bool = False):
-    """log pi(index) for hidden states h [n, H] under the head (weight [V, H], bias [V]) [n], and with
-    with_entropy the entropy of each position's distribution [n]."""
-    logits = torch.nn.functional.linear(h, weight, bias).float()  # [n, V]
-    if temperature not in (0.0, 1.0):
-        logits = logits / temperature
-    logp = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)  # [n]
-    return (logp, token_entropy(logits)) if with_entropy else logp
-
-
 def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, index: torch.Tensor, temperature: float = 1.0,
                   with_entropy: bool = False, chunk: int | None = None, entropy_grad: bool = False) -> TokenLogProbs:
     """log_softmax(head(hidden) / temperature)[..., index] without the full logits: `chunk` positions at a
     time (default: as many as keep one chunk's float32 logits under LOGSOFTMAX_CHUNK_ELEMENTS), each
-    chunk's logits recomputed in the backward pass when gradients are on. hidden [B, T, H], index [B, T].
-    The entropy (with_entropy) carries a gradient only with entropy_grad (the entropy bonus); it is then
-    computed in the same checkpointed chunk as the log-probs. Equal to the plain path to float rounding
-    (tests/test_rollout_logprobs.py)."""
+    chunk's logits recomputed in the backward pass (`grpo.train.lm_head`). hidden [B, T, H], index [B, T].
+    The entropy (with_entropy) comes from the same chunks and carries a gradient only with entropy_grad
+    (the entropy bonus). Equal to the plain path to float rounding (tests/test_rollout_logprobs.py)."""
     B, T, H = hidden.shape
     V = head.weight.shape[0]
     chunk = chunk or max(1, LOGSOFTMAX_CHUNK_ELEMENTS // V)
-    flat_h, flat_ix = hidden.reshape(B * T, H), index.reshape(B * T)  # [B*T, H], [B*T]
-    recompute = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
-    joint = with_entropy and entropy_grad  # entropy with a gradient: from the same chunk as the log-probs
-    logps, ents = [], []
-    for h, ix in zip(flat_h.split(chunk), flat_ix.split(chunk)):
-        args = (h, head.weight, head.bias, ix, temperature, joint)
-        out = torch.utils.checkpoint.checkpoint(_head_chunk, *args, use_reentrant=False) if recompute \
-            else _head_chunk(*args)
-        if joint:
-            logps.append(out[0])
-            ents.append(out[1])
-            continue
-        logps.append(out)
-        if with_entropy:
-            with torch.no_grad():
-                logits = torch.nn.functional.linear(h, head.weight, head.bias)  # [n, V]
-                ents.append(token_entropy(logits, temperature))
-    logp = torch.cat(logps).reshape(B, T)
-    return TokenLogProbs(logp, torch.cat(ents).reshape(B, T) if with_entropy else None)
+    logp, entropy = chunked_head_logprobs(hidden.reshape(B * T, H), head.weight, head.bias, index.reshape(B * T),
+                                          temperature, chunk, with_entropy)
+    if entropy is not None:
+        entropy = (entropy if entropy_grad else entropy.detach()).reshape(B, T)
+    return TokenLogProbs(logp.reshape(B, T), entropy)
 
 
 def _plain_head(model) -> torch.nn.Linear | None:
