@@ -23,9 +23,9 @@ class Task:
     num_dropped: int = 0  # prompts dropped for being longer than max_prompt_length
 
 
-def _render(rows: list[dict], cfg: DataConfig, tokenizer) -> list[dict]:
+def _render(rows: list[dict], cfg: DataConfig, tokenizer, tools: list[dict] | None = None) -> list[dict]:
     template = TEMPLATES.get(cfg.template, cfg.template) if cfg.template else None
-    return [{**r, "prompt": render_prompt(r["prompt"], tokenizer, template)} for r in rows]
+    return [{**r, "prompt": render_prompt(r["prompt"], tokenizer, template, tools)} for r in rows]
 
 
 def _check_lengths(rows: list[dict], cfg: DataConfig, tokenizer, name: str) -> tuple[list[dict], int]:
@@ -36,7 +36,8 @@ def _check_lengths(rows: list[dict], cfg: DataConfig, tokenizer, name: str) -> t
     return [rows[i] for i in check.kept], check.num_dropped
 
 
-def load_task(cfg: DataConfig, tokenizer, seed: int = 0) -> Task:
+def load_task(cfg: DataConfig, tokenizer, seed: int = 0, tools: list[dict] | None = None) -> Task:
+    """tools: function schemas rendered into chat prompts (rollout.tools)."""
     if cfg.source == "builtin:arithmetic":
         from grpo.data.synthetic import make_rows
 
@@ -54,8 +55,8 @@ def load_task(cfg: DataConfig, tokenizer, seed: int = 0) -> Task:
         kw = dict(split=cfg.split, prompt_column=cfg.prompt_column, answer_column=cfg.answer_column)
         train = load_rows(cfg.source, **kw)
         heldout = load_rows(cfg.heldout_source, **kw)[: cfg.num_heldout] if cfg.heldout_source else []
-    train, dropped = _check_lengths(_render(train, cfg, tokenizer), cfg, tokenizer, cfg.source)
-    heldout, dropped_h = _check_lengths(_render(heldout, cfg, tokenizer), cfg, tokenizer,
+    train, dropped = _check_lengths(_render(train, cfg, tokenizer, tools), cfg, tokenizer, cfg.source)
+    heldout, dropped_h = _check_lengths(_render(heldout, cfg, tokenizer, tools), cfg, tokenizer,
                                         cfg.heldout_source or cfg.source)
     if not train:
         raise UserError(f"data.source {cfg.source}: no training prompts left after dropping {dropped} too long")

@@ -50,8 +50,10 @@ def check_template(template: str) -> None:
         raise UserError("prompt template has no {prompt} placeholder, so the question would be left out")
 
 
-def render_prompt(prompt: str | list[dict], tokenizer: Any = None, template: str | None = None) -> str:
-    """The text given to the policy for one dataset prompt.
+def render_prompt(prompt: str | list[dict], tokenizer: Any = None, template: str | None = None,
+                  tools: list[dict] | None = None) -> str:
+    """The text given to the policy for one dataset prompt. `tools`: function schemas the chat template
+    renders for chat prompts (rollout.tools, docs/tools.md).
 
     >>> render_prompt("What is 2+3?", template="Q: {prompt}\\nA:")
     'Q: What is 2+3?\\nA:'
@@ -67,7 +69,8 @@ def render_prompt(prompt: str | list[dict], tokenizer: Any = None, template: str
                 "the dataset's prompts are chat messages but the tokenizer has no chat template; use a "
                 "tokenizer with one, or give plain-string prompts with a text template"
             )
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        kw = {"tools": tools} if tools else {}
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, **kw)
     raise UserError(f"a prompt must be a string or a list of messages; got {type(prompt).__name__}")
 
 

@@ -124,7 +124,7 @@ def tool_use_report(model_dir, cfg: TrainConfig) -> dict:
     from grpo.rollout.hf import HFEngine
 
     model, tokenizer = load_policy(dataclasses.replace(cfg.model, path=str(model_dir), lora=None), None)
-    rows = load_task(cfg.data, tokenizer, cfg.train.seed).heldout
+    rows = load_task(cfg.data, tokenizer, cfg.train.seed, tools=[t.schema for t in Episodic(cfg, tokenizer).tools]).heldout
     engine = HFEngine(model, stop_token_ids(model, tokenizer), tokenizer.pad_token_id)
     episodic, checker = Episodic(cfg, tokenizer), load_reward_function(cfg.rewards.functions[0].fn)
     report = {}

@@ -208,7 +208,8 @@ def setup_run(cfg: TrainConfig, lock: OutputDirLock) -> Run:
                             "reads the policy's sharded body outside the policy's forward); use ppo.value_model=copy "
                             "or train.strategy=ddp")
         broadcast_parameters(model, dist)
-        task = load_task(cfg.data, tokenizer, cfg.train.seed)
+        episodic = Episodic(cfg, tokenizer) if cfg.rollout.multi_turn else None
+        task = load_task(cfg.data, tokenizer, cfg.train.seed, tools=episodic and [t.schema for t in episodic.tools])
         specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
         rm_trainer = None
         if cfg.rewards.model is not None:  # a learned reward model, on the policy's device
@@ -218,7 +219,6 @@ def setup_run(cfg: TrainConfig, lock: OutputDirLock) -> Run:
             specs.append(RewardSpec("reward_model", rm, c.weight, in_pool=False))
             rm_trainer = RewardModelTrainer(rm, c, cfg.train.seed) if c.retrain else None
         _check_rewards(specs, task, cfg)
-        episodic = Episodic(cfg, tokenizer) if cfg.rollout.multi_turn else None
         step_fn = load_reward_function(cfg.rewards.step_fn, cfg.rewards.step_options) \
             if cfg.grpo.advantage == "process" else None
         # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
