@@ -217,8 +217,8 @@ def stopping_model(tmp_path_factory):
 def loop_overrides(model_dir, env, out, *extra):
     return [f"model.path={model_dir}", f"rollout.environment={env}:Counter", "rollout.max_turns=2",
             f"rewards.functions=[{{fn: '{env.parent / 'r.py'}:first_digit'}}]", "train.steps=4",
-            "train.prompts_per_step=2", "grpo.G=4", "train.micro_batch_size=4", "sampling.max_new_tokens=24",
-            "data.num_train=6", "data.num_heldout=4", "train.eval_every=2", "train.sample_every=1",
+            "train.prompts_per_step=2", "grpo.G=4", "train.micro_batch_size=4", "sampling.max_new_tokens=48",
+            "data.num_train=6", "data.num_heldout=4", "train.eval_every=3", "train.sample_every=1",
             "train.save_every=1", "train.threads=1", "optim.lr=0.01", "optim.warmup_steps=2",
             f"train.output_dir={out}", *extra]
 
