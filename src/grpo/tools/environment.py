@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from grpo.tools.functions import Tool
@@ -130,7 +130,6 @@ class ToolEnvironment:
     count_tokens: Callable[[str], int] = len
     """Length of a result in tokens (for max_observation_tokens)."""
     max_observation_tokens: int | None = None
-    calls: int = field(default=0, init=False)
 
     def step(self, completion: str) -> Turn:
         calls = self.parse(completion)
@@ -148,7 +147,6 @@ class ToolEnvironment:
             text, failed = self.answer(call, future)
             errors += failed
             messages.append({"role": "tool", "name": call.name, "content": text})
-        self.calls += len(calls)
         return Turn(messages, tool_calls=len(calls), tool_errors=errors)
 
     def answer(self, call: ToolCall, future) -> tuple[str, bool]:
