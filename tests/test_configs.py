@@ -29,7 +29,7 @@ REAL_MODEL = pytest.mark.slow  # the 135M model: a few seconds to load, more per
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, marks=REAL_MODEL) if _real_model(p) else p
-                                  for p in CONFIGS if p.name != "demo.yaml"], ids=lambda p: p.name)
+                                  for p in CONFIGS if p.name not in ("demo.yaml", "tools.yaml")], ids=lambda p: p.name)
 def test_train_config_runs_two_steps_through_the_cli(path, tmp_path, monkeypatch, capsys):
     """The fixture formats (GSM8K-style, MATH-style) and the real-model recipes train end to end through
     `grpo train` (the real model's shrunk further: 2 held-out problems, groups of 2)."""

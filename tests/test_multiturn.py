@@ -250,3 +250,26 @@ def test_the_loop_logs_episodes_and_resumes_exactly(tmp_path, stopping_model):
     assert (straight / "samples.jsonl").read_bytes() == (resumed / "samples.jsonl").read_bytes()
     wa, wb = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_the_tools_demo_config_runs_both_stages_and_reports_tool_use(tmp_path, monkeypatch):
+    """configs/tools.yaml (a `grpo demo` config) end to end, shrunk: SFT on calculator demonstrations,
+    GRPO with the calculator tool, then accuracy and tool use per kind of problem for both models."""
+    from pathlib import Path
+
+    from grpo.demo import run_demo
+
+    monkeypatch.chdir(Path(__file__).parents[1])
+    summary = run_demo("configs/tools.yaml", [
+        f"output_dir={tmp_path}", "sft.sft.max_steps=2", "sft.sft.eval_every=2", "sft.sft.batch_size=4",
+        "sft.data.num_heldout=2", "rl.train.steps=2", "rl.train.prompts_per_step=2", "rl.grpo.G=2",
+        "rl.train.micro_batch_size=4", "rl.data.num_heldout=4", "rl.sampling.max_new_tokens=16",
+        "sft.sampling.max_new_tokens=16"], progress=False)
+    for stage in ("sft", "grpo"):
+        report = summary["tools"][stage]
+        assert set(report) == {"all", "easy", "hard"} and report["all"]["rows"] == 4
+        assert report["easy"]["rows"] + report["hard"]["rows"] == 4
+        assert 0 <= report["all"]["called"] <= 1 and 0 <= report["all"]["accuracy"] <= 1
+    steps = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert "tools/calls" in steps[0] and "turns/mean" in steps[0]
