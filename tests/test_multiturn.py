@@ -268,8 +268,8 @@ def test_the_tools_demo_config_runs_both_stages_and_reports_tool_use(tmp_path, m
         "sft.sampling.max_new_tokens=16"], progress=False)
     for stage in ("sft", "grpo"):
         report = summary["tools"][stage]
-        assert set(report) == {"all", "easy", "hard"} and report["all"]["rows"] == 4
-        assert report["easy"]["rows"] + report["hard"]["rows"] == 4
+        assert "all" in report and set(report) <= {"all", "easy", "hard"} and report["all"]["rows"] == 4
+        assert sum(v["rows"] for k, v in report.items() if k != "all") == 4
         assert 0 <= report["all"]["called"] <= 1 and 0 <= report["all"]["accuracy"] <= 1
     steps = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert "tools/calls" in steps[0] and "turns/mean" in steps[0]
