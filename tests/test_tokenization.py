@@ -101,7 +101,7 @@ def record_ids(seen: list):
 def train_run(engine, tokenizer, reward):
     """What `generate_and_score` reads from a Run, and a config with G = 1."""
     run = SimpleNamespace(engine=engine, tokenizer=tokenizer, model=None, dist=SINGLE, gen=None,
-                          specs=[RewardSpec("lengths", reward)])
+                          specs=[RewardSpec("lengths", reward)], episodic=None)
     cfg = TrainConfig()
     cfg.grpo.G = 1
     return run, cfg
