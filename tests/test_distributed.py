@@ -13,6 +13,7 @@
 import datetime
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,8 @@ from grpo.rollout.engine import Rollout
 from grpo.train.common import make_optimizer
 from grpo.train.distributed import SINGLE, Dist, all_gather_objects, full_state_dict, my_rows, shard_model
 from grpo.train.update import micro_batches, update_policy
+
+pytestmark = pytest.mark.slow  # every test here starts processes: torchrun, or mp.spawn of 2 ranks
 
 P, G, T, STEPS = 4, 2, 6, 3
 BUDGET = 14  # padded tokens per micro-batch: rows x (longest prompt + longest completion)
@@ -361,7 +364,20 @@ def test_a_torchrun_rank_exits_with_its_status_and_its_output():
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory):
-    return _torchrun(tmp_path_factory.mktemp("torchrun"), "ddp")
+    """The straight 2-step DDP run, checkpointed after each step: the tests below compare with it and resume
+    copies of it from its step-1 checkpoint (`_stopped_after_step_1`)."""
+    return _torchrun(tmp_path_factory.mktemp("torchrun"), "ddp", "train.save_every=1")
+
+
+def _stopped_after_step_1(run: Path, tmp_path: Path) -> Path:
+    """A copy of a straight 2-step run as if it had stopped after step 1: the step-1 checkpoint is the newest
+    and there is no final model. metrics.jsonl and samples.jsonl still hold step 2's lines, which the resume
+    must cut back to the checkpoint's length (or they appear twice and the comparisons fail)."""
+    out = tmp_path / run.name
+    shutil.copytree(run, out)
+    shutil.rmtree(out / "checkpoints" / "step-000002")
+    shutil.rmtree(out / "final")
+    return out
 
 
 def test_torchrun_two_processes_rank0_writes_global_metrics(ddp_run):
@@ -381,7 +397,8 @@ def test_torchrun_two_processes_rank0_writes_global_metrics(ddp_run):
 
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory):
-    return _torchrun(tmp_path_factory.mktemp("torchrun"), "fsdp", "train.strategy=fsdp")
+    """The same run under train.strategy=fsdp, also checkpointed after each step (sharded checkpoints)."""
+    return _torchrun(tmp_path_factory.mktemp("torchrun"), "fsdp", "train.strategy=fsdp", "train.save_every=1")
 
 
 def test_fsdp_on_cpu_gloo_matches_ddp(ddp_run, fsdp_run):
@@ -400,14 +417,13 @@ def test_fsdp_on_cpu_gloo_matches_ddp(ddp_run, fsdp_run):
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_checkpoint_then_resume_under_torchrun_equals_the_straight_run(strategy, ddp_run, fsdp_run, tmp_path):
-    """One step with a checkpoint, then `--resume` for the second: the same two steps as the straight run,
-    to the bit. The checkpoint holds every rank's sampling stream (rank 1 samples differently from rank 0)
-    and, under FSDP, each rank's shard of the weights and the optimizer state, written by that rank."""
+    """The straight run's step-1 checkpoint, then `--resume` for the second step: the same two steps, to the
+    bit. The checkpoint holds every rank's sampling stream (rank 1 samples differently from rank 0) and,
+    under FSDP, each rank's shard of the weights and the optimizer state, written by that rank."""
     from safetensors.torch import load_file
 
     straight = {"ddp": ddp_run, "fsdp": fsdp_run}[strategy]
-    out = _torchrun(tmp_path, "run", f"train.strategy={strategy}", "train.steps=1", "train.save_every=1")
-    ckpt = out / "checkpoints" / "step-000001"
+    ckpt = straight / "checkpoints" / "step-000001"
     saved = torch.load(ckpt / "rng.pt", weights_only=True)
     assert len(saved["sampling_by_rank"]) == 2 and not torch.equal(*saved["sampling_by_rank"])
     optimizer = torch.load(ckpt / "optimizer.pt", weights_only=True)
@@ -418,10 +434,18 @@ def test_checkpoint_then_resume_under_torchrun_equals_the_straight_run(strategy,
         whole = _read_shards(ckpt)  # the shards add up to the whole model, each weight once
         assert whole["model"].keys() == load_file(straight / "final" / "model.safetensors").keys()
         assert {float(s["step"]) for s in whole["optimizer"]["state"].values()} == {1.0}
-    _torchrun(tmp_path, "run", "train.steps=2", resume=True)
+    out = _stopped_after_step_1(straight, tmp_path)
+    _torchrun(tmp_path, out.name, resume=True)
     a, b = load_file(straight / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (out / "samples.jsonl").read_text() == (straight / "samples.jsonl").read_text()
+    assert _stable_metrics(out) == _stable_metrics(straight)
+
+
+def _stable_metrics(run: Path) -> list[dict]:
+    """metrics.jsonl without the wall times and memory, which differ from run to run."""
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in x.items() if not k.startswith(("time/", "tokens_per_s", "memory/"))} for x in lines]
 
 
 def test_a_ddp_checkpoint_resumes_under_fsdp(ddp_run, tmp_path):
@@ -430,9 +454,9 @@ def test_a_ddp_checkpoint_resumes_under_fsdp(ddp_run, tmp_path):
     FSDP against DDP above), with Adam's moments carried over (a resume that drops them fails this test)."""
     from safetensors.torch import load_file
 
-    out = _torchrun(tmp_path, "run", "train.steps=1", "train.save_every=1")
-    assert "optimizer" in torch.load(out / "checkpoints" / "step-000001" / "optimizer.pt", weights_only=True)
-    _torchrun(tmp_path, "run", "train.steps=2", "train.strategy=fsdp", resume=True)
+    assert "optimizer" in torch.load(ddp_run / "checkpoints" / "step-000001" / "optimizer.pt", weights_only=True)
+    out = _stopped_after_step_1(ddp_run, tmp_path)
+    _torchrun(tmp_path, out.name, "train.strategy=fsdp", resume=True)
     a, b = load_file(ddp_run / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:
@@ -442,13 +466,13 @@ def test_a_ddp_checkpoint_resumes_under_fsdp(ddp_run, tmp_path):
     assert {float(s["step"]) for s in optimizer["state"].values()} == {2.0}
 
 
-def test_an_fsdp_checkpoint_resumes_in_one_process(tmp_path, monkeypatch):
+def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_run, tmp_path, monkeypatch):
     """The FSDP checkpoint's shards (2 ranks) load into one process without torch.distributed."""
     from safetensors.torch import load_file
 
     from grpo.cli import main
 
-    out = _torchrun(tmp_path, "run", "train.strategy=fsdp", "train.steps=1", "train.save_every=1")
+    out = _stopped_after_step_1(fsdp_run, tmp_path)
     monkeypatch.chdir(tmp_path)
     assert main(["train", "-q", "--resume", str(out), "train.steps=2"]) == 0
     first = _read_shards(out / "checkpoints" / "step-000001")["model"]
