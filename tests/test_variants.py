@@ -7,6 +7,7 @@ extra state (the critic, a reset reference) survives a checkpoint and resume bit
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -45,10 +46,23 @@ def same_weights(a, b) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def stopped_copy(straight, out, step: int):
+    """A copy of a finished run as if it had stopped after `step`: checkpoints after it and the final model
+    removed (metrics.jsonl and samples.jsonl keep the later lines: the resume cuts them back)."""
+    shutil.copytree(straight, out)
+    for ckpt in (out / "checkpoints").iterdir():
+        if int(ckpt.name.removeprefix("step-")) > step:
+            shutil.rmtree(ckpt)
+    shutil.rmtree(out / "final")
+    assert (out / "checkpoints" / f"step-{step:06d}").is_dir()
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # PPO
 
 
+@pytest.mark.slow
 def test_ppo_trains_policy_and_value_model_and_resumes_exactly(tmp_path, reward_file):
     straight = tmp_path / "straight"
     train(config(reward_file, straight, "algorithm=ppo", "train.save_every=2"), progress=False)
@@ -60,8 +74,7 @@ def test_ppo_trains_policy_and_value_model_and_resumes_exactly(tmp_path, reward_
     assert extra["critic"]["head.weight"].abs().sum() > 0  # the zero-initialised value head learned
     assert "reference" not in extra  # one iteration: the reference is the initial weights, not saved again
 
-    resumed = tmp_path / "resumed"
-    train(config(reward_file, resumed, "algorithm=ppo", "train.save_every=2", "train.steps=2"), progress=False)
+    resumed = stopped_copy(straight, tmp_path / "resumed", step=2)
     train(config(reward_file, resumed, "algorithm=ppo", "train.save_every=2", "train.resume=true"), progress=False)
     assert stable(resumed) == stable(straight) and same_weights(resumed, straight)
     extra_resumed = torch.load(resumed / "checkpoints" / "step-000004" / "extra.pt", weights_only=True)
@@ -76,6 +89,7 @@ def test_rft_coefficient_is_one_on_correct_samples_only():
     assert rft_advantages([1.0, 0.0, None, 1.0, 0.5, math.nan]).tolist() == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
 
 
+@pytest.mark.slow
 def test_rft_trains_without_a_reference_model(tmp_path, reward_file):
     out = tmp_path / "rft"
     res = train(config(reward_file, out, "algorithm=rft", first="has_digit"), progress=False)
@@ -190,6 +204,7 @@ def test_process_advantages_of_the_builtin_step_rewards_by_hand():
     assert adv[1, len(enc[1]):].abs().sum() == 0  # padding
 
 
+@pytest.mark.slow
 def test_process_supervision_runs_end_to_end(tmp_path, reward_file):
     out = tmp_path / "process"
     train(config(reward_file, out, "grpo.advantage=process", "rewards.step_fn=arithmetic_steps", "train.steps=2"),
@@ -201,6 +216,7 @@ def test_process_supervision_runs_end_to_end(tmp_path, reward_file):
 # iterative GRPO
 
 
+@pytest.mark.slow
 def test_iterations_reset_the_reference_to_the_policy(tmp_path, reward_file):
     """steps=4, iterations=2: the reference is the initial policy for steps 1-2 and the policy after
     step 2 for steps 3-4. With mu = 1 the KL is measured before each update, so it is exactly 0 at
@@ -216,8 +232,8 @@ def test_iterations_reset_the_reference_to_the_policy(tmp_path, reward_file):
     key = "model.layers.0.mlp.up_proj.weight"
     assert not torch.equal(ref[key], init[key]) and not torch.equal(ref[key], final[key])
 
-    resumed = tmp_path / "resumed"  # stop in the middle of iteration 2: the reset reference must come back
-    train(config(reward_file, resumed, "train.iterations=2", "train.save_every=1", "train.steps=3"), progress=False)
+    # stopped in the middle of iteration 2: the reset reference must come back
+    resumed = stopped_copy(out, tmp_path / "resumed", step=3)
     train(config(reward_file, resumed, "train.iterations=2", "train.save_every=1", "train.resume=true"), progress=False)
     assert stable(resumed) == stable(out) and same_weights(resumed, out)
 
@@ -287,6 +303,7 @@ def test_a_reward_model_made_from_a_lora_policy_copies_the_body_it_computes_with
     assert hasattr(policy.get_base_model().model.layers[0].self_attn.q_proj, "lora_A")  # the policy keeps its adapters
 
 
+@pytest.mark.slow
 def test_iterative_grpo_retrains_the_reward_model_each_iteration_and_resumes_exactly(tmp_path, reward_file):
     rm = (f"rewards.model={{path: init, retrain: true, labeller: '{reward_file}:has_digit', prompts_per_iteration: 4, "
           "train_steps: 3, train_batch_size: 8, lr: 0.001}")
@@ -302,8 +319,7 @@ def test_iterative_grpo_retrains_the_reward_model_each_iteration_and_resumes_exa
     extra = torch.load(out / "checkpoints" / "step-000004" / "extra.pt", weights_only=True)
     assert len(extra["reward_model"]["history"]) == 32
 
-    resumed = tmp_path / "resumed"  # stopped inside iteration 2: the retrained reward model must come back
-    train(config(reward_file, resumed, *args, "train.steps=3"), progress=False)
+    resumed = stopped_copy(out, tmp_path / "resumed", step=3)  # inside iteration 2: the retrained RM must come back
     train(config(reward_file, resumed, *args, "train.resume=true"), progress=False)
     assert stable(resumed) == stable(out) and same_weights(resumed, out)
 
