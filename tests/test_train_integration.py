@@ -39,6 +39,7 @@ def _run(tmp_path, extra=()):
     return cfg, train(cfg, progress=False)
 
 
+@pytest.mark.slow
 def test_train_end_to_end_changes_weights_logs_and_reloads(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,9 +67,16 @@ def test_train_end_to_end_changes_weights_logs_and_reloads(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     ids = tok(["Mia has 3 pens, finds 2, loses 1, finds 4. How many?\n"], return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=5, do_sample=False)
-    assert out.shape == (1, ids["input_ids"].shape[1] + 5) or out.shape[1] <= ids["input_ids"].shape[1] + 5
+    # greedy decoding by hand, a full forward per token: generate (with its KV cache) must give these 5 tokens
+    expected = ids["input_ids"]  # [1, P]
+    with torch.no_grad():
+        for _ in range(5):
+            expected = torch.cat([expected, model(expected).logits[:, -1:].argmax(-1)], dim=1)  # [1, P + t]
+    assert tok.eos_token_id not in expected[0, -5:].tolist()  # no early stop: generate runs all 5 steps
+    assert torch.equal(out, expected)
 
 
+@pytest.mark.slow
 def test_other_architecture_and_width_work_unchanged(tmp_path):
     """A Qwen2 model of another size goes through the same code path."""
     from transformers import AutoConfig
@@ -80,6 +88,7 @@ def test_other_architecture_and_width_work_unchanged(tmp_path):
     assert len(res.history) == 4
 
 
+@pytest.mark.slow
 def test_beta_zero_loads_no_reference(tmp_path, monkeypatch):
     import grpo.train.grpo as loop
 
@@ -92,6 +101,7 @@ def test_beta_zero_loads_no_reference(tmp_path, monkeypatch):
     assert len(made) == 1
 
 
+@pytest.mark.slow
 def test_lora_trains_adapter_only_and_reference_is_the_base(tmp_path):
     """LoRA: base weights stay bit-identical, adapter weights move, KL is measured against the
     adapter-disabled base (no second model copy), and the merged final model loads in transformers."""
@@ -166,6 +176,7 @@ def test_bf16_on_a_cpu_without_bf16_units_says_it_will_be_slow(monkeypatch, caps
     assert not loading.emulates_bf16(torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_the_logged_scalars_and_a_resume_adds_no_duplicates(tmp_path, reward_file):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
