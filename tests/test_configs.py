@@ -21,35 +21,20 @@ def test_config_header_names_its_command(path):
     assert first.startswith("# grpo ") and f"--config configs/{path.name}" in first
 
 
-def _real_model(path: Path) -> bool:
-    return path.name.startswith("smollm2")
-
-
-REAL_MODEL = pytest.mark.slow  # the 135M model: a few seconds to load, more per step
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=REAL_MODEL) if _real_model(p) else p
-                                  for p in CONFIGS if p.name not in ("demo.yaml", "tools.yaml")], ids=lambda p: p.name)
+@pytest.mark.slow  # two training steps each
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in ("demo.yaml", "tools.yaml")
+                                  and not p.name.startswith("smollm2")], ids=lambda p: p.name)
 def test_train_config_runs_two_steps_through_the_cli(path, tmp_path, monkeypatch, capsys):
-    """The fixture formats (GSM8K-style, MATH-style) and the real-model recipes train end to end through
-    `grpo train` (the real model's shrunk further: 2 held-out problems, groups of 2)."""
+    """The fixture formats (GSM8K-style, MATH-style) train end to end through `grpo train`. The real-model
+    recipes (smollm2_*.yaml) run shrunk in tests/test_real_model.py, with a checkpoint and a resume."""
     import json
 
     from grpo.cli import main
 
-    if _real_model(path):
-        from grpo.models.convert import resolve_model_path
-
-        try:
-            resolve_model_path("smollm2")
-        except UserError as e:
-            pytest.skip(str(e))
-        shrink = ["data.num_heldout=2", "grpo.G=2", "train.micro_batch_size=4"]
-    else:
-        shrink = ["train.micro_batch_size=8"]
     monkeypatch.chdir(ROOT)
     code = main(["train", "-q", "--config", str(path.relative_to(ROOT)), "train.steps=2",
-                 f"train.output_dir={tmp_path}", "sampling.max_new_tokens=8", "train.prompts_per_step=2", *shrink])
+                 f"train.output_dir={tmp_path}", "sampling.max_new_tokens=8", "train.prompts_per_step=2",
+                 "train.micro_batch_size=8"])
     assert code == 0, capsys.readouterr().err
     assert "held-out accuracy" in capsys.readouterr().out
     assert (tmp_path / "final" / "config.json").exists()

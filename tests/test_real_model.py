@@ -6,7 +6,9 @@ slow: each loads the 135M model; steps are kept to a few tokens so that the test
 
 import hashlib
 import json
+import shutil
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,25 +83,38 @@ def test_grpo_convert_writes_the_same_model_as_the_cache(tmp_path, capsys):
     assert not list(tmp_path.glob(".smol.tmp-*"))
 
 
-TINY_RUN = ["model.path=smollm2", "data.source=data/word_problems_train.jsonl",
-            "data.heldout_source=data/word_problems_test.jsonl", "data.num_heldout=2", "train.prompts_per_step=1",
-            "grpo.G=2", "train.micro_batch_size=2", "sampling.max_new_tokens=6", "sampling.temperature=1.0",
-            "train.eval_every=0", "train.save_every=1", "optim.lr=1e-3", "optim.warmup_steps=0",
-            "rewards.functions=[{fn: math_accuracy, options: {gold_style: gsm8k}}, {fn: gsm8k_format}, "
-            "{fn: 'tests/fixtures/varied_reward.py:letter_share'}]"]
+ROOT = Path(__file__).resolve().parents[1]
+# The shipped configs, shrunk to a few tokens, with a reward that varies within every group (tests/fixtures/
+# varied_reward.py) after theirs, so that the adapters or weights move; a checkpoint after every step.
+SHRINK = ["data.num_heldout=2", "train.prompts_per_step=1", "grpo.G=2", "train.micro_batch_size=2",
+          "sampling.max_new_tokens=6", "train.save_every=1", "train.sample_every=0",
+          "rewards.functions=[{fn: math_accuracy, options: {gold_style: gsm8k}}, {fn: gsm8k_format}, "
+          "{fn: 'tests/fixtures/varied_reward.py:letter_share'}]"]
 
 
 @needs_smollm2
 @pytest.mark.slow
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-def test_steps_on_smollm2_checkpoint_resume_exactly_and_evaluate(tmp_path, capsys, lora):
-    """Two steps straight equal one step, a checkpoint and a resumed second step, bit for bit: the LoRA
-    adapters, or (full fine-tuning) every weight with the tied embedding and head stored once."""
-    run = [*TINY_RUN, "model.lora={r: 4, alpha: 8}"] if lora else [*TINY_RUN, "optim.lr=1e-5", "grpo.beta=0.04"]
+def test_the_smollm2_configs_train_checkpoint_resume_exactly_and_evaluate(tmp_path, capsys, monkeypatch, lora):
+    """configs/smollm2_gsm8k{_lora}.yaml (their smoke run: tests/test_configs.py leaves them to this test) train
+    2 steps through `grpo train`; the run stopped after its step-1 checkpoint and resumed takes the same second
+    step, bit for bit: the LoRA adapters, or (full fine-tuning, here with the KL term on so that the
+    reference is held too) every weight with the tied embedding and head stored once."""
+    monkeypatch.chdir(ROOT)  # the configs name their data files relative to the repository
+    config = "configs/smollm2_gsm8k_lora.yaml" if lora else "configs/smollm2_gsm8k.yaml"
+    run = ["--config", config, *SHRINK, *([] if lora else ["grpo.beta=0.04"])]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(["train", "-q", *run, "train.steps=2", f"train.output_dir={straight}"]) == 0
-    assert main(["train", "-q", *run, "train.steps=1", f"train.output_dir={resumed}"]) == 0
-    assert main(["train", "-q", "--resume", str(resumed), "train.steps=2"]) == 0, capsys.readouterr().err
+    assert "held-out accuracy" in capsys.readouterr().out
+    assert (straight / "final" / "config.json").exists()
+    metrics = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    steps = [m for m in metrics(straight) if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2] and all("reward/math_accuracy" in m for m in steps)
+
+    # the run as it stood after step 1 (the step-1 checkpoint newest, no final model); the resume cuts
+    # metrics.jsonl back to that checkpoint and takes step 2 again
+    shutil.copytree(straight, resumed, ignore=lambda d, names: {"step-000002", "final"} & set(names))
+    assert main(["train", "-q", "--resume", str(resumed)]) == 0, capsys.readouterr().err
     weights = "adapter/adapter_model.safetensors" if lora else "model.safetensors"
     a, b = load_file(straight / "final" / weights), load_file(resumed / "final" / weights)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -109,8 +124,8 @@ def test_steps_on_smollm2_checkpoint_resume_exactly_and_evaluate(tmp_path, capsy
         init = load_file(convert.resolve_model_path("smollm2") / "model.safetensors")
         assert "lm_head.weight" not in a  # tied: stored once, as the embedding
         assert not torch.equal(a["model.embed_tokens.weight"], init["model.embed_tokens.weight"])
-    metrics = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert [m.get("loss") for m in metrics(straight)] == [m.get("loss") for m in metrics(resumed)]
+    assert steps[0]["loss"] is not None and any(m["grad_norm"] > 0 for m in steps)
 
     capsys.readouterr()
     assert main(["eval", "--model", str(straight / "final"), "--data", "data/word_problems_test.jsonl",
