@@ -146,6 +146,7 @@ SMALL = ["train.steps=2", "train.prompts_per_step=2", "grpo.G=4", "train.micro_b
          "train.sample_every=0", "optim.lr=1e-2", "optim.warmup_steps=0", "grpo.beta=0.04"]
 
 
+@pytest.mark.slow
 def test_training_with_checkpointing_takes_the_same_steps(tmp_path, reward_file):
     rewards = f"rewards.functions=[{{fn: '{reward_file}:digit_share'}}]"
     finals, steps = [], []

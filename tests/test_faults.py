@@ -84,6 +84,7 @@ def inject(monkeypatch, at_calls, fault):
     monkeypatch.setattr(loop, "policy_loss", faulty)
 
 
+@pytest.mark.slow
 def test_a_nan_loss_skips_that_update_counts_it_and_logs_it(tmp_path, monkeypatch, caplog):
     inject(monkeypatch, {2}, lambda loss: loss * float("nan"))
     cfg = load_config(TrainConfig, None, args(tmp_path, "train.steps=3", "train.save_every=1", "train.keep_checkpoints=5"))
@@ -97,6 +98,7 @@ def test_a_nan_loss_skips_that_update_counts_it_and_logs_it(tmp_path, monkeypatc
     assert "step 2: the loss or the gradient norm is not finite; update skipped (1 in a row" in caplog.text
 
 
+@pytest.mark.slow
 def test_infinite_gradients_in_a_row_stop_with_the_last_good_state_which_resumes(tmp_path, monkeypatch, capsys):
     inject(monkeypatch, {2, 3, 4, 5, 6}, InfGrad.apply)
     assert main(["train", "-q", *args(tmp_path, "train.steps=6", "train.save_every=1", "train.max_bad_steps=2",
@@ -131,6 +133,7 @@ def hang(prompts, completions, completion_ids, **columns):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "pool"])
 def test_a_hanging_reward_is_cut_off_scored_zero_and_counted(tmp_path, workers):
     cfg = load_config(TrainConfig, None, args(tmp_path, "train.steps=1", "rewards.timeout_s=0.3",
@@ -143,6 +146,7 @@ def test_a_hanging_reward_is_cut_off_scored_zero_and_counted(tmp_path, workers):
     assert res.steps == 1 and multiprocessing.active_children() == []
 
 
+@pytest.mark.slow
 def test_a_reward_hung_where_its_own_timer_cannot_reach_is_abandoned_and_its_worker_ended(tmp_path, monkeypatch):
     """Inside the pool worker, SIGALRM is blocked: the parent stops waiting (timeout_s + a grace period,
     5 s, here 0.5 s), scores the samples 0, and kills the stuck worker when the run closes its pool."""
@@ -193,6 +197,7 @@ def fill_disk(prompts, completions, completion_ids, **columns):
 """
 
 
+@pytest.mark.slow
 def test_a_disk_that_fills_up_stops_the_run_at_the_save_and_the_last_checkpoint_resumes(tmp_path, small_disk,
                                                                                           capsys):
     out = small_disk / "run"

@@ -68,6 +68,7 @@ def assert_same_run(a, b) -> None:
     assert oa["scheduler"] == ob["scheduler"]
 
 
+@pytest.mark.slow
 def test_straight_run_keeps_the_last_two_checkpoints_and_moves_the_weights(straight):
     assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["step-000003", "step-000004"]
     files = sorted(p.name for p in (straight / "checkpoints" / "step-000004").iterdir())
@@ -81,6 +82,7 @@ def test_straight_run_keeps_the_last_two_checkpoints_and_moves_the_weights(strai
     assert "eval/accuracy" in steps[2] and steps[-1]["eval/accuracy_before"] > 0
 
 
+@pytest.mark.slow
 def test_sigterm_mid_step_then_resume_equals_the_straight_run(tmp_path, straight, reward_file, monkeypatch):
     """SIGTERM arrives during step 2 (as a scheduler's preemption notice would): the step finishes,
     a checkpoint of step 2 is written, TrainingInterrupted says where; resuming gives the straight run."""
@@ -109,6 +111,7 @@ def test_sigterm_mid_step_then_resume_equals_the_straight_run(tmp_path, straight
     assert_same_run(straight, out)
 
 
+@pytest.mark.slow
 def test_cli_two_steps_then_resume_two_more_equals_four_steps(tmp_path, straight, reward_file, capsys):
     """The issue's recipe: N/2 steps, stop, `grpo train --resume DIR train.steps=N`: the same N-step run."""
     out = tmp_path / "run"
@@ -137,6 +140,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_to_resume_from(tmp_path, straight, reward_file):
     out, marker = tmp_path / "run", tmp_path / "writing"
     proc = subprocess.Popen([sys.executable, "-c", SIGKILL_DURING_SAVE, str(marker), "train", "-q",
@@ -156,6 +160,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_to_resume_fro
     assert_same_run(straight, out)  # even the run killed mid-save ends bit-identical to the straight one
 
 
+@pytest.mark.slow
 def test_ctrl_c_to_the_process_group_with_a_reward_pool_checkpoints_and_exits_130(tmp_path, reward_file, capsys):
     """A terminal's Ctrl-C reaches the trainer and its reward workers; the workers ignore it, the
     trainer finishes the step, saves, prints how to resume and exits 130. Then the run resumes."""
@@ -202,6 +207,7 @@ def _cli_error(capsys, argv) -> str:
     return errors[0]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config_and_changes_nothing(finished_copy, capsys):
     before = {p: p.stat().st_mtime_ns for p in finished_copy.rglob("*")}
     err = _cli_error(capsys, ["train", "-q", "--resume", str(finished_copy), "grpo.beta=0.1", "train.steps=6"])
@@ -209,6 +215,7 @@ def test_resume_refuses_a_changed_config_and_changes_nothing(finished_copy, caps
     assert {p: p.stat().st_mtime_ns for p in finished_copy.rglob("*")} == before
 
 
+@pytest.mark.slow
 def test_a_fresh_run_into_a_directory_with_checkpoints_is_refused(finished_copy, reward_file, capsys):
     err = _cli_error(capsys, ["train", "-q", *overrides(reward_file, finished_copy)])
     assert f"already holds checkpoints (newest: step-000004); continue that run with --resume {finished_copy}" in err
