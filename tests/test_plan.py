@@ -237,7 +237,7 @@ def status(key):
 torch.set_num_threads(2)
 out = tempfile.mkdtemp()
 common = ["train.eval_every=0", "train.sample_every=0", "data.num_heldout=1", "data.num_train=64",
-          "optim.warmup_steps=0", "train.steps=3"]
+          "optim.warmup_steps=0", "train.steps=2"]
 train(load_config(TrainConfig, None, common + ["train.prompts_per_step=1", "grpo.G=2", "train.micro_batch_size=2",
       "sampling.max_new_tokens=4", "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
       f"train.output_dir={out}/warm"]), progress=False)
@@ -253,6 +253,7 @@ print(json.dumps({"delta": status("VmHWM") - base, "T": max(r.get("completion/le
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_plan_matches_peak_memory_of_real_grpo_steps_on_cpu(checkpointing):
     from grpo.data.synthetic import make_rows
