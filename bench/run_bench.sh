@@ -56,17 +56,8 @@ echo "model $SIZE: $(cut -c1-120 "$OUT/model.json")..."
 echo "grpo from $SRC: $(git -C "$SRC" rev-parse --short HEAD 2>/dev/null)$(git -C "$SRC" status --porcelain -- . 2>/dev/null | grep -q . && echo ' + uncommitted changes')"
 echo "work: $PROMPTS prompts x G=$G, $TOKENS-token completions, $STEPS steps, $REPEATS alternating repeats$([ "$GC" = 1 ] && echo ', gradient checkpointing on both sides')"
 
-# The machine may be shared: before each run wait (up to QUIET_WAIT s) for the 1-minute load average to
-# fall below QUIET_LOAD, and log what it was. Both sides run under whatever load there is.
-QUIET_LOAD=${QUIET_LOAD:-1.0}
-QUIET_WAIT=${QUIET_WAIT:-60}
-wait_quiet() {
-  local waited=0
-  while awk -v max="$QUIET_LOAD" '{exit !($1 >= max)}' /proc/loadavg && [ "$waited" -lt "$QUIET_WAIT" ]; do
-    sleep 5; waited=$((waited + 5))
-  done
-  echo "load $(cut -d' ' -f1 /proc/loadavg)" >> "$OUT/load.log"
-}
+# shellcheck source=bench/quiet.sh
+source "$HERE/quiet.sh"  # wait_quiet: before each run, wait for the load average to drop
 
 for i in $(seq 1 "$REPEATS"); do
   wait_quiet

@@ -38,15 +38,8 @@ head -64 "$ROOT/data/word_problems_train.jsonl" > "$OUT/prompts.jsonl"
 echo "model $MODEL; grpo from $SRC: $(git -C "$SRC" rev-parse --short HEAD 2>/dev/null)$(git -C "$SRC" status --porcelain -- . 2>/dev/null | grep -q . && echo ' + uncommitted changes')"
 echo "work: 4 prompts x G=8, up to 64 new tokens at T=0.7, beta 0.04, lr 1e-5, $STEPS steps, $REPEATS alternating repeats; modes: $MODES"
 
-QUIET_LOAD=${QUIET_LOAD:-1.0}
-QUIET_WAIT=${QUIET_WAIT:-60}
-wait_quiet() {
-  local waited=0
-  while awk -v max="$QUIET_LOAD" '{exit !($1 >= max)}' /proc/loadavg && [ "$waited" -lt "$QUIET_WAIT" ]; do
-    sleep 5; waited=$((waited + 5))
-  done
-  echo "load $(cut -d' ' -f1 /proc/loadavg)" >> "$OUT/load.log"
-}
+# shellcheck source=bench/quiet.sh
+source "$HERE/quiet.sh"  # wait_quiet: before each run, wait for the load average to drop
 COMMON_TRL="--prompts-jsonl $OUT/prompts.jsonl --answer-position last --temperature 0.7 --num-generations 8
   --per-device-train-batch-size 32 --max-completion-length 64 --max-prompt-length 256 --learning-rate 1e-5
   --beta 0.04 --max-steps $STEPS"

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from grpo.config_io import load_config, parse_overrides, read_yaml, save_config, to_dict  # noqa: F401 (re-exported)
+from grpo.config_checks import check_multi_turn as _check_multi_turn
+from grpo.config_checks import check_tensorboard as _check_tensorboard
+from grpo.config_checks import not_negative as _not_negative
+from grpo.config_checks import positive as _positive
 from grpo.errors import UserError
 
 
@@ -456,45 +460,6 @@ class SFTConfig:
             if value is not None and (isinstance(value, bool) or value <= 0):
                 raise UserError(f"sft.{name} must be a positive integer (or null), got {value}")
         _check_tensorboard(self.sft.tensorboard, "sft.tensorboard")
-
-
-def _check_multi_turn(cfg: TrainConfig) -> None:
-    r = cfg.rollout
-    if r.tools and r.environment:
-        raise UserError("rollout: give rollout.tools or rollout.environment, not both")
-    if r.engine != "hf":
-        raise UserError("rollout.tools / rollout.environment (multi-turn) need rollout.engine=hf; the vLLM engine "
-                        "samples single turns only")
-    if cfg.algorithm == "ppo" or cfg.grpo.advantage == "process":
-        raise UserError("multi-turn rollouts train with outcome advantages (algorithm=grpo or rft, "
-                        "grpo.advantage=outcome or rloo)")
-    if r.max_turns < 1 or r.max_observation_tokens < 1 or not r.tool_timeout_s > 0:
-        raise UserError("rollout: max_turns and max_observation_tokens must be >= 1, tool_timeout_s > 0")
-
-
-def _check_tensorboard(wanted: bool, name: str) -> None:
-    """Before anything is written: the TensorBoard writer's package is there."""
-    import importlib.util
-
-    if wanted and importlib.util.find_spec("tensorboard") is None:
-        raise UserError(f"{name}: the tensorboard package is not installed (pip install 'grpo[tensorboard]')")
-
-
-def _not_negative(cfg, names: list[str]) -> None:
-    for name in names:
-        section, key = name.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if value < 0:
-            raise UserError(f"{name} must be >= 0, got {value}")
-
-
-def _positive(cfg, names: list[str], prefix: str = "") -> None:
-    for name in names:
-        value = cfg
-        for part in name.split("."):
-            value = getattr(value, part)
-        if value <= 0:
-            raise UserError(f"{prefix}{name} must be a positive integer, got {value}")
 
 
 @dataclass

@@ -111,12 +111,21 @@ def my_rows(x: torch.Tensor, dist: Dist) -> torch.Tensor:
 
 def all_sum(values: list[float], dist: Dist) -> list[float]:
     """Element-wise sum of a few numbers over ranks, in float64 (one collective)."""
+    return _all_reduce(values, dist, "SUM")
+
+
+def all_max(values: list[float], dist: Dist) -> list[float]:
+    """Element-wise maximum of a few numbers over ranks, in float64 (one collective)."""
+    return _all_reduce(values, dist, "MAX")
+
+
+def _all_reduce(values: list[float], dist: Dist, op: str) -> list[float]:
     if not dist.enabled:
         return [float(v) for v in values]
     import torch.distributed as td
 
     buf = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dist.device)
-    td.all_reduce(buf, op=td.ReduceOp.SUM)
+    td.all_reduce(buf, op=getattr(td.ReduceOp, op))
     return buf.tolist()
 
 
@@ -128,17 +137,6 @@ def all_min(value: int, dist: Dist) -> int:
     buf = torch.tensor([value], dtype=torch.int64, device=dist.device)
     td.all_reduce(buf, op=td.ReduceOp.MIN)
     return int(buf.item())
-
-
-def all_max(values: list[float], dist: Dist) -> list[float]:
-    """Element-wise maximum of a few numbers over ranks, in float64 (one collective)."""
-    if not dist.enabled:
-        return [float(v) for v in values]
-    import torch.distributed as td
-
-    buf = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dist.device)
-    td.all_reduce(buf, op=td.ReduceOp.MAX)
-    return buf.tolist()
 
 
 def all_gather_objects(obj, dist: Dist) -> list:

@@ -21,7 +21,6 @@ centred per group), which is expected; watch the reward and the held-out accurac
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -80,7 +79,6 @@ from grpo.train.common import (
     peak_memory_mib,
     prepare_output_dir,
     reward_pool,
-    save_model,
     seed_everything,
 )
 from grpo.train.batch import Batch, collect_batch, gather_batch
@@ -106,6 +104,7 @@ from grpo.train.distributed import (
 )
 from grpo.train.ppo import Critic
 from grpo.train.rollout_metrics import rollout_metrics, warn_if_no_signal
+from grpo.train.run_files import plot, save_final, write_samples
 from grpo.train.run_lock import OutputDirLock
 from grpo.train.advantages import compute_advantages, rft_advantages, step_advantages
 from grpo.train.reward_model import RewardModelTrainer
@@ -464,7 +463,7 @@ def _train(cfg: TrainConfig, progress: bool, lock: OutputDirLock) -> TrainResult
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
                 record["eval/accuracy"] = heldout()
             if cfg.train.sample_every and step % cfg.train.sample_every == 0:
-                _write_samples(samples, step + 1, out, cfg.grpo.G)
+                write_samples(samples, step + 1, out.rows, out.texts, out.rewards, cfg.grpo.G)
             log.write(record)
             run.history.append(record)
             if run.dist.is_main:
@@ -478,37 +477,8 @@ def _train(cfg: TrainConfig, progress: bool, lock: OutputDirLock) -> TrainResult
         run.history.append(final)
     weights = full_state_dict(run.model, run.dist)  # FSDP: gathered from every rank
     if run.dist.is_main:
-        _save_final(run, weights)
-        _plot(run.out, run.history)
+        save_final(run.model, run.tokenizer, run.out, run.rm_trainer, weights)
+        plot(run.out, run.history)
     close_distributed(run.dist)
     return TrainResult(run.out, state.accuracy_before, acc_after, cfg.train.steps, time.perf_counter() - t_start,
                        run.history)
-
-
-def _write_samples(samples, step: int, out: StepOutput, G: int) -> None:
-    """The first completion of each group, with its prompt and reward."""
-    try:
-        for i in range(0, len(out.texts), G):
-            samples.write(json.dumps({"step": step, "prompt": out.rows[i // G]["prompt"], "completion": out.texts[i],
-                                      "reward": out.rewards[i].item()}) + "\n")
-        samples.flush()
-    except OSError as e:
-        raise UserError(f"cannot write {samples.name}: {e.strerror or e}") from None
-
-
-def _save_final(run: Run, state_dict: dict | None = None) -> None:
-    from safetensors import SafetensorError
-
-    try:
-        save_model(run.model, run.tokenizer, run.out / "final", state_dict)
-        if run.rm_trainer is not None:  # the retrained reward model, loadable as rewards.model.path
-            run.rm_trainer.rm.model.save_pretrained(run.out / "reward_model")
-            run.rm_trainer.rm.tokenizer.save_pretrained(run.out / "reward_model")
-    except (OSError, SafetensorError) as e:
-        raise UserError(f"cannot write the final model to {run.out / 'final'}: {e}") from None
-
-
-def _plot(out: Path, history: list[dict]) -> None:
-    from grpo.plotting import plot_training
-
-    plot_training(history, out / "training.png")
