@@ -17,7 +17,7 @@ from grpo.data.templates import encode_prompts
 from grpo.models.convert import resolve_model_path
 from grpo.rollout.engine import SamplingParams
 from grpo.rollout.hf import HFEngine
-from grpo.train.logprobs import completion_logprobs
+from grpo.models.logprobs import completion_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from grpo.train.logprobs import completion_logprobs  # noqa: E402
+from grpo.models.logprobs import completion_logprobs  # noqa: E402
 
 
 def main():

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from grpo.models.convert import resolve_model_path
 from grpo.rollout.hf import HFEngine
 from grpo.rollout.engine import SamplingParams
-from grpo.train.logprobs import completion_logprobs
+from grpo.models.logprobs import completion_logprobs
 from grpo.data.templates import encode_prompts
 torch.set_num_threads(2)
 lora = "--lora" in sys.argv

@@ -10,7 +10,7 @@ from grpo.config import TrainConfig, load_config
 from grpo.errors import UserError
 from grpo.models.loading import enable_checkpointing
 from grpo.train.grpo import train
-from grpo.train.logprobs import completion_logprobs, recomputes_layers
+from grpo.models.logprobs import completion_logprobs, recomputes_layers
 
 
 def _model(layers=3):
@@ -92,7 +92,7 @@ def test_checkpointing_is_off_without_gradients_or_in_eval_mode():
 def test_checkpointing_keeps_the_shared_prompt_forward(monkeypatch, caplog):
     """Under checkpointing each distinct prompt still runs once (two forwards: prompts, then completions
     against their keys and values), and transformers is never made to drop the cache."""
-    import grpo.train.logprobs as lp
+    import grpo.models.logprobs as lp
 
     model = _model()
     enable_checkpointing(model)
@@ -109,7 +109,7 @@ def test_checkpointing_keeps_the_shared_prompt_forward(monkeypatch, caplog):
 
 
 def test_without_a_cache_that_checkpointed_layers_may_keep_prompts_are_not_shared(monkeypatch):
-    import grpo.train.logprobs as lp
+    import grpo.models.logprobs as lp
 
     model = _model()
     plain_logp, plain_grads = _logp_and_grads(model)

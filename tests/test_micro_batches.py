@@ -15,7 +15,7 @@ from grpo.algorithm import policy_loss
 from grpo.config import TrainConfig, load_config
 from grpo.rollout.engine import Rollout
 from grpo.train.distributed import Dist
-from grpo.train.logprobs import completion_logprobs
+from grpo.models.logprobs import completion_logprobs
 from grpo.train.update import logprobs_no_grad, micro_batches, update_policy
 from test_rollout import make_model
 

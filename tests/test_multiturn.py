@@ -15,7 +15,7 @@ from grpo.rollout.engine import SamplingParams
 from grpo.rollout.hf import HFEngine
 from grpo.rollout.multiturn import encode_demonstrations, encode_episode, generate_episodes, render_turn, turn_ids
 from grpo.tools.environment import Turn
-from grpo.train.logprobs import completion_logprobs
+from grpo.models.logprobs import completion_logprobs
 
 STOPS = list(range(200, 500))
 

@@ -109,7 +109,7 @@ def test_shared_prompt_forward_saves_what_the_formula_says():
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from grpo.plan import _update_forwards
-    from grpo.train.logprobs import completion_logprobs
+    from grpo.models.logprobs import completion_logprobs
 
     if "share_prompts" not in inspect.signature(completion_logprobs).parameters:
         pytest.skip("this completion_logprobs has no shared-prompt forward")

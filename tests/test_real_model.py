@@ -165,7 +165,7 @@ def test_lean_decoder_on_smollm2_equals_the_generic_path_and_a_full_forward(smol
     from grpo.rollout.engine import SamplingParams
     from grpo.rollout.hf import HFEngine
     from grpo.rollout.lean import LeanDecoder
-    from grpo.train.logprobs import completion_logprobs
+    from grpo.models.logprobs import completion_logprobs
 
     model, tok = smollm2
     ps = _chat_ids(tok, ["Tom has 12 apples and buys 7 more. How many apples?", "What is 9 times 8?"])

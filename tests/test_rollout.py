@@ -13,7 +13,7 @@ from grpo.rollout.engine import SamplingParams
 from grpo.rollout.hf import HFEngine
 from grpo.rollout import lean
 from grpo.rollout.lean import LeanDecoder
-from grpo.train.logprobs import completion_logprobs
+from grpo.models.logprobs import completion_logprobs
 
 V, PAD = 64, 0
 ARCHS = ["llama", "llama_gqa", "qwen2", "qwen3"]

@@ -5,7 +5,7 @@ import torch
 
 from grpo.rollout.engine import SamplingParams
 from grpo.rollout.hf import HFEngine
-from grpo.train.logprobs import completion_logprobs, prompt_groups, selective_log_softmax
+from grpo.models.logprobs import completion_logprobs, prompt_groups, selective_log_softmax
 from test_rollout import PAD, make_model, prompts
 
 
@@ -79,7 +79,7 @@ def _head_grads(model, r, chunked, share, temperature=0.8):
 def test_chunked_head_equals_full_logits_with_gradients(share, tied, monkeypatch):
     """The head applied after the forward, a few positions at a time and recomputed in backward: the
     log-probs, entropies and every gradient (the head's, or the tied embedding's) of the full-logits path."""
-    import grpo.train.logprobs as lp_module
+    import grpo.models.logprobs as lp_module
 
     model = make_model("llama")
     if tied:
@@ -101,7 +101,7 @@ def test_chunked_head_equals_full_logits_with_gradients(share, tied, monkeypatch
 def test_chunked_head_never_builds_full_vocabulary_logits(monkeypatch):
     """No tensor of [rows, positions, vocabulary] is made in the forward or the backward: the largest
     float32 tensor the head's path creates is one chunk's logits."""
-    import grpo.train.logprobs as lp_module
+    import grpo.models.logprobs as lp_module
 
     model = make_model("llama")
     r = HFEngine(model, 2, PAD).generate(prompts(4), SamplingParams(max_new_tokens=12, G=4),
@@ -129,7 +129,7 @@ def test_chunked_head_never_builds_full_vocabulary_logits(monkeypatch):
 def test_entropy_with_gradient_chunked_equals_full_logits(share, monkeypatch):
     """The entropy bonus needs the entropy's gradient: chunked and recomputed in backward (entropy_grad), it
     equals the full-logits path's, and without entropy_grad the entropy carries no graph."""
-    import grpo.train.logprobs as lp_module
+    import grpo.models.logprobs as lp_module
 
     model = make_model("llama")
     r = HFEngine(model, 2, PAD).generate(prompts(4), SamplingParams(max_new_tokens=12, G=4),
@@ -159,10 +159,10 @@ def test_entropy_with_gradient_chunked_equals_full_logits(share, monkeypatch):
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_the_chunked_heads_hand_written_backward_equals_float64_autograd(temperature):
-    """grpo.train.lm_head's backward (dz = g (onehot - p) - g_H p (log p + H), recomputed per chunk, in
+    """grpo.models.lm_head's backward (dz = g (onehot - p) - g_H p (log p + H), recomputed per chunk, in
     float32) against autograd of the plain formula in float64: log-probs and entropy, with respect to the
     hidden states, weight and bias, over uneven chunks."""
-    from grpo.train.lm_head import ChunkedHeadLogProbs
+    from grpo.models.lm_head import ChunkedHeadLogProbs
 
     g = torch.Generator().manual_seed(0)
     h, w, b = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)

@@ -296,7 +296,7 @@ class LoopConfig:
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass instead of keeping them (Hugging
     Face's activation checkpointing, non-reentrant): the update keeps only each layer's input, for about
-    one more forward of compute. Each distinct prompt still runs once (grpo.train.logprobs)."""
+    one more forward of compute. Each distinct prompt still runs once (grpo.models.logprobs)."""
     seed: int = 0
     """Seeds data order, sampling and initialisation."""
     output_dir: str = "runs/grpo"

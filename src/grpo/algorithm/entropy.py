@@ -5,7 +5,7 @@ At the sampling temperature tau, with z the logits of one position and p = softm
     H = -sum_v p_v log p_v = logsumexp(z / tau) - sum_v p_v * z_v / tau
 
 `token_entropy` computes it from logits (the trainer computes it chunk by chunk beside the log-probs,
-grpo.train.logprobs, with or without a gradient). The loop logs it over the policy's own tokens, can
+grpo.models.logprobs, with or without a gradient). The loop logs it over the policy's own tokens, can
 add a bonus `-entropy_coef * aggregate(H)` to the loss, and can train on only the tokens whose entropy
 is in the top `fraction` of the batch's valid tokens: Wang et al. 2025, "Beyond the 80/20 Rule:
 High-Entropy Minority Tokens Drive Effective Reinforcement Learning for LLM Reasoning" (fraction 0.2;

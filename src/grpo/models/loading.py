@@ -11,6 +11,7 @@ import torch
 
 from grpo.config import ModelConfig
 from grpo.errors import UserError
+from grpo.models.lora import add_lora, is_lora, unwrap  # noqa: F401  (add_lora: re-exported for callers)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,32 +73,11 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
-def add_lora(model, lora):
-    """Wrap `model` with peft LoRA adapters; only the adapters train, the base stays frozen."""
-    try:
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import get_peft_model
-    except ImportError:
-        raise UserError("model.lora needs the peft package: pip install 'grpo[lora]'") from None
-    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [m for m in lora.target_modules if m not in names]
-    if missing:
-        raise UserError(f"model.lora.target_modules: {', '.join(missing)} not found in the model "
-                        f"(linear layers it has include: {', '.join(sorted(n for n in names if 'proj' in n))})")
-    peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                              target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_cfg)
-
-
-def is_lora(model) -> bool:
-    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
-
-
 def enable_checkpointing(model) -> None:
     """Hugging Face's activation checkpointing on every decoder layer, non-reentrant (so LoRA needs no
     input-gradient hook and the recompute sees the same autocast and RNG state). It acts only in a
     forward with gradients in train mode: generation and the reference keep their KV cache."""
-    base = model.get_base_model() if is_lora(model) else model
+    base = unwrap(model)
     if not getattr(base, "supports_gradient_checkpointing", False):
         raise UserError(f"train.gradient_checkpointing: {type(base).__name__} does not support activation "
                         "checkpointing in transformers; set it to false")

@@ -90,9 +90,9 @@ class RewardModel:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from grpo.rollout.lean import hf_weights
+        from grpo.models.lora import hf_weights, unwrap
 
-        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        base = unwrap(policy)
         config = copy.deepcopy(base.config)
         config.num_labels, config.pad_token_id = 1, tokenizer.pad_token_id
         model = AutoModelForSequenceClassification.from_config(config)

@@ -61,6 +61,24 @@ class Rollout:
                           "policy_mask")))
 
 
+def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) [n, P] of token lists left-padded with pad_id to the longest, P: the prompt layout above.
+
+    >>> pad_left([[5, 6], [7]], pad_id=0)
+    (tensor([[5, 6],
+            [0, 7]]), tensor([[1, 1],
+            [0, 1]]))
+    """
+    P = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), P), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, P - len(s):] = torch.tensor(s)
+            mask[i, P - len(s):] = 1
+    return ids, mask
+
+
 class RolloutEngine(Protocol):
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams,
                  generator: torch.Generator | None = None) -> Rollout: ...

@@ -19,23 +19,9 @@ import time
 
 import torch
 
-from grpo.rollout.engine import Rollout, SamplingParams
+from grpo.models.forward import cache_kwarg, output_cache, position_ids_from_mask
+from grpo.rollout.engine import Rollout, SamplingParams, pad_left
 from grpo.rollout.lean import LeanDecoder
-from grpo.train.logprobs import cache_kwarg, position_ids_from_mask
-
-
-def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    P = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), P), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), P), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, P - len(s):] = torch.tensor(s)
-            mask[i, P - len(s):] = 1
-    return ids, mask
-
-
-_pad_left = pad_left  # the name grpo.train.sft imports
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
@@ -70,8 +56,7 @@ class HFStepper:
     def _forward(self, **kw) -> torch.Tensor:
         with self.ctx():
             out = self.model(use_cache=True, **kw)
-        cache = out.get("cache")  # transformers >= 5.x; older versions call it past_key_values
-        self.cache = cache if cache is not None else out.get("past_key_values")
+        self.cache = output_cache(out)
         return out.logits[:, -1].float()  # [B, V]
 
     def prefill(self, ids, mask, positions, max_new_tokens: int, repeats: int = 1) -> torch.Tensor:

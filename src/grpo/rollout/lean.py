@@ -32,6 +32,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from grpo.models.lora import base_weight, foldable, folded_linear, unwrap
+
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 """`config.model_type`s whose decoder layers this module reproduces exactly."""
 
@@ -99,79 +101,18 @@ def _rope_type(config) -> str:
     return params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
 
 
-def _active_lora(module) -> list[str] | None:
-    """The adapters a peft LoRA `Linear` over a plain `nn.Linear` adds in its forward (none where they are
-    disabled, as for a LoRA reference, or already merged); None if `module` is not one, or uses more
-    than plain LoRA (DoRA, LoRA biases)."""
-    base = getattr(module, "base_layer", None)
-    if type(base) is not torch.nn.Linear or not all(hasattr(module, k) for k in ("get_delta_weight", "lora_A")):
-        return None
-    active = [] if module.disable_adapters or module.merged else [a for a in module.active_adapters if a in module.lora_A]
-    if any(getattr(module, "use_dora", {}).get(a) or getattr(module, "lora_bias", {}).get(a) for a in active):
-        return None
-    return active
-
-
-def _base_weight(module) -> torch.Tensor:
-    return getattr(module, "base_layer", module).weight
-
-
-def _foldable(module) -> bool:
-    return type(module) is torch.nn.Linear or _active_lora(module) is not None
-
-
-def _linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(w, b) such that a `_foldable` module computes x @ w.T + b in eval mode.
-
-    A plain `nn.Linear`: its own parameters. A LoRA `Linear`: the base weight plus each active adapter's
-    scale * B @ A (peft's `get_delta_weight`, what merging the adapter would store), a new tensor per
-    call. LoRA's dropout is the identity in eval mode, so the folded weight computes the same function
-    up to float rounding (tests/test_rollout.py: the same greedy tokens, log-probs to 1e-5).
-    """
-    if type(module) is torch.nn.Linear:
-        return module.weight, module.bias
-    base = module.base_layer
-    w = base.weight
-    for a in _active_lora(module):
-        w = w + module.get_delta_weight(a).to(w.dtype)
-    return w, base.bias
-
-
-def hf_weights(model) -> dict[str, torch.Tensor]:
-    """The model's weights under transformers' own names: a peft LoRA model's with its adapters folded in
-    (`_linear`; e.g. `model.layers.0.self_attn.q_proj.weight` = base + scale * B @ A), what another engine
-    loading a transformers checkpoint of this architecture expects."""
-    base = _causal_lm(model)
-    if base is model:
-        return model.state_dict()
-    out = {k: v for k, v in base.state_dict().items() if ".base_layer." not in k and "lora_" not in k}
-    for name, module in base.named_modules():
-        if _active_lora(module) is not None:
-            w, b = _linear(module)
-            out[f"{name}.weight"] = w.detach()
-            if b is not None:
-                out[f"{name}.bias"] = b.detach()
-    return out
-
-
-def _causal_lm(model):
-    """The transformers model under a peft wrapper (or the model itself)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) and hasattr(model, "peft_config") else model
-
-
 def _plain_modules(model) -> bool:
     """True if every weight the lean forward reads is a parameter of a plain module, or of a plain
-    module under plain LoRA adapters (`_foldable`)."""
+    module under plain LoRA adapters (`foldable`)."""
     inner = getattr(model, "model", None)
-    if not _foldable(getattr(model, "lm_head", None)) or inner is None:
+    if not foldable(getattr(model, "lm_head", None)) or inner is None:
         return False
     if not all(hasattr(inner, k) for k in ("embed_tokens", "rotary_emb", "norm", "layers")):
         return False
     linear = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     for layer in inner.layers:
         mods = [getattr(layer.self_attn, k, None) for k in linear[:4]] + [getattr(layer.mlp, k, None) for k in linear[4:]]
-        if not all(_foldable(m) for m in mods):
+        if not all(foldable(m) for m in mods):
             return False
     return type(inner.embed_tokens) is torch.nn.Embedding
 
@@ -192,12 +133,12 @@ class _Layer:
         cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
         self.ln1, self.ln2 = cast(layer.input_layernorm.weight), cast(layer.post_attention_layernorm.weight)
         self.eps = layer.input_layernorm.variance_epsilon
-        self.qkv = _fused([_linear(a.q_proj), _linear(a.k_proj), _linear(a.v_proj)], dtype)
-        self.o = _Proj(*map(cast, _linear(a.o_proj)))
+        self.qkv = _fused([folded_linear(a.q_proj), folded_linear(a.k_proj), folded_linear(a.v_proj)], dtype)
+        self.o = _Proj(*map(cast, folded_linear(a.o_proj)))
         self.q_norm = cast(getattr(getattr(a, "q_norm", None), "weight", None))  # Qwen3: RMSNorm per head
         self.k_norm = cast(getattr(getattr(a, "k_norm", None), "weight", None))
-        self.gu = _fused([_linear(m.gate_proj), _linear(m.up_proj)], dtype)
-        self.down = _Proj(*map(cast, _linear(m.down_proj)))
+        self.gu = _fused([folded_linear(m.gate_proj), folded_linear(m.up_proj)], dtype)
+        self.down = _Proj(*map(cast, folded_linear(m.down_proj)))
         self.act = m.act_fn
         self.scaling = a.scaling
 
@@ -206,7 +147,7 @@ class LeanDecoder:
     """Prefill + one-token steps of a Llama-family causal LM over a fixed-size KV cache."""
 
     def __init__(self, model, dtype: torch.dtype):
-        model = _causal_lm(model)
+        model = unwrap(model)
         cfg = model.config
         self.dtype = dtype
         self.H, self.Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -216,7 +157,7 @@ class LeanDecoder:
         self.rotary = inner.rotary_emb
         self.norm = inner.norm.weight.detach().to(dtype)
         self.norm_eps = inner.norm.variance_epsilon
-        head, head_bias = _linear(model.lm_head)
+        head, head_bias = folded_linear(model.lm_head)
         self.lm_head = _Proj(head.detach().to(dtype), None if head_bias is None else head_bias.detach().to(dtype))
         self.layers = [_Layer(layer, dtype) for layer in inner.layers]
         self.projections = [self.lm_head] + [p for lay in self.layers for p in (lay.qkv, lay.o, lay.gu, lay.down)]
@@ -228,7 +169,7 @@ class LeanDecoder:
     def build(cls, model, max_len: int, dtype: torch.dtype | None = None) -> "LeanDecoder | None":
         """The decoder for `model` (or for the transformers model under its peft LoRA adapters), or None
         where this module does not reproduce it exactly."""
-        model = _causal_lm(model)
+        model = unwrap(model)
         cfg = getattr(model, "config", None)
         if getattr(cfg, "model_type", None) not in SUPPORTED or _rope_type(cfg) not in STATIC_ROPE:
             return None
@@ -237,7 +178,7 @@ class LeanDecoder:
             return None
         if getattr(cfg, "pretraining_tp", 1) > 1 or not _plain_modules(model):
             return None  # e.g. adapters other than plain LoRA (DoRA, LoRA biases, on embeddings)
-        return cls(model, dtype or _base_weight(model.lm_head).dtype)
+        return cls(model, dtype or base_weight(model.lm_head).dtype)
 
     # ----------------------------------------------------------------------------------------------
     def _attention(self, i: int, lay: _Layer, h: torch.Tensor, cos, sin, start: int, mask) -> torch.Tensor:

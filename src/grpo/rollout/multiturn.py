@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grpo.rollout.engine import Rollout, SamplingParams
-from grpo.rollout.hf import DecodeThreads, LeanDecoder, pad_left, sample_next
-from grpo.train.logprobs import position_ids_from_mask
+from grpo.models.forward import position_ids_from_mask
+from grpo.rollout.engine import Rollout, SamplingParams, pad_left
+from grpo.rollout.hf import DecodeThreads, LeanDecoder, sample_next
 
 _SENTINEL = "GRPO_TURN_SENTINEL"
 

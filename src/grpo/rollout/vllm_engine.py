@@ -26,9 +26,8 @@ from collections.abc import Sequence
 import torch
 
 from grpo.errors import UserError
-from grpo.rollout.engine import Rollout, SamplingParams
-from grpo.rollout.hf import pad_left
-from grpo.rollout.lean import hf_weights
+from grpo.models.lora import hf_weights
+from grpo.rollout.engine import Rollout, SamplingParams, pad_left
 
 SYNC_TIMEOUT_S = 300
 """A weight copy into a vLLM worker process that takes longer than this is an error, not a hang."""

@@ -255,29 +255,13 @@ def evaluate_accuracy(engine, tokenizer, rows: list[dict], checker, max_new_toke
     return sum(scores) / len(scores), texts
 
 
-def _unsharded_lora(model, state_dict: dict):
-    """A new, unsharded copy of the peft LoRA `model` holding `state_dict` (its full weights, by name)."""
-    import copy
-
-    from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = model.get_base_model()
-    dtype = next(iter(state_dict.values())).dtype
-    name = model.active_adapter
-    fresh = get_peft_model(AutoModelForCausalLM.from_config(copy.deepcopy(base.config), dtype=dtype),
-                           copy.deepcopy(model.peft_config[name]), adapter_name=name)
-    fresh.load_state_dict(state_dict, strict=True)
-    return fresh
-
-
 def save_model(model, tokenizer, path: Path, state_dict: dict | None = None) -> None:
     """save_pretrained into a temporary directory, then rename: a crash never leaves half a model.
 
     state_dict: the weights to write instead of the model's own (FSDP: the gathered full weights)."""
     import shutil
 
-    from grpo.models.loading import is_lora
+    from grpo.models.lora import is_lora, unsharded_copy
 
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
@@ -286,7 +270,7 @@ def save_model(model, tokenizer, path: Path, state_dict: dict | None = None) -> 
         import copy
 
         if state_dict is not None:  # FSDP: this process holds shards; an unsharded copy from the full weights
-            model = _unsharded_lora(model, state_dict)
+            model = unsharded_copy(model, state_dict)
         model.save_pretrained(tmp / "adapter")
         (model if state_dict is not None else copy.deepcopy(model)).merge_and_unload().save_pretrained(tmp)
     else:

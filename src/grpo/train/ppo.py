@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from grpo.algorithm import gae, value_loss, whiten
+from grpo.models.forward import position_ids_from_mask
+from grpo.models.lora import unwrap
 from grpo.rollout.engine import Rollout
 from grpo.train.distributed import SINGLE, Dist, all_reduce_grads, all_sum, global_totals
-from grpo.train.logprobs import position_ids_from_mask
 from grpo.train.update import micro_batches
 
 
@@ -40,7 +41,7 @@ class ValueModel(nn.Module):
         super().__init__()
         import copy
 
-        base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+        base = unwrap(policy)
         body = base.get_decoder() if hasattr(base, "get_decoder") else base.model
         if shared:
             self._shared_body = (body,)  # a tuple: kept out of parameters() and state_dict()

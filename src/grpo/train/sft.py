@@ -24,9 +24,10 @@ from grpo.data import load_task
 from grpo.data.templates import encode_prompts
 from grpo.errors import UserError
 from grpo.models.loading import autocast, load_policy, stop_token_ids
+from grpo.models.logprobs import completion_logprobs
 from grpo.rewards import load_reward_function
-from grpo.rollout.engine import Rollout
-from grpo.rollout.hf import HFEngine, _pad_left
+from grpo.rollout.engine import Rollout, pad_left
+from grpo.rollout.hf import HFEngine
 from grpo.rollout.multiturn import encode_demonstrations
 from grpo.train.common import (
     MetricsLog,
@@ -37,7 +38,6 @@ from grpo.train.common import (
     seed_everything,
 )
 from grpo.train.episodes import Episodic
-from grpo.train.logprobs import completion_logprobs
 from grpo.train.update import micro_batches
 
 
@@ -54,7 +54,7 @@ class SFTResult:
 
 def encode_pairs(tokenizer, prompts: list[str], targets: list[str]):
     """Rollout layout for teacher forcing: left-padded prompts, right-padded target + EOS."""
-    p_ids, p_mask = _pad_left(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)  # [B, P]
+    p_ids, p_mask = pad_left(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)  # [B, P]
     tgt = [ids + [tokenizer.eos_token_id] for ids in tokenizer(targets, add_special_tokens=False)["input_ids"]]
     T = max(map(len, tgt))
     c_ids = torch.full((len(tgt), T), tokenizer.pad_token_id, dtype=torch.long)  # [B, T]

@@ -3,7 +3,7 @@ the reference and pi_old, and one optimizer step on a batch, micro-batched and s
 
 Micro-batches (`micro_batches`) hold rows of similar completion length, each cut to its own longest
 prompt and completion, so padding costs little: the G rows of a prompt stay together (the forward runs
-their prompt once, grpo.train.logprobs) and groups are ordered by their longest completion.
+their prompt once, grpo.models.logprobs) and groups are ordered by their longest completion.
 `train.micro_batch_tokens` also caps the padded tokens of a micro-batch, so memory follows tokens
 rather than rows.
 
@@ -39,7 +39,7 @@ from grpo.train.distributed import (
     global_totals,
     reduce_update_stats,
 )
-from grpo.train.logprobs import completion_logprobs, prompt_groups
+from grpo.models.logprobs import completion_logprobs, prompt_groups
 
 
 class MicroBatch(NamedTuple):

@@ -17,7 +17,7 @@ cache of a checkpointed layer: its caches are then ones whose updates a recomput
 No full-vocabulary logits. The model's forward stops at the last hidden states (its LM head returns its
 input for the duration of the call); `head_logprobs` then applies the head, log-softmax and the gather
 to a chunk of positions at a time, and in a forward with gradients recomputes each chunk's logits in
-the backward pass, with a hand-written backward (`grpo.train.lm_head`). So no [B, T, V] tensor exists in the
+the backward pass, with a hand-written backward (`grpo.models.lm_head`). So no [B, T, V] tensor exists in the
 forward or the backward: at a 49,152-token vocabulary, 32 rows x 130 positions would be 0.8 GB of
 float32 logits and as much again for their gradient. Where the head is not a plain linear layer (LoRA
 on the head) or the weights are FSDP shards, the head runs inside the forward as usual and the chunks
@@ -33,7 +33,9 @@ from typing import NamedTuple
 import torch
 
 from grpo.algorithm.entropy import token_entropy
-from grpo.train.lm_head import chunked_head_logprobs
+from grpo.models.forward import cache_kwarg, output_cache, position_ids_from_mask
+from grpo.models.lm_head import chunked_head_logprobs
+from grpo.models.lora import unwrap
 
 SHARED_PROMPT_MODELS = ("llama", "mistral", "qwen2", "qwen3")
 """`config.model_type`s whose dynamic KV cache keeps gradients and reorders by batch index."""
@@ -45,10 +47,6 @@ LOGSOFTMAX_CHUNK_ELEMENTS = 2**24
 class TokenLogProbs(NamedTuple):
     logp: torch.Tensor  # [B, T] log pi(token) of each completion token
     entropy: torch.Tensor | None  # [B, T] entropy of the full next-token distribution, if asked
-
-
-def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk: int | None = None,
@@ -73,7 +71,7 @@ def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, index: torch.Tens
                   with_entropy: bool = False, chunk: int | None = None, entropy_grad: bool = False) -> TokenLogProbs:
     """log_softmax(head(hidden) / temperature)[..., index] without the full logits: `chunk` positions at a
     time (default: as many as keep one chunk's float32 logits under LOGSOFTMAX_CHUNK_ELEMENTS), each
-    chunk's logits recomputed in the backward pass (`grpo.train.lm_head`). hidden [B, T, H], index [B, T].
+    chunk's logits recomputed in the backward pass (`grpo.models.lm_head`). hidden [B, T, H], index [B, T].
     The entropy (with_entropy) comes from the same chunks and carries a gradient only with entropy_grad
     (the entropy bonus). Equal to the plain path to float rounding (tests/test_rollout_logprobs.py)."""
     B, T, H = hidden.shape
@@ -89,7 +87,7 @@ def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, index: torch.Tens
 def _plain_head(model) -> torch.nn.Linear | None:
     """The model's LM head if it is a plain, unsharded linear layer (so that it can be applied outside the
     forward, in chunks); else None."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = unwrap(model)
     if getattr(base.config, "model_type", None) not in SHARED_PROMPT_MODELS:
         return None  # other families may scale or soft-cap the logits after the head (Gemma 2, Cohere)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
@@ -216,20 +214,9 @@ def _repeatable_caches(model, inverse: torch.Tensor):
 
 
 def _forward(model, **kw):
-    """(logits, cache) of one forward; the cache under whichever name this transformers uses."""
+    """(logits, cache) of one forward (cache None without use_cache)."""
     out = model(**kw)
-    if not kw.get("use_cache"):
-        return out.logits, None
-    cache = out.get("cache")  # transformers >= 5.x; older versions call it past_key_values
-    return out.logits, cache if cache is not None else out.get("past_key_values")
-
-
-def cache_kwarg(model) -> str:
-    """The forward keyword of the KV cache in this transformers version ('cache', or 'past_key_values')."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT passes it through
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return out.logits, output_cache(out) if kw.get("use_cache") else None
 
 
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
