@@ -13,11 +13,8 @@ Format (GSM8K): the solution ends with one line `#### N`, N a number.
                        lines after it, as pretrained models often write, or no working before it: a
                        bare `#### N` must not be the easiest way to the full format reward); else 0.0
 
-Soft overlong punishment (DAPO, arXiv 2503.14476, eq. 13), L = number of completion tokens,
-L_max = max_len, L_cache = cache_len:
-    R(L) = 0                                   if L <= L_max - L_cache
-         = ((L_max - L_cache) - L) / L_cache   if L_max - L_cache < L <= L_max
-         = -1                                  if L > L_max
+Soft overlong punishment (DAPO, arXiv 2503.14476, eq. 13): `grpo.algorithm.soft_overlong_penalty`
+of the completion's length in tokens, L_max = max_len, L_cache = cache_len.
 Length penalty: -min(max_penalty, per_token * max(0, L - target_len)).
 Repetition penalty: -scale * (1 - distinct n-grams / n-grams), over token ids or words.
 
@@ -111,16 +108,12 @@ class SoftOverlongPenalty:
             )
 
     def __call__(self, prompts, completions, completion_ids=None, **columns) -> list[float]:
-        soft_start = self.max_len - self.cache_len
-        rewards = []
-        for length in _lengths("soft_overlong_penalty", completions, completion_ids):
-            if length <= soft_start:
-                rewards.append(0.0)
-            elif length <= self.max_len:
-                rewards.append((soft_start - length) / self.cache_len)
-            else:
-                rewards.append(-1.0)
-        return rewards
+        import torch  # on first use: importing the rewards package stays light
+
+        from grpo.algorithm.overlong import soft_overlong_penalty
+
+        lengths = torch.tensor(_lengths("soft_overlong_penalty", completions, completion_ids), dtype=torch.float64)
+        return soft_overlong_penalty(lengths, self.max_len, self.cache_len).tolist()  # float64, as Python's floats
 
 
 def make_soft_overlong_penalty(max_len: int, cache_len: int) -> SoftOverlongPenalty:
