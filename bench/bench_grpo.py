@@ -40,68 +40,10 @@ from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PHASES = ("generate", "reward", "advantages", "reference", "update")
-SUB_PHASES = ("policy_forward", "optimizer", "clip_grad")
-"""Parts of `update`, timed by wrapping the functions the loop calls (bench only, nothing in grpo changes);
-what is left of `update` is the backward pass plus the loss arithmetic."""
-
-
-def instrument(sub: dict[str, float], per_step: list[dict]) -> None:
-    """Time the policy forward (completion_logprobs with grad on), the optimizer step and the gradient
-    clipping inside grpo's update phase; one dict of seconds per step goes to per_step."""
-    import functools
-
-    import torch
-
-    import grpo.train.grpo as loop
-    import grpo.train.update as update
-
-    def timed(name, fn, when=lambda: True):
-        @functools.wraps(fn)
-        def wrapper(*a, **kw):
-            if not when():
-                return fn(*a, **kw)
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                sub[name] = sub.get(name, 0.0) + time.perf_counter() - t0
-        return wrapper
-
-    update.completion_logprobs = timed("policy_forward", update.completion_logprobs, torch.is_grad_enabled)
-    torch.nn.utils.clip_grad_norm_ = timed("clip_grad", torch.nn.utils.clip_grad_norm_)
-    make_optimizer = loop.make_optimizer
-
-    def make_timed_optimizer(*a, **kw):
-        optimizer, scheduler = make_optimizer(*a, **kw)
-        optimizer.step = timed("optimizer", optimizer.step)  # wraps the scheduler's own step wrapper
-        return optimizer, scheduler
-
-    loop.make_optimizer = make_timed_optimizer
-    train_step = loop.train_step
-
-    def timed_step(*a, **kw):
-        sub.clear()
-        out = train_step(*a, **kw)
-        per_step.append(dict(sub))
-        return out
-
-    loop.train_step = timed_step
-
-
-def track_lifetime_peak(peaks: list[float]) -> None:
-    """grpo's loop resets the resident set's high-water mark before each step (its per-step
-    `memory/peak_mib`), which also resets what `ru_maxrss` reports; record the mark before each reset,
-    so that the peak this bench reports is the whole process's, as TRL's `ru_maxrss` is."""
-    import grpo.train.grpo as loop
-    from grpo.train.common import peak_memory_mib
-
-    reset = loop.reset_peak_memory
-
-    def recording_reset(device):
-        peaks.append(peak_memory_mib(device))
-        reset(device)
-
-    loop.reset_peak_memory = recording_reset
+SUB_PHASES = ("forward", "clip_grad", "optimizer")
+"""Parts of `update` the loop times itself (`time/update/forward`, ...: the policy forward with gradients,
+the gradient clipping, the optimizer step); what is left of `update` is the backward pass plus the loss
+arithmetic."""
 
 
 def build_config(args):
@@ -137,18 +79,19 @@ def median_after(values: list[float], skip: int = 2) -> float:
     return statistics.median(values[skip:] if len(values) > skip else values)
 
 
-def _update_split(steps: list[dict], sub_by_step: list[dict], skip: int) -> dict:
+def _update_split(steps: list[dict], skip: int) -> dict:
     """Medians of the parts of `update`: policy forward, backward (+ loss arithmetic), clip, optimizer."""
     rows = []
-    for h, sub in zip(steps, sub_by_step):
-        parts = {k: sub.get(k, 0.0) for k in SUB_PHASES}
+    for h in steps:
+        parts = {k: h.get(f"time/update/{k}", 0.0) for k in SUB_PHASES}
         parts["backward_and_loss"] = h.get("time/update", 0.0) - sum(parts.values())
         rows.append(parts)
     keys = (*SUB_PHASES, "backward_and_loss")
     return {k: round(median_after([r[k] for r in rows], skip), 4) for k in keys} if rows else {}
 
 
-def main():
+def main(timers=None):
+    """timers: the loop's phase timers (bench/heap_by_phase.py passes its own, with hooks)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", type=Path)
     p.add_argument("--max-steps", type=int, default=20)
@@ -178,12 +121,8 @@ def main():
 
     t_imports = time.perf_counter() - T_PROCESS_START
     cfg = build_config(args)
-    sub_by_step: list[dict] = []
-    instrument({}, sub_by_step)
-    peaks: list[float] = []
-    track_lifetime_peak(peaks)
     t0 = time.perf_counter()
-    res = train(cfg, progress=False)
+    res = train(cfg, progress=False, timers=timers)
     t_train = time.perf_counter() - t0
 
     from transformers import AutoTokenizer
@@ -214,10 +153,10 @@ def main():
         "completion_tokens_per_step_mean": round(sum(tokens) / max(len(tokens), 1), 2),
         "gen_completion_tok_per_s": round(sum(tokens[skip:]) / sum(gen_s[skip:]), 1),
         "e2e_completion_tok_per_s": round(sum(tokens) / t_train, 1),
-        "peak_rss_mb": round(max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, *peaks]), 1),
+        "peak_rss_mb": round(max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, res.peak_memory_mib]), 1),
         "phase_sec_median_after_2": {k: round(median_after([h.get(f"time/{k}", 0.0) for h in steps], skip), 4)
                                      for k in PHASES},
-        "update_split_sec_median_after_2": _update_split(steps, sub_by_step, skip),
+        "update_split_sec_median_after_2": _update_split(steps, skip),
         "prompt_tokens_mean": round(statistics.mean(prompt_lens), 3),
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
         "completion_len_mean": round(statistics.mean(h["completion/len_mean"] for h in steps), 2),

@@ -105,7 +105,7 @@ def flop_report(runs: list[dict], model: Path, peak: dict, prompt_len: float, ph
     work = {"generate": fwd["flops"], "reference": fwd["flops"], "update": 3 * fwd["flops"]}
     if all("update_split_sec_median_after_2" in r for r in runs):  # the update without optimizer and clipping
         split = [r["update_split_sec_median_after_2"] for r in runs]
-        phase["policy_fwd_bwd"] = statistics.median(x["policy_forward"] + x["backward_and_loss"]
+        phase["policy_fwd_bwd"] = statistics.median(x["forward"] + x["backward_and_loss"]
                                                     for x in split)
         work["policy_fwd_bwd"] = 3 * fwd["flops"]
     for k in phase:

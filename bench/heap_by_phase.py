@@ -5,7 +5,7 @@ Usage:
     python bench/heap_by_phase.py [--small-mmap-in update,reference] -- BENCH_GRPO_ARGS...
 
 Runs bench/bench_grpo.py with its arguments (e.g. `.peers/models/25m --max-steps 4 --prompts-per-step 1
---max-new-tokens 128`) and prints, at the end of each phase of each step, the resident set, its
+--max-new-tokens 128`) and prints, at the end of each phase (and sub-phase, e.g. update/forward) of each step, the resident set, its
 high-water mark since the step began, and from `mallinfo2` the main heap's size, how much of it is free
 (freed memory glibc keeps: resident, but holding nothing) and how much is in mmapped chunks.
 `--small-mmap-in` lowers glibc's mmap threshold to 1 MiB during the named phases (mallopt
@@ -16,7 +16,6 @@ when freed. docs/performance.md ("Why 25M misses 0.8x memory") has what it showe
 import argparse
 import ctypes
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 M_MMAP_THRESHOLD = -3
@@ -46,30 +45,24 @@ def main():
     libc.mallinfo2.restype = MallInfo2
     small = set(filter(None, args.small_mmap_in.split(",")))
 
-    import grpo.train.common as common
+    from grpo.train.metrics import Timers
 
-    timed = common.Timers.__call__
-
-    @contextmanager
-    def phase(self, name):
+    def start(name):
         if name in small:
             libc.mallopt(M_MMAP_THRESHOLD, 1 * MIB)
-        try:
-            with timed(self, name):
-                yield
-        finally:
-            if name in small:
-                libc.mallopt(M_MMAP_THRESHOLD, 32 * MIB)
-            m = libc.mallinfo2()
-            print(f"{name:10s} rss {_status_mib('VmRSS'):6.0f} hwm {_status_mib('VmHWM'):6.0f} heap {m.arena / MIB:5.0f} "
-                  f"free in heap {m.fordblks / MIB:5.0f} mmapped {m.hblkhd / MIB:5.0f} MiB", flush=True)
 
-    common.Timers.__call__ = phase
+    def end(name):
+        if name in small:
+            libc.mallopt(M_MMAP_THRESHOLD, 32 * MIB)
+        m = libc.mallinfo2()
+        print(f"{name:16s} rss {_status_mib('VmRSS'):6.0f} hwm {_status_mib('VmHWM'):6.0f} heap {m.arena / MIB:5.0f} "
+              f"free in heap {m.fordblks / MIB:5.0f} mmapped {m.hblkhd / MIB:5.0f} MiB", flush=True)
+
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import bench_grpo
 
     sys.argv = ["bench_grpo.py", *rest]
-    bench_grpo.main()
+    bench_grpo.main(Timers(on_start=start, on_end=end))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import torch.multiprocessing as mp
 from grpo.algorithm import AGGREGATIONS
 from grpo.config import TrainConfig, load_config
 from grpo.rollout.engine import Rollout
-from grpo.train.common import make_optimizer
+from grpo.train.optim import make_optimizer
 from grpo.train.distributed import SINGLE, Dist, all_gather_objects, full_state_dict, my_rows, shard_model
 from grpo.train.update import micro_batches, update_policy
 

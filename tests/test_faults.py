@@ -18,7 +18,7 @@ from grpo.cli import main
 from grpo.config import TrainConfig, load_config
 from grpo.errors import UserError
 from grpo.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint
-from grpo.train.common import make_optimizer
+from grpo.train.optim import make_optimizer
 from grpo.train.grpo import train
 
 SMALL = ["train.prompts_per_step=2", "grpo.G=4", "train.micro_batch_size=8", "sampling.max_new_tokens=8",

@@ -24,7 +24,8 @@ from grpo.models.loading import stop_token_ids
 from grpo.models.tiny import TinyConfig, build_model, build_tokenizer
 from grpo.rewards import RewardModel, RewardSpec
 from grpo.rollout.engine import Rollout, SamplingParams
-from grpo.train.common import Timers, evaluate_accuracy
+from grpo.train.evaluation import evaluate_accuracy
+from grpo.train.metrics import Timers
 from grpo.train.distributed import SINGLE
 from grpo.train.grpo import generate_and_score, make_engine
 from grpo.train.reward_model import RewardModelTrainer

@@ -118,7 +118,7 @@ class RewardModelConfig:
     train_steps: int = 100
     """Optimizer steps per retraining."""
     lr: float = 1e-4
-    """Learning rate of the reward model (AdamW)."""
+    """Learning rate of the reward model (AdamW; betas, weight decay and clipping from `optim`)."""
     train_batch_size: int = 64
     """Labelled samples per reward-model optimizer step."""
     replay: float = 0.1
@@ -258,7 +258,7 @@ class PPOConfig:
     lam: float = 0.95
     """GAE lambda."""
     value_lr: float = 5e-4
-    """Learning rate of the value model (AdamW)."""
+    """Learning rate of the value model (AdamW; betas, weight decay and clipping from `optim`)."""
     value_clip: float = 0.2
     """Clip range of the value loss around the rollout-time values."""
     whiten: bool = True
@@ -302,7 +302,8 @@ class LoopConfig:
     output_dir: str = "runs/grpo"
     """Where config.yaml, metrics.jsonl, samples, checkpoints, the final model and plots go."""
     log_every: int = 1
-    """Print a progress line every this many steps (metrics.jsonl always gets every step)."""
+    """Refresh the progress bar's reward and KL every this many steps (0: at the last step only; metrics.jsonl
+    always gets every step)."""
     eval_every: int = 10
     """Held-out greedy accuracy every this many steps (0: only before and after)."""
     sample_every: int = 10

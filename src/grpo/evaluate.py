@@ -150,9 +150,9 @@ def answer_equivalence(reward: str, options: dict | None = None) -> Callable[[st
 
 def _score(checker, rows: list[dict], texts: list[str], completion_ids: list[list[int]], repeat: int) -> list[bool]:
     """The reward's verdict per completion (rows[i] repeated `repeat` times); 1.0 counts as correct."""
-    columns = {k: [x.get(k) for x in rows for _ in range(repeat)] for k in rows[0] if k != "prompt"}
-    values = checker(prompts=[x["prompt"] for x in rows for _ in range(repeat)], completions=texts,
-                     completion_ids=completion_ids, **columns)
+    from grpo.rewards.inputs import reward_inputs
+
+    values = checker(**reward_inputs(rows, texts, completion_ids, repeat).kwargs())
     return [v is not None and float(v) >= 1.0 for v in values]
 
 
@@ -167,7 +167,7 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
     from grpo.models.loading import stop_token_ids
     from grpo.rollout.engine import SamplingParams
     from grpo.rollout.hf import HFEngine
-    from grpo.train.common import decode, evaluate_accuracy
+    from grpo.train.evaluation import decode, evaluate_accuracy
 
     ks = sorted(set(ks))
     if not rows:

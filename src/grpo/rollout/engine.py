@@ -44,6 +44,10 @@ class Rollout:
     def lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)  # [N]
 
+    def completion_lists(self) -> list[list[int]]:
+        """Each row's completion token ids without padding (EOS included), what reward functions get."""
+        return [ids[m.bool()].tolist() for ids, m in zip(self.completion_ids, self.completion_mask)]
+
     @property
     def policy_tokens(self) -> torch.Tensor:
         """[N, T] the tokens the loss, KL and entropy are taken over: the policy's own (policy_mask), which

@@ -12,6 +12,7 @@ import torch
 
 from grpo.algorithm import leave_one_out_advantages, outcome_advantages, process_advantages
 from grpo.config import TrainConfig
+from grpo.rewards.inputs import reward_inputs
 from grpo.rollout.engine import Rollout
 from grpo.train.process import step_tensors
 
@@ -32,10 +33,7 @@ def rft_advantages(accuracy: list) -> torch.Tensor:
 def step_advantages(step_fn, tokenizer, r: Rollout, rows: list[dict], texts: list[str], cfg: TrainConfig) -> torch.Tensor:
     """Process supervision: per-step rewards from rewards.step_fn -> per-token advantages. [N, T]"""
     G = cfg.grpo.G
-    columns = {k: [x.get(k) for x in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
-    steps = step_fn(prompts=[x["prompt"] for x in rows for _ in range(G)], completions=texts,
-                    completion_ids=[ids[m.bool()].tolist() for ids, m in zip(r.completion_ids, r.completion_mask)],
-                    **columns)
+    steps = step_fn(**reward_inputs(rows, texts, r.completion_lists(), G).kwargs())
     step_rewards, step_end = step_tensors(list(steps), tokenizer, r.completion_ids, r.completion_mask)
     return process_advantages(step_rewards, step_end, G, r.completion_mask, eps=cfg.grpo.adv_eps,
                               std=cfg.grpo.std)  # [N, T]

@@ -22,6 +22,7 @@ import torch
 
 from grpo.config import TrainConfig
 from grpo.data.templates import encode_prompts
+from grpo.rewards.inputs import reward_inputs
 from grpo.rewards.loader import load_reward_function
 from grpo.rollout.engine import Rollout, SamplingParams
 from grpo.rollout.multiturn import Episodes, generate_episodes
@@ -69,9 +70,7 @@ class Episodic:
             chunk = rows[i:i + batch_size]
             r, ep = self.generate(engine, chunk, params, None, pool)
             texts = trajectory_texts(self.tokenizer, r)
-            columns = {k: [x.get(k) for x in chunk] for k in chunk[0] if k != "prompt"}
-            ids = [row[m.bool()].tolist() for row, m in zip(r.completion_ids, r.completion_mask)]
-            values = checker(prompts=[x["prompt"] for x in chunk], completions=texts, completion_ids=ids, **columns)
+            values = checker(**reward_inputs(chunk, texts, r.completion_lists()).kwargs())
             scores += [0.0 if v is None else float(v) for v in values]
             calls += ep.tool_calls
             turns += ep.turns

@@ -47,9 +47,11 @@ from grpo.models.loading import (
     resolve_device,
     stop_token_ids,
 )
+from grpo.data.templates import encode_prompts
 from grpo.rewards import RewardModel, RewardSpec, compute_rewards, load_reward_function, reward_spec
+from grpo.rewards.inputs import reward_inputs
 from grpo.rewards.loader import RESERVED_ARGUMENTS
-from grpo.rollout.engine import SamplingParams
+from grpo.rollout.engine import RolloutEngine, SamplingParams
 from grpo.rollout.hf import HFEngine
 from grpo.train.checkpoint import (
     CHECKPOINTS,
@@ -64,22 +66,6 @@ from grpo.train.checkpoint import (
     restore_logs,
     save_checkpoint,
     weights_fingerprint,
-)
-from grpo.train.common import (
-    MetricsLog,
-    PromptSampler,
-    current_memory_mib,
-    held_state_mib,
-    reset_peak_memory,
-    Timers,
-    decode,
-    encode_prompts,
-    evaluate_accuracy,
-    make_optimizer,
-    peak_memory_mib,
-    prepare_output_dir,
-    reward_pool,
-    seed_everything,
 )
 from grpo.train.batch import Batch, collect_batch, gather_batch
 from grpo.train.episodes import Episodic, add_environment_reward, episode_columns, episode_metrics, trajectory_texts
@@ -102,9 +88,14 @@ from grpo.train.distributed import (
     shard_model,
     sharded_accuracy,
 )
+from grpo.train.evaluation import decode, evaluate_accuracy
+from grpo.train.metrics import MetricsLog, Timers, current_memory_mib, held_state_mib, peak_memory_mib, reset_peak_memory
+from grpo.train.optim import make_optimizer
 from grpo.train.ppo import Critic
+from grpo.train.prompt_sampler import PromptSampler, seed_everything
+from grpo.train.reward_pool import reward_pool
 from grpo.train.rollout_metrics import rollout_metrics, warn_if_no_signal
-from grpo.train.run_files import plot, save_final, write_samples
+from grpo.train.run_files import plot, prepare_output_dir, save_final, write_samples
 from grpo.train.run_lock import OutputDirLock
 from grpo.train.advantages import compute_advantages, rft_advantages, step_advantages
 from grpo.train.reward_model import RewardModelTrainer
@@ -121,6 +112,8 @@ class TrainResult:
     steps: int
     seconds: float
     history: list[dict] = field(default_factory=list)
+    peak_memory_mib: float = 0.0
+    """The whole run's peak memory (`peak_memory_mib` read before each per-step reset and at the end)."""
 
 
 @dataclass
@@ -132,7 +125,7 @@ class Run:
     tokenizer: Any
     ref: Reference | None
     """The frozen pi_ref (None when beta = 0, and for RFT)."""
-    engine: HFEngine
+    engine: RolloutEngine
     task: Task
     specs: list[RewardSpec]
     optimizer: torch.optim.Optimizer
@@ -216,7 +209,7 @@ def setup_run(cfg: TrainConfig, lock: OutputDirLock) -> Run:
             rm = RewardModel.from_policy(model, tokenizer, c.batch_size, c.max_length) if c.path == "init" else \
                 RewardModel(c.path, next(model.parameters()).device, c.batch_size, c.max_length)
             specs.append(RewardSpec("reward_model", rm, c.weight, in_pool=False))
-            rm_trainer = RewardModelTrainer(rm, c, cfg.train.seed) if c.retrain else None
+            rm_trainer = RewardModelTrainer(rm, c, cfg.train.seed, cfg.optim) if c.retrain else None
         _check_rewards(specs, task, cfg)
         step_fn = load_reward_function(cfg.rewards.step_fn, cfg.rewards.step_options) \
             if cfg.grpo.advantage == "process" else None
@@ -248,14 +241,15 @@ def setup_run(cfg: TrainConfig, lock: OutputDirLock) -> Run:
             shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
     for name in remove_partial_checkpoints(out) if dist.is_main else []:
         logger.warning("removed %s: a checkpoint whose writing was cut off", out / CHECKPOINTS / name)
-    run = Run(out, model, tokenizer, ref, engine, task, specs, optimizer, scheduler, gen, sampler, state,
+    run = Run(out=out, model=model, tokenizer=tokenizer, ref=ref, engine=engine, task=task, specs=specs,
+              optimizer=optimizer, scheduler=scheduler, gen=gen, sampler=sampler, state=state,
               history=restore_logs(out, state) if dist.is_main else [], dist=dist, critic=critic, step_fn=step_fn,
               rm_trainer=rm_trainer, episodic=episodic)
     run.load_extra_state(extra)
     return run
 
 
-def make_engine(cfg: TrainConfig, model, tokenizer, model_dir: Path, dist: Dist):
+def make_engine(cfg: TrainConfig, model, tokenizer, model_dir: Path, dist: Dist) -> RolloutEngine:
     """The rollout engine `rollout.engine` names. vLLM is built here, before the run writes anything, so
     that a missing vLLM or GPU stops it with one line; it loads `model_dir` (the policy's starting weights)
     and is kept in step by `sync_weights` after every update. Both stop at `stop_token_ids`."""
@@ -311,10 +305,8 @@ def generate_and_score(run: Run, cfg: TrainConfig, pool, timers: Timers, rows: l
     with timers("reward"):
         texts = decode(run.tokenizer, r.completion_ids, r.completion_mask) if episodes is None \
             else trajectory_texts(run.tokenizer, r)
-        columns = {k: [x.get(k) for x in rows for _ in range(G)] for k in rows[0] if k != "prompt"}
-        scored = compute_rewards(run.specs, [x["prompt"] for x in rows for _ in range(G)], texts,
-                                 [ids[m.bool()].tolist() for ids, m in zip(r.completion_ids, r.completion_mask)],
-                                 columns, on_error=cfg.rewards.on_error, timeout_s=cfg.rewards.timeout_s, pool=pool)
+        scored = compute_rewards(run.specs, *reward_inputs(rows, texts, r.completion_lists(), G),
+                                 on_error=cfg.rewards.on_error, timeout_s=cfg.rewards.timeout_s, pool=pool)
         rewards = torch.tensor(scored.total, dtype=torch.float32)  # [N]
         if episodes is not None and cfg.rollout.environment:
             rewards = add_environment_reward(rewards, scored.per_function, episodes)
@@ -364,7 +356,7 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
     with timers("update"):
         for _ in range(cfg.grpo.mu):
             update = update_policy(run.model, run.optimizer, r, adv, ref_logp, old_logp, cfg, ctx, beta=beta, dist=dist,
-                                   keep=keep)
+                                   keep=keep, timers=timers)
             run.scheduler.step()
             _count_fault(run.state, update.applied, cfg.train.max_bad_steps)
             if run.critic is not None and update.applied:
@@ -414,18 +406,19 @@ def checkpoint_or_stop(run: Run, cfg: TrainConfig, log: MetricsLog, samples, sto
         raise TrainingInterrupted(stop.signum, state.step, path, run.out)
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, progress: bool = True, timers: Timers | None = None) -> TrainResult:
     """Run GRPO as configured (train.resume: continue the run in train.output_dir); returns accuracies
-    before/after and the metrics history. One run per output directory (`OutputDirLock`)."""
+    before/after and the metrics history. One run per output directory (`OutputDirLock`). timers: the
+    phase timers (a bench may pass its own, with hooks)."""
     with OutputDirLock(cfg.train.output_dir) as lock:  # released however the run ends
-        return _train(cfg, progress, lock)
+        return _train(cfg, progress, lock, timers or Timers())
 
 
-def _train(cfg: TrainConfig, progress: bool, lock: OutputDirLock) -> TrainResult:
+def _train(cfg: TrainConfig, progress: bool, lock: OutputDirLock, timers: Timers) -> TrainResult:
     t_start = time.perf_counter()
     baseline_mib = current_memory_mib(resolve_device(cfg.model.device))  # the runtime, before any model is built
     run = setup_run(cfg, lock)
-    state, timers, device = run.state, Timers(), next(run.model.parameters()).device
+    state, device, run_peak = run.state, next(run.model.parameters()).device, 0.0
     I = cfg.train.iterations
     iteration_starts = {round(i * cfg.train.steps / I) for i in range(1, I)}  # steps where an iteration begins
     evaluate = lambda rows: evaluate_accuracy(run.engine, run.tokenizer, rows, run.specs[0].fn,  # noqa: E731
@@ -453,6 +446,7 @@ def _train(cfg: TrainConfig, progress: bool, lock: OutputDirLock) -> TrainResult
                 with timers("reward_model"), full_weights(run.model, run.dist):
                     rm_stats = run.rm_trainer.update(run.engine, run.tokenizer, run.task.train, cfg,
                                                      iteration=sum(s <= step for s in iteration_starts))
+            run_peak = max(run_peak, peak_memory_mib(device))
             reset_peak_memory(device)  # memory/peak_mib: this step's peak, evaluations excluded
             t0 = time.perf_counter()
             out = train_step(run, cfg, pool, timers)
@@ -468,7 +462,9 @@ def _train(cfg: TrainConfig, progress: bool, lock: OutputDirLock) -> TrainResult
             run.history.append(record)
             if run.dist.is_main:
                 warned = warn_if_no_signal(record, cfg, run.specs[0].name, warned)
-            bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record.get('kl', 0.0):.4f}")
+            every = cfg.train.log_every
+            if (every and (step + 1) % every == 0) or step + 1 == cfg.train.steps:
+                bar.set_postfix(reward=f"{record['reward/mean']:.3f}", kl=f"{record.get('kl', 0.0):.4f}")
             state.step = step + 1
             checkpoint_or_stop(run, cfg, log, samples, stop)
         acc_after = heldout()
@@ -481,4 +477,4 @@ def _train(cfg: TrainConfig, progress: bool, lock: OutputDirLock) -> TrainResult
         plot(run.out, run.history)
     close_distributed(run.dist)
     return TrainResult(run.out, state.accuracy_before, acc_after, cfg.train.steps, time.perf_counter() - t_start,
-                       run.history)
+                       run.history, max(run_peak, peak_memory_mib(device)))

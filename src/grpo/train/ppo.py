@@ -22,11 +22,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from grpo.algorithm import gae, value_loss, whiten
+from grpo.algorithm import gae, kl_k1, value_loss, whiten
 from grpo.models.forward import position_ids_from_mask
 from grpo.models.lora import unwrap
 from grpo.rollout.engine import Rollout
 from grpo.train.distributed import SINGLE, Dist, all_reduce_grads, all_sum, global_totals
+from grpo.train.optim import adamw, clip_gradients
 from grpo.train.update import micro_batches
 
 
@@ -96,7 +97,8 @@ class Critic:
     def __init__(self, policy, cfg, dist: Dist = SINGLE):
         self.cfg, self.dist = cfg.ppo, dist
         self.model = ValueModel(policy, shared=self.cfg.value_model == "head").to(next(policy.parameters()).device).train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.value_lr, betas=(0.9, 0.99))
+        self.optim = cfg.optim  # betas, weight decay and clipping; the learning rate is ppo.value_lr
+        self.optimizer = adamw(self.model.parameters(), self.cfg.value_lr, self.optim)
         self.micro, self.micro_tokens = cfg.train.micro_batch_size, cfg.train.micro_batch_tokens
 
     @torch.no_grad()
@@ -106,7 +108,7 @@ class Critic:
         values = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)  # [N, T], 0 past each end
         for mb in micro_batches(r, self.micro, self.micro_tokens, self.dist):  # as the policy's passes
             values[mb.rows, :mb.completion_len] = self.model(mb.select(r)) * mb.completion(mask)
-        kl = (old_logp - ref_logp) * mask if ref_logp is not None else torch.zeros_like(values)  # [N, T] k1
+        kl = kl_k1(old_logp, ref_logp, mask) if ref_logp is not None else torch.zeros_like(values)  # [N, T]
         token_rewards = -beta * kl  # [N, T]
         last = (mask.sum(-1) - 1).clamp(min=0)  # [N] index of each completion's last token
         score = torch.nan_to_num(rewards.to(values), nan=0.0)  # [N]
@@ -131,6 +133,6 @@ class Critic:
             loss_sum += float(loss.detach())
         params = [p for p in self.model.parameters() if p.requires_grad]
         all_reduce_grads(params, self.dist)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        clip_gradients(params, self.optim)
         self.optimizer.step()
         return {"ppo/value_loss": all_sum([loss_sum], self.dist)[0]}

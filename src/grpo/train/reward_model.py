@@ -8,7 +8,7 @@ iteration (so the first iteration gets a reward model fitted to the initial poli
    (a generator seeded by the run's seed and the iteration, so a resumed run draws the same);
 2. label each completion with the rule reward `labeller` (e.g. the accuracy checker);
 3. add `replay` x (number of fresh samples) samples drawn from all earlier ones;
-4. take `train_steps` AdamW steps on the mean squared error between the score and the label, so the
+4. take `train_steps` AdamW steps (the `optim` section's betas, weight decay and clipping) on the mean squared error between the score and the label, so the
    score estimates the probability that the answer is right.
 
 Logged on the first step of each iteration: `rm/loss_before` (the old model on the new samples, with
@@ -22,18 +22,22 @@ import random
 
 import torch
 
-from grpo.config import RewardModelConfig
-from grpo.rewards import RewardModel, load_reward_function
-from grpo.rollout.engine import SamplingParams
+from grpo.config import OptimConfig, RewardModelConfig
 from grpo.data.templates import encode_prompts
-from grpo.train.common import decode
+from grpo.rewards import RewardModel, load_reward_function
+from grpo.rewards.inputs import reward_inputs
+from grpo.rollout.engine import SamplingParams
+from grpo.train.evaluation import decode
+from grpo.train.optim import adamw, clip_gradients
 
 
 class RewardModelTrainer:
-    def __init__(self, rm: RewardModel, cfg: RewardModelConfig, seed: int):
-        self.rm, self.cfg, self.seed = rm, cfg, seed
+    def __init__(self, rm: RewardModel, cfg: RewardModelConfig, seed: int, optim: OptimConfig | None = None):
+        """optim: the betas, weight decay and gradient clipping of the reward model's AdamW (the run's
+        `optim` section; its learning rate is rewards.model.lr)."""
+        self.rm, self.cfg, self.seed, self.optim = rm, cfg, seed, optim or OptimConfig()
         self.labeller = load_reward_function(cfg.labeller)
-        self.optimizer = torch.optim.AdamW(rm.model.parameters(), lr=cfg.lr)
+        self.optimizer = adamw(rm.model.parameters(), cfg.lr, self.optim)
         self.history: list[list] = []
         """Every labelled sample so far, [prompt, completion, label]: the replay pool."""
 
@@ -51,11 +55,9 @@ class RewardModelTrainer:
         r = engine.generate(encode_prompts(tokenizer, [x["prompt"] for x in picked]),
                             SamplingParams(max_new_tokens, temperature, 1.0, G), gen)
         texts = decode(tokenizer, r.completion_ids, r.completion_mask)
-        prompts = [x["prompt"] for x in picked for _ in range(G)]
-        columns = {k: [x.get(k) for x in picked for _ in range(G)] for k in picked[0] if k != "prompt"}
-        ids = [row[m.bool()].tolist() for row, m in zip(r.completion_ids, r.completion_mask)]
-        labels = self.labeller(prompts=prompts, completions=texts, completion_ids=ids, **columns)
-        return [[p, c, float(y)] for p, c, y in zip(prompts, texts, labels) if y is not None]
+        inputs = reward_inputs(picked, texts, r.completion_lists(), G)
+        labels = self.labeller(**inputs.kwargs())
+        return [[p, c, float(y)] for p, c, y in zip(inputs.prompts, texts, labels) if y is not None]
 
     def update(self, engine, tokenizer, rows: list[dict], cfg, iteration: int) -> dict:
         """The iteration's update (0-based `iteration`): sample and label, then retrain; its metrics."""
@@ -75,7 +77,7 @@ class RewardModelTrainer:
             loss = torch.nn.functional.mse_loss(self.scores([p for p, _, _ in batch], [c for _, c, _ in batch]), labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.rm.model.parameters(), 1.0)
+            clip_gradients(list(self.rm.model.parameters()), self.optim)
             self.optimizer.step()
         self.rm.model.eval()
         self.history.extend(fresh)

@@ -1,13 +1,54 @@
-"""What a `grpo train` run writes besides metrics and checkpoints: sample completions, the final model
-(and a retrained reward model), the training plot. Every write failure is one `UserError` line."""
+"""What a run writes besides metrics and checkpoints: its directory and resolved config, sample completions,
+the final model (and a retrained reward model), the training plot. Every write failure is one `UserError` line."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+from grpo.config import save_config
 from grpo.errors import UserError
-from grpo.train.common import save_model
+
+
+def prepare_output_dir(path: str | Path, cfg) -> Path:
+    """Create the run directory (checked writable up front) and save the resolved config in it."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"output directory {out} is not writable: {e.strerror or e}") from None
+    save_config(cfg, out / "config.yaml")
+    return out
+
+
+def save_model(model, tokenizer, path: Path, state_dict: dict | None = None) -> None:
+    """save_pretrained into a temporary directory, then rename: a crash never leaves half a model.
+
+    state_dict: the weights to write instead of the model's own (FSDP: the gathered full weights)."""
+    import shutil
+
+    from grpo.models.lora import is_lora, unsharded_copy
+
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if is_lora(model):  # the adapter alone, and the merged model that plain transformers loads
+        import copy
+
+        if state_dict is not None:  # FSDP: this process holds shards; an unsharded copy from the full weights
+            model = unsharded_copy(model, state_dict)
+        model.save_pretrained(tmp / "adapter")
+        (model if state_dict is not None else copy.deepcopy(model)).merge_and_unload().save_pretrained(tmp)
+    else:
+        model.save_pretrained(tmp, state_dict=state_dict)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
 
 
 def write_samples(samples, step: int, rows: list[dict], texts: list[str], rewards, G: int) -> None:

@@ -29,15 +29,12 @@ from grpo.rewards import load_reward_function
 from grpo.rollout.engine import Rollout, pad_left
 from grpo.rollout.hf import HFEngine
 from grpo.rollout.multiturn import encode_demonstrations
-from grpo.train.common import (
-    MetricsLog,
-    evaluate_accuracy,
-    make_optimizer,
-    prepare_output_dir,
-    save_model,
-    seed_everything,
-)
 from grpo.train.episodes import Episodic
+from grpo.train.evaluation import evaluate_accuracy
+from grpo.train.metrics import MetricsLog
+from grpo.train.optim import make_optimizer
+from grpo.train.prompt_sampler import seed_everything
+from grpo.train.run_files import prepare_output_dir, save_model
 from grpo.train.update import micro_batches
 
 

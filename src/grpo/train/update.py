@@ -28,6 +28,7 @@ from grpo.algorithm import (
     top_entropy_mask,
 )
 from grpo.config import TrainConfig
+from grpo.models.logprobs import completion_logprobs, prompt_groups
 from grpo.rollout.engine import Rollout
 from grpo.train.distributed import (
     SINGLE,
@@ -39,7 +40,8 @@ from grpo.train.distributed import (
     global_totals,
     reduce_update_stats,
 )
-from grpo.models.logprobs import completion_logprobs, prompt_groups
+from grpo.train.metrics import Timers
+from grpo.train.optim import clip_gradients
 
 
 class MicroBatch(NamedTuple):
@@ -187,7 +189,8 @@ class UpdateResult(NamedTuple):
 
 
 def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: TrainConfig, ctx,
-                  dist: Dist = SINGLE, beta: float | None = None, keep: torch.Tensor | None = None) -> UpdateResult:
+                  dist: Dist = SINGLE, beta: float | None = None, keep: torch.Tensor | None = None,
+                  timers: Timers | None = None) -> UpdateResult:
     """One optimizer step on the whole batch: micro-batched forward/backward, summed exactly.
 
     `adv` is [N] or [N, T]; `beta` overrides grpo.beta (PPO folds the KL into its reward instead);
@@ -200,9 +203,10 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
     on every micro-batch and, per rollout.correction, the surrogate is weighted (`sampler_correction`).
 
     A non-finite loss or gradient norm skips the step (gradients dropped, weights and optimizer state
-    unchanged); the caller counts it.
+    unchanged); the caller counts it. `timers` times the sub-phases forward (the policy's forward with
+    gradients), clip_grad and optimizer (docs/metrics.md).
     """
-    g = cfg.grpo
+    g, timers = cfg.grpo, timers or Timers()
     beta = g.beta if beta is None else beta
     # the policy's own tokens (multi-turn: not the environment's, which the forward still attends to)
     mask = mask_truncated(r.policy_tokens, r.truncated) if g.mask_truncated else r.policy_tokens  # [N, T]
@@ -213,7 +217,7 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
     maxima: dict[str, float] = {}
     optimizer.zero_grad(set_to_none=True)
     for mb in micro_batches(r, cfg.train.micro_batch_size, cfg.train.micro_batch_tokens, dist):
-        with ctx():
+        with timers("forward"), ctx():
             lp = completion_logprobs(model, mb.prompt(r.prompt_ids), mb.prompt(r.prompt_mask),
                                      mb.completion(r.completion_ids), mb.completion(r.completion_mask),
                                      cfg.sampling.temperature, with_entropy=True, entropy_grad=g.entropy_coef != 0)
@@ -246,11 +250,12 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
     stats = reduce_update_stats(stats, dist)
     stats.update(zip(sorted(maxima), all_max([maxima[k] for k in sorted(maxima)], dist)))
     all_reduce_grads(params, dist)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-    stats["grad_norm"] = float(grad_norm)
+    with timers("clip_grad"):
+        stats["grad_norm"] = float(clip_gradients(params, cfg.optim))
     applied = math.isfinite(stats["loss"]) and math.isfinite(stats["grad_norm"])
     if applied:
-        optimizer.step()
+        with timers("optimizer"):
+            optimizer.step()
     # dropped either way: a NaN or inf must reach neither the weights nor Adam's moments, and a gradient
     # kept until the next update would hold a copy of the weights' size through generation
     optimizer.zero_grad(set_to_none=True)
