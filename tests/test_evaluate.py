@@ -8,6 +8,7 @@ from itertools import combinations
 
 import pytest
 import torch
+import yaml
 
 from grpo.algorithm.evaluation import majority_vote
 from grpo.errors import UserError
@@ -198,3 +199,26 @@ def test_an_adapter_directory_is_refused_with_the_merged_model_named(tmp_path):
     (adapter / "adapter_config.json").write_text("{}")
     with pytest.raises(UserError, match=f"holds a LoRA adapter: the merged model a LoRA run writes is in {tmp_path / 'final'}$"):
         _cli(["--model", str(adapter), "--n", "2", "--k", "1", "--out", ""])
+
+
+def test_cli_eval_takes_its_settings_from_a_train_config_where_flags_are_left_out(tmp_path):
+    from grpo.evaluate import _apply_config
+
+    def parsed(argv):
+        p = argparse.ArgumentParser(prog="grpo")
+        build_eval_parser(p.add_subparsers(dest="command", required=True))
+        args = p.parse_args(["eval", *argv])
+        _apply_config(args)
+        return args
+
+    plain = parsed(["--model", "m"])  # no config: the flags' documented defaults, the reward chosen later
+    assert (plain.data, plain.max_new_tokens, plain.max_prompt_length, plain.temperature, plain.top_p, plain.seed,
+            plain.device, plain.template, plain.reward) == ("builtin:arithmetic", 32, 256, 1.0, 1.0, 0, "auto", None, None)
+    config = tmp_path / "run.yaml"
+    config.write_text("model: {path: runs/x/final}\nsampling: {max_new_tokens: 5, temperature: 0.5}\n"
+                      "rewards: {functions: [{fn: math_accuracy, options: {gold_style: gsm8k}}]}\n")
+    args = parsed(["--config", str(config), "--temperature", "0.7", "train.seed=3"])
+    assert (args.model, args.max_new_tokens, args.temperature, args.seed) == ("runs/x/final", 5, 0.7, 3)
+    assert args.reward == "math_accuracy" and yaml.safe_load(args.reward_options) == {"gold_style": "gsm8k"}
+    with pytest.raises(UserError, match="--model is required"):
+        parsed([])

@@ -211,12 +211,20 @@ def test_cli_plan_prints_a_table_and_says_whether_it_fits(tmp_path, capsys):
     out = _plan_cli(["--model", "tiny", "--gpu-gib", "2"], capsys)
     assert "fits in 2 GiB: yes" in out and "1.7M params" in out
     _tiny_model().config.save_pretrained(tmp_path / "m")
-    out = _plan_cli(["--config", str(tmp_path / "m"), "--algorithm", "ppo"], capsys)
+    out = _plan_cli(["--model", str(tmp_path / "m"), "--algorithm", "ppo"], capsys)
     assert "0.6M params" in out and "value model weights" in out and "peak during value update" in out
     with pytest.raises(UserError, match="--layers and --hidden"):
         _plan_cli(["--params", "7e9"], capsys)
     with pytest.raises(UserError, match="no config.json"):
-        _plan_cli(["--config", str(tmp_path / "missing")], capsys)
+        _plan_cli(["--model", str(tmp_path / "missing")], capsys)
+    # a grpo train config: its model, LoRA and batch shape; a flag given overrides it
+    (tmp_path / "run.yaml").write_text("model: {path: tiny, lora: {r: 8}}\ngrpo: {G: 4}\ntrain: {prompts_per_step: 2}\n")
+    from_config = _plan_cli(["--config", str(tmp_path / "run.yaml"), "--gpu-gib", "2"], capsys)
+    flags = _plan_cli(["--model", "tiny", "--lora-rank", "8", "--G", "4", "--prompts-per-step", "2", "--gpu-gib", "2"],
+                      capsys)
+    assert from_config == flags
+    assert _plan_cli(["--config", str(tmp_path / "run.yaml"), "grpo.G=8", "--gpu-gib", "2"], capsys) == \
+        _plan_cli(["--model", "tiny", "--lora-rank", "8", "--G", "8", "--prompts-per-step", "2", "--gpu-gib", "2"], capsys)
 
 
 # The CPU validation: real GRPO steps of the tiny model (widened so that model-dependent memory is

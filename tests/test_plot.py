@@ -47,3 +47,13 @@ def test_plot_errors_name_the_problem(tmp_path, capsys, argv, message):
     assert main(["plot", *[x.format(**paths) for x in argv]]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_takes_the_run_of_a_config_or_an_override(tmp_path):
+    run = _run_dir(tmp_path / "a", 0.01)
+    assert main(["plot", f"train.output_dir={run}"]) == 0
+    assert (run / "training.png").is_file()
+    (run / "training.png").unlink()
+    (tmp_path / "run.yaml").write_text(f"train: {{output_dir: {run}}}\n")
+    assert main(["plot", "--config", str(tmp_path / "run.yaml")]) == 0
+    assert (run / "training.png").is_file()

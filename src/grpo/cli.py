@@ -8,8 +8,11 @@
     grpo reproduce                              # SFT, then GRPO / PPO / RFT at equal budget -> results.md
     grpo convert model.gguf models/mine         # a GGUF file -> a Hugging Face directory
 
-Every command takes `--config FILE.yaml` and any number of `section.key=value` overrides; see
-`grpo.config` for every field. Mistakes in config or data print one line and exit with status 2.
+Every command but convert takes `--config FILE.yaml` and any number of `section.key=value` overrides; see
+`grpo.config` for every field (`eval`, `plan` and `plot` read a `grpo train` config: the model, data,
+sampling, reward, batch shape or output directory they need comes from it where a flag does not give it;
+`demo` and `reproduce` read a `grpo demo` config). Mistakes in config or data print one line and exit
+with status 2.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import os
 import sys
 
+from grpo.config_io import add_config_arguments
 from grpo.errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -81,11 +85,19 @@ def _cmd_reproduce(args) -> None:
 
 
 def _cmd_plot(args) -> None:
+    import re
     from pathlib import Path
 
+    from grpo.config import TrainConfig, load_config
     from grpo.plotting import plot_comparison, plot_training, read_metrics
 
-    runs = [Path(r) for r in args.run_dirs]
+    is_override = re.compile(r"^[A-Za-z_][\w.]*=").match
+    overrides = [x for x in args.items if is_override(x)]
+    runs = [Path(r) for r in args.items if not is_override(r)]
+    if not runs:  # the run the config (and overrides) describe: its train.output_dir
+        runs = [Path(load_config(TrainConfig, args.config, overrides).train.output_dir)]
+    elif args.config is not None or overrides:
+        raise UserError("grpo plot: give run directories, or a config (--config, overrides) naming one, not both")
     for run in runs:
         if not (run / "metrics.jsonl").is_file():
             raise UserError(f"{run}: no metrics.jsonl (is it a grpo output directory?)")
@@ -113,9 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                             ("sft", _cmd_sft, "supervised fine-tuning until held-out accuracy plateaus"),
                             ("demo", _cmd_demo, "SFT warm start then GRPO on the built-in task, before/after")]:
         sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--config", "-c", default=None, help="YAML config file")
+        add_config_arguments(sp)
         sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
-        sp.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. grpo.beta=0.0")
         if name == "train":
             sp.add_argument("--resume", metavar="DIR", default=None,
                             help="continue the run in DIR from its newest checkpoint (its config.yaml is the config)")
@@ -126,17 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     build_eval_parser(sub)
     build_plan_parser(sub)
     sp = sub.add_parser("reproduce", help="SFT, then GRPO, PPO and RFT from it at equal budget, evaluated -> results.md")
-    sp.add_argument("--config", "-c", default=None, help="YAML config (as `grpo demo`'s: output_dir, sft, rl)")
+    add_config_arguments(sp, "YAML config (as `grpo demo`'s: output_dir, sft, rl)",
+                         "section.key=value overrides, e.g. rl.train.steps=30")
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     sp.add_argument("--n", type=int, default=16, help="samples per held-out problem for pass@k / maj@k")
     sp.add_argument("--k", default="1,2,4,8,16", help="comma-separated k")
     sp.add_argument("--methods", default="grpo,grpo_process,ppo,rft", help="comma-separated RL methods to train from the SFT model")
     sp.add_argument("--docs", default=None, help="also copy results.md and its plots into this directory (e.g. docs)")
     sp.add_argument("--sft", default=None, metavar="DIR", help="reuse a finished `grpo sft` run instead of training one")
-    sp.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. rl.train.steps=30")
     sp.set_defaults(fn=_cmd_reproduce)
     sp = sub.add_parser("plot", help="redraw a run's training.png, or compare several runs' curves in one PNG")
-    sp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="grpo output directories (with metrics.jsonl)")
+    sp.add_argument("--config", "-c", default=None,
+                    help="a `grpo train` YAML config: plot the run in its train.output_dir (when no RUN_DIR is given)")
+    sp.add_argument("items", nargs="*", metavar="RUN_DIR | section.key=value",
+                    help="grpo output directories (with metrics.jsonl); or overrides of the config "
+                         "(train.output_dir=runs/a); none: the config's run (default runs/grpo)")
     sp.add_argument("--out", default=None,
                     help="the PNG to write (needed for several runs; one run: RUN_DIR/training.png)")
     sp.add_argument("--labels", default=None, help="comma-separated legend labels, one per run (default: the paths)")

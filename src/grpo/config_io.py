@@ -223,6 +223,12 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
     return cfg
 
 
+def add_config_arguments(parser, config_help: str = "YAML config file", overrides_help: str | None = None) -> None:
+    """Every command's `--config FILE.yaml` and positional `section.key=value` overrides."""
+    parser.add_argument("--config", "-c", default=None, help=config_help)
+    parser.add_argument("overrides", nargs="*", help=overrides_help or "section.key=value overrides, e.g. grpo.beta=0.0")
+
+
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 

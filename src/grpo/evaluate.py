@@ -2,6 +2,7 @@
 
     grpo eval --model runs/demo/grpo/final                       # the built-in task's held-out split
     grpo eval --model /models/qwen --data test.jsonl --reward math_accuracy --n 16 --k 1,4,16
+    grpo eval --config runs/grpo/config.yaml --model runs/grpo/final   # a run's data, sampling and reward
 
 For every prompt the model answers once greedily and n times by sampling (temperature, top_p).
 Correctness is decided by the reward function itself (`--reward`, the training accuracy reward), so
@@ -35,6 +36,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from grpo.algorithm.evaluation import answer_classes, majority_vote, pass_at_k
+from grpo.config_io import add_config_arguments
 from grpo.errors import UserError
 
 MAX_SUBSETS = 1000
@@ -281,6 +283,37 @@ def _load_rows(args, tokenizer) -> list[dict]:
     return task.heldout if builtin else task.train[:args.num_prompts]
 
 
+CONFIG_FIELDS = {"model": "model.path", "device": "model.device", "data": "data.source", "split": "data.split",
+                 "prompt_column": "data.prompt_column", "answer_column": "data.answer_column",
+                 "template": "data.template", "max_prompt_length": "data.max_prompt_length",
+                 "max_new_tokens": "sampling.max_new_tokens", "temperature": "sampling.temperature",
+                 "top_p": "sampling.top_p", "seed": "train.seed"}
+"""The `grpo eval` flags a `grpo train` config (--config, overrides) supplies when they are left out."""
+
+
+def _apply_config(args) -> None:
+    """Fill the flags left out from the `grpo train` config of --config and the overrides (defaults where
+    neither is given), as `grpo train` resolves it; the reward is then the config's first reward function,
+    the one training's held-out accuracy uses. --model is needed unless a config or override names a model."""
+    import yaml
+
+    from grpo.config import TrainConfig, load_config
+
+    given = args.config is not None or bool(args.overrides)
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    if args.model is None and not given:
+        raise UserError("grpo eval: --model is required (or a config: --config FILE.yaml, model.path=DIR)")
+    for flag, dotted in CONFIG_FIELDS.items():
+        if getattr(args, flag) is None:
+            section, key = dotted.split(".")
+            setattr(args, flag, getattr(getattr(cfg, section), key))
+    if given and args.reward is None:
+        first = cfg.rewards.functions[0]
+        args.reward = first.fn
+        if args.reward_options is None and first.options:
+            args.reward_options = yaml.safe_dump(first.options, default_flow_style=True).strip()
+
+
 def _cmd_eval(args) -> None:
     import yaml
 
@@ -288,6 +321,7 @@ def _cmd_eval(args) -> None:
     from grpo.models.loading import load_policy
     from grpo.rewards.loader import load_reward_function
 
+    _apply_config(args)
     ks = parse_ks(args.k)
     if args.n < 1 or max(ks) > args.n or min(ks) < 1:
         raise UserError(f"--k {args.k}: every k must be between 1 and --n {args.n}")
@@ -326,9 +360,12 @@ def build_eval_parser(subparsers) -> None:
     """Add `grpo eval` to the CLI's subparsers; its `fn(args)` evaluates and prints the table."""
     p = subparsers.add_parser("eval", help="greedy accuracy, pass@k and maj@k of a model on a dataset",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="a local Hugging Face model directory, or 'tiny'")
-    p.add_argument("--data", default="builtin:arithmetic",
-                   help="builtin:arithmetic (its held-out split) or a .jsonl/.json/.parquet/.csv/datasets directory")
+    add_config_arguments(p, "a `grpo train` YAML config (e.g. a run's config.yaml): model, data, sampling, seed "
+                            "and reward come from it where their flags are left out")
+    p.add_argument("--model", default=None, help="a local Hugging Face model directory, or 'tiny' (model.path)")
+    p.add_argument("--data", default=None,
+                   help="builtin:arithmetic (its held-out split) or a .jsonl/.json/.parquet/.csv/datasets directory "
+                        "(data.source; default builtin:arithmetic)")
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
     p.add_argument("--k", default="1,2,4,8", help="comma-separated k for pass@k and maj@k (each <= n)")
     p.add_argument("--out", default="eval.json", help="JSON results ('' to skip)")
@@ -336,16 +373,18 @@ def build_eval_parser(subparsers) -> None:
                    help="accuracy reward that judges correctness (default: arithmetic_accuracy for the built-in "
                         "task, math_accuracy otherwise; any reward reference works)")
     p.add_argument("--reward-options", default=None, help="YAML mapping of the reward's options, e.g. '{gold_style: gsm8k}'")
-    p.add_argument("--prompt-column", default="prompt")
-    p.add_argument("--answer-column", default="answer")
-    p.add_argument("--template", default=None, help="'r1' or a string with {prompt} (as data.template)")
-    p.add_argument("--split", default=None, help="split of a dataset directory / JSON of splits")
+    p.add_argument("--prompt-column", default=None, help="data.prompt_column (default prompt)")
+    p.add_argument("--answer-column", default=None, help="data.answer_column (default answer)")
+    p.add_argument("--template", default=None, help="'r1' or a string with {prompt} (data.template)")
+    p.add_argument("--split", default=None, help="split of a dataset directory / JSON of splits (data.split)")
     p.add_argument("--num-prompts", type=int, default=200, help="evaluate the first this many prompts")
-    p.add_argument("--max-prompt-length", type=int, default=256)
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the n samples")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0, help="seeds sampling (and picks the built-in held-out problems)")
+    p.add_argument("--max-prompt-length", type=int, default=None, help="data.max_prompt_length (default 256)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="sampling.max_new_tokens (default 32)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature of the n samples (sampling.temperature, default 1.0)")
+    p.add_argument("--top-p", type=float, default=None, help="sampling.top_p (default 1.0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seeds sampling and picks the built-in held-out problems (train.seed, default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="completions generated per call")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default=None, help="model.device (default auto)")
     p.set_defaults(fn=_cmd_eval, quiet=True)

@@ -1,7 +1,7 @@
 """`grpo plan`: how much memory GRPO (or the PPO baseline) needs, component by component.
 
     grpo plan --model tiny --G 8 --prompts-per-step 16 --micro-batch 64
-    grpo plan --config /models/qwen2.5-7b --precision bf16 --G 64 --prompt-length 512 \
+    grpo plan --model /models/qwen2.5-7b --precision bf16 --G 64 --prompt-length 512 \
               --completion-length 1024 --micro-batch 4 --gradient-checkpointing --gpu-gib 80
     grpo plan --params 7e9 --layers 32 --hidden 4096 --algorithm ppo --lora-rank 16
 
@@ -89,7 +89,7 @@ def architecture_from_config(path: str | Path) -> Architecture:
     p = Path(path)
     p = p / "config.json" if p.is_dir() else p
     if not p.is_file():
-        raise UserError(f"--config: {path} has no config.json (give a local Hugging Face model directory)")
+        raise UserError(f"--model: {path} has no config.json (give a local Hugging Face model directory)")
     try:
         c = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

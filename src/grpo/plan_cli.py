@@ -1,6 +1,11 @@
 """The `grpo plan` command: its arguments, the architecture they describe, and the printed plan.
 
-The formulas are in grpo.plan; this module turns the command line into a `PlanInput`.
+The formulas are in grpo.plan; this module turns the command line into a `PlanInput`. As every command,
+`grpo plan` takes a `grpo train` YAML config (`--config FILE.yaml`) and `section.key=value` overrides: the
+run's model, precision, LoRA, algorithm and batch sizes then come from them, and a flag given overrides.
+
+    grpo plan --config configs/smollm2_gsm8k.yaml --gpu-gib 24
+    grpo plan --model /models/qwen2.5-7b --precision bf16 --G 64 --gpu-gib 80
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpo.plan
+from grpo.config_io import add_config_arguments
 from grpo.errors import UserError
 from grpo.plan import (OPTIMIZER_STATE_BYTES, PRECISIONS, Architecture, PlanInput, architecture_from_config,
                        format_plan, plan_memory, tiny_architecture)
@@ -20,16 +26,53 @@ def _default_intermediate(h: int) -> int:
     return int(math.ceil(8 * h / 3 / 256) * 256)  # Llama's SwiGLU width rule
 
 
+RUN_FLAGS = {"algorithm": "grpo", "precision": "fp32", "lora_rank": 0, "lora_targets": "all-linear", "beta": 0.04,
+             "G": 8, "prompts_per_step": 16, "micro_batch": 64, "prompt_length": 256, "completion_length": 32}
+"""The run flags a config fills when they are left out, and their defaults without one."""
+
+
+def apply_config(args) -> None:
+    """Fill the flags left out from the `grpo train` config of --config and the overrides: its model (unless
+    --params describes one), precision, LoRA, algorithm, KL weight and batch shape; else the flags' defaults."""
+    from grpo.config import TrainConfig, load_config
+
+    if args.config is None and not args.overrides:
+        for flag, default in RUN_FLAGS.items():
+            if getattr(args, flag) is None:
+                setattr(args, flag, default)
+        return
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    m, lora = cfg.model, cfg.model.lora
+    attention_only = lora is not None and set(lora.target_modules) <= {"q_proj", "k_proj", "v_proj", "o_proj"}
+    values = {"algorithm": "ppo" if cfg.algorithm == "ppo" else "grpo",
+              "precision": "bf16-autocast" if m.dtype == "bfloat16" else "fp32",
+              "lora_rank": lora.r if lora is not None else 0,
+              "lora_targets": "attention" if attention_only else "all-linear",
+              "beta": 0.0 if cfg.algorithm == "rft" else cfg.grpo.beta, "G": cfg.grpo.G,
+              "prompts_per_step": cfg.train.prompts_per_step, "micro_batch": cfg.train.micro_batch_size,
+              "prompt_length": cfg.data.max_prompt_length, "completion_length": cfg.sampling.max_new_tokens}
+    for flag, value in values.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    if args.micro_batch_tokens is None:
+        args.micro_batch_tokens = cfg.train.micro_batch_tokens
+    args.gradient_checkpointing = args.gradient_checkpointing or cfg.train.gradient_checkpointing
+    if args.model is None and args.params is None:
+        if m.path == "tiny":
+            args.model, args.hidden, args.layers = "tiny", args.hidden or m.tiny_hidden_size, args.layers or m.tiny_num_layers
+        else:
+            from grpo.models.convert import resolve_model_path
+
+            args.model = str(resolve_model_path(m.path))
+
+
 def architecture_from_args(args) -> Architecture:
-    sources = [x for x in (args.model, args.config, args.params) if x is not None]
-    if len(sources) > 1:
-        raise UserError("grpo plan: give one of --model tiny, --config DIR, --params N")
-    if args.model is not None:
-        if args.model != "tiny":
-            raise UserError(f"--model: only 'tiny' is built in (got {args.model!r}); use --config DIR for others")
+    if args.model is not None and args.params is not None:
+        raise UserError("grpo plan: give one of --model tiny, --model DIR, --params N")
+    if args.model == "tiny":
         arch = tiny_architecture(args.hidden or 160, args.layers or 4)
-    elif args.config is not None:
-        arch = architecture_from_config(args.config)
+    elif args.model is not None:
+        arch = architecture_from_config(args.model)
     elif args.params is not None:
         if not (args.layers and args.hidden):
             raise UserError("--params needs the architecture too: --layers and --hidden (optionally --heads, "
@@ -38,7 +81,8 @@ def architecture_from_args(args) -> Architecture:
                             intermediate_size=_default_intermediate(args.hidden), num_heads=max(1, args.hidden // 128),
                             num_kv_heads=0, head_dim=0, vocab_size=32000)
     else:
-        raise UserError("grpo plan: which model? --model tiny, --config DIR (a local config.json) or --params N")
+        raise UserError("grpo plan: which model? --model tiny, --model DIR (a local config.json), --params N or "
+                        "--config FILE.yaml (a grpo train config)")
     over = {k: v for k, v in dict(num_layers=args.layers, hidden_size=args.hidden, intermediate_size=args.intermediate,
                                   num_heads=args.heads, num_kv_heads=args.kv_heads, vocab_size=args.vocab).items()
             if v is not None}
@@ -49,6 +93,7 @@ def architecture_from_args(args) -> Architecture:
 
 
 def _cmd_plan(args) -> None:
+    apply_config(args)
     arch = architecture_from_args(args)
     inp = PlanInput(arch=arch, num_params=int(args.params) if args.params is not None else None,
                     algorithm=args.algorithm, precision=args.precision, optimizer=args.optimizer,
@@ -80,26 +125,28 @@ def build_plan_parser(subparsers) -> None:
     """Add `grpo plan` to the CLI's subparsers; its `fn(args)` prints the plan."""
     p = subparsers.add_parser("plan", help="memory needed by a GRPO/PPO run, per component",
                               description=grpo.plan.__doc__.split("\n\n")[0])
-    m = p.add_argument_group("model (one of --model, --config, --params)")
-    m.add_argument("--model", help="'tiny': the built-in model (width/depth from --hidden/--layers)")
-    m.add_argument("--config", help="a local Hugging Face model directory or config.json")
+    add_config_arguments(p, "a `grpo train` YAML config: the model and the run's settings come from it where "
+                            "their flags are left out")
+    m = p.add_argument_group("model (one of --model, --params, or the config's model.path)")
+    m.add_argument("--model", help="'tiny': the built-in model (width/depth from --hidden/--layers), or a local "
+                                   "Hugging Face model directory or config.json")
     m.add_argument("--params", type=_count, help="total parameters, e.g. 7e9 or 7B (needs --layers, --hidden)")
     for flag in ("layers", "hidden", "intermediate", "heads", "kv-heads", "vocab"):
         m.add_argument(f"--{flag}", type=int, help="override the architecture's " + flag.replace("-", " "))
     r = p.add_argument_group("run")
-    r.add_argument("--algorithm", choices=["grpo", "ppo"], default="grpo")
-    r.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    r.add_argument("--algorithm", choices=["grpo", "ppo"], default=None, help="default grpo")
+    r.add_argument("--precision", choices=PRECISIONS, default=None, help="default fp32")
     r.add_argument("--optimizer", choices=list(OPTIMIZER_STATE_BYTES), default="adamw")
-    r.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tuning")
-    r.add_argument("--lora-targets", choices=["all-linear", "attention"], default="all-linear")
-    r.add_argument("--beta", type=float, default=0.04, help="KL weight; 0 holds no reference model")
-    r.add_argument("--G", type=int, default=8, help="completions per prompt")
-    r.add_argument("--prompts-per-step", type=int, default=16)
-    r.add_argument("--micro-batch", type=int, default=64, help="completions per forward/backward")
+    r.add_argument("--lora-rank", type=int, default=None, help="0 (default): full fine-tuning")
+    r.add_argument("--lora-targets", choices=["all-linear", "attention"], default=None, help="default all-linear")
+    r.add_argument("--beta", type=float, default=None, help="KL weight (default 0.04); 0 holds no reference model")
+    r.add_argument("--G", type=int, default=None, help="completions per prompt (default 8)")
+    r.add_argument("--prompts-per-step", type=int, default=None, help="default 16")
+    r.add_argument("--micro-batch", type=int, default=None, help="completions per forward/backward (default 64)")
     r.add_argument("--micro-batch-tokens", type=int, default=None,
                    help="train.micro_batch_tokens: padded tokens per forward/backward (default: no cap)")
-    r.add_argument("--prompt-length", type=int, default=256, help="P, tokens")
-    r.add_argument("--completion-length", type=int, default=32, help="T, tokens (max_new_tokens)")
+    r.add_argument("--prompt-length", type=int, default=None, help="P, tokens (default 256)")
+    r.add_argument("--completion-length", type=int, default=None, help="T, tokens (max_new_tokens; default 32)")
     r.add_argument("--generation-batch", type=int, default=None, help="completions generated at once (default all)")
     r.add_argument("--gradient-checkpointing", action="store_true",
                    help="plan per-layer activation checkpointing (grpo train's train.gradient_checkpointing)")
