@@ -11,7 +11,6 @@ adapter disabled, as grpo does. Needs peft in the TRL environment (bench/run_rea
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
 PEERS = Path(os.environ.get("PEERS", Path(__file__).resolve().parents[2] / "shared" / "peers"))

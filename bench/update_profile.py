@@ -5,8 +5,12 @@ temperature 0.7) through a no-grad forward, a forward with gradients, its backwa
     .venv/bin/python bench/update_profile.py [--lora] [--prof]     # docs/performance.md, SmolLM2 section
     /usr/bin/time -v .venv/bin/python bench/update_profile.py      # + minor page faults and peak RSS
 """
+import json
+import sys
+import time
 from pathlib import Path
-import json, sys, time, torch
+
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from grpo.models.convert import resolve_model_path
 from grpo.rollout.hf import HFEngine
@@ -23,7 +27,7 @@ if lora:
     from grpo.config import LoraConfig
     model = add_lora(model, LoraConfig())
 model.train()
-rows = [json.loads(l) for l in open(Path(__file__).resolve().parents[1] / "data/word_problems_train.jsonl")][:4]
+rows = [json.loads(line) for line in open(Path(__file__).resolve().parents[1] / "data/word_problems_train.jsonl")][:4]
 ids = encode_prompts(tok, [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True) for r in rows])
 t0 = time.time()
 r = HFEngine(model, [2], tok.pad_token_id).generate(ids, SamplingParams(64, 0.7, 1.0, 8), torch.Generator().manual_seed(0))
@@ -32,14 +36,24 @@ opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1
 def fwd(grad):
     with torch.set_grad_enabled(grad):
         return completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, 0.7, with_entropy=True)
-for it in range(2):
-    t = time.time(); fwd(False); tn = time.time() - t
-    t = time.time(); lp = fwd(True); tf = time.time() - t
-    t = time.time(); (lp.logp * r.completion_mask).sum().backward(); tb = time.time() - t
-    t = time.time(); opt.step(); opt.zero_grad(set_to_none=True); to = time.time() - t
+for _ in range(2):
+    t = time.time()
+    fwd(False)
+    tn = time.time() - t
+    t = time.time()
+    lp = fwd(True)
+    tf = time.time() - t
+    t = time.time()
+    (lp.logp * r.completion_mask).sum().backward()
+    tb = time.time() - t
+    t = time.time()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    to = time.time() - t
     print(f"no-grad forward {tn:.2f}s | grad forward {tf:.2f}s | backward {tb:.2f}s | adamw {to:.2f}s")
 if "--prof" in sys.argv:
     from torch.profiler import profile, ProfilerActivity
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        lp = fwd(True); (lp.logp * r.completion_mask).sum().backward()
+        lp = fwd(True)
+        (lp.logp * r.completion_mask).sum().backward()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))

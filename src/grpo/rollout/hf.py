@@ -159,7 +159,7 @@ class HFEngine:
         """G completions of each prompt ids/mask [n, P]: tokens, logp, live [n * G, T], T the longest
         completion (live: the slot holds a token of the completion, EOS included)."""
         (n, P), G, device = ids.shape, params.G, ids.device
-        N, model = n * G, self.model
+        N = n * G
         stepper = self.make_stepper(P + params.max_new_tokens)
         positions = position_ids_from_mask(mask)  # [n, P]
         logits = stepper.prefill(ids, mask, positions, params.max_new_tokens, G).repeat_interleave(G, 0)  # [N, V]
