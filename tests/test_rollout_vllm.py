@@ -96,7 +96,7 @@ class _FakeVLLM:
         return self.engine.generate(*args, **kwargs)
 
     def sync_weights(self, model):
-        from grpo.models.lora import hf_weights
+        from grpo.models.loading import hf_weights
 
         _FakeVLLM.syncs += 1
         self.copy.load_state_dict(hf_weights(model))
@@ -163,7 +163,7 @@ def test_a_failed_weight_sync_is_an_error_not_stale_sampling():
 def test_hf_weights_of_a_lora_model_are_the_base_names_with_the_adapters_folded_in():
     peft = pytest.importorskip("peft")
     from grpo.models.tiny import TinyConfig, build_model, build_tokenizer
-    from grpo.models.lora import hf_weights
+    from grpo.models.loading import hf_weights
 
     base = build_model(build_tokenizer(), TinyConfig(hidden_size=32, num_layers=1))
     names = set(base.state_dict())

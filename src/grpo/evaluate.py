@@ -152,7 +152,7 @@ def answer_equivalence(reward: str, options: dict | None = None) -> Callable[[st
 
 def _score(checker, rows: list[dict], texts: list[str], completion_ids: list[list[int]], repeat: int) -> list[bool]:
     """The reward's verdict per completion (rows[i] repeated `repeat` times); 1.0 counts as correct."""
-    from grpo.rewards.inputs import reward_inputs
+    from grpo.rewards.combine import reward_inputs
 
     values = checker(**reward_inputs(rows, texts, completion_ids, repeat).kwargs())
     return [v is not None and float(v) >= 1.0 for v in values]
@@ -169,7 +169,8 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
     from grpo.models.loading import stop_token_ids
     from grpo.rollout.engine import SamplingParams
     from grpo.rollout.hf import HFEngine
-    from grpo.train.evaluation import decode, evaluate_accuracy
+    from grpo.data.templates import decode_completions
+    from grpo.train.evaluation import evaluate_accuracy
 
     ks = sorted(set(ks))
     if not rows:
@@ -190,7 +191,7 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
     for i in range(0, len(rows), per_call):
         chunk = rows[i:i + per_call]
         r = engine.generate(encode_prompts(tokenizer, [x["prompt"] for x in chunk]), params, gen)
-        texts = decode(tokenizer, r.completion_ids, r.completion_mask)
+        texts = decode_completions(tokenizer, r.completion_ids, r.completion_mask)
         ids = [row[m.bool()].tolist() for row, m in zip(r.completion_ids, r.completion_mask)]
         verdicts = _score(checker, chunk, texts, ids, n)
         for j in range(len(chunk)):

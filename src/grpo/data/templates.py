@@ -140,3 +140,8 @@ def check_prompt_lengths(
             f"{source_name}: all {num_dropped} prompts are longer than max_prompt_length={max_prompt_length}"
         )
     return PromptLengthCheck(kept=kept, num_dropped=num_dropped)
+
+
+def decode_completions(tokenizer, ids, mask) -> list[str]:
+    """Completion texts of ids/mask [N, T]: each row's masked tokens, special tokens (EOS, pad) removed."""
+    return tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(ids, mask)], skip_special_tokens=True)

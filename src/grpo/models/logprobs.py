@@ -1,8 +1,11 @@
 """Per-token log-probabilities of given tokens under a causal LM, without a full [B, T, V] fp32 copy.
 
-Sequences use the rollout layout: a left-padded prompt followed by a right-padded completion.
-Position ids are computed from the attention mask (`cumsum - 1`), in generation and training
-alike, so that the log-probs the loop trains on are those of the tokens that were sampled.
+Sequences use the rollout layout (`grpo.rollout.engine`): a left-padded prompt followed by a
+right-padded completion. Position ids are computed from the attention mask (`cumsum - 1`,
+`position_ids_from_mask`), in generation and training alike, so that the log-probs the loop trains on
+are those of the tokens that were sampled. The sampler (`grpo.rollout.hf`) calls the model's forward
+through the same helpers: transformers >= 5 names the KV cache `cache` (argument and output), older
+versions `past_key_values` (`cache_kwarg`, `output_cache`).
 
 Shared prompts. In GRPO the G completions of a group continue one prompt, so a batch holds each
 prompt G times. `completion_logprobs` runs every distinct prompt once (with the KV cache on), gives
@@ -28,14 +31,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 from typing import NamedTuple
 
 import torch
 
 from grpo.algorithm.entropy import token_entropy
-from grpo.models.forward import cache_kwarg, output_cache, position_ids_from_mask
 from grpo.models.lm_head import chunked_head_logprobs
-from grpo.models.lora import unwrap
+from grpo.models.loading import unwrap
 
 SHARED_PROMPT_MODELS = ("llama", "mistral", "qwen2", "qwen3")
 """`config.model_type`s whose dynamic KV cache keeps gradients and reorders by batch index."""
@@ -47,6 +50,26 @@ LOGSOFTMAX_CHUNK_ELEMENTS = 2**24
 class TokenLogProbs(NamedTuple):
     logp: torch.Tensor  # [B, T] log pi(token) of each completion token
     entropy: torch.Tensor | None  # [B, T] entropy of the full next-token distribution, if asked
+
+
+def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Each token's position among the real tokens of its row (pads before the first get 0).
+
+    >>> position_ids_from_mask(torch.tensor([[0, 1, 1, 1]]))
+    tensor([[0, 0, 1, 2]])
+    """
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, L]
+
+
+def cache_kwarg(model) -> str:
+    """The forward keyword of the KV cache in this transformers version ('cache', or 'past_key_values')."""
+    return "cache" if "cache" in inspect.signature(unwrap(model).forward).parameters else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward with use_cache returned, under whichever name this transformers uses."""
+    cache = out.get("cache")
+    return cache if cache is not None else out.get("past_key_values")
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk: int | None = None,

@@ -10,7 +10,15 @@ Importing this package does not import torch, transformers or math-verify; they 
 """
 
 from grpo.rewards._deadline import CallTimeout, run_with_deadline
-from grpo.rewards.combine import RewardResult, RewardSpec, compute_rewards, make_reward_pool, reward_spec
+from grpo.rewards.combine import (
+    RewardInputs,
+    RewardResult,
+    RewardSpec,
+    compute_rewards,
+    make_reward_pool,
+    reward_inputs,
+    reward_spec,
+)
 from grpo.rewards.format import (
     make_length_penalty,
     make_repetition_penalty,
@@ -37,6 +45,7 @@ __all__ = [
     "MathAccuracy",
     "RewardModel",
     "RewardFn",
+    "RewardInputs",
     "RewardResult",
     "RewardSpec",
     "answers_match",
@@ -53,6 +62,7 @@ __all__ = [
     "r1_format_lenient",
     "gsm8k_format",
     "r1_format_strict",
+    "reward_inputs",
     "reward_spec",
     "run_with_deadline",
 ]

@@ -22,6 +22,10 @@ time to find the sample(s) at fault, so one bad sample never costs the others th
 
 With a process pool (`make_reward_pool`), functions run in worker processes, one call per sample
 (lists of length 1), each limited to `timeout_s` inside the worker.
+
+`reward_inputs` is the one builder of these arguments for G completions of each dataset row (every
+per-row value repeated G times, so that position i of every list describes completion i): training,
+held-out accuracy, `grpo eval`, process supervision and the reward model's labeller all use it.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import numbers
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from grpo.errors import UserError
 from grpo.rewards._deadline import CallTimeout, run_with_deadline
@@ -83,6 +87,35 @@ class RewardResult:
     """(function, sample) pairs scored 0.0 because the call ran past timeout_s (on_error="zero")."""
     failures_per_function: dict[str, int] = field(default_factory=dict)
     """Spec name -> errors + timeouts of that function in this batch."""
+
+
+class RewardInputs(NamedTuple):
+    """The arguments of reward-function calls for a batch of completions (the contract above)."""
+
+    prompts: list[str]
+    """The prompt of each completion."""
+    completions: list[str]
+    """The completion texts (special tokens removed)."""
+    completion_ids: list[list[int]]
+    """Each completion's token ids, unpadded (EOS included)."""
+    columns: dict[str, list]
+    """Every other dataset column, one value per completion."""
+
+    def kwargs(self) -> dict:
+        """The keyword arguments of one reward-function call."""
+        return {"prompts": self.prompts, "completions": self.completions, "completion_ids": self.completion_ids,
+                **self.columns}
+
+
+def reward_inputs(rows: list[dict], completions: list[str], completion_ids: list[list[int]],
+                  G: int = 1) -> RewardInputs:
+    """The inputs for `G` consecutive completions of each row of `rows`.
+
+    >>> reward_inputs([{"prompt": "1+1=", "answer": "2"}], ["2", "3"], [[7, 0], [8, 0]], G=2).kwargs()
+    {'prompts': ['1+1=', '1+1='], 'completions': ['2', '3'], 'completion_ids': [[7, 0], [8, 0]], 'answer': ['2', '2']}
+    """
+    columns = {k: [x.get(k) for x in rows for _ in range(G)] for k in rows[0] if k != "prompt"} if rows else {}
+    return RewardInputs([x["prompt"] for x in rows for _ in range(G)], completions, completion_ids, columns)
 
 
 def reward_spec(

@@ -90,7 +90,7 @@ class RewardModel:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from grpo.models.lora import hf_weights, unwrap
+        from grpo.models.loading import hf_weights, unwrap
 
         base = unwrap(policy)
         config = copy.deepcopy(base.config)

@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from grpo.models.forward import cache_kwarg, output_cache, position_ids_from_mask
+from grpo.models.logprobs import cache_kwarg, output_cache, position_ids_from_mask
 from grpo.rollout.engine import Rollout, SamplingParams, pad_left
 from grpo.rollout.lean import LeanDecoder
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from grpo.models.lora import base_weight, foldable, folded_linear, unwrap
+from grpo.models.loading import base_weight, foldable, folded_linear, unwrap
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 """`config.model_type`s whose decoder layers this module reproduces exactly."""

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grpo.models.forward import position_ids_from_mask
+from grpo.models.logprobs import position_ids_from_mask
 from grpo.rollout.engine import Rollout, SamplingParams, pad_left
 from grpo.rollout.hf import DecodeThreads, LeanDecoder, sample_next
 

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from grpo.errors import UserError
-from grpo.models.lora import hf_weights
+from grpo.models.loading import hf_weights
 from grpo.rollout.engine import Rollout, SamplingParams, pad_left
 
 SYNC_TIMEOUT_S = 300

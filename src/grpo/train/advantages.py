@@ -12,7 +12,7 @@ import torch
 
 from grpo.algorithm import leave_one_out_advantages, outcome_advantages, process_advantages
 from grpo.config import TrainConfig
-from grpo.rewards.inputs import reward_inputs
+from grpo.rewards.combine import reward_inputs
 from grpo.rollout.engine import Rollout
 from grpo.train.process import step_tensors
 

@@ -22,7 +22,7 @@ import torch
 
 from grpo.config import TrainConfig
 from grpo.data.templates import encode_prompts
-from grpo.rewards.inputs import reward_inputs
+from grpo.rewards.combine import reward_inputs
 from grpo.rewards.loader import load_reward_function
 from grpo.rollout.engine import Rollout, SamplingParams
 from grpo.rollout.multiturn import Episodes, generate_episodes

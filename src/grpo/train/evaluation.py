@@ -3,16 +3,9 @@ so that the metric and the reward cannot drift apart."""
 
 from __future__ import annotations
 
-import torch
-
-from grpo.data.templates import encode_prompts
-from grpo.rewards.inputs import reward_inputs
+from grpo.data.templates import decode_completions, encode_prompts
+from grpo.rewards.combine import reward_inputs
 from grpo.rollout.engine import RolloutEngine, SamplingParams
-
-
-def decode(tokenizer, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
-    """Completion texts: the masked tokens, special tokens (EOS, pad) removed."""
-    return tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(ids, mask)], skip_special_tokens=True)
 
 
 def evaluate_accuracy(engine: RolloutEngine, tokenizer, rows: list[dict], checker, max_new_tokens: int,
@@ -26,7 +19,7 @@ def evaluate_accuracy(engine: RolloutEngine, tokenizer, rows: list[dict], checke
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         r = engine.generate(encode_prompts(tokenizer, [x["prompt"] for x in chunk]), params)
-        batch_texts = decode(tokenizer, r.completion_ids, r.completion_mask)
+        batch_texts = decode_completions(tokenizer, r.completion_ids, r.completion_mask)
         values = checker(**reward_inputs(chunk, batch_texts, r.completion_lists()).kwargs())
         scores += [0.0 if v is None else float(v) for v in values]
         texts += batch_texts

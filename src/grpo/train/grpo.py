@@ -47,9 +47,8 @@ from grpo.models.loading import (
     resolve_device,
     stop_token_ids,
 )
-from grpo.data.templates import encode_prompts
-from grpo.rewards import RewardModel, RewardSpec, compute_rewards, load_reward_function, reward_spec
-from grpo.rewards.inputs import reward_inputs
+from grpo.data.templates import decode_completions, encode_prompts
+from grpo.rewards import RewardModel, RewardSpec, compute_rewards, load_reward_function, reward_inputs, reward_spec
 from grpo.rewards.loader import RESERVED_ARGUMENTS
 from grpo.rollout.engine import RolloutEngine, SamplingParams
 from grpo.rollout.hf import HFEngine
@@ -88,7 +87,7 @@ from grpo.train.distributed import (
     shard_model,
     sharded_accuracy,
 )
-from grpo.train.evaluation import decode, evaluate_accuracy
+from grpo.train.evaluation import evaluate_accuracy
 from grpo.train.metrics import MetricsLog, Timers, current_memory_mib, held_state_mib, peak_memory_mib, reset_peak_memory
 from grpo.train.optim import make_optimizer
 from grpo.train.ppo import Critic
@@ -303,7 +302,7 @@ def generate_and_score(run: Run, cfg: TrainConfig, pool, timers: Timers, rows: l
         else:  # multi-turn: the policy's turns and its environment's answers (grpo.train.episodes)
             r, episodes = run.episodic.generate(run.engine, rows, sampling, run.gen, pool)
     with timers("reward"):
-        texts = decode(run.tokenizer, r.completion_ids, r.completion_mask) if episodes is None \
+        texts = decode_completions(run.tokenizer, r.completion_ids, r.completion_mask) if episodes is None \
             else trajectory_texts(run.tokenizer, r)
         scored = compute_rewards(run.specs, *reward_inputs(rows, texts, r.completion_lists(), G),
                                  on_error=cfg.rewards.on_error, timeout_s=cfg.rewards.timeout_s, pool=pool)

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from grpo.algorithm import gae, kl_k1, value_loss, whiten
-from grpo.models.forward import position_ids_from_mask
-from grpo.models.lora import unwrap
+from grpo.models.logprobs import position_ids_from_mask
+from grpo.models.loading import unwrap
 from grpo.rollout.engine import Rollout
 from grpo.train.distributed import SINGLE, Dist, all_reduce_grads, all_sum, global_totals
 from grpo.train.optim import adamw, clip_gradients

@@ -23,11 +23,10 @@ import random
 import torch
 
 from grpo.config import OptimConfig, RewardModelConfig
-from grpo.data.templates import encode_prompts
+from grpo.data.templates import decode_completions, encode_prompts
 from grpo.rewards import RewardModel, load_reward_function
-from grpo.rewards.inputs import reward_inputs
+from grpo.rewards.combine import reward_inputs
 from grpo.rollout.engine import SamplingParams
-from grpo.train.evaluation import decode
 from grpo.train.optim import adamw, clip_gradients
 
 
@@ -54,7 +53,7 @@ class RewardModelTrainer:
         gen = torch.Generator(device=self.rm.device).manual_seed(rng.randrange(2**31))  # the policy's device
         r = engine.generate(encode_prompts(tokenizer, [x["prompt"] for x in picked]),
                             SamplingParams(max_new_tokens, temperature, 1.0, G), gen)
-        texts = decode(tokenizer, r.completion_ids, r.completion_mask)
+        texts = decode_completions(tokenizer, r.completion_ids, r.completion_mask)
         inputs = reward_inputs(picked, texts, r.completion_lists(), G)
         labels = self.labeller(**inputs.kwargs())
         return [[p, c, float(y)] for p, c, y in zip(inputs.prompts, texts, labels) if y is not None]

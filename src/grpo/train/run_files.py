@@ -31,7 +31,7 @@ def save_model(model, tokenizer, path: Path, state_dict: dict | None = None) -> 
     state_dict: the weights to write instead of the model's own (FSDP: the gathered full weights)."""
     import shutil
 
-    from grpo.models.lora import is_lora, unsharded_copy
+    from grpo.models.loading import is_lora, unsharded_copy
 
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
