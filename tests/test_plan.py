@@ -218,13 +218,14 @@ def test_cli_plan_prints_a_table_and_says_whether_it_fits(tmp_path, capsys):
     with pytest.raises(UserError, match="no config.json"):
         _plan_cli(["--model", str(tmp_path / "missing")], capsys)
     # a grpo train config: its model, LoRA and batch shape; a flag given overrides it
-    (tmp_path / "run.yaml").write_text("model: {path: tiny, lora: {r: 8}}\ngrpo: {G: 4}\ntrain: {prompts_per_step: 2}\n")
+    (tmp_path / "run.yaml").write_text("model: {path: tiny, lora: {r: 8}}\ngrpo: {G: 4}\n"
+                                       "train: {prompts_per_step: 2, micro_batch_size: 8}\n")
+    flags = ["--model", "tiny", "--lora-rank", "8", "--prompts-per-step", "2", "--micro-batch", "8", "--gpu-gib", "2"]
     from_config = _plan_cli(["--config", str(tmp_path / "run.yaml"), "--gpu-gib", "2"], capsys)
-    flags = _plan_cli(["--model", "tiny", "--lora-rank", "8", "--G", "4", "--prompts-per-step", "2", "--gpu-gib", "2"],
-                      capsys)
-    assert from_config == flags
+    assert from_config == _plan_cli(flags + ["--G", "4"], capsys)
+    assert from_config != _plan_cli(flags[:2] + flags[4:] + ["--G", "4"], capsys)  # the config's LoRA counts
     assert _plan_cli(["--config", str(tmp_path / "run.yaml"), "grpo.G=8", "--gpu-gib", "2"], capsys) == \
-        _plan_cli(["--model", "tiny", "--lora-rank", "8", "--G", "8", "--prompts-per-step", "2", "--gpu-gib", "2"], capsys)
+        _plan_cli(flags + ["--G", "8"], capsys) != from_config
 
 
 # The CPU validation: real GRPO steps of the tiny model (widened so that model-dependent memory is
