@@ -159,10 +159,10 @@ def test_entropy_with_gradient_chunked_equals_full_logits(share, monkeypatch):
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_the_chunked_heads_hand_written_backward_equals_float64_autograd(temperature):
-    """grpo.models.lm_head's backward (dz = g (onehot - p) - g_H p (log p + H), recomputed per chunk, in
+    """grpo.models.logprobs's backward (dz = g (onehot - p) - g_H p (log p + H), recomputed per chunk, in
     float32) against autograd of the plain formula in float64: log-probs and entropy, with respect to the
     hidden states, weight and bias, over uneven chunks."""
-    from grpo.models.lm_head import ChunkedHeadLogProbs
+    from grpo.models.logprobs import ChunkedHeadLogProbs
 
     g = torch.Generator().manual_seed(0)
     h, w, b = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)

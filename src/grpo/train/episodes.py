@@ -1,14 +1,8 @@
 """The loop's side of multi-turn rollouts (`rollout.tools` or `rollout.environment`, docs/tools.md).
 
 `Episodic` builds one environment per trajectory from its dataset row, runs the engine's multi-turn
-sampling (grpo.rollout.multiturn), and turns the episodes into what the loop logs:
-
-    tools/calls          tool calls per trajectory (mean over the batch)
-    tools/errors         failed calls per trajectory (each answered with an error observation)
-    tools/error_frac     tools/errors / tools/calls (0 without calls)
-    turns/mean           policy turns per trajectory
-    turns/max_turns_hit  share of trajectories cut by rollout.max_turns
-    reward/environment   (rollout.environment) mean of the summed per-turn rewards
+sampling (grpo.rollout.multiturn), and turns the episodes into per-row columns (`episode_columns`), from
+which `grpo.train.rollout_metrics.episode_metrics` computes the tools/* and turns/* metrics.
 
 Rewards see the whole trajectory's text (policy and tool turns, as decoded), so an accuracy reward
 reads the final answer after the tool's result; advantages are per trajectory.
@@ -89,20 +83,6 @@ def episode_columns(ep: Episodes) -> dict[str, list[float]]:
     return {"turns": [float(x) for x in ep.turns], "tool_calls": [float(x) for x in ep.tool_calls],
             "tool_errors": [float(x) for x in ep.tool_errors],
             "max_turns_hit": [float(x) for x in ep.max_turns_hit], "env_reward": list(ep.reward)}
-
-
-def episode_metrics(columns: dict[str, list[float]], environment: bool) -> dict:
-    """The batch's tools/* and turns/* metrics (module docstring) from `episode_columns` of every row."""
-    if not columns:
-        return {}
-    mean = lambda k: sum(columns[k]) / max(1, len(columns[k]))  # noqa: E731
-    calls, errors = sum(columns["tool_calls"]), sum(columns["tool_errors"])
-    out = {"tools/calls": mean("tool_calls"), "tools/errors": mean("tool_errors"),
-           "tools/error_frac": errors / calls if calls else 0.0, "turns/mean": mean("turns"),
-           "turns/max_turns_hit": mean("max_turns_hit")}
-    if environment:
-        out["reward/environment"] = mean("env_reward")
-    return out
 
 
 def add_environment_reward(rewards: torch.Tensor, per_function: dict, ep: Episodes) -> torch.Tensor:

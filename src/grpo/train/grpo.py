@@ -67,7 +67,7 @@ from grpo.train.checkpoint import (
     weights_fingerprint,
 )
 from grpo.train.batch import Batch, collect_batch, gather_batch
-from grpo.train.episodes import Episodic, add_environment_reward, episode_columns, episode_metrics, trajectory_texts
+from grpo.train.episodes import Episodic, add_environment_reward, episode_columns, trajectory_texts
 from grpo.train.distributed import (
     SINGLE,
     Dist,
@@ -93,7 +93,7 @@ from grpo.train.optim import make_optimizer
 from grpo.train.ppo import Critic
 from grpo.train.prompt_sampler import PromptSampler, seed_everything
 from grpo.train.reward_pool import reward_pool
-from grpo.train.rollout_metrics import rollout_metrics, warn_if_no_signal
+from grpo.train.rollout_metrics import episode_metrics, rollout_metrics, warn_if_no_signal
 from grpo.train.run_files import plot, prepare_output_dir, save_final, write_samples
 from grpo.train.run_lock import OutputDirLock
 from grpo.train.advantages import compute_advantages, rft_advantages, step_advantages

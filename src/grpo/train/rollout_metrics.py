@@ -1,4 +1,13 @@
-"""What a step's rollouts say: reward and length metrics, and whether the groups carry any signal."""
+"""What a step's rollouts say: reward and length metrics, whether the groups carry any signal, and for
+multi-turn episodes (`grpo.train.episodes.episode_columns` of every row):
+
+    tools/calls          tool calls per trajectory (mean over the batch)
+    tools/errors         failed calls per trajectory (each answered with an error observation)
+    tools/error_frac     tools/errors / tools/calls (0 without calls)
+    turns/mean           policy turns per trajectory
+    turns/max_turns_hit  share of trajectories cut by rollout.max_turns
+    reward/environment   (rollout.environment) mean of the summed per-turn rewards
+"""
 
 from __future__ import annotations
 
@@ -29,6 +38,20 @@ def rollout_metrics(r: Rollout, rewards, per_function: dict, cfg: TrainConfig, a
     pass_rate = out.get(f"reward/{accuracy}")
     if pass_rate is not None and pass_rate == pass_rate:  # the share a pass rate alone would leave without signal
         out["reward/zero_std_expected"] = expected_zero_std_fraction(min(max(pass_rate, 0.0), 1.0), cfg.grpo.G)
+    return out
+
+
+def episode_metrics(columns: dict[str, list[float]], environment: bool) -> dict:
+    """The batch's tools/* and turns/* metrics (module docstring) from `episode_columns` of every row."""
+    if not columns:
+        return {}
+    mean = lambda k: sum(columns[k]) / max(1, len(columns[k]))  # noqa: E731
+    calls, errors = sum(columns["tool_calls"]), sum(columns["tool_errors"])
+    out = {"tools/calls": mean("tool_calls"), "tools/errors": mean("tool_errors"),
+           "tools/error_frac": errors / calls if calls else 0.0, "turns/mean": mean("turns"),
+           "turns/max_turns_hit": mean("max_turns_hit")}
+    if environment:
+        out["reward/environment"] = mean("env_reward")
     return out
 
 
