@@ -66,7 +66,7 @@ from grpo.train.checkpoint import (
     save_checkpoint,
     weights_fingerprint,
 )
-from grpo.train.batch import Batch, collect_batch, gather_batch
+from grpo.train.batch import Batch, PromptSampler, collect_batch, gather_batch, seed_everything
 from grpo.train.episodes import Episodic, add_environment_reward, episode_columns, trajectory_texts
 from grpo.train.distributed import (
     SINGLE,
@@ -91,7 +91,6 @@ from grpo.train.evaluation import evaluate_accuracy
 from grpo.train.metrics import MetricsLog, Timers, current_memory_mib, held_state_mib, peak_memory_mib, reset_peak_memory
 from grpo.train.optim import make_optimizer
 from grpo.train.ppo import Critic
-from grpo.train.prompt_sampler import PromptSampler, seed_everything
 from grpo.train.reward_pool import reward_pool
 from grpo.train.rollout_metrics import episode_metrics, rollout_metrics, warn_if_no_signal
 from grpo.train.run_files import plot, prepare_output_dir, save_final, write_samples
