@@ -11,6 +11,7 @@ from grpo.reproduce import run_reproduce
 from grpo.stats import mean_ci, mean_std, verdict
 
 TINY = ["sft.sft.max_steps=4", "sft.sft.eval_every=2", "sft.sft.batch_size=8", "sft.data.num_heldout=4",
+        "sft.data.num_validation=4",
         "sft.data.num_train=64", "sft.sampling.max_new_tokens=12", "rl.train.steps=2", "rl.train.prompts_per_step=2",
         "rl.grpo.G=4", "rl.train.micro_batch_size=8", "rl.sampling.max_new_tokens=12", "rl.data.num_heldout=4",
         "rl.data.num_train=64", "rl.train.eval_every=1", "sft.model.tiny_hidden_size=32", "sft.model.tiny_num_layers=1"]
@@ -20,7 +21,7 @@ TINY = ["sft.sft.max_steps=4", "sft.sft.eval_every=2", "sft.sft.batch_size=8", "
 def test_reproduce_trains_every_method_over_seeds_and_writes_results_with_plots(tmp_path, capsys):
     docs, out = tmp_path / "docs", tmp_path / "out"
     assert main(["reproduce", "-q", "--seeds", "2", "--jobs", "2", "--n", "4", "--k", "1,2,4", "--docs", str(docs),
-                 f"output_dir={out}", "sft.data.num_validation=4", *TINY]) == 0
+                 f"output_dir={out}", *TINY]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0, 1]
     per_seed = results["per_seed"]
