@@ -61,7 +61,7 @@ def test_the_hard_variant_is_sampled_in_range_and_every_worked_line_checks():
         worked = p.worked_solution()
         assert [r for _, r in step_rewards(worked)] == [1.0] * 5
     doubled = next(p for p in problems if ("*", 2) in p.ops)
-    assert "doubles them" in doubled.prompt() and f"*2=" in doubled.worked_solution()
+    assert "doubles them" in doubled.prompt() and "*2=" in doubled.worked_solution()
     assert step_rewards("<think>4*3=13</think><answer>13</answer>") == [(13, 0.0)]
 
 

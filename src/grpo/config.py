@@ -490,30 +490,9 @@ class DemoConfig:
 
     output_dir: str = "runs/demo"
     """The SFT run goes to OUTPUT_DIR/sft, the GRPO run to OUTPUT_DIR/grpo, the summary beside them."""
-    sft: SFTConfig = field(default_factory=lambda: _demo_sft())
-    rl: TrainConfig = field(default_factory=lambda: _demo_rl())
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rl: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
         self.sft.validate()
         self.rl.validate()
-
-
-DEMO_TEST_PROBLEMS = 500
-"""The demo's test split: one problem is 0.2 points."""
-
-
-def _demo_sft() -> SFTConfig:
-    """SFT to a converged, fairly chosen baseline: a cosine schedule to zero over every step, the
-    checkpoint chosen on a validation split and reported on the test split (docs/demo.md)."""
-    cfg = SFTConfig()
-    cfg.data.num_validation, cfg.data.num_heldout = 500, DEMO_TEST_PROBLEMS
-    cfg.data.num_train = 17000  # of the 17,504 left for training once validation is set aside
-    cfg.optim.schedule = "cosine"
-    cfg.sft.max_steps, cfg.sft.patience = 400, 0
-    return cfg
-
-
-def _demo_rl() -> TrainConfig:
-    cfg = TrainConfig()
-    cfg.data.num_heldout = DEMO_TEST_PROBLEMS
-    return cfg
