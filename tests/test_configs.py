@@ -22,7 +22,7 @@ def test_config_header_names_its_command(path):
 
 
 @pytest.mark.slow  # two training steps each
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in ("demo.yaml", "tools.yaml")
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in ("demo.yaml", "tools.yaml", "reproduce.yaml")
                                   and not p.name.startswith("smollm2")], ids=lambda p: p.name)
 def test_train_config_runs_two_steps_through_the_cli(path, tmp_path, monkeypatch, capsys):
     """The fixture formats (GSM8K-style, MATH-style) train end to end through `grpo train`. The real-model
@@ -47,6 +47,26 @@ def test_demo_config_loads_and_matches_defaults():
     cfg = load_config(DemoConfig, ROOT / "configs" / "demo.yaml")
     default = load_config(DemoConfig)
     assert cfg == default, "configs/demo.yaml must spell out the defaults of `grpo demo`"
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "reproduce.yaml", "tools.yaml"])
+def test_demo_style_configs_have_the_problems_they_ask_for(name):
+    from grpo.data import load_task
+    from grpo.models.tiny import build_tokenizer
+
+    cfg = load_config(DemoConfig, ROOT / "configs" / name)
+    for data in (cfg.sft.data, cfg.rl.data):
+        task = load_task(data, build_tokenizer(), 0)
+        assert (len(task.train), len(task.validation), len(task.heldout)) == \
+            (data.num_train, data.num_validation, data.num_heldout)
+
+
+def test_reproduce_config_trains_and_tests_on_one_task():
+    cfg = load_config(DemoConfig, ROOT / "configs" / "reproduce.yaml")
+    task = lambda d: (d.source, d.task_steps, d.task_max_value, d.task_max_delta, d.task_multiply)  # noqa: E731
+    assert task(cfg.sft.data) == task(cfg.rl.data) == ("builtin:arithmetic", 4, 49, 9, True)
+    assert cfg.sft.data.num_heldout == cfg.rl.data.num_heldout == 500 and cfg.sft.data.num_validation == 500
+    assert cfg.sft.optim.schedule == "cosine" and cfg.sft.sft.patience == 0
 
 
 def test_config_errors_name_file_line_and_field(tmp_path):

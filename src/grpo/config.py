@@ -85,6 +85,21 @@ class DataConfig:
     direct_fraction: float = 0.6
     """Built-in task: fraction of SFT demonstrations that give a bare answer without working (builtin:calculator:
     of the hard problems, answered without calling the tool)."""
+    num_validation: int = 0
+    """Problems for choosing SFT's best checkpoint, disjoint from train and held-out, so that the held-out
+    (test) figure is not the one the choice was made on. builtin:arithmetic sets aside 10% of its problems
+    for it when this is > 0; files: the first this many rows of `validation_source` (0: all of them).
+    With none, SFT chooses on the held-out split."""
+    validation_source: str | None = None
+    """Validation dataset for files (same format as `source`)."""
+    task_steps: int = 3
+    """builtin:arithmetic: operations per problem (each one a line of working)."""
+    task_max_value: int = 19
+    """builtin:arithmetic: every running value stays in 0..this."""
+    task_max_delta: int = 9
+    """builtin:arithmetic: each step adds or takes away 1..this."""
+    task_multiply: bool = False
+    """builtin:arithmetic: steps may also double or triple the value ("doubles them")."""
 
 
 @dataclass
@@ -352,9 +367,9 @@ class TrainConfig:
         _positive(self, ["grpo.G", "grpo.mu", "train.steps", "train.prompts_per_step", "train.micro_batch_size",
                          "sampling.max_new_tokens", "data.max_prompt_length", "data.num_train",
                          "train.keep_checkpoints", "train.max_bad_steps", "model.tiny_num_layers",
-                         "train.iterations", "grpo.max_sampling_rounds"])
+                         "train.iterations", "grpo.max_sampling_rounds", *_TASK_SIZES])
         _not_negative(self, ["train.eval_every", "train.sample_every", "train.save_every", "train.log_every",
-                             "train.threads", "rewards.workers", "data.num_heldout", "optim.lr",
+                             "train.threads", "rewards.workers", "data.num_heldout", "data.num_validation", "optim.lr",
                              "optim.weight_decay", "optim.warmup_steps", "optim.grad_clip"])
         o, m = self.optim, self.model
         if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
@@ -413,6 +428,9 @@ class TrainConfig:
                             "the reference is the base model with the adapter off; use full fine-tuning")
 
 
+_TASK_SIZES = ["data.task_steps", "data.task_max_value", "data.task_max_delta"]
+
+
 @dataclass
 class SFTLoopConfig:
     max_steps: int = 2000
@@ -425,9 +443,12 @@ class SFTLoopConfig:
     micro_batch_tokens: int | None = None
     """Also cap a forward/backward at this many padded tokens (null: no cap), as train.micro_batch_tokens."""
     eval_every: int = 50
-    """Held-out greedy accuracy every this many steps."""
+    """Greedy accuracy every this many steps, on the validation split when data has one (the choice of the
+    best checkpoint is made there; the held-out figure is logged beside it as eval/test_accuracy), else on
+    the held-out split."""
     patience: int = 4
-    """Stop after this many evaluations without a new best; the best checkpoint is kept."""
+    """Stop after this many evaluations without a new best; the best checkpoint is kept (0: run all
+    max_steps, e.g. with a decaying optim.schedule)."""
     seed: int = 0
     """Seeds data order and initialisation."""
     output_dir: str = "runs/sft"
@@ -455,7 +476,8 @@ class SFTConfig:
     """Only rollout.tools / environment and their settings: evaluate by multi-turn episodes (docs/tools.md)."""
 
     def validate(self) -> None:
-        _positive(self, ["sft.max_steps", "sft.batch_size", "sft.eval_every", "sft.patience"])
+        _positive(self, ["sft.max_steps", "sft.batch_size", "sft.eval_every", *_TASK_SIZES])
+        _not_negative(self, ["sft.patience", "data.num_validation", "data.num_heldout"])
         for name in ("micro_batch_size", "micro_batch_tokens"):
             value = getattr(self.sft, name)
             if value is not None and (isinstance(value, bool) or value <= 0):

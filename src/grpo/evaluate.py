@@ -279,7 +279,9 @@ def _load_rows(args, tokenizer) -> list[dict]:
                      max_prompt_length=args.max_prompt_length, num_train=1, num_heldout=args.num_prompts)
     try:
         task = load_task(cfg, tokenizer, args.seed)
-    except ValueError as e:  # the built-in task has a finite held-out split
+    except UserError as e:  # the built-in task has a finite held-out split
+        if not builtin:
+            raise
         raise UserError(f"--num-prompts {args.num_prompts}: {e}") from None
     return task.heldout if builtin else task.train[:args.num_prompts]
 

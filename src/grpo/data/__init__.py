@@ -6,7 +6,7 @@ has one, an `answer`; every other column rides along to the reward functions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from grpo.config import DataConfig
 from grpo.data.loading import load_rows
@@ -21,6 +21,7 @@ class Task:
     train: list[dict]
     heldout: list[dict]
     num_dropped: int = 0  # prompts dropped for being longer than max_prompt_length
+    validation: list[dict] = field(default_factory=list)  # for choosing a checkpoint; disjoint from both
 
 
 def _render(rows: list[dict], cfg: DataConfig, tokenizer, tools: list[dict] | None = None) -> list[dict]:
@@ -41,13 +42,21 @@ def load_task(cfg: DataConfig, tokenizer, seed: int = 0, tools: list[dict] | Non
     if cfg.source == "builtin:arithmetic":
         from grpo.data.synthetic import make_rows
 
-        train = make_rows(cfg.num_train, "train", seed, cfg.direct_fraction)
-        heldout = make_rows(cfg.num_heldout, "heldout", seed)
+        space = dict(num_steps=cfg.task_steps, max_value=cfg.task_max_value, max_delta=cfg.task_max_delta,
+                     multiply=cfg.task_multiply, validation_percent=10 if cfg.num_validation else 0)
+        try:
+            train = make_rows(cfg.num_train, "train", seed, cfg.direct_fraction, **space)
+            validation = make_rows(cfg.num_validation, "validation", seed, **space) if cfg.num_validation else []
+            heldout = make_rows(cfg.num_heldout, "heldout", seed, **space)
+        except ValueError as e:
+            raise UserError(f"data (builtin:arithmetic): {e}; lower data.num_train, num_validation or num_heldout, "
+                            "or enlarge the task (data.task_steps, task_max_value, task_max_delta)") from None
     elif cfg.source == "builtin:calculator":  # a task where a calculator tool pays (docs/tools.md)
         from grpo.data import calculator
 
         train = calculator.make_rows(cfg.num_train, "train", seed, cfg.direct_fraction)
         heldout = calculator.make_rows(cfg.num_heldout, "heldout", seed)
+        validation = []
     elif cfg.source.startswith("builtin:"):
         raise UserError(f"data.source: unknown built-in task {cfg.source!r} (available: builtin:arithmetic, "
                         "builtin:calculator)")
@@ -55,9 +64,16 @@ def load_task(cfg: DataConfig, tokenizer, seed: int = 0, tools: list[dict] | Non
         kw = dict(split=cfg.split, prompt_column=cfg.prompt_column, answer_column=cfg.answer_column)
         train = load_rows(cfg.source, **kw)
         heldout = load_rows(cfg.heldout_source, **kw)[: cfg.num_heldout] if cfg.heldout_source else []
+        validation = (load_rows(cfg.validation_source, **kw)[: cfg.num_validation or None]
+                      if cfg.validation_source else [])
     train, dropped = _check_lengths(_render(train, cfg, tokenizer, tools), cfg, tokenizer, cfg.source)
     heldout, dropped_h = _check_lengths(_render(heldout, cfg, tokenizer, tools), cfg, tokenizer,
                                         cfg.heldout_source or cfg.source)
+    validation, dropped_v = _check_lengths(_render(validation, cfg, tokenizer, tools), cfg, tokenizer,
+                                           cfg.validation_source or cfg.source)
+    if cfg.num_validation and not validation:
+        raise UserError(f"data.num_validation={cfg.num_validation}: {cfg.source} has no validation split "
+                        "(builtin:arithmetic makes one; for files set data.validation_source)")
     if not train:
         raise UserError(f"data.source {cfg.source}: no training prompts left after dropping {dropped} too long")
-    return Task(train, heldout, dropped + dropped_h)
+    return Task(train, heldout, dropped + dropped_h + dropped_v, validation)

@@ -32,34 +32,64 @@ NAMES = ["Mia", "Tom", "Ava", "Leo", "Zoe", "Sam", "Ivy", "Max", "Eli", "Amy"]
 ITEMS = ["shells", "coins", "cards", "pens", "stamps", "beads", "books", "apples"]
 GAIN = ["finds", "gets", "wins", "buys"]
 LOSS = ["loses", "gives", "drops", "sells"]
+TIMES = {2: "doubles them", 3: "triples them"}
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 FORMAT_RE = re.compile(r"^<think>(.*?)</think><answer>(.*?)</answer>$", re.S)
-STEP_RE = re.compile(r"^\s*(-?\d+)\s*([+-])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+STEP_RE = re.compile(r"^\s*(-?\d+)\s*([+*-])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
+SPLITS = ("train", "validation", "heldout")
+ENUMERATE_UP_TO = 200_000
+"""Spaces with at most this many candidate problems are listed whole; larger ones are sampled."""
+
+
+def apply(value: int, op: str, amount: int) -> int:
+    return value + amount if op == "+" else value - amount if op == "-" else value * amount
+
+
+@dataclass(frozen=True)
+class Space:
+    """Which problems the built-in task draws: `num_steps` operations on a start in 1..max_start,
+    adding or taking away 1..max_delta (and, with `multiply`, doubling or tripling), with every
+    running value in 0..max_value. The defaults are the original 3-step task."""
+
+    num_steps: int = 3
+    max_start: int = 9
+    max_delta: int = 9
+    max_value: int = 19
+    multiply: bool = False
+
+    def options(self) -> list[tuple[str, int]]:
+        out = [("-" if d < 0 else "+", abs(d)) for d in range(-self.max_delta, self.max_delta + 1) if d != 0]
+        return out + ([("*", 2), ("*", 3)] if self.multiply else [])
+
+    def candidates(self) -> int:
+        return self.max_start * len(self.options()) ** self.num_steps
 
 
 @dataclass(frozen=True)
 class Problem:
     start: int
-    deltas: tuple[int, ...]  # signed changes, applied in order
+    ops: tuple[tuple[str, int], ...]  # ("+", 7), ("-", 5), ("*", 2), applied in order
     name: str
     item: str
 
     @property
     def answer(self) -> int:
-        return self.start + sum(self.deltas)
+        value = self.start
+        for op, amount in self.ops:
+            value = apply(value, op, amount)
+        return value
 
     def prompt(self) -> str:
         verbs = []
-        for i, d in enumerate(self.deltas):
-            verb = (GAIN if d > 0 else LOSS)[(self.start + i) % 4]
-            verbs.append(f"{verb} {abs(d)}")
+        for i, (op, amount) in enumerate(self.ops):
+            verbs.append(TIMES[amount] if op == "*" else f"{(GAIN if op == '+' else LOSS)[(self.start + i) % 4]} {amount}")
         return f"{self.name} has {self.start} {self.item}, {', '.join(verbs)}. How many?\n"
 
     def worked_solution(self) -> str:
         lines, value = [], self.start
-        for d in self.deltas:
-            new = value + d
-            lines.append(f"{value}{'+' if d > 0 else '-'}{abs(d)}={new}")
+        for op, amount in self.ops:
+            new = apply(value, op, amount)
+            lines.append(f"{value}{op}{amount}={new}")
             value = new
         return f"<think>{chr(10).join(lines)}</think><answer>{value}</answer>"
 
@@ -67,35 +97,80 @@ class Problem:
         return f"<think></think><answer>{self.answer}</answer>"
 
 
-def _is_heldout(start: int, deltas: tuple[int, ...], heldout_percent: int) -> bool:
-    key = f"{start}:{','.join(map(str, deltas))}"
-    h = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-    return h % 100 < heldout_percent
+def _bucket(start: int, ops: tuple[tuple[str, int], ...]) -> int:
+    """0..99 from a hash of the problem alone: its split never depends on a seed."""
+    key = f"{start}:{','.join(('-' if op == '-' else '*' if op == '*' else '') + str(a) for op, a in ops)}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 100
 
 
-def problem_space(num_steps: int = 3, max_start: int = 9, max_delta: int = 9,
-                  max_value: int = 19) -> list[tuple[int, tuple[int, ...]]]:
-    """Every (start, deltas) whose running value stays in 0..max_value, in a fixed order."""
-    steps = [d for d in range(-max_delta, max_delta + 1) if d != 0]
-    out = []
-    for start in range(1, max_start + 1):
-        for deltas in itertools.product(steps, repeat=num_steps):
-            values = list(itertools.accumulate(deltas, initial=start))
-            if all(0 <= v <= max_value for v in values):
-                out.append((start, deltas))
-    return out
+def _split_of(bucket: int, heldout_percent: int, validation_percent: int) -> str:
+    if bucket < heldout_percent:
+        return "heldout"
+    return "validation" if bucket >= 100 - validation_percent else "train"
 
 
-def make_problems(n: int, split: str, seed: int = 0, heldout_percent: int = 20, **space) -> list[Problem]:
-    """`n` distinct problems of one split ("train" or "heldout"), drawn without replacement from
-    `problem_space(**space)`; the split of a problem depends only on the problem, never on the seed."""
-    if split not in ("train", "heldout"):
-        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+def _in_range(start: int, ops, max_value: int) -> bool:
+    value = start
+    for op, amount in ops:
+        value = apply(value, op, amount)
+        if not 0 <= value <= max_value:
+            return False
+    return True
+
+
+def problem_space(num_steps: int = 3, max_start: int = 9, max_delta: int = 9, max_value: int = 19,
+                  multiply: bool = False) -> list[tuple[int, tuple[tuple[str, int], ...]]]:
+    """Every (start, ops) whose running value stays in 0..max_value, in a fixed order."""
+    space = Space(num_steps, max_start, max_delta, max_value, multiply)
+    return [(start, ops) for start in range(1, max_start + 1)
+            for ops in itertools.product(space.options(), repeat=num_steps) if _in_range(start, ops, max_value)]
+
+
+def _sample_space(space: Space, rng: random.Random, n: int, split: str, heldout_percent: int,
+                  validation_percent: int) -> list[tuple[int, tuple[tuple[str, int], ...]]]:
+    """`n` distinct problems of `split` from a space too large to list: at each step an operation
+    (add, take away, multiply) is drawn among those that keep the value in range, then its amount."""
+    seen, out = set(), []
+    for _ in range(50 * n + 1000):
+        start, ops, value = rng.randint(1, space.max_start), [], None
+        value = start
+        for _ in range(space.num_steps):
+            valid = [o for o in space.options() if 0 <= apply(value, *o) <= space.max_value and not (o[0] == "*" and value == 0)]
+            kinds = sorted({op for op, _ in valid})
+            kind = rng.choice(kinds)
+            op = rng.choice([o for o in valid if o[0] == kind])
+            ops.append(op)
+            value = apply(value, *op)
+        problem = (start, tuple(ops))
+        if problem in seen or _split_of(_bucket(*problem), heldout_percent, validation_percent) != split:
+            continue
+        seen.add(problem)
+        out.append(problem)
+        if len(out) == n:
+            return out
+    raise ValueError(f"asked for {n} {split} problems but found only {len(out)} in {50 * n + 1000} draws")
+
+
+def make_problems(n: int, split: str, seed: int = 0, heldout_percent: int = 20, validation_percent: int = 0,
+                  **space) -> list[Problem]:
+    """`n` distinct problems of one split ("train", "validation" or "heldout"); the split of a problem
+    depends only on the problem, never on the seed. `validation_percent` of the problems are set
+    aside as validation (disjoint from train and held-out); 0 keeps them in train."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "validation" and not validation_percent:
+        validation_percent = 10
     rng = random.Random(f"{seed}:{split}")
-    pool = [(s, d) for s, d in problem_space(**space) if _is_heldout(s, d, heldout_percent) == (split == "heldout")]
-    if n > len(pool):
-        raise ValueError(f"asked for {n} {split} problems but this task has only {len(pool)}")
-    return [Problem(s, d, rng.choice(NAMES), rng.choice(ITEMS)) for s, d in rng.sample(pool, n)]
+    sp = Space(**space)
+    if sp.candidates() <= ENUMERATE_UP_TO:
+        pool = [(s, o) for s, o in problem_space(**space)
+                if _split_of(_bucket(s, o), heldout_percent, validation_percent) == split]
+        if n > len(pool):
+            raise ValueError(f"asked for {n} {split} problems but this task has only {len(pool)}")
+        chosen = rng.sample(pool, n)
+    else:
+        chosen = _sample_space(sp, rng, n, split, heldout_percent, validation_percent)
+    return [Problem(s, o, rng.choice(NAMES), rng.choice(ITEMS)) for s, o in chosen]
 
 
 def make_rows(n: int, split: str, seed: int = 0, direct_fraction: float = 0.0, **kw) -> list[dict]:
@@ -143,7 +218,7 @@ def step_rewards(completion: str) -> list[tuple[int, float]]:
     out, pos = [], completion.index("<think>") + len("<think>")
     for line in m.group(1).split("\n"):
         s = STEP_RE.match(line)
-        ok = bool(s) and (int(s[1]) + (1 if s[2] == "+" else -1) * int(s[3]) == int(s[4]))
+        ok = bool(s) and apply(int(s[1]), s[2], int(s[3])) == int(s[4])
         pos += len(line)
         out.append((pos, 1.0 if ok else 0.0))
         pos += 1  # the newline

@@ -47,6 +47,9 @@ class SFTResult:
     steps: int
     seconds: float
     history: list[dict]
+    test_accuracy: float | None = None
+    """Held-out accuracy of the best checkpoint when it was chosen on a validation split (else None:
+    best_accuracy is the held-out figure)."""
 
 
 def encode_pairs(tokenizer, prompts: list[str], targets: list[str]):
@@ -101,6 +104,13 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
     log, rng = MetricsLog(out, s.tensorboard), random.Random(s.seed)
     best = (-1.0, 0, None)  # (accuracy, step, state_dict)
     evals_since_best, history, perm, cursor = 0, [], [], 0
+    best_test = None  # held-out accuracy of the best checkpoint, when the choice is made on validation
+
+    def accuracy(rows: list[dict]) -> float:
+        if episodic is not None:
+            return episodic.evaluate(engine, rows, checker, None)[0]
+        return evaluate_accuracy(engine, tokenizer, rows, checker, cfg.sampling.max_new_tokens)[0]
+
     bar = tqdm(range(1, s.max_steps + 1), desc="sft", disable=not progress, dynamic_ncols=True)
     for step in bar:
         if cursor + s.batch_size > len(perm):
@@ -122,22 +132,25 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
         scheduler.step()
         record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
         if step % s.eval_every == 0 or step == s.max_steps:
-            acc = evaluate_accuracy(engine, tokenizer, task.heldout, checker, cfg.sampling.max_new_tokens)[0] \
-                if episodic is None else episodic.evaluate(engine, task.heldout, checker, None)[0]
+            acc = accuracy(task.validation or task.heldout)
             record["eval/accuracy"] = acc
+            if task.validation:
+                record["eval/test_accuracy"] = accuracy(task.heldout)
             if acc > best[0]:
                 best, evals_since_best = (acc, step, copy.deepcopy(model.state_dict())), 0
+                best_test = record.get("eval/test_accuracy")
             else:
                 evals_since_best += 1
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", best=f"{best[0]:.3f}")
         log.write(record)
         history.append(record)
-        if evals_since_best >= s.patience:
+        if s.patience and evals_since_best >= s.patience:
             break
     if best[2] is not None:
         model.load_state_dict(best[2])
     log.write({"step": step, "best_step": best[1], "eval/best_accuracy": best[0],
+               **({"eval/best_test_accuracy": best_test} if best_test is not None else {}),
                "seconds": time.perf_counter() - t_start})
     log.close()
     save_model(model, tokenizer, out / "final")
-    return SFTResult(out, out / "final", best[0], best[1], step, time.perf_counter() - t_start, history)
+    return SFTResult(out, out / "final", best[0], best[1], step, time.perf_counter() - t_start, history, best_test)

@@ -1,0 +1,146 @@
+"""The built-in task's variants and splits, SFT's choice on validation, and the statistics of
+`grpo reproduce --seeds` (mean, spread, intervals, per-claim verdicts)."""
+
+import json
+import math
+
+import pytest
+
+from grpo.config import DataConfig, SFTConfig, load_config
+from grpo.data import load_task
+from grpo.data.synthetic import Space, _bucket, make_problems, make_rows, problem_space, step_rewards
+from grpo.errors import UserError
+from grpo.models.tiny import build_tokenizer
+from grpo.reproduce import _claim_rows
+from grpo.stats import binomial_ci, mean_ci, mean_std, t_quantile, verdict
+
+HARD = dict(num_steps=5, max_value=99, max_delta=19, multiply=True)
+
+
+def test_the_default_task_is_the_original_one():
+    # pinned from the 3-step task as it was before the variants existed: same problems, same order
+    rows = make_rows(3, "train", 0, 0.6)
+    assert [r["prompt"] for r in rows] == [
+        "Tom has 7 apples, buys 4, loses 4, gets 9. How many?\n",
+        "Sam has 6 apples, wins 7, sells 9, loses 1. How many?\n",
+        "Eli has 2 beads, wins 7, sells 5, loses 2. How many?\n"]
+    assert [r["answer"] for r in rows] == ["16", "3", "2"]
+    assert rows[0]["target"] == "<think></think><answer>16</answer>"
+    assert rows[2]["target"] == "<think>2+7=9\n9-5=4\n4-2=2</think><answer>2</answer>"
+    assert len(problem_space()) == 25011 and Space().candidates() == 9 * 18 ** 3
+
+
+def test_splits_are_disjoint_and_depend_on_the_problem_only():
+    for space in ({}, HARD):
+        train = {(p.start, p.ops) for p in make_problems(3000, "train", 0, validation_percent=10, **space)}
+        val = {(p.start, p.ops) for p in make_problems(300, "validation", 0, validation_percent=10, **space)}
+        test = {(p.start, p.ops) for p in make_problems(300, "heldout", 0, **space)}
+        assert not (train & val) and not (train & test) and not (val & test)
+        assert all(_bucket(*p) < 20 for p in test) and all(_bucket(*p) >= 90 for p in val)
+        assert all(20 <= _bucket(*p) < 90 for p in train)
+        # another seed draws other problems, never from another split
+        test1 = {(p.start, p.ops) for p in make_problems(300, "heldout", 1, **space)}
+        assert test1 != test and all(_bucket(*p) < 20 for p in test1)
+    # without a validation split its problems stay in train
+    train = {(p.start, p.ops) for p in make_problems(5000, "train", 0)}
+    assert any(_bucket(*p) >= 90 for p in train)
+
+
+def test_the_hard_variant_is_sampled_in_range_and_every_worked_line_checks():
+    assert Space(**HARD).candidates() > 10 ** 6  # too many to list: sampled
+    problems = make_problems(400, "train", 0, **HARD)
+    assert len({(p.start, p.ops) for p in problems}) == 400
+    ops = [op for p in problems for op, _ in p.ops]
+    assert {"+", "-", "*"} <= set(ops) and all(len(p.ops) == 5 for p in problems)
+    for p in problems:
+        value = p.start
+        for op, amount in p.ops:
+            value = value + amount if op == "+" else value - amount if op == "-" else value * amount
+            assert 0 <= value <= 99
+        assert value == p.answer
+        worked = p.worked_solution()
+        assert [r for _, r in step_rewards(worked)] == [1.0] * 5
+    doubled = next(p for p in problems if ("*", 2) in p.ops)
+    assert "doubles them" in doubled.prompt() and "*2=" in doubled.worked_solution()
+    assert step_rewards("<think>4*3=13</think><answer>13</answer>") == [(13, 0.0)]
+
+
+def test_load_task_builds_validation_and_refuses_it_where_there_is_none(tmp_path):
+    tok = build_tokenizer()
+    cfg = DataConfig(num_train=300, num_heldout=40, num_validation=30, task_steps=4, task_max_value=49,
+                     task_multiply=True)
+    task = load_task(cfg, tok, 0)
+    assert (len(task.train), len(task.validation), len(task.heldout)) == (300, 30, 40)
+    prompts = [{r["prompt"].split(" has ")[1] for r in rows} for rows in (task.train, task.validation, task.heldout)]
+    assert {len(r["target"].split("\n")) for r in task.train if "=" in r["target"]} == {4}  # lines of working
+    assert not (prompts[1] & prompts[2])
+    with pytest.raises(UserError, match="builtin:arithmetic.*only"):
+        load_task(DataConfig(num_train=30000), tok, 0)  # more problems than the 3-step task has
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"prompt": "1+1?", "answer": "2"}) + "\n")
+    with pytest.raises(UserError, match="no validation split"):
+        load_task(DataConfig(source=str(data), num_validation=5), tok, 0)
+    val = tmp_path / "v.jsonl"
+    val.write_text("".join(json.dumps({"prompt": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(4)))
+    assert len(load_task(DataConfig(source=str(data), validation_source=str(val)), tok, 0).validation) == 4
+
+
+def test_sft_chooses_on_validation_and_reports_the_test_figure_of_that_choice(tmp_path):
+    from grpo.train.sft import sft
+
+    cfg = load_config(SFTConfig, None, [
+        "sft.max_steps=6", "sft.eval_every=2", "sft.batch_size=8", "sft.patience=0", "data.num_train=64",
+        "data.num_heldout=6", "data.num_validation=5", "sampling.max_new_tokens=8", "model.tiny_hidden_size=32",
+        "model.tiny_num_layers=1", "optim.schedule=cosine", "optim.warmup_steps=0", f"sft.output_dir={tmp_path / 'sft'}"])
+    res = sft(cfg, progress=False)
+    evals = [h for h in res.history if "eval/accuracy" in h]
+    assert [h["step"] for h in evals] == [2, 4, 6] and res.steps == 6  # patience 0: no early stop
+    assert all("eval/test_accuracy" in h for h in evals)
+    best = max(evals, key=lambda h: (h["eval/accuracy"], -h["step"]))  # the first best on validation
+    assert res.best_step == best["step"] and res.best_accuracy == best["eval/accuracy"]
+    assert res.test_accuracy == best["eval/test_accuracy"]
+    last = json.loads((tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["eval/best_test_accuracy"] == res.test_accuracy
+    assert res.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine to zero at max_steps
+
+
+def test_mean_spread_and_intervals_by_hand():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0) and mean_std([5.0]) == (5.0, 0.0)
+    mean, lo, hi = mean_ci([1.0, 2.0, 3.0])  # t(2) = 4.303, sd 1, n 3
+    assert (mean, lo, hi) == pytest.approx((2.0, 2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)))
+    assert t_quantile(1) == 12.706 and t_quantile(12) == 2.228 and t_quantile(100) == 1.96
+    assert binomial_ci(0.1, 0.5, 200) == pytest.approx((0.1, 0.1 - 0.098, 0.1 + 0.098))
+    assert verdict(0.5, 3.0) == "holds beyond noise" and verdict(-1.0, 2.0) == "within noise"
+    assert verdict(-3.0, -0.1).startswith("does not hold")
+    with pytest.raises(ValueError):
+        mean_ci([1.0])
+
+
+def _row(greedy, maj, pas, peak=None, state=None):
+    r = {"greedy_accuracy": greedy, "maj_at_k": {4: maj}, "pass_at_k": {4: pas}}
+    return r if peak is None else {**r, "run_peak_mib": peak, "state_mib": state}
+
+
+def test_claims_are_judged_on_the_per_seed_differences():
+    per_seed = {i: {"sft": _row(0.30 + 0.01 * i, 0.40, 0.90),
+                    "grpo": _row(0.60 + 0.02 * i, 0.70, 0.92, 400, 26.0),
+                    "ppo": _row(0.61 - 0.02 * i, 0.70, 0.92, 600, 50.0)} for i in range(3)}
+    rows, notes = _claim_rows(per_seed, 4, 500)
+    # GRPO - SFT per seed: 30, 31, 32 points: mean 31, sd 1, interval 31 +- 4.303 / sqrt(3)
+    half = 4.303 / math.sqrt(3)
+    assert (f"| RL adds points over SFT (GRPO outcome − SFT) | +31.0 (+30.0, +31.0, +32.0) | "
+            f"[{31 - half:+.1f}, {31 + half:+.1f}] | holds beyond noise |") in rows
+    # GRPO - PPO per seed: -1, +3, +7 points: mean 3, sd 4, interval 3 +- 4.303 * 4 / sqrt(3): within noise
+    assert any(r.startswith("| GRPO matches or beats PPO") and "+3.0 (-1.0, +3.0, +7.0)" in r
+               and r.endswith("| within noise |") for r in rows)
+    # maj@4 gain 30 points, pass@4 gain 2 on every seed: sd 0, so the interval is the point itself
+    assert any(r.startswith("| RL lifts maj@4 more than pass@4") and "+28.0" in r and "holds beyond noise" in r
+               for r in rows)
+    assert any("0.67-0.67x PPO's" in n and "holds on every seed" in n for n in notes)
+    assert any("+15 points over SFT is met on average (+31.0)" in n for n in notes)
+    one = {0: per_seed[0]}  # one seed: the test set's binomial interval, said to be the only noise counted
+    rows1, notes1 = _claim_rows(one, 4, 500)
+    p = (0.30 + 0.60) / 2
+    half1 = 196 * math.sqrt(2 * p * (1 - p) / 500)
+    assert f"| +30.0 (+30.0) | [{30 - half1:+.1f}, {30 + half1:+.1f}] | holds beyond noise |" in rows1[2]
+    assert any("binomial noise only" in n for n in notes1)
