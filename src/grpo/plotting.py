@@ -19,7 +19,7 @@ def plot_training(history: list[dict], out_png: str | Path, title: str = "GRPO")
 
     steps = [h["step"] for h in history if "reward/mean" in h]
     reward = [h["reward/mean"] for h in history if "reward/mean" in h]
-    evals = _evals(history)
+    evals = eval_curve(history)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot(steps, reward, color="tab:blue", alpha=0.35, label="batch mean")
     k = max(1, len(reward) // 10)
@@ -38,7 +38,7 @@ def plot_training(history: list[dict], out_png: str | Path, title: str = "GRPO")
     return Path(out_png)
 
 
-def _evals(history: list[dict]) -> list[tuple[int, float]]:
+def eval_curve(history: list[dict]) -> list[tuple[int, float]]:
     """(step, held-out accuracy) of a run, with the accuracy before training at step 0 when logged."""
     evals = [(h["step"], h["eval/accuracy"]) for h in history if "eval/accuracy" in h]
     if history and "eval/accuracy_before" in history[-1]:
@@ -57,7 +57,7 @@ def plot_comparison(histories: dict[str, list[dict]], out_png: str | Path, title
     for label, history in histories.items():
         steps = [h for h in history if "reward/mean" in h]
         ax1.plot([h["step"] for h in steps], [h["reward/mean"] for h in steps], label=label, alpha=0.8)
-        evals = _evals(history)
+        evals = eval_curve(history)
         ax2.plot([s for s, _ in evals], [100 * a for _, a in evals], "o-", label=label)
     prefix = f"{title}: " if title else ""
     ax1.set(xlabel="step", ylabel="reward", title=f"{prefix}training reward")

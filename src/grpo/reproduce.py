@@ -401,7 +401,7 @@ def _band(ax, xs: list, series: list[list[float]], label: str, fmt: str = "-") -
 def _plots(out: Path, runs: dict, sfts: dict, evals: dict, seeds: list[int], methods, ks) -> list[str]:
     import matplotlib
 
-    from grpo.plotting import _evals
+    from grpo.plotting import eval_curve
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -410,7 +410,7 @@ def _plots(out: Path, runs: dict, sfts: dict, evals: dict, seeds: list[int], met
     for m in methods:
         histories = [[h for h in runs[(i, m)]["history"] if "reward/mean" in h] for i in seeds]
         _band(a1, [h["step"] for h in histories[0]], [[h["reward/mean"] for h in hs] for hs in histories], LABELS[m])
-        accs = [_evals(runs[(i, m)]["history"]) for i in seeds]
+        accs = [eval_curve(runs[(i, m)]["history"]) for i in seeds]
         _band(a2, [s for s, _ in accs[0]], [[100 * a for _, a in e] for e in accs], LABELS[m], "o-")
     a1.set(xlabel="step", ylabel="reward", title="training reward (mean ± sd over seeds)")
     a2.set(xlabel="step", ylabel="accuracy (%)", title="held-out greedy accuracy", ylim=(0, 100))
