@@ -9,15 +9,12 @@ import json
 import sys
 from pathlib import Path
 
-from grpo.stats import mean_ci, mean_std, verdict
+import yaml
 
-LABELS = {"sft": "SFT (chosen on validation)", "grpo": "GRPO (outcome)", "grpo_process": "GRPO (process)",
-          "ppo": "PPO", "rft": "Online RFT", "iterative": "Iterative GRPO"}
-CLAIMS = [("RL adds points over SFT (GRPO outcome − SFT)", "grpo", "sft"),
-          ("GRPO matches or beats PPO at equal budget (GRPO − PPO)", "grpo", "ppo"),
-          ("process supervision beats outcome supervision (process − outcome)", "grpo_process", "grpo"),
-          ("GRPO beats online RFT (GRPO − RFT)", "grpo", "rft"),
-          ("iterative GRPO adds to one run (iterative − GRPO)", "iterative", "grpo")]
+from grpo.reproduce import CLAIMS, LABELS, claim_row
+from grpo.stats import mean_std
+
+ROW_LABELS = {**LABELS, "sft": "SFT (chosen on validation)"}
 
 
 def read(path: Path) -> list[dict]:
@@ -27,6 +24,7 @@ def read(path: Path) -> list[dict]:
 def main(out: Path) -> None:
     seeds = sorted(int(p.name[4:]) for p in out.glob("seed*"))
     methods = [m for m in LABELS if m != "sft" and (out / f"seed{seeds[0]}" / m / "metrics.jsonl").exists()]
+    test_n = yaml.safe_load((out / "rl.yaml").read_text())["data"]["num_heldout"]
     acc, mem, state, chosen = {"sft": []}, {}, {}, {}
     for i in seeds:
         sft = read(out / f"seed{i}" / "sft" / "metrics.jsonl")[-1]
@@ -44,14 +42,13 @@ def main(out: Path) -> None:
     print("|---|" + "---|" * len(seeds) + "---|---|---|")
     for m, v in acc.items():
         extra = f"{mean_std(mem[m])[0]:.0f} MiB | {mean_std(state[m])[0]:.1f} MiB" if m in mem else "- | -"
-        print(f"| {LABELS[m]} | " + " | ".join(f"{x:.1f}%" for x in v) + " | %.1f ± %.1f%% | " % mean_std(v) + extra + " |")
+        print(f"| {ROW_LABELS[m]} | " + " | ".join(f"{x:.1f}%" for x in v) + " | %.1f ± %.1f%% | " % mean_std(v)
+              + extra + " |")
     print("\n| claim (DeepSeekMath) | difference, points (per seed) | 95% interval | verdict |\n|---|---|---|---|")
     for text, a, b in CLAIMS:
-        if a in acc and b in acc and len(seeds) > 1:
-            d = [x - y for x, y in zip(acc[a], acc[b])]
-            mean, lo, hi = mean_ci(d)
-            print(f"| {text} | {mean:+.1f} ({', '.join(f'{x:+.1f}' for x in d)}) | [{lo:+.1f}, {hi:+.1f}] | "
-                  f"{verdict(lo, hi)} |")
+        if a in acc and b in acc:
+            diffs = [x - y for x, y in zip(acc[a], acc[b])]
+            print(claim_row(text, diffs, mean_std(acc[a] + acc[b])[0] / 100, test_n))
     if "ppo" in mem:
         ratios = ", ".join(f"{g / p:.2f}" for g, p in zip(mem["grpo"], mem["ppo"]))
         print(f"\nGRPO/PPO peak memory per seed: {ratios}")

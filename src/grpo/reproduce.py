@@ -47,6 +47,12 @@ LABELS = {"sft": "SFT", "grpo": "GRPO (outcome)", "grpo_process": "GRPO (process
 MODELS_HELD = {"sft": "policy", "grpo": "policy, reference", "grpo_process": "policy, reference",
                "ppo": "policy, reference, value (+ its optimizer)", "rft": "policy",
                "iterative": "policy, reference (reset each iteration)"}
+CLAIMS = [("RL adds points over SFT (GRPO outcome − SFT)", "grpo", "sft"),
+          ("GRPO matches or beats PPO at equal budget (GRPO − PPO)", "grpo", "ppo"),
+          ("process supervision beats outcome supervision (process − outcome)", "grpo_process", "grpo"),
+          ("GRPO beats online RFT (GRPO − RFT)", "grpo", "rft"),
+          ("iterative GRPO adds to one run (iterative − GRPO)", "iterative", "grpo")]
+"""The paper's claims that compare two models' accuracy: (claim, model a, model b), held when a - b > 0."""
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
 """Freed tensors go back to the OS at once, so a process's peak RSS follows its live memory
 (docs/memory.md), and oneDNN keeps no per-shape buffers (as in the planner's validation)."""
@@ -114,14 +120,15 @@ def _evaluate_job(path: str, rows: list[dict], reward_fn: str, reward_options: d
 
 
 def _evaluate_all(todo: dict, jobs: int, threads: int, **kw) -> dict:
-    """(seed, name) -> EvalResult for every model path in `todo`, `jobs` processes at a time."""
+    """key -> EvalResult for every (model path, sampling seed) in `todo`, `jobs` processes at a time."""
     if jobs == 1:
-        return {key: _evaluate_job(str(path), threads=threads, **kw) for key, path in todo.items()}
+        return {key: _evaluate_job(str(path), seed=seed, threads=threads, **kw) for key, (path, seed) in todo.items()}
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {key: pool.submit(_evaluate_job, str(path), threads=threads, **kw) for key, path in todo.items()}
+        futures = {key: pool.submit(_evaluate_job, str(path), seed=seed, threads=threads, **kw)
+                   for key, (path, seed) in todo.items()}
         return {key: f.result() for key, f in futures.items()}
 
 
@@ -188,14 +195,10 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     print("[3/3] evaluating every model on the test split", flush=True)
     rows = load_task(rl.data, build_tokenizer(), rl.train.seed).heldout  # the same test problems for every seed
     first = rl.rewards.functions[0]
-    todo = {(i, "sft"): sfts[i].model_dir for i in offsets}
-    todo.update({key: run["model"] for key, run in runs.items()})
-    evals = {}
-    for i in offsets:  # sampling seeded per seed; models evaluated `jobs` at a time
-        part = {key: path for key, path in todo.items() if key[0] == i}
-        evals.update(_evaluate_all(part, jobs, threads, rows=rows, reward_fn=first.fn,
-                                   reward_options=first.options, n=n, ks=ks,
-                                   max_new_tokens=rl.sampling.max_new_tokens, seed=rl.train.seed + i))
+    models = {(i, "sft"): sfts[i].model_dir for i in offsets} | {key: run["model"] for key, run in runs.items()}
+    todo = {key: (path, rl.train.seed + key[0]) for key, path in models.items()}  # sampling seeded per seed
+    evals = _evaluate_all(todo, jobs, threads, rows=rows, reward_fn=first.fn, reward_options=first.options, n=n,
+                          ks=ks, max_new_tokens=rl.sampling.max_new_tokens)
     per_seed = {i: {name: _row(evals[(i, name)], runs.get((i, name)), sfts[i] if name == "sft" else None)
                     for name in ("sft", *methods)} for i in offsets}
     (out / "results.json").write_text(json.dumps({"seeds": offsets, "per_seed": per_seed}, indent=2))
@@ -235,26 +238,16 @@ def _claim_rows(per_seed: dict, kmax: int, test_n: int) -> tuple[list[str], list
     seeds = list(per_seed)
     names = list(per_seed[seeds[0]])
     acc = lambda m: [per_seed[i][m]["greedy_accuracy"] for i in seeds]  # noqa: E731
-    claims = []  # (claim, per-seed differences in points)
-    if "grpo" in names:
-        claims.append(("RL adds points over SFT (GRPO outcome − SFT)", "grpo", "sft"))
-    if "ppo" in names and "grpo" in names:
-        claims.append(("GRPO matches or beats PPO at equal budget (GRPO − PPO)", "grpo", "ppo"))
-    if "grpo_process" in names and "grpo" in names:
-        claims.append(("process supervision beats outcome supervision (process − outcome)", "grpo_process", "grpo"))
-    if "rft" in names and "grpo" in names:
-        claims.append(("GRPO beats online RFT (GRPO − RFT)", "grpo", "rft"))
-    if "iterative" in names and "grpo" in names:
-        claims.append(("iterative GRPO adds to one run (iterative − GRPO)", "iterative", "grpo"))
+    claims = [(text, a, b) for text, a, b in CLAIMS if a in names and b in names]
     rows = ["| claim (DeepSeekMath) | difference, points | 95% interval | verdict |", "|---|---|---|---|"]
     for text, a, b in claims:
         diffs = [100 * (x - y) for x, y in zip(acc(a), acc(b))]
-        rows.append(_claim_row(text, diffs, mean_std(acc(a) + acc(b))[0], test_n))
+        rows.append(claim_row(text, diffs, mean_std(acc(a) + acc(b))[0], test_n))
     if "grpo" in names:  # §5.2.2: maj@K rises more than pass@K
         s = lambda m, key: [per_seed[i][m][key][kmax] for i in seeds]  # noqa: E731
         diffs = [100 * ((gm - sm) - (gp - sp)) for gm, sm, gp, sp in
                  zip(s("grpo", "maj_at_k"), s("sft", "maj_at_k"), s("grpo", "pass_at_k"), s("sft", "pass_at_k"))]
-        rows.append(_claim_row(f"RL lifts maj@{kmax} more than pass@{kmax} (GRPO's maj@{kmax} gain − its "
+        rows.append(claim_row(f"RL lifts maj@{kmax} more than pass@{kmax} (GRPO's maj@{kmax} gain − its "
                                f"pass@{kmax} gain)", diffs, 0.5, test_n))
     notes = []
     if "grpo" in names:
@@ -281,7 +274,8 @@ def _claim_rows(per_seed: dict, kmax: int, test_n: int) -> tuple[list[str], list
     return rows, notes
 
 
-def _claim_row(text: str, diffs: list[float], p: float, test_n: int) -> str:
+def claim_row(text: str, diffs: list[float], p: float, test_n: int) -> str:
+    """One row of the claims table: mean difference (per seed), 95% interval, verdict."""
     if len(diffs) > 1:
         mean, lo, hi = mean_ci(diffs)
     else:

@@ -40,10 +40,10 @@ def _check_lengths(rows: list[dict], cfg: DataConfig, tokenizer, name: str) -> t
 def load_task(cfg: DataConfig, tokenizer, seed: int = 0, tools: list[dict] | None = None) -> Task:
     """tools: function schemas rendered into chat prompts (rollout.tools)."""
     if cfg.source == "builtin:arithmetic":
-        from grpo.data.synthetic import make_rows
+        from grpo.data.synthetic import VALIDATION_PERCENT, make_rows
 
         space = dict(num_steps=cfg.task_steps, max_value=cfg.task_max_value, max_delta=cfg.task_max_delta,
-                     multiply=cfg.task_multiply, validation_percent=10 if cfg.num_validation else 0)
+                     multiply=cfg.task_multiply, validation_percent=VALIDATION_PERCENT if cfg.num_validation else 0)
         try:
             train = make_rows(cfg.num_train, "train", seed, cfg.direct_fraction, **space)
             validation = make_rows(cfg.num_validation, "validation", seed, **space) if cfg.num_validation else []

@@ -37,12 +37,19 @@ ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
 FORMAT_RE = re.compile(r"^<think>(.*?)</think><answer>(.*?)</answer>$", re.S)
 STEP_RE = re.compile(r"^\s*(-?\d+)\s*([+*-])\s*(-?\d+)\s*=\s*(-?\d+)\s*$")
 SPLITS = ("train", "validation", "heldout")
+VALIDATION_PERCENT = 10
+"""Share of the problems set aside as the validation split when one is asked for."""
 ENUMERATE_UP_TO = 200_000
 """Spaces with at most this many candidate problems are listed whole; larger ones are sampled."""
 
 
 def apply(value: int, op: str, amount: int) -> int:
     return value + amount if op == "+" else value - amount if op == "-" else value * amount
+
+
+def running_values(start: int, ops) -> list[int]:
+    """The value after each operation, `start` first."""
+    return list(itertools.accumulate(ops, lambda value, o: apply(value, *o), initial=start))
 
 
 @dataclass(frozen=True)
@@ -74,10 +81,7 @@ class Problem:
 
     @property
     def answer(self) -> int:
-        value = self.start
-        for op, amount in self.ops:
-            value = apply(value, op, amount)
-        return value
+        return running_values(self.start, self.ops)[-1]
 
     def prompt(self) -> str:
         verbs = []
@@ -86,12 +90,9 @@ class Problem:
         return f"{self.name} has {self.start} {self.item}, {', '.join(verbs)}. How many?\n"
 
     def worked_solution(self) -> str:
-        lines, value = [], self.start
-        for op, amount in self.ops:
-            new = apply(value, op, amount)
-            lines.append(f"{value}{op}{amount}={new}")
-            value = new
-        return f"<think>{chr(10).join(lines)}</think><answer>{value}</answer>"
+        values = running_values(self.start, self.ops)
+        lines = [f"{v}{op}{amount}={new}" for v, (op, amount), new in zip(values, self.ops, values[1:])]
+        return f"<think>{chr(10).join(lines)}</think><answer>{values[-1]}</answer>"
 
     def direct_solution(self) -> str:
         return f"<think></think><answer>{self.answer}</answer>"
@@ -99,7 +100,7 @@ class Problem:
 
 def _bucket(start: int, ops: tuple[tuple[str, int], ...]) -> int:
     """0..99 from a hash of the problem alone: its split never depends on a seed."""
-    key = f"{start}:{','.join(('-' if op == '-' else '*' if op == '*' else '') + str(a) for op, a in ops)}"
+    key = f"{start}:{','.join(('' if op == '+' else op) + str(a) for op, a in ops)}"  # "8:7,-5,*2"
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 100
 
 
@@ -110,12 +111,7 @@ def _split_of(bucket: int, heldout_percent: int, validation_percent: int) -> str
 
 
 def _in_range(start: int, ops, max_value: int) -> bool:
-    value = start
-    for op, amount in ops:
-        value = apply(value, op, amount)
-        if not 0 <= value <= max_value:
-            return False
-    return True
+    return all(0 <= v <= max_value for v in running_values(start, ops))
 
 
 def problem_space(num_steps: int = 3, max_start: int = 9, max_delta: int = 9, max_value: int = 19,
@@ -130,14 +126,13 @@ def _sample_space(space: Space, rng: random.Random, n: int, split: str, heldout_
                   validation_percent: int) -> list[tuple[int, tuple[tuple[str, int], ...]]]:
     """`n` distinct problems of `split` from a space too large to list: at each step an operation
     (add, take away, multiply) is drawn among those that keep the value in range, then its amount."""
-    seen, out = set(), []
+    seen, out, options = set(), [], space.options()
     for _ in range(50 * n + 1000):
-        start, ops, value = rng.randint(1, space.max_start), [], None
+        start, ops = rng.randint(1, space.max_start), []
         value = start
         for _ in range(space.num_steps):
-            valid = [o for o in space.options() if 0 <= apply(value, *o) <= space.max_value and not (o[0] == "*" and value == 0)]
-            kinds = sorted({op for op, _ in valid})
-            kind = rng.choice(kinds)
+            valid = [o for o in options if 0 <= apply(value, *o) <= space.max_value and not (o[0] == "*" and value == 0)]
+            kind = rng.choice(sorted({op for op, _ in valid}))
             op = rng.choice([o for o in valid if o[0] == kind])
             ops.append(op)
             value = apply(value, *op)
@@ -159,7 +154,7 @@ def make_problems(n: int, split: str, seed: int = 0, heldout_percent: int = 20, 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if split == "validation" and not validation_percent:
-        validation_percent = 10
+        validation_percent = VALIDATION_PERCENT
     rng = random.Random(f"{seed}:{split}")
     sp = Space(**space)
     if sp.candidates() <= ENUMERATE_UP_TO:
