@@ -111,6 +111,31 @@ def test_sigterm_mid_step_then_resume_equals_the_straight_run(tmp_path, straight
     assert_same_run(straight, out)
 
 
+def test_sigterm_during_the_first_heldout_evaluation_stops_before_step_1(tmp_path, reward_file, monkeypatch):
+    """A signal during the evaluation before step 1 stops there, not after a step nobody asked for:
+    nothing trained, no checkpoint; `grpo train` exits 143 with a line that says so, and the same
+    output directory starts a fresh run."""
+    import grpo.train.grpo as loop
+
+    real, steps = loop.sharded_accuracy, []
+
+    def evaluate_then_sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "sharded_accuracy", evaluate_then_sigterm)
+    monkeypatch.setattr(loop, "train_step", lambda *a, **k: steps.append(1))
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted) as stopped:
+        train(load_config(TrainConfig, None, overrides(reward_file, out)), progress=False)
+    assert (stopped.value.step, stopped.value.signum, stopped.value.checkpoint) == (0, signal.SIGTERM, None)
+    assert "before step 1 (SIGTERM)" in str(stopped.value) and "no checkpoint" in str(stopped.value)
+    assert steps == [] and latest_checkpoint(out) is None and not (out / "final").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert main(["train", "-q", *overrides(reward_file, out)]) == 128 + signal.SIGTERM  # the CLI's exit status
+    assert steps == [] and latest_checkpoint(out) is None
+
+
 @pytest.mark.slow
 def test_cli_two_steps_then_resume_two_more_equals_four_steps(tmp_path, straight, reward_file, capsys):
     """The issue's recipe: N/2 steps, stop, `grpo train --resume DIR train.steps=N`: the same N-step run."""

@@ -88,12 +88,19 @@ class TrainerState:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped the run after a step; a checkpoint of that step was saved."""
+    """SIGINT or SIGTERM stopped the run after a step; a checkpoint of that step was saved. Before the
+    first step (during the first held-out evaluation) nothing was trained: no checkpoint, `checkpoint`
+    is None."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path, output_dir: Path):
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, output_dir: Path):
         self.signum, self.step, self.checkpoint, self.output_dir = signum, step, checkpoint, output_dir
-        super().__init__(f"interrupted at step {step} ({signal.Signals(signum).name}); checkpoint saved to "
-                         f"{checkpoint}; resume with: grpo train --resume {output_dir}")
+        name = signal.Signals(signum).name
+        if checkpoint is None:
+            super().__init__(f"interrupted before step 1 ({name}), during the first held-out evaluation; nothing "
+                             f"was trained and no checkpoint was written (run again to start over)")
+        else:
+            super().__init__(f"interrupted at step {step} ({name}); checkpoint saved to {checkpoint}; resume "
+                             f"with: grpo train --resume {output_dir}")
 
 
 def weights_fingerprint(model) -> float:

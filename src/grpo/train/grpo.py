@@ -433,6 +433,9 @@ def _train(cfg: TrainConfig, progress: bool, lock: OutputDirLock, timers: Timers
         warned = False
         if state.step == 0:
             state.accuracy_before = heldout()
+            stop.signum = agreed_signal(stop.signum, run.dist)  # a signal during it: stop now, nothing to save
+            if stop.signum is not None:
+                raise TrainingInterrupted(stop.signum, 0, None, run.out)
         bar = tqdm(range(state.step, cfg.train.steps), initial=state.step, total=cfg.train.steps, desc="grpo",
                    disable=not (progress and run.dist.is_main), dynamic_ncols=True)
         for step in bar:
