@@ -63,15 +63,32 @@ def test_reproduce_trains_every_method_over_seeds_and_writes_results_with_plots(
     for png in ("curves.png", "maj_pass_at_k.png", "sft.png"):
         assert (docs / "img" / png).stat().st_size > 10_000
 
-    # a second comparison from the same SFT models: no SFT is trained again
+    # --reuse: the finished runs in the output directory are kept, only the evaluation runs again
+    logs = {p: p.stat().st_mtime_ns for p in out.glob("seed*/*/metrics.jsonl")}
     capsys.readouterr()
-    assert main(["reproduce", "-q", "--seeds", "2", "--jobs", "2", "--n", "2", "--k", "1,2", "--methods", "rft",
-                 "--sft", str(out), f"output_dir={tmp_path / 'again'}", *TINY]) == 0
+    assert main(["reproduce", "-q", "--seeds", "2", "--jobs", "2", "--n", "2", "--k", "1,2", "--methods", "rft,grpo",
+                 "--reuse", f"output_dir={out}", *TINY]) == 0
     printed = capsys.readouterr().out
-    assert f"reusing {out / 'seed0' / 'sft' / 'final'}" in printed and f"reusing {out / 'seed1' / 'sft' / 'final'}" in printed
+    assert printed.count("reusing") == 6 and "finished" not in printed  # 2 SFT + 2 x 2 RL runs, none trained
+    assert {p: p.stat().st_mtime_ns for p in out.glob("seed*/*/metrics.jsonl")} == logs
+    again = json.loads((out / "results.json").read_text())["per_seed"]
+    assert list(again["1"]) == ["sft", "rft", "grpo"]
+    assert [again[i][m]["greedy_accuracy"] for i in ("0", "1") for m in again["0"]] == \
+        [per_seed[i][m]["greedy_accuracy"] for i in ("0", "1") for m in again["0"]]
+    assert again["1"]["grpo"]["seconds"] == per_seed["1"]["grpo"]["seconds"]  # the first invocation's wall time
+    # ... unless the configuration differs: then it says which setting and what to do
+    assert main(["reproduce", "-q", "--seeds", "2", "--methods", "rft", "--reuse", f"output_dir={out}", *TINY,
+                 "rl.train.seed=7"]) == 2
+    err = capsys.readouterr().err
+    assert f"--reuse: {out / 'seed0' / 'rft'} was trained with train.seed=0, this reproduce asks for 7; delete" in err
+
+    # --sft: a comparison from the SFT models of another reproduce output; no SFT is trained again
+    assert main(["reproduce", "-q", "--n", "2", "--k", "1,2", "--methods", "rft", "--sft", str(out),
+                 f"output_dir={tmp_path / 'again'}", *TINY]) == 0
+    assert f"reusing {out / 'seed0' / 'sft' / 'final'}" in capsys.readouterr().out
     assert not (tmp_path / "again" / "seed0" / "sft").exists()
     again = json.loads((tmp_path / "again" / "results.json").read_text())["per_seed"]
-    assert list(again["1"]) == ["sft", "rft"] and again["1"]["sft"]["greedy_accuracy"] == acc["sft"][1]
+    assert list(again["0"]) == ["sft", "rft"] and again["0"]["sft"]["greedy_accuracy"] == acc["sft"][0]
 
 
 def test_reproduce_refuses_unknown_methods_and_bad_k(tmp_path):

@@ -81,7 +81,7 @@ def _cmd_reproduce(args) -> None:
     from grpo.reproduce import run_reproduce
 
     run_reproduce(args.config, args.overrides, n=args.n, ks=parse_ks(args.k), docs_dir=args.docs, methods=args.methods.split(","),
-                  progress=not args.quiet, sft_dir=args.sft, seeds=args.seeds, jobs=args.jobs)
+                  progress=not args.quiet, sft_dir=args.sft, seeds=args.seeds, jobs=args.jobs, reuse=args.reuse)
 
 
 def _cmd_plot(args) -> None:
@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--docs", default=None, help="also copy results.md and its plots into this directory (e.g. docs)")
     sp.add_argument("--sft", default=None, metavar="DIR",
                     help="reuse the SFT models of an earlier `grpo reproduce` output (or, with one seed, a `grpo sft` run)")
+    sp.add_argument("--reuse", action="store_true",
+                    help="keep the finished runs already in output_dir that have this configuration; train the rest")
     sp.set_defaults(fn=_cmd_reproduce)
     sp = sub.add_parser("plot", help="redraw a run's training.png, or compare several runs' curves in one PNG")
     sp.add_argument("--config", "-c", default=None,

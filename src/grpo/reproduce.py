@@ -14,7 +14,9 @@ maj@K more than pass@K (§5.2.2). On the built-in task and the tiny model this c
 3. evaluates every model on one fixed test split (greedy accuracy, pass@k, maj@k);
 
 then writes `results.md` with each figure's mean and spread over the seeds, a verdict per claim from
-the paired per-seed differences (`grpo.stats`), and PNG plots with error bars.
+the paired per-seed differences (`grpo.stats`), and PNG plots with error bars. `--reuse` keeps every
+finished run already in the output directory whose configuration is the one this invocation would
+train (an interrupted reproduce continues; a deleted run directory is trained again).
 
     grpo reproduce --config configs/reproduce.yaml --seeds 3 --jobs 2 --docs docs
 """
@@ -29,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from grpo.config import DemoConfig, load_config, save_config
+from grpo.config import DemoConfig, SFTConfig, TrainConfig, load_config, save_config, to_dict
 from grpo.errors import UserError
 from grpo.stats import binomial_ci, mean_ci, mean_std, verdict
 
@@ -64,6 +66,11 @@ class Job:
     cmd: list[str]
     log: Path
 
+    @property
+    def record(self) -> Path:
+        """Written when the job succeeds: its wall seconds (read again by --reuse)."""
+        return self.log.with_suffix(".json")
+
 
 def _run_jobs(jobs: list[Job], parallel: int) -> dict[str, float]:
     """Run the commands, `parallel` at a time; name -> wall seconds. The first failure stops the others
@@ -86,6 +93,7 @@ def _run_jobs(jobs: list[Job], parallel: int) -> dict[str, float]:
                     tail = job.log.read_text(errors="replace")[-2000:]
                     raise UserError(f"{name} failed (exit {proc.returncode}); log: {job.log}\n{tail}")
                 seconds[name] = time.perf_counter() - t0
+                job.record.write_text(json.dumps({"seconds": seconds[name]}))
                 print(f"      finished {name} in {seconds[name]:.0f} s", flush=True)
             time.sleep(0.2)
     finally:
@@ -94,6 +102,30 @@ def _run_jobs(jobs: list[Job], parallel: int) -> dict[str, float]:
         for _, proc, _ in running.values():
             proc.wait()
     return seconds
+
+
+_IGNORED = ("threads",)
+"""Settings that do not change what a run computes (`--jobs` sets them): --reuse ignores them."""
+
+
+def _reusable(job: Job, run_dir: Path, cls, config: Path, overrides: list[str]) -> float | None:
+    """--reuse: the wall seconds of a finished run in `run_dir` (its final model, its config.yaml and
+    the job's record) when its configuration is the one `config` + `overrides` give; None when there
+    is no finished run; UserError when there is one with another configuration."""
+    if not ((run_dir / "final" / "config.json").is_file() and (run_dir / "config.yaml").is_file()
+            and job.record.is_file()):
+        return None
+    strip = lambda d: {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k not in _IGNORED}  # noqa: E731
+    want = strip(to_dict(load_config(cls, config, overrides)))
+    have = strip(to_dict(load_config(cls, run_dir / "config.yaml")))
+    if want != have:
+        flat = lambda d, p="": {f"{p}{k}": v for key, x in d.items()  # noqa: E731
+                                for k, v in (flat(x, f"{key}.").items() if isinstance(x, dict) else [(key, x)])}
+        fw, fh = flat(want), flat(have)
+        key = next(k for k in sorted(fw.keys() | fh.keys()) if fw.get(k) != fh.get(k))
+        raise UserError(f"--reuse: {run_dir} was trained with {key}={fh.get(key)!r}, this reproduce asks for "
+                        f"{fw.get(key)!r}; delete {run_dir} to train it again, or drop --reuse")
+    return json.loads(job.record.read_text())["seconds"]
 
 
 def _read_run(out: Path, seconds: float) -> dict:
@@ -134,7 +166,7 @@ def _evaluate_all(todo: dict, jobs: int, threads: int, **kw) -> dict:
 
 def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 2, 4, 8, 16),
                   docs_dir: str | None = None, methods=tuple(METHODS), progress: bool = True,
-                  sft_dir: str | None = None, seeds: int = 1, jobs: int = 1) -> dict:
+                  sft_dir: str | None = None, seeds: int = 1, jobs: int = 1, reuse: bool = False) -> dict:
     from grpo.data import load_task
     from grpo.models.tiny import build_tokenizer
 
@@ -172,24 +204,32 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
                   f"(best at step {sfts[i].best_step} of {sfts[i].steps})")
         else:
             d = out / f"seed{i}" / "sft"
-            sft_jobs.append(Job(f"SFT seed {i}", [*py, "sft", "-q", "--config", str(out / "sft.yaml"),
-                                                  f"sft.seed={cfg.sft.sft.seed + i}", f"sft.output_dir={d}"],
-                                d.parent / "sft.log"))
+            args = [f"sft.seed={cfg.sft.sft.seed + i}", f"sft.output_dir={d}"]
+            job = Job(f"SFT seed {i}", [*py, "sft", "-q", "--config", str(out / "sft.yaml"), *args], d.parent / "sft.log")
+            if reuse and _reusable(job, d, SFTConfig, out / "sft.yaml", args) is not None:
+                sfts[i] = _finished_sft(d)
+                print(f"[1/3] SFT warm start, seed {i}: reusing {d}", flush=True)
+            else:
+                sft_jobs.append(job)
     if sft_jobs:
-        print(f"[1/3] SFT warm start, {seeds} seed(s), {jobs} at a time -> {out}/seed*/sft", flush=True)
+        print(f"[1/3] SFT warm start, {len(sft_jobs)} run(s), {jobs} at a time -> {out}/seed*/sft", flush=True)
         _run_jobs(sft_jobs, jobs)
         sfts = {i: _finished_sft(out / f"seed{i}" / "sft") for i in offsets}
 
     rl = cfg.rl
     print(f"[2/3] {', '.join(LABELS[m] for m in methods)} from each SFT model ({rl.train.steps} steps, "
           f"{rl.train.prompts_per_step} prompts x G={rl.grpo.G}), {jobs} at a time", flush=True)
-    rl_jobs = {(i, m): Job(f"{LABELS[m]} seed {i}",
-                           [*py, "train", "-q", "--config", str(out / "rl.yaml"), *METHODS[m],
-                            f"model.path={sfts[i].model_dir}", f"train.output_dir={out / f'seed{i}' / m}",
-                            f"train.seed={rl.train.seed + i}"],
-                           out / f"seed{i}" / f"{m}.log")
-               for i in offsets for m in methods}
-    seconds = _run_jobs(list(rl_jobs.values()), jobs)
+    rl_args = {(i, m): [*METHODS[m], f"model.path={sfts[i].model_dir}", f"train.output_dir={out / f'seed{i}' / m}",
+                        f"train.seed={rl.train.seed + i}"] for i in offsets for m in methods}
+    rl_jobs = {(i, m): Job(f"{LABELS[m]} seed {i}", [*py, "train", "-q", "--config", str(out / "rl.yaml"), *args],
+                           out / f"seed{i}" / f"{m}.log") for (i, m), args in rl_args.items()}
+    seconds = {}
+    for key, job in rl_jobs.items() if reuse else ():
+        reused = _reusable(job, out / f"seed{key[0]}" / key[1], TrainConfig, out / "rl.yaml", rl_args[key])
+        if reused is not None:
+            seconds[job.name] = reused
+            print(f"      reusing {job.name} ({out / f'seed{key[0]}' / key[1]})", flush=True)
+    seconds |= _run_jobs([job for job in rl_jobs.values() if job.name not in seconds], jobs)
     runs = {key: _read_run(out / f"seed{key[0]}" / key[1], seconds[job.name]) for key, job in rl_jobs.items()}
 
     print("[3/3] evaluating every model on the test split", flush=True)
@@ -205,7 +245,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     plots = _plots(out, runs, sfts, evals, offsets, methods, ks)
     command = " ".join(["grpo reproduce", *(["--config", config] if config else []), f"--seeds {seeds}",
                         f"--jobs {jobs}", f"--n {n}", f"--k {','.join(map(str, ks))}",
-                        f"--methods {','.join(methods)}", *([f"--sft {sft_dir}"] if sft_dir else []), *overrides])
+                        f"--methods {','.join(methods)}", *([f"--sft {sft_dir}"] if sft_dir else []),
+                        *(["--reuse"] if reuse else []), *overrides])
     text = _markdown(per_seed, cfg, sfts, plots, n, ks, command, time.perf_counter() - t_start, len(rows))
     (out / "results.md").write_text(text)
     if docs_dir:
