@@ -28,9 +28,9 @@ def reward_file(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    """Keep each test on the 2-core CI machine's budget and deterministic."""
+    """Keep each test on the 2-core CI machine's budget: 2 threads, shared among pytest-xdist's workers."""
     n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
+    torch.set_num_threads(max(1, min(n, 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
     yield
     torch.set_num_threads(n)
 

@@ -250,35 +250,48 @@ common = ["train.eval_every=0", "train.sample_every=0", "data.num_heldout=1", "d
 train(load_config(TrainConfig, None, common + ["train.prompts_per_step=1", "grpo.G=2", "train.micro_batch_size=2",
       "sampling.max_new_tokens=4", "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
       f"train.output_dir={out}/warm"]), progress=False)
-gc.collect()
-base = status("VmRSS")
-try:
-    open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark to the current RSS
-except OSError:
-    pass  # the warm-up's own peak is far below the measured one
-res = train(load_config(TrainConfig, None, common + sys.argv[1:] + [f"train.output_dir={out}/run"]), progress=False)
-print(json.dumps({"delta": status("VmHWM") - base, "T": max(r.get("completion/len_max", 0) for r in res.history)}))
+results = []
+for i, overrides in enumerate(json.loads(sys.argv[1])):  # each run's peak above the RSS before it
+    gc.collect()
+    base = status("VmRSS")
+    try:
+        open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark to the current RSS
+    except OSError:
+        pass  # the earlier runs' peaks are below this one's (the caller orders them so)
+    res = train(load_config(TrainConfig, None, common + overrides + [f"train.output_dir={out}/run{i}"]),
+                progress=False)
+    results.append({"delta": status("VmHWM") - base, "T": max(r.get("completion/len_max", 0) for r in res.history)})
+print(json.dumps(results))
 """
+MEASURED = {"h": 256, "L": 4, "G": 8, "prompts": 2, "T": 64}
+"""The measured runs: tiny model width and depth, group size, prompts per step, completion length."""
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict:
+    """gradient checkpointing on/off -> {"delta": peak RSS above the baseline, "T": completion length}, both
+    measured in one fresh process (checkpointing first: its lower peak cannot hide the other's)."""
+    h, L, G, prompts, T = MEASURED.values()
+    runs = {c: [f"model.tiny_hidden_size={h}", f"model.tiny_num_layers={L}", f"grpo.G={G}",
+                f"train.prompts_per_step={prompts}", f"train.micro_batch_size={G * prompts}",
+                f"sampling.max_new_tokens={T}", "grpo.beta=0.04", f"train.gradient_checkpointing={str(c).lower()}"]
+            for c in (True, False)}
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1",
+           "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(list(runs.values()))], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return dict(zip(runs, json.loads(run.stdout.strip().splitlines()[-1])))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_plan_matches_peak_memory_of_real_grpo_steps_on_cpu(checkpointing):
+def test_plan_matches_peak_memory_of_real_grpo_steps_on_cpu(checkpointing, measured):
     from grpo.data.synthetic import make_rows
     from grpo.models.tiny import build_tokenizer
 
-    h, L, G, prompts, T = 256, 4, 8, 2, 64
-    overrides = [f"model.tiny_hidden_size={h}", f"model.tiny_num_layers={L}", f"grpo.G={G}",
-                 f"train.prompts_per_step={prompts}", f"train.micro_batch_size={G * prompts}",
-                 f"sampling.max_new_tokens={T}", "grpo.beta=0.04",
-                 f"train.gradient_checkpointing={str(checkpointing).lower()}"]
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1",
-           "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", MEASURE, *overrides], capture_output=True, text=True, env=env,
-                         timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    (h, L, G, prompts, T), measured = MEASURED.values(), measured[checkpointing]
     assert measured["T"] == T  # the untrained model never stops early: every completion is T tokens
     tok = build_tokenizer()
     P = max(len(x) for x in tok([r["prompt"] for r in make_rows(64, "train", 0)])["input_ids"])  # longest prompt

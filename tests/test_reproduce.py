@@ -7,7 +7,7 @@ import pytest
 
 from grpo.cli import main
 from grpo.errors import UserError
-from grpo.reproduce import run_reproduce
+from grpo.reproduce import _reused_sft, run_reproduce
 from grpo.stats import mean_ci, mean_std, verdict
 
 TINY = ["sft.sft.max_steps=4", "sft.sft.eval_every=2", "sft.sft.batch_size=8", "sft.data.num_heldout=4",
@@ -82,13 +82,11 @@ def test_reproduce_trains_every_method_over_seeds_and_writes_results_with_plots(
     err = capsys.readouterr().err
     assert f"--reuse: {out / 'seed0' / 'rft'} was trained with train.seed=0, this reproduce asks for 7; delete" in err
 
-    # --sft: a comparison from the SFT models of another reproduce output; no SFT is trained again
-    assert main(["reproduce", "-q", "--n", "2", "--k", "1,2", "--methods", "rft", "--sft", str(out),
-                 f"output_dir={tmp_path / 'again'}", *TINY]) == 0
-    assert f"reusing {out / 'seed0' / 'sft' / 'final'}" in capsys.readouterr().out
-    assert not (tmp_path / "again" / "seed0" / "sft").exists()
-    again = json.loads((tmp_path / "again" / "results.json").read_text())["per_seed"]
-    assert list(again["0"]) == ["sft", "rft"] and again["0"]["sft"]["greedy_accuracy"] == acc["sft"][0]
+    # --sft DIR: another reproduce output's SFT models, seed by seed (the same plumbing as --reuse's)
+    reused = _reused_sft(out, 1, seeds=2)
+    assert reused.model_dir == out / "seed1" / "sft" / "final" and reused.best_step == per_seed["1"]["sft"]["best_step"]
+    with pytest.raises(UserError, match="no seed2/sft in it"):
+        _reused_sft(out, 2, seeds=3)
 
 
 def test_reproduce_refuses_unknown_methods_and_bad_k(tmp_path):

@@ -144,7 +144,8 @@ def test_cli_unknown_key_and_bad_yaml(tmp_path, capsys):
 def test_cli_subprocess_train_and_sft(tmp_path):
     sft = subprocess.run([sys.executable, "-m", "grpo", "sft", "-q", f"sft.output_dir={tmp_path / 'sft'}",
                           "sft.max_steps=4", "sft.eval_every=2", "sft.batch_size=8", "data.num_heldout=4",
-                          "data.num_train=64", "sampling.max_new_tokens=16"], capture_output=True, text=True)
+                          "data.num_train=64", "sampling.max_new_tokens=16", "model.tiny_hidden_size=32",
+                          "model.tiny_num_layers=1"], capture_output=True, text=True)
     assert sft.returncode == 0, sft.stderr
     assert "best held-out accuracy" in sft.stdout
     run = subprocess.run([sys.executable, "-m", "grpo", "train", "-q", *SMALL, f"model.path={tmp_path / 'sft' / 'final'}",
