@@ -494,17 +494,23 @@ def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_run, tmp_path, monkeypat
     assert steps == {2.0}  # Adam's moments came from the FSDP checkpoint: one step there, one here
 
 
-def test_lora_under_fsdp_resumes_and_saves_the_adapter_and_the_merged_model(ddp_run, tmp_path):
-    """LoRA with train.strategy=fsdp: one step and a sharded checkpoint, `--resume` for the second; the final
-    directory holds the adapter and the merged model (written from the gathered weights: the shards cannot
-    be saved by peft itself), equal to a straight 2-step LoRA run under DDP to 1e-6, same samples."""
+def test_lora_checkpoints_move_between_ddp_and_fsdp_and_the_final_holds_adapter_and_merged_model(ddp_run, tmp_path):
+    """LoRA, a straight 3-step run under DDP (its checkpoints hold the adapters only), against: its step-1
+    checkpoint resumed under FSDP for step 2 (a sharded checkpoint), that resumed under FSDP for step 3. The
+    final directory holds the adapter and the merged model (written from the gathered weights: the shards
+    cannot be saved by peft itself), equal to the straight run's to 1e-6, with the same samples."""
     from safetensors.torch import load_file
 
-    lora = ("model.lora={r: 4, alpha: 8}", "optim.lr=0.01")
+    lora = ("model.lora={r: 4, alpha: 8}", "optim.lr=0.01", "train.steps=3", "train.save_every=1",
+            "train.keep_checkpoints=3")
     straight = _torchrun(tmp_path, "ddp", *lora)
-    out = _torchrun(tmp_path, "fsdp", *lora, "train.strategy=fsdp", "train.steps=1", "train.save_every=1")
-    assert (out / "checkpoints" / "step-000001" / "shards").is_dir()
-    _torchrun(tmp_path, "fsdp", "train.steps=2", resume=True)
+    assert sorted(p.name for p in (straight / "checkpoints" / "step-000001").iterdir()) == \
+        ["config.yaml", "optimizer.pt", "rng.pt", "trainable.safetensors", "trainer_state.json"]
+    out = tmp_path / "fsdp"
+    shutil.copytree(straight, out, ignore=lambda d, names: {"step-000002", "step-000003", "final"} & set(names))
+    _torchrun(tmp_path, "fsdp", "train.strategy=fsdp", "train.steps=2", resume=True)
+    assert (out / "checkpoints" / "step-000002" / "shards").is_dir()
+    _torchrun(tmp_path, "fsdp", "train.strategy=fsdp", "train.steps=3", resume=True)
     assert (out / "final" / "adapter" / "adapter_model.safetensors").is_file()
     a, b = load_file(straight / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     init = load_file(ddp_run / "tiny-init" / "model.safetensors")

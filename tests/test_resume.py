@@ -137,6 +137,28 @@ def test_sigterm_during_the_first_heldout_evaluation_stops_before_step_1(tmp_pat
 
 
 @pytest.mark.slow
+def test_a_lora_checkpoint_holds_the_trained_weights_only_and_resumes_exactly(tmp_path, reward_file):
+    """With LoRA a checkpoint holds the adapters (trainable.safetensors), not the frozen base again (540 MB per
+    checkpoint on SmolLM2); the resume takes the base from model.path and continues bit for bit."""
+    lora = ["model.lora={r: 4, alpha: 8}", "train.steps=2", "train.eval_every=0"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(load_config(TrainConfig, None, overrides(reward_file, straight, *lora)), progress=False)
+    ckpt = straight / "checkpoints" / "step-000001"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["config.yaml", "optimizer.pt", "rng.pt", "trainable.safetensors",
+                                                      "trainer_state.json"]
+    saved = load_file(ckpt / "trainable.safetensors")
+    assert saved and all(".lora_A." in k or ".lora_B." in k for k in saved)
+    shutil.copytree(straight, resumed, ignore=lambda d, names: {"step-000002", "final"} & set(names))
+    train(load_config(TrainConfig, None, overrides(reward_file, resumed, *lora, "train.resume=true")), progress=False)
+    assert metrics(resumed) == metrics(straight)
+    a, b = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the adapters moved at step 2 (B starts at zero), so a resume that kept step 1's would differ
+    after = load_file(straight / "checkpoints" / "step-000002" / "trainable.safetensors")
+    assert any(not torch.equal(saved[k], after[k]) for k in saved)
+
+
+@pytest.mark.slow
 def test_cli_two_steps_then_resume_two_more_equals_four_steps(tmp_path, straight, reward_file, capsys):
     """The issue's recipe: N/2 steps, stop, `grpo train --resume DIR train.steps=N`: the same N-step run."""
     out = tmp_path / "run"

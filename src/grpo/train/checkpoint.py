@@ -2,6 +2,8 @@
 
     OUTPUT/checkpoints/step-000010/
         model.safetensors    the policy's weights (tied weights stored once)
+        trainable.safetensors  instead, when some weights are frozen (LoRA): the trained ones only; the
+                             frozen ones are model.path's, checked by the fingerprint below
         optimizer.pt         AdamW moments and the learning-rate schedule's position
         rng.pt               torch CPU and CUDA RNGs, the sampling generator, python's `random`
         trainer_state.json   step, data-sampler position, held-out accuracy before training, fault
@@ -49,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 SHARDS = "shards"
+TRAINABLE = "trainable.safetensors"
 """Inside a checkpoint written under FSDP: torch.distributed.checkpoint's files, one per rank."""
 # Keys whose value may change between a run and its resume without changing the training itself
 # (logging and checkpoint cadence, resources), or that extend it on purpose (train.steps). The
@@ -236,11 +239,15 @@ def _start(root: Path, tmp: Path) -> None:
 def _finish(tmp: Path, final: Path, old: Path, root: Path, cfg, state: TrainerState, model, optimizer,
             scheduler, gen: torch.Generator, extra: dict | None, dist: Dist, sampling) -> None:
     """Rank 0: the files besides the shards, everything fsynced, then the rename that completes it."""
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
 
     rng = _rng_states(gen)
     if not dist.fsdp:  # under FSDP the shards hold the weights and the optimizer state
-        save_model(model, str(tmp / "model.safetensors"))
+        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if len(trained) < len(list(model.parameters())):  # LoRA: 20 MB of adapters, not the 540 MB base
+            save_file({n: p.detach().contiguous() for n, p in trained.items()}, str(tmp / TRAINABLE))
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
     opt = {} if dist.fsdp else {"optimizer": optimizer.state_dict()}
     torch.save({**opt, "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
     if sampling is not None and len(sampling) > 1:
@@ -307,9 +314,11 @@ def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Gen
     try:
         state = TrainerState(**json.loads((path / part).read_text(encoding="utf-8")))
         sharded = (path / SHARDS).is_dir()  # written under FSDP: weights and optimizer state in the shards
-        part = SHARDS if sharded else "model.safetensors"
+        part = SHARDS if sharded else TRAINABLE if (path / TRAINABLE).is_file() else "model.safetensors"
         if sharded:  # into FSDP shards over any number of ranks, or a whole model
             load_shards(path / SHARDS, model, optimizer)
+        elif part == TRAINABLE:  # the frozen weights are model.path's (the fingerprint below checks them)
+            _load_trainable(model, load_file(str(path / part)), dist)
         elif dist.fsdp:
             load_full_state(model, optimizer, load_file(str(path / part)), None)
         else:
@@ -361,6 +370,22 @@ def load_extra(path: Path) -> dict:
     except Exception as e:
         raise UserError(f"checkpoint {path} cannot be loaded (extra.pt: {' '.join(str(e).split())[:300]}); "
                         "delete that directory to resume from the one before it") from None
+
+
+def _load_trainable(model, weights: dict, dist: Dist) -> None:
+    """A checkpoint's trained weights (`TRAINABLE`) into the model; they must be exactly its trainable ones."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != trainable:
+        missing, extra = sorted(trainable - set(weights)), sorted(set(weights) - trainable)
+        raise ValueError(f"its trained weights are not this model's (missing {missing[:2]}, unexpected {extra[:2]}); "
+                         "was model.lora changed?")
+    if dist.fsdp:
+        load_full_state(model, None, weights, None, strict=False)
+    else:
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for n, w in weights.items():
+                params[n].copy_(w)
 
 
 def _check_same_config(path: Path, cfg) -> None:

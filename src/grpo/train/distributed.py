@@ -356,13 +356,14 @@ def _plain(e) -> RuntimeError:
     return RuntimeError("; ".join(f"rank {r}: {reason(exc)}" for r, (exc, _) in sorted(e.failures.items())))
 
 
-def load_full_state(model, optimizer, weights: dict | None, optim: dict | None) -> None:
+def load_full_state(model, optimizer, weights: dict | None, optim: dict | None, strict: bool = True) -> None:
     """Full (unsharded, name-keyed) weights and optimizer state into a model that may be FSDP-sharded;
-    every rank passes the same dicts (each reads the checkpoint)."""
+    every rank passes the same dicts (each reads the checkpoint). strict=False: `weights` may hold some
+    of the model's weights only (the trained ones of a LoRA checkpoint)."""
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                          set_optimizer_state_dict)
 
-    options = StateDictOptions(full_state_dict=True)
+    options = StateDictOptions(full_state_dict=True, strict=strict)
     if weights is not None:
         set_model_state_dict(model, weights, options=options)
     if optim is not None:
