@@ -35,7 +35,15 @@ def _few_threads():
     torch.set_num_threads(n)
 
 
+LONGEST_FIRST = ["test_distributed.py", "test_real_model.py", "test_reproduce.py", "test_plan.py",
+                 "test_train_integration.py", "test_resume.py", "test_configs.py"]
+"""The files that take longest (torchrun launches, the 135M model, subprocesses), started first: the
+xdist workers take files in this order, so no long file starts last and runs on alone."""
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-file order kept
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

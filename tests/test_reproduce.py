@@ -45,6 +45,9 @@ def test_reproduce_trains_every_method_over_seeds_and_writes_results_with_plots(
         assert f"path: {run / 'sft' / 'final'}" in (run / "grpo" / "config.yaml").read_text()
         assert f"seed: {i}" in (run / "sft" / "config.yaml").read_text()
         assert "threads: 1" in (run / "sft" / "config.yaml").read_text()  # 2 jobs on 2 cores
+        # `python -m grpo sft` and `train` ran as processes and said what they did
+        assert "best held-out accuracy" in (run / "sft.log").read_text()
+        assert "held-out accuracy" in (run / "grpo.log").read_text() and (run / "grpo" / "final" / "model.safetensors").is_file()
     # each seed trained its own SFT model on its own data order
     assert (out / "seed0" / "sft" / "metrics.jsonl").read_text() != (out / "seed1" / "sft" / "metrics.jsonl").read_text()
     text = (docs / "results.md").read_text()
@@ -66,8 +69,8 @@ def test_reproduce_trains_every_method_over_seeds_and_writes_results_with_plots(
     # --reuse: the finished runs in the output directory are kept, only the evaluation runs again
     logs = {p: p.stat().st_mtime_ns for p in out.glob("seed*/*/metrics.jsonl")}
     capsys.readouterr()
-    assert main(["reproduce", "-q", "--seeds", "2", "--jobs", "2", "--n", "2", "--k", "1,2", "--methods", "rft,grpo",
-                 "--reuse", f"output_dir={out}", *TINY]) == 0
+    assert main(["reproduce", "-q", "--seeds", "2", "--n", "2", "--k", "1,2", "--methods", "rft,grpo",
+                 "--reuse", f"output_dir={out}", *TINY]) == 0  # one job: evaluated in this process
     printed = capsys.readouterr().out
     assert printed.count("reusing") == 6 and "finished" not in printed  # 2 SFT + 2 x 2 RL runs, none trained
     assert {p: p.stat().st_mtime_ns for p in out.glob("seed*/*/metrics.jsonl")} == logs

@@ -1,8 +1,6 @@
 """End-to-end: a few GRPO steps on the tiny model through the public API and the CLI."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -138,20 +136,6 @@ def test_cli_unknown_key_and_bad_yaml(tmp_path, capsys):
     assert main(["train", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "invalid YAML" in err
-
-
-@pytest.mark.slow
-def test_cli_subprocess_train_and_sft(tmp_path):
-    sft = subprocess.run([sys.executable, "-m", "grpo", "sft", "-q", f"sft.output_dir={tmp_path / 'sft'}",
-                          "sft.max_steps=4", "sft.eval_every=2", "sft.batch_size=8", "data.num_heldout=4",
-                          "data.num_train=64", "sampling.max_new_tokens=16", "model.tiny_hidden_size=32",
-                          "model.tiny_num_layers=1"], capture_output=True, text=True)
-    assert sft.returncode == 0, sft.stderr
-    assert "best held-out accuracy" in sft.stdout
-    run = subprocess.run([sys.executable, "-m", "grpo", "train", "-q", *SMALL, f"model.path={tmp_path / 'sft' / 'final'}",
-                          f"train.output_dir={tmp_path / 'rl'}"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    assert "held-out accuracy" in run.stdout and (tmp_path / "rl" / "final" / "model.safetensors").exists()
 
 
 def test_bf16_on_a_cpu_without_bf16_units_says_it_will_be_slow(monkeypatch, capsys):
