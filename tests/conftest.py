@@ -26,6 +26,42 @@ def reward_file(tmp_path_factory):
     return path
 
 
+# A multi-turn environment loaded by path (tests/test_multiturn.py, tests/test_distributed.py).
+COUNTER_ENV = '''
+class Counter:
+    """Answers each turn with 'ok N' and a reward of 0.25 until the third turn."""
+
+    def __init__(self, row):
+        self.n = 0
+
+    def step(self, text):
+        from grpo.tools.environment import Turn
+
+        self.n += 1
+        return Turn(None if self.n >= 3 else [{"role": "tool", "content": f"ok {self.n}"}], reward=0.25)
+'''
+STOP_IDS = list(range(200, 500))
+"""300 frequent number tokens of the tiny tokenizer that end a turn as if they were EOS: the random tiny
+model rarely samples EOS itself."""
+
+
+@pytest.fixture(scope="module")
+def stopping_model(tmp_path_factory):
+    """(model dir, env file): the tiny model (hidden 32, 1 layer) with STOP_IDS among its generation config's
+    EOS ids, and COUNTER_ENV as `counter_env.py` beside it (`rollout.environment={env}:Counter`)."""
+    import json
+
+    from grpo.models.tiny import TinyConfig, build_tiny
+
+    out = build_tiny(tmp_path_factory.mktemp("tiny") / "m", TinyConfig(hidden_size=32, num_layers=1))
+    cfg = json.loads((out / "generation_config.json").read_text())
+    cfg["eos_token_id"] = [cfg["eos_token_id"]] + STOP_IDS
+    (out / "generation_config.json").write_text(json.dumps(cfg))
+    env = out.parent / "counter_env.py"
+    env.write_text(COUNTER_ENV)
+    return out, env
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     """Keep each test on the 2-core CI machine's budget: 2 threads, shared among pytest-xdist's workers."""
@@ -35,15 +71,7 @@ def _few_threads():
     torch.set_num_threads(n)
 
 
-LONGEST_FIRST = ["test_distributed.py", "test_real_model.py", "test_reproduce.py", "test_plan.py",
-                 "test_train_integration.py", "test_resume.py", "test_configs.py"]
-"""The files that take longest (torchrun launches, the 135M model, subprocesses), started first: the
-xdist workers take files in this order, so no long file starts last and runs on alone."""
-
-
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-file order kept
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

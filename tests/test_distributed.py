@@ -521,31 +521,12 @@ def test_lora_checkpoints_move_between_ddp_and_fsdp_and_the_final_holds_adapter_
     assert (out / "samples.jsonl").read_text() == (straight / "samples.jsonl").read_text()
 
 
-COUNTER = """
-from grpo.tools.environment import Turn
-
-class Counter:
-    def __init__(self, row):
-        self.n = 0
-
-    def step(self, text):
-        self.n += 1
-        return Turn([{"role": "tool", "content": f"ok {self.n}"}], reward=0.25)
-"""
-
-
-def test_multi_turn_episodes_under_torchrun_ddp(tmp_path):
+def test_multi_turn_episodes_under_torchrun_ddp(tmp_path, stopping_model):
     """rollout.environment under torchrun: each rank runs the episodes of its own prompts, both ranks' groups
     are logged, and the trainer's log-probs of the policy's tokens are the sampler's. Every turn pays 0.25
-    and up to 2 turns are taken (300 frequent tokens end a turn): reward/environment = 0.25 x turns/mean."""
-    from grpo.models.tiny import TinyConfig, build_tiny
-
-    model = build_tiny(tmp_path / "model", TinyConfig(hidden_size=32, num_layers=1))
-    gen = json.loads((model / "generation_config.json").read_text())
-    (model / "generation_config.json").write_text(json.dumps({**gen, "eos_token_id": [gen["eos_token_id"],
-                                                                                       *range(200, 500)]}))
-    (tmp_path / "counter.py").write_text(COUNTER)
-    run = _torchrun(tmp_path, "episodes", f"model.path={model}", f"rollout.environment={tmp_path / 'counter.py'}:Counter",
+    and up to 2 turns are taken (conftest's `stopping_model`): reward/environment = 0.25 x turns/mean."""
+    model, env = stopping_model
+    run = _torchrun(tmp_path, "episodes", f"model.path={model}", f"rollout.environment={env}:Counter",
                     "rollout.max_turns=2", "sampling.max_new_tokens=48", "grpo.dynamic_sampling=false")
     steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "reward/mean" in x]
     assert [s["step"] for s in steps] == [1, 2]

@@ -17,7 +17,7 @@ from grpo.rollout.multiturn import encode_demonstrations, encode_episode, genera
 from grpo.tools.environment import Turn
 from grpo.models.logprobs import completion_logprobs
 
-STOPS = list(range(200, 500))
+STOPS = list(range(200, 500))  # conftest.STOP_IDS, which the `stopping_model` fixture ends turns at
 
 
 class Counter:
@@ -183,35 +183,6 @@ def test_multi_turn_config_is_checked():
     with pytest.raises(UserError, match="not both"):
         load_config(TrainConfig, None, [tools, "rollout.environment=env.py:Env"])
     assert load_config(TrainConfig, None, [tools]).rollout.multi_turn
-
-
-ENV = '''
-class Counter:
-    """Answers each turn with 'ok N' and a reward of 0.25 until the third turn."""
-
-    def __init__(self, row):
-        self.n = 0
-
-    def step(self, text):
-        from grpo.tools.environment import Turn
-
-        self.n += 1
-        return Turn(None if self.n >= 3 else [{"role": "tool", "content": f"ok {self.n}"}], reward=0.25)
-'''
-
-
-@pytest.fixture(scope="module")
-def stopping_model(tmp_path_factory):
-    """The tiny model with 300 frequent number tokens among its generation config's EOS ids."""
-    from grpo.models.tiny import build_tiny
-
-    out = build_tiny(tmp_path_factory.mktemp("tiny") / "m", TinyConfig(hidden_size=32, num_layers=1))
-    cfg = json.loads((out / "generation_config.json").read_text())
-    cfg["eos_token_id"] = [cfg["eos_token_id"]] + STOPS
-    (out / "generation_config.json").write_text(json.dumps(cfg))
-    env = out.parent / "counter_env.py"
-    env.write_text(ENV)
-    return out, env
 
 
 def loop_overrides(model_dir, env, out, *extra):

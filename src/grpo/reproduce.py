@@ -108,6 +108,17 @@ _IGNORED = ("threads",)
 """Settings that do not change what a run computes (`--jobs` sets them): --reuse ignores them."""
 
 
+def _settings(tree: dict, prefix: str = "") -> dict:
+    """A config's dict as {"section.key": value}, without the `_IGNORED` keys."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _settings(value, f"{prefix}{key}.")
+        elif key not in _IGNORED:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _reusable(job: Job, run_dir: Path, cls, config: Path, overrides: list[str]) -> float | None:
     """--reuse: the wall seconds of a finished run in `run_dir` (its final model, its config.yaml and
     the job's record) when its configuration is the one `config` + `overrides` give; None when there
@@ -115,16 +126,13 @@ def _reusable(job: Job, run_dir: Path, cls, config: Path, overrides: list[str]) 
     if not ((run_dir / "final" / "config.json").is_file() and (run_dir / "config.yaml").is_file()
             and job.record.is_file()):
         return None
-    strip = lambda d: {k: strip(v) if isinstance(v, dict) else v for k, v in d.items() if k not in _IGNORED}  # noqa: E731
-    want = strip(to_dict(load_config(cls, config, overrides)))
-    have = strip(to_dict(load_config(cls, run_dir / "config.yaml")))
-    if want != have:
-        flat = lambda d, p="": {f"{p}{k}": v for key, x in d.items()  # noqa: E731
-                                for k, v in (flat(x, f"{key}.").items() if isinstance(x, dict) else [(key, x)])}
-        fw, fh = flat(want), flat(have)
-        key = next(k for k in sorted(fw.keys() | fh.keys()) if fw.get(k) != fh.get(k))
-        raise UserError(f"--reuse: {run_dir} was trained with {key}={fh.get(key)!r}, this reproduce asks for "
-                        f"{fw.get(key)!r}; delete {run_dir} to train it again, or drop --reuse")
+    want = _settings(to_dict(load_config(cls, config, overrides)))
+    have = _settings(to_dict(load_config(cls, run_dir / "config.yaml")))
+    differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    if differ:
+        key = differ[0]
+        raise UserError(f"--reuse: {run_dir} was trained with {key}={have.get(key)!r}, this reproduce asks for "
+                        f"{want.get(key)!r}; delete {run_dir} to train it again, or drop --reuse")
     return json.loads(job.record.read_text())["seconds"]
 
 
