@@ -1,5 +1,5 @@
-"""`grpo reproduce` on a minute's budget: every method trains over two seeds, is evaluated, and results.md
-says so with spreads and verdicts."""
+"""`grpo reproduce` on a minute's budget: methods train over two seeds, are evaluated, and results.md says
+so with spreads and verdicts."""
 
 import json
 
@@ -7,7 +7,8 @@ import pytest
 
 from grpo.cli import main
 from grpo.errors import UserError
-from grpo.reproduce import _reused_sft, run_reproduce
+from grpo.config import TrainConfig, load_config
+from grpo.reproduce import METHODS, _reused_sft, run_reproduce
 from grpo.stats import mean_ci, mean_std, verdict
 
 TINY = ["sft.sft.max_steps=4", "sft.sft.eval_every=2", "sft.sft.batch_size=8", "sft.data.num_heldout=4",
@@ -17,30 +18,37 @@ TINY = ["sft.sft.max_steps=4", "sft.sft.eval_every=2", "sft.sft.batch_size=8", "
         "rl.data.num_train=64", "rl.train.eval_every=1", "sft.model.tiny_hidden_size=32", "sft.model.tiny_num_layers=1"]
 
 
+def test_every_method_is_a_valid_training_config_that_selects_it():
+    """The overrides each method adds to the shared RL config (the end-to-end test below trains three)."""
+    cfg = {m: load_config(TrainConfig, None, overrides) for m, overrides in METHODS.items()}
+    assert [cfg[m].algorithm for m in METHODS] == ["grpo", "grpo", "ppo", "rft", "grpo"]
+    assert cfg["grpo_process"].grpo.advantage == "process" and cfg["grpo_process"].rewards.step_fn == "arithmetic_steps"
+    assert cfg["iterative"].train.iterations == 2 and cfg["grpo"].train.iterations == 1
+
+
 @pytest.mark.slow
-def test_reproduce_trains_every_method_over_seeds_and_writes_results_with_plots(tmp_path, capsys):
+def test_reproduce_trains_methods_over_seeds_and_writes_results_with_plots(tmp_path, capsys):
+    """SFT, then GRPO, PPO and online RFT from it, over two seeds (8 training processes, 2 at a time)."""
     docs, out = tmp_path / "docs", tmp_path / "out"
     assert main(["reproduce", "-q", "--seeds", "2", "--jobs", "2", "--n", "4", "--k", "1,2,4", "--docs", str(docs),
-                 f"output_dir={out}", *TINY]) == 0
+                 "--methods", "grpo,ppo,rft", f"output_dir={out}", *TINY]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0, 1]
     per_seed = results["per_seed"]
     for i in ("0", "1"):
-        assert list(per_seed[i]) == ["sft", "grpo", "grpo_process", "ppo", "rft", "iterative"]
+        assert list(per_seed[i]) == ["sft", "grpo", "ppo", "rft"]
         for name, v in per_seed[i].items():
             assert 0 <= v["greedy_accuracy"] <= 1 and set(v["pass_at_k"]) == {"1", "2", "4"}
             # pass@k never falls as k grows; pass@1 is the sampled accuracy
             p = [v["pass_at_k"][k] for k in ("1", "2", "4")]
             assert p == sorted(p) and p[0] == pytest.approx(v["sample_accuracy"])
-        assert all(per_seed[i][m]["peak_mib"] > 50 for m in ("grpo", "grpo_process", "ppo", "rft", "iterative"))
+        assert all(per_seed[i][m]["peak_mib"] > 50 for m in ("grpo", "ppo", "rft"))
         # value model; reference
         assert per_seed[i]["ppo"]["state_mib"] > per_seed[i]["grpo"]["state_mib"] > per_seed[i]["rft"]["state_mib"]
         # each method ran the configured algorithm with its seed's SFT model and seed
         run = out / f"seed{i}"
         assert "ppo/value_loss" in (run / "ppo" / "metrics.jsonl").read_text()
-        assert "step_fn: arithmetic_steps" in (run / "grpo_process" / "config.yaml").read_text()
         assert "algorithm: rft" in (run / "rft" / "config.yaml").read_text()
-        assert "iterations: 2" in (run / "iterative" / "config.yaml").read_text()
         assert f"seed: {i}" in (run / "grpo" / "config.yaml").read_text()
         assert f"path: {run / 'sft' / 'final'}" in (run / "grpo" / "config.yaml").read_text()
         assert f"seed: {i}" in (run / "sft" / "config.yaml").read_text()
@@ -59,10 +67,12 @@ def test_reproduce_trains_every_method_over_seeds_and_writes_results_with_plots(
     m, lo, hi = mean_ci(diffs)
     assert (f"| RL adds points over SFT (GRPO outcome − SFT) | {m:+.1f} ({diffs[0]:+.1f}, {diffs[1]:+.1f}) | "
             f"[{lo:+.1f}, {hi:+.1f}] | {verdict(lo, hi)} |") in text
-    for claim in ("GRPO matches or beats PPO", "process supervision beats outcome", "GRPO beats online RFT",
-                  "iterative GRPO adds to one run", "RL lifts maj@4 more than pass@4"):
+    for claim in ("GRPO matches or beats PPO", "GRPO beats online RFT", "RL lifts maj@4 more than pass@4"):
         assert f"| {claim}" in text
-    assert "grpo reproduce --seeds 2 --jobs 2 --n 4 --k 1,2,4" in text and "](img/curves.png)" in text
+    for claim in ("process supervision beats outcome", "iterative GRPO adds to one run"):  # methods not trained
+        assert claim not in text
+    assert "grpo reproduce --seeds 2 --jobs 2 --n 4 --k 1,2,4 --methods grpo,ppo,rft" in text
+    assert "](img/curves.png)" in text
     for png in ("curves.png", "maj_pass_at_k.png", "sft.png"):
         assert (docs / "img" / png).stat().st_size > 10_000
 
