@@ -495,10 +495,11 @@ def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_run, tmp_path, monkeypat
 
 
 def test_lora_checkpoints_move_between_ddp_and_fsdp_and_the_final_holds_adapter_and_merged_model(ddp_run, tmp_path):
-    """LoRA, a straight 3-step run under DDP (its checkpoints hold the adapters only), against: its step-1
-    checkpoint resumed under FSDP for step 2 (a sharded checkpoint), that resumed under FSDP for step 3. The
-    final directory holds the adapter and the merged model (written from the gathered weights: the shards
-    cannot be saved by peft itself), equal to the straight run's to 1e-6, with the same samples."""
+    """LoRA, a straight 3-step run under DDP (its checkpoints hold the adapters only), against its step-1
+    checkpoint resumed under FSDP for steps 2 and 3: the FSDP run's sharded step-2 checkpoint holds the
+    straight run's step-2 adapters, and its final directory the adapter and the merged model (written from
+    the gathered weights: the shards cannot be saved by peft itself), equal to the straight run's to 1e-6,
+    with the same samples. (Resuming from shards is tested on full weights above; the loader is shared.)"""
     from safetensors.torch import load_file
 
     lora = ("model.lora={r: 4, alpha: 8}", "optim.lr=0.01", "train.steps=3", "train.save_every=1",
@@ -508,9 +509,14 @@ def test_lora_checkpoints_move_between_ddp_and_fsdp_and_the_final_holds_adapter_
         ["config.yaml", "optimizer.pt", "rng.pt", "trainable.safetensors", "trainer_state.json"]
     out = tmp_path / "fsdp"
     shutil.copytree(straight, out, ignore=lambda d, names: {"step-000002", "step-000003", "final"} & set(names))
-    _torchrun(tmp_path, "fsdp", "train.strategy=fsdp", "train.steps=2", resume=True)
-    assert (out / "checkpoints" / "step-000002" / "shards").is_dir()
-    _torchrun(tmp_path, "fsdp", "train.strategy=fsdp", "train.steps=3", resume=True)
+    _torchrun(tmp_path, "fsdp", "train.strategy=fsdp", resume=True)
+    adapters = load_file(straight / "checkpoints" / "step-000002" / "trainable.safetensors")
+    shards = _read_shards(out / "checkpoints" / "step-000002")["model"]
+    assert adapters and set(adapters) <= set(shards)
+    for k in adapters:
+        # atol 1e-5: Adam's normalised step at lr 0.01 turns the two strategies' reduction orders into
+        # differences of up to ~4e-6 in an adapter (they shrink by B's scale, ~5e-3, in the merged weights)
+        torch.testing.assert_close(shards[k], adapters[k], rtol=0, atol=1e-5, msg=k)
     assert (out / "final" / "adapter" / "adapter_model.safetensors").is_file()
     a, b = load_file(straight / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
     init = load_file(ddp_run / "tiny-init" / "model.safetensors")
