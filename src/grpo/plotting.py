@@ -1,9 +1,11 @@
-"""PNG plots of a run's metrics (matplotlib, headless)."""
+"""PNG plots of metrics (matplotlib, headless): one run, runs side by side, `grpo reproduce`'s figures."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from grpo.stats import mean_std
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -62,10 +64,69 @@ def plot_comparison(histories: dict[str, list[dict]], out_png: str | Path, title
     prefix = f"{title}: " if title else ""
     ax1.set(xlabel="step", ylabel="reward", title=f"{prefix}training reward")
     ax2.set(xlabel="step", ylabel="accuracy (%)", title="held-out greedy accuracy", ylim=(0, 100))
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+    _finish(fig, (ax1, ax2), Path(out_png), legend_size=None)
     return Path(out_png)
+
+
+def _band(ax, xs: list, series: list[list[float]], label: str, fmt: str = "-") -> None:
+    """Mean over seeds as a line, ± one standard deviation as a band (nothing more with one seed)."""
+    stats = [mean_std(v) for v in zip(*series)]
+    mean = [m for m, _ in stats]
+    line, = ax.plot(xs, mean, fmt, label=label)
+    if len(series) > 1:
+        ax.fill_between(xs, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(), alpha=0.2)
+
+
+def plot_reproduce(out: Path, runs: dict, sfts: dict, evals: dict, seeds: list[int], methods, ks,
+                   labels: dict[str, str]) -> list[str]:
+    """`grpo reproduce`'s figures in `out` (training reward and held-out accuracy per method, maj@k and
+    pass@k, the SFT warm start), each mean ± sd over the seeds; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for m in methods:
+        histories = [[h for h in runs[(i, m)]["history"] if "reward/mean" in h] for i in seeds]
+        _band(a1, [h["step"] for h in histories[0]], [[h["reward/mean"] for h in hs] for hs in histories], labels[m])
+        accs = [eval_curve(runs[(i, m)]["history"]) for i in seeds]
+        _band(a2, [s for s, _ in accs[0]], [[100 * a for _, a in e] for e in accs], labels[m], "o-")
+    a1.set(xlabel="step", ylabel="reward", title="training reward (mean ± sd over seeds)")
+    a2.set(xlabel="step", ylabel="accuracy (%)", title="held-out greedy accuracy", ylim=(0, 100))
+    _finish(fig, (a1, a2), out / "curves.png")
+
+    fig, (b1, b2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name in ("sft", *methods):
+        for ax, key in ((b1, "maj_at_k"), (b2, "pass_at_k")):
+            stats = [mean_std([100 * getattr(evals[(i, name)], key)[k] for i in seeds]) for k in ks]
+            ax.errorbar(list(ks), [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-", capsize=3,
+                        label=labels[name])
+    b1.set(xlabel="k", ylabel="%", title="maj@k (mean ± sd over seeds)", xscale="log", ylim=(0, 100))
+    b2.set(xlabel="k", ylabel="%", title="pass@k (mean ± sd over seeds)", xscale="log", ylim=(0, 100))
+    for ax in (b1, b2):
+        ax.set_xticks(list(ks), [str(k) for k in ks])
+    _finish(fig, (b1, b2), out / "maj_pass_at_k.png")
+
+    fig, c1 = plt.subplots(1, 1, figsize=(6, 3.6))
+    for key, label in (("eval/accuracy", "validation (chooses the checkpoint)"), ("eval/test_accuracy", "test")):
+        curves = [[(h["step"], h[key]) for h in sfts[i].history if key in h] for i in seeds]
+        if curves[0]:
+            _band(c1, [s for s, _ in curves[0]], [[100 * a for _, a in c] for c in curves], label, "o-")
+    for i in seeds:
+        c1.axvline(sfts[i].best_step, color="grey", alpha=0.4, lw=1)
+    c1.set(xlabel="step", ylabel="greedy accuracy (%)", title="SFT warm start (grey: chosen checkpoints)",
+           ylim=(0, 100))
+    _finish(fig, (c1,), out / "sft.png")
+    return ["curves.png", "maj_pass_at_k.png", "sft.png"]
+
+
+def _finish(fig, axes, path: Path, legend_size=8) -> None:
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

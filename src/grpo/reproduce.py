@@ -33,6 +33,7 @@ from pathlib import Path
 
 from grpo.config import DemoConfig, SFTConfig, TrainConfig, load_config, save_config, to_dict
 from grpo.errors import UserError
+from grpo.plotting import plot_reproduce
 from grpo.stats import binomial_ci, mean_ci, mean_std, verdict
 
 METHODS = {
@@ -250,7 +251,7 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     per_seed = {i: {name: _row(evals[(i, name)], runs.get((i, name)), sfts[i] if name == "sft" else None)
                     for name in ("sft", *methods)} for i in offsets}
     (out / "results.json").write_text(json.dumps({"seeds": offsets, "per_seed": per_seed}, indent=2))
-    plots = _plots(out, runs, sfts, evals, offsets, methods, ks)
+    plots = plot_reproduce(out, runs, sfts, evals, offsets, methods, ks, LABELS)
     command = " ".join(["grpo reproduce", *(["--config", config] if config else []), f"--seeds {seeds}",
                         f"--jobs {jobs}", f"--n {n}", f"--k {','.join(map(str, ks))}",
                         f"--methods {','.join(methods)}", *([f"--sft {sft_dir}"] if sft_dir else []),
@@ -430,69 +431,6 @@ def _plan_line() -> str:
                         head_dim=128, vocab_size=32000)  # Llama-2-7B's shape
     gib = {a: plan_memory(PlanInput(arch=arch, algorithm=a, precision="bf16")).total_bytes / 2**30 for a in ("grpo", "ppo")}
     return f"{gib['grpo']:.0f} GiB for GRPO vs {gib['ppo']:.0f} GiB for PPO (bf16, AdamW, no LoRA)"
-
-
-def _band(ax, xs: list, series: list[list[float]], label: str, fmt: str = "-") -> None:
-    """Mean over seeds as a line, ± one standard deviation as a band (nothing more with one seed)."""
-    stats = [mean_std(v) for v in zip(*series)]
-    mean = [m for m, _ in stats]
-    line, = ax.plot(xs, mean, fmt, label=label)
-    if len(series) > 1:
-        ax.fill_between(xs, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(), alpha=0.2)
-
-
-def _plots(out: Path, runs: dict, sfts: dict, evals: dict, seeds: list[int], methods, ks) -> list[str]:
-    import matplotlib
-
-    from grpo.plotting import eval_curve
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for m in methods:
-        histories = [[h for h in runs[(i, m)]["history"] if "reward/mean" in h] for i in seeds]
-        _band(a1, [h["step"] for h in histories[0]], [[h["reward/mean"] for h in hs] for hs in histories], LABELS[m])
-        accs = [eval_curve(runs[(i, m)]["history"]) for i in seeds]
-        _band(a2, [s for s, _ in accs[0]], [[100 * a for _, a in e] for e in accs], LABELS[m], "o-")
-    a1.set(xlabel="step", ylabel="reward", title="training reward (mean ± sd over seeds)")
-    a2.set(xlabel="step", ylabel="accuracy (%)", title="held-out greedy accuracy", ylim=(0, 100))
-    _finish(fig, (a1, a2), out / "curves.png")
-
-    fig, (b1, b2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name in ("sft", *methods):
-        for ax, key in ((b1, "maj_at_k"), (b2, "pass_at_k")):
-            stats = [mean_std([100 * getattr(evals[(i, name)], key)[k] for i in seeds]) for k in ks]
-            ax.errorbar(list(ks), [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-", capsize=3,
-                        label=LABELS[name])
-    b1.set(xlabel="k", ylabel="%", title="maj@k (mean ± sd over seeds)", xscale="log", ylim=(0, 100))
-    b2.set(xlabel="k", ylabel="%", title="pass@k (mean ± sd over seeds)", xscale="log", ylim=(0, 100))
-    for ax in (b1, b2):
-        ax.set_xticks(list(ks), [str(k) for k in ks])
-    _finish(fig, (b1, b2), out / "maj_pass_at_k.png")
-
-    fig, c1 = plt.subplots(1, 1, figsize=(6, 3.6))
-    for key, label in (("eval/accuracy", "validation (chooses the checkpoint)"), ("eval/test_accuracy", "test")):
-        curves = [[(h["step"], h[key]) for h in sfts[i].history if key in h] for i in seeds]
-        if curves[0]:
-            _band(c1, [s for s, _ in curves[0]], [[100 * a for _, a in c] for c in curves], label, "o-")
-    for i in seeds:
-        c1.axvline(sfts[i].best_step, color="grey", alpha=0.4, lw=1)
-    c1.set(xlabel="step", ylabel="greedy accuracy (%)", title="SFT warm start (grey: chosen checkpoints)",
-           ylim=(0, 100))
-    _finish(fig, (c1,), out / "sft.png")
-    return ["curves.png", "maj_pass_at_k.png", "sft.png"]
-
-
-def _finish(fig, axes, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _publish(out: Path, docs: Path, plots: list[str]) -> None:

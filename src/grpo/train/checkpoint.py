@@ -51,8 +51,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 SHARDS = "shards"
-TRAINABLE = "trainable.safetensors"
 """Inside a checkpoint written under FSDP: torch.distributed.checkpoint's files, one per rank."""
+TRAINABLE = "trainable.safetensors"
+"""Instead of model.safetensors when some weights are frozen (LoRA): the trained weights only."""
 # Keys whose value may change between a run and its resume without changing the training itself
 # (logging and checkpoint cadence, resources), or that extend it on purpose (train.steps). The
 # micro-batching, checkpointing and strategy keys change how an update is computed, not what it is
