@@ -68,14 +68,18 @@ def _saved_bytes(model, batch, seq, ctx):
 
 
 @pytest.mark.parametrize("precision, attention, checkpointing", [
-    ("fp32", "sdpa", False), ("fp32", "eager", False), ("bf16-autocast", "sdpa", False), ("bf16", "sdpa", False),
-    ("fp32", "sdpa", True),
+    ("fp32", "sdpa", False), ("fp32", "sdpa-gqa", False), ("fp32", "eager", False),
+    ("bf16-autocast", "sdpa-gqa", False), ("bf16", "sdpa-gqa", False), ("fp32", "sdpa-gqa", True),
 ])
 def test_layer_activations_equal_what_autograd_saves(precision, attention, checkpointing):
-    """One more layer adds exactly the formula's bytes (GQA with head_dim*heads != hidden, to catch mixups)."""
+    """One more layer adds exactly the formula's bytes (GQA with head_dim*heads != hidden, to catch mixups),
+    for the model as grpo loads it (`lean_layers`: the SiLU recomputed; on CPU grouped-query SDPA, or with
+    attention "sdpa" the keys and values repeated as transformers does elsewhere)."""
     import contextlib
 
     from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from grpo.models.lean_layers import lean_layers
 
     a = Architecture(num_layers=1, hidden_size=64, intermediate_size=160, num_heads=4, num_kv_heads=2, head_dim=24,
                      vocab_size=128)
@@ -86,7 +90,10 @@ def test_layer_activations_equal_what_autograd_saves(precision, attention, check
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(LlamaConfig(
             vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=layers, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=24, attn_implementation=attention)).train()
+            num_key_value_heads=2, head_dim=24, attn_implementation="eager" if attention == "eager" else "sdpa")).train()
+        assert lean_layers(model)["gqa_attention"] == (attention != "eager")
+        if attention == "sdpa":
+            model.config._attn_implementation = "sdpa"
         if precision == "bf16":
             model = model.to(torch.bfloat16)
         if checkpointing:
@@ -109,6 +116,7 @@ def test_shared_prompt_forward_saves_what_the_formula_says():
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from grpo.plan import _update_forwards
+    from grpo.models.lean_layers import lean_layers
     from grpo.models.logprobs import completion_logprobs
 
     if "share_prompts" not in inspect.signature(completion_logprobs).parameters:
@@ -128,6 +136,7 @@ def test_shared_prompt_forward_saves_what_the_formula_says():
         model = AutoModelForCausalLM.from_config(LlamaConfig(
             vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=layers, num_attention_heads=4,
             num_key_value_heads=2, head_dim=24)).train()
+        lean_layers(model)  # as grpo loads it
         params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         for share in (True, False):
             seen = {}
@@ -143,11 +152,12 @@ def test_shared_prompt_forward_saves_what_the_formula_says():
             saved[layers, share] = sum(seen.values())
     for share in (True, False):
         inp = PlanInput(arch=a, G=G, prompts_per_step=prompts, micro_batch_size=prompts * G, prompt_length=P,
-                        completion_length=T, shared_prompts=share)
+                        completion_length=T, shared_prompts=share, attention="sdpa-gqa")
         # shared: 2 prompts x 10 tokens, then 8 rows x 11 tokens against 21 keys; plain: 8 rows x 22 tokens
         forwards, _ = _update_forwards(inp)
         assert forwards == ([(2, 10, 10), (8, 11, 21)] if share else [(8, 22, 22)])
-        assert saved[2, share] - saved[1, share] == sum(layer_activation_bytes(a, *f, "fp32") for f in forwards)
+        assert saved[2, share] - saved[1, share] == sum(layer_activation_bytes(a, *f, "fp32", "sdpa-gqa")
+                                                        for f in forwards)
 
 
 def test_components_hand_worked_for_llama2_7b():
@@ -161,8 +171,8 @@ def test_components_hand_worked_for_llama2_7b():
     # KV cache: 2 (K and V) * 32 layers * 32 kv heads * 128 * (512 + 1024) tokens * 1024 completions * 2 B
     assert c["KV cache"] == 2 * 32 * 32 * 128 * 1536 * 1024 * 2 == 824_633_720_832  # 768 GiB: generate in chunks
     assert c["logits"] == 3 * 4 * 1025 * 32000 * 4
-    # per token (bf16 weights): 4 * (2h + heads + 2) + 2 * (4h + 2q + 4I); per key 2q * 2 B; the sdpa mask 2 B
-    per_token = 4 * (2 * 4096 + 32 + 2) + 2 * (4 * 4096 + 2 * 4096 + 4 * 11008) + 2 * 4096 * 2
+    # per token (bf16 weights): 4 * (2h + heads + 2) + 2 * (4h + 2q + 3I); per key 2q * 2 B; the sdpa mask 2 B
+    per_token = 4 * (2 * 4096 + 32 + 2) + 2 * (4 * 4096 + 2 * 4096 + 3 * 11008) + 2 * 4096 * 2
     layer = 4 * 1536 * per_token + 4 * 1536 * 1536 * 2
     assert c["activations"] == 32 * layer + 4 * 1536 * 2 * 4096 * 2 + 4 * 1025 * 4096 * 2  # + final norm, head input
 

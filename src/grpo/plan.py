@@ -161,9 +161,10 @@ class PlanInput:
     """The update runs each distinct prompt once and the completions against copies of its keys and
     values (grpo's training forward for Llama/Mistral/Qwen models); False: one forward over P+T tokens
     per completion (TRL, and grpo for other model types)."""
-    attention: Literal["sdpa", "flash", "eager"] = "sdpa"
+    attention: Literal["sdpa", "sdpa-gqa", "flash", "eager"] = "sdpa"
     """sdpa keeps a [mb, 1, s, s] mask per layer; eager the [mb, heads, s, s] softmax probabilities;
-    flash (varlen, no mask) neither."""
+    flash (varlen, no mask) neither. sdpa-gqa: grpo's SDPA on CPU for grouped-query models (the mask,
+    keys and values not repeated to every query head; `grpo.models.lean_layers`)."""
     reward_model_params: int = 0
     """Parameters of a learned reward model held for inference (0: rule-based rewards)."""
     value_model_params: int | None = None
@@ -239,29 +240,30 @@ def layer_activation_bytes(a: Architecture, rows: int, q_len: int, kv_len: int, 
     to `kv_len` keys (q_len == kv_len for a plain forward; kv_len = cached prompt + q_len otherwise).
 
     Counted term by term per new token (h hidden, q = heads*head_dim, I intermediate) from the tensors
-    a Hugging Face Llama block saves for backward:
+    a Hugging Face Llama block saves for backward, as grpo loads it (`grpo.models.lean_layers`):
       - two RMSNorms keep their input and normalised output: 4h, fp32 (HF norms upcast), plus one
         rsqrt each (2, fp32);
       - the inputs of q/k/v and of gate/up: 2h (under autocast each linear keeps its own bf16 cast: 5h);
       - attention keeps q and its output (2q) and the log-sum-exp (heads, fp32);
-      - the MLP keeps gate, silu(gate), up and the down input: 4I.
-    fp32: 4 * (6h + 2q + 4I + heads + 2); bf16-autocast: 4 * (4h + heads + 2) + 2 * (5h + 2q + 4I);
-    bf16 weights: 4 * (2h + heads + 2) + 2 * (4h + 2q + 4I).
-    Per key: k and v, repeated to all query heads first with sdpa and eager attention (grouped-query
-    attention saves memory only in the KV cache): 2q; flash attention keeps 2kv.
-    Per (query, key) pair: sdpa keeps the [rows, 1, q_len, kv_len] mask, eager the softmax
+      - the MLP keeps gate, up and the down input: 3I (the SiLU is recomputed in backward).
+    fp32: 4 * (6h + 2q + 3I + heads + 2); bf16-autocast: 4 * (4h + heads + 2) + 2 * (5h + 2q + 3I);
+    bf16 weights: 4 * (2h + heads + 2) + 2 * (4h + 2q + 3I).
+    Per key: k and v, repeated to all query heads first with sdpa and eager attention: 2q; flash
+    attention, and sdpa-gqa (grpo's grouped-query SDPA on CPU), keep the kv heads only: 2kv.
+    Per (query, key) pair: sdpa and sdpa-gqa keep the [rows, 1, q_len, kv_len] mask, eager the softmax
     probabilities [rows, heads, q_len, kv_len] (fp32, plus a bf16 cast) and no log-sum-exp.
     """
     h, q, I = a.hidden_size, a.num_heads * a.head_dim, a.intermediate_size
     nh = a.num_heads if attention != "eager" else 0  # eager attention keeps no log-sum-exp
     if precision == "fp32":
-        per_token, act = 4 * (6 * h + 2 * q + 4 * I + nh + 2), 4
+        per_token, act = 4 * (6 * h + 2 * q + 3 * I + nh + 2), 4
     elif precision == "bf16-autocast":
-        per_token, act = 4 * (4 * h + nh + 2) + 2 * (5 * h + 2 * q + 4 * I), 2
+        per_token, act = 4 * (4 * h + nh + 2) + 2 * (5 * h + 2 * q + 3 * I), 2
     else:  # bf16 weights: norms keep an fp32 upcast of their input and a bf16 normalised output
-        per_token, act = 4 * (2 * h + nh + 2) + 2 * (4 * h + 2 * q + 4 * I), 2
-    per_key = 2 * (q if attention != "flash" else a.num_kv_heads * a.head_dim) * act
-    pairs = {"sdpa": act, "eager": a.num_heads * (4 + (act if act != 4 else 0)), "flash": 0}[attention]
+        per_token, act = 4 * (2 * h + nh + 2) + 2 * (4 * h + 2 * q + 3 * I), 2
+    per_key = 2 * (a.num_kv_heads * a.head_dim if attention in ("flash", "sdpa-gqa") else q) * act
+    pairs = {"sdpa": act, "sdpa-gqa": act, "eager": a.num_heads * (4 + (act if act != 4 else 0)),
+             "flash": 0}[attention]
     return rows * (q_len * per_token + kv_len * per_key + q_len * kv_len * pairs)
 
 

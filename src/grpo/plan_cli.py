@@ -152,7 +152,8 @@ def build_plan_parser(subparsers) -> None:
                    help="plan per-layer activation checkpointing (grpo train's train.gradient_checkpointing)")
     r.add_argument("--no-shared-prompts", dest="shared_prompts", action="store_false",
                    help="plan a plain forward over P+T tokens per completion (not grpo's shared-prompt forward)")
-    r.add_argument("--attention", choices=["sdpa", "flash", "eager"], default="sdpa")
+    r.add_argument("--attention", choices=["sdpa", "sdpa-gqa", "flash", "eager"], default="sdpa",
+                   help="sdpa-gqa: grpo on CPU with grouped-query attention (keys and values kept unrepeated)")
     r.add_argument("--reward-model-params", type=_count, default=0, help="learned reward model size (0: none)")
     r.add_argument("--value-params", type=_count, default=None, help="PPO value model size (default: the policy's)")
     p.add_argument("--gpu-gib", type=float, default=None, help="say whether the total fits in this many GiB")

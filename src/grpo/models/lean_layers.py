@@ -1,0 +1,112 @@
+"""Two savings in what a Llama-style block keeps for backward, each exact: the same forward values bit for
+bit, the same gradients (the backward kernels autograd itself would call).
+
+1. **SiLU and multiply** (`SiluMul`). The MLP is down(silu(gate(x)) * up(x)). Autograd keeps gate(x) for the
+   SiLU's backward, then silu(gate(x)) and up(x) for the product's, then the product as down's input:
+   four [rows, tokens, intermediate] tensors per layer. `SiluMul` keeps gate(x) and up(x) and recomputes
+   the SiLU in backward, so three. On SmolLM2-135M at the bench's shapes (32 completions of 64 tokens) that
+   is 354 MiB less (`bench/saved_activations.py`).
+2. **Grouped-query attention under a mask** (`sdpa_gqa_attention`). transformers' SDPA path repeats keys
+   and values to every query head whenever an attention mask is given, because CUDA's fused kernels need
+   that; the repeated copies are what autograd keeps. PyTorch's CPU flash-attention kernel takes the mask
+   with `enable_gqa=True` and reads the kv heads in place. SmolLM2 (9 query heads, 3 kv heads): 374 MiB
+   less at the same shapes. Only on CPU; elsewhere, and without a mask, transformers' own function runs.
+
+`lean_layers(model)` applies both to a loaded transformers model (before LoRA adapters are added); a block
+that does not have the expected shape (another activation, no gate) is left as it is.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+
+GQA_ATTENTION = "grpo_sdpa_gqa"
+"""The attention implementation name `lean_layers` registers with transformers and sets on the model."""
+
+
+class SiluMul(torch.autograd.Function):
+    """silu(gate) * up, keeping gate and up for backward (not silu(gate)); gradients as autograd's."""
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up  # [..., I]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        gate, up = ctx.saved_tensors
+        g_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
+        g_up = grad * F.silu(gate) if ctx.needs_input_grad[1] else None
+        return g_gate, g_up
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up; through `SiluMul` only when autograd will need it (else plain, no Function overhead)."""
+    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+        return SiluMul.apply(gate, up)
+    return F.silu(gate) * up
+
+
+def _lean_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
+
+
+def sdpa_gqa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                       is_causal=None, **kwargs):
+    """transformers' attention-function signature; query [B, H, q, d], key and value [B, KV, k, d].
+
+    With a mask on CPU and fewer kv heads than query heads: one SDPA call with `enable_gqa=True` (PyTorch's
+    CPU flash kernel, which takes both), returning [B, q, H, d] as transformers' SDPA function does.
+    Anything else goes to that function unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    plain = (attention_mask is None or query.device.type != "cpu" or query.shape[2] == 1
+             or key.shape[1] == query.shape[1] or kwargs.get("position_bias") is not None
+             or kwargs.get("softcap") is not None)
+    if plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
+                                         scale=scaling, enable_gqa=True)  # [B, H, q, d]
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _register_gqa_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(GQA_ATTENTION, sdpa_gqa_attention)
+    AttentionMaskInterface.register(GQA_ATTENTION, sdpa_mask)  # the same masks as "sdpa"
+
+
+def _is_silu_mlp(module) -> bool:
+    """A gated MLP whose activation is the SiLU (checked by value: transformers has its own SiLU classes)."""
+    if not all(isinstance(getattr(module, name, None), torch.nn.Module) for name in ("gate_proj", "up_proj", "down_proj")):
+        return False
+    act, probe = getattr(module, "act_fn", None), torch.linspace(-6, 6, 25)
+    try:
+        return callable(act) and torch.equal(act(probe), F.silu(probe))
+    except Exception:  # an activation that does not take a CPU float tensor is not one to replace
+        return False
+
+
+def lean_layers(model) -> dict[str, int | bool]:
+    """Apply both savings to a transformers model in place; returns what was changed:
+    {"mlps": SiLU MLPs now through `SiluMul`, "gqa_attention": whether the attention function changed}."""
+    mlps = 0
+    for module in model.modules():
+        if _is_silu_mlp(module) and "forward" not in vars(module):
+            module.forward = types.MethodType(_lean_mlp_forward, module)
+            mlps += 1
+    config = model.config
+    grouped = (config.num_key_value_heads or config.num_attention_heads) < config.num_attention_heads \
+        if hasattr(config, "num_key_value_heads") else False
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    gqa = grouped and on_cpu and config._attn_implementation == "sdpa"
+    if gqa:
+        _register_gqa_attention()
+        config._attn_implementation = GQA_ATTENTION
+    return {"mlps": mlps, "gqa_attention": gqa}
