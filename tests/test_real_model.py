@@ -202,6 +202,30 @@ def test_the_smollm2_configs_train_checkpoint_resume_exactly_and_evaluate(tmp_pa
     assert res["num_prompts"] == 2 and res["n"] == 2 and 0.0 <= res["greedy_accuracy"] <= 1.0
 
 
+@needs_smollm2
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["smollm2_gsm8k_warm.yaml", "smollm2_tools.yaml"])
+def test_the_smollm2_demo_configs_run_sft_then_grpo(tmp_path, capsys, monkeypatch, config, smollm2_two_layers):
+    """configs/smollm2_gsm8k_warm.yaml and configs/smollm2_tools.yaml (`grpo demo`), shrunk, on the first 2
+    layers of SmolLM2: LoRA SFT writes a merged model, GRPO trains new adapters on it, and the summary has
+    both stages' held-out accuracy (and, with tools, each model's tool use per kind of problem)."""
+    monkeypatch.chdir(ROOT)
+    tokens = 40 if "tools" in config else 6  # a tool call and its answer need a few more
+    assert main(["demo", "-q", "--config", f"configs/{config}", f"output_dir={tmp_path}",
+                 f"sft.model.path={smollm2_two_layers}", "sft.sft.max_steps=1", "sft.sft.batch_size=2",
+                 "sft.sft.eval_every=1", "sft.data.num_heldout=2", f"sft.sampling.max_new_tokens={tokens}",
+                 "rl.data.num_heldout=2", "rl.train.steps=1", "rl.train.prompts_per_step=1", "rl.grpo.G=2",
+                 "rl.train.micro_batch_size=2", f"rl.sampling.max_new_tokens={tokens}"]) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["sft_steps"] == summary["grpo_steps"] == 1 and summary["heldout_size"] == 2
+    assert 0.0 <= summary["grpo_accuracy"] <= 1.0 and summary["grpo_accuracy_before"] == summary["sft_accuracy"]
+    sft_config = json.loads((tmp_path / "sft" / "final" / "config.json").read_text())
+    assert sft_config["num_hidden_layers"] == 2 and not (tmp_path / "sft" / "final" / "adapter_config.json").exists()
+    assert (tmp_path / "grpo" / "final" / "adapter" / "adapter_model.safetensors").exists()
+    if "tools" in config:
+        assert set(summary["tools"]) == {"sft", "grpo"} and set(summary["tools"]["grpo"]) == {"all", "easy", "hard"}
+
+
 @pytest.fixture(scope="module")
 def smollm2():
     from grpo.config import ModelConfig
