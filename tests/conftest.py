@@ -62,6 +62,27 @@ def stopping_model(tmp_path_factory):
     return out, env
 
 
+@pytest.fixture
+def saved_bytes():
+    """`saved_bytes(model, forward)`: bytes of the distinct storages autograd saves for backward while
+    `forward()` runs, the model's parameters (saved by reference) left out."""
+
+    def count(model, forward) -> int:
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        seen = {}
+
+        def pack(t):
+            if t.untyped_storage().data_ptr() not in params:
+                seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            forward()
+        return sum(seen.values())
+
+    return count
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     """Keep each test on the 2-core CI machine's budget: 2 threads, shared among pytest-xdist's workers."""

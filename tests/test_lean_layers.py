@@ -84,27 +84,15 @@ def test_greedy_generation_is_unchanged_in_both_engines():
         assert torch.equal(a.completion_ids, b.completion_ids)
 
 
-def _saved_bytes(model) -> int:
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in params:
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        completion_logprobs(model, *_batch(), share_prompts=False)
-    return sum(seen.values())
-
-
-def test_autograd_keeps_one_mlp_tensor_and_the_key_value_copies_less():
+def test_autograd_keeps_one_mlp_tensor_and_the_key_value_copies_less(saved_bytes):
     plain = _llama(2, layers=1)
     lean = copy.deepcopy(plain)
     lean_layers(lean)
     # 6 rows x 13 positions (6 prompt + 7 completion tokens), fp32, per layer:
     # silu(gate): 6 x 13 x 96 intermediate; K and V repeated from 2 to 4 heads: 2 x 6 x 2 extra heads x 13 x 24
-    assert _saved_bytes(plain) - _saved_bytes(lean) == 4 * (6 * 13 * 96 + 2 * 6 * 2 * 13 * 24)
+    saved = {name: saved_bytes(m, lambda m=m: completion_logprobs(m, *_batch(), share_prompts=False))
+             for name, m in (("plain", plain), ("lean", lean))}
+    assert saved["plain"] - saved["lean"] == 4 * (6 * 13 * 96 + 2 * 6 * 2 * 13 * 24)
 
 
 def test_other_blocks_are_left_alone():

@@ -49,29 +49,20 @@ def test_param_count_of_llama2_7b_and_its_lora():
     assert LLAMA2_7B.lora_params(16, "all-linear") == 1_249_280 * 32 == 39_976_960
 
 
-def _saved_bytes(model, batch, seq, ctx):
-    """Bytes of the distinct non-parameter storages autograd saves in one forward (with left padding)."""
+def _forward(model, batch, seq, ctx):
+    """One forward with left padding, under `ctx` (autocast or nothing)."""
     ids = torch.randint(0, 100, (batch, seq))
     mask = torch.ones(batch, seq, dtype=torch.long)
     mask[: batch // 2, :3] = 0
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen = {}
-
-    def pack(t):
-        if t.untyped_storage().data_ptr() not in params:
-            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx:
+    with ctx:
         model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
-    return sum(seen.values())
 
 
 @pytest.mark.parametrize("precision, attention, checkpointing", [
     ("fp32", "sdpa", False), ("fp32", "sdpa-gqa", False), ("fp32", "eager", False),
     ("bf16-autocast", "sdpa-gqa", False), ("bf16", "sdpa-gqa", False), ("fp32", "sdpa-gqa", True),
 ])
-def test_layer_activations_equal_what_autograd_saves(precision, attention, checkpointing):
+def test_layer_activations_equal_what_autograd_saves(precision, attention, checkpointing, saved_bytes):
     """One more layer adds exactly the formula's bytes (GQA with head_dim*heads != hidden, to catch mixups),
     for the model as grpo loads it (`lean_layers`: the SiLU recomputed; on CPU grouped-query SDPA, or with
     attention "sdpa" the keys and values repeated as transformers does elsewhere)."""
@@ -99,7 +90,7 @@ def test_layer_activations_equal_what_autograd_saves(precision, attention, check
         if checkpointing:
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
-        saved.append(_saved_bytes(model, B, s, ctx))
+        saved.append(saved_bytes(model, lambda: _forward(model, B, s, ctx)))
     if checkpointing:  # only the layer's input stays (fp32)
         expected = B * s * a.hidden_size * 4
     else:
@@ -109,7 +100,7 @@ def test_layer_activations_equal_what_autograd_saves(precision, attention, check
     assert saved[1] - saved[0] == expected
 
 
-def test_shared_prompt_forward_saves_what_the_formula_says():
+def test_shared_prompt_forward_saves_what_the_formula_says(saved_bytes):
     """grpo's training forward: each distinct prompt once, then the completions against its K/V copies."""
     import inspect
 
@@ -137,19 +128,9 @@ def test_shared_prompt_forward_saves_what_the_formula_says():
             vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=layers, num_attention_heads=4,
             num_key_value_heads=2, head_dim=24)).train()
         lean_layers(model)  # as grpo loads it
-        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         for share in (True, False):
-            seen = {}
-
-            def pack(t):
-                if t.untyped_storage().data_ptr() not in params:
-                    seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-                return t
-
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                    with_entropy=True, share_prompts=share)
-            saved[layers, share] = sum(seen.values())
+            saved[layers, share] = saved_bytes(model, lambda: completion_logprobs(
+                model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy=True, share_prompts=share))
     for share in (True, False):
         inp = PlanInput(arch=a, G=G, prompts_per_step=prompts, micro_batch_size=prompts * G, prompt_length=P,
                         completion_length=T, shared_prompts=share, attention="sdpa-gqa")

@@ -102,8 +102,8 @@ def lean_layers(model) -> dict[str, int | bool]:
             module.forward = types.MethodType(_lean_mlp_forward, module)
             mlps += 1
     config = model.config
-    grouped = (config.num_key_value_heads or config.num_attention_heads) < config.num_attention_heads \
-        if hasattr(config, "num_key_value_heads") else False
+    heads = getattr(config, "num_attention_heads", None)
+    grouped = heads is not None and (getattr(config, "num_key_value_heads", None) or heads) < heads
     on_cpu = next(model.parameters()).device.type == "cpu"
     gqa = grouped and on_cpu and config._attn_implementation == "sdpa"
     if gqa:
