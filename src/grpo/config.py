@@ -88,8 +88,9 @@ class DataConfig:
     num_validation: int = 0
     """Problems for choosing SFT's best checkpoint, disjoint from train and held-out, so that the held-out
     (test) figure is not the one the choice was made on. builtin:arithmetic sets aside 10% of its problems
-    for it when this is > 0; files: the first this many rows of `validation_source` (0: all of them).
-    With none, SFT chooses on the held-out split."""
+    for it when this is > 0; files: the first this many rows of `validation_source` (0: all of them) or,
+    without one, this many rows of `source` set aside (a fixed choice, the same for every seed) and never
+    trained on. With none, SFT chooses on the held-out split."""
     validation_source: str | None = None
     """Validation dataset for files (same format as `source`)."""
     task_steps: int = 3
@@ -442,10 +443,18 @@ class SFTLoopConfig:
     Micro-batches group pairs of similar length and keep only the columns they use (as `train`'s)."""
     micro_batch_tokens: int | None = None
     """Also cap a forward/backward at this many padded tokens (null: no cap), as train.micro_batch_tokens."""
+    max_seconds: float | None = None
+    """Also stop once the training steps (batches, forward, backward, optimizer; evaluations excluded) have
+    taken this many seconds in all (null: no time limit). `grpo reproduce`'s `sft_more` gets the GRPO
+    stage's measured time here."""
+    start_row: int = 0
+    """Skip this many rows (start_row // batch_size batches) of the seed's shuffled training order first:
+    SFT continued from an earlier run with the same seed and batch size then sees rows that run did not
+    (while the data has unseen rows)."""
     eval_every: int = 50
-    """Greedy accuracy every this many steps, on the validation split when data has one (the choice of the
-    best checkpoint is made there; the held-out figure is logged beside it as eval/test_accuracy), else on
-    the held-out split."""
+    """Greedy accuracy every this many steps (and at the last step), on the validation split when data has
+    one (the best checkpoint is chosen there and the held-out split is never read), else on the held-out
+    split."""
     patience: int = 4
     """Stop after this many evaluations without a new best; the best checkpoint is kept (0: run all
     max_steps, e.g. with a decaying optim.schedule)."""
@@ -477,7 +486,9 @@ class SFTConfig:
 
     def validate(self) -> None:
         _positive(self, ["sft.max_steps", "sft.batch_size", "sft.eval_every", *_TASK_SIZES])
-        _not_negative(self, ["sft.patience", "data.num_validation", "data.num_heldout"])
+        _not_negative(self, ["sft.patience", "sft.start_row", "data.num_validation", "data.num_heldout"])
+        if self.sft.max_seconds is not None and not self.sft.max_seconds > 0:
+            raise UserError(f"sft.max_seconds must be > 0 (or null), got {self.sft.max_seconds}")
         for name in ("micro_batch_size", "micro_batch_tokens"):
             value = getattr(self.sft, name)
             if value is not None and (isinstance(value, bool) or value <= 0):

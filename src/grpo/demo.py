@@ -27,8 +27,7 @@ def run_demo(config: str | None, overrides: list[str], progress: bool = True) ->
     cfg.rl.train.output_dir = str(out / "grpo")
     print(f"[1/2] SFT warm start -> {cfg.sft.sft.output_dir}")
     s = sft(cfg.sft, progress=progress)
-    chosen = (f"validation accuracy {100 * s.best_accuracy:.1f}%, test {100 * s.test_accuracy:.1f}%"
-              if s.test_accuracy is not None else f"held-out accuracy {100 * s.best_accuracy:.1f}%")
+    chosen = f"{'validation' if s.chose_on_validation else 'held-out'} accuracy {100 * s.best_accuracy:.1f}%"
     print(f"      best checkpoint: {chosen} (step {s.best_step} of {s.steps}, {s.seconds:.0f} s)")
     cfg.rl.model.path = str(s.model_dir)
     print(f"[2/2] GRPO from the SFT model -> {cfg.rl.train.output_dir}")
