@@ -66,7 +66,8 @@ def _cmd_sft(args) -> None:
 
     cfg = load_config(SFTConfig, args.config, args.overrides)
     res = sft(cfg, progress=not args.quiet)
-    print(f"best held-out accuracy {100 * res.best_accuracy:.1f}% at step {res.best_step} "
+    split = "validation" if res.chose_on_validation else "held-out"
+    print(f"best {split} accuracy {100 * res.best_accuracy:.1f}% at step {res.best_step} "
           f"(stopped at {res.steps}, {res.seconds:.0f} s); model: {res.model_dir}")
 
 
