@@ -223,6 +223,12 @@ def test_the_smollm2_demo_configs_run_sft_then_grpo(tmp_path, capsys, monkeypatc
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["sft_steps"] == summary["grpo_steps"] == 1 and summary["heldout_size"] == 2
     assert 0.0 <= summary["grpo_accuracy"] <= 1.0 and summary["grpo_accuracy_before"] == summary["sft_accuracy"]
+    # the compute-matched baseline: SFT continued from the SFT model for GRPO's measured training time
+    grpo_seconds = sum(json.loads(x).get("time/step", 0) for x in (tmp_path / "grpo" / "metrics.jsonl").open())
+    more = yaml.safe_load((tmp_path / "sft_more" / "config.yaml").read_text())
+    assert more["sft"]["max_seconds"] == pytest.approx(grpo_seconds, abs=1e-3) == summary["grpo_train_seconds"]
+    assert more["model"]["path"] == str(tmp_path / "sft" / "final") and 0.0 <= summary["sft_more_accuracy"] <= 1.0
+    assert "compute-matched baseline" in capsys.readouterr().out
     sft_config = json.loads((tmp_path / "sft" / "final" / "config.json").read_text())
     assert sft_config["num_hidden_layers"] == 2 and not (tmp_path / "sft" / "final" / "adapter_config.json").exists()
     assert (tmp_path / "grpo" / "final" / "adapter" / "adapter_model.safetensors").exists()

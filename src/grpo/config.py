@@ -502,6 +502,10 @@ class DemoConfig:
 
     output_dir: str = "runs/demo"
     """The SFT run goes to OUTPUT_DIR/sft, the GRPO run to OUTPUT_DIR/grpo, the summary beside them."""
+    sft_more: bool = False
+    """`grpo demo`: after GRPO, also continue SFT from the SFT model for as long as GRPO's training steps took
+    (OUTPUT_DIR/sft_more) and print both models' held-out accuracy: the compute-matched baseline GRPO has to
+    beat. `grpo reproduce` ignores it (its `--methods sft_more` does this over seeds)."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     rl: TrainConfig = field(default_factory=TrainConfig)
 

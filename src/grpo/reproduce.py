@@ -46,6 +46,7 @@ from grpo.config import DemoConfig, SFTConfig, TrainConfig, load_config, save_co
 from grpo.errors import UserError
 from grpo.plotting import plot_reproduce
 from grpo.stats import binomial_ci, mean_ci, mean_std, verdict
+from grpo.train.sft import continuation_overrides
 
 METHODS = {
     "grpo": ["algorithm=grpo"],
@@ -227,18 +228,6 @@ def _evaluate_all(todo: dict, jobs: int, threads: int, **kw) -> dict:
         return {key: f.result() for key, f in futures.items()}
 
 
-def _sft_more_args(cfg: DemoConfig, sft, budget: float, out_dir: Path, seed: int) -> list[str]:
-    """`grpo sft` overrides of `sft_more`: from `sft_best`'s model, on the rows it did not reach, for
-    `budget` seconds of training steps, with a decaying schedule sized by sft_best's seconds per step."""
-    s0 = cfg.sft
-    per_step = sft.train_seconds / max(sft.steps, 1)
-    steps = max(2, round(budget / per_step)) if per_step > 0 else s0.sft.max_steps
-    return [f"model.path={sft.model_dir}", f"sft.output_dir={out_dir}", f"sft.seed={seed}",
-            f"sft.start_row={sft.rows_seen}", f"sft.max_seconds={budget:.3f}", f"sft.max_steps={steps}",
-            f"sft.eval_every={max(1, min(s0.sft.eval_every, -(-steps // 4)))}", "sft.patience=0",
-            f"optim.warmup_steps={min(s0.optim.warmup_steps, steps // 5)}", *NO_TEST]
-
-
 def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 2, 4, 8, 16),
                   docs_dir: str | None = None, methods=tuple(m for m in METHODS if m != "grpo_base"),
                   progress: bool = True, sft_dir: str | None = None, seeds: int = 1, jobs: int = 1,
@@ -315,8 +304,9 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     if SFT_MORE in methods:
         print(f"[3/4] {LABELS[SFT_MORE]}: SFT from sft_best for as long as each seed's GRPO training steps took",
               flush=True)
-        more_args = {(i, SFT_MORE): _sft_more_args(cfg, sfts[i], runs[(i, "grpo")]["train_seconds"],
-                                                   out / f"seed{i}" / SFT_MORE, cfg.sft.sft.seed + i) for i in offsets}
+        more_args = {(i, SFT_MORE): [*continuation_overrides(cfg.sft, sfts[i], runs[(i, "grpo")]["train_seconds"],
+                                                             out / f"seed{i}" / SFT_MORE),
+                                     f"sft.seed={cfg.sft.sft.seed + i}", *NO_TEST] for i in offsets}
         more_jobs = {key: Job(f"{LABELS[SFT_MORE]} seed {key[0]}",
                               [*py, "sft", "-q", "--config", str(out / "sft.yaml"), *args],
                               out / f"seed{key[0]}" / f"{SFT_MORE}.log") for key, args in more_args.items()}

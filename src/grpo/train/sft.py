@@ -87,6 +87,19 @@ def _accumulate_nll(model, r: Rollout, s, ctx, optimizer) -> float:
     return loss_sum
 
 
+def continuation_overrides(cfg: SFTConfig, first: SFTResult, seconds: float, output_dir: str | Path) -> list[str]:
+    """`grpo sft` overrides (of `cfg`, the config `first` ran with) that continue `first` for `seconds` of
+    training steps: from its best model, on the rows it did not reach (same seed and batch size), with its
+    own warm-up and decay over a horizon sized by `first`'s seconds per step, at least 4 evaluations, the
+    best of them kept. The compute-matched baseline of an RL stage that took `seconds` (`sft_more`)."""
+    per_step = first.train_seconds / max(first.steps, 1)
+    steps = max(2, round(seconds / per_step)) if per_step > 0 else cfg.sft.max_steps
+    return [f"model.path={first.model_dir}", f"sft.output_dir={output_dir}", f"sft.start_row={first.rows_seen}",
+            f"sft.max_seconds={seconds:.3f}", f"sft.max_steps={steps}",
+            f"sft.eval_every={max(1, min(cfg.sft.eval_every, -(-steps // 4)))}", "sft.patience=0",
+            f"optim.warmup_steps={min(cfg.optim.warmup_steps, steps // 5)}"]
+
+
 def batch_order(n: int, batch_size: int, rng: random.Random):
     """Batches of indices of `n` training rows, epoch after epoch: each epoch a fresh shuffle from `rng`
     cut into whole batches (a remainder smaller than a batch is left out of that epoch)."""
