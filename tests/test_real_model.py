@@ -305,8 +305,9 @@ def seen(prompts, completions, completion_ids=None, **columns):
 @needs_smollm2
 @pytest.mark.slow
 def test_reproduce_compares_grpo_with_more_sft_at_its_training_time(tmp_path, capsys, monkeypatch, smollm2_two_layers):
-    """configs/smollm2_vs_sft.yaml shrunk on the first 2 layers of SmolLM2: sft_best, GRPO from it, and sft_more
-    given exactly the GRPO stage's measured training time, continuing on rows sft_best did not reach. No training
+    """configs/smollm2_answers_only.yaml shrunk on the first 2 layers of SmolLM2: sft_best (on 2 worked
+    demonstrations), GRPO from it on answers-only problems, and sft_more on the bare answers, given exactly the
+    GRPO stage's measured training time, continuing on rows sft_best did not reach. No training
     job reads the test split (a spy reward in SFT's checkpoint choice and in GRPO's rewards sees only training
     and validation prompts); every model is scored strictly and leniently on the same test problems."""
     monkeypatch.chdir(ROOT)
@@ -314,9 +315,10 @@ def test_reproduce_compares_grpo_with_more_sft_at_its_training_time(tmp_path, ca
     spy.write_text(SPY)
     monkeypatch.setenv("SPY_LOG", str(log))
     out = tmp_path / "out"
-    assert main(["reproduce", "-q", "--config", "configs/smollm2_vs_sft.yaml", "--methods", "grpo,sft_more",
+    assert main(["reproduce", "-q", "--config", "configs/smollm2_answers_only.yaml", "--methods", "grpo,sft_more",
                  "--n", "2", "--k", "1,2", "--sample-prompts", "2", f"output_dir={out}",
                  f"sft.model.path={smollm2_two_layers}", "sft.sft.max_steps=2", "sft.sft.batch_size=2",
+                 "sft.sft.train_rows=2",
                  "sft.sft.eval_every=1", f"sft.sft.eval_reward={spy}:seen", "sft.data.num_validation=2",
                  "sft.data.num_heldout=3", "sft.sampling.max_new_tokens=4", "rl.data.num_validation=2",
                  "rl.data.num_heldout=3", "rl.train.steps=2", "rl.train.prompts_per_step=1", "rl.grpo.G=2",
@@ -331,6 +333,7 @@ def test_reproduce_compares_grpo_with_more_sft_at_its_training_time(tmp_path, ca
     best = [json.loads(x) for x in (seed / "sft" / "metrics.jsonl").read_text().splitlines()][-1]
     assert more["sft"]["max_seconds"] == pytest.approx(budget, abs=1e-3)  # the GRPO stage's measured time
     assert more["sft"]["start_row"] == best["rows_seen"] == 4 and more["model"]["path"] == str(seed / "sft" / "final")
+    assert more["data"]["source"] == "data/word_problems_train_answers.jsonl" and more["sft"]["train_rows"] is None
     last = [json.loads(x) for x in (seed / "sft_more" / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["train_seconds"] >= budget or last["step"] == more["sft"]["max_steps"]
     for job in ("sft", "grpo", "sft_more"):  # no training job could read the test split

@@ -122,6 +122,23 @@ def test_sft_stops_when_its_time_is_spent_and_evaluates_there(tmp_path):
     assert res.train_seconds >= 1e-6 and res.rows_seen == 4
 
 
+def test_sft_on_a_few_demonstrations_repeats_them(tmp_path, monkeypatch):
+    import grpo.train.sft as sft_module
+
+    trained = []
+    real = sft_module.encode_pairs
+    monkeypatch.setattr(sft_module, "encode_pairs", lambda tok, prompts, targets: trained.append(prompts)
+                        or real(tok, prompts, targets))
+    overrides = ["sft.max_steps=6", "sft.eval_every=6", "sft.batch_size=4", "sft.patience=0", "data.num_train=64",
+                 "data.num_heldout=2", "sampling.max_new_tokens=2", "model.tiny_hidden_size=32",
+                 "model.tiny_num_layers=1", "sft.train_rows=8", f"sft.output_dir={tmp_path / 'a'}"]
+    sft_module.sft(load_config(SFTConfig, None, overrides), progress=False)
+    rows = [p for batch in trained for p in batch]
+    assert len(rows) == 24 and len(set(rows)) == 8  # 6 steps x 4 over the same 8 demonstrations
+    with pytest.raises(UserError, match="sft.train_rows=2 is fewer than one batch"):
+        load_config(SFTConfig, None, ["sft.train_rows=2", "sft.batch_size=4"])
+
+
 def test_sft_batch_order_continues_where_a_run_stopped():
     import random
 

@@ -447,6 +447,9 @@ class SFTLoopConfig:
     """Also stop once the training steps (batches, forward, backward, optimizer; evaluations excluded) have
     taken this many seconds in all (null: no time limit). `grpo reproduce`'s `sft_more` gets the GRPO
     stage's measured time here."""
+    train_rows: int | None = None
+    """Train on only this many rows of the training data (a fixed choice per seed), epoch after epoch: a
+    few demonstrations, e.g. 16 worked answers that teach a format before RL (null: all rows)."""
     start_row: int = 0
     """Skip this many rows (start_row // batch_size batches) of the seed's shuffled training order first:
     SFT continued from an earlier run with the same seed and batch size then sees rows that run did not
@@ -487,6 +490,9 @@ class SFTConfig:
     def validate(self) -> None:
         _positive(self, ["sft.max_steps", "sft.batch_size", "sft.eval_every", *_TASK_SIZES])
         _not_negative(self, ["sft.patience", "sft.start_row", "data.num_validation", "data.num_heldout"])
+        if self.sft.train_rows is not None and self.sft.train_rows < self.sft.batch_size:
+            raise UserError(f"sft.train_rows={self.sft.train_rows} is fewer than one batch "
+                            f"(sft.batch_size={self.sft.batch_size})")
         if self.sft.max_seconds is not None and not self.sft.max_seconds > 0:
             raise UserError(f"sft.max_seconds must be > 0 (or null), got {self.sft.max_seconds}")
         for name in ("micro_batch_size", "micro_batch_tokens"):
@@ -506,6 +512,9 @@ class DemoConfig:
     """`grpo demo`: after GRPO, also continue SFT from the SFT model for as long as GRPO's training steps took
     (OUTPUT_DIR/sft_more) and print both models' held-out accuracy: the compute-matched baseline GRPO has to
     beat. `grpo reproduce` ignores it (its `--methods sft_more` does this over seeds)."""
+    sft_more_data: str | None = None
+    """Training data of `sft_more` (here and in `grpo reproduce --methods sft_more`) instead of
+    sft.data.source: the same problems in another form, e.g. answers only (null: sft.data.source)."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     rl: TrainConfig = field(default_factory=TrainConfig)
 

@@ -81,7 +81,8 @@ def _sft_more(cfg: DemoConfig, first, seconds: float, out: Path, progress: bool)
 
     print(f"[3/3] more SFT from the SFT model for GRPO's {seconds:.0f} s -> {out / 'sft_more'}")
     more_cfg = load_config(SFTConfig, first.output_dir / "config.yaml",
-                           continuation_overrides(cfg.sft, first, seconds, out / "sft_more"))
+                           [*continuation_overrides(cfg.sft, first, seconds, out / "sft_more"), "sft.train_rows=null",
+                            *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else [])])
     m = sft(more_cfg, progress=progress)
     if cfg.rl.rollout.multi_turn:
         from grpo.train.episodes import tool_use_report

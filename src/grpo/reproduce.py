@@ -306,7 +306,9 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
               flush=True)
         more_args = {(i, SFT_MORE): [*continuation_overrides(cfg.sft, sfts[i], runs[(i, "grpo")]["train_seconds"],
                                                              out / f"seed{i}" / SFT_MORE),
-                                     f"sft.seed={cfg.sft.sft.seed + i}", *NO_TEST] for i in offsets}
+                                     f"sft.seed={cfg.sft.sft.seed + i}", "sft.train_rows=null",
+                                     *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else []),
+                                     *NO_TEST] for i in offsets}
         more_jobs = {key: Job(f"{LABELS[SFT_MORE]} seed {key[0]}",
                               [*py, "sft", "-q", "--config", str(out / "sft.yaml"), *args],
                               out / f"seed{key[0]}" / f"{SFT_MORE}.log") for key, args in more_args.items()}

@@ -120,6 +120,9 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
         if s.target_column not in task.train[0]:
             raise UserError(f"sft.target_column: {s.target_column!r} is not a column of {cfg.data.source} "
                             f"(columns: {', '.join(sorted(task.train[0]))})")
+        if s.train_rows:  # a few demonstrations only: a fixed choice per seed
+            task.train = [task.train[i] for i in random.Random(f"rows-{s.seed}").sample(range(len(task.train)),
+                                                                                      min(s.train_rows, len(task.train)))]
         checker = load_reward_function(s.eval_reward)
         out = prepare_output_dir(s.output_dir, cfg)
         if tiny_dir.exists():
