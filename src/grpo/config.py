@@ -303,7 +303,8 @@ class LoopConfig:
     prompts_per_step: int = 16
     """Prompts per step; the batch is prompts_per_step * G completions."""
     micro_batch_size: int = 64
-    """Completions per forward/backward (gradient accumulation when smaller than the batch)."""
+    """Completions per forward/backward (gradient accumulation when smaller than the batch). It need not
+    divide the batch: the last micro-batch is then smaller, and the loss normalisers stay the whole batch's."""
     micro_batch_tokens: int | None = None
     """Also cap a forward/backward at this many padded tokens (rows x (longest prompt + longest
     completion) of its rows), so that activation memory follows tokens, not rows: long completions go
@@ -387,10 +388,6 @@ class TrainConfig:
         if t.micro_batch_tokens is not None and (isinstance(t.micro_batch_tokens, bool) or t.micro_batch_tokens <= 0):
             raise UserError(f"train.micro_batch_tokens must be a positive integer (or null for no cap), "
                             f"got {t.micro_batch_tokens}")
-        batch = t.prompts_per_step * g.G
-        if batch % t.micro_batch_size:
-            raise UserError(f"train.micro_batch_size={t.micro_batch_size} must divide the batch of "
-                            f"train.prompts_per_step * grpo.G = {t.prompts_per_step} * {g.G} = {batch} completions")
         if self.sampling.temperature < 0 or not 0 < self.sampling.top_p <= 1:
             raise UserError("sampling: temperature must be >= 0 and top_p in (0, 1]")
         if g.beta < 0 or g.eps_low <= 0 or (g.eps_high is not None and g.eps_high <= 0):
