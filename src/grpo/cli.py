@@ -1,4 +1,4 @@
-"""`grpo` command line: train | sft | demo | eval | plan | reproduce | plot | convert.
+"""`grpo` command line: train | sft | demo | eval | plan | reproduce | plot | convert | config.
 
     grpo demo                                   # SFT warm start, then GRPO, on the built-in task
     grpo train --config configs/gsm8k_style.yaml grpo.beta=0.0 train.steps=200
@@ -7,9 +7,10 @@
     grpo plan  --params 7B --layers 32 --hidden 4096 --vocab 32000 --precision bf16 --gpu-gib 80
     grpo reproduce                              # SFT, then GRPO / PPO / RFT at equal budget -> results.md
     grpo convert model.gguf models/mine         # a GGUF file -> a Hugging Face directory
+    grpo config train grpo.                     # every key of a config: type, default, what it does
 
-Every command but convert takes `--config FILE.yaml` and any number of `section.key=value` overrides; see
-`grpo.config` for every field (`eval`, `plan` and `plot` read a `grpo train` config: the model, data,
+Every command but convert takes `--config FILE.yaml` and any number of `section.key=value` overrides;
+`grpo config train|sft|demo` lists every key (`eval`, `plan` and `plot` read a `grpo train` config: the model, data,
 sampling, reward, batch shape or output directory they need comes from it where a flag does not give it;
 `demo` and `reproduce` read a `grpo demo` config). Mistakes in config or data print one line and exit
 with status 2.
@@ -112,6 +113,20 @@ def _cmd_plot(args) -> None:
         print(plot_comparison({label: read_metrics(r / "metrics.jsonl") for label, r in zip(labels, runs)}, args.out))
 
 
+CONFIGS = {"train": "TrainConfig", "sft": "SFTConfig", "demo": "DemoConfig"}
+"""`grpo config NAME`: the config class each command reads (eval, plan and plot read train's; reproduce demo's)."""
+
+
+def _cmd_config(args) -> None:
+    import grpo.config
+    from grpo.config_io import config_keys, format_config_keys
+
+    keys = [k for k in config_keys(getattr(grpo.config, CONFIGS[args.name])) if k.key.startswith(args.prefix)]
+    if not keys:
+        raise UserError(f"grpo config {args.name}: no key starts with {args.prefix!r}")
+    print(format_config_keys(keys, full=args.full))
+
+
 def _cmd_convert(args) -> None:
     from grpo.models.convert import convert_gguf
 
@@ -121,11 +136,13 @@ def _cmd_convert(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for name, fn, help_ in [("train", _cmd_train, "GRPO training (no arguments: the built-in default)"),
-                            ("sft", _cmd_sft, "supervised fine-tuning until held-out accuracy plateaus"),
-                            ("demo", _cmd_demo, "SFT warm start then GRPO on the built-in task, before/after")]:
+    for name, fn, help_, example in [
+            ("train", _cmd_train, "GRPO training (no arguments: the built-in default)", "grpo.beta=0.0 train.steps=20"),
+            ("sft", _cmd_sft, "supervised fine-tuning until held-out accuracy plateaus", "sft.max_steps=500"),
+            ("demo", _cmd_demo, "SFT warm start then GRPO on the built-in task, before/after", "rl.grpo.beta=0.0")]:
         sp = sub.add_parser(name, help=help_)
-        add_config_arguments(sp)
+        add_config_arguments(sp, overrides_help=f"section.key=value overrides, e.g. {example} "
+                                                f"(every key: grpo config {name})")
         sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
         if name == "train":
             sp.add_argument("--resume", metavar="DIR", default=None,
@@ -138,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     build_plan_parser(sub)
     sp = sub.add_parser("reproduce", help="SFT, then GRPO, PPO, RFT, iterative GRPO at equal budget, over seeds -> results.md")
     add_config_arguments(sp, "YAML config (as `grpo demo`'s: output_dir, sft, rl)",
-                         "section.key=value overrides, e.g. rl.train.steps=30")
+                         "section.key=value overrides, e.g. rl.train.steps=30 (every key: grpo config demo)")
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     sp.add_argument("--n", type=int, default=16, help="samples per held-out problem for pass@k / maj@k")
     sp.add_argument("--k", default="1,2,4,8,16", help="comma-separated k")
@@ -166,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("gguf", metavar="FILE.gguf", help="the GGUF file (quantized weights are dequantized to float32)")
     sp.add_argument("out_dir", metavar="OUT_DIR", help="the directory to write (must not hold a model yet)")
     sp.set_defaults(fn=_cmd_convert, quiet=True)
+    sp = sub.add_parser("config", help="list every key of a command's config: type, default, one-line doc")
+    sp.add_argument("name", nargs="?", default="train", choices=list(CONFIGS),
+                    help="whose config: train (also read by eval, plan, plot), sft, or demo (also reproduce's)")
+    sp.add_argument("prefix", nargs="?", default="", help="only the keys that start with this, e.g. grpo. or rl.train.")
+    sp.add_argument("--full", action="store_true", help="each key's whole docstring, not its first sentence")
+    sp.set_defaults(fn=_cmd_config, quiet=True)
     return p
 
 
