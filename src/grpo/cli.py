@@ -37,6 +37,8 @@ def _cmd_train(args) -> None:
     from grpo.train.grpo import train
 
     config = args.config
+    if args.resume is not None and args.overwrite:
+        raise UserError("give --resume (continue the run in the directory) or --overwrite (replace it), not both")
     if args.resume is not None:  # the run's own config.yaml, unless another is given; overrides still apply
         config = config or Path(args.resume) / "config.yaml"
         if not Path(config).is_file():
@@ -51,7 +53,7 @@ def _cmd_train(args) -> None:
     if cfg.model.dtype == "bfloat16" and main_process and emulates_bf16(resolve_device(cfg.model.device)):
         print("note: model.dtype=bfloat16 on a CPU without AVX512-BF16 or AMX: torch emulates bf16 matmuls here, "
               "so training runs ~10x slower than with float32", file=sys.stderr)
-    res = train(cfg, progress=not args.quiet)
+    res = train(cfg, progress=not args.quiet, overwrite=args.overwrite)
     if main_process:
         if res.accuracy_before != res.accuracy_before:  # NaN: no held-out prompts to evaluate
             accuracy = "held-out accuracy: not measured (no held-out set: set data.heldout_source)"
@@ -66,7 +68,7 @@ def _cmd_sft(args) -> None:
     from grpo.train.sft import sft
 
     cfg = load_config(SFTConfig, args.config, args.overrides)
-    res = sft(cfg, progress=not args.quiet)
+    res = sft(cfg, progress=not args.quiet, overwrite=args.overwrite)
     print(f"best held-out accuracy {100 * res.best_accuracy:.1f}% at step {res.best_step} "
           f"(stopped at {res.steps}, {res.seconds:.0f} s); model: {res.model_dir}")
 
@@ -74,7 +76,7 @@ def _cmd_sft(args) -> None:
 def _cmd_demo(args) -> None:
     from grpo.demo import run_demo
 
-    run_demo(args.config, args.overrides, progress=not args.quiet)
+    run_demo(args.config, args.overrides, progress=not args.quiet, overwrite=args.overwrite)
 
 
 def _cmd_reproduce(args) -> None:
@@ -144,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_arguments(sp, overrides_help=f"section.key=value overrides, e.g. {example} "
                                                 f"(every key: grpo config {name})")
         sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="replace the run the output directory holds (without it, such a directory is refused)")
         if name == "train":
             sp.add_argument("--resume", metavar="DIR", default=None,
                             help="continue the run in DIR from its newest checkpoint (its config.yaml is the config)")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -14,25 +15,32 @@ from pathlib import Path
 from grpo.config import DemoConfig, load_config, save_config
 
 
-def run_demo(config: str | None, overrides: list[str], progress: bool = True) -> dict:
+def run_demo(config: str | None, overrides: list[str], progress: bool = True, overwrite: bool = False) -> dict:
+    """The demo into output_dir (refused if it holds an earlier demo, unless `overwrite`: then its SFT and
+    GRPO runs are replaced too). Its config.yaml is written once the SFT stage has trained."""
+    from grpo.errors import UserError
     from grpo.train.grpo import train
     from grpo.train.sft import sft
 
     t0 = time.perf_counter()
     cfg = load_config(DemoConfig, config, overrides)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    found = [name for name in ("config.yaml", "summary.json", "sft", "grpo") if (out / name).exists()]
+    if found and not overwrite:
+        raise UserError(f"output_dir {out} already holds a demo ({', '.join(found)}); replace it with --overwrite, "
+                        "or choose another output_dir")
+    resolved = copy.deepcopy(cfg)  # config.yaml: as given
     cfg.sft.sft.output_dir = str(out / "sft")
     cfg.rl.train.output_dir = str(out / "grpo")
     print(f"[1/2] SFT warm start -> {cfg.sft.sft.output_dir}")
-    s = sft(cfg.sft, progress=progress)
+    s = sft(cfg.sft, progress=progress, overwrite=overwrite)
+    save_config(resolved, out / "config.yaml")
     chosen = (f"validation accuracy {100 * s.best_accuracy:.1f}%, test {100 * s.test_accuracy:.1f}%"
               if s.test_accuracy is not None else f"held-out accuracy {100 * s.best_accuracy:.1f}%")
     print(f"      best checkpoint: {chosen} (step {s.best_step} of {s.steps}, {s.seconds:.0f} s)")
     cfg.rl.model.path = str(s.model_dir)
     print(f"[2/2] GRPO from the SFT model -> {cfg.rl.train.output_dir}")
-    r = train(cfg.rl, progress=progress)
+    r = train(cfg.rl, progress=progress, overwrite=overwrite)
     summary = {
         "sft_accuracy": s.best_accuracy, "grpo_accuracy_before": r.accuracy_before, "grpo_accuracy": r.accuracy_after,
         "gain_points": 100 * (r.accuracy_after - r.accuracy_before), "sft_steps": s.steps,

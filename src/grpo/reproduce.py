@@ -214,7 +214,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
         else:
             d = out / f"seed{i}" / "sft"
             args = [f"sft.seed={cfg.sft.sft.seed + i}", f"sft.output_dir={d}"]
-            job = Job(f"SFT seed {i}", [*py, "sft", "-q", "--config", str(out / "sft.yaml"), *args], d.parent / "sft.log")
+            job = Job(f"SFT seed {i}", [*py, "sft", "-q", "--overwrite", "--config", str(out / "sft.yaml"), *args],
+                      d.parent / "sft.log")
             if reuse and _reusable(job, d, SFTConfig, out / "sft.yaml", args) is not None:
                 sfts[i] = _finished_sft(d)
                 print(f"[1/3] SFT warm start, seed {i}: reusing {d}", flush=True)
@@ -230,7 +231,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
           f"{rl.train.prompts_per_step} prompts x G={rl.grpo.G}), {jobs} at a time", flush=True)
     rl_args = {(i, m): [*METHODS[m], f"model.path={sfts[i].model_dir}", f"train.output_dir={out / f'seed{i}' / m}",
                         f"train.seed={rl.train.seed + i}"] for i in offsets for m in methods}
-    rl_jobs = {(i, m): Job(f"{LABELS[m]} seed {i}", [*py, "train", "-q", "--config", str(out / "rl.yaml"), *args],
+    rl_jobs = {(i, m): Job(f"{LABELS[m]} seed {i}",
+                           [*py, "train", "-q", "--overwrite", "--config", str(out / "rl.yaml"), *args],
                            out / f"seed{i}" / f"{m}.log") for (i, m), args in rl_args.items()}
     seconds = {}
     for key, job in rl_jobs.items() if reuse else ():

@@ -34,7 +34,7 @@ from grpo.train.evaluation import evaluate_accuracy
 from grpo.train.metrics import MetricsLog
 from grpo.train.optim import make_optimizer
 from grpo.train.batch import seed_everything
-from grpo.train.run_files import prepare_output_dir, save_model
+from grpo.train.run_files import prepare_output_dir, refuse_existing_run, save_model
 from grpo.train.update import micro_batches
 
 
@@ -82,9 +82,12 @@ def _accumulate_nll(model, r: Rollout, s, ctx, optimizer) -> float:
     return loss_sum
 
 
-def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
+def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTResult:
+    """Train until held-out accuracy plateaus; the best model goes to OUTPUT/final. An sft.output_dir that
+    holds a run is refused unless `overwrite` (the CLI's --overwrite)."""
     t_start = time.perf_counter()
     s = cfg.sft
+    refuse_existing_run(s.output_dir, overwrite, "sft.output_dir")
     seed_everything(s.seed, s.threads)
     with tempfile.TemporaryDirectory(prefix="grpo-") as staging:  # a mistake in model or data writes nothing
         tiny_dir = Path(staging) / "tiny-init"
@@ -94,7 +97,7 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
             raise UserError(f"sft.target_column: {s.target_column!r} is not a column of {cfg.data.source} "
                             f"(columns: {', '.join(sorted(task.train[0]))})")
         checker = load_reward_function(s.eval_reward)
-        out = prepare_output_dir(s.output_dir, cfg)
+        out = prepare_output_dir(s.output_dir, cfg, overwrite)
         if tiny_dir.exists():
             shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
     device = next(model.parameters()).device
