@@ -126,7 +126,7 @@ def _no_run_directory(monkeypatch):
     import grpo.train.grpo
     import grpo.train.sft
 
-    def refuse(path, cfg):
+    def refuse(path, cfg, overwrite=False):
         raise AssertionError(f"bad input got as far as creating the run directory {path}")
 
     monkeypatch.setattr(grpo.train.grpo, "prepare_output_dir", refuse)

@@ -110,10 +110,12 @@ def _reference_step(model, r, adv, ref_logp, old_logp, cfg):
     return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("size,cap", [(12, None), (3, None), (12, 40), (2, 25)])
+@pytest.mark.parametrize("size,cap", [(12, None), (3, None), (12, 40), (2, 25), (5, None), (64, None)])
 def test_the_update_equals_one_forward_over_the_padded_batch(size, cap):
     """Whatever the split, the loss and every gradient are those of one forward over the whole padded
-    batch, and logprobs_no_grad gives that forward's log-probs (0 past each row's end)."""
+    batch, and logprobs_no_grad gives that forward's log-probs (0 past each row's end). Sizes that do
+    not divide the 12 rows (5: micro-batches of 5, 5 and 2; 64, the default, over a smaller batch) give
+    the same step: the normalisers are the whole batch's, not the micro-batch's."""
     model = make_model("llama").double()
     r = _batch()
     g = torch.Generator().manual_seed(1)
@@ -149,6 +151,16 @@ def test_the_update_equals_one_forward_over_the_padded_batch(size, cap):
     assert len(calls) == len(micro_batches(r, size, cap))
     slots = sum(rows * cols for rows, cols in calls)  # completion slots the forwards took
     assert slots == 12 * T if len(calls) == 1 else slots < 12 * T
+
+
+def test_a_micro_batch_size_that_does_not_divide_the_batch_leaves_a_smaller_last_one():
+    assert [len(mb.rows) for mb in micro_batches(_batch(), size=5)] == [5, 5, 2]
+    assert [len(mb.rows) for mb in micro_batches(_batch(), size=64)] == [12]
+    # a first smoke run: 2 prompts x G=2 = 4 completions with the default micro_batch_size (64)
+    cfg = load_config(TrainConfig, None, ["train.prompts_per_step=2", "grpo.G=2"])
+    assert cfg.train.micro_batch_size == 64 and cfg.train.prompts_per_step * cfg.grpo.G == 4
+    cfg = load_config(TrainConfig, None, ["train.prompts_per_step=3", "grpo.G=8", "train.micro_batch_size=16"])
+    assert cfg.train.micro_batch_size == 16  # 24 completions: micro-batches of 16 and 8
 
 
 def test_micro_batch_tokens_must_be_positive():

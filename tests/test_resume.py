@@ -284,37 +284,47 @@ def in_use(out, holder: str) -> str:
 
 
 def test_one_lock_per_output_directory_released_when_the_run_ends_or_fails(tmp_path, monkeypatch):
-    out = tmp_path / "run"
-    with OutputDirLock(out, enabled=True) as first:
-        assert not out.exists()  # entering writes nothing; the directory comes with hold()
-        first.hold()
+    out = tmp_path / "new" / "run"
+    with OutputDirLock(out, enabled=True):  # entering creates the directory and locks it
         assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
         with pytest.raises(UserError) as refused:  # another open file: flock refuses it, even in this process
             OutputDirLock(out, enabled=True).__enter__()
         assert str(refused.value) == in_use(out, f"pid {os.getpid()}")
         monkeypatch.setenv("RANK", "1")  # torchrun's other ranks write under rank 0's lock
         with OutputDirLock(out) as other_rank:
-            other_rank.hold()
-    with pytest.raises(RuntimeError), OutputDirLock(out, enabled=True) as second:  # free again
-        second.hold()
+            assert not other_rank.enabled
+        monkeypatch.delenv("RANK")
+    # never committed (a run that failed before its first write): nothing is left, not even the parent
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(RuntimeError), OutputDirLock(out, enabled=True) as second:
+        second.commit()  # the run wrote: its directory and lock file stay when it fails
         raise RuntimeError("the run failed")
-    with OutputDirLock(out, enabled=True) as third:  # released by the failure too
-        third.hold()
+    assert (out / LOCK_FILE).is_file()
+    with OutputDirLock(out, enabled=True):  # released by the failure; an existing file is not removed
+        assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    assert (out / LOCK_FILE).is_file()
+    (out / "keep.txt").write_text("mine")
+    with OutputDirLock(tmp_path / "new" / "run2", enabled=True):
+        pass
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["run"]
 
 
 HOLD_LOCK = """
-import sys, time
-from grpo.train.run_lock import OutputDirLock
-lock = OutputDirLock(sys.argv[1], enabled=True).__enter__()
-if sys.argv[2] == "hold":
-    lock.hold()
+import fcntl, os, sys, time
+from grpo.train.run_lock import LOCK_FILE, OutputDirLock
+if sys.argv[2] == "hold":  # a run that has taken the lock
+    lock = OutputDirLock(sys.argv[1], enabled=True).__enter__()
+    lock.commit()
+else:  # a run between its flock and writing its pid
+    f = open(os.path.join(sys.argv[1], LOCK_FILE), "r+")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 print("locked", flush=True)
 time.sleep(600)
 """
 
 
 def locking_process(out, move: str) -> subprocess.Popen:
-    """A process holding `out` through OutputDirLock: "hold" as a run writing it, "enter" as one starting."""
+    """A process holding `out`: "hold" as a run that has taken the lock, "flock" as one still starting."""
     proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out), move], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     if proc.stdout.readline() != "locked\n":
@@ -330,23 +340,22 @@ def sigkill(proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 def test_a_live_holder_refuses_and_a_sigkilled_one_leaves_no_stale_lock(tmp_path):
     out = tmp_path / "run"
-    with OutputDirLock(out, enabled=True) as late:  # entered before the directory existed: nothing locked
-        holder = locking_process(out, "hold")
-        try:
-            with pytest.raises(UserError) as refused:  # two fresh runs meet at the first write
-                late.hold()
-            assert str(refused.value) == in_use(out, f"pid {holder.pid}")
-        finally:
-            sigkill(holder)
-        # The file still names the killed holder; a run that locked it and has not written its pid yet:
-        starting = locking_process(out, "enter")
-        try:
-            with pytest.raises(UserError) as refused:
-                OutputDirLock(out, enabled=True).__enter__()
-            assert str(refused.value) == in_use(out, "still starting: its pid is not written yet")
-        finally:
-            sigkill(starting)
-        late.hold()  # both killed: the OS dropped their flocks
+    holder = locking_process(out, "hold")
+    try:
+        with pytest.raises(UserError) as refused:
+            OutputDirLock(out, enabled=True).__enter__()
+        assert str(refused.value) == in_use(out, f"pid {holder.pid}")
+    finally:
+        sigkill(holder)
+    # The file still names the killed holder; a run that locked it and has not written its pid yet:
+    starting = locking_process(out, "flock")
+    try:
+        with pytest.raises(UserError) as refused:
+            OutputDirLock(out, enabled=True).__enter__()
+        assert str(refused.value) == in_use(out, "still starting: its pid is not written yet")
+    finally:
+        sigkill(starting)
+    with OutputDirLock(out, enabled=True):  # both killed: the OS dropped their flocks
         assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
 
 

@@ -1,6 +1,7 @@
 """End-to-end: a few GRPO steps on the tiny model through the public API and the CLI."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,13 +120,16 @@ def test_lora_trains_adapter_only_and_reference_is_the_base(tmp_path):
     AutoModelForCausalLM.from_pretrained(run / "final")
 
 
-def test_cli_reports_inconsistent_batch_in_one_line(tmp_path, capsys):
-    code = main(["train", "-q", f"train.output_dir={tmp_path}", "train.prompts_per_step=3", "grpo.G=8",
-                 "train.micro_batch_size=16"])
+def test_cli_reports_inconsistent_sizes_in_one_line(tmp_path, capsys):
+    """The README's example error, word for word."""
+    code = main(["train", "-q", f"train.output_dir={tmp_path / 'run'}", "train.steps=3", "train.iterations=5"])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert err == ("grpo: error: train.micro_batch_size=16 must divide the batch of train.prompts_per_step * "
-                   "grpo.G = 3 * 8 = 24 completions")
+    assert err == ("grpo: error: train.iterations=5 is more than train.steps=3: each iteration needs at least "
+                   "one step")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    assert f"$ grpo train train.steps=3 train.iterations=5\n{err}\n" in readme
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_unknown_key_and_bad_yaml(tmp_path, capsys):

@@ -1,15 +1,17 @@
-"""`grpo` command line: train | sft | demo | eval | plan | reproduce | plot | convert.
+"""`grpo` command line: train | sft | demo | eval | plan | reproduce | plot | convert | config.
 
     grpo demo                                   # SFT warm start, then GRPO, on the built-in task
     grpo train --config configs/gsm8k_style.yaml grpo.beta=0.0 train.steps=200
+    grpo train --overwrite train.steps=20       # a directory holding a run is refused without --overwrite
     grpo sft   sft.max_steps=500
     grpo eval  --model runs/demo/grpo/final --n 8 --k 1,2,4,8
     grpo plan  --params 7B --layers 32 --hidden 4096 --vocab 32000 --precision bf16 --gpu-gib 80
     grpo reproduce                              # SFT, then GRPO / PPO / RFT at equal budget -> results.md
     grpo convert model.gguf models/mine         # a GGUF file -> a Hugging Face directory
+    grpo config train grpo.                     # every key of a config: type, default, what it does
 
-Every command but convert takes `--config FILE.yaml` and any number of `section.key=value` overrides; see
-`grpo.config` for every field (`eval`, `plan` and `plot` read a `grpo train` config: the model, data,
+Every command but convert takes `--config FILE.yaml` and any number of `section.key=value` overrides;
+`grpo config train|sft|demo` lists every key (`eval`, `plan` and `plot` read a `grpo train` config: the model, data,
 sampling, reward, batch shape or output directory they need comes from it where a flag does not give it;
 `demo` and `reproduce` read a `grpo demo` config). Mistakes in config or data print one line and exit
 with status 2.
@@ -36,6 +38,8 @@ def _cmd_train(args) -> None:
     from grpo.train.grpo import train
 
     config = args.config
+    if args.resume is not None and args.overwrite:
+        raise UserError("give --resume (continue the run in the directory) or --overwrite (replace it), not both")
     if args.resume is not None:  # the run's own config.yaml, unless another is given; overrides still apply
         config = config or Path(args.resume) / "config.yaml"
         if not Path(config).is_file():
@@ -50,7 +54,7 @@ def _cmd_train(args) -> None:
     if cfg.model.dtype == "bfloat16" and main_process and emulates_bf16(resolve_device(cfg.model.device)):
         print("note: model.dtype=bfloat16 on a CPU without AVX512-BF16 or AMX: torch emulates bf16 matmuls here, "
               "so training runs ~10x slower than with float32", file=sys.stderr)
-    res = train(cfg, progress=not args.quiet)
+    res = train(cfg, progress=not args.quiet, overwrite=args.overwrite)
     if main_process:
         if res.accuracy_before != res.accuracy_before:  # NaN: no held-out prompts to evaluate
             accuracy = "held-out accuracy: not measured (no held-out set: set data.heldout_source)"
@@ -65,7 +69,7 @@ def _cmd_sft(args) -> None:
     from grpo.train.sft import sft
 
     cfg = load_config(SFTConfig, args.config, args.overrides)
-    res = sft(cfg, progress=not args.quiet)
+    res = sft(cfg, progress=not args.quiet, overwrite=args.overwrite)
     split = "validation" if res.chose_on_validation else "held-out"
     print(f"best {split} accuracy {100 * res.best_accuracy:.1f}% at step {res.best_step} "
           f"(stopped at {res.steps}, {res.seconds:.0f} s); model: {res.model_dir}")
@@ -74,7 +78,7 @@ def _cmd_sft(args) -> None:
 def _cmd_demo(args) -> None:
     from grpo.demo import run_demo
 
-    run_demo(args.config, args.overrides, progress=not args.quiet)
+    run_demo(args.config, args.overrides, progress=not args.quiet, overwrite=args.overwrite)
 
 
 def _cmd_reproduce(args) -> None:
@@ -114,6 +118,20 @@ def _cmd_plot(args) -> None:
         print(plot_comparison({label: read_metrics(r / "metrics.jsonl") for label, r in zip(labels, runs)}, args.out))
 
 
+CONFIGS = {"train": "TrainConfig", "sft": "SFTConfig", "demo": "DemoConfig"}
+"""`grpo config NAME`: the config class each command reads (eval, plan and plot read train's; reproduce demo's)."""
+
+
+def _cmd_config(args) -> None:
+    import grpo.config
+    from grpo.config_io import config_keys, format_config_keys
+
+    keys = [k for k in config_keys(getattr(grpo.config, CONFIGS[args.name])) if k.key.startswith(args.prefix)]
+    if not keys:
+        raise UserError(f"grpo config {args.name}: no key starts with {args.prefix!r}")
+    print(format_config_keys(keys, full=args.full))
+
+
 def _cmd_convert(args) -> None:
     from grpo.models.convert import convert_gguf
 
@@ -123,12 +141,16 @@ def _cmd_convert(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for name, fn, help_ in [("train", _cmd_train, "GRPO training (no arguments: the built-in default)"),
-                            ("sft", _cmd_sft, "supervised fine-tuning until held-out accuracy plateaus"),
-                            ("demo", _cmd_demo, "SFT warm start then GRPO on the built-in task, before/after")]:
+    for name, fn, help_, example in [
+            ("train", _cmd_train, "GRPO training (no arguments: the built-in default)", "grpo.beta=0.0 train.steps=20"),
+            ("sft", _cmd_sft, "supervised fine-tuning until held-out accuracy plateaus", "sft.max_steps=500"),
+            ("demo", _cmd_demo, "SFT warm start then GRPO on the built-in task, before/after", "rl.grpo.beta=0.0")]:
         sp = sub.add_parser(name, help=help_)
-        add_config_arguments(sp)
+        add_config_arguments(sp, overrides_help=f"section.key=value overrides, e.g. {example} "
+                                                f"(every key: grpo config {name})")
         sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="replace the run the output directory holds (without it, such a directory is refused)")
         if name == "train":
             sp.add_argument("--resume", metavar="DIR", default=None,
                             help="continue the run in DIR from its newest checkpoint (its config.yaml is the config)")
@@ -141,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("reproduce", help="SFT, then GRPO (vs more SFT at equal compute), PPO, RFT, iterative GRPO, "
                                           "over seeds -> results.md")
     add_config_arguments(sp, "YAML config (as `grpo demo`'s: output_dir, sft, rl)",
-                         "section.key=value overrides, e.g. rl.train.steps=30")
+                         "section.key=value overrides, e.g. rl.train.steps=30 (every key: grpo config demo)")
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     sp.add_argument("--n", type=int, default=16, help="samples per held-out problem for pass@k / maj@k")
     sp.add_argument("--k", default="1,2,4,8,16", help="comma-separated k")
@@ -172,23 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("gguf", metavar="FILE.gguf", help="the GGUF file (quantized weights are dequantized to float32)")
     sp.add_argument("out_dir", metavar="OUT_DIR", help="the directory to write (must not hold a model yet)")
     sp.set_defaults(fn=_cmd_convert, quiet=True)
+    sp = sub.add_parser("config", help="list every key of a command's config: type, default, one-line doc")
+    sp.add_argument("name", nargs="?", default="train", choices=list(CONFIGS),
+                    help="whose config: train (also read by eval, plan, plot), sft, or demo (also reproduce's)")
+    sp.add_argument("prefix", nargs="?", default="", help="only the keys that start with this, e.g. grpo. or rl.train.")
+    sp.add_argument("--full", action="store_true", help="each key's whole docstring, not its first sentence")
+    sp.set_defaults(fn=_cmd_config, quiet=True)
     return p
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bar is the one a user watches; silence the libraries' bars and notices."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.nn.modules.module")
-
-
 def main(argv: list[str] | None = None) -> int:
+    from grpo.api import quiet_libraries
+
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()  # our own progress bar is the one a user watches; the libraries' bars and notices go
     try:
         args.fn(args)
     except UserError as e:

@@ -17,6 +17,7 @@ from typing import Literal
 from grpo.config_io import load_config, parse_overrides, read_yaml, save_config, to_dict  # noqa: F401 (re-exported)
 from grpo.config_checks import check_multi_turn as _check_multi_turn
 from grpo.config_checks import check_tensorboard as _check_tensorboard
+from grpo.config_checks import check_wandb as _check_wandb
 from grpo.config_checks import not_negative as _not_negative
 from grpo.config_checks import positive as _positive
 from grpo.errors import UserError
@@ -304,7 +305,8 @@ class LoopConfig:
     prompts_per_step: int = 16
     """Prompts per step; the batch is prompts_per_step * G completions."""
     micro_batch_size: int = 64
-    """Completions per forward/backward (gradient accumulation when smaller than the batch)."""
+    """Completions per forward/backward (gradient accumulation when smaller than the batch). It need not
+    divide the batch: the last micro-batch is then smaller, and the loss normalisers stay the whole batch's."""
     micro_batch_tokens: int | None = None
     """Also cap a forward/backward at this many padded tokens (rows x (longest prompt + longest
     completion) of its rows), so that activation memory follows tokens, not rows: long completions go
@@ -334,9 +336,15 @@ class LoopConfig:
     """Stop, with a checkpoint of the last good state, after this many updates in a row with a NaN/inf loss or gradient."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    """Also send every logged scalar to these: 'tensorboard' (OUTPUT/tensorboard, `tensorboard --logdir OUTPUT`;
+    `pip install 'grpo[tensorboard]'`) and 'wandb' (Weights & Biases, project train.wandb_project, its files in
+    OUTPUT/wandb; WANDB_MODE=offline logs without a network, `wandb sync` uploads later; `pip install
+    'grpo[wandb]'`)."""
+    wandb_project: str = "grpo"
+    """Weights & Biases project of the run (train.report_to: [wandb]); the run is named after output_dir."""
     tensorboard: bool = False
-    """Also write every logged scalar to OUTPUT/tensorboard (`tensorboard --logdir OUTPUT`); needs the
-    tensorboard package (`pip install 'grpo[tensorboard]'`)."""
+    """The same as 'tensorboard' in train.report_to (kept for existing configs)."""
     iterations: int = 1
     """Iterative GRPO (DeepSeekMath Algorithm 1): split `steps` into this many iterations and reset the
     reference model to the current policy at the start of each."""
@@ -377,7 +385,8 @@ class TrainConfig:
             raise UserError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
         if not self.rewards.functions:
             raise UserError("rewards.functions is empty: at least one reward function is needed")
-        _check_tensorboard(self.train.tensorboard, "train.tensorboard")
+        _check_tensorboard(self.train.tensorboard or "tensorboard" in t.report_to, "train.report_to")
+        _check_wandb("wandb" in t.report_to)
         if self.rewards.timeout_s is not None and not self.rewards.timeout_s > 0:
             raise UserError(f"rewards.timeout_s must be > 0 (or null for no limit), got {self.rewards.timeout_s}")
         if m.path == "tiny" and (m.tiny_hidden_size <= 0 or m.tiny_hidden_size % 8):
@@ -388,10 +397,6 @@ class TrainConfig:
         if t.micro_batch_tokens is not None and (isinstance(t.micro_batch_tokens, bool) or t.micro_batch_tokens <= 0):
             raise UserError(f"train.micro_batch_tokens must be a positive integer (or null for no cap), "
                             f"got {t.micro_batch_tokens}")
-        batch = t.prompts_per_step * g.G
-        if batch % t.micro_batch_size:
-            raise UserError(f"train.micro_batch_size={t.micro_batch_size} must divide the batch of "
-                            f"train.prompts_per_step * grpo.G = {t.prompts_per_step} * {g.G} = {batch} completions")
         if self.sampling.temperature < 0 or not 0 < self.sampling.top_p <= 1:
             raise UserError("sampling: temperature must be >= 0 and top_p in (0, 1]")
         if g.beta < 0 or g.eps_low <= 0 or (g.eps_high is not None and g.eps_high <= 0):

@@ -7,17 +7,19 @@ fields are typed (nested dataclasses, lists, Literals, Optionals) and calls its 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import re
+import textwrap
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 
 from grpo.errors import UserError
-
 
 
 def _shown(value: Any, limit: int = 80, quote: bool = True) -> str:
@@ -118,7 +120,7 @@ def parse_overrides(overrides: list[str]) -> dict:
     tree: dict = {}
     for item in overrides:
         if "=" not in item:
-            raise UserError(f"override {item!r} is not of the form key=value (e.g. grpo.beta=0.0)")
+            raise UserError(f"override {item!r} is not of the form key=value (section.key=value; every key: grpo config)")
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
@@ -226,7 +228,103 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
 def add_config_arguments(parser, config_help: str = "YAML config file", overrides_help: str | None = None) -> None:
     """Every command's `--config FILE.yaml` and positional `section.key=value` overrides."""
     parser.add_argument("--config", "-c", default=None, help=config_help)
-    parser.add_argument("overrides", nargs="*", help=overrides_help or "section.key=value overrides, e.g. grpo.beta=0.0")
+    parser.add_argument("overrides", nargs="*", help=overrides_help or "section.key=value overrides, e.g. grpo.beta=0.0 "
+                        "(every key: grpo config train)")
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The docstring under each field of dataclass `cls` (the string literal that follows the field's
+    annotated assignment in its source), keyed by field name; fields without one are left out."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
+
+
+class ConfigKey(NamedTuple):
+    """One settable key of a config, as `grpo config` lists it."""
+
+    key: str
+    """Dotted as overrides name it: `grpo.beta`; `rewards.functions[].fn` for the fields of list items."""
+    type: str
+    """The annotation, e.g. `int`, `float | None`, `'error' | 'drop'`."""
+    default: str
+    """The default as YAML (`0.04`, `null`, `[q_proj, k_proj]`)."""
+    doc: str
+    """The field's docstring on one line."""
+
+
+def _type_name(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
+    if origin is list:
+        return f"list[{_type_name(args[0])}]" if args else "list"
+    if origin is dict or tp is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _yaml_value(value) -> str:
+    if dataclasses.is_dataclass(value):
+        value = dataclasses.asdict(value)
+    elif isinstance(value, list):
+        value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+    return yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False).strip().removesuffix("...").strip()
+
+
+def config_keys(cls, prefix: str = "", default=None) -> list[ConfigKey]:
+    """Every key of config class `cls` with its type, default and docstring, sections expanded in field
+    order. An optional section (`model.lora`) and a list of entries (`rewards.functions`) are keys
+    themselves, and their items' fields follow them (`model.lora.r`, `rewards.functions[].fn`).
+    default: the instance whose values are the defaults (a section's own, e.g. SFT's `optim`; None: `cls()`)."""
+    hints, docs, default = typing.get_type_hints(cls), field_docs(cls), cls() if default is None else default
+    out = []
+    for f in dataclasses.fields(cls):
+        tp, value, key = hints[f.name], getattr(default, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):  # a section: its keys, with the defaults its parent gives it
+            out += config_keys(tp, f"{key}.", value)
+            continue
+        out.append(ConfigKey(key, _type_name(tp), _yaml_value(value), docs.get(f.name, "")))
+        inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+        if inner:  # `X | None` or `list[X]`: the fields of X, when given
+            item = "[]" if typing.get_origin(tp) is list else ""
+            out += config_keys(inner[0], f"{key}{item}.")
+    return out
+
+
+_NOT_AN_END = ("e.g.", "i.e.", "Dr.", "vs.", "al.")
+
+
+def first_sentence(doc: str) -> str:
+    """`doc` up to its first full stop outside parentheses that a space and a capital, quote or bracket
+    follow ("e.g. 'x'", "Dr. GRPO" and "(... . ...)" do not end it).
+
+    >>> first_sentence("Upper clip (None: same. DAPO: 0.28). Dr. GRPO sets it. More.")
+    'Upper clip (None: same. DAPO: 0.28). Dr. GRPO sets it.'
+    """
+    depth = 0
+    for m in re.finditer(r"[()]|\.(?=\s+[A-Z`'(])", doc):
+        if m.group() in "()":
+            depth += 1 if m.group() == "(" else -1
+        elif depth <= 0 and not doc[:m.end()].endswith(_NOT_AN_END):
+            return doc[:m.end()]
+    return doc
+
+
+def format_config_keys(keys: list[ConfigKey], full: bool = False) -> str:
+    """`key: type = default` then the doc's first sentence (full: all of it), one line per key, in
+    aligned columns."""
+    heads = [f"{k.key}: {k.type} = {k.default}" for k in keys]
+    width = min(64, max(map(len, heads), default=0))
+    return "\n".join(f"{h:<{width}}  {k.doc if full else first_sentence(k.doc)}".rstrip()
+                     for h, k in zip(heads, keys))
 
 
 def to_dict(cfg) -> dict:

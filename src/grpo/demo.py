@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -16,25 +17,32 @@ from pathlib import Path
 from grpo.config import DemoConfig, load_config, save_config
 
 
-def run_demo(config: str | None, overrides: list[str], progress: bool = True) -> dict:
+def run_demo(config: str | None, overrides: list[str], progress: bool = True, overwrite: bool = False) -> dict:
+    """The demo into output_dir (refused if it holds an earlier demo, unless `overwrite`: then its SFT and
+    GRPO runs are replaced too). Its config.yaml is written once the SFT stage has trained."""
+    from grpo.errors import UserError
     from grpo.train.grpo import train
     from grpo.train.sft import sft
 
     t0 = time.perf_counter()
     cfg = load_config(DemoConfig, config, overrides)
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    found = [name for name in ("config.yaml", "summary.json", "sft", "grpo", "sft_more") if (out / name).exists()]
+    if found and not overwrite:
+        raise UserError(f"output_dir {out} already holds a demo ({', '.join(found)}); replace it with --overwrite, "
+                        "or choose another output_dir")
+    resolved = copy.deepcopy(cfg)  # config.yaml: as given
     cfg.sft.sft.output_dir = str(out / "sft")
     cfg.rl.train.output_dir = str(out / "grpo")
     stages = 3 if cfg.sft_more else 2
     print(f"[1/{stages}] SFT warm start -> {cfg.sft.sft.output_dir}")
-    s = sft(cfg.sft, progress=progress)
+    s = sft(cfg.sft, progress=progress, overwrite=overwrite)
+    save_config(resolved, out / "config.yaml")
     chosen = f"{'validation' if s.chose_on_validation else 'held-out'} accuracy {100 * s.best_accuracy:.1f}%"
     print(f"      best checkpoint: {chosen} (step {s.best_step} of {s.steps}, {s.seconds:.0f} s)")
     cfg.rl.model.path = str(s.model_dir)
     print(f"[2/{stages}] GRPO from the SFT model -> {cfg.rl.train.output_dir}")
-    r = train(cfg.rl, progress=progress)
+    r = train(cfg.rl, progress=progress, overwrite=overwrite)
     summary = {
         "sft_accuracy": s.best_accuracy, "grpo_accuracy_before": r.accuracy_before, "grpo_accuracy": r.accuracy_after,
         "gain_points": 100 * (r.accuracy_after - r.accuracy_before), "sft_steps": s.steps,
@@ -51,7 +59,8 @@ def run_demo(config: str | None, overrides: list[str], progress: bool = True) ->
             print(f"{stage:>4}: " + "; ".join(f"{k} accuracy {100 * v['accuracy']:.1f}%, calls the tool "
                                               f"{100 * v['called']:.1f}%" for k, v in report.items()))
     if cfg.sft_more:
-        more = _sft_more(cfg, s, sum(h["time/step"] for h in r.history if "time/step" in h), out, progress)
+        more = _sft_more(cfg, s, sum(h["time/step"] for h in r.history if "time/step" in h), out, progress,
+                         overwrite)
         summary.update(more)
         verdict = "beats" if r.accuracy_after > more["sft_more_accuracy"] else "does not beat"
         print(f"compute-matched baseline: SFT continued for GRPO's {more['sft_more_train_seconds']:.0f} s of "
@@ -66,7 +75,7 @@ def run_demo(config: str | None, overrides: list[str], progress: bool = True) ->
     return summary
 
 
-def _sft_more(cfg: DemoConfig, first, seconds: float, out: Path, progress: bool) -> dict:
+def _sft_more(cfg: DemoConfig, first, seconds: float, out: Path, progress: bool, overwrite: bool) -> dict:
     """SFT continued from the SFT model for `seconds` of training steps (`continuation_overrides`), and its
     greedy accuracy on GRPO's held-out problems, as GRPO's own figure is measured."""
     import dataclasses
@@ -83,7 +92,7 @@ def _sft_more(cfg: DemoConfig, first, seconds: float, out: Path, progress: bool)
     more_cfg = load_config(SFTConfig, first.output_dir / "config.yaml",
                            [*continuation_overrides(cfg.sft, first, seconds, out / "sft_more"), "sft.train_rows=null",
                             *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else [])])
-    m = sft(more_cfg, progress=progress)
+    m = sft(more_cfg, progress=progress, overwrite=overwrite)
     if cfg.rl.rollout.multi_turn:
         from grpo.train.episodes import tool_use_report
 

@@ -172,11 +172,13 @@ class PlanInput:
 
     @property
     def update_rows(self) -> int:
-        """Completions in the update's largest forward: micro_batch_size, or fewer where micro_batch_tokens
-        caps a micro-batch of full-length rows (P + T tokens each; never under one row)."""
+        """Completions in the update's largest forward: micro_batch_size (the batch, where that is smaller),
+        or fewer where micro_batch_tokens caps a micro-batch of full-length rows (P + T tokens each; never
+        under one row)."""
+        rows = min(self.micro_batch_size, self.prompts_per_step * self.G)
         if self.micro_batch_tokens is None:
-            return self.micro_batch_size
-        return max(1, min(self.micro_batch_size, self.micro_batch_tokens // (self.prompt_length + self.completion_length)))
+            return rows
+        return max(1, min(rows, self.micro_batch_tokens // (self.prompt_length + self.completion_length)))
 
 
 @dataclass

@@ -276,7 +276,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
         else:
             d = out / f"seed{i}" / "sft"
             args = [f"sft.seed={cfg.sft.sft.seed + i}", f"sft.output_dir={d}", *NO_TEST]
-            job = Job(f"SFT seed {i}", [*py, "sft", "-q", "--config", str(out / "sft.yaml"), *args], d.parent / "sft.log")
+            job = Job(f"SFT seed {i}", [*py, "sft", "-q", "--overwrite", "--config", str(out / "sft.yaml"), *args],
+                      d.parent / "sft.log")
             if reuse and _reusable(job, d, SFTConfig, out / "sft.yaml", args) is not None:
                 sfts[i] = _finished_sft(d)
                 print(f"[1/4] SFT warm start, seed {i}: reusing {d}", flush=True)
@@ -294,7 +295,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     rl_args = {(i, m): [*METHODS[m], f"model.path={cfg.sft.model.path if m == 'grpo_base' else sfts[i].model_dir}",
                         f"train.output_dir={out / f'seed{i}' / m}", f"train.seed={rl.train.seed + i}", *NO_TEST]
                for i in offsets for m in rl_methods}
-    rl_jobs = {(i, m): Job(f"{LABELS[m]} seed {i}", [*py, "train", "-q", "--config", str(out / "rl.yaml"), *args],
+    rl_jobs = {(i, m): Job(f"{LABELS[m]} seed {i}",
+                           [*py, "train", "-q", "--overwrite", "--config", str(out / "rl.yaml"), *args],
                            out / f"seed{i}" / f"{m}.log") for (i, m), args in rl_args.items()}
     seconds = _reused(rl_jobs, rl_args, out, TrainConfig, out / "rl.yaml") if reuse else {}
     seconds |= _run_jobs([job for job in rl_jobs.values() if job.name not in seconds], jobs)
@@ -310,7 +312,7 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
                                      *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else []),
                                      *NO_TEST] for i in offsets}
         more_jobs = {key: Job(f"{LABELS[SFT_MORE]} seed {key[0]}",
-                              [*py, "sft", "-q", "--config", str(out / "sft.yaml"), *args],
+                              [*py, "sft", "-q", "--overwrite", "--config", str(out / "sft.yaml"), *args],
                               out / f"seed{key[0]}" / f"{SFT_MORE}.log") for key, args in more_args.items()}
         done = _reused(more_jobs, more_args, out, SFTConfig, out / "sft.yaml") if reuse else {}
         done |= _run_jobs([job for job in more_jobs.values() if job.name not in done], jobs)

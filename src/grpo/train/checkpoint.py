@@ -44,6 +44,7 @@ import yaml
 
 from grpo.config import save_config, to_dict
 from grpo.errors import UserError
+from grpo.train.run_files import refuse_existing_run
 from grpo.train.distributed import (SINGLE, Dist, first_error, load_full_state, load_shards, sampling_seed,
                                     save_shards)
 
@@ -65,7 +66,7 @@ MAY_CHANGE_ON_RESUME = {
     "train.sample_every", "train.save_every", "train.keep_checkpoints", "train.max_bad_steps",
     "train.threads", "rewards.workers", "rewards.timeout_s", "model.device",
     "train.micro_batch_size", "train.micro_batch_tokens", "train.gradient_checkpointing", "train.strategy",
-    "rollout.engine", "rollout.gpu_memory_utilization",
+    "rollout.engine", "rollout.gpu_memory_utilization", "train.report_to", "train.wandb_project",
 }
 
 
@@ -115,11 +116,12 @@ def weights_fingerprint(model) -> float:
 # Before anything is written: the output directory
 
 
-def check_output_dir(path: str | Path, resume: bool) -> Path | None:
+def check_output_dir(path: str | Path, resume: bool, overwrite: bool = False) -> Path | None:
     """Check that `path` can be written (without creating it) and agrees with `resume`.
 
     Returns the newest complete checkpoint when resuming. A fresh run into a directory that already
-    holds checkpoints is refused: its checkpoints would be mixed with (and pruned by) the new run's.
+    holds a run (checkpoints, a final model, metrics or a config) is refused unless `overwrite`: its
+    checkpoints would be mixed with (and pruned by) the new run's, its metrics appended to.
     """
     out = Path(path)
     probe_dir = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
@@ -134,10 +136,13 @@ def check_output_dir(path: str | Path, resume: bool) -> Path | None:
     if resume and latest is None:
         raise UserError(f"nothing to resume: {out / CHECKPOINTS} holds no complete checkpoint "
                         "(train.save_every > 0 writes them; an interrupted run writes one when it stops)")
-    if not resume and latest is not None:
+    if not resume and latest is not None and not overwrite:
         raise UserError(f"train.output_dir {out} already holds checkpoints (newest: {latest.name}); continue "
-                        f"that run with --resume {out} (or train.resume=true), or choose another train.output_dir")
-    return latest
+                        f"that run with --resume {out} (or train.resume=true), replace it with --overwrite, or "
+                        "choose another train.output_dir")
+    if not resume:
+        refuse_existing_run(out, overwrite, "train.output_dir")
+    return latest if resume else None
 
 
 def check_free_space(path: str | Path, model, checkpoints: bool) -> None:

@@ -21,6 +21,7 @@ centred per group), which is expected; watch the reward and the held-out accurac
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -33,7 +34,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from grpo.config import TrainConfig
+from grpo.config import TrainConfig, to_dict
 from grpo.data import Task, load_task
 from grpo.errors import UserError
 from grpo.models.convert import resolve_model_path
@@ -74,7 +75,6 @@ from grpo.train.distributed import (
     NullLog,
     agreed_signal,
     all_gather_objects,
-    barrier,
     broadcast_parameters,
     check_divisible,
     close_distributed,
@@ -176,73 +176,73 @@ class Run:
             self.rm_trainer.load_state_dict(extra["reward_model"])
 
 
-def setup_run(cfg: TrainConfig, lock: OutputDirLock) -> Run:
-    """Load and check the model, data, reward functions, output directory and free space, then write.
+def setup_run(cfg: TrainConfig, resume_from: Path | None, staging: Path, reward_fns: dict | None = None) -> Run:
+    """Load and check the model, data, reward functions and free space; write nothing (a fresh run's
+    files are written once its first step is done: `start_writing`).
 
-    A mistake in any of them stops the run before its directory is created. When resuming, the newest
-    checkpoint is loaded into the freshly built objects; the reference stays the initial weights.
+    When resuming from `resume_from`, the newest checkpoint is loaded into the freshly built objects (the
+    reference stays the initial weights) and the logs are cut back to it. staging: a directory that
+    outlives the setup (the built-in tiny model's initial weights go there, copied into the run later).
+    reward_fns: callables for the rewards.functions entries that name them (run in this process).
     """
     seed_everything(cfg.train.seed, cfg.train.threads)
-    resume_from = check_output_dir(cfg.train.output_dir, cfg.train.resume)
-    with tempfile.TemporaryDirectory(prefix="grpo-") as staging:
-        tiny_dir = Path(staging) / "tiny-init"
-        model, tokenizer = load_policy(cfg.model, tiny_dir)
-        if not cfg.model.keep_dropout:  # sampler, pi_old and update: one function, no dropout noise in the ratio
-            disable_dropout(model)
-        # joined only now: once torch.distributed is up, transformers' save_pretrained writes on rank 0 only
-        dist = init_distributed(cfg.model.device)
-        check_divisible(cfg.train.prompts_per_step, dist)
-        if dist.world_size > 1 and cfg.algorithm == "ppo" and cfg.train.strategy == "fsdp" \
-                and cfg.ppo.value_model == "head":
-            raise UserError("algorithm=ppo with ppo.value_model=head cannot run under train.strategy=fsdp (the head "
-                            "reads the policy's sharded body outside the policy's forward); use ppo.value_model=copy "
-                            "or train.strategy=ddp")
-        broadcast_parameters(model, dist)
-        episodic = Episodic(cfg, tokenizer) if cfg.rollout.multi_turn else None
-        task = load_task(cfg.data, tokenizer, cfg.train.seed, tools=episodic and [t.schema for t in episodic.tools])
-        specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
-        rm_trainer = None
-        if cfg.rewards.model is not None:  # a learned reward model, on the policy's device
-            c = cfg.rewards.model
-            rm = RewardModel.from_policy(model, tokenizer, c.batch_size, c.max_length) if c.path == "init" else \
-                RewardModel(c.path, next(model.parameters()).device, c.batch_size, c.max_length)
-            specs.append(RewardSpec("reward_model", rm, c.weight, in_pool=False))
-            rm_trainer = RewardModelTrainer(rm, c, cfg.train.seed, cfg.optim) if c.retrain else None
-        _check_rewards(specs, task, cfg)
-        step_fn = load_reward_function(cfg.rewards.step_fn, cfg.rewards.step_options) \
-            if cfg.grpo.advantage == "process" else None
-        # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
-        ref = Reference(model) if cfg.grpo.beta > 0 and cfg.algorithm != "rft" else None
-        critic = Critic(model, cfg, dist) if cfg.algorithm == "ppo" else None
-        fingerprint = weights_fingerprint(model)  # of the whole initial weights, the same on every rank
-        if cfg.train.gradient_checkpointing:  # the policy's update only: copies made above keep their activations
-            enable_checkpointing(model)
-        model, dist = shard_model(model, cfg.train.strategy, dist)
-        optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.train.steps * cfg.grpo.mu)
-        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(sampling_seed(cfg.train.seed, dist))
-        sampler = PromptSampler(len(task.train), cfg.train.seed)
-        state = TrainerState(init_fingerprint=fingerprint)
-        extra = {}
-        if resume_from is not None:
-            state = load_checkpoint(resume_from, cfg, model, optimizer, scheduler, gen, fingerprint, dist)
-            sampler.load_state_dict(state.sampler)
-            extra = load_extra(resume_from)
-        engine = make_engine(cfg, model, tokenizer, tiny_dir if tiny_dir.exists() else resolve_model_path(cfg.model.path),
-                             dist)
-        if resume_from is not None:
-            engine.sync_weights(model)  # vLLM started from model.path, the policy from the checkpoint
-        check_free_space(cfg.train.output_dir, model, checkpoints=cfg.train.save_every > 0)
-        barrier(dist)  # every rank has checked the directory before rank 0 writes into it
-        lock.hold()  # before the first write: no other grpo train may use the directory from here on
-        out = prepare_output_dir(cfg.train.output_dir, cfg) if dist.is_main else Path(cfg.train.output_dir)
-        if tiny_dir.exists() and dist.is_main:
-            shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
-    for name in remove_partial_checkpoints(out) if dist.is_main else []:
+    tiny_dir = Path(staging) / "tiny-init"
+    model, tokenizer = load_policy(cfg.model, tiny_dir)
+    if not cfg.model.keep_dropout:  # sampler, pi_old and update: one function, no dropout noise in the ratio
+        disable_dropout(model)
+    # joined only now: once torch.distributed is up, transformers' save_pretrained writes on rank 0 only
+    dist = init_distributed(cfg.model.device)
+    check_divisible(cfg.train.prompts_per_step, dist)
+    if dist.world_size > 1 and cfg.algorithm == "ppo" and cfg.train.strategy == "fsdp" \
+            and cfg.ppo.value_model == "head":
+        raise UserError("algorithm=ppo with ppo.value_model=head cannot run under train.strategy=fsdp (the head "
+                        "reads the policy's sharded body outside the policy's forward); use ppo.value_model=copy "
+                        "or train.strategy=ddp")
+    broadcast_parameters(model, dist)
+    episodic = Episodic(cfg, tokenizer) if cfg.rollout.multi_turn else None
+    task = load_task(cfg.data, tokenizer, cfg.train.seed, tools=episodic and [t.schema for t in episodic.tools])
+    given = reward_fns or {}
+    specs = [RewardSpec(e.fn, functools.partial(given[e.fn], **e.options) if e.options else given[e.fn], e.weight,
+                        in_pool=False) if e.fn in given else reward_spec(e.fn, e.weight, options=e.options)
+             for e in cfg.rewards.functions]
+    rm_trainer = None
+    if cfg.rewards.model is not None:  # a learned reward model, on the policy's device
+        c = cfg.rewards.model
+        rm = RewardModel.from_policy(model, tokenizer, c.batch_size, c.max_length) if c.path == "init" else \
+            RewardModel(c.path, next(model.parameters()).device, c.batch_size, c.max_length)
+        specs.append(RewardSpec("reward_model", rm, c.weight, in_pool=False))
+        rm_trainer = RewardModelTrainer(rm, c, cfg.train.seed, cfg.optim) if c.retrain else None
+    _check_rewards(specs, task, cfg)
+    step_fn = load_reward_function(cfg.rewards.step_fn, cfg.rewards.step_options) \
+        if cfg.grpo.advantage == "process" else None
+    # the frozen pi_ref: a copy of the initial policy (LoRA: the adapter switched off); none when beta = 0
+    ref = Reference(model) if cfg.grpo.beta > 0 and cfg.algorithm != "rft" else None
+    critic = Critic(model, cfg, dist) if cfg.algorithm == "ppo" else None
+    fingerprint = weights_fingerprint(model)  # of the whole initial weights, the same on every rank
+    if cfg.train.gradient_checkpointing:  # the policy's update only: copies made above keep their activations
+        enable_checkpointing(model)
+    model, dist = shard_model(model, cfg.train.strategy, dist)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.train.steps * cfg.grpo.mu)
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(sampling_seed(cfg.train.seed, dist))
+    sampler = PromptSampler(len(task.train), cfg.train.seed)
+    state = TrainerState(init_fingerprint=fingerprint)
+    extra = {}
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, cfg, model, optimizer, scheduler, gen, fingerprint, dist)
+        sampler.load_state_dict(state.sampler)
+        extra = load_extra(resume_from)
+    engine = make_engine(cfg, model, tokenizer, tiny_dir if tiny_dir.exists() else resolve_model_path(cfg.model.path),
+                         dist)
+    if resume_from is not None:
+        engine.sync_weights(model)  # vLLM started from model.path, the policy from the checkpoint
+    check_free_space(cfg.train.output_dir, model, checkpoints=cfg.train.save_every > 0)
+    out = Path(cfg.train.output_dir)
+    for name in remove_partial_checkpoints(out) if dist.is_main and resume_from is not None else []:
         logger.warning("removed %s: a checkpoint whose writing was cut off", out / CHECKPOINTS / name)
+    history = restore_logs(out, state) if dist.is_main and resume_from is not None else []
     run = Run(out=out, model=model, tokenizer=tokenizer, ref=ref, engine=engine, task=task, specs=specs,
-              optimizer=optimizer, scheduler=scheduler, gen=gen, sampler=sampler, state=state,
-              history=restore_logs(out, state) if dist.is_main else [], dist=dist, critic=critic, step_fn=step_fn,
-              rm_trainer=rm_trainer, episodic=episodic)
+              optimizer=optimizer, scheduler=scheduler, gen=gen, sampler=sampler, state=state, history=history,
+              dist=dist, critic=critic, step_fn=step_fn, rm_trainer=rm_trainer, episodic=episodic)
     run.load_extra_state(extra)
     return run
 
@@ -404,18 +404,40 @@ def checkpoint_or_stop(run: Run, cfg: TrainConfig, log: MetricsLog, samples, sto
         raise TrainingInterrupted(stop.signum, state.step, path, run.out)
 
 
-def train(cfg: TrainConfig, progress: bool = True, timers: Timers | None = None) -> TrainResult:
+def train(cfg: TrainConfig, progress: bool = True, timers: Timers | None = None, overwrite: bool = False,
+          reward_fns: dict | None = None) -> TrainResult:
     """Run GRPO as configured (train.resume: continue the run in train.output_dir); returns accuracies
-    before/after and the metrics history. One run per output directory (`OutputDirLock`). timers: the
-    phase timers (a bench may pass its own, with hooks)."""
-    with OutputDirLock(cfg.train.output_dir) as lock:  # released however the run ends
-        return _train(cfg, progress, lock, timers or Timers())
+    before/after and the metrics history. timers: the phase timers (a bench may pass its own, with hooks).
 
-
-def _train(cfg: TrainConfig, progress: bool, lock: OutputDirLock, timers: Timers) -> TrainResult:
+    A train.output_dir that holds a run (finished, stopped or resumable) is refused unless `overwrite`
+    (the CLI's --overwrite), which replaces that run's files once the new run writes. One run per output
+    directory (`OutputDirLock`, taken before the model loads). A run that fails before its first step is
+    done leaves nothing behind: its files are first written after that step (`start_writing`).
+    reward_fns: name -> callable, for rewards.functions entries that name a function given here (`grpo.api`).
+    """
     t_start = time.perf_counter()
     baseline_mib = current_memory_mib(resolve_device(cfg.model.device))  # the runtime, before any model is built
-    run = setup_run(cfg, lock)
+    resume_from = check_output_dir(cfg.train.output_dir, cfg.train.resume, overwrite)
+    with OutputDirLock(cfg.train.output_dir) as lock, tempfile.TemporaryDirectory(prefix="grpo-") as staging:
+        if resume_from is not None:
+            lock.commit()  # the run's directory already holds its files
+        run = setup_run(cfg, resume_from, Path(staging), reward_fns)
+        return _train(run, cfg, progress, timers or Timers(), t_start, baseline_mib, Path(staging), lock, overwrite)
+
+
+def start_writing(run: Run, cfg: TrainConfig, lock: OutputDirLock, staging: Path, overwrite: bool) -> None:
+    """After a fresh run's first step: its directory (an earlier run's files removed under `overwrite`), its
+    config.yaml and the tiny model's initial weights. Until then it has written nothing."""
+    lock.commit()
+    if not run.dist.is_main:
+        return
+    prepare_output_dir(run.out, cfg, overwrite)
+    if (staging / "tiny-init").exists():
+        shutil.copytree(staging / "tiny-init", run.out / "tiny-init", dirs_exist_ok=True)
+
+
+def _train(run: Run, cfg: TrainConfig, progress: bool, timers: Timers, t_start: float, baseline_mib: float,
+           staging: Path, lock: OutputDirLock, overwrite: bool) -> TrainResult:
     state, device, run_peak = run.state, next(run.model.parameters()).device, 0.0
     I = cfg.train.iterations
     iteration_starts = {round(i * cfg.train.steps / I) for i in range(1, I)}  # steps where an iteration begins
@@ -425,10 +447,19 @@ def _train(cfg: TrainConfig, progress: bool, lock: OutputDirLock, timers: Timers
     heldout = lambda: sharded_accuracy(evaluate, run.task.heldout, run.model, run.dist)  # noqa: E731
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(reward_pool(cfg.rewards.workers))
-        log = MetricsLog(run.out, cfg.train.tensorboard, resumed_at=state.step) if run.dist.is_main else NullLog()
-        stack.callback(log.close)
-        samples = stack.enter_context(open(run.out / "samples.jsonl" if run.dist.is_main else os.devnull, "a",
-                                           encoding="utf-8"))
+        log, samples = None, None  # opened at the first write: after the first step of a fresh run
+
+        def open_files():
+            t = cfg.train
+            log = MetricsLog(run.out, t.tensorboard or "tensorboard" in t.report_to, resumed_at=state.step,
+                             wandb_project=t.wandb_project if "wandb" in t.report_to else None,
+                             config=to_dict(cfg)) if run.dist.is_main else NullLog()
+            stack.callback(log.close)
+            return log, stack.enter_context(open(run.out / "samples.jsonl" if run.dist.is_main else os.devnull, "a",
+                                                 encoding="utf-8"))
+
+        if lock.committed:  # resumed: the directory is the run's already
+            log, samples = open_files()
         stop = stack.enter_context(StopSignals())
         warned = False
         if state.step == 0:
@@ -452,6 +483,9 @@ def _train(cfg: TrainConfig, progress: bool, lock: OutputDirLock, timers: Timers
             t0 = time.perf_counter()
             out = train_step(run, cfg, pool, timers)
             dt = time.perf_counter() - t0
+            if log is None:  # a fresh run's first step is done: its rewards were fine, its update applied
+                start_writing(run, cfg, lock, staging, overwrite)
+                log, samples = open_files()
             record = {"step": step + 1, **out.record, **rm_stats, **timers.pop(), "time/step": dt,
                       "tokens_per_s": out.num_tokens / dt, "memory/peak_mib": peak_memory_mib(device),
                       "memory/state_mib": run.state_mib(), "memory/baseline_mib": baseline_mib}

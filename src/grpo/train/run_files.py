@@ -11,10 +11,42 @@ from grpo.config import save_config
 from grpo.errors import UserError
 
 
-def prepare_output_dir(path: str | Path, cfg) -> Path:
-    """Create the run directory (checked writable up front) and save the resolved config in it."""
+RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "checkpoints", "final", "final.tmp", "tiny-init",
+             "tensorboard", "wandb", "training.png", "reward_model")
+"""What `grpo train` and `grpo sft` write in their output directory (besides the lock file): what --overwrite
+removes, and what marks a directory as holding a run."""
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "final")
+"""Any of these in a directory: it holds a run (finished, stopped or resumable)."""
+
+
+def run_files_in(path: str | Path) -> list[str]:
+    """The RUN_MARKERS present in `path` (none for a directory that does not exist)."""
+    out = Path(path)
+    return [name for name in RUN_MARKERS if (out / name).exists()] if out.is_dir() else []
+
+
+def refuse_existing_run(path: str | Path, overwrite: bool, key: str) -> None:
+    """A directory holding a run is not written into unless `overwrite` (the CLI's --overwrite) says so."""
+    found = run_files_in(path)
+    if found and not overwrite:
+        kind = "finished run" if "final" in found else "run"
+        raise UserError(f"{key} {path} already holds a {kind} ({', '.join(found)}); replace it with --overwrite "
+                        f"(Python: overwrite=True), or choose another {key}")
+
+
+def prepare_output_dir(path: str | Path, cfg, overwrite: bool = False) -> Path:
+    """Create the run directory (checked writable up front) and save the resolved config in it.
+    overwrite: first remove the RUN_FILES an earlier run left there (nothing else in the directory)."""
+    import shutil
+
     out = Path(path)
     try:
+        for name in RUN_FILES if overwrite else ():
+            old = out / name
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            elif old.exists() or old.is_symlink():
+                old.unlink()
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write_test"
         probe.write_text("ok")

@@ -12,7 +12,6 @@ from grpo.errors import UserError
 logger = logging.getLogger(__name__)
 
 
-
 LOCK_FILE = ".grpo-train.lock"
 """In train.output_dir: flock-ed by the process writing the directory, and holding that process's pid."""
 
@@ -20,45 +19,42 @@ LOCK_FILE = ".grpo-train.lock"
 class OutputDirLock:
     """One `grpo train` per output directory: an exclusive `fcntl.flock` on OUT/.grpo-train.lock.
 
-    The OS drops a flock when its process dies, however it dies (SIGKILL, the OOM killer), so a killed
-    run leaves no stale lock: its file stays, unlocked, and the next run or `--resume` takes it. The
-    holder writes its pid in the file for the message of the runs it refuses. Taken in two moves so that
-    a refused run writes nothing: entering locks an existing lock file without writing to it (a second
-    run stops there, before loading anything); `hold()`, just before the run's first write, creates the
-    directory and the file when needed, locks, and writes the pid (two fresh runs into a new directory
-    meet there). Leaving releases it, whether the run ended or failed. Under torchrun only rank 0 locks
-    (torch.distributed is not up yet at the first move: torchrun's RANK says which process is rank 0);
-    the other ranks write into the directory under rank 0's lock.
+    Taken on entering, before the model loads, so that a second run into the directory stops at once.
+    Entering creates the directory (and its parents) when needed, locks the lock file and writes this
+    process's pid in it, for the message of the runs it refuses. The OS drops a flock when its process
+    dies, however it dies (SIGKILL, the OOM killer), so a killed run leaves no stale lock: its file
+    stays, unlocked, and the next run or `--resume` takes it. Leaving releases it, whether the run
+    ended or failed; a run that never `commit`ted (it failed before its first write) also removes the
+    lock file and the directories it created, so that it leaves nothing behind. Under torchrun only
+    rank 0 locks (torch.distributed is not up yet: torchrun's RANK says which process is rank 0); the
+    other ranks write into the directory under rank 0's lock.
     """
 
     def __init__(self, path: str | Path, enabled: bool | None = None):
-        self.out, self._file = Path(path), None
+        self.out, self._file, self.committed = Path(path), None, False
         self.enabled = os.environ.get("RANK", "0") == "0" if enabled is None else enabled
+        self._created: list[Path] = []  # directories this lock made, the deepest first
+        self._made_file = False
 
     def __enter__(self) -> OutputDirLock:
+        if not self.enabled:
+            return self
+        missing = [p for p in [self.out, *self.out.parents] if not p.exists()]
         try:
-            exists = (self.out / LOCK_FILE).is_file()
-        except OSError:  # e.g. a directory that cannot be searched: check_output_dir words it
-            exists = False
-        if self.enabled and exists:
-            self._lock(os.O_RDWR)
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"output directory {self.out} is not writable: {e.strerror or e}") from None
+        self._created = missing
+        try:
+            self._lock()
+        except BaseException:
+            self._clean_up()
+            raise
         return self
 
-    def hold(self) -> None:
-        """Before the run's first write: hold the directory (creating it) and write this process's pid."""
-        if not self.enabled:
-            return
-        if self._file is None:
-            try:
-                self.out.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise UserError(f"output directory {self.out} is not writable: {e.strerror or e}") from None
-            self._lock(os.O_RDWR | os.O_CREAT)
-        if self._file is not None:  # None: a filesystem without flock (warned)
-            self._file.seek(0)
-            self._file.truncate()
-            self._file.write(f"{os.getpid()}\n")
-            self._file.flush()
+    def commit(self) -> None:
+        """The run has written its first files: its directory and lock file stay when it ends."""
+        self.committed = True
 
     def release(self) -> None:
         if self._file is not None:
@@ -66,29 +62,68 @@ class OutputDirLock:
             self._file = None
 
     def __exit__(self, *exc) -> None:
-        self.release()
+        if self.committed:
+            self.release()
+        else:  # removed while still locked: no other run can have taken the file meanwhile
+            self._clean_up()
 
-    def _lock(self, flags: int) -> None:
+    def _clean_up(self) -> None:
+        """Remove the lock file and the empty directories this lock created (none: a directory with anything
+        else in it stays as it is)."""
+        if self._made_file and self._file is not None:
+            try:
+                os.unlink(self.out / LOCK_FILE)
+            except OSError:
+                pass
+        self.release()
+        for d in self._created:
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+    def _lock(self) -> None:
         path = self.out / LOCK_FILE
-        try:
-            f = os.fdopen(os.open(path, flags, 0o644), "r+", encoding="utf-8")
-        except OSError as e:
-            raise UserError(f"cannot open {path}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # held by another process
-            holder = _live_pid(f.read())
-            f.close()
-            who = f"pid {holder}" if holder else "still starting: its pid is not written yet"
-            raise UserError(f"{self.out} is in use by another grpo train ({who}); wait for it or choose "
-                            "another train.output_dir") from None
-        except OSError as e:  # ENOLCK, EOPNOTSUPP...: some network filesystems have no flock
-            f.close()
-            logger.warning("cannot lock %s (%s); running without the one-run-per-directory guard", path,
-                           e.strerror or e)
-            self.enabled = False
+        for _ in range(10):  # a failing run may unlink the file between our open and our flock: open again
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                made = True
+            except FileExistsError:
+                try:
+                    fd, made = os.open(path, os.O_RDWR), False
+                except FileNotFoundError:
+                    continue
+            except OSError as e:
+                raise UserError(f"cannot open {path}: {e.strerror or e}") from None
+            f = os.fdopen(fd, "r+", encoding="utf-8")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # held by another process
+                holder = _live_pid(f.read())
+                f.close()
+                who = f"pid {holder}" if holder else "still starting: its pid is not written yet"
+                raise UserError(f"{self.out} is in use by another grpo train ({who}); wait for it or choose "
+                                "another train.output_dir") from None
+            except OSError as e:  # ENOLCK, EOPNOTSUPP...: some network filesystems have no flock
+                f.close()
+                logger.warning("cannot lock %s (%s); running without the one-run-per-directory guard", path,
+                               e.strerror or e)
+                self.enabled = False
+                return
+            try:
+                same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # unlinked by the run that held it: lock the file that is there now
+                f.close()
+                continue
+            self._file, self._made_file = f, made
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
             return
-        self._file = f
+        raise UserError(f"cannot lock {path}: it keeps being removed")
 
 
 def _live_pid(text: str) -> int | None:

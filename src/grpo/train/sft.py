@@ -36,7 +36,7 @@ from grpo.train.evaluation import evaluate_accuracy
 from grpo.train.metrics import MetricsLog
 from grpo.train.optim import make_optimizer
 from grpo.train.batch import seed_everything
-from grpo.train.run_files import prepare_output_dir, save_model
+from grpo.train.run_files import prepare_output_dir, refuse_existing_run, save_model
 from grpo.train.update import micro_batches
 
 
@@ -109,9 +109,12 @@ def batch_order(n: int, batch_size: int, rng: random.Random):
             yield perm[i:i + batch_size]
 
 
-def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
+def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTResult:
+    """Train until the chosen split's accuracy plateaus (or max_steps / max_seconds); the best model goes to
+    OUTPUT/final. An sft.output_dir that holds a run is refused unless `overwrite` (the CLI's --overwrite)."""
     t_start = time.perf_counter()
     s = cfg.sft
+    refuse_existing_run(s.output_dir, overwrite, "sft.output_dir")
     seed_everything(s.seed, s.threads)
     with tempfile.TemporaryDirectory(prefix="grpo-") as staging:  # a mistake in model or data writes nothing
         tiny_dir = Path(staging) / "tiny-init"
@@ -124,7 +127,7 @@ def sft(cfg: SFTConfig, progress: bool = True) -> SFTResult:
             task.train = [task.train[i] for i in random.Random(f"rows-{s.seed}").sample(range(len(task.train)),
                                                                                       min(s.train_rows, len(task.train)))]
         checker = load_reward_function(s.eval_reward)
-        out = prepare_output_dir(s.output_dir, cfg)
+        out = prepare_output_dir(s.output_dir, cfg, overwrite)
         if tiny_dir.exists():
             shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
     device = next(model.parameters()).device
