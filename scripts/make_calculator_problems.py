@@ -7,7 +7,10 @@ demonstrations in column `target` that call the `calculator` tool on a share of 
 state the answer on the others), with the question in a user message that says how to call the tool
 and how to answer. Hard test problems are disjoint from the training ones (split on a hash of the
 numbers); the 81 easy sums recur in both. The test split takes as many hard problems as easy ones.
-Deterministic: the same arguments write the same bytes. Used by configs/smollm2_tools.yaml.
+calculator_train_tools.jsonl has the same training problems with complete tool-use demonstrations (every
+hard one calls the tool): the best SFT data there is for `grpo reproduce --config
+configs/smollm2_tools_vs_sft.yaml`. Deterministic: the same arguments write the same bytes. Used by
+configs/smollm2_tools.yaml.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def main() -> None:
     pool = make_rows(6 * args.test, "heldout", args.seed)  # 5 easy to 1 hard: draw each half from it
     test = [r for r in pool if r["kind"] == "hard"][: args.test // 2]
     test += [r for r in pool if r["kind"] == "easy"][: args.test - len(test)]
-    for split, rows in (("train", train), ("test", test)):
+    tools = make_rows(args.train, "train", args.seed, 0.0)  # every hard demonstration calls the tool
+    for split, rows in (("train", train), ("test", test), ("train_tools", tools)):
         path = out / f"calculator_{split}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(rows)), encoding="utf-8")
         print(f"wrote {path} ({len(rows)} problems)")

@@ -350,3 +350,26 @@ def test_reproduce_compares_grpo_with_more_sft_at_its_training_time(tmp_path, ca
     text = (out / "results.md").read_text()
     assert "| GRPO beats more SFT at equal compute (GRPO − sft_more) |" in text
     assert "| GRPO beats more SFT at equal compute (GRPO − sft_more), strict |" in text
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_reproduce_scores_a_tool_task_by_greedy_episodes(tmp_path, capsys, monkeypatch, smollm2_two_layers):
+    """configs/smollm2_tools_vs_sft.yaml shrunk on the first 2 layers of SmolLM2: sft_best on complete tool-use
+    demonstrations, GRPO with multi-turn rollouts and sft_more, each scored by greedy episodes on the hard test
+    problems (accuracy and the share that called the tool), with no sampled completions."""
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "out"
+    assert main(["reproduce", "-q", "--config", "configs/smollm2_tools_vs_sft.yaml", "--methods", "grpo,sft_more",
+                 "--n", "2", "--k", "1,2", f"output_dir={out}", f"sft.model.path={smollm2_two_layers}",
+                 "sft.sft.max_steps=2", "sft.sft.batch_size=2", "sft.sft.eval_every=1", "sft.data.num_validation=2",
+                 "sft.data.num_heldout=2", "sft.sampling.max_new_tokens=8", "rl.data.num_validation=2",
+                 "rl.data.num_heldout=2", "rl.train.steps=1", "rl.train.prompts_per_step=1", "rl.grpo.G=2",
+                 "rl.train.micro_batch_size=2", "rl.sampling.max_new_tokens=8"]) == 0, capsys.readouterr().err
+    per_seed = json.loads((out / "results.json").read_text())["per_seed"]["0"]
+    assert list(per_seed) == ["sft", "grpo", "sft_more"]
+    for row in per_seed.values():
+        assert row["num_prompts"] == 2 and row["pass_at_k"] == {} and 0.0 <= row["tool_call_share"] <= 1.0
+    text = (out / "results.md").read_text()
+    assert "| GRPO beats more SFT at equal compute (GRPO − sft_more) |" in text and "RL lifts maj" not in text
+    assert not (out / "maj_pass_at_k.png").exists() and (out / "curves.png").stat().st_size > 10_000

@@ -106,17 +106,20 @@ def plot_reproduce(out: Path, runs: dict, sfts: dict, evals: dict, seeds: list[i
     a2.set(ylabel="accuracy (%)", title="test greedy accuracy (mean ± sd over seeds)", ylim=(0, 100))
     _finish(fig, (a1, a2), out / "curves.png")
 
-    fig, (b1, b2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name in models:
-        for ax, key in ((b1, "maj_at_k"), (b2, "pass_at_k")):
-            stats = [mean_std([100 * getattr(evals[(i, name)], key)[k] for i in seeds]) for k in ks]
-            ax.errorbar(list(ks), [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-", capsize=3,
-                        label=labels[name])
-    b1.set(xlabel="k", ylabel="%", title="maj@k (mean ± sd over seeds)", xscale="log", ylim=(0, 100))
-    b2.set(xlabel="k", ylabel="%", title="pass@k (mean ± sd over seeds)", xscale="log", ylim=(0, 100))
-    for ax in (b1, b2):
-        ax.set_xticks(list(ks), [str(k) for k in ks])
-    _finish(fig, (b1, b2), out / "maj_pass_at_k.png")
+    names = ["curves.png", "sft.png"]
+    if evals[(seeds[0], models[0])].pass_at_k:  # a multi-turn task is scored by greedy episodes only
+        names.insert(1, "maj_pass_at_k.png")
+        fig, (b1, b2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        for name in models:
+            for ax, key in ((b1, "maj_at_k"), (b2, "pass_at_k")):
+                stats = [mean_std([100 * getattr(evals[(i, name)], key)[k] for i in seeds]) for k in ks]
+                ax.errorbar(list(ks), [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-", capsize=3,
+                            label=labels[name])
+        b1.set(xlabel="k", ylabel="%", title="maj@k (mean ± sd over seeds)", xscale="log", ylim=(0, 100))
+        b2.set(xlabel="k", ylabel="%", title="pass@k (mean ± sd over seeds)", xscale="log", ylim=(0, 100))
+        for ax in (b1, b2):
+            ax.set_xticks(list(ks), [str(k) for k in ks])
+        _finish(fig, (b1, b2), out / "maj_pass_at_k.png")
 
     fig, c1 = plt.subplots(1, 1, figsize=(6, 3.6))
     curves = [[(h["step"], h["eval/accuracy"]) for h in sfts[i].history if "eval/accuracy" in h] for i in seeds]
@@ -128,7 +131,7 @@ def plot_reproduce(out: Path, runs: dict, sfts: dict, evals: dict, seeds: list[i
     c1.set(xlabel="step", ylabel="greedy accuracy (%)", title="SFT warm start (grey: chosen checkpoints)",
            ylim=(0, 100))
     _finish(fig, (c1,), out / "sft.png")
-    return ["curves.png", "maj_pass_at_k.png", "sft.png"]
+    return names
 
 
 def _finish(fig, axes, path: Path, legend_size=8) -> None:

@@ -60,6 +60,8 @@ METHODS = {
 SFT started from, every other one from its seed's SFT model)."""
 SFT_MORE = "sft_more"
 """SFT continued from `sft_best` for the GRPO stage's training time (needs `grpo` among the methods)."""
+EXTRA_KEYS = {"strict": "strict_accuracy", "lenient": "lenient_accuracy", "tool_calls": "tool_call_share"}
+"""An evaluation's extra greedy figures (`EvalResult.greedy_by_checker`) -> their key in results.json."""
 NO_TEST = ["data.num_heldout=0"]
 """Added to every training job: the test split is never read during training or checkpoint selection."""
 
@@ -190,8 +192,20 @@ def accuracy_checkers(reward_fn: str, options: dict) -> dict:
     return out
 
 
+def _evaluate_episodes(path: str, rl_config: str, seed: int):
+    """A multi-turn task's evaluation: greedy episodes on the test split (`tool_use_report`), the tool-call
+    share beside the accuracy; no sampled completions, so no pass@k or maj@k."""
+    from grpo.evaluate import EvalResult
+    from grpo.train.episodes import tool_use_report
+
+    report = tool_use_report(path, load_config(TrainConfig, rl_config, [f"train.seed={seed}"]))["all"]
+    return EvalResult(greedy_accuracy=report["accuracy"], pass_at_k={}, maj_at_k={}, sample_accuracy=float("nan"),
+                      n=0, num_prompts=report["rows"], greedy_by_checker={"tool_calls": report["called"]})
+
+
 def _evaluate_job(path: str, data: dict, reward_fn: str, reward_options: dict, n: int, ks: list[int],
-                  max_new_tokens: int, seed: int, threads: int, data_seed: int, sample_prompts: int | None):
+                  max_new_tokens: int, seed: int, threads: int, data_seed: int, sample_prompts: int | None,
+                  rl_config: str | None = None):
     """One model's evaluation, in a worker process when --jobs > 1 (arguments are plain data). The test
     prompts are rendered with this model's own tokenizer (its chat template, its special tokens)."""
     import tempfile
@@ -206,6 +220,8 @@ def _evaluate_job(path: str, data: dict, reward_fn: str, reward_options: dict, n
 
     if threads:
         torch.set_num_threads(threads)
+    if rl_config is not None:  # multi-turn: greedy episodes with the tools (no sampled completions)
+        return _evaluate_episodes(path, rl_config, seed)
     with tempfile.TemporaryDirectory() as tiny_dir:
         model, tokenizer = load_policy(ModelConfig(path=path), Path(tiny_dir))
     rows = load_task(DataConfig(**data), tokenizer, data_seed).heldout
@@ -327,7 +343,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     todo = {key: (path, rl.train.seed + key[0]) for key, path in models.items()}  # sampling seeded per seed
     evals = _evaluate_all(todo, jobs, threads, data=to_dict(rl.data), reward_fn=first.fn,
                           reward_options=first.options, n=n, ks=ks, max_new_tokens=rl.sampling.max_new_tokens,
-                          data_seed=rl.train.seed, sample_prompts=sample_prompts)
+                          data_seed=rl.train.seed, sample_prompts=sample_prompts,
+                          rl_config=str(out / "rl.yaml") if rl.rollout.multi_turn else None)
     names = ("sft", *rl_methods, *([SFT_MORE] if more else []))
     per_seed = {i: {name: _row(evals[(i, name)], runs.get((i, name)), sfts[i] if name == "sft" else more.get((i, name)))
                     for name in names} for i in offsets}
@@ -363,7 +380,7 @@ def _reused(jobs: dict, args: dict, out: Path, cls, config: Path) -> dict[str, f
 def _row(e, run: dict | None, s) -> dict:
     row = {"greedy_accuracy": e.greedy_accuracy, "sample_accuracy": e.sample_accuracy, "num_prompts": e.num_prompts,
            "num_sampled_prompts": e.num_sampled_prompts, "pass_at_k": e.pass_at_k, "maj_at_k": e.maj_at_k,
-           **{f"{name}_accuracy": v for name, v in e.greedy_by_checker.items()}}
+           **{EXTRA_KEYS[name]: v for name, v in e.greedy_by_checker.items()}}
     if run is not None:
         row.update({k: run[k] for k in ("peak_mib", "run_peak_mib", "state_mib", "seconds", "train_seconds")})
     else:
@@ -373,6 +390,8 @@ def _row(e, run: dict | None, s) -> dict:
 
 
 def _pct(values: list[float]) -> str:
+    if any(v != v for v in values):  # NaN: not measured (a multi-turn task samples no completions)
+        return "-"
     mean, sd = mean_std([100 * v for v in values])
     return f"{mean:.1f}%" if len(values) == 1 else f"{mean:.1f} ± {sd:.1f}%"
 
@@ -396,7 +415,7 @@ def _claim_rows(per_seed: dict, kmax: int, test_n: int) -> tuple[list[str], list
             if SFT_MORE in (a, b) and key in per_seed[seeds[0]][a]:
                 diffs = [100 * (x - y) for x, y in zip(acc(a, key), acc(b, key))]
                 rows.append(claim_row(f"{text}, {kind}", diffs, mean_std(acc(a, key) + acc(b, key))[0], test_n))
-    if "grpo" in names:  # §5.2.2: maj@K rises more than pass@K
+    if "grpo" in names and per_seed[seeds[0]]["grpo"]["pass_at_k"]:  # §5.2.2: maj@K rises more than pass@K
         s = lambda m, key: [per_seed[i][m][key][kmax] for i in seeds]  # noqa: E731
         diffs = [100 * ((gm - sm) - (gp - sp)) for gm, sm, gp, sp in
                  zip(s("grpo", "maj_at_k"), s("sft", "maj_at_k"), s("grpo", "pass_at_k"), s("sft", "pass_at_k"))]
@@ -441,16 +460,16 @@ def _markdown(per_seed: dict, cfg: DemoConfig, sfts: dict, plots: list[str], n: 
               seconds: float, test_n: int, sampled_n: int, more: dict) -> str:
     kmax, seeds = max(ks), list(per_seed)
     names = list(per_seed[seeds[0]])
-    col = lambda name, key, k=None: [per_seed[i][name][key] if k is None else per_seed[i][name][key][k]  # noqa: E731
-                                     for i in seeds]
-    kinds = [k for k in ("strict", "lenient") if f"{k}_accuracy" in per_seed[seeds[0]][names[0]]]
+    col = lambda name, key, k=None: [per_seed[i][name][key] if k is None  # noqa: E731
+                                     else per_seed[i][name][key].get(k, float("nan")) for i in seeds]
+    kinds = [k for k in EXTRA_KEYS if EXTRA_KEYS[k] in per_seed[seeds[0]][names[0]]]
     rows = [f"| model | greedy acc. | {''.join(f'{k} | ' for k in kinds)}sampled acc. | maj@{kmax} | pass@{kmax} "
             "| peak memory of the run | model state | training time | wall time | models held |",
             "|---|---|" + "---|" * len(kinds) + "---|---|---|---|---|---|---|---|"]
     for name in names:
         mib = lambda key, f=".0f": f"{_mean(col(name, key), f)} MiB" if key in per_seed[seeds[0]][name] else "-"  # noqa: E731
         rows.append(f"| {LABELS[name]} | {_pct(col(name, 'greedy_accuracy'))} | "
-                    + "".join(f"{_pct(col(name, f'{k}_accuracy'))} | " for k in kinds)
+                    + "".join(f"{_pct(col(name, EXTRA_KEYS[k]))} | " for k in kinds)
                     + f"{_pct(col(name, 'sample_accuracy'))} | {_pct(col(name, 'maj_at_k', kmax))} | "
                     f"{_pct(col(name, 'pass_at_k', kmax))} | {mib('run_peak_mib')} | {mib('state_mib', '.1f')} | "
                     f"{_mean(col(name, 'train_seconds'))} s | {_mean(col(name, 'seconds'))} s | {MODELS_HELD[name]} |")
@@ -481,7 +500,7 @@ def _markdown(per_seed: dict, cfg: DemoConfig, sfts: dict, plots: list[str], n: 
             f"took ({budget} s; it trained {', '.join(f'{r.train_seconds:.0f} s in {r.steps} steps' for r in m)}), "
             f"with {s0.optim.schedule} decay over a horizon sized from sft_best's seconds per step, its checkpoint "
             f"chosen on the same validation split (best at step {', '.join(str(r.best_step) for r in m)}).")
-    strict_text = "" if not kinds else (
+    strict_text = "" if "strict" not in kinds else (
         " Strict accuracy reads the answer only where the format puts it (the last `#### N` line, the last box or "
         "the answer tag); lenient takes the last number anywhere; greedy accuracy is the first reward's own verdict.")
     return "\n".join([
