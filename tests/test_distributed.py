@@ -506,7 +506,7 @@ def test_lora_checkpoints_move_between_ddp_and_fsdp_and_the_final_holds_adapter_
             "train.keep_checkpoints=3")
     straight = _torchrun(tmp_path, "ddp", *lora)
     assert sorted(p.name for p in (straight / "checkpoints" / "step-000001").iterdir()) == \
-        ["config.yaml", "optimizer.pt", "rng.pt", "trainable.safetensors", "trainer_state.json"]
+        ["checksums.json", "config.yaml", "optimizer.pt", "rng.pt", "trainable.safetensors", "trainer_state.json"]
     out = tmp_path / "fsdp"
     shutil.copytree(straight, out, ignore=lambda d, names: {"step-000002", "step-000003", "final"} & set(names))
     _torchrun(tmp_path, "fsdp", "train.strategy=fsdp", resume=True)

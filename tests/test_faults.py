@@ -246,6 +246,61 @@ def test_a_failed_checkpoint_write_removes_its_partial_files_and_keeps_the_previ
     assert state.step == 1 and torch.equal(fresh.weight, saved)
 
 
+def _two_checkpoints(tmp_path):
+    cfg = TrainConfig()
+    model = torch.nn.Linear(4, 4)
+    optimizer, scheduler = make_optimizer(model, cfg.optim, 10)
+    gen = torch.Generator().manual_seed(0)
+    for step in (1, 2):
+        save_checkpoint(tmp_path, cfg, TrainerState(step=step), model, optimizer, scheduler, gen, keep=2)
+    return lambda: load_checkpoint(tmp_path / "checkpoints" / "step-000002", cfg, model, optimizer, scheduler, gen, 0.0)
+
+
+def _flip_a_byte(f):
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (_flip_a_byte, "optimizer.pt does not match its checksum (truncated or altered)"),
+    (lambda f: os.truncate(f, f.stat().st_size - 1), "optimizer.pt does not match its checksum (truncated or altered)"),
+    (lambda f: f.unlink(), "optimizer.pt is missing"),
+], ids=["flipped-byte", "truncated", "missing"])
+def test_a_damaged_checkpoint_is_caught_before_anything_is_loaded_and_the_intact_one_named(tmp_path, damage,
+                                                                                           problem):
+    load = _two_checkpoints(tmp_path)
+    ckpt = tmp_path / "checkpoints" / "step-000002"
+    assert set(json.loads((ckpt / "checksums.json").read_text())) == {
+        "model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json", "config.yaml"}
+    assert load().step == 2  # intact: loads
+    damage(ckpt / "optimizer.pt")
+    with pytest.raises(UserError) as e:
+        load()
+    assert str(e.value) == (f"checkpoint {ckpt} is damaged: {problem}; nothing was loaded. "
+                            f"{tmp_path / 'checkpoints' / 'step-000001'} is intact: move {ckpt} (and any newer "
+                            f"checkpoint) out of {tmp_path / 'checkpoints'}, then resume with grpo train --resume "
+                            f"{tmp_path}")
+    _flip_a_byte(tmp_path / "checkpoints" / "step-000001" / "model.safetensors")
+    with pytest.raises(UserError, match="is damaged: .*; nothing was loaded. no older checkpoint is intact$"):
+        load()
+
+
+@pytest.mark.slow
+def test_a_resume_from_a_damaged_checkpoint_stops_with_one_line_and_the_older_one_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "-q", *args(tmp_path, "train.steps=2", "train.save_every=1", "train.keep_checkpoints=2",
+                                      out=out)]) == 0
+    _flip_a_byte(out / "checkpoints" / "step-000002" / "model.safetensors")
+    assert main(["train", "-q", "--resume", str(out), "train.steps=3"]) == 2
+    err = one_error_line(capsys)
+    assert f"checkpoint {out}/checkpoints/step-000002 is damaged: model.safetensors does not match" in err
+    assert f"{out}/checkpoints/step-000001 is intact" in err
+    (out / "checkpoints" / "step-000002").rename(tmp_path / "set-aside")
+    assert main(["train", "-q", "--resume", str(out), "train.steps=3"]) == 0
+    assert [x["step"] for x in steps(out)] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("where", ["under-a-file", "read-only"])
 def test_an_unwritable_output_dir_is_refused_before_anything_is_loaded(tmp_path, capsys, where):
     if where == "under-a-file":

@@ -72,7 +72,7 @@ def assert_same_run(a, b) -> None:
 def test_straight_run_keeps_the_last_two_checkpoints_and_moves_the_weights(straight):
     assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["step-000003", "step-000004"]
     files = sorted(p.name for p in (straight / "checkpoints" / "step-000004").iterdir())
-    assert files == ["config.yaml", "model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"]
+    assert files == ["checksums.json", "config.yaml", "model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"]
     state = json.loads((straight / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["skipped_updates"] == 0
     before, after = load_file(straight / "tiny-init" / "model.safetensors"), load_file(straight / "final" / "model.safetensors")
@@ -144,8 +144,8 @@ def test_a_lora_checkpoint_holds_the_trained_weights_only_and_resumes_exactly(tm
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(load_config(TrainConfig, None, overrides(reward_file, straight, *lora)), progress=False)
     ckpt = straight / "checkpoints" / "step-000001"
-    assert sorted(p.name for p in ckpt.iterdir()) == ["config.yaml", "optimizer.pt", "rng.pt", "trainable.safetensors",
-                                                      "trainer_state.json"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checksums.json", "config.yaml", "optimizer.pt", "rng.pt",
+                                                      "trainable.safetensors", "trainer_state.json"]
     saved = load_file(ckpt / "trainable.safetensors")
     assert saved and all(".lora_A." in k or ".lora_B." in k for k in saved)
     shutil.copytree(straight, resumed, ignore=lambda d, names: {"step-000002", "final"} & set(names))

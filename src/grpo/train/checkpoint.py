@@ -9,6 +9,7 @@
         trainer_state.json   step, data-sampler position, held-out accuracy before training, fault
                              counters, lengths of metrics.jsonl and samples.jsonl at this step
         config.yaml          the resolved config the run was started with
+        checksums.json       SHA-256 of every other file: a resume verifies them before reading any
         shards/              under FSDP instead of model.safetensors and the moments: every rank's
                              shard of both, written by that rank (torch.distributed.checkpoint)
 
@@ -22,10 +23,16 @@ The frozen reference model is not saved: it is the initial policy, loaded again 
 on resume. A fingerprint of those initial weights is saved, so a model directory that changed in
 between stops the resume instead of silently giving another reference. A reward model is never
 trained by this loop, so it has no state to save.
+
+Corruption: a complete checkpoint can still be damaged afterwards (a flipped bit on disk, a copy cut
+short, a file deleted by hand). `verify_checkpoint` recomputes every file's SHA-256 against
+checksums.json before a resume reads anything; a missing, truncated or altered file stops the resume
+with one line naming the file and the newest older checkpoint that verifies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -51,6 +58,8 @@ from grpo.train.distributed import (SINGLE, Dist, first_error, load_full_state, 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+CHECKSUMS = "checksums.json"
+"""In every checkpoint: {relative path: SHA-256} of every other file in it."""
 SHARDS = "shards"
 """Inside a checkpoint written under FSDP: torch.distributed.checkpoint's files, one per rank."""
 TRAINABLE = "trainable.safetensors"
@@ -263,6 +272,7 @@ def _finish(tmp: Path, final: Path, old: Path, root: Path, cfg, state: TrainerSt
         torch.save(extra, tmp / "extra.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)), encoding="utf-8")
     save_config(cfg, tmp / "config.yaml")
+    (tmp / CHECKSUMS).write_text(json.dumps(_checksums(tmp), indent=1, sort_keys=True), encoding="utf-8")
     for f in sorted(tmp.rglob("*"), reverse=True):  # files before the directories that hold them
         _fsync(f)
     _fsync(tmp)
@@ -271,6 +281,51 @@ def _finish(tmp: Path, final: Path, old: Path, root: Path, cfg, state: TrainerSt
         os.replace(final, old)
     os.replace(tmp, final)
     _fsync(root)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    """{path relative to root: SHA-256} of every file below root (FSDP's shards included), but CHECKSUMS."""
+    return {f.relative_to(root).as_posix(): _sha256(f) for f in sorted(root.rglob("*"))
+            if f.is_file() and f.name != CHECKSUMS}
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be trusted (a missing, truncated or altered file, or no
+    checksums.json), or None when every file matches the checksums written with it."""
+    try:
+        want = json.loads((path / CHECKSUMS).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{CHECKSUMS} is missing"
+    except (OSError, ValueError) as e:
+        return f"{CHECKSUMS} is unreadable ({e})"
+    for name, digest in sorted(want.items()):
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if _sha256(f) != digest:
+            return f"{name} does not match its checksum (truncated or altered)"
+    return None
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise UserError naming the damaged file when the checkpoint at `path` fails `checkpoint_problem`,
+    and the newest older checkpoint that verifies (and how to resume from it)."""
+    problem = checkpoint_problem(path)
+    if problem is None:
+        return
+    older = [p for p in _complete_checkpoints(path.parent) if int(p.name[5:]) < int(path.name[5:])]
+    intact = next((p for p in reversed(older) if checkpoint_problem(p) is None), None)
+    hint = (f"{intact} is intact: move {path} (and any newer checkpoint) out of {path.parent}, then resume with "
+            f"grpo train --resume {path.parent.parent}" if intact else "no older checkpoint is intact")
+    raise UserError(f"checkpoint {path} is damaged: {problem}; nothing was loaded. {hint}")
 
 
 def _fsync(path: Path) -> None:
@@ -315,6 +370,7 @@ def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Gen
     """
     from safetensors.torch import load_file, load_model
 
+    verify_checkpoint(path)
     _check_same_config(path, cfg)
     part = "trainer_state.json"
     try:
