@@ -148,7 +148,8 @@ def read_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{p}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        why = " ".join(str(getattr(e, "problem", None) or e).split())  # a reader error spans lines
+        raise UserError(f"{p}{line}: invalid YAML ({why})") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{p}: not UTF-8 text (byte {e.start})") from None
     if data is None:

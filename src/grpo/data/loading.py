@@ -227,9 +227,10 @@ def _map_columns(
         wanted.append(("answer_column", answer_column, "answer"))
     for field, column, target in wanted:
         if column not in columns:
+            shown = [_cut(str(c) if str(c).isprintable() else repr(c)) for c in columns[:20]]  # one line
             raise UserError(
                 f"{name}: no column {column!r} ({field}); the columns are: "
-                f"{', '.join(_cut(str(c)) for c in columns[:20])}{', ...' if len(columns) > 20 else ''}"
+                f"{', '.join(shown)}{', ...' if len(columns) > 20 else ''}"
             )
         if column != target and target in columns:
             raise UserError(
