@@ -36,8 +36,24 @@ ADD_TESTS = ["assert add(2, 3) == 5", "assert add(-1, 1) == 0", "assert add('a',
 FAST = {"timeout_s": 3.0, "memory_mb": 256}
 
 
+@pytest.fixture(scope="module", params=["fsview", "no-fsview"], autouse=True)
+def filesystem(request):
+    """Every test runs twice: inside bubblewrap's filesystem view, and without one (today's sandbox where
+    bwrap is missing). The first is skipped where bwrap is not installed or cannot run here."""
+    saved = dict(code._VIEW)
+    if request.param == "fsview":
+        code._VIEW.clear()
+        if code.filesystem_view() is None:
+            pytest.skip("bubblewrap (bwrap) is not installed or cannot build a view here")
+    else:
+        code._VIEW["bwrap"] = None
+    yield request.param
+    code._VIEW.clear()
+    code._VIEW.update(saved)
+
+
 @pytest.fixture(scope="module")
-def isolation():
+def isolation(filesystem):
     return run_python_sandboxed("pass", ["assert True"]).isolation
 
 
@@ -269,8 +285,28 @@ def test_reading_a_private_file_outside_its_directory_fails(isolation):
     finally:
         os.unlink(path)
     assert (result.status, result.score) == ("error", 0.0)
-    assert "PermissionError" in result.stderr_tail
+    assert ("FileNotFoundError" if "fsview" in isolation else "PermissionError") in result.stderr_tail
     assert "s3cr3t" not in result.stdout_tail + result.stderr_tail
+
+
+def test_a_world_readable_file_outside_the_view_cannot_be_read(isolation):
+    """The sandbox's documented limit without bubblewrap: any world-readable file (here grpo's own source)
+    can be read. In the filesystem view it is not there at all."""
+    result = run_python_sandboxed(f"print(len(open({code.__file__!r}).read()))", ["assert True"], **FAST)
+    if "fsview" in isolation:
+        assert (result.status, result.score) == ("error", 0.0) and "FileNotFoundError" in result.stderr_tail
+    else:
+        assert result.status == "ok" and int(result.stdout_tail) > 1000
+
+
+def test_without_bwrap_one_notice_says_the_filesystem_is_not_isolated(monkeypatch, caplog):
+    monkeypatch.setattr(code, "_VIEW", {})
+    monkeypatch.setattr(code.shutil, "which", lambda name: None)
+    with caplog.at_level("WARNING", logger="grpo.rewards.code"):
+        assert run_python_sandboxed(ADD, ADD_TESTS).passed == 3
+        assert run_python_sandboxed(ADD, ADD_TESTS).passed == 3
+    notices = [r.getMessage() for r in caplog.records]
+    assert len(notices) == 1 and "can read any world-readable file" in notices[0] and "not installed" in notices[0]
 
 
 def test_socket_to_a_loopback_port_reaches_no_listener(isolation):

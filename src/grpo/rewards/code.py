@@ -14,8 +14,12 @@ of the program's namespace, so one failing test does not stop or change the othe
 `run_python_sandboxed` is the checker; the reward and any evaluation call it. Every run gets a
 fresh temporary directory (removed afterwards, also after a timeout), a minimal environment, its
 own session, wall and CPU time limits, memory, process, file-size and open-file limits, and, where
-the kernel allows, new network and PID namespaces and (as root) a uid of its own. What took effect
-is in `SandboxResult.isolation`; docs/reliability.md explains each mechanism and its limits.
+the kernel allows, new network and PID namespaces and (as root) a uid of its own. Where bubblewrap
+(`bwrap`) is installed and works, the run also gets a filesystem view of its own: the interpreter and
+the system's libraries read-only, its working directory, a private /tmp and /dev, its own /proc, and
+nothing else of the machine ("fsview" in `SandboxResult.isolation`); without it, one notice line says
+that the filesystem is not isolated. What took effect is in `SandboxResult.isolation`;
+docs/reliability.md explains each mechanism and its limits.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -40,6 +45,8 @@ from pathlib import Path
 from grpo.errors import UserError
 from grpo.rewards._sandbox_processes import (has_exited, kill_child, make_writable_and_retry, open_pidfd,
                                              remove_files_of, sandbox_uid)
+
+logger = logging.getLogger(__name__)
 
 STATUSES = ("ok", "error", "timeout", "memory", "process_limit", "file_limit", "output_limit", "crashed")
 """`SandboxResult.status` values: every one but "ok" scores 0."""
@@ -69,7 +76,7 @@ class SandboxResult:
     wall_s: float
     """Seconds from start until the child exited or was killed."""
     isolation: tuple[str, ...]
-    """Mechanisms beyond rlimits that took effect: "uid", "netns", "pidns", "userns"."""
+    """Mechanisms beyond rlimits that took effect: "fsview" (bubblewrap), "uid", "netns", "pidns", "userns"."""
     returncode: int | None
     """Exit status of the child (negative: killed by that signal)."""
     pid: int
@@ -267,12 +274,53 @@ code_tests = CodeTests()
 """The default code reward: 5 s, 512 MiB, 64 KiB of output per run."""
 
 
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+"""Read-only in the filesystem view (those that exist), with the interpreter's own prefix."""
+_VIEW: dict = {}
+"""The filesystem view's state, settled at the first run: {"bwrap": path or None}."""
+
+
+def filesystem_view() -> str | None:
+    """bubblewrap's path when it is installed and can build the view here (checked once, by running the
+    interpreter inside it), else None after one notice line saying why the filesystem is not isolated."""
+    if "bwrap" not in _VIEW:
+        bwrap, why = shutil.which("bwrap"), "bubblewrap (bwrap) is not installed"
+        if bwrap:
+            with tempfile.TemporaryDirectory(prefix="grpo-sandbox-") as d:
+                done = subprocess.run([bwrap, *_view_args(d, network=False), os.path.realpath(sys.executable),
+                                       "-I", "-S", "-c", "pass"], capture_output=True, text=True, timeout=30)
+            why = f"bwrap failed here: {' '.join(done.stderr.split())[:200]}" if done.returncode else ""
+        _VIEW["bwrap"] = bwrap if not why else None
+        if why:
+            logger.warning("notice: the code sandbox's programs can read any world-readable file on this machine "
+                           "(no filesystem view of their own: %s; apt-get install bubblewrap)", why)
+    return _VIEW["bwrap"]
+
+
+def _view_args(workdir: str, network: bool) -> list[str]:
+    """bwrap's arguments: system directories and the interpreter read-only, the run's directory writable,
+    private /tmp, /dev and /proc, new PID, IPC and UTS (and network) namespaces; ends with "--"."""
+    prefix = os.path.realpath(sys.base_prefix)
+    binds = [d for d in SYSTEM_DIRS if os.path.isdir(d)]
+    if not any(prefix == d or prefix.startswith(d + "/") for d in binds):
+        binds.append(prefix)  # e.g. /root/.pyenv/versions/3.11.7
+    args = [a for d in binds for a in ("--ro-bind", d, d)]
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs",
+             "/dev/shm", "--bind", workdir, workdir, "--chdir", workdir,
+             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent"]
+    return args + ([] if network else ["--unshare-net"]) + ["--"]
+
+
 def _run_child(config: dict, workdir: str, timeout_s: float, max_output: int) -> SandboxResult:
     report_r, report_w = os.pipe()
+    bwrap = filesystem_view()
+    python = [sys.executable, "-I", "-S", "-c", _CHILD_SOURCE]
+    if bwrap:  # the interpreter by its real path: the virtual environment's directory is not in the view
+        python = [bwrap, *_view_args(workdir, config["network"]), os.path.realpath(sys.executable), *python[1:]]
     start = time.monotonic()
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _CHILD_SOURCE],
+            python,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -308,7 +356,7 @@ def _run_child(config: dict, workdir: str, timeout_s: float, max_output: int) ->
             f"sandbox: the child failed while setting up, before the program ran (exit status "
             f"{proc.returncode}); is every uid in SANDBOX_UIDS usable here?\n{tail}"
         )
-    isolation = tuple(lines[0].get("isolation", ())) if lines else ()
+    isolation = (("fsview",) if bwrap else ()) + (tuple(lines[0].get("isolation", ())) if lines else ())
     final = lines[-1] if len(lines) > 1 and proc.returncode == 0 and not outcome else {}
     status = outcome or final.get("status") or _status_from_exit(proc.returncode)
     return SandboxResult(
