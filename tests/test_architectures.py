@@ -191,3 +191,18 @@ def test_a_missing_transformers_name_turns_its_path_off(monkeypatch):
     assert fast.config._attn_implementation == "sdpa"
     assert "GQA attention skipped (this transformers has no transformers.masking_utils.no_such_mask)" \
         in str(caught[0].message)
+
+
+def test_a_lean_decoder_that_fails_its_check_is_replaced_by_the_stock_forward(monkeypatch):
+    """A lean decoder whose logits are 1% off: its first build for the model checks it against a full
+    forward, turns the path off with one warning, and the engine samples through the model's own forward."""
+    from grpo.rollout.hf import HFStepper
+
+    _, fast, _ = prepared("qwen2")
+    forward = LeanDecoder._forward
+    monkeypatch.setattr(LeanDecoder, "_forward", lambda self, *a: forward(self, *a) * 1.01)
+    with pytest.warns(FastPathWarning, match=r"^grpo: Qwen2ForCausalLM \(qwen2\) runs transformers' stock forward: "
+                      r"lean decoder skipped \(failed its check against the stock forward: max \|d logp\|"):
+        assert isinstance(HFEngine(fast, 2, 0).make_stepper(16), HFStepper)
+    assert enabled_paths(fast) == ALL - {"lean_decoder"}
+    assert isinstance(HFEngine(fast, 2, 0).make_stepper(16), HFStepper)  # checked once, off from then on

@@ -16,8 +16,8 @@ or FSDP wrappers): the classes whose modeling code was read and whose forward th
 each tested in tests/test_architectures.py. `prepare_fast_paths` (called by `load_policy`) then runs
 the model once with the paths and once without on a small random batch (2 prompts x 2 completions,
 9 tokens) and compares: completion log-probs within LOGP_ATOL, and, after one backward of
-sum(logp + 0.1 * entropy), the gradients of the first and last decoder layers and of the LM head each
-within GRAD_RTOL of its largest entry. The lean decoder is checked the same way, its prefill and one step
+sum(logp + 0.1 * entropy), the gradients of the last decoder layer, the final norm and an untied LM head
+each within GRAD_RTOL of its largest entry. The lean decoder is checked the same way, its prefill and one step
 against a full forward, the first time the sampler builds it (`grpo.rollout.lean.LeanDecoder.build`).
 A class not in PROVEN, a transformers without a name a path needs (`grpo.models.hf_internals`), or a
 failed check: that path is off and the stock forward runs, with one warning line naming the
@@ -153,7 +153,10 @@ def prepare_fast_paths(model, check: bool = True) -> FastPaths:
     lean_layers(model, candidates)
     result = None
     if check and candidates:
-        result, failed = check_fast_paths(model, candidates)
+        try:
+            result, failed = check_fast_paths(model, candidates)
+        except Exception as e:  # noqa: BLE001 (a structure the paths misread: the stock forward, said once)
+            result, failed = None, {p: f"its check raised {type(e).__name__}: {e}" for p in candidates}
         if failed:
             remove_lean_layers(model, mlp="lean_mlp" in failed, attention="gqa_attention" in failed)
             skipped.update(failed)
@@ -178,13 +181,18 @@ def check_batch(vocab_size: int, device) -> tuple[torch.Tensor, ...]:
 
 
 def _checked_parameters(model) -> list[torch.nn.Parameter]:
-    """The first and last decoder layers' parameters and the LM head's (or all, where there are no layers)."""
+    """The parameters whose gradients the check compares: the last decoder layer's, the final norm's and
+    an untied LM head's (or all, where there are no layers). Not the first layer's or a tied head's: their
+    gradients need the backward through every layer, the check's largest cost on a real model, while
+    the last layer already runs every replaced backward (MLP, attention, K/V copies, the head's)."""
     from grpo.models.hf_internals import decoder_stack
 
     stack = decoder_stack(unwrap(model))
     if stack is None or not stack.layers:
         return [p for p in model.parameters() if p.requires_grad]
-    modules = [stack.layers[0], stack.layers[-1], stack.lm_head]
+    modules = [stack.layers[-1], stack.norm]
+    if getattr(stack.lm_head, "weight", None) is not getattr(stack.embed_tokens, "weight", None):
+        modules.append(stack.lm_head)
     params = list(dict.fromkeys(p for m in modules for p in m.parameters()))
     return [p for p in params if p.requires_grad]
 

@@ -18,13 +18,15 @@ warning line) instead of failing deep inside a step.
 | `modeling_layers.GradientCheckpointingLayer._can_checkpoint_with_cache` | `checkpoint_with_cache_supported`, `allow_checkpoint_with_cache` | shared_prompts under checkpointing |
 | the LM head's `forward` (shadowed by an instance attribute) | `grpo.models.logprobs._head_returns_hidden` | chunked_head |
 | the forward keyword `cache` / `past_key_values` | `grpo.models.logprobs.cache_kwarg` | every forward with a cache |
-| `model.model.embed_tokens/.rotary_emb/.norm/.layers` | `decoder_stack` | lean_decoder |
+| `model.model.embed_tokens/.rotary_emb/.norm/.layers`, `model.lm_head` | `decoder_stack` | lean_decoder, the load check |
+| `rotary_emb(x, position_ids) -> (cos, sin)` | `grpo.rollout.lean.LeanDecoder.prefill` | lean_decoder |
 | `layer.self_attn/.mlp/.input_layernorm/.post_attention_layernorm` | `decoder_layer` | lean_decoder |
+| `self_attn.q_proj/.k_proj/.v_proj/.o_proj`, `mlp.gate_proj/.up_proj/.down_proj` | `grpo.rollout.lean` | lean_decoder |
 | `<Norm>.variance_epsilon`, `<Attention>.scaling`, `.q_norm/.k_norm` | `decoder_layer` | lean_decoder |
 | `activation_checkpointing_enable` (>= 5) / `gradient_checkpointing_enable` | `grpo.models.loading.enable_checkpointing` | train.gradient_checkpointing |
 
 The tested range of transformers is the one `pyproject.toml` allows; `constraints.txt` pins the set the
-suite passed on (docs/performance.md, "Trying a newer transformers").
+suite passed on; docs/architectures.md says how to try a newer transformers.
 """
 
 from __future__ import annotations

@@ -184,15 +184,18 @@ class LeanDecoder:
             return None
         if getattr(cfg, "pretraining_tp", 1) > 1 or not _plain_modules(model):
             return None  # e.g. adapters other than plain LoRA (DoRA, LoRA biases, on embeddings)
+        weights = base_weight(decoder_stack(model).lm_head).dtype
         if not getattr(model, "grpo_lean_decoder_checked", False):
-            weights = base_weight(model.lm_head).dtype
-            err = check_decoder(cls(model, weights), wrapped)
             model.grpo_lean_decoder_checked = True
-            if err > (LOGP_ATOL if weights == torch.float32 else HALF_LOGP_ATOL):
-                disable_path(model, "lean_decoder", f"failed its check against the stock forward: max |d logp| "
-                             f"{err:.2g}")
+            try:
+                err = check_decoder(cls(model, weights), wrapped)
+                reason = f"failed its check against the stock forward: max |d logp| {err:.2g}"
+            except Exception as e:  # noqa: BLE001 (a structure the decoder misreads: the stock path, said once)
+                err, reason = float("inf"), f"its check raised {type(e).__name__}: {e}"
+            if not err <= (LOGP_ATOL if weights == torch.float32 else HALF_LOGP_ATOL):
+                disable_path(model, "lean_decoder", reason)
                 return None
-        return cls(model, dtype or base_weight(model.lm_head).dtype)
+        return cls(model, dtype or weights)
 
     # ----------------------------------------------------------------------------------------------
     def _attention(self, i: int, lay: _Layer, h: torch.Tensor, cos, sin, start: int, mask) -> torch.Tensor:
