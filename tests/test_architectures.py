@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from grpo.algorithm.losses import policy_loss
+from grpo.models.lean_layers import GQA_ATTENTION
 from grpo.models.fast_paths import FAST_PATHS, FastPathWarning, enabled_paths, prepare_fast_paths
 from grpo.models.logprobs import completion_logprobs, position_ids_from_mask
 from grpo.rollout.engine import SamplingParams
@@ -87,6 +88,11 @@ def test_each_architecture_gets_its_proven_fast_paths_and_no_other(models):
     arch, _, fast, caught = models
     expected = ARCHITECTURES[arch][2]
     assert enabled_paths(fast) == expected
+    # applied as listed: both layers' MLPs through SiluMul, the grouped-query attention function (2 kv heads)
+    lean_mlps = [m for m in fast.modules() if "forward" in vars(m)]
+    assert len(lean_mlps) == (2 if "lean_mlp" in expected else 0)
+    stock_attention = "eager" if arch == "gemma2" else "sdpa"  # transformers picks eager for Gemma2
+    assert fast.config._attn_implementation == (GQA_ATTENTION if "gqa_attention" in expected else stock_attention)
     if expected == ALL:
         assert caught == []
     else:  # one line, naming the class and every path skipped
