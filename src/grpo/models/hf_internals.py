@@ -3,8 +3,11 @@
 grpo's fast paths (`grpo.models.fast_paths`) replace parts of transformers' own forward, so they lean on
 names transformers does not promise to keep. Each is read through a function of this module or of the
 module named beside it (all in `grpo.models`), and `missing_internals()` probes them all once per load:
-a missing name turns off the fast paths that need it (`grpo.models.fast_paths.prepare_fast_paths`, one
-warning line) instead of failing deep inside a step.
+a missing name of INTERNALS turns off the fast path it is listed for (the whole path, even where only a
+part of it needs the name; `grpo.models.fast_paths.prepare_fast_paths`, one warning line) instead of
+failing deep inside a step. The structural names (the last rows) are checked per model where they are
+read: the lean decoder is not built for a model without them, and the load check compares every path
+with the stock forward.
 
 | transformers name | used by | needed for |
 |---|---|---|
