@@ -163,9 +163,9 @@ def test_falcon_h1_mlp_falls_back_with_a_warning():
     assert len(caught) == 1 and str(caught[0].message).startswith("grpo: Parent (falcon_h1) runs transformers' stock")
     assert lean_layers(parent) == {"mlps": 0, "gqa_attention": False}
     assert "forward" not in vars(parent.mlp) and torch.equal(parent.mlp(x), before)
-    # what the old attribute-matched rewrite computed: multipliers dropped, 0.149 away at most on this seed
+    # what the old attribute-matched rewrite computed, multipliers dropped: up to 0.149 away (the issue's figure)
     dropped = parent.mlp.down_proj(torch.nn.functional.silu(parent.mlp.gate_proj(x)) * parent.mlp.up_proj(x))
-    assert (dropped - before).abs().max() > 0.05
+    assert (dropped - before).abs().max().item() == pytest.approx(0.1489, abs=1e-4)
 
 
 def test_a_fast_path_that_fails_its_check_is_turned_off_with_one_warning(monkeypatch):
