@@ -33,7 +33,8 @@ def reference_policy_loss(
     max_len=None,
 ) -> float:
     """The objective as the paper writes it, min(ratio * A, clip(ratio) * A) - beta * KL, negated,
-    one token at a time. Inputs are nested lists; adv is a list (per output) or nested list."""
+    one token at a time. Inputs are nested lists; adv is a list (per output) or nested list. The
+    sequence modes count only rows with a valid token (an empty row leaves the loss entirely)."""
     eps_high = eps_low if eps_high is None else eps_high
     seq_sums, seq_lengths = [], []
     for i in range(len(logp)):
@@ -51,11 +52,12 @@ def reference_policy_loss(
             total += -(min(ratio * a, clipped * a) - beta * kl)
         seq_sums.append(total)
         seq_lengths.append(len(tokens))
+    rows = max(sum(n > 0 for n in seq_lengths), 1)
     if aggregation == "seq_mean_token_mean":
-        return sum(s / max(n, 1) for s, n in zip(seq_sums, seq_lengths)) / len(seq_sums)
+        return sum(s / max(n, 1) for s, n in zip(seq_sums, seq_lengths)) / rows
     if aggregation == "token_mean":
         return sum(seq_sums) / max(sum(seq_lengths), 1)
-    return sum(seq_sums) / (max_len * len(seq_sums))
+    return sum(seq_sums) / (max_len * rows)
 
 
 def random_batch(rng: random.Random, B: int, T: int, spread: float = 0.3):
@@ -122,6 +124,24 @@ def test_aggregation_hand_example(aggregation):
     out = policy_loss(logp, logp, -per_token, mask, aggregation=aggregation, max_completion_length=4)
     assert out.loss.item() == pytest.approx(HAND_AGGREGATED[aggregation], abs=1e-15)
     assert out.metrics["pg_loss"].item() == pytest.approx(HAND_AGGREGATED[aggregation], abs=1e-15)
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_a_row_masked_out_entirely_leaves_the_sequence_denominators(aggregation):
+    """mask_truncated drops a third row [7, 8, 9]: the hand example's numbers, not 6.5 / 3 (seq mean) or
+    18 / (4 * 3) (Dr. GRPO) as when the empty row still counted; the same with the batch's totals."""
+    from grpo.algorithm import mask_truncated
+    from grpo.train.distributed import SINGLE, global_totals
+
+    per_token = torch.tensor(PER_TOKEN + [[7.0, 8.0, 9.0]], dtype=torch.float64)  # [3, 3]
+    mask = mask_truncated(torch.tensor(MASK_2x3 + [[1, 1, 1]]), torch.tensor([False, False, True]))
+    assert mask[2].sum() == 0
+    loss = aggregate_loss(per_token, mask, aggregation, max_completion_length=4)
+    assert loss.item() == pytest.approx(HAND_AGGREGATED[aggregation], abs=1e-15)
+    totals = global_totals(mask, SINGLE)
+    assert totals == {"total_tokens": 5.0, "total_sequences": 2.0}
+    loss = aggregate_loss(per_token, mask, aggregation, max_completion_length=4, **totals)
+    assert loss.item() == pytest.approx(HAND_AGGREGATED[aggregation], abs=1e-15)
 
 
 def test_aggregation_empty_and_errors():
@@ -234,8 +254,9 @@ def test_metrics_hand_example():
 
 
 def _normaliser(aggregation: str, mask: torch.Tensor, max_len: int) -> torch.Tensor:
-    """What each token's loss is divided by: B * |o_i|, total tokens, or max_len * B."""
-    B = mask.shape[0]
+    """What each token's loss is divided by: B * |o_i|, total tokens, or max_len * B (B: rows with a valid
+    token)."""
+    B = int(mask.bool().any(-1).sum())
     lengths = mask.sum(dim=-1, keepdim=True).to(torch.float64).expand(mask.shape)  # [B, T]
     return {
         "seq_mean_token_mean": B * lengths,
@@ -331,8 +352,9 @@ def test_kl_gradient_is_the_papers_coefficient(aggregation):
 
 
 def test_gspo_gradient_equals_the_sequence_objective():
-    # GSPO's sequence objective written directly: -1/B sum_i A_i * exp(mean_t(logp - old_logp)),
-    # ratios inside the clip range. Its gradient must equal that of the token form we implement.
+    # GSPO's sequence objective written directly: -1/B sum_i A_i * exp(mean_t(logp - old_logp)) over the
+    # B = 3 rows with a token (random_batch's empty row leaves the loss), ratios inside the clip range. Its
+    # gradient must equal that of the token form we implement.
     rng = random.Random("gspo")
     logp_list, old_list, _, mask_list, adv_list = random_batch(rng, B=4, T=5, spread=1e-4)
     mask, adv = torch.tensor(mask_list), torch.tensor(adv_list, dtype=torch.float64)
@@ -343,7 +365,7 @@ def test_gspo_gradient_equals_the_sequence_objective():
     )
     (ours,) = torch.autograd.grad(loss, logp)
     seq_ratio = torch.exp(masked_mean(logp - old_logp, mask, dim=-1))  # [B]
-    (direct,) = torch.autograd.grad(-(adv * seq_ratio).mean(), logp)
+    (direct,) = torch.autograd.grad(-(adv * seq_ratio * mask.any(-1)).sum() / 3, logp)
     assert metrics["clip_frac"].item() == 0.0
     torch.testing.assert_close(ours, direct, atol=1e-12, rtol=0)
     assert ours.abs().sum() > 0
@@ -437,7 +459,7 @@ def test_micro_batches_sum_to_the_whole_batch(aggregation):
             for rows in (slice(0, 2), slice(2, 5), slice(5, 6))
         ]
 
-    accumulated = sum(micro_batch_losses(total_tokens=int(mask.sum()), total_sequences=6))
+    accumulated = sum(micro_batch_losses(total_tokens=int(mask.sum()), total_sequences=5))  # one row empty
     (accumulated_grad,) = torch.autograd.grad(accumulated, logp)
     torch.testing.assert_close(accumulated, whole, atol=1e-12, rtol=0)
     torch.testing.assert_close(accumulated_grad, whole_grad, atol=1e-12, rtol=0)

@@ -244,3 +244,49 @@ def test_the_tools_demo_config_runs_both_stages_and_reports_tool_use(tmp_path, m
         assert 0 <= report["all"]["called"] <= 1 and 0 <= report["all"]["accuracy"] <= 1
     steps = [json.loads(x) for x in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert "tools/calls" in steps[0] and "turns/mean" in steps[0]
+
+
+class _AlwaysEos:
+    """A stepper whose every next token is EOS (id 2 of a 5-token vocabulary)."""
+
+    def _logits(self, n: int) -> torch.Tensor:
+        return torch.tensor([[0.0, 0.0, 9.0, 0.0, 0.0]]).repeat(n, 1)  # [n, 5]
+
+    def prefill(self, ids, mask, positions, max_new_tokens, repeats=1):
+        return self._logits(ids.shape[0])
+
+    def step(self, tokens, positions):
+        return self._logits(tokens.shape[0])
+
+    def compact(self, keep):
+        pass
+
+
+class _EosEngine:
+    model, eos, pad_id = torch.nn.Linear(1, 1), torch.tensor([2]), 0
+
+    def make_stepper(self, max_len):
+        return _AlwaysEos()
+
+
+class _TwoTokenAnswers:
+    """A tokenizer stand-in: every turn decodes to "", every environment answer is tokens [3, 4]."""
+
+    chat_template = None
+
+    def decode(self, ids, skip_special_tokens=True):
+        return ""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [3, 4]}
+
+
+@pytest.mark.parametrize("budget, truncated", [(1, True), (2, True), (3, True), (4, False)])
+def test_truncated_is_whether_the_episode_was_cut_wherever_the_budget_falls(budget, truncated):
+    """EOS, the environment's 2-token answer, EOS, end of episode: a budget of 1-3 tokens cuts the episode
+    (after the first EOS, inside the answer, at its end), 4 holds all of it."""
+    r, ep = generate_episodes(_EosEngine(), _TwoTokenAnswers(), [[1]], [Counter(turns=2)],
+                              SamplingParams(budget, 0.0, 1.0, 1), max_turns=3)
+    assert r.completion_ids[0].tolist() == [2, 3, 4, 2][:budget]
+    assert r.truncated.tolist() == [truncated]
+    assert ep.turns == [1 + (budget == 4)]

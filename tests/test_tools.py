@@ -37,6 +37,11 @@ def slow(seconds: float) -> str:
 def big(n: int) -> str:
     """A long output."""
     return "x " * n
+
+
+def lines(n: int) -> str:
+    """n lines of output."""
+    return "\\n".join(f"line {i}" for i in range(n))
 '''
 
 
@@ -51,9 +56,10 @@ def call(name: str, **arguments) -> str:
     return f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
 
 
-def make_env(tool_file, pool=None, timeout_s=1.0, max_tokens=20, sandbox=False):
-    tools = load_tools([ToolEntry(f"{tool_file}:{n}", sandbox=sandbox) for n in ("add", "boom", "slow", "big")])
-    return ToolEnvironment(ToolRunner(tools, timeout_s, pool), parse_json_tags, lambda s: len(s.split()), max_tokens)
+def make_env(tool_file, pool=None, timeout_s=1.0, max_tokens=20, sandbox=False, count=lambda s: len(s.split()),
+             names=("add", "boom", "slow", "big")):
+    tools = load_tools([ToolEntry(f"{tool_file}:{n}", sandbox=sandbox) for n in names])
+    return ToolEnvironment(ToolRunner(tools, timeout_s, pool), parse_json_tags, count, max_tokens)
 
 
 def test_schema_from_signature_and_docstring(tool_file):
@@ -162,3 +168,37 @@ def test_a_dead_worker_is_an_error_observation():
 
     env = ToolEnvironment(ToolRunner([Tool("add", lambda a: a, {})], 1.0, Broken()), parse_json_tags)
     assert env.step(call("add", a=1)).messages[0]["content"] == "error: add raised BrokenProcessPool: a worker died"
+
+
+def test_error_observations_are_held_to_max_observation_tokens(tool_file):
+    env = make_env(tool_file)  # 20 tokens, a token per word
+    text = env.step(call("boom", x=" ".join(["word"] * 50))).messages[0]["content"]
+    # "error: boom raised ValueError: cannot handle" (6 words), then 14 of the 50, the last with "..."
+    assert text == "error: boom raised ValueError: cannot handle " + "word " * 13 + "word..."
+    by_chars = make_env(tool_file, max_tokens=64, count=lambda s: (len(s) + 3) // 4)  # ~4 characters a token
+    text = by_chars.step(call("a" * 3000, x=1)).messages[0]["content"]
+    assert text == "error: unknown tool '" + "a" * (256 - 24) + "..." and len(text) == 256
+
+
+@pytest.mark.slow
+def test_a_sandboxed_tool_returns_every_line_and_refuses_an_oversized_result(tool_file):
+    env = make_env(tool_file, timeout_s=5.0, sandbox=True, names=("lines", "big"))
+    turn = env.step(call("lines", n=3) + call("big", n=2100))  # 4,200 characters: over the 4,000 bytes
+    assert [m["content"] for m in turn.messages] == [
+        "line 0\nline 1\nline 2", "error: big raised ValueError: result longer than 4000 bytes as JSON"]
+
+
+@pytest.mark.slow
+def test_time_queued_for_a_pooled_worker_does_not_count_against_the_timeout(tool_file):
+    """One worker, 16 rows each calling a 0.4 s tool at once: the last call finishes 6.4 s after submission,
+    past the 1 s timeout plus the 5 s grace, yet it ran for 0.4 s, so every call answers."""
+    from grpo.rewards import make_reward_pool
+    from grpo.rollout.multiturn import step_environments
+
+    pool = make_reward_pool(1)
+    try:
+        envs = [make_env(tool_file, pool=pool) for _ in range(16)]
+        turns = step_environments(envs, list(range(16)), [call("slow", seconds=0.4)] * 16, parallel=True)
+        assert [t.messages[0]["content"] for t in turns] == ["woke"] * 16
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)

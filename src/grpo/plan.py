@@ -159,8 +159,8 @@ class PlanInput:
     """Keep only each layer's input and recompute the rest in backward."""
     shared_prompts: bool = True
     """The update runs each distinct prompt once and the completions against copies of its keys and
-    values (grpo's training forward for Llama/Mistral/Qwen models); False: one forward over P+T tokens
-    per completion (TRL, and grpo for other model types)."""
+    values (grpo's training forward for the classes with the shared_prompts fast path, docs/architectures.md);
+    False: one forward over P+T tokens per completion (TRL, and grpo for other classes)."""
     attention: Literal["sdpa", "sdpa-gqa", "flash", "eager"] = "sdpa"
     """sdpa keeps a [mb, 1, s, s] mask per layer; eager the [mb, heads, s, s] softmax probabilities;
     flash (varlen, no mask) neither. sdpa-gqa: grpo's SDPA on CPU for grouped-query models (the mask,

@@ -73,17 +73,20 @@ def aggregate_loss(
 ) -> torch.Tensor:
     """Reduce a [B, T] per-token loss to a scalar; padding (mask 0) never counts.
 
-    - "seq_mean_token_mean": 1/B * sum_i (1/|o_i| * sum_t l_it)      (DeepSeekMath eq. 3)
-    - "token_mean":          sum_it l_it / sum_i |o_i|                (DAPO §3.3)
-    - "seq_mean_token_sum_norm": sum_it l_it / (max_completion_length * B)   (Dr. GRPO §3.2)
+    - "seq_mean_token_mean": 1/B' * sum_i (1/|o_i| * sum_t l_it)      (DeepSeekMath eq. 3)
+    - "token_mean":          sum_it l_it / sum_i |o_i|                 (DAPO §3.3)
+    - "seq_mean_token_sum_norm": sum_it l_it / (max_completion_length * B')   (Dr. GRPO §3.2)
 
+    B' counts the rows with at least one kept token: a row masked out entirely (`mask_truncated`,
+    DAPO's overlong filtering) leaves the loss, its denominator included (as verl's seq-mean modes).
     For gradient accumulation pass the whole batch's `total_tokens` (token_mean) or
-    `total_sequences` (the seq modes) to replace this micro-batch's own count, so that the
+    `total_sequences` (B', the seq modes) to replace this micro-batch's own count, so that the
     micro-batch losses sum to the loss of the whole batch. An empty denominator counts as 1.
     """
     valid = mask.bool()
     masked = torch.where(valid, per_token, 0.0)  # [B, T]
-    num_sequences = per_token.shape[0] if total_sequences is None else total_sequences
+    num_sequences = valid.any(dim=-1).sum() if total_sequences is None else total_sequences
+    num_sequences = torch.as_tensor(num_sequences, device=masked.device).clamp(min=1)
     if aggregation == "token_mean":
         num_tokens = valid.sum() if total_tokens is None else total_tokens
         return masked.sum() / torch.as_tensor(num_tokens, device=masked.device).clamp(min=1)

@@ -1,5 +1,7 @@
-"""Two savings in what a Llama-style block keeps for backward, each exact: the same forward values bit for
-bit, the same gradients (the backward kernels autograd itself would call).
+"""Two savings in what a Llama-style block keeps for backward. The first is exact bit for bit (the forward
+values, and the gradients through the backward kernel autograd itself calls); the second computes the same
+function through another SDPA kernel, so log-probs and gradients agree to float rounding (1e-5 in
+tests/test_lean_layers.py), not bit for bit.
 
 1. **SiLU and multiply** (`SiluMul`). The MLP is down(silu(gate(x)) * up(x)). Autograd keeps gate(x) for the
    SiLU's backward, then silu(gate(x)) and up(x) for the product's, then the product as down's input:
@@ -12,8 +14,13 @@ bit, the same gradients (the backward kernels autograd itself would call).
    with `enable_gqa=True` and reads the kv heads in place. SmolLM2 (9 query heads, 3 kv heads): 374 MiB
    less at the same shapes. Only on CPU; elsewhere, and without a mask, transformers' own function runs.
 
-`lean_layers(model)` applies both to a loaded transformers model (before LoRA adapters are added); a block
-that does not have the expected shape (another activation, no gate) is left as it is.
+`lean_layers(model, paths)` applies them to a loaded transformers model (before LoRA adapters are added),
+each only where `paths` (default: `grpo.models.fast_paths.proven_paths(model)`, an explicit list of model
+classes) names it: the MLP to modules of the classes in LEAN_MLP_CLASSES whose activation is the SiLU,
+the attention where the model is grouped-query, on CPU, and on "sdpa". Any other module keeps its own
+forward: a MultiplierMLP (FalconH1's, which scales gate and down), a clamped SwiGLU, an MLP with dropout
+look the same by their attribute names but compute something else. `remove_lean_layers` undoes both
+(`grpo.models.fast_paths` compares the two on a small batch once per load).
 """
 
 from __future__ import annotations
@@ -22,6 +29,13 @@ import types
 
 import torch
 import torch.nn.functional as F
+
+from grpo.models.hf_internals import (attn_implementation, register_attention, sdpa_attention_function,
+                                      set_attn_implementation)
+
+LEAN_MLP_CLASSES = ("LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "Olmo2MLP")
+"""transformers MLP classes whose forward is down_proj(act_fn(gate_proj(x)) * up_proj(x)) and nothing more
+(read in transformers 5.25's modeling files); `SiluMul` replaces it where act_fn is the SiLU."""
 
 GQA_ATTENTION = "grpo_sdpa_gqa"
 """The attention implementation name `lean_layers` registers with transformers and sets on the model."""
@@ -61,8 +75,7 @@ def sdpa_gqa_attention(module, query, key, value, attention_mask, dropout: float
     With a mask on CPU and fewer kv heads than query heads: one SDPA call with `enable_gqa=True` (PyTorch's
     CPU flash kernel, which takes both), returning [B, q, H, d] as transformers' SDPA function does.
     Anything else goes to that function unchanged."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
+    sdpa_attention_forward = sdpa_attention_function()
     plain = (attention_mask is None or query.device.type != "cpu" or query.shape[2] == 1
              or key.shape[1] == query.shape[1] or kwargs.get("position_bias") is not None
              or kwargs.get("softcap") is not None)
@@ -74,17 +87,11 @@ def sdpa_gqa_attention(module, query, key, value, attention_mask, dropout: float
     return out.transpose(1, 2).contiguous(), None
 
 
-def _register_gqa_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(GQA_ATTENTION, sdpa_gqa_attention)
-    AttentionMaskInterface.register(GQA_ATTENTION, sdpa_mask)  # the same masks as "sdpa"
-
-
-def _is_silu_mlp(module) -> bool:
-    """A gated MLP whose activation is the SiLU (checked by value: transformers has its own SiLU classes)."""
-    if not all(isinstance(getattr(module, name, None), torch.nn.Module) for name in ("gate_proj", "up_proj", "down_proj")):
+def _is_lean_mlp(module) -> bool:
+    """A transformers MLP of a class in LEAN_MLP_CLASSES whose activation is the SiLU (checked by value:
+    transformers has its own SiLU classes)."""
+    cls = type(module)
+    if cls.__name__ not in LEAN_MLP_CLASSES or not cls.__module__.startswith("transformers.models."):
         return False
     act, probe = getattr(module, "act_fn", None), torch.linspace(-6, 6, 25)
     try:
@@ -93,20 +100,36 @@ def _is_silu_mlp(module) -> bool:
         return False
 
 
-def lean_layers(model) -> dict[str, int | bool]:
-    """Apply both savings to a transformers model in place; returns what was changed:
-    {"mlps": SiLU MLPs now through `SiluMul`, "gqa_attention": whether the attention function changed}."""
+def lean_layers(model, paths=None) -> dict[str, int | bool]:
+    """Apply both savings to a transformers model in place, where `paths` (a set of fast-path names,
+    default `proven_paths(model)`) has "lean_mlp" and "gqa_attention"; returns what was changed:
+    {"mlps": MLPs now through `SiluMul`, "gqa_attention": whether the attention function changed}."""
+    if paths is None:
+        from grpo.models.fast_paths import proven_paths
+
+        paths = proven_paths(model)
     mlps = 0
-    for module in model.modules():
-        if _is_silu_mlp(module) and "forward" not in vars(module):
-            module.forward = types.MethodType(_lean_mlp_forward, module)
-            mlps += 1
+    if "lean_mlp" in paths:
+        for module in model.modules():
+            if _is_lean_mlp(module) and "forward" not in vars(module):
+                module.forward = types.MethodType(_lean_mlp_forward, module)
+                mlps += 1
     config = model.config
     heads = getattr(config, "num_attention_heads", None)
     grouped = heads is not None and (getattr(config, "num_key_value_heads", None) or heads) < heads
     on_cpu = next(model.parameters()).device.type == "cpu"
-    gqa = grouped and on_cpu and config._attn_implementation == "sdpa"
+    gqa = "gqa_attention" in paths and grouped and on_cpu and attn_implementation(config) == "sdpa"
     if gqa:
-        _register_gqa_attention()
-        config._attn_implementation = GQA_ATTENTION
+        register_attention(GQA_ATTENTION, sdpa_gqa_attention)
+        set_attn_implementation(config, GQA_ATTENTION)
     return {"mlps": mlps, "gqa_attention": gqa}
+
+
+def remove_lean_layers(model, mlp: bool = True, attention: bool = True) -> None:
+    """Undo `lean_layers`: the MLPs' own forward (mlp) and transformers' "sdpa" (attention)."""
+    if mlp:
+        for module in model.modules():
+            if vars(module).get("forward") is not None and getattr(module.forward, "__func__", None) is _lean_mlp_forward:
+                del module.forward
+    if attention and attn_implementation(model.config) == GQA_ATTENTION:
+        set_attn_implementation(model.config, "sdpa")

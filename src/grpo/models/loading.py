@@ -33,13 +33,14 @@ def load_policy(cfg: ModelConfig, tiny_dir: Path):
     """(model, tokenizer) in train mode, float32 master weights on the configured device.
 
     `cfg.path == 'tiny'` builds the built-in model into `tiny_dir` first (offline, deterministic); a named
-    pretrained model (`smollm2`) resolves to its converted, cached directory (`grpo.models.convert`). Its
-    SiLU MLPs and (on CPU) grouped-query attention keep less for backward, exactly (`grpo.models.lean_layers`).
+    pretrained model (`smollm2`) resolves to its converted, cached directory (`grpo.models.convert`). The
+    fast paths its class is proven for are applied and checked against the stock forward on a small batch
+    (`grpo.models.fast_paths.prepare_fast_paths`; one warning line for any skipped).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from grpo.models.convert import resolve_model_path
-    from grpo.models.lean_layers import lean_layers
+    from grpo.models.fast_paths import prepare_fast_paths
     from grpo.models.tiny import TinyConfig, build_tiny
 
     path = resolve_model_path(cfg.path)
@@ -58,7 +59,7 @@ def load_policy(cfg: ModelConfig, tiny_dir: Path):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.to(resolve_device(cfg.device))
     model.config.use_cache = False
-    lean_layers(model)  # exact: less kept for backward in the MLP and the attention (grpo.models.lean_layers)
+    prepare_fast_paths(model)  # the proven fast paths, checked against the stock forward
     if cfg.lora is not None:
         model = add_lora(model, cfg.lora)
     return model.train(), tokenizer

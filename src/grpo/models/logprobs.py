@@ -13,7 +13,8 @@ each row a copy of its prompt's keys and values (an index_select, differentiable
 all G rows flows back into the one prompt forward), then runs only the completion tokens against
 that cache. Same function, fewer FLOPs: with 22-token prompts and 32-token completions at G=8 the
 forward sees 2,224 instead of 3,456 tokens. Used where consecutive rows repeat a prompt and the
-model is one whose cache is known to behave (`SHARED_PROMPT_MODELS`); otherwise one plain forward.
+model has the "shared_prompts" fast path (`grpo.models.fast_paths`: a proven class whose load check
+passed); otherwise one plain forward.
 Under activation checkpointing (train.gradient_checkpointing) too, where transformers would drop the
 cache of a checkpointed layer: its caches are then ones whose updates a recompute can repeat.
 
@@ -22,9 +23,10 @@ input for the duration of the call); `head_logprobs` then applies the head, log-
 to a chunk of positions at a time, and in a forward with gradients recomputes each chunk's logits in
 the backward pass, with a hand-written backward (`ChunkedHeadLogProbs`, below). So no [B, T, V] tensor exists in the
 forward or the backward: at a 49,152-token vocabulary, 32 rows x 130 positions would be 0.8 GB of
-float32 logits and as much again for their gradient. Where the head is not a plain linear layer (LoRA
-on the head) or the weights are FSDP shards, the head runs inside the forward as usual and the chunks
-are of those logits (`selective_log_softmax`).
+float32 logits and as much again for their gradient. Where the model lacks the "chunked_head" fast path
+(a class that scales or soft-caps its logits after the head, Gemma 2's), the head is not a plain linear
+layer (LoRA on the head) or the weights are FSDP shards, the head runs inside the forward as usual and
+the chunks are of those logits (`selective_log_softmax`).
 """
 
 from __future__ import annotations
@@ -38,10 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from grpo.algorithm.entropy import token_entropy
+from grpo.models import hf_internals
+from grpo.models.fast_paths import enabled_paths
 from grpo.models.loading import unwrap
-
-SHARED_PROMPT_MODELS = ("llama", "mistral", "qwen2", "qwen3")
-"""`config.model_type`s whose dynamic KV cache keeps gradients and reorders by batch index."""
 
 LOGSOFTMAX_CHUNK_ELEMENTS = 2**24
 """Elements of the [rows x T x V] float32 slice `selective_log_softmax` materialises at once (64 MiB)."""
@@ -209,8 +210,6 @@ def _plain_head(model) -> torch.nn.Linear | None:
     """The model's LM head if it is a plain, unsharded linear layer (so that it can be applied outside the
     forward, in chunks); else None."""
     base = unwrap(model)
-    if getattr(base.config, "model_type", None) not in SHARED_PROMPT_MODELS:
-        return None  # other families may scale or soft-cap the logits after the head (Gemma 2, Cohere)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if type(head) is not torch.nn.Linear or type(head.weight) is not torch.nn.Parameter:
         return None  # peft-wrapped (LoRA on the head), or FSDP's DTensor shards
@@ -259,18 +258,14 @@ def _prefix_cache_supported(model) -> bool:
     """Whether this transformers lets a checkpointed layer keep a cache (`_can_checkpoint_with_cache`)
     and gives this model plain per-layer caches (`DynamicLayer`: no sliding window), which
     `_repeatable_caches` builds on."""
-    try:
-        from transformers.cache_utils import DynamicCache, DynamicLayer
-        from transformers.modeling_layers import GradientCheckpointingLayer
-    except ImportError:
-        return False
-    if not hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache"):
+    plain = hf_internals.dynamic_layer_class()
+    if plain is None or not hf_internals.checkpoint_with_cache_supported():
         return False
     try:
-        layers = DynamicCache(config=model.config).layers
+        layers = hf_internals.dynamic_cache(model.config).layers
     except Exception:  # noqa: BLE001 (any model this version cannot build a cache for)
         return False
-    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+    return bool(layers) and all(type(layer) is plain for layer in layers)
 
 
 @contextlib.contextmanager
@@ -281,18 +276,18 @@ def _checkpointed_with_cache(model):
     layers = _checkpointed_layers(model)
     try:
         for m in layers:
-            m._can_checkpoint_with_cache = True
+            hf_internals.allow_checkpoint_with_cache(m, True)
         yield
     finally:
         for m in layers:
-            m.__dict__.pop("_can_checkpoint_with_cache", None)
+            hf_internals.allow_checkpoint_with_cache(m, False)
 
 
 @functools.cache
 def _repeatable_layer_classes() -> tuple[type, type]:
     """(StoringLayer, PrefixLayer): `DynamicLayer`s whose update a recompute can repeat. Defined on first
     use, so that importing this module does not import transformers."""
-    from transformers.cache_utils import DynamicLayer
+    DynamicLayer = hf_internals.dynamic_layer_class()
 
     class StoringLayer(DynamicLayer):
         def update(self, key_states, value_states, *args, **kwargs):
@@ -315,15 +310,13 @@ def _repeatable_caches(model, inverse: torch.Tensor):
     followed by the new ones and stores nothing. The second is built from the first once the prompt
     forward has filled it, one copy per row (`inverse`). Class swaps, not bound methods: a method bound
     to its own layer would be a reference cycle keeping the autograd graph alive until gc runs."""
-    from transformers.cache_utils import DynamicCache
-
     StoringLayer, PrefixLayer = _repeatable_layer_classes()
-    prompt = DynamicCache(config=model.config)
+    prompt = hf_internals.dynamic_cache(model.config)
     for layer in prompt.layers:
         layer.__class__ = StoringLayer
 
     def completion_cache():
-        rows = DynamicCache(config=model.config)
+        rows = hf_internals.dynamic_cache(model.config)
         for src, layer in zip(prompt.layers, rows.layers):
             keys, values = src.keys.index_select(0, inverse), src.values.index_select(0, inverse)
             layer.lazy_initialization(keys, values)
@@ -342,21 +335,23 @@ def _forward(model, **kw):
 
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                         temperature: float = 1.0, with_entropy: bool = False,
-                        share_prompts: bool | None = None, chunked_head: bool = True,
+                        share_prompts: bool | None = None, chunked_head: bool | None = None,
                         entropy_grad: bool = False) -> TokenLogProbs:
     """log pi(completion token t | prompt, completion < t) for every completion position. [B, T]
 
-    share_prompts: run each distinct prompt once (None: when rows repeat prompts, the model type is in
-    SHARED_PROMPT_MODELS and, under activation checkpointing, this transformers lets checkpointed layers
-    keep a cache). Both ways compute the same function. Under checkpointing both forwards are
-    checkpointed, over the caches of `_repeatable_caches`. chunked_head: the LM head applied in chunks
-    of positions after the forward (`head_logprobs`), where the head allows it; False: inside it.
+    share_prompts: run each distinct prompt once (None: when rows repeat prompts, the model has the
+    "shared_prompts" fast path (`grpo.models.fast_paths.enabled_paths`) and, under activation
+    checkpointing, this transformers lets checkpointed layers keep a cache). Both ways compute the same
+    function. Under checkpointing both forwards are checkpointed, over the caches of `_repeatable_caches`.
+    chunked_head: the LM head applied in chunks of positions after the forward (`head_logprobs`), where
+    the head is a plain linear layer (None: and the model has the "chunked_head" fast path); False:
+    inside it.
     with_entropy: also the entropy of each position's distribution, with a gradient if entropy_grad."""
     first, inverse = prompt_groups(prompt_ids, prompt_mask)
     checkpointed = recomputes_layers(model)
     if share_prompts is None:
         share_prompts = (2 * len(first) <= prompt_ids.shape[0]
-                         and getattr(model.config, "model_type", None) in SHARED_PROMPT_MODELS
+                         and "shared_prompts" in enabled_paths(model)
                          and (not checkpointed or _prefix_cache_supported(model)))
     elif share_prompts and checkpointed and not _prefix_cache_supported(model):
         raise ValueError("share_prompts=True under activation checkpointing needs a transformers whose "
@@ -364,6 +359,8 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
     mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
     positions = position_ids_from_mask(mask)  # [B, P+T]
     B, P = prompt_ids.shape
+    if chunked_head is None:
+        chunked_head = "chunked_head" in enabled_paths(model)
     head = _plain_head(model) if chunked_head else None
     with _head_returns_hidden(head):  # `logits` below are hidden states [.., H] when head is not None
         logits = _completion_outputs(model, prompt_ids, prompt_mask, completion_ids, mask, positions, first,

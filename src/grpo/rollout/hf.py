@@ -5,7 +5,7 @@ group then share a copy of, and one forward per new token for the rows still run
 quarter of the rows in the cache have finished they are dropped from it, so the tail of a batch of
 mixed lengths costs only the rows still running. The loop stops when every row has finished.
 
-Llama-family models (`grpo.rollout.lean.SUPPORTED`) run on `LeanDecoder`: the same arithmetic as
+Models with the "lean_decoder" fast path (`grpo.models.fast_paths`) run on `LeanDecoder`: the same arithmetic as
 the Hugging Face modules over a pre-allocated cache, with few calls per token. Any other model runs
 through its own `forward` with the library's dynamic cache. Both share the policy's weights, so
 `sync_weights` has nothing to do, and both give the same tokens and log-probs as a full forward of

@@ -1,4 +1,5 @@
-"""A lean forward for Llama-family decoders (Llama, Mistral, Qwen2, Qwen3) with a pre-allocated KV cache.
+"""A lean forward for Llama-family decoders with a pre-allocated KV cache: the classes with the "lean_decoder"
+fast path (`grpo.models.fast_paths.PROVEN`: Llama, Mistral, Qwen2, Qwen3).
 
 Sampling calls the model once per new token for a batch of one-token queries, so on a CPU or with a
 small model the time goes into per-call overhead (masks, cache objects, dispatch) rather than into
@@ -16,15 +17,17 @@ the matmuls. This module runs the same arithmetic as the Hugging Face modules wi
   packed layout streams them faster (25M model, 8 rows: 19-23 ms per step against 40 ms);
 - `compact(keep)` drops finished rows from the cache, so late tokens cost only the live rows.
 
-It reads the weights of the Hugging Face modules themselves (no conversion, no state of its own
-between calls: fused and packed copies are made per `generate`). A model under peft LoRA adapters
-samples from its weights with the adapters folded in (W + scale * B @ A, made per `generate` like the
-fused copies), so LoRA runs sample as fast as full fine-tuning. Models outside `SUPPORTED` (or with
-a RoPE type that depends on the sequence length, a sliding window shorter than the rollout, or
-adapters other than plain LoRA on linear layers) return None from `LeanDecoder.build`, and the engine
-uses the generic Hugging Face path instead.
-tests/test_rollout.py checks greedy output token for token against `transformers`' own `generate` and
-the log-probs against a full forward.
+It reads the weights of the Hugging Face modules themselves, through the accessors of
+`grpo.models.hf_internals` (no conversion, no state of its own between calls: fused and packed copies
+are made per `generate`). A model under peft LoRA adapters samples from its weights with the adapters
+folded in (W + scale * B @ A, made per `generate` like the fused copies), so LoRA runs sample as fast as
+full fine-tuning. Models without the "lean_decoder" fast path (or with a RoPE type that depends on the
+sequence length, a sliding window shorter than the rollout, or adapters other than plain LoRA on linear
+layers) return None from `LeanDecoder.build`, and the engine uses the generic Hugging Face path instead.
+The first build for a model checks the decoder against the model's own forward on a small batch
+(`check_decoder`: prefill and one step, log-probs within `grpo.models.fast_paths.LOGP_ATOL`); a failure
+turns the path off for that model with one warning line. tests/test_rollout.py checks greedy output
+token for token against `transformers`' own `generate` and the log-probs against a full forward.
 """
 
 from __future__ import annotations
@@ -32,13 +35,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from grpo.models.fast_paths import LOGP_ATOL, check_batch, disable_path, enabled_paths
+from grpo.models.hf_internals import attention_scaling, decoder_layer, decoder_stack, rms_norm_eps
 from grpo.models.loading import base_weight, foldable, folded_linear, unwrap
-
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
-"""`config.model_type`s whose decoder layers this module reproduces exactly."""
 
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 """RoPE types whose cos/sin depend on the position only (so a table built once is exact)."""
+
+HALF_LOGP_ATOL = 0.1
+"""`check_decoder`'s tolerance for 16-bit weights (both sides round each op to 8 mantissa bits)."""
 
 _GQA_KW = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # SDPA grew enable_gqa in 2.5
 
@@ -104,17 +109,17 @@ def _rope_type(config) -> str:
 def _plain_modules(model) -> bool:
     """True if every weight the lean forward reads is a parameter of a plain module, or of a plain
     module under plain LoRA adapters (`foldable`)."""
-    inner = getattr(model, "model", None)
-    if not foldable(getattr(model, "lm_head", None)) or inner is None:
-        return False
-    if not all(hasattr(inner, k) for k in ("embed_tokens", "rotary_emb", "norm", "layers")):
+    stack = decoder_stack(model)
+    if stack is None or not foldable(stack.lm_head):
         return False
     linear = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    for layer in inner.layers:
+    for layer in map(decoder_layer, stack.layers):
+        if layer is None:
+            return False
         mods = [getattr(layer.self_attn, k, None) for k in linear[:4]] + [getattr(layer.mlp, k, None) for k in linear[4:]]
         if not all(foldable(m) for m in mods):
             return False
-    return type(inner.embed_tokens) is torch.nn.Embedding
+    return type(stack.embed_tokens) is torch.nn.Embedding
 
 
 def _fused(parts: list[tuple[torch.Tensor, torch.Tensor | None]], dtype: torch.dtype) -> _Proj:
@@ -129,10 +134,11 @@ class _Layer:
     nothing is fused, copies in the compute dtype where something is)."""
 
     def __init__(self, layer, dtype: torch.dtype):
+        layer = decoder_layer(layer)
         a, m = layer.self_attn, layer.mlp
         cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
         self.ln1, self.ln2 = cast(layer.input_layernorm.weight), cast(layer.post_attention_layernorm.weight)
-        self.eps = layer.input_layernorm.variance_epsilon
+        self.eps = rms_norm_eps(layer.input_layernorm)
         self.qkv = _fused([folded_linear(a.q_proj), folded_linear(a.k_proj), folded_linear(a.v_proj)], dtype)
         self.o = _Proj(*map(cast, folded_linear(a.o_proj)))
         self.q_norm = cast(getattr(getattr(a, "q_norm", None), "weight", None))  # Qwen3: RMSNorm per head
@@ -140,7 +146,7 @@ class _Layer:
         self.gu = _fused([folded_linear(m.gate_proj), folded_linear(m.up_proj)], dtype)
         self.down = _Proj(*map(cast, folded_linear(m.down_proj)))
         self.act = m.act_fn
-        self.scaling = a.scaling
+        self.scaling = attention_scaling(a)
 
 
 class LeanDecoder:
@@ -152,14 +158,14 @@ class LeanDecoder:
         self.dtype = dtype
         self.H, self.Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
         self.D = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        inner = model.model
-        self.embed = inner.embed_tokens.weight
-        self.rotary = inner.rotary_emb
-        self.norm = inner.norm.weight.detach().to(dtype)
-        self.norm_eps = inner.norm.variance_epsilon
-        head, head_bias = folded_linear(model.lm_head)
+        stack = decoder_stack(model)
+        self.embed = stack.embed_tokens.weight
+        self.rotary = stack.rotary_emb
+        self.norm = stack.norm.weight.detach().to(dtype)
+        self.norm_eps = rms_norm_eps(stack.norm)
+        head, head_bias = folded_linear(stack.lm_head)
         self.lm_head = _Proj(head.detach().to(dtype), None if head_bias is None else head_bias.detach().to(dtype))
-        self.layers = [_Layer(layer, dtype) for layer in inner.layers]
+        self.layers = [_Layer(layer, dtype) for layer in stack.layers]
         self.projections = [self.lm_head] + [p for lay in self.layers for p in (lay.qkv, lay.o, lay.gu, lay.down)]
         self.onednn = _onednn(dtype, self.lm_head.w.device, sum(p.w.nbytes for p in self.projections))
         self.k_cache: list[torch.Tensor] = []
@@ -168,17 +174,28 @@ class LeanDecoder:
     @classmethod
     def build(cls, model, max_len: int, dtype: torch.dtype | None = None) -> "LeanDecoder | None":
         """The decoder for `model` (or for the transformers model under its peft LoRA adapters), or None
-        where this module does not reproduce it exactly."""
-        model = unwrap(model)
+        where this module does not reproduce it exactly (or its first check failed: `check_decoder`)."""
+        wrapped, model = model, unwrap(model)
         cfg = getattr(model, "config", None)
-        if getattr(cfg, "model_type", None) not in SUPPORTED or _rope_type(cfg) not in STATIC_ROPE:
+        if "lean_decoder" not in enabled_paths(model) or _rope_type(cfg) not in STATIC_ROPE:
             return None
         window = getattr(cfg, "sliding_window", None)
         if window and getattr(cfg, "use_sliding_window", True) and max_len > window:
             return None
         if getattr(cfg, "pretraining_tp", 1) > 1 or not _plain_modules(model):
             return None  # e.g. adapters other than plain LoRA (DoRA, LoRA biases, on embeddings)
-        return cls(model, dtype or base_weight(model.lm_head).dtype)
+        weights = base_weight(decoder_stack(model).lm_head).dtype
+        if not getattr(model, "grpo_lean_decoder_checked", False):
+            model.grpo_lean_decoder_checked = True
+            try:
+                err = check_decoder(cls(model, weights), wrapped)
+                reason = f"failed its check against the stock forward: max |d logp| {err:.2g}"
+            except Exception as e:  # noqa: BLE001 (a structure the decoder misreads: the stock path, said once)
+                err, reason = float("inf"), f"its check raised {type(e).__name__}: {e}"
+            if not err <= (LOGP_ATOL if weights == torch.float32 else HALF_LOGP_ATOL):
+                disable_path(model, "lean_decoder", reason)
+                return None
+        return cls(model, dtype or weights)
 
     # ----------------------------------------------------------------------------------------------
     def _attention(self, i: int, lay: _Layer, h: torch.Tensor, cos, sin, start: int, mask) -> torch.Tensor:
@@ -271,3 +288,24 @@ class LeanDecoder:
             for i, kv in enumerate(cache):  # one layer at a time: the old cache is freed as the new one fills
                 cache[i] = kv[keep]
         self.key_bias = self.key_bias[keep]
+
+
+def check_decoder(decoder: LeanDecoder, model) -> float:
+    """max |logp_lean - logp_stock| of every vocabulary entry at the prefill's last position and after one
+    step, on `grpo.models.fast_paths.check_batch`'s prompts [4, 5] (left padding included), the stock
+    log-probs from one full forward of `model` over prompt + step token."""
+    ids, mask, nxt, _ = check_batch(decoder.embed.shape[0], decoder.embed.device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # [4, 5]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            first = decoder.prefill(ids, mask, positions, 1).float().log_softmax(-1)  # [4, V]
+            second = decoder.step(nxt[:, 0], positions[:, -1] + 1).float().log_softmax(-1)  # [4, V]
+            full_mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)  # [4, 6]
+            logits = model(input_ids=torch.cat([ids, nxt[:, :1]], 1), attention_mask=full_mask,
+                           position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0), use_cache=False).logits
+            stock = logits[:, -2:].float().log_softmax(-1)  # [4, 2, V]
+    finally:
+        model.train(was_training)
+    return float(torch.stack([first, second], 1).sub(stock).abs().max())

@@ -15,8 +15,9 @@ still reading a tool result), and a row's positions and keys are exactly those o
 over the finished sequence. The cost: an observation of k tokens takes k batched steps rather than
 one prefill of k tokens (cheap for short tool results; docs/tools.md). An episode ends when the
 environment says so, after `max_turns` policy turns, or when the trajectory reaches
-`sampling.max_new_tokens` tokens (policy and environment tokens together: the cache's size), which
-flags it truncated.
+`sampling.max_new_tokens` tokens (policy and environment tokens together: the cache's size). `truncated`
+marks the rows whose episode was not over when that budget ran out, wherever it fell: inside a policy
+turn, on its EOS with the environment's answer still to come, or inside the answer.
 """
 
 from __future__ import annotations
@@ -129,19 +130,17 @@ def generate_episodes(engine, tokenizer, prompt_ids: list[list[int]], envs: list
             out = _decode_episodes(engine, tokenizer, ids, mask, envs, params, max_turns, generator, ep, parallel)
     finally:
         model.train(was_training)
-    tokens, lp, live, policy = (x.clone() for x in out)
+    tokens, lp, live, policy, over = (x.clone() for x in out)
     ids, mask = ids.repeat_interleave(params.G, 0), mask.repeat_interleave(params.G, 0)  # [N, P]
-    completion_mask = live.long()  # [N, T]
-    last = tokens.gather(1, (completion_mask.sum(1, keepdim=True) - 1).clamp(min=0)).squeeze(1)  # [N]
-    r = Rollout(ids, mask, tokens, completion_mask, truncated=~torch.isin(last, engine.eos.to(device)), logp=lp,
-                policy_mask=policy.long())
+    r = Rollout(ids, mask, tokens, live.long(), truncated=~over, logp=lp, policy_mask=policy.long())
     return r, ep
 
 
 def _decode_episodes(engine, tokenizer, ids, mask, envs, params: SamplingParams, max_turns: int, generator,
                      ep: Episodes, parallel: bool):
-    """The decode loop: tokens, logp, live, policy [N, T]. A row's next token is sampled, or, while its
-    environment's answer is queued, the answer's next token (forced: logp 0, policy 0)."""
+    """The decode loop: tokens, logp, live, policy [N, T] and over [N] (the episode ended: the environment
+    said so or max_turns was reached). A row's next token is sampled, or, while its environment's answer
+    is queued, the answer's next token (forced: logp 0, policy 0)."""
     (n, P), G, device = ids.shape, params.G, ids.device
     N, budget = n * G, params.max_new_tokens
     eos = engine.eos.to(device)
@@ -155,6 +154,7 @@ def _decode_episodes(engine, tokenizer, ids, mask, envs, params: SamplingParams,
     out_policy = torch.zeros(N, budget, dtype=torch.bool, device=device)
     rows = torch.arange(N, device=device)  # original row of each cache row
     alive = torch.ones(N, dtype=torch.bool, device=device)  # [C]
+    over = torch.zeros(N, dtype=torch.bool, device=device)  # [N] by original row
     queued: dict[int, list[int]] = {}  # original row -> environment tokens still to feed
     turn: dict[int, list[int]] = {r: [] for r in range(N)}  # original row -> this turn's sampled tokens
     threads = DecodeThreads(device, enabled=isinstance(stepper, LeanDecoder))
@@ -177,6 +177,7 @@ def _decode_episodes(engine, tokenizer, ids, mask, envs, params: SamplingParams,
                 turn[r].append(k)
             done = _end_turns(tokenizer, envs, rows[ended].tolist(), turn, queued, ep, max_turns, parallel)
             if done:
+                over[done] = True
                 alive = alive & ~torch.isin(rows, torch.tensor(done, device=device))
             n_alive = int(alive.sum())
             if n_alive == 0 or t + 1 == budget:
@@ -192,7 +193,7 @@ def _decode_episodes(engine, tokenizer, ids, mask, envs, params: SamplingParams,
     finally:
         threads.done()
     T = int(out_live.sum(1).max()) if N else 0
-    return out_tok[:, :T], out_lp[:, :T], out_live[:, :T], out_policy[:, :T]
+    return out_tok[:, :T], out_lp[:, :T], out_live[:, :T], out_policy[:, :T], over
 
 
 def _end_turns(tokenizer, envs, ending: list[int], turn: dict, queued: dict, ep: Episodes, max_turns: int,

@@ -17,17 +17,25 @@ which the model reads on its next turn, never an exception:
     timeout          error: calculator timed out after 5 s
     oversized        error: calculator returned 812 tokens, more than rollout.max_observation_tokens=64
 
+An error message is held to `rollout.max_observation_tokens` too: one that is longer (a tool that raises
+with a long message, a 3,000-character unknown tool name) is cut to that many tokens (`fit_tokens`).
+
 Calls run where `ToolRunner` says: in the reward worker pool (`rewards.workers > 0`: separate spawned
-processes, each call limited to the timeout inside the worker and the parent waiting at most a grace
-period longer), in the training process under the same deadline (`rewards.workers = 0`), or, for a
+processes, each call limited to the timeout inside the worker; the parent gives up on a call only when
+the pool has finished nothing for the timeout plus a grace period, so time spent queued behind other
+calls does not count against `tool_timeout_s`), in the training process under the same deadline (`rewards.workers = 0`), or, for a
 tool with `sandbox: true`, in the code sandbox (grpo.rewards.code: a fresh process with rlimits and,
-where the kernel allows, no network).
+where the kernel allows, no network); a sandboxed tool's result comes back whole (any number of lines,
+JSON-encoded on one marked line of its output), or, past `SANDBOX_RESULT_BYTES`, as an error saying so.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
+import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -36,6 +44,11 @@ from grpo.tools.parser import ToolCall
 
 POOL_GRACE_S = 5.0
 """Extra seconds the parent waits for a pooled call beyond the worker's own limit."""
+
+SANDBOX_RESULT_BYTES = 4000
+"""The most bytes of a sandboxed tool's JSON-encoded result (the sandbox keeps the last 4 KiB of output)."""
+
+_RESULT_MARK = "GRPO_TOOL_RESULT:"
 
 
 @dataclass
@@ -79,14 +92,41 @@ def _call_sandboxed(tool: Tool, arguments: dict, timeout_s: float | None) -> tup
     with open(tool.source, encoding="utf-8") as f:
         code = f.read()
     code += (f"\nimport json as _json\n_out = {tool.fn.__name__}(**_json.loads({json.dumps(arguments)!r}))\n"
-             "print('\\n' + (_out if isinstance(_out, str) else _json.dumps(_out, default=str)), end='')\n")
+             "_out = _json.dumps(_out if isinstance(_out, str) else _json.dumps(_out, default=str))\n"
+             f"print({_RESULT_MARK!r} + (_out if len(_out.encode()) <= {SANDBOX_RESULT_BYTES} else 'null'))\n")
     r = run_python_sandboxed(code, ["pass"], timeout_s=timeout_s or 5.0)
     if r.status == "timeout":
         return "timeout", ""
     if r.status != "ok":
         last = (r.stderr_tail.strip().splitlines() or [r.status])[-1]
         return "error", last
-    return "ok", r.stdout_tail.rsplit("\n", 1)[-1]
+    return sandboxed_result(r.stdout_tail)
+
+
+def sandboxed_result(stdout: str) -> tuple[str, str]:
+    """(status, text) from a sandboxed call's output: the JSON string on its last marked line, whole; an
+    error where the result was over SANDBOX_RESULT_BYTES (marked `null`) or the mark is missing.
+
+    >>> sandboxed_result('noise\\nGRPO_TOOL_RESULT:"a\\\\nb"\\n')
+    ('ok', 'a\\nb')
+    """
+    line = next((x for x in reversed(stdout.splitlines()) if x.startswith(_RESULT_MARK)), None)
+    if line is None:
+        return "error", "RuntimeError: the sandboxed tool's result line is missing from its output"
+    text = json.loads(line[len(_RESULT_MARK):])
+    if text is None:
+        return "error", f"ValueError: result longer than {SANDBOX_RESULT_BYTES} bytes as JSON"
+    return "ok", text
+
+
+_LAST_DONE: "weakref.WeakKeyDictionary[concurrent.futures.Executor, float]" = weakref.WeakKeyDictionary()
+"""Per pool: when a call it ran last finished (time.monotonic); the clock of `ToolRunner.result`."""
+_LOCK = threading.Lock()
+
+
+def _mark_done(pool, _future) -> None:
+    with _LOCK:
+        _LAST_DONE[pool] = time.monotonic()
 
 
 class ToolRunner:
@@ -100,16 +140,31 @@ class ToolRunner:
         if tool.sandbox:
             return _immediate(lambda: _call_sandboxed(tool, arguments, self.timeout_s))
         if self.pool is not None:
-            return self.pool.submit(call_tool, tool.fn, arguments, self.timeout_s)
+            future = self.pool.submit(call_tool, tool.fn, arguments, self.timeout_s)
+            future.submitted = time.monotonic()
+            future.add_done_callback(lambda f, pool=self.pool: _mark_done(pool, f))
+            return future
         return _immediate(lambda: call_tool(tool.fn, arguments, self.timeout_s))
 
     def result(self, future: concurrent.futures.Future) -> tuple[str, str]:
-        wait = None if self.timeout_s is None else self.timeout_s + POOL_GRACE_S
+        """The call's (status, text). A pooled call limits itself to timeout_s inside its worker; the parent
+        gives up on it (a hung worker) only once neither it was submitted nor any call of the pool has
+        finished for timeout_s + POOL_GRACE_S: a call queued behind others is not timed out for waiting."""
         try:
-            return future.result(timeout=wait)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            return "timeout", ""
+            if self.timeout_s is None or not hasattr(future, "submitted"):
+                return future.result()
+            while True:
+                with _LOCK:
+                    since = max(future.submitted, _LAST_DONE.get(self.pool, 0.0))
+                left = since + self.timeout_s + POOL_GRACE_S - time.monotonic()
+                try:
+                    return future.result(timeout=max(left, 0.0))
+                except concurrent.futures.TimeoutError:
+                    with _LOCK:
+                        progressed = _LAST_DONE.get(self.pool, 0.0) > since
+                    if not progressed:
+                        future.cancel()
+                        return "timeout", ""
         except Exception as e:  # noqa: BLE001 (a worker died, or the arguments did not pickle)
             return "error", f"{type(e).__name__}: {e}"
 
@@ -150,19 +205,41 @@ class ToolEnvironment:
         return Turn(messages, tool_calls=len(calls), tool_errors=errors)
 
     def answer(self, call: ToolCall, future) -> tuple[str, bool]:
-        """(text, failed): the tool message's text for one call, its result or the error the model reads."""
+        """(text, failed): the tool message's text for one call, its result or the error the model reads
+        (held to max_observation_tokens like a result: `fit_tokens`)."""
         if call.error is not None:
-            return f"error: {call.error}", True
+            return self.fit(f"error: {call.error}"), True
         if future is None:
-            return f"error: unknown tool {call.name!r} (available: {', '.join(self.runner.tools) or 'none'})", True
+            available = ", ".join(self.runner.tools) or "none"
+            return self.fit(f"error: unknown tool {call.name!r} (available: {available})"), True
         status, text = self.runner.result(future)
         if status == "timeout":
-            return f"error: {call.name} timed out after {self.runner.timeout_s:g} s", True
+            return self.fit(f"error: {call.name} timed out after {self.runner.timeout_s:g} s"), True
         if status == "error":
-            return f"error: {call.name} raised {text}", True
+            return self.fit(f"error: {call.name} raised {text}"), True
         if self.max_observation_tokens is not None:
             n = self.count_tokens(text)
             if n > self.max_observation_tokens:
                 return (f"error: {call.name} returned {n} tokens, more than "
                         f"rollout.max_observation_tokens={self.max_observation_tokens}"), True
         return text, False
+
+    def fit(self, text: str) -> str:
+        """An error message cut to max_observation_tokens (`fit_tokens`)."""
+        return fit_tokens(text, self.count_tokens, self.max_observation_tokens)
+
+
+def fit_tokens(text: str, count_tokens: Callable[[str], int], limit: int | None) -> str:
+    """The longest prefix of `text` (ending in "...") that count_tokens holds to `limit` tokens; `text`
+    itself if it fits. A binary search over the prefix length, so log2(len(text)) counts.
+
+    >>> fit_tokens("error: unknown tool 'a b c d'", lambda s: len(s.split()), 4)
+    "error: unknown tool 'a..."
+    """
+    if limit is None or count_tokens(text) <= limit:
+        return text
+    lo, hi = 0, len(text)  # text[:lo] + "..." fits; text[:hi] + "..." does not (or hi is the whole text)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count_tokens(text[:mid] + "...") <= limit else (lo, mid)
+    return text[:lo] + "..." if count_tokens(text[:lo] + "...") <= limit else ""

@@ -151,12 +151,14 @@ def all_gather_objects(obj, dist: Dist) -> list:
 
 
 def global_totals(mask: torch.Tensor, dist: Dist) -> dict[str, float]:
-    """The loss normalisers of the whole (global) batch: valid tokens and sequences over all ranks.
+    """The loss normalisers of the whole (global) batch: valid tokens, and sequences with at least one
+    valid token (a row masked out entirely does not count, as in `grpo.algorithm.losses.aggregate_loss`),
+    over all ranks.
 
     Passed to `policy_loss(total_tokens=..., total_sequences=...)`, they make each rank's loss its
     share of the global loss: summed over ranks (and micro-batches) it is the 1-process loss.
     """
-    tokens, sequences = all_sum([float(mask.sum()), float(mask.shape[0])], dist)
+    tokens, sequences = all_sum([float(mask.sum()), float(mask.bool().any(-1).sum())], dist)
     return dict(total_tokens=max(tokens, 1.0), total_sequences=sequences)
 
 
