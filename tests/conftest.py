@@ -93,6 +93,7 @@ def _few_threads():
 
 
 COSTLIEST_FIRST = ["test_distributed.py", "test_real_model.py", "test_reproduce.py", "test_resume.py",
+                   "test_reliability_kills.py",
                    "test_plan.py", "test_bad_inputs.py", "test_configs.py", "test_faults.py"]
 """The files that take the most time (`pytest --durations=0`), in that order; the rest follow in name order.
 pytest-xdist hands whole files to its two workers in this order (`--no-loadscope-reorder`): long files
