@@ -189,7 +189,7 @@ calls = []
 
 def fill_disk(prompts, completions, completion_ids, **columns):
     calls.append(1)
-    if len(calls) == 2:  # step 2: leave 64 KiB, enough for a metrics line, not for a checkpoint
+    if DISK and len(calls) == 2:  # step 2: leave 64 KiB, enough for a metrics line, not for a checkpoint
         st = os.statvfs(DISK)
         with open(os.path.join(DISK, "filler"), "wb") as f:
             f.write(bytes(st.f_bavail * st.f_frsize - 64 * 1024))
@@ -214,6 +214,15 @@ def test_a_disk_that_fills_up_stops_the_run_at_the_save_and_the_last_checkpoint_
     (small_disk / "filler").unlink()
     assert main(["train", "-q", "--resume", str(out)]) == 0
     assert [x["step"] for x in steps(out)] == [1, 2, 3]
+    # ... exactly: the same run on a disk that never filled up (the same rewards, no filler written)
+    straight = tmp_path / "straight"
+    assert main(["train", "-q", *args(tmp_path, "train.steps=3", "train.save_every=1",
+                                      reward=FILL_AT_STEP_2.replace("DISK", "None"), second="fill_disk",
+                                      out=straight)]) == 0
+    assert same(weights(out / "final"), weights(straight / "final"))
+    machine = ("time/", "memory/", "tokens_per_s")
+    assert [{k: v for k, v in x.items() if not k.startswith(machine)} for x in steps(out)] == \
+        [{k: v for k, v in x.items() if not k.startswith(machine)} for x in steps(straight)]
 
 
 def test_a_failed_checkpoint_write_removes_its_partial_files_and_keeps_the_previous(tmp_path, monkeypatch):
