@@ -345,3 +345,27 @@ def test_too_little_free_space_is_refused_at_start(tmp_path, monkeypatch, capsys
     assert err.startswith(f"grpo: error: train.output_dir {tmp_path / 'run'}: 0.5 MiB free on its disk, but the "
                           "final model and one checkpoint need about ")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_stops_the_run_with_one_line_not_a_signal(tmp_path):
+    """`ulimit -f` (RLIMIT_FSIZE) below a checkpoint's size: by default the kernel kills the writer with
+    SIGXFSZ; grpo ignores that signal, so the write fails with EFBIG and the run stops with one line."""
+    import resource
+    import sys
+
+    limit = 768 * 1024  # above the tiny model's weights (494 KB), below its optimizer state (997 KB)
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "grpo", "train", "-q",
+                           *args(tmp_path, "train.steps=2", "train.save_every=1", out=out)],
+                          preexec_fn=limited, capture_output=True, text=True)
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    err = [x for x in done.stderr.splitlines() if x.startswith("grpo: error:")]
+    assert len(err) == 1 and "Traceback" not in done.stderr  # torch's writer words EFBIG its own way
+    assert err[0].startswith(f"grpo: error: cannot write checkpoint {out}/checkpoints/step-000001: ")
+    assert err[0].endswith("no earlier checkpoint exists")
+    assert not list((out / "checkpoints").glob("*.tmp"))  # nothing half-written left

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from grpo.config_io import add_config_arguments
 from grpo.errors import UserError
@@ -207,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     from grpo.api import quiet_libraries
 
     args = build_parser().parse_args(argv)
+    if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+        # a write past `ulimit -f` then fails with EFBIG, reported in one line, instead of killing the run
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     quiet_libraries()  # our own progress bar is the one a user watches; the libraries' bars and notices go
     try:
         args.fn(args)
