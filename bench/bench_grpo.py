@@ -122,7 +122,7 @@ def main(timers=None):
     t_imports = time.perf_counter() - T_PROCESS_START
     cfg = build_config(args)
     t0 = time.perf_counter()
-    res = train(cfg, progress=False, timers=timers)
+    res = train(cfg, progress=False, timers=timers, overwrite=True)  # a re-run replaces its run
     t_train = time.perf_counter() - t0
 
     from transformers import AutoTokenizer
