@@ -196,20 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bar is the one a user watches; silence the libraries' bars and notices."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.nn.modules.module")
-
-
 def main(argv: list[str] | None = None) -> int:
+    from grpo.api import quiet_libraries
+
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()  # our own progress bar is the one a user watches; the libraries' bars and notices go
     try:
         args.fn(args)
     except UserError as e:

@@ -21,6 +21,7 @@ centred per group), which is expected; watch the reward and the held-out accurac
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -175,13 +176,14 @@ class Run:
             self.rm_trainer.load_state_dict(extra["reward_model"])
 
 
-def setup_run(cfg: TrainConfig, resume_from: Path | None, staging: Path) -> Run:
+def setup_run(cfg: TrainConfig, resume_from: Path | None, staging: Path, reward_fns: dict | None = None) -> Run:
     """Load and check the model, data, reward functions and free space; write nothing (a fresh run's
     files are written once its first step is done: `start_writing`).
 
     When resuming from `resume_from`, the newest checkpoint is loaded into the freshly built objects (the
     reference stays the initial weights) and the logs are cut back to it. staging: a directory that
     outlives the setup (the built-in tiny model's initial weights go there, copied into the run later).
+    reward_fns: callables for the rewards.functions entries that name them (run in this process).
     """
     seed_everything(cfg.train.seed, cfg.train.threads)
     tiny_dir = Path(staging) / "tiny-init"
@@ -199,7 +201,9 @@ def setup_run(cfg: TrainConfig, resume_from: Path | None, staging: Path) -> Run:
     broadcast_parameters(model, dist)
     episodic = Episodic(cfg, tokenizer) if cfg.rollout.multi_turn else None
     task = load_task(cfg.data, tokenizer, cfg.train.seed, tools=episodic and [t.schema for t in episodic.tools])
-    specs = [reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
+    given = reward_fns or {}
+    specs = [RewardSpec(e.fn, functools.partial(given[e.fn], **e.options), e.weight, in_pool=False) if e.fn in given
+             else reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
     rm_trainer = None
     if cfg.rewards.model is not None:  # a learned reward model, on the policy's device
         c = cfg.rewards.model
@@ -399,8 +403,8 @@ def checkpoint_or_stop(run: Run, cfg: TrainConfig, log: MetricsLog, samples, sto
         raise TrainingInterrupted(stop.signum, state.step, path, run.out)
 
 
-def train(cfg: TrainConfig, progress: bool = True, timers: Timers | None = None,
-          overwrite: bool = False) -> TrainResult:
+def train(cfg: TrainConfig, progress: bool = True, timers: Timers | None = None, overwrite: bool = False,
+          reward_fns: dict | None = None) -> TrainResult:
     """Run GRPO as configured (train.resume: continue the run in train.output_dir); returns accuracies
     before/after and the metrics history. timers: the phase timers (a bench may pass its own, with hooks).
 
@@ -408,13 +412,16 @@ def train(cfg: TrainConfig, progress: bool = True, timers: Timers | None = None,
     (the CLI's --overwrite), which replaces that run's files once the new run writes. One run per output
     directory (`OutputDirLock`, taken before the model loads). A run that fails before its first step is
     done leaves nothing behind: its files are first written after that step (`start_writing`).
+    reward_fns: name -> callable, for rewards.functions entries that name a function given here (`grpo.api`).
     """
     t_start = time.perf_counter()
+    baseline_mib = current_memory_mib(resolve_device(cfg.model.device))  # the runtime, before any model is built
     resume_from = check_output_dir(cfg.train.output_dir, cfg.train.resume, overwrite)
     with OutputDirLock(cfg.train.output_dir) as lock, tempfile.TemporaryDirectory(prefix="grpo-") as staging:
         if resume_from is not None:
             lock.commit()  # the run's directory already holds its files
-        return _train(cfg, progress, timers or Timers(), t_start, resume_from, Path(staging), lock, overwrite)
+        run = setup_run(cfg, resume_from, Path(staging), reward_fns)
+        return _train(run, cfg, progress, timers or Timers(), t_start, baseline_mib, Path(staging), lock, overwrite)
 
 
 def start_writing(run: Run, cfg: TrainConfig, lock: OutputDirLock, staging: Path, overwrite: bool) -> None:
@@ -428,10 +435,8 @@ def start_writing(run: Run, cfg: TrainConfig, lock: OutputDirLock, staging: Path
         shutil.copytree(staging / "tiny-init", run.out / "tiny-init", dirs_exist_ok=True)
 
 
-def _train(cfg: TrainConfig, progress: bool, timers: Timers, t_start: float, resume_from: Path | None,
+def _train(run: Run, cfg: TrainConfig, progress: bool, timers: Timers, t_start: float, baseline_mib: float,
            staging: Path, lock: OutputDirLock, overwrite: bool) -> TrainResult:
-    baseline_mib = current_memory_mib(resolve_device(cfg.model.device))  # the runtime, before any model is built
-    run = setup_run(cfg, resume_from, staging)
     state, device, run_peak = run.state, next(run.model.parameters()).device, 0.0
     I = cfg.train.iterations
     iteration_starts = {round(i * cfg.train.steps / I) for i in range(1, I)}  # steps where an iteration begins
@@ -449,7 +454,7 @@ def _train(cfg: TrainConfig, progress: bool, timers: Timers, t_start: float, res
             return log, stack.enter_context(open(run.out / "samples.jsonl" if run.dist.is_main else os.devnull, "a",
                                                  encoding="utf-8"))
 
-        if resume_from is not None:
+        if lock.committed:  # resumed: the directory is the run's already
             log, samples = open_files()
         stop = stack.enter_context(StopSignals())
         warned = False
