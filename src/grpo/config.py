@@ -17,6 +17,7 @@ from typing import Literal
 from grpo.config_io import load_config, parse_overrides, read_yaml, save_config, to_dict  # noqa: F401 (re-exported)
 from grpo.config_checks import check_multi_turn as _check_multi_turn
 from grpo.config_checks import check_tensorboard as _check_tensorboard
+from grpo.config_checks import check_wandb as _check_wandb
 from grpo.config_checks import not_negative as _not_negative
 from grpo.config_checks import positive as _positive
 from grpo.errors import UserError
@@ -334,9 +335,15 @@ class LoopConfig:
     """Stop, with a checkpoint of the last good state, after this many updates in a row with a NaN/inf loss or gradient."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
+    report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    """Also send every logged scalar to these: 'tensorboard' (OUTPUT/tensorboard, `tensorboard --logdir OUTPUT`;
+    `pip install 'grpo[tensorboard]'`) and 'wandb' (Weights & Biases, project train.wandb_project, its files in
+    OUTPUT/wandb; WANDB_MODE=offline logs without a network, `wandb sync` uploads later; `pip install
+    'grpo[wandb]'`)."""
+    wandb_project: str = "grpo"
+    """Weights & Biases project of the run (train.report_to: [wandb]); the run is named after output_dir."""
     tensorboard: bool = False
-    """Also write every logged scalar to OUTPUT/tensorboard (`tensorboard --logdir OUTPUT`); needs the
-    tensorboard package (`pip install 'grpo[tensorboard]'`)."""
+    """The same as 'tensorboard' in train.report_to (kept for existing configs)."""
     iterations: int = 1
     """Iterative GRPO (DeepSeekMath Algorithm 1): split `steps` into this many iterations and reset the
     reference model to the current policy at the start of each."""
@@ -377,7 +384,8 @@ class TrainConfig:
             raise UserError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
         if not self.rewards.functions:
             raise UserError("rewards.functions is empty: at least one reward function is needed")
-        _check_tensorboard(self.train.tensorboard, "train.tensorboard")
+        _check_tensorboard(self.train.tensorboard or "tensorboard" in t.report_to, "train.report_to")
+        _check_wandb("wandb" in t.report_to)
         if self.rewards.timeout_s is not None and not self.rewards.timeout_s > 0:
             raise UserError(f"rewards.timeout_s must be > 0 (or null for no limit), got {self.rewards.timeout_s}")
         if m.path == "tiny" and (m.tiny_hidden_size <= 0 or m.tiny_hidden_size % 8):

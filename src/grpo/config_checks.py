@@ -27,6 +27,14 @@ def check_tensorboard(wanted: bool, name: str) -> None:
         raise UserError(f"{name}: the tensorboard package is not installed (pip install 'grpo[tensorboard]')")
 
 
+def check_wandb(wanted: bool) -> None:
+    """Before anything is written: Weights & Biases' package is there."""
+    import importlib.util
+
+    if wanted and importlib.util.find_spec("wandb") is None:
+        raise UserError("train.report_to: wandb: the wandb package is not installed (pip install 'grpo[wandb]')")
+
+
 def not_negative(cfg, names: list[str]) -> None:
     for name in names:
         section, key = name.split(".")

@@ -66,7 +66,7 @@ MAY_CHANGE_ON_RESUME = {
     "train.sample_every", "train.save_every", "train.keep_checkpoints", "train.max_bad_steps",
     "train.threads", "rewards.workers", "rewards.timeout_s", "model.device",
     "train.micro_batch_size", "train.micro_batch_tokens", "train.gradient_checkpointing", "train.strategy",
-    "rollout.engine", "rollout.gpu_memory_utilization",
+    "rollout.engine", "rollout.gpu_memory_utilization", "train.report_to", "train.wandb_project",
 }
 
 

@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from grpo.config import TrainConfig
+from grpo.config import TrainConfig, to_dict
 from grpo.data import Task, load_task
 from grpo.errors import UserError
 from grpo.models.convert import resolve_model_path
@@ -449,7 +449,10 @@ def _train(run: Run, cfg: TrainConfig, progress: bool, timers: Timers, t_start: 
         log, samples = None, None  # opened at the first write: after the first step of a fresh run
 
         def open_files():
-            log = MetricsLog(run.out, cfg.train.tensorboard, resumed_at=state.step) if run.dist.is_main else NullLog()
+            t = cfg.train
+            log = MetricsLog(run.out, t.tensorboard or "tensorboard" in t.report_to, resumed_at=state.step,
+                             wandb_project=t.wandb_project if "wandb" in t.report_to else None,
+                             config=to_dict(cfg)) if run.dist.is_main else NullLog()
             stack.callback(log.close)
             return log, stack.enter_context(open(run.out / "samples.jsonl" if run.dist.is_main else os.devnull, "a",
                                                  encoding="utf-8"))

@@ -107,14 +107,16 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON object per step) and, when asked, TensorBoard scalars."""
+    """metrics.jsonl (one JSON object per step) and, when asked, TensorBoard scalars and a Weights & Biases run."""
 
     def __init__(self, out_dir: Path, tensorboard: bool = False, name: str = "metrics.jsonl",
-                 resumed_at: int = 0):
+                 resumed_at: int = 0, wandb_project: str | None = None, config: dict | None = None):
         """resumed_at: the step of the checkpoint a resumed run continues from; TensorBoard then hides
-        the events of later steps a stopped run had logged (as metrics.jsonl is cut back to it)."""
+        the events of later steps a stopped run had logged (as metrics.jsonl is cut back to it).
+        wandb_project: also log to Weights & Biases (`start_wandb`), with `config` as the run's config."""
         self.path = out_dir / name
         self.tb = None
+        self.wandb = start_wandb(out_dir, wandb_project, config or {}) if wandb_project else None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -129,12 +131,37 @@ class MetricsLog:
             self.file.flush()
         except OSError as e:  # a full disk: one clear line, and the last checkpoint stays as it was
             raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, record["step"])
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, record["step"])
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=record["step"])
 
     def close(self) -> None:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+WANDB_ID = "grpo-run-id"
+"""In OUTPUT/wandb: the id of the run's Weights & Biases run, so that a resumed run logs into the same one."""
+
+
+def start_wandb(out_dir: Path, project: str, config: dict):
+    """A Weights & Biases run writing its files under OUTPUT/wandb, named after the output directory; the
+    same run again when resuming (its id is kept in OUTPUT/wandb/grpo-run-id). WANDB_MODE and the other
+    WANDB_* variables apply (offline: nothing leaves the machine)."""
+    import secrets
+
+    import wandb
+
+    (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    id_file = out_dir / "wandb" / WANDB_ID
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+    id_file.write_text(run_id)
+    return wandb.init(project=project, name=out_dir.resolve().name, id=run_id, resume="allow", dir=str(out_dir),
+                      config=config, settings=wandb.Settings(console="off", silent=True))

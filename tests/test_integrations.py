@@ -1,0 +1,80 @@
+"""The integrations a user expects: Weights & Biases (offline here: no network), `grpo eval` writing
+beside the model, and the columns a reward function receives."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from grpo.cli import main
+from grpo.config import TrainConfig, load_config
+from grpo.errors import UserError
+
+ONE_STEP = ["train.steps=2", "train.prompts_per_step=2", "grpo.G=2", "sampling.max_new_tokens=4",
+            "data.num_train=4", "data.num_heldout=2", "train.threads=1", "model.tiny_hidden_size=32",
+            "model.tiny_num_layers=1", "train.eval_every=0"]
+
+
+def wandb_records(data: bytes):
+    """The records of a .wandb file: a 7-byte header (":W&B", 0xBEE1, version 0), then LevelDB's log format,
+    32 KiB blocks of chunks (crc32 4 bytes, length 2 bytes little-endian, type 1 byte: 1 whole record,
+    2/3/4 its first/middle/last part); a block's tail shorter than a chunk header is zeros."""
+    assert data[:4] == b":W&B" and data[4:7] == b"\xe1\xbe\x00"
+    pos, parts = 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        parts += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            yield parts
+            parts = b""
+
+
+def test_wandb_offline_gets_every_logged_scalar_under_the_run_directory(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    assert main(["train", "-q", *ONE_STEP, "train.report_to=[wandb]", "train.wandb_project=smoke",
+                 f"train.output_dir={out}"]) == 0
+    runs = sorted((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, sorted(p.name for p in (out / "wandb").iterdir())
+    run_id = (out / "wandb" / "grpo-run-id").read_text()
+    assert runs[0].name.endswith(f"-{run_id}")
+    log = runs[0] / f"run-{run_id}.wandb"
+    assert log.is_file() and log.stat().st_size > 0
+    # the run's records: its config, and each step's scalars as metrics.jsonl has them
+    from wandb.proto import wandb_internal_pb2
+
+    history, config = [], {}
+    for data in wandb_records(log.read_bytes()):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.history.item})
+        elif record.WhichOneof("record_type") == "run":
+            config.update({item.key: json.loads(item.value_json) for item in record.run.config.update})
+        elif record.WhichOneof("record_type") == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+    logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [x for x in history if "reward/mean" in x]
+    assert [x["_step"] for x in steps] == [1, 2]
+    for mine, theirs in zip([x for x in logged if "reward/mean" in x], steps):
+        assert theirs["reward/mean"] == mine["reward/mean"] and theirs["loss"] == mine["loss"]
+    assert config["grpo"]["G"] == 2 and config["train"]["wandb_project"] == "smoke"
+
+
+def test_unknown_or_missing_integrations_are_refused_before_anything_runs(monkeypatch):
+    with pytest.raises(UserError, match=r"train.report_to\[0\]: expected one of 'tensorboard', 'wandb', got 'mlflow'"):
+        load_config(TrainConfig, None, ["train.report_to=[mlflow]"])
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(UserError, match=r"the wandb package is not installed \(pip install 'grpo\[wandb\]'\)"):
+        load_config(TrainConfig, None, ["train.report_to=[wandb]"])
