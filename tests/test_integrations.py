@@ -78,3 +78,16 @@ def test_unknown_or_missing_integrations_are_refused_before_anything_runs(monkey
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(UserError, match=r"the wandb package is not installed \(pip install 'grpo\[wandb\]'\)"):
         load_config(TrainConfig, None, ["train.report_to=[wandb]"])
+
+
+def test_grpo_eval_writes_beside_the_model_by_default(tmp_path, monkeypatch, capsys):
+    from grpo.models.tiny import TinyConfig, build_tiny
+
+    model = build_tiny(tmp_path / "model", TinyConfig(hidden_size=32, num_layers=1))
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--model", str(model), "--n", "2", "--k", "1,2", "--num-prompts", "3",
+                 "--max-new-tokens", "4"]) == 0
+    assert f"wrote {model / 'eval.json'}" in capsys.readouterr().out
+    result = json.loads((model / "eval.json").read_text())
+    assert result["num_prompts"] == 3 and set(result["pass_at_k"]) == {"1", "2"}
+    assert not (tmp_path / "eval.json").exists()

@@ -347,6 +347,8 @@ def _cmd_eval(args) -> None:
     title = (f"{args.model} on {args.data}: {res.num_prompts} prompts, reward {reward}, n={res.n} samples at "
              f"temperature {args.temperature:g}")
     print(format_result(res, title))
+    if args.out is None:  # beside the model, where it is a directory; else here
+        args.out = str(Path(args.model) / "eval.json") if Path(args.model).is_dir() else "eval.json"
     if args.out:
         settings = {k: v for k, v in vars(args).items() if k not in ("fn", "quiet")}
         settings.update(reward=reward, ks=ks)
@@ -371,7 +373,8 @@ def build_eval_parser(subparsers) -> None:
                         "(data.source; default builtin:arithmetic)")
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
     p.add_argument("--k", default="1,2,4,8", help="comma-separated k for pass@k and maj@k (each <= n)")
-    p.add_argument("--out", default="eval.json", help="JSON results ('' to skip)")
+    p.add_argument("--out", default=None,
+                   help="JSON results (default: MODEL_DIR/eval.json, or ./eval.json for 'tiny'; '' to skip)")
     p.add_argument("--reward", default=None,
                    help="accuracy reward that judges correctness (default: arithmetic_accuracy for the built-in "
                         "task, math_accuracy otherwise; any reward reference works)")
