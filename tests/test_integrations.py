@@ -4,6 +4,7 @@ beside the model, and the columns a reward function receives."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -91,3 +92,28 @@ def test_grpo_eval_writes_beside_the_model_by_default(tmp_path, monkeypatch, cap
     result = json.loads((model / "eval.json").read_text())
     assert result["num_prompts"] == 3 and set(result["pass_at_k"]) == {"1", "2"}
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_a_reward_receives_every_column_but_the_prompt_which_arrives_rendered(tmp_path):
+    """docs/rewards.md, word for word: `prompts` rendered by the template; `**columns` every other column,
+    the answer column renamed `answer`."""
+    from grpo.api import train
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"question": f"{i} + 1 =", "solution": str(i + 1), "level": i % 3}) + "\n"
+                            for i in range(4)))
+    seen = []
+
+    def spy(prompts, completions, completion_ids, **columns):
+        seen.append((prompts[0], sorted(columns), columns["answer"], columns["level"]))
+        return [0.0] * len(completions)
+
+    cfg = load_config(TrainConfig, None, [*ONE_STEP, "train.steps=1", f"data.source={data}",
+                                          "data.prompt_column=question", "data.answer_column=solution",
+                                          "data.template=\"Q: {prompt}\\nA:\"", f"train.output_dir={tmp_path / 'run'}"])
+    train(cfg, rewards=[spy], quiet=True)
+    prompt, names, answers, levels = seen[0]
+    assert names == ["answer", "level"]
+    assert re.fullmatch(r"Q: \d \+ 1 =\nA:", prompt)
+    assert answers[0] == answers[1] and int(answers[0]) == int(prompt[3]) + 1  # G=2 completions share a row
+    assert levels[0] == int(prompt[3]) % 3
