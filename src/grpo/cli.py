@@ -2,6 +2,7 @@
 
     grpo demo                                   # SFT warm start, then GRPO, on the built-in task
     grpo train --config configs/gsm8k_style.yaml grpo.beta=0.0 train.steps=200
+    grpo train --overwrite train.steps=20       # a directory holding a run is refused without --overwrite
     grpo sft   sft.max_steps=500
     grpo eval  --model runs/demo/grpo/final --n 8 --k 1,2,4,8
     grpo plan  --params 7B --layers 32 --hidden 4096 --vocab 32000 --precision bf16 --gpu-gib 80
