@@ -202,8 +202,9 @@ def setup_run(cfg: TrainConfig, resume_from: Path | None, staging: Path, reward_
     episodic = Episodic(cfg, tokenizer) if cfg.rollout.multi_turn else None
     task = load_task(cfg.data, tokenizer, cfg.train.seed, tools=episodic and [t.schema for t in episodic.tools])
     given = reward_fns or {}
-    specs = [RewardSpec(e.fn, functools.partial(given[e.fn], **e.options), e.weight, in_pool=False) if e.fn in given
-             else reward_spec(e.fn, e.weight, options=e.options) for e in cfg.rewards.functions]
+    specs = [RewardSpec(e.fn, functools.partial(given[e.fn], **e.options) if e.options else given[e.fn], e.weight,
+                        in_pool=False) if e.fn in given else reward_spec(e.fn, e.weight, options=e.options)
+             for e in cfg.rewards.functions]
     rm_trainer = None
     if cfg.rewards.model is not None:  # a learned reward model, on the policy's device
         c = cfg.rewards.model
