@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"grpo: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `grpo config | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except KeyboardInterrupt as e:  # a TrainingInterrupted says at which step and where the checkpoint is
         print(f"grpo: {str(e) or 'interrupted'}", file=sys.stderr)
         return 128 + getattr(e, "signum", 2)  # the shell's convention: 130 = SIGINT (2), 143 = SIGTERM (15)
