@@ -28,14 +28,14 @@ def digit_share(prompts, completions, completion_ids, **columns):
 """
 
 
-def _run(tmp_path, extra=()):
+def _run(tmp_path, extra=(), overwrite=False):
     reward_file = tmp_path / "my_rewards.py"
     reward_file.write_text(DIGITS_REWARD)
     rewards = (f"rewards.functions=[{{fn: arithmetic_accuracy}}, {{fn: arithmetic_format, weight: 0.1}}, "
                f"{{fn: '{reward_file}:digit_share', weight: 0.5}}]")
     cfg = load_config(TrainConfig, None, SMALL + [f"train.output_dir={tmp_path / 'run'}", rewards, *extra])
     cfg.optim.lr, cfg.optim.warmup_steps = 1e-2, 0  # parameters must move visibly in 3 steps
-    return cfg, train(cfg, progress=False)
+    return cfg, train(cfg, progress=False, overwrite=overwrite)
 
 
 @pytest.mark.slow
@@ -96,7 +96,7 @@ def test_beta_zero_loads_no_reference(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "Reference", lambda m: made.append(m) or real(m))
     _run(tmp_path, ["grpo.beta=0.0", "train.steps=1"])
     assert made == []
-    _run(tmp_path, ["grpo.beta=0.1", "train.steps=1"])
+    _run(tmp_path, ["grpo.beta=0.1", "train.steps=1"], overwrite=True)  # the same directory again
     assert len(made) == 1
 
 
