@@ -2,6 +2,9 @@
 
     python scripts/make_word_problems.py            # 3000 train, 400 test (the files in data/)
 
+word_problems_train_answers.jsonl holds the same training problems with answers only (`#### N`, no
+worked solution): the setting where RL with a checker has what SFT lacks (docs/real-model.md).
+
 Each row: {"prompt": [{"role": "user", "content": QUESTION + INSTRUCTION}], "answer": "...#### N"}, the
 answer a worked solution in GSM8K's style (calculator annotations <<a+b=c>>, then `#### N`), so
 `math_accuracy` with `gold_style: gsm8k` reads it as GSM8K's own answers are read. Problems take one
@@ -89,11 +92,14 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", args.train), ("test", args.test)):
-        path = out / f"word_problems_{split}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in make_rows(n, split, args.seed)), encoding="utf-8")
-        print(f"wrote {path} ({n} problems)")
-
+    splits = {"train": make_rows(args.train, "train", args.seed), "test": make_rows(args.test, "test", args.seed),
+              # the same training problems with answers only (`#### N`), no worked solutions
+              "train_answers": None}
+    splits["train_answers"] = [{**r, "answer": r["answer"].rsplit("\n", 1)[-1]} for r in splits["train"]]
+    for name, rows in splits.items():
+        path = out / f"word_problems_{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        print(f"wrote {path} ({len(rows)} problems)")
 
 if __name__ == "__main__":
     main()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from grpo.cli import main
@@ -222,6 +223,12 @@ def test_the_smollm2_demo_configs_run_sft_then_grpo(tmp_path, capsys, monkeypatc
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["sft_steps"] == summary["grpo_steps"] == 1 and summary["heldout_size"] == 2
     assert 0.0 <= summary["grpo_accuracy"] <= 1.0 and summary["grpo_accuracy_before"] == summary["sft_accuracy"]
+    # the compute-matched baseline: SFT continued from the SFT model for GRPO's measured training time
+    grpo_seconds = sum(json.loads(x).get("time/step", 0) for x in (tmp_path / "grpo" / "metrics.jsonl").open())
+    more = yaml.safe_load((tmp_path / "sft_more" / "config.yaml").read_text())
+    assert more["sft"]["max_seconds"] == pytest.approx(grpo_seconds, abs=1e-3) == summary["grpo_train_seconds"]
+    assert more["model"]["path"] == str(tmp_path / "sft" / "final") and 0.0 <= summary["sft_more_accuracy"] <= 1.0
+    assert "compute-matched baseline" in capsys.readouterr().out
     sft_config = json.loads((tmp_path / "sft" / "final" / "config.json").read_text())
     assert sft_config["num_hidden_layers"] == 2 and not (tmp_path / "sft" / "final" / "adapter_config.json").exists()
     assert (tmp_path / "grpo" / "final" / "adapter" / "adapter_model.safetensors").exists()
@@ -282,3 +289,64 @@ def test_lean_decoder_on_smollm2_equals_the_generic_path_and_a_full_forward(smol
         assert (r.logp[mask] - full[mask]).abs().max() < 1e-4
     finally:
         lora.unload()  # the module-scoped model without adapters again
+
+
+SPY = '''
+import json, os
+
+def seen(prompts, completions, completion_ids=None, **columns):
+    """Scores nothing; records every prompt it is shown (SPY_LOG)."""
+    with open(os.environ["SPY_LOG"], "a") as f:
+        f.writelines(json.dumps(p) + "\\n" for p in prompts)
+    return [0.0] * len(completions)
+'''
+
+
+@needs_smollm2
+@pytest.mark.slow
+def test_reproduce_compares_grpo_with_more_sft_at_its_training_time(tmp_path, capsys, monkeypatch, smollm2_two_layers):
+    """configs/smollm2_answers_only.yaml shrunk on the first 2 layers of SmolLM2: sft_best (on 2 worked
+    demonstrations), GRPO from it on answers-only problems, and sft_more on the bare answers, given exactly the
+    GRPO stage's measured training time, continuing on rows sft_best did not reach. No training
+    job reads the test split (a spy reward in SFT's checkpoint choice and in GRPO's rewards sees only training
+    and validation prompts); every model is scored strictly and leniently on the same test problems."""
+    monkeypatch.chdir(ROOT)
+    spy, log = tmp_path / "spy.py", tmp_path / "seen.jsonl"
+    spy.write_text(SPY)
+    monkeypatch.setenv("SPY_LOG", str(log))
+    out = tmp_path / "out"
+    assert main(["reproduce", "-q", "--config", "configs/smollm2_answers_only.yaml", "--methods", "grpo,sft_more",
+                 "--n", "2", "--k", "1,2", "--sample-prompts", "2", f"output_dir={out}",
+                 f"sft.model.path={smollm2_two_layers}", "sft.sft.max_steps=2", "sft.sft.batch_size=2",
+                 "sft.sft.train_rows=2",
+                 "sft.sft.eval_every=1", f"sft.sft.eval_reward={spy}:seen", "sft.data.num_validation=2",
+                 "sft.data.num_heldout=3", "sft.sampling.max_new_tokens=4", "rl.data.num_validation=2",
+                 "rl.data.num_heldout=3", "rl.train.steps=2", "rl.train.prompts_per_step=1", "rl.grpo.G=2",
+                 "rl.train.micro_batch_size=2", "rl.sampling.max_new_tokens=4",
+                 "rl.rewards.functions=[{fn: math_accuracy, options: {gold_style: gsm8k}}, "
+                 f"{{fn: '{spy}:seen'}}, {{fn: 'tests/fixtures/varied_reward.py:letter_share'}}]"]) == 0, \
+        capsys.readouterr().err
+    seed = out / "seed0"
+    grpo_steps = [json.loads(x) for x in (seed / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    budget = sum(x["time/step"] for x in grpo_steps if "time/step" in x)
+    more = yaml.safe_load((seed / "sft_more" / "config.yaml").read_text())
+    best = [json.loads(x) for x in (seed / "sft" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert more["sft"]["max_seconds"] == pytest.approx(budget, abs=1e-3)  # the GRPO stage's measured time
+    assert more["sft"]["start_row"] == best["rows_seen"] == 4 and more["model"]["path"] == str(seed / "sft" / "final")
+    assert more["data"]["source"] == "data/word_problems_train_answers.jsonl" and more["sft"]["train_rows"] is None
+    last = [json.loads(x) for x in (seed / "sft_more" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["train_seconds"] >= budget or last["step"] == more["sft"]["max_steps"]
+    for job in ("sft", "grpo", "sft_more"):  # no training job could read the test split
+        assert yaml.safe_load((seed / job / "config.yaml").read_text())["data"]["num_heldout"] == 0
+    test = [r["prompt"][0]["content"] for r in map(json.loads, Path("data/word_problems_test.jsonl").open())][:3]
+    seen = [json.loads(x) for x in log.read_text().splitlines()]
+    assert len(seen) > 4 and not any(q in p for p in seen for q in test)
+    per_seed = json.loads((out / "results.json").read_text())["per_seed"]["0"]
+    assert list(per_seed) == ["sft", "grpo", "sft_more"]
+    for row in per_seed.values():
+        assert row["num_prompts"] == 3 and row["num_sampled_prompts"] == 2
+        assert {"strict_accuracy", "lenient_accuracy"} <= set(row) and row["train_seconds"] > 0
+    assert per_seed["grpo"]["train_seconds"] == pytest.approx(budget)
+    text = (out / "results.md").read_text()
+    assert "| GRPO beats more SFT at equal compute (GRPO − sft_more) |" in text
+    assert "| GRPO beats more SFT at equal compute (GRPO − sft_more), strict |" in text

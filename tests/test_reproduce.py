@@ -21,7 +21,7 @@ TINY = ["sft.sft.max_steps=4", "sft.sft.eval_every=2", "sft.sft.batch_size=8", "
 def test_every_method_is_a_valid_training_config_that_selects_it():
     """The overrides each method adds to the shared RL config (the end-to-end test below trains three)."""
     cfg = {m: load_config(TrainConfig, None, overrides) for m, overrides in METHODS.items()}
-    assert [cfg[m].algorithm for m in METHODS] == ["grpo", "grpo", "ppo", "rft", "grpo"]
+    assert [cfg[m].algorithm for m in METHODS] == ["grpo", "grpo", "ppo", "rft", "grpo", "grpo"]
     assert cfg["grpo_process"].grpo.advantage == "process" and cfg["grpo_process"].rewards.step_fn == "arithmetic_steps"
     assert cfg["iterative"].train.iterations == 2 and cfg["grpo"].train.iterations == 1
 
@@ -54,7 +54,7 @@ def test_reproduce_trains_methods_over_seeds_and_writes_results_with_plots(tmp_p
         assert f"seed: {i}" in (run / "sft" / "config.yaml").read_text()
         assert "threads: 1" in (run / "sft" / "config.yaml").read_text()  # 2 jobs on 2 cores
         # `python -m grpo sft` and `train` ran as processes and said what they did
-        assert "best held-out accuracy" in (run / "sft.log").read_text()
+        assert "best validation accuracy" in (run / "sft.log").read_text()
         assert "held-out accuracy" in (run / "grpo.log").read_text() and (run / "grpo" / "final" / "model.safetensors").is_file()
     # each seed trained its own SFT model on its own data order
     assert (out / "seed0" / "sft" / "metrics.jsonl").read_text() != (out / "seed1" / "sft" / "metrics.jsonl").read_text()

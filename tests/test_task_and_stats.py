@@ -78,30 +78,91 @@ def test_load_task_builds_validation_and_refuses_it_where_there_is_none(tmp_path
         load_task(DataConfig(num_train=30000), tok, 0)  # more problems than the 3-step task has
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"prompt": "1+1?", "answer": "2"}) + "\n")
-    with pytest.raises(UserError, match="no validation split"):
+    with pytest.raises(UserError, match="num_validation=5: .* has only 1 rows"):
         load_task(DataConfig(source=str(data), num_validation=5), tok, 0)
     val = tmp_path / "v.jsonl"
     val.write_text("".join(json.dumps({"prompt": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(4)))
     assert len(load_task(DataConfig(source=str(data), validation_source=str(val)), tok, 0).validation) == 4
 
 
-def test_sft_chooses_on_validation_and_reports_the_test_figure_of_that_choice(tmp_path):
-    from grpo.train.sft import sft
+def test_sft_chooses_on_validation_and_never_reads_the_test_split(tmp_path, monkeypatch):
+    import grpo.train.sft as sft_module
 
+    read = []
+    real = sft_module.evaluate_accuracy
+    monkeypatch.setattr(sft_module, "evaluate_accuracy",
+                        lambda engine, tok, rows, *a, **k: read.append(rows) or real(engine, tok, rows, *a, **k))
     cfg = load_config(SFTConfig, None, [
         "sft.max_steps=6", "sft.eval_every=2", "sft.batch_size=8", "sft.patience=0", "data.num_train=64",
         "data.num_heldout=6", "data.num_validation=5", "sampling.max_new_tokens=8", "model.tiny_hidden_size=32",
         "model.tiny_num_layers=1", "optim.schedule=cosine", "optim.warmup_steps=0", f"sft.output_dir={tmp_path / 'sft'}"])
-    res = sft(cfg, progress=False)
+    res = sft_module.sft(cfg, progress=False)
     evals = [h for h in res.history if "eval/accuracy" in h]
     assert [h["step"] for h in evals] == [2, 4, 6] and res.steps == 6  # patience 0: no early stop
-    assert all("eval/test_accuracy" in h for h in evals)
+    validation = load_task(cfg.data, build_tokenizer(), 0).validation
+    assert len(read) == 3 and all(rows == validation for rows in read)  # the test split is never read
+    assert res.chose_on_validation and not any("eval/test_accuracy" in h for h in res.history)
     best = max(evals, key=lambda h: (h["eval/accuracy"], -h["step"]))  # the first best on validation
     assert res.best_step == best["step"] and res.best_accuracy == best["eval/accuracy"]
-    assert res.test_accuracy == best["eval/test_accuracy"]
     last = json.loads((tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert last["eval/best_test_accuracy"] == res.test_accuracy
+    assert last["rows_seen"] == res.rows_seen == 6 * 8 and last["chose_on_validation"] is True
+    assert 0 < res.train_seconds == last["train_seconds"] < res.seconds
     assert res.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine to zero at max_steps
+
+
+def test_sft_stops_when_its_time_is_spent_and_evaluates_there(tmp_path):
+    from grpo.train.sft import sft
+
+    cfg = load_config(SFTConfig, None, [
+        "sft.max_steps=50", "sft.eval_every=20", "sft.batch_size=4", "sft.patience=0", "data.num_train=32",
+        "data.num_heldout=4", "sampling.max_new_tokens=4", "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
+        "sft.max_seconds=1e-6", f"sft.output_dir={tmp_path / 'sft'}"])
+    res = sft(cfg, progress=False)
+    assert res.steps == 1 and res.best_step == 1 and res.history[0]["eval/accuracy"] == res.best_accuracy
+    assert res.train_seconds >= 1e-6 and res.rows_seen == 4
+
+
+def test_sft_on_a_few_demonstrations_repeats_them(tmp_path, monkeypatch):
+    import grpo.train.sft as sft_module
+
+    trained = []
+    real = sft_module.encode_pairs
+    monkeypatch.setattr(sft_module, "encode_pairs", lambda tok, prompts, targets: trained.append(prompts)
+                        or real(tok, prompts, targets))
+    overrides = ["sft.max_steps=6", "sft.eval_every=6", "sft.batch_size=4", "sft.patience=0", "data.num_train=64",
+                 "data.num_heldout=2", "sampling.max_new_tokens=2", "model.tiny_hidden_size=32",
+                 "model.tiny_num_layers=1", "sft.train_rows=8", f"sft.output_dir={tmp_path / 'a'}"]
+    sft_module.sft(load_config(SFTConfig, None, overrides), progress=False)
+    rows = [p for batch in trained for p in batch]
+    assert len(rows) == 24 and len(set(rows)) == 8  # 6 steps x 4 over the same 8 demonstrations
+    with pytest.raises(UserError, match="sft.train_rows=2 is fewer than one batch"):
+        load_config(SFTConfig, None, ["sft.train_rows=2", "sft.batch_size=4"])
+
+
+def test_sft_batch_order_continues_where_a_run_stopped():
+    import random
+
+    from grpo.train.sft import batch_order
+
+    stream = batch_order(10, 3, random.Random(7))
+    first = [next(stream) for _ in range(7)]  # 3 whole batches an epoch; the 10th row waits for the next
+    assert all(len(b) == 3 for b in first) and len({i for b in first[:3] for i in b}) == 9
+    later = batch_order(10, 3, random.Random(7))
+    for _ in range(4):  # sft.start_row=12 with batch_size 3: 4 batches skipped
+        next(later)
+    assert [next(later) for _ in range(3)] == first[4:]
+
+
+def test_validation_rows_set_aside_from_a_training_file(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(20)))
+    tok = build_tokenizer()
+    task = load_task(DataConfig(source=str(data), num_validation=5), tok, 0)
+    again = load_task(DataConfig(source=str(data), num_validation=5), tok, 3)  # another seed: the same rows
+    assert len(task.train) == 15 and len(task.validation) == 5 and task.validation == again.validation
+    assert not {r["answer"] for r in task.train} & {r["answer"] for r in task.validation}
+    with pytest.raises(UserError, match="num_validation=20: .* has only 20 rows"):
+        load_task(DataConfig(source=str(data), num_validation=20), tok, 0)
 
 
 def test_mean_spread_and_intervals_by_hand():

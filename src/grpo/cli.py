@@ -70,7 +70,8 @@ def _cmd_sft(args) -> None:
 
     cfg = load_config(SFTConfig, args.config, args.overrides)
     res = sft(cfg, progress=not args.quiet, overwrite=args.overwrite)
-    print(f"best held-out accuracy {100 * res.best_accuracy:.1f}% at step {res.best_step} "
+    split = "validation" if res.chose_on_validation else "held-out"
+    print(f"best {split} accuracy {100 * res.best_accuracy:.1f}% at step {res.best_step} "
           f"(stopped at {res.steps}, {res.seconds:.0f} s); model: {res.model_dir}")
 
 
@@ -85,7 +86,8 @@ def _cmd_reproduce(args) -> None:
     from grpo.reproduce import run_reproduce
 
     run_reproduce(args.config, args.overrides, n=args.n, ks=parse_ks(args.k), docs_dir=args.docs, methods=args.methods.split(","),
-                  progress=not args.quiet, sft_dir=args.sft, seeds=args.seeds, jobs=args.jobs, reuse=args.reuse)
+                  progress=not args.quiet, sft_dir=args.sft, seeds=args.seeds, jobs=args.jobs, reuse=args.reuse,
+                  sample_prompts=args.sample_prompts)
 
 
 def _cmd_plot(args) -> None:
@@ -158,14 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     build_eval_parser(sub)
     build_plan_parser(sub)
-    sp = sub.add_parser("reproduce", help="SFT, then GRPO, PPO, RFT, iterative GRPO at equal budget, over seeds -> results.md")
+    sp = sub.add_parser("reproduce", help="SFT, then GRPO (vs more SFT at equal compute), PPO, RFT, iterative GRPO, "
+                                          "over seeds -> results.md")
     add_config_arguments(sp, "YAML config (as `grpo demo`'s: output_dir, sft, rl)",
                          "section.key=value overrides, e.g. rl.train.steps=30 (every key: grpo config demo)")
     sp.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     sp.add_argument("--n", type=int, default=16, help="samples per held-out problem for pass@k / maj@k")
     sp.add_argument("--k", default="1,2,4,8,16", help="comma-separated k")
     sp.add_argument("--methods", default="grpo,grpo_process,ppo,rft,iterative",
-                    help="comma-separated RL methods to train from the SFT model")
+                    help="comma-separated methods: grpo, grpo_process, ppo, rft, iterative (from the SFT model), "
+                         "grpo_base (GRPO from the base model), sft_more (SFT continued for GRPO's training time)")
+    sp.add_argument("--sample-prompts", type=int, default=None,
+                    help="sample n completions on the first this many test problems only (greedy: all of them)")
     sp.add_argument("--seeds", type=int, default=1, help="train and evaluate everything with this many seeds")
     sp.add_argument("--jobs", type=int, default=1, help="training processes at a time (each gets cores / jobs threads)")
     sp.add_argument("--docs", default=None, help="also copy results.md and its plots into this directory (e.g. docs)")

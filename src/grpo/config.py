@@ -89,8 +89,9 @@ class DataConfig:
     num_validation: int = 0
     """Problems for choosing SFT's best checkpoint, disjoint from train and held-out, so that the held-out
     (test) figure is not the one the choice was made on. builtin:arithmetic sets aside 10% of its problems
-    for it when this is > 0; files: the first this many rows of `validation_source` (0: all of them).
-    With none, SFT chooses on the held-out split."""
+    for it when this is > 0; files: the first this many rows of `validation_source` (0: all of them) or,
+    without one, this many rows of `source` set aside (a fixed choice, the same for every seed) and never
+    trained on. With none, SFT chooses on the held-out split."""
     validation_source: str | None = None
     """Validation dataset for files (same format as `source`)."""
     task_steps: int = 3
@@ -447,10 +448,21 @@ class SFTLoopConfig:
     Micro-batches group pairs of similar length and keep only the columns they use (as `train`'s)."""
     micro_batch_tokens: int | None = None
     """Also cap a forward/backward at this many padded tokens (null: no cap), as train.micro_batch_tokens."""
+    max_seconds: float | None = None
+    """Also stop once the training steps (batches, forward, backward, optimizer; evaluations excluded) have
+    taken this many seconds in all (null: no time limit). `grpo reproduce`'s `sft_more` gets the GRPO
+    stage's measured time here."""
+    train_rows: int | None = None
+    """Train on only this many rows of the training data (a fixed choice per seed), epoch after epoch: a
+    few demonstrations, e.g. 16 worked answers that teach a format before RL (null: all rows)."""
+    start_row: int = 0
+    """Skip this many rows (start_row // batch_size batches) of the seed's shuffled training order first:
+    SFT continued from an earlier run with the same seed and batch size then sees rows that run did not
+    (while the data has unseen rows)."""
     eval_every: int = 50
-    """Greedy accuracy every this many steps, on the validation split when data has one (the choice of the
-    best checkpoint is made there; the held-out figure is logged beside it as eval/test_accuracy), else on
-    the held-out split."""
+    """Greedy accuracy every this many steps (and at the last step), on the validation split when data has
+    one (the best checkpoint is chosen there and the held-out split is never read), else on the held-out
+    split."""
     patience: int = 4
     """Stop after this many evaluations without a new best; the best checkpoint is kept (0: run all
     max_steps, e.g. with a decaying optim.schedule)."""
@@ -482,7 +494,12 @@ class SFTConfig:
 
     def validate(self) -> None:
         _positive(self, ["sft.max_steps", "sft.batch_size", "sft.eval_every", *_TASK_SIZES])
-        _not_negative(self, ["sft.patience", "data.num_validation", "data.num_heldout"])
+        _not_negative(self, ["sft.patience", "sft.start_row", "data.num_validation", "data.num_heldout"])
+        if self.sft.train_rows is not None and self.sft.train_rows < self.sft.batch_size:
+            raise UserError(f"sft.train_rows={self.sft.train_rows} is fewer than one batch "
+                            f"(sft.batch_size={self.sft.batch_size})")
+        if self.sft.max_seconds is not None and not self.sft.max_seconds > 0:
+            raise UserError(f"sft.max_seconds must be > 0 (or null), got {self.sft.max_seconds}")
         for name in ("micro_batch_size", "micro_batch_tokens"):
             value = getattr(self.sft, name)
             if value is not None and (isinstance(value, bool) or value <= 0):
@@ -496,6 +513,13 @@ class DemoConfig:
 
     output_dir: str = "runs/demo"
     """The SFT run goes to OUTPUT_DIR/sft, the GRPO run to OUTPUT_DIR/grpo, the summary beside them."""
+    sft_more: bool = False
+    """`grpo demo`: after GRPO, also continue SFT from the SFT model for as long as GRPO's training steps took
+    (OUTPUT_DIR/sft_more) and print both models' held-out accuracy: the compute-matched baseline GRPO has to
+    beat. `grpo reproduce` ignores it (its `--methods sft_more` does this over seeds)."""
+    sft_more_data: str | None = None
+    """Training data of `sft_more` (here and in `grpo reproduce --methods sft_more`) instead of
+    sft.data.source: the same problems in another form, e.g. answers only (null: sft.data.source)."""
     sft: SFTConfig = field(default_factory=SFTConfig)
     rl: TrainConfig = field(default_factory=TrainConfig)
 

@@ -66,6 +66,11 @@ class EvalResult:
     majority_answers: list[str | None] = field(default_factory=list)
     """Per prompt: the majority answer of all n samples, as its class's first-seen normalised answer
     (None: no sample gave an answer)."""
+    greedy_by_checker: dict[str, float] = field(default_factory=dict)
+    """Greedy accuracy under each extra checker (`greedy_checkers`), e.g. strict (the answer where the
+    format puts it) and lenient (the last number anywhere), on the same greedy completions."""
+    num_sampled_prompts: int = 0
+    """Prompts that were sampled n times (the first this many; pass@k, maj@k and sampled accuracy)."""
 
 
 def normalize_answer(answer: str | None) -> str | None:
@@ -161,8 +166,11 @@ def _score(checker, rows: list[dict], texts: list[str], completion_ids: list[lis
 def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Callable[[str], str | None],
                     n: int = 8, ks: Sequence[int] = (1, 2, 4, 8), temperature: float = 1.0, top_p: float = 1.0,
                     max_new_tokens: int = 32, seed: int = 0, batch_size: int = 256, engine=None,
-                    equivalent: Callable[[str, str], bool] | None = None) -> EvalResult:
-    """`evaluate` on a loaded model (rows carry a rendered `prompt` and the checker's columns)."""
+                    equivalent: Callable[[str, str], bool] | None = None, sample_prompts: int | None = None,
+                    greedy_checkers: dict | None = None) -> EvalResult:
+    """`evaluate` on a loaded model (rows carry a rendered `prompt` and the checker's columns).
+    Greedy accuracy is measured on every row; the n samples on the first `sample_prompts` rows (None: all).
+    `greedy_checkers` (name -> reward function) score the same greedy completions again."""
     import torch
 
     from grpo.data.templates import encode_prompts
@@ -183,7 +191,15 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
     torch.manual_seed(seed)
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
     gen = torch.Generator(device=device).manual_seed(seed)
-    greedy, _ = evaluate_accuracy(engine, tokenizer, rows, checker, max_new_tokens, batch_size=batch_size)
+    extra = {name: [] for name in greedy_checkers or {}}
+
+    def checking(**inputs):  # the main checker's verdicts, and each extra checker's on the same completions
+        for name, fn in (greedy_checkers or {}).items():
+            extra[name] += [v is not None and float(v) >= 1.0 for v in fn(**inputs)]
+        return checker(**inputs)
+
+    greedy, _ = evaluate_accuracy(engine, tokenizer, rows, checking, max_new_tokens, batch_size=batch_size)
+    num_prompts, rows = len(rows), rows[:sample_prompts] if sample_prompts else rows
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, G=n)
     per_call = max(1, batch_size // n)  # prompts per generate call: about batch_size completions
@@ -207,15 +223,17 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
         greedy_accuracy=greedy,
         pass_at_k={k: sum(pass_at_k(n, c, k) for c in counts) / len(counts) for k in ks},
         maj_at_k={k: sum(maj_at_k(v, c, k, rng) for v, c in zip(votes, correct)) / len(correct) for k in ks},
-        sample_accuracy=sum(counts) / (n * len(counts)), n=n, num_prompts=len(rows), correct_counts=counts,
+        sample_accuracy=sum(counts) / (n * len(counts)), n=n, num_prompts=num_prompts, correct_counts=counts,
         majority_answers=[None if w is None else a[v.index(w)] for a, v, w in zip(answers, votes, winners)],
+        greedy_by_checker={name: sum(v) / len(v) for name, v in extra.items()}, num_sampled_prompts=len(rows),
     )
 
 
 def evaluate(model_path: str | Path, rows: list[dict], checker, answer_fn: Callable[[str], str | None], n: int = 8,
              ks: Sequence[int] = (1, 2, 4, 8), temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
              batch_size: int = 256, device: str = "auto", top_p: float = 1.0,
-             equivalent: Callable[[str, str], bool] | None = None) -> EvalResult:
+             equivalent: Callable[[str, str], bool] | None = None, sample_prompts: int | None = None,
+             greedy_checkers: dict | None = None) -> EvalResult:
     """Greedy accuracy, pass@k and maj@k of the model at `model_path` ('tiny' or a local HF directory).
 
     `rows` are dicts with a rendered `prompt` plus the columns the checker reads (e.g. `answer`);
@@ -230,7 +248,7 @@ def evaluate(model_path: str | Path, rows: list[dict], checker, answer_fn: Calla
         model, tokenizer = load_policy(ModelConfig(path=str(model_path), device=device), Path(tiny_dir))
     return evaluate_policy(model.eval(), tokenizer, rows, checker, answer_fn, n=n, ks=ks, temperature=temperature,
                            top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
-                           equivalent=equivalent)
+                           equivalent=equivalent, sample_prompts=sample_prompts, greedy_checkers=greedy_checkers)
 
 
 def format_result(res: EvalResult, title: str = "") -> str:
@@ -242,7 +260,7 @@ def format_result(res: EvalResult, title: str = "") -> str:
     lines = [title] if title else []
     lines += [f"greedy accuracy        {pct(res.greedy_accuracy):>7}",
               f"sampled accuracy       {pct(res.sample_accuracy):>7}   (mean over {res.n} samples x "
-              f"{res.num_prompts} prompts)", ""]
+              f"{res.num_sampled_prompts or res.num_prompts} prompts)", ""]
     for name, row in zip(["", "pass@k", "maj@k"], cells):
         lines.append(f"{name:<8}" + "  ".join(f"{c:>{w}}" for c in row))
     return "\n".join(lines)

@@ -78,26 +78,36 @@ def _band(ax, xs: list, series: list[list[float]], label: str, fmt: str = "-") -
 
 
 def plot_reproduce(out: Path, runs: dict, sfts: dict, evals: dict, seeds: list[int], methods, ks,
-                   labels: dict[str, str]) -> list[str]:
-    """`grpo reproduce`'s figures in `out` (training reward and held-out accuracy per method, maj@k and
-    pass@k, the SFT warm start), each mean ± sd over the seeds; returns their file names."""
+                   labels: dict[str, str], models=None) -> list[str]:
+    """`grpo reproduce`'s figures in `out` (training reward per RL method and every model's test accuracy,
+    maj@k and pass@k, the SFT warm start's validation curve), each mean ± sd over the seeds; returns their
+    file names. models: the evaluated models' names (default: sft and the methods)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    models = list(models or ("sft", *methods))
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for m in methods:
         histories = [[h for h in runs[(i, m)]["history"] if "reward/mean" in h] for i in seeds]
         _band(a1, [h["step"] for h in histories[0]], [[h["reward/mean"] for h in hs] for hs in histories], labels[m])
-        accs = [eval_curve(runs[(i, m)]["history"]) for i in seeds]
-        _band(a2, [s for s, _ in accs[0]], [[100 * a for _, a in e] for e in accs], labels[m], "o-")
     a1.set(xlabel="step", ylabel="reward", title="training reward (mean ± sd over seeds)")
-    a2.set(xlabel="step", ylabel="accuracy (%)", title="held-out greedy accuracy", ylim=(0, 100))
+    kinds = [("greedy", lambda e: e.greedy_accuracy)] + [
+        (k, lambda e, k=k: e.greedy_by_checker[k]) for k in ("strict", "lenient")
+        if k in evals[(seeds[0], models[0])].greedy_by_checker]
+    width = 0.8 / len(kinds)
+    for j, (kind, get) in enumerate(kinds):
+        stats = [mean_std([100 * get(evals[(i, name)]) for i in seeds]) for name in models]
+        a2.bar([x + j * width for x in range(len(models))], [m for m, _ in stats], width,
+               yerr=[s for _, s in stats], capsize=3, label=kind)
+    a2.set_xticks([x + width * (len(kinds) - 1) / 2 for x in range(len(models))],
+                  [labels[name] for name in models], rotation=20, ha="right", fontsize=7)
+    a2.set(ylabel="accuracy (%)", title="test greedy accuracy (mean ± sd over seeds)", ylim=(0, 100))
     _finish(fig, (a1, a2), out / "curves.png")
 
     fig, (b1, b2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name in ("sft", *methods):
+    for name in models:
         for ax, key in ((b1, "maj_at_k"), (b2, "pass_at_k")):
             stats = [mean_std([100 * getattr(evals[(i, name)], key)[k] for i in seeds]) for k in ks]
             ax.errorbar(list(ks), [m for m, _ in stats], yerr=[s for _, s in stats], fmt="o-", capsize=3,
@@ -109,10 +119,10 @@ def plot_reproduce(out: Path, runs: dict, sfts: dict, evals: dict, seeds: list[i
     _finish(fig, (b1, b2), out / "maj_pass_at_k.png")
 
     fig, c1 = plt.subplots(1, 1, figsize=(6, 3.6))
-    for key, label in (("eval/accuracy", "validation (chooses the checkpoint)"), ("eval/test_accuracy", "test")):
-        curves = [[(h["step"], h[key]) for h in sfts[i].history if key in h] for i in seeds]
-        if curves[0]:
-            _band(c1, [s for s, _ in curves[0]], [[100 * a for _, a in c] for c in curves], label, "o-")
+    curves = [[(h["step"], h["eval/accuracy"]) for h in sfts[i].history if "eval/accuracy" in h] for i in seeds]
+    if curves[0]:
+        _band(c1, [s for s, _ in curves[0]], [[100 * a for _, a in c] for c in curves],
+              "validation (chooses the checkpoint)", "o-")
     for i in seeds:
         c1.axvline(sfts[i].best_step, color="grey", alpha=0.4, lw=1)
     c1.set(xlabel="step", ylabel="greedy accuracy (%)", title="SFT warm start (grey: chosen checkpoints)",

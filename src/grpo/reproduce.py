@@ -7,11 +7,22 @@ rejection-sampling fine-tuning (§5.2.1), that iterative GRPO adds to a single r
 maj@K more than pass@K (§5.2.2). On the built-in task and the tiny model this command, for each of
 `--seeds` seeds:
 
-1. trains the SFT warm start (its checkpoint chosen on a validation split when the data has one);
+1. trains `sft_best`, the SFT warm start: a fixed horizon (a decaying schedule), its checkpoint chosen
+   on a validation split;
 2. trains each method (GRPO with outcome supervision, GRPO with process supervision, PPO, online RFT,
    iterative GRPO) from that seed's SFT model with the same sampling budget, each in its own process
-   so that each one's peak memory is its own (`--jobs` of them at a time);
-3. evaluates every model on one fixed test split (greedy accuracy, pass@k, maj@k);
+   so that each one's peak memory is its own (`--jobs` of them at a time); `grpo_base` is GRPO from the
+   model SFT started from;
+3. `sft_more` (with `grpo`): SFT continued from `sft_best` for as long as the GRPO stage's training steps
+   took (the sum of its `time/step`; evaluation and loading not counted), on the training rows
+   `sft_best` did not reach, with its own warm-up and decay, its checkpoint chosen on validation: the
+   baseline GRPO must beat at equal compute;
+4. evaluates every model on one fixed test split, its prompts rendered with that model's own tokenizer
+   (greedy accuracy on every test problem, also strict and lenient for math answers; pass@k and maj@k on
+   the first `--sample-prompts` of them).
+
+No training job reads the test split: each runs with `data.num_heldout=0`, and checkpoints are chosen
+on the validation split (`sft.data.num_validation` is required).
 
 then writes `results.md` with each figure's mean and spread over the seeds, a verdict per claim from
 the paired per-seed differences (`grpo.stats`), and PNG plots with error bars. `--reuse` keeps every
@@ -35,6 +46,7 @@ from grpo.config import DemoConfig, SFTConfig, TrainConfig, load_config, save_co
 from grpo.errors import UserError
 from grpo.plotting import plot_reproduce
 from grpo.stats import binomial_ci, mean_ci, mean_std, verdict
+from grpo.train.sft import continuation_overrides
 
 METHODS = {
     "grpo": ["algorithm=grpo"],
@@ -42,15 +54,26 @@ METHODS = {
     "ppo": ["algorithm=ppo"],
     "rft": ["algorithm=rft"],
     "iterative": ["algorithm=grpo", "train.iterations=2"],
+    "grpo_base": ["algorithm=grpo"],
 }
-"""Method name -> the overrides of the shared RL config that select it."""
+"""Method name -> the overrides of the shared RL config that select it (`grpo_base` starts from the model
+SFT started from, every other one from its seed's SFT model)."""
+SFT_MORE = "sft_more"
+"""SFT continued from `sft_best` for the GRPO stage's training time (needs `grpo` among the methods)."""
+NO_TEST = ["data.num_heldout=0"]
+"""Added to every training job: the test split is never read during training or checkpoint selection."""
 
-LABELS = {"sft": "SFT", "grpo": "GRPO (outcome)", "grpo_process": "GRPO (process)", "ppo": "PPO", "rft": "Online RFT",
-          "iterative": "Iterative GRPO"}
+LABELS = {"sft": "SFT (sft_best)", "grpo": "GRPO (outcome)", "grpo_process": "GRPO (process)", "ppo": "PPO",
+          "rft": "Online RFT", "iterative": "Iterative GRPO", "grpo_base": "GRPO from the base model",
+          SFT_MORE: "more SFT (sft_more)"}
 MODELS_HELD = {"sft": "policy", "grpo": "policy, reference", "grpo_process": "policy, reference",
                "ppo": "policy, reference, value (+ its optimizer)", "rft": "policy",
-               "iterative": "policy, reference (reset each iteration)"}
-CLAIMS = [("RL adds points over SFT (GRPO outcome − SFT)", "grpo", "sft"),
+               "iterative": "policy, reference (reset each iteration)", "grpo_base": "policy, reference",
+               SFT_MORE: "policy"}
+CLAIMS = [("GRPO beats more SFT at equal compute (GRPO − sft_more)", "grpo", SFT_MORE),
+          ("more SFT adds to sft_best (sft_more − sft_best)", SFT_MORE, "sft"),
+          ("RL adds points over SFT (GRPO outcome − SFT)", "grpo", "sft"),
+          ("GRPO from SFT beats GRPO from the base model (GRPO − grpo_base)", "grpo", "grpo_base"),
           ("GRPO matches or beats PPO at equal budget (GRPO − PPO)", "grpo", "ppo"),
           ("process supervision beats outcome supervision (process − outcome)", "grpo_process", "grpo"),
           ("GRPO beats online RFT (GRPO − RFT)", "grpo", "rft"),
@@ -140,24 +163,56 @@ def _reusable(job: Job, run_dir: Path, cls, config: Path, overrides: list[str]) 
 def _read_run(out: Path, seconds: float) -> dict:
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "reward/mean" in x]
-    return {"seconds": seconds, "peak_mib": max(x["memory/peak_mib"] for x in steps),
+    return {"seconds": seconds, "train_seconds": sum(x["time/step"] for x in steps),
+            "peak_mib": max(x["memory/peak_mib"] for x in steps),
             "run_peak_mib": max(x["memory/peak_mib"] - x["memory/baseline_mib"] for x in steps),
             "state_mib": max(x["memory/state_mib"] for x in steps), "history": lines, "model": out / "final"}
 
 
-def _evaluate_job(path: str, rows: list[dict], reward_fn: str, reward_options: dict, n: int, ks: list[int],
-                  max_new_tokens: int, seed: int, threads: int):
-    """One model's evaluation, in a worker process when --jobs > 1 (arguments are plain data)."""
+def accuracy_checkers(reward_fn: str, options: dict) -> dict:
+    """Extra greedy checkers beside the reward's own: `strict` reads the answer only where the format puts
+    it (GSM8K's `#### N` line, MATH's last box; the built-in task's answer tag, its reward itself) and
+    `lenient` takes the last number anywhere, so that a format gain is not read as a reasoning gain."""
+    from grpo.rewards import load_reward_function
+    from grpo.rewards.math import make_math_accuracy
+
+    if reward_fn == "arithmetic_accuracy":
+        return {"strict": load_reward_function(reward_fn, options),
+                "lenient": make_math_accuracy(gold_style="plain", pred_source="last_number")}
+    if reward_fn != "math_accuracy":
+        return {}
+    gold = options.get("gold_style", "auto")
+    timeout = options.get("timeout_s", 5.0)
+    out = {"lenient": make_math_accuracy(gold_style=gold, pred_source="last_number", timeout_s=timeout)}
+    strict = {"gsm8k": "gsm8k", "boxed": "boxed"}.get(gold)
+    if strict:
+        out["strict"] = make_math_accuracy(gold_style=gold, pred_source=strict, timeout_s=timeout)
+    return out
+
+
+def _evaluate_job(path: str, data: dict, reward_fn: str, reward_options: dict, n: int, ks: list[int],
+                  max_new_tokens: int, seed: int, threads: int, data_seed: int, sample_prompts: int | None):
+    """One model's evaluation, in a worker process when --jobs > 1 (arguments are plain data). The test
+    prompts are rendered with this model's own tokenizer (its chat template, its special tokens)."""
+    import tempfile
+
     import torch
 
-    from grpo.evaluate import answer_equivalence, answer_extractor, evaluate
+    from grpo.config import DataConfig, ModelConfig
+    from grpo.data import load_task
+    from grpo.evaluate import answer_equivalence, answer_extractor, evaluate_policy
+    from grpo.models.loading import load_policy
     from grpo.rewards import load_reward_function
 
     if threads:
         torch.set_num_threads(threads)
-    return evaluate(path, rows, load_reward_function(reward_fn, reward_options),
-                    answer_extractor(reward_fn, reward_options), n=n, ks=ks, max_new_tokens=max_new_tokens, seed=seed,
-                    equivalent=answer_equivalence(reward_fn, reward_options))
+    with tempfile.TemporaryDirectory() as tiny_dir:
+        model, tokenizer = load_policy(ModelConfig(path=path), Path(tiny_dir))
+    rows = load_task(DataConfig(**data), tokenizer, data_seed).heldout
+    return evaluate_policy(model.eval(), tokenizer, rows, load_reward_function(reward_fn, reward_options),
+                           answer_extractor(reward_fn, reward_options), n=n, ks=ks, max_new_tokens=max_new_tokens,
+                           seed=seed, equivalent=answer_equivalence(reward_fn, reward_options),
+                           sample_prompts=sample_prompts, greedy_checkers=accuracy_checkers(reward_fn, reward_options))
 
 
 def _evaluate_all(todo: dict, jobs: int, threads: int, **kw) -> dict:
@@ -174,21 +229,28 @@ def _evaluate_all(todo: dict, jobs: int, threads: int, **kw) -> dict:
 
 
 def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 2, 4, 8, 16),
-                  docs_dir: str | None = None, methods=tuple(METHODS), progress: bool = True,
-                  sft_dir: str | None = None, seeds: int = 1, jobs: int = 1, reuse: bool = False) -> dict:
-    from grpo.data import load_task
-    from grpo.models.tiny import build_tokenizer
-
-    unknown = [m for m in methods if m not in METHODS]
+                  docs_dir: str | None = None, methods=tuple(m for m in METHODS if m != "grpo_base"),
+                  progress: bool = True, sft_dir: str | None = None, seeds: int = 1, jobs: int = 1,
+                  reuse: bool = False, sample_prompts: int | None = None) -> dict:
+    known = (*METHODS, SFT_MORE)
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise UserError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(METHODS)})")
+        raise UserError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(known)})")
+    if SFT_MORE in methods and "grpo" not in methods:
+        raise UserError(f"--methods: {SFT_MORE} trains for as long as the grpo stage did; add grpo to --methods")
     ks = sorted(set(ks))
     if n < 1 or not ks or ks[0] < 1 or ks[-1] > n:
         raise UserError(f"--k: every k must be in 1..--n ({n})")
     if seeds < 1 or jobs < 1:
         raise UserError(f"--seeds and --jobs must be >= 1, got {seeds} and {jobs}")
+    if sample_prompts is not None and sample_prompts < 1:
+        raise UserError(f"--sample-prompts must be >= 1, got {sample_prompts}")
     t_start = time.perf_counter()
     cfg = load_config(DemoConfig, config, overrides)
+    if not cfg.sft.data.num_validation and not sft_dir:
+        raise UserError("grpo reproduce: sft_best chooses its checkpoint on a validation split and never reads "
+                        "the test split; set sft.data.num_validation (and rl.data.num_validation, so that GRPO "
+                        "does not train on those rows either)")
     if config is None and not any(o.startswith("output_dir=") for o in overrides):
         cfg.output_dir = "runs/reproduce"  # not the demo's directory
     out = Path(cfg.output_dir)
@@ -209,56 +271,76 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     for i in offsets:
         if sft_dir:
             sfts[i] = _reused_sft(Path(sft_dir), i, seeds)
-            print(f"[1/3] SFT warm start, seed {i}: reusing {sfts[i].model_dir} "
+            print(f"[1/4] SFT warm start, seed {i}: reusing {sfts[i].model_dir} "
                   f"(best at step {sfts[i].best_step} of {sfts[i].steps})")
         else:
             d = out / f"seed{i}" / "sft"
-            args = [f"sft.seed={cfg.sft.sft.seed + i}", f"sft.output_dir={d}"]
+            args = [f"sft.seed={cfg.sft.sft.seed + i}", f"sft.output_dir={d}", *NO_TEST]
             job = Job(f"SFT seed {i}", [*py, "sft", "-q", "--overwrite", "--config", str(out / "sft.yaml"), *args],
                       d.parent / "sft.log")
             if reuse and _reusable(job, d, SFTConfig, out / "sft.yaml", args) is not None:
                 sfts[i] = _finished_sft(d)
-                print(f"[1/3] SFT warm start, seed {i}: reusing {d}", flush=True)
+                print(f"[1/4] SFT warm start, seed {i}: reusing {d}", flush=True)
             else:
                 sft_jobs.append(job)
     if sft_jobs:
-        print(f"[1/3] SFT warm start, {len(sft_jobs)} run(s), {jobs} at a time -> {out}/seed*/sft", flush=True)
+        print(f"[1/4] SFT warm start (sft_best), {len(sft_jobs)} run(s), {jobs} at a time -> {out}/seed*/sft",
+              flush=True)
         _run_jobs(sft_jobs, jobs)
         sfts = {i: _finished_sft(out / f"seed{i}" / "sft") for i in offsets}
 
-    rl = cfg.rl
-    print(f"[2/3] {', '.join(LABELS[m] for m in methods)} from each SFT model ({rl.train.steps} steps, "
+    rl, rl_methods = cfg.rl, [m for m in methods if m in METHODS]
+    print(f"[2/4] {', '.join(LABELS[m] for m in rl_methods)} ({rl.train.steps} steps, "
           f"{rl.train.prompts_per_step} prompts x G={rl.grpo.G}), {jobs} at a time", flush=True)
-    rl_args = {(i, m): [*METHODS[m], f"model.path={sfts[i].model_dir}", f"train.output_dir={out / f'seed{i}' / m}",
-                        f"train.seed={rl.train.seed + i}"] for i in offsets for m in methods}
+    rl_args = {(i, m): [*METHODS[m], f"model.path={cfg.sft.model.path if m == 'grpo_base' else sfts[i].model_dir}",
+                        f"train.output_dir={out / f'seed{i}' / m}", f"train.seed={rl.train.seed + i}", *NO_TEST]
+               for i in offsets for m in rl_methods}
     rl_jobs = {(i, m): Job(f"{LABELS[m]} seed {i}",
                            [*py, "train", "-q", "--overwrite", "--config", str(out / "rl.yaml"), *args],
                            out / f"seed{i}" / f"{m}.log") for (i, m), args in rl_args.items()}
-    seconds = {}
-    for key, job in rl_jobs.items() if reuse else ():
-        reused = _reusable(job, out / f"seed{key[0]}" / key[1], TrainConfig, out / "rl.yaml", rl_args[key])
-        if reused is not None:
-            seconds[job.name] = reused
-            print(f"      reusing {job.name} ({out / f'seed{key[0]}' / key[1]})", flush=True)
+    seconds = _reused(rl_jobs, rl_args, out, TrainConfig, out / "rl.yaml") if reuse else {}
     seconds |= _run_jobs([job for job in rl_jobs.values() if job.name not in seconds], jobs)
     runs = {key: _read_run(out / f"seed{key[0]}" / key[1], seconds[job.name]) for key, job in rl_jobs.items()}
 
-    print("[3/3] evaluating every model on the test split", flush=True)
-    rows = load_task(rl.data, build_tokenizer(), rl.train.seed).heldout  # the same test problems for every seed
+    more = {}
+    if SFT_MORE in methods:
+        print(f"[3/4] {LABELS[SFT_MORE]}: SFT from sft_best for as long as each seed's GRPO training steps took",
+              flush=True)
+        more_args = {(i, SFT_MORE): [*continuation_overrides(cfg.sft, sfts[i], runs[(i, "grpo")]["train_seconds"],
+                                                             out / f"seed{i}" / SFT_MORE),
+                                     f"sft.seed={cfg.sft.sft.seed + i}", "sft.train_rows=null",
+                                     *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else []),
+                                     *NO_TEST] for i in offsets}
+        more_jobs = {key: Job(f"{LABELS[SFT_MORE]} seed {key[0]}",
+                              [*py, "sft", "-q", "--overwrite", "--config", str(out / "sft.yaml"), *args],
+                              out / f"seed{key[0]}" / f"{SFT_MORE}.log") for key, args in more_args.items()}
+        done = _reused(more_jobs, more_args, out, SFTConfig, out / "sft.yaml") if reuse else {}
+        done |= _run_jobs([job for job in more_jobs.values() if job.name not in done], jobs)
+        more = {key: _finished_sft(out / f"seed{key[0]}" / SFT_MORE) for key in more_jobs}
+        for key, job in more_jobs.items():
+            more[key].seconds = done[job.name]
+
+    print("[4/4] evaluating every model on the test split", flush=True)
     first = rl.rewards.functions[0]
-    models = {(i, "sft"): sfts[i].model_dir for i in offsets} | {key: run["model"] for key, run in runs.items()}
+    models = ({(i, "sft"): sfts[i].model_dir for i in offsets} | {key: run["model"] for key, run in runs.items()}
+              | {key: r.model_dir for key, r in more.items()})
     todo = {key: (path, rl.train.seed + key[0]) for key, path in models.items()}  # sampling seeded per seed
-    evals = _evaluate_all(todo, jobs, threads, rows=rows, reward_fn=first.fn, reward_options=first.options, n=n,
-                          ks=ks, max_new_tokens=rl.sampling.max_new_tokens)
-    per_seed = {i: {name: _row(evals[(i, name)], runs.get((i, name)), sfts[i] if name == "sft" else None)
-                    for name in ("sft", *methods)} for i in offsets}
+    evals = _evaluate_all(todo, jobs, threads, data=to_dict(rl.data), reward_fn=first.fn,
+                          reward_options=first.options, n=n, ks=ks, max_new_tokens=rl.sampling.max_new_tokens,
+                          data_seed=rl.train.seed, sample_prompts=sample_prompts)
+    names = ("sft", *rl_methods, *([SFT_MORE] if more else []))
+    per_seed = {i: {name: _row(evals[(i, name)], runs.get((i, name)), sfts[i] if name == "sft" else more.get((i, name)))
+                    for name in names} for i in offsets}
     (out / "results.json").write_text(json.dumps({"seeds": offsets, "per_seed": per_seed}, indent=2))
-    plots = plot_reproduce(out, runs, sfts, evals, offsets, methods, ks, LABELS)
+    plots = plot_reproduce(out, runs, sfts, evals, offsets, rl_methods, ks, LABELS, names)
     command = " ".join(["grpo reproduce", *(["--config", config] if config else []), f"--seeds {seeds}",
                         f"--jobs {jobs}", f"--n {n}", f"--k {','.join(map(str, ks))}",
+                        *([f"--sample-prompts {sample_prompts}"] if sample_prompts else []),
                         f"--methods {','.join(methods)}", *([f"--sft {sft_dir}"] if sft_dir else []),
                         *(["--reuse"] if reuse else []), *overrides])
-    text = _markdown(per_seed, cfg, sfts, plots, n, ks, command, time.perf_counter() - t_start, len(rows))
+    test_n = evals[(0, "sft")].num_prompts
+    text = _markdown(per_seed, cfg, sfts, plots, n, ks, command, time.perf_counter() - t_start, test_n,
+                     evals[(0, "sft")].num_sampled_prompts, more)
     (out / "results.md").write_text(text)
     if docs_dir:
         _publish(out, Path(docs_dir), plots)
@@ -266,13 +348,27 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     return per_seed
 
 
+def _reused(jobs: dict, args: dict, out: Path, cls, config: Path) -> dict[str, float]:
+    """--reuse: job name -> wall seconds of every job whose finished run in OUT/seed<i>/<method> has the
+    configuration this invocation would train."""
+    seconds = {}
+    for key, job in jobs.items():
+        reused = _reusable(job, out / f"seed{key[0]}" / key[1], cls, config, args[key])
+        if reused is not None:
+            seconds[job.name] = reused
+            print(f"      reusing {job.name} ({out / f'seed{key[0]}' / key[1]})", flush=True)
+    return seconds
+
+
 def _row(e, run: dict | None, s) -> dict:
     row = {"greedy_accuracy": e.greedy_accuracy, "sample_accuracy": e.sample_accuracy, "num_prompts": e.num_prompts,
-           "pass_at_k": e.pass_at_k, "maj_at_k": e.maj_at_k}
+           "num_sampled_prompts": e.num_sampled_prompts, "pass_at_k": e.pass_at_k, "maj_at_k": e.maj_at_k,
+           **{f"{name}_accuracy": v for name, v in e.greedy_by_checker.items()}}
     if run is not None:
-        row.update({k: run[k] for k in ("peak_mib", "run_peak_mib", "state_mib", "seconds")})
+        row.update({k: run[k] for k in ("peak_mib", "run_peak_mib", "state_mib", "seconds", "train_seconds")})
     else:
-        row.update(seconds=s.seconds, steps=s.steps, best_step=s.best_step, selection_accuracy=s.best_accuracy)
+        row.update(seconds=s.seconds, train_seconds=s.train_seconds, steps=s.steps, best_step=s.best_step,
+                   selection_accuracy=s.best_accuracy)
     return row
 
 
@@ -289,12 +385,17 @@ def _claim_rows(per_seed: dict, kmax: int, test_n: int) -> tuple[list[str], list
     """The claims table (difference, interval, verdict) and the notes under it."""
     seeds = list(per_seed)
     names = list(per_seed[seeds[0]])
-    acc = lambda m: [per_seed[i][m]["greedy_accuracy"] for i in seeds]  # noqa: E731
+    acc = lambda m, key="greedy_accuracy": [per_seed[i][m][key] for i in seeds]  # noqa: E731
     claims = [(text, a, b) for text, a, b in CLAIMS if a in names and b in names]
-    rows = ["| claim (DeepSeekMath) | difference, points | 95% interval | verdict |", "|---|---|---|---|"]
+    rows = ["| claim | difference, points | 95% interval | verdict |", "|---|---|---|---|"]
     for text, a, b in claims:
         diffs = [100 * (x - y) for x, y in zip(acc(a), acc(b))]
         rows.append(claim_row(text, diffs, mean_std(acc(a) + acc(b))[0], test_n))
+        for kind in ("strict", "lenient"):  # the same claim when only the formatted answer, or any last number, counts
+            key = f"{kind}_accuracy"
+            if SFT_MORE in (a, b) and key in per_seed[seeds[0]][a]:
+                diffs = [100 * (x - y) for x, y in zip(acc(a, key), acc(b, key))]
+                rows.append(claim_row(f"{text}, {kind}", diffs, mean_std(acc(a, key) + acc(b, key))[0], test_n))
     if "grpo" in names:  # §5.2.2: maj@K rises more than pass@K
         s = lambda m, key: [per_seed[i][m][key][kmax] for i in seeds]  # noqa: E731
         diffs = [100 * ((gm - sm) - (gp - sp)) for gm, sm, gp, sp in
@@ -337,19 +438,22 @@ def claim_row(text: str, diffs: list[float], p: float, test_n: int) -> str:
 
 
 def _markdown(per_seed: dict, cfg: DemoConfig, sfts: dict, plots: list[str], n: int, ks, command: str,
-              seconds: float, test_n: int) -> str:
+              seconds: float, test_n: int, sampled_n: int, more: dict) -> str:
     kmax, seeds = max(ks), list(per_seed)
     names = list(per_seed[seeds[0]])
     col = lambda name, key, k=None: [per_seed[i][name][key] if k is None else per_seed[i][name][key][k]  # noqa: E731
                                      for i in seeds]
-    rows = [f"| model | greedy acc. | sampled acc. | maj@{kmax} | pass@{kmax} | peak memory of the run | model state "
-            "| wall time | models held |", "|---|---|---|---|---|---|---|---|---|"]
+    kinds = [k for k in ("strict", "lenient") if f"{k}_accuracy" in per_seed[seeds[0]][names[0]]]
+    rows = [f"| model | greedy acc. | {''.join(f'{k} | ' for k in kinds)}sampled acc. | maj@{kmax} | pass@{kmax} "
+            "| peak memory of the run | model state | training time | wall time | models held |",
+            "|---|---|" + "---|" * len(kinds) + "---|---|---|---|---|---|---|---|"]
     for name in names:
         mib = lambda key, f=".0f": f"{_mean(col(name, key), f)} MiB" if key in per_seed[seeds[0]][name] else "-"  # noqa: E731
-        rows.append(f"| {LABELS[name]} | {_pct(col(name, 'greedy_accuracy'))} | {_pct(col(name, 'sample_accuracy'))} | "
-                    f"{_pct(col(name, 'maj_at_k', kmax))} | {_pct(col(name, 'pass_at_k', kmax))} | "
-                    f"{mib('run_peak_mib')} | {mib('state_mib', '.1f')} | {_mean(col(name, 'seconds'))} s | "
-                    f"{MODELS_HELD[name]} |")
+        rows.append(f"| {LABELS[name]} | {_pct(col(name, 'greedy_accuracy'))} | "
+                    + "".join(f"{_pct(col(name, f'{k}_accuracy'))} | " for k in kinds)
+                    + f"{_pct(col(name, 'sample_accuracy'))} | {_pct(col(name, 'maj_at_k', kmax))} | "
+                    f"{_pct(col(name, 'pass_at_k', kmax))} | {mib('run_peak_mib')} | {mib('state_mib', '.1f')} | "
+                    f"{_mean(col(name, 'train_seconds'))} s | {_mean(col(name, 'seconds'))} s | {MODELS_HELD[name]} |")
     by_seed = ["| model | " + " | ".join(f"seed {i}" for i in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for name in names:
         by_seed.append(f"| {LABELS[name]} | " + " | ".join(f"{100 * v:.1f}%" for v in col(name, "greedy_accuracy")) + " |")
@@ -360,42 +464,62 @@ def _markdown(per_seed: dict, cfg: DemoConfig, sfts: dict, plots: list[str], n: 
     claims, notes = _claim_rows(per_seed, kmax, test_n)
     rl, sd, s0 = cfg.rl, cfg.rl.data, cfg.sft
     spread = "mean ± standard deviation over the seeds" if len(seeds) > 1 else "one seed: no spread measured"
-    task = (f"{sd.task_steps} operations per problem, values in 0..{sd.task_max_value}, steps of 1..{sd.task_max_delta}"
-            + (", doubling and tripling" if sd.task_multiply else ""))
-    chose = (f"chosen on a validation split of {s0.data.num_validation} problems (disjoint from train and test)"
-             if s0.data.num_validation else "chosen on the test split itself (no validation split configured)")
+    if sd.source == "builtin:arithmetic":
+        task = (f"builtin:arithmetic with {sd.task_steps} operations per problem, values in 0..{sd.task_max_value}, "
+                f"steps of 1..{sd.task_max_delta}" + (", doubling and tripling" if sd.task_multiply else ""))
+    else:
+        task = f"`{sd.source}` (test: `{sd.heldout_source or sd.source}`), model `{s0.model.path}`" + (
+            f" with LoRA r={s0.model.lora.r}" if s0.model.lora else ", full fine-tuning")
     best = ", ".join(f"{sfts[i].best_step}" for i in seeds)
+    more_text = ""
+    if more:
+        m = [more[(i, SFT_MORE)] for i in seeds]
+        budget = ", ".join(f"{per_seed[i]['grpo']['train_seconds']:.0f}" for i in seeds)
+        more_text = (
+            f" `sft_more` continues each seed's sft_best on the training rows it did not reach (from row "
+            f"{', '.join(str(sfts[i].rows_seen) for i in seeds)}) for as long as that seed's GRPO training steps "
+            f"took ({budget} s; it trained {', '.join(f'{r.train_seconds:.0f} s in {r.steps} steps' for r in m)}), "
+            f"with {s0.optim.schedule} decay over a horizon sized from sft_best's seconds per step, its checkpoint "
+            f"chosen on the same validation split (best at step {', '.join(str(r.best_step) for r in m)}).")
+    strict_text = "" if not kinds else (
+        " Strict accuracy reads the answer only where the format puts it (the last `#### N` line, the last box or "
+        "the answer tag); lenient takes the last number anywhere; greedy accuracy is the first reward's own verdict.")
     return "\n".join([
-        "# Results: SFT, GRPO, PPO, online RFT and iterative GRPO on the built-in task", "",
+        "# Results: GRPO against SFT at equal compute, and the paper's comparisons", "",
         f"Produced by `{command}` in {seconds / 60:.0f} min on this project's 2-core CPU, {len(seeds)} seed(s) "
         f"({', '.join(map(str, seeds))}); `results.json` beside it has every number. Each seed trains its own SFT "
         f"model and every method from it; figures are {spread}.", "",
         *rows, "",
         "Greedy test accuracy per seed:", "", *by_seed, "",
-        "## The paper's claims", "",
+        "## Claims", "",
         "Each difference is taken per seed (the same SFT model and data under both methods) and then averaged; "
         "the verdict says whether the 95% interval excludes zero.", "",
         *claims, "", *notes, "",
-        f"maj@k and pass@k against k (n={n} samples per problem at temperature {rl.sampling.temperature:g}):", "",
+        f"maj@k and pass@k against k (n={n} samples per problem at temperature {rl.sampling.temperature:g}, on the "
+        f"first {sampled_n} test problems):", "",
         *curve, "",
         "## Setup", "",
-        f"Task: builtin:arithmetic with {task}; test split: {test_n} problems, the same for every seed and "
-        f"disjoint from training. Greedy accuracy is one completion at temperature 0; sampled accuracy, maj@k and "
-        f"pass@k use n={n} samples per problem. SFT: up to {s0.sft.max_steps} steps of {s0.sft.batch_size} "
-        f"demonstrations ({100 * s0.data.direct_fraction:.0f}% bare answers without working), lr {s0.optim.lr} with "
-        f"a {s0.optim.schedule} schedule after {s0.optim.warmup_steps} warm-up steps, "
+        f"Task: {task}; test split: {test_n} problems, the same for every seed and disjoint from training; no "
+        f"training job reads it (each runs with data.num_heldout=0). Greedy accuracy is one completion at "
+        f"temperature 0 on every test problem; sampled accuracy, maj@k and pass@k use n={n} samples per problem."
+        f"{strict_text} Prompts are rendered with each evaluated model's own tokenizer and chat template. "
+        f"sft_best: up to {s0.sft.max_steps} steps of {s0.sft.batch_size} demonstrations, lr {s0.optim.lr} with a "
+        f"{s0.optim.schedule} schedule after {s0.optim.warmup_steps} warm-up steps, "
         f"{'no early stop' if not s0.sft.patience else f'stopped after {s0.sft.patience} evaluations without a new best'}; "
-        f"its checkpoint {chose}, every {s0.sft.eval_every} steps (best at step {best}). Every RL method starts "
-        f"from its seed's SFT checkpoint with the same budget: {rl.train.steps} steps x {rl.train.prompts_per_step} "
-        f"prompts x {rl.grpo.G} samples, lr={rl.optim.lr}, beta={rl.grpo.beta} (PPO: folded into the per-token "
-        f"reward; RFT: no KL), max_new_tokens={rl.sampling.max_new_tokens}. PPO: value model = a copy of the "
-        f"policy's body with a scalar head, value lr={rl.ppo.value_lr}, GAE gamma={rl.ppo.gamma} lambda={rl.ppo.lam}. "
-        "Process supervision scores each line of working and the final answer (`arithmetic_steps`). Iterative GRPO: "
-        "the same steps in 2 iterations, the reference reset to the policy at the second's start. Peak memory is "
-        "each training process's peak resident set size during its training steps (evaluations excluded) above "
-        "its resident size before any model was built, with glibc's mmap threshold at 64 KiB so that freed tensors "
-        "leave the resident set and oneDNN's per-shape caches off, as in the planner's validation (docs/memory.md). "
-        "Wall times are per process, with the --jobs processes sharing the 2 cores.", "",
+        f"its checkpoint chosen on a validation split of {s0.data.num_validation} problems (disjoint from train and "
+        f"test), every {s0.sft.eval_every} steps (best at step {best}).{more_text} Every RL method starts from its "
+        f"seed's SFT checkpoint (grpo_base: from `{s0.model.path}`) with the same budget: {rl.train.steps} steps x "
+        f"{rl.train.prompts_per_step} prompts x {rl.grpo.G} samples, lr={rl.optim.lr}, beta={rl.grpo.beta} (PPO: "
+        f"folded into the per-token reward; RFT: no KL), temperature {rl.sampling.temperature:g}, "
+        f"max_new_tokens={rl.sampling.max_new_tokens}. PPO: value model = a copy of the policy's body with a scalar "
+        f"head, value lr={rl.ppo.value_lr}, GAE gamma={rl.ppo.gamma} lambda={rl.ppo.lam}. Process supervision scores "
+        "each line of working and the final answer (`arithmetic_steps`). Iterative GRPO: the same steps in 2 "
+        "iterations, the reference reset to the policy at the second's start. Training time is the sum of the "
+        "training steps alone (RL: `time/step`; SFT: `train_seconds`); wall time is the whole process's, loading "
+        "and evaluations included. Peak memory is each training process's peak resident set size during its "
+        "training steps (evaluations excluded) above its resident size before any model was built, with glibc's "
+        "mmap threshold at 64 KiB so that freed tensors leave the resident set and oneDNN's per-shape caches off, "
+        "as in the planner's validation (docs/memory.md). With --jobs > 1 the processes share the 2 cores.", "",
         *[f"![{p}]({p})" for p in plots], ""])
 
 
@@ -408,7 +532,8 @@ def _finished_sft(path: Path):
         last = lines[-1]
         steps = max(x["step"] for x in lines if "loss" in x)
         result = SFTResult(path, path / "final", last["eval/best_accuracy"], last["best_step"], steps,
-                           last.get("seconds", float("nan")), lines, last.get("eval/best_test_accuracy"))
+                           last.get("seconds", float("nan")), lines, last.get("train_seconds", float("nan")),
+                           last.get("rows_seen", 0), last.get("chose_on_validation", False))
     except (OSError, ValueError, KeyError, IndexError) as e:
         raise UserError(f"--sft {path}: not a finished `grpo sft` run ({e})") from None
     if not (result.model_dir / "config.json").is_file():

@@ -6,6 +6,7 @@ has one, an `answer`; every other column rides along to the reward functions.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 from grpo.config import DataConfig
@@ -13,7 +14,7 @@ from grpo.data.loading import load_rows
 from grpo.data.templates import TEMPLATES, check_prompt_lengths, encode_prompts, render_prompt
 from grpo.errors import UserError
 
-__all__ = ["Task", "load_task", "load_rows", "render_prompt", "encode_prompts"]
+__all__ = ["Task", "load_task", "split_validation", "load_rows", "render_prompt", "encode_prompts"]
 
 
 @dataclass
@@ -35,6 +36,29 @@ def _check_lengths(rows: list[dict], cfg: DataConfig, tokenizer, name: str) -> t
     ids = encode_prompts(tokenizer, [r["prompt"] for r in rows])
     check = check_prompt_lengths(ids, cfg.max_prompt_length, policy=cfg.on_long_prompt, source_name=name)
     return [rows[i] for i in check.kept], check.num_dropped
+
+
+VALIDATION_SEED = 1234
+"""Seeds the choice of the validation rows set aside from a training file: the same rows for every
+`train.seed`/`sft.seed`, so every seed of a comparison chooses its checkpoints on the same problems."""
+
+
+def split_validation(rows: list[dict], n: int, source: str) -> tuple[list[dict], list[dict]]:
+    """(train, validation): `n` rows of a training file set aside for choosing checkpoints, never trained
+    on. The rows are a fixed pseudo-random choice (`VALIDATION_SEED`), so a file sorted by difficulty
+    or topic still gives a representative split; the rest keep their order.
+
+    >>> split_validation([{"i": i} for i in range(5)], 2, "f")
+    ([{'i': 1}, {'i': 2}, {'i': 4}], [{'i': 3}, {'i': 0}])
+    """
+    if n <= 0:
+        return rows, []
+    if n >= len(rows):
+        raise UserError(f"data.num_validation={n}: {source} has only {len(rows)} rows; set aside fewer for "
+                        "validation (or give data.validation_source)")
+    chosen = random.Random(VALIDATION_SEED).sample(range(len(rows)), n)
+    keep = set(chosen)
+    return [r for i, r in enumerate(rows) if i not in keep], [rows[i] for i in chosen]
 
 
 def load_task(cfg: DataConfig, tokenizer, seed: int = 0, tools: list[dict] | None = None) -> Task:
@@ -64,8 +88,10 @@ def load_task(cfg: DataConfig, tokenizer, seed: int = 0, tools: list[dict] | Non
         kw = dict(split=cfg.split, prompt_column=cfg.prompt_column, answer_column=cfg.answer_column)
         train = load_rows(cfg.source, **kw)
         heldout = load_rows(cfg.heldout_source, **kw)[: cfg.num_heldout] if cfg.heldout_source else []
-        validation = (load_rows(cfg.validation_source, **kw)[: cfg.num_validation or None]
-                      if cfg.validation_source else [])
+        if cfg.validation_source:
+            validation = load_rows(cfg.validation_source, **kw)[: cfg.num_validation or None]
+        else:
+            train, validation = split_validation(train, cfg.num_validation, cfg.source)
     train, dropped = _check_lengths(_render(train, cfg, tokenizer, tools), cfg, tokenizer, cfg.source)
     heldout, dropped_h = _check_lengths(_render(heldout, cfg, tokenizer, tools), cfg, tokenizer,
                                         cfg.heldout_source or cfg.source)

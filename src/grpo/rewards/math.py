@@ -40,9 +40,10 @@ from grpo.rewards._deadline import CallTimeout, run_with_deadline
 logger = logging.getLogger(__name__)
 
 GOLD_STYLES = ("auto", "gsm8k", "boxed", "plain")
-PRED_SOURCES = ("auto", "answer_tag", "boxed", "last_number")
+PRED_SOURCES = ("auto", "answer_tag", "boxed", "last_number", "gsm8k")
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_GSM8K_ANSWER = re.compile(r"####[ \t]*([^\n]*)")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\b")
 # A number, optionally with thousands separators, a decimal part, or as a simple fraction a/b.
 _NUMBER = r"[-+\u2212]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|[-+\u2212]?\.\d+"
@@ -101,7 +102,8 @@ def extract_prediction(text: str, source: str = "auto") -> str | None:
     """Return the model's final answer from a completion, or None if it gave none.
 
     source: "answer_tag" (last <answer>...</answer>), "boxed" (last \\boxed{...}), "last_number",
-    or "auto" (the first of those three that finds something).
+    "gsm8k" (what follows the last `####` on its line: GSM8K's answer format, read strictly), or "auto"
+    (the first of answer_tag, boxed and last_number that finds something).
 
     >>> extract_prediction("<think>2+2</think><answer>4</answer>", source="answer_tag")
     '4'
@@ -109,6 +111,8 @@ def extract_prediction(text: str, source: str = "auto") -> str | None:
     '1234.50'
     >>> extract_prediction("so x = 3y", source="last_number")  # a coefficient keeps its variable
     '3y'
+    >>> extract_prediction("3 + 4 = 7\\n#### 7", source="gsm8k"), extract_prediction("it is 7", source="gsm8k")
+    ('7', None)
     """
     if source not in PRED_SOURCES:
         raise UserError(
@@ -123,6 +127,9 @@ def extract_prediction(text: str, source: str = "auto") -> str | None:
             answer = tags[-1].strip() if tags else None
         elif src == "boxed":
             answer = last_boxed(text)
+        elif src == "gsm8k":
+            found = _GSM8K_ANSWER.findall(text)
+            answer = found[-1].strip() if found else None
         else:
             numbers = _LAST_NUMBER_RE.findall(text)
             answer = numbers[-1].replace(",", "") if numbers else None

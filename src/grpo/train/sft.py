@@ -2,8 +2,10 @@
 
 The loss is the mean negative log-likelihood of the target tokens (and the EOS after them) only;
 prompt tokens are context, not targets. Training runs until held-out greedy accuracy stops
-improving (`patience` evaluations without a new best), and the best model is the one saved: the
-plateau the paper's RL stage starts from (DeepSeekMath §4.2 starts RL from the SFT model).
+improving (`patience` evaluations without a new best), `max_steps` are done or `max_seconds` of
+training steps are spent, and the best model is the one saved: the plateau the paper's RL stage starts
+from (DeepSeekMath §4.2 starts RL from the SFT model). With a validation split the checkpoint is chosen
+there and the held-out (test) split is never read.
 """
 
 from __future__ import annotations
@@ -47,9 +49,12 @@ class SFTResult:
     steps: int
     seconds: float
     history: list[dict]
-    test_accuracy: float | None = None
-    """Held-out accuracy of the best checkpoint when it was chosen on a validation split (else None:
-    best_accuracy is the held-out figure)."""
+    train_seconds: float = 0.0
+    """Seconds spent in training steps alone (evaluations, loading and saving excluded)."""
+    rows_seen: int = 0
+    """Training rows consumed, `sft.start_row` included: where a continuation should start."""
+    chose_on_validation: bool = False
+    """The best checkpoint was chosen on the validation split (the held-out split was never read)."""
 
 
 def encode_pairs(tokenizer, prompts: list[str], targets: list[str]):
@@ -82,6 +87,28 @@ def _accumulate_nll(model, r: Rollout, s, ctx, optimizer) -> float:
     return loss_sum
 
 
+def continuation_overrides(cfg: SFTConfig, first: SFTResult, seconds: float, output_dir: str | Path) -> list[str]:
+    """`grpo sft` overrides (of `cfg`, the config `first` ran with) that continue `first` for `seconds` of
+    training steps: from its best model, on the rows it did not reach (same seed and batch size), with its
+    own warm-up and decay over a horizon sized by `first`'s seconds per step, at least 4 evaluations, the
+    best of them kept. The compute-matched baseline of an RL stage that took `seconds` (`sft_more`)."""
+    per_step = first.train_seconds / max(first.steps, 1)
+    steps = max(2, round(seconds / per_step)) if per_step > 0 else cfg.sft.max_steps
+    return [f"model.path={first.model_dir}", f"sft.output_dir={output_dir}", f"sft.start_row={first.rows_seen}",
+            f"sft.max_seconds={seconds:.3f}", f"sft.max_steps={steps}",
+            f"sft.eval_every={max(1, min(cfg.sft.eval_every, -(-steps // 4)))}", "sft.patience=0",
+            f"optim.warmup_steps={min(cfg.optim.warmup_steps, steps // 5)}"]
+
+
+def batch_order(n: int, batch_size: int, rng: random.Random):
+    """Batches of indices of `n` training rows, epoch after epoch: each epoch a fresh shuffle from `rng`
+    cut into whole batches (a remainder smaller than a batch is left out of that epoch)."""
+    while True:
+        perm = rng.sample(range(n), n)
+        for i in range(0, n - batch_size + 1, batch_size):
+            yield perm[i:i + batch_size]
+
+
 def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTResult:
     """Train until held-out accuracy plateaus; the best model goes to OUTPUT/final. An sft.output_dir that
     holds a run is refused unless `overwrite` (the CLI's --overwrite)."""
@@ -96,6 +123,9 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
         if s.target_column not in task.train[0]:
             raise UserError(f"sft.target_column: {s.target_column!r} is not a column of {cfg.data.source} "
                             f"(columns: {', '.join(sorted(task.train[0]))})")
+        if s.train_rows:  # a few demonstrations only: a fixed choice per seed
+            task.train = [task.train[i] for i in random.Random(f"rows-{s.seed}").sample(range(len(task.train)),
+                                                                                      min(s.train_rows, len(task.train)))]
         checker = load_reward_function(s.eval_reward)
         out = prepare_output_dir(s.output_dir, cfg, overwrite)
         if tiny_dir.exists():
@@ -106,8 +136,11 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
     optimizer, scheduler = make_optimizer(model, cfg.optim, s.max_steps)
     log, rng = MetricsLog(out, s.tensorboard), random.Random(s.seed)
     best = (-1.0, 0, None)  # (accuracy, step, state_dict)
-    evals_since_best, history, perm, cursor = 0, [], [], 0
-    best_test = None  # held-out accuracy of the best checkpoint, when the choice is made on validation
+    evals_since_best, history, train_seconds = 0, [], 0.0
+    order = batch_order(len(task.train), s.batch_size, rng)
+    for _ in range(s.start_row // s.batch_size):  # a continuation skips the batches its first run consumed
+        next(order)
+    choice_rows = task.validation or task.heldout  # with a validation split, the held-out one is never read
 
     def accuracy(rows: list[dict]) -> float:
         if episodic is not None:
@@ -116,10 +149,8 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
 
     bar = tqdm(range(1, s.max_steps + 1), desc="sft", disable=not progress, dynamic_ncols=True)
     for step in bar:
-        if cursor + s.batch_size > len(perm):
-            perm, cursor = rng.sample(range(len(task.train)), len(task.train)), 0
-        rows = [task.train[i] for i in perm[cursor:cursor + s.batch_size]]
-        cursor += s.batch_size
+        t0 = time.perf_counter()
+        rows = [task.train[i] for i in next(order)]
         targets = [r[s.target_column] for r in rows]
         if isinstance(targets[0], list):  # demonstrated episodes (chat messages with tool turns)
             pairs = encode_demonstrations(tokenizer, encode_prompts(tokenizer, [r["prompt"] for r in rows]), targets,
@@ -133,27 +164,28 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
         scheduler.step()
-        record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0]}
-        if step % s.eval_every == 0 or step == s.max_steps:
-            acc = accuracy(task.validation or task.heldout)
+        train_seconds += time.perf_counter() - t0
+        out_of_time = s.max_seconds is not None and train_seconds >= s.max_seconds
+        record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds}
+        if step % s.eval_every == 0 or step == s.max_steps or out_of_time:
+            acc = accuracy(choice_rows)
             record["eval/accuracy"] = acc
-            if task.validation:
-                record["eval/test_accuracy"] = accuracy(task.heldout)
             if acc > best[0]:
                 best, evals_since_best = (acc, step, copy.deepcopy(model.state_dict())), 0
-                best_test = record.get("eval/test_accuracy")
             else:
                 evals_since_best += 1
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", best=f"{best[0]:.3f}")
         log.write(record)
         history.append(record)
-        if s.patience and evals_since_best >= s.patience:
+        if out_of_time or (s.patience and evals_since_best >= s.patience):
             break
     if best[2] is not None:
         model.load_state_dict(best[2])
-    log.write({"step": step, "best_step": best[1], "eval/best_accuracy": best[0],
-               **({"eval/best_test_accuracy": best_test} if best_test is not None else {}),
+    rows_seen = s.start_row + step * s.batch_size
+    log.write({"step": step, "best_step": best[1], "eval/best_accuracy": best[0], "train_seconds": train_seconds,
+               "rows_seen": rows_seen, "chose_on_validation": bool(task.validation),
                "seconds": time.perf_counter() - t_start})
     log.close()
     save_model(model, tokenizer, out / "final")
-    return SFTResult(out, out / "final", best[0], best[1], step, time.perf_counter() - t_start, history, best_test)
+    return SFTResult(out, out / "final", best[0], best[1], step, time.perf_counter() - t_start, history,
+                     train_seconds, rows_seen, bool(task.validation))
