@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -76,8 +76,10 @@ def test_quiet_silences_the_libraries_progress_bars(monkeypatch, capfd):
     from transformers.utils import logging as hf_logging
 
     for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
-        monkeypatch.setenv(name, "0")  # restored afterwards
-    monkeypatch.delitem(sys.modules, "datasets", raising=False)
+        monkeypatch.delenv(name, raising=False)  # restored afterwards
+    import datasets
+
+    datasets.enable_progress_bars()
     hf_logging.enable_progress_bar()
     list(hf_logging.tqdm(range(3), desc="transformers"))
     assert "transformers: 100%" in capfd.readouterr().err
@@ -86,11 +88,11 @@ def test_quiet_silences_the_libraries_progress_bars(monkeypatch, capfd):
         list(hf_logging.tqdm(range(3), desc="transformers"))
         list(hub_tqdm(range(3), desc="hub"))
         assert capfd.readouterr().err == "" and are_progress_bars_disabled()
-        import datasets
-
-        assert not datasets.utils.logging.is_progress_bar_enabled()  # imported after: it read the environment
+        assert datasets.are_progress_bars_disabled()  # imported already: switched off
+        assert os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"  # for an import to come, and subprocesses
         list(tqdm(range(3), desc="grpo", disable=False))  # grpo's own bar says explicitly whether it shows
         assert "grpo: 100%" in capfd.readouterr().err
     finally:
         hf_logging.enable_progress_bar()
         enable_progress_bars()
+        datasets.enable_progress_bars()

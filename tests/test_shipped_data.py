@@ -21,7 +21,7 @@ def test_shipped_data_is_what_the_script_writes(script, names, tmp_path):
                    capture_output=True, cwd=ROOT)
     for name in names:
         assert (tmp_path / name).read_bytes() == (ROOT / "data" / name).read_bytes(), name
-    train, test = ([json.loads(line) for line in (ROOT / "data" / name).open()] for name in names)
+    train, test = ([json.loads(line) for line in (ROOT / "data" / name).open()] for name in names[:2])
     questions = {r["prompt"][0]["content"] for r in train}
     if script.startswith("make_calculator"):  # the 81 easy sums recur by design; hard products must not
         test = [r for r in test if r["kind"] == "hard"]

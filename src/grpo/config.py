@@ -385,7 +385,8 @@ class TrainConfig:
             raise UserError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
         if not self.rewards.functions:
             raise UserError("rewards.functions is empty: at least one reward function is needed")
-        _check_tensorboard(self.train.tensorboard or "tensorboard" in t.report_to, "train.report_to")
+        _check_tensorboard(t.tensorboard or "tensorboard" in t.report_to,
+                           "train.tensorboard" if t.tensorboard else "train.report_to")
         _check_wandb("wandb" in t.report_to)
         if self.rewards.timeout_s is not None and not self.rewards.timeout_s > 0:
             raise UserError(f"rewards.timeout_s must be > 0 (or null for no limit), got {self.rewards.timeout_s}")
