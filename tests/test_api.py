@@ -21,9 +21,9 @@ SHRINK = ["train.steps=2", "train.prompts_per_step=2", "grpo.G=2", "sampling.max
 
 
 def readme_example() -> str:
-    """The first python block under the README's "### From Python"."""
+    """The first python block under the README's "## From Python"."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("### From Python"):]
+    section = text[text.index("## From Python"):]
     return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
 
 

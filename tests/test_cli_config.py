@@ -101,8 +101,9 @@ def test_every_example_in_the_help_texts_is_valid_for_its_command(capsys):
     assert checked >= 7 + 4  # 7 commands' examples, 4 command lines with a config
 
 
-def test_every_command_in_the_readme_is_valid_for_its_command():
-    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+def test_every_command_in_the_readme_and_usage_is_valid_for_its_command():
+    lines = [line for page in ("README.md", "docs/usage.md")
+             for line in (ROOT / page).read_text(encoding="utf-8").splitlines()]
     checked, fenced = 0, False
     for line, after in zip(lines, [*lines[1:], ""]):
         fenced ^= line.startswith("```")
