@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpo.cli import main
+from grpo.commands.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import grpo.config
-from grpo.cli import CONFIGS, main
+from grpo.commands.cli import CONFIGS, main
 from grpo.config import DemoConfig, SFTConfig, TrainConfig, load_config
 from grpo.config_io import config_keys, first_sentence
 

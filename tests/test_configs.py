@@ -29,7 +29,7 @@ def test_train_config_runs_two_steps_through_the_cli(path, tmp_path, monkeypatch
     recipes (smollm2_*.yaml) run shrunk in tests/test_real_model.py, with a checkpoint and a resume."""
     import json
 
-    from grpo.cli import main
+    from grpo.commands.cli import main
 
     monkeypatch.chdir(ROOT)
     code = main(["train", "-q", "--config", str(path.relative_to(ROOT)), "train.steps=2",

@@ -360,7 +360,7 @@ def _read_shards(checkpoint: Path) -> dict:
 
 
 def test_a_torchrun_rank_exits_with_its_status_and_its_output():
-    """Under WORLD_SIZE > 1, `python -m grpo` leaves through os._exit once done (`grpo.cli.entry`: a
+    """Under WORLD_SIZE > 1, `python -m grpo` leaves through os._exit once done (`grpo.commands.cli.entry`: a
     sharded run's process group outlives destroy_process_group and crashed the interpreter's teardown):
     what it printed still arrives, piped, and its exit status is main's, 0 or 2."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # piped stdout block-buffered, as usual
@@ -481,7 +481,7 @@ def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_run, tmp_path, monkeypat
     """The FSDP checkpoint's shards (2 ranks) load into one process without torch.distributed."""
     from safetensors.torch import load_file
 
-    from grpo.cli import main
+    from grpo.commands.cli import main
 
     out = _stopped_after_step_1(fsdp_run, tmp_path)
     monkeypatch.chdir(tmp_path)

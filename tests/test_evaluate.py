@@ -12,18 +12,18 @@ import yaml
 
 from grpo.algorithm.evaluation import majority_vote
 from grpo.errors import UserError
-from grpo.evaluate import (
+from grpo.commands.eval import apply_config, build_eval_parser
+from grpo.models.tiny import build_tokenizer
+from grpo.rewards.loader import load_reward_function
+from grpo.rollout.engine import Rollout
+from grpo.train.evaluation import (
     answer_equivalence,
     answer_extractor,
-    build_eval_parser,
     evaluate_policy,
     format_result,
     maj_at_k,
     normalize_answer,
 )
-from grpo.models.tiny import build_tokenizer
-from grpo.rewards.loader import load_reward_function
-from grpo.rollout.engine import Rollout
 
 
 def test_normalize_answer_makes_equal_values_vote_together():
@@ -202,13 +202,11 @@ def test_an_adapter_directory_is_refused_with_the_merged_model_named(tmp_path):
 
 
 def test_cli_eval_takes_its_settings_from_a_train_config_where_flags_are_left_out(tmp_path):
-    from grpo.evaluate import _apply_config
-
     def parsed(argv):
         p = argparse.ArgumentParser(prog="grpo")
         build_eval_parser(p.add_subparsers(dest="command", required=True))
         args = p.parse_args(["eval", *argv])
-        _apply_config(args)
+        apply_config(args)
         return args
 
     plain = parsed(["--model", "m"])  # no config: the flags' documented defaults, the reward chosen later

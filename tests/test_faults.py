@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo.cli import main
+from grpo.commands.cli import main
 from grpo.config import TrainConfig, load_config
 from grpo.errors import UserError
 from grpo.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from grpo.cli import main
+from grpo.commands.cli import main
 from grpo.config import TrainConfig, load_config
 from grpo.errors import UserError
 

@@ -229,7 +229,7 @@ def test_the_tools_demo_config_runs_both_stages_and_reports_tool_use(tmp_path, m
     GRPO with the calculator tool, then accuracy and tool use per kind of problem for both models."""
     from pathlib import Path
 
-    from grpo.demo import run_demo
+    from grpo.commands.demo import run_demo
 
     monkeypatch.chdir(Path(__file__).parents[1])
     summary = run_demo("configs/tools.yaml", [

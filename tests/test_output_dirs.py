@@ -11,7 +11,7 @@ import pytest
 
 import grpo.train.grpo
 import grpo.train.sft
-from grpo.cli import main
+from grpo.commands.cli import main
 from grpo.errors import UserError
 from grpo.train.run_lock import LOCK_FILE, OutputDirLock
 

@@ -21,7 +21,7 @@ from grpo.plan import (
     plan_memory,
     tiny_architecture,
 )
-from grpo.plan_cli import build_plan_parser
+from grpo.commands.plan import build_plan_parser
 
 LLAMA2_7B = Architecture(num_layers=32, hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32,
                          head_dim=128, vocab_size=32000)

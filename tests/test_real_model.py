@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from grpo.cli import main
+from grpo.commands.cli import main
 from grpo.errors import UserError
 from grpo.models import convert
 

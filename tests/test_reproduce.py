@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from grpo.cli import main
+from grpo.commands.cli import main
 from grpo.errors import UserError
 from grpo.config import TrainConfig, load_config
-from grpo.reproduce import METHODS, _reused_sft, run_reproduce
+from grpo.commands.reproduce import METHODS, _reused_sft, run_reproduce
 from grpo.stats import mean_ci, mean_std, verdict
 
 TINY = ["sft.sft.max_steps=4", "sft.sft.eval_every=2", "sft.sft.batch_size=8", "sft.data.num_heldout=4",

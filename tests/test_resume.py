@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo.cli import main
+from grpo.commands.cli import main
 from grpo.config import TrainConfig, load_config
 from grpo.errors import UserError
 from grpo.train.checkpoint import TrainingInterrupted, latest_checkpoint
@@ -170,7 +170,7 @@ def test_cli_two_steps_then_resume_two_more_equals_four_steps(tmp_path, straight
 SIGKILL_DURING_SAVE = """
 import os, sys, time
 import torch
-from grpo.cli import main
+from grpo.commands.cli import main
 
 marker, real_save, calls = sys.argv[1], torch.save, []
 

@@ -182,7 +182,7 @@ def test_hf_weights_of_a_lora_model_are_the_base_names_with_the_adapters_folded_
 
 @pytest.mark.skipif(HAS_VLLM and torch.cuda.is_available(), reason="vLLM and a GPU are present")
 def test_rollout_engine_vllm_without_vllm_or_a_gpu_stops_before_writing(tmp_path, capsys, monkeypatch):
-    from grpo.cli import main
+    from grpo.commands.cli import main
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"

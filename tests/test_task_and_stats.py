@@ -11,7 +11,7 @@ from grpo.data import load_task
 from grpo.data.synthetic import Space, _bucket, make_problems, make_rows, problem_space, step_rewards
 from grpo.errors import UserError
 from grpo.models.tiny import build_tokenizer
-from grpo.reproduce import _claim_rows
+from grpo.commands.reproduce import _claim_rows
 from grpo.stats import binomial_ci, mean_ci, mean_std, t_quantile, verdict
 
 HARD = dict(num_steps=5, max_value=99, max_delta=19, multiply=True)

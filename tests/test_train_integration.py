@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo.cli import main
+from grpo.commands.cli import main
 from grpo.config import TrainConfig, load_config
 from grpo.train.grpo import train
 

@@ -104,13 +104,13 @@ def evaluate(model: str | Path, cfg: TrainConfig | None = None, n: int = 8, ks: 
              num_prompts: int = 200, quiet: bool = False):
     """Greedy accuracy, pass@k and maj@k of `model` (a directory such as `result.output_dir / "final"`, or
     'tiny') on the held-out set of `cfg` (default: the built-in task's), judged by its first reward
-    function, sampled with its sampling settings and seed -> `grpo.evaluate.EvalResult`."""
+    function, sampled with its sampling settings and seed -> `grpo.train.evaluation.EvalResult`."""
     import dataclasses
     import tempfile
 
     from grpo.config import ModelConfig
     from grpo.data import load_task
-    from grpo.evaluate import answer_equivalence, answer_extractor, evaluate_policy
+    from grpo.train.evaluation import answer_equivalence, answer_extractor, evaluate_policy
     from grpo.models.loading import load_policy
     from grpo.rewards.loader import load_reward_function
 

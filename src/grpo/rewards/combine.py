@@ -42,15 +42,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from grpo.errors import UserError
-from grpo.rewards._deadline import CallTimeout, run_with_deadline
-from grpo.rewards.loader import (  # noqa: F401  (FileRewardFunction: re-exported for callers)
-    BUILTIN_REWARDS,
-    RESERVED_ARGUMENTS,
-    FileRewardFunction,
-    RewardFn,
-    describe_exception,
-    load_reward_function,
-)
+from grpo.rewards.loader import BUILTIN_REWARDS, RESERVED_ARGUMENTS, RewardFn, load_reward_function
+from grpo.utils.deadline import CallTimeout, run_with_deadline
+from grpo.utils.references import describe_exception
 
 logger = logging.getLogger(__name__)
 

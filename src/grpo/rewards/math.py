@@ -35,7 +35,7 @@ from string import ascii_letters
 from typing import Any
 
 from grpo.errors import UserError
-from grpo.rewards._deadline import CallTimeout, run_with_deadline
+from grpo.utils.deadline import CallTimeout, run_with_deadline
 
 logger = logging.getLogger(__name__)
 

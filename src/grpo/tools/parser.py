@@ -17,6 +17,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from grpo.errors import UserError
+from grpo.utils.references import load_function
+
 
 @dataclass
 class ToolCall:
@@ -74,6 +77,7 @@ def load_parser(ref: str) -> Callable[[str], list[ToolCall]]:
     """A built-in parser name or a 'file.py:function' / 'module:function' reference."""
     if ref in PARSERS:
         return PARSERS[ref]
-    from grpo.rewards.loader import load_reward_function
-
-    return load_reward_function(ref)
+    if ":" not in ref:
+        raise UserError(f"rollout.tool_parser: unknown parser {ref!r}: use a built-in ({', '.join(PARSERS)}), "
+                        "'path/to/file.py:function' or 'package.module:function'")
+    return load_function(ref, "parser")

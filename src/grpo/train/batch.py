@@ -1,4 +1,4 @@
-"""Which prompts a step draws and the batch it trains on: seeding, the resumable `PromptSampler`, and one
+"""Which prompts a step draws and the batch it trains on: the resumable `PromptSampler`, and one
 draw of prompts or DAPO's dynamic sampling.
 
 Dynamic sampling (DAPO, arXiv 2503.14476 §3.2, `grpo.dynamic_sampling=true`): a group whose rewards
@@ -34,14 +34,6 @@ from grpo.rollout.engine import Rollout
 from grpo.train.distributed import Dist, all_gather_objects, all_min, all_sum
 
 logger = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int, threads: int = 0) -> None:
-    """Seed Python's and torch's global generators (initialisation, data); threads > 0: torch's CPU threads."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    if threads > 0:
-        torch.set_num_threads(threads)
 
 
 class PromptSampler:

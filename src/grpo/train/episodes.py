@@ -17,10 +17,9 @@ import torch
 from grpo.config import TrainConfig
 from grpo.data.templates import encode_prompts
 from grpo.rewards.combine import reward_inputs
-from grpo.rewards.loader import load_reward_function
 from grpo.rollout.engine import Rollout, SamplingParams
 from grpo.rollout.multiturn import Episodes, generate_episodes
-from grpo.tools.environment import ToolEnvironment, ToolRunner
+from grpo.tools.environment import ToolEnvironment, ToolRunner, load_environment
 from grpo.tools.functions import load_tools
 from grpo.tools.parser import load_parser
 
@@ -36,7 +35,7 @@ class Episodic:
         self.cfg, self.tokenizer = cfg, tokenizer
         self.tools = load_tools(r.tools) if r.tools else []
         self.parse = load_parser(r.tool_parser) if r.tools else None
-        self.factory = load_reward_function(r.environment) if r.environment else None
+        self.factory = load_environment(r.environment) if r.environment else None
 
     def make_env(self, row: dict, pool) -> Any:
         """A fresh environment for one trajectory of `row`."""

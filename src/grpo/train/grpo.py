@@ -67,7 +67,7 @@ from grpo.train.checkpoint import (
     save_checkpoint,
     weights_fingerprint,
 )
-from grpo.train.batch import Batch, PromptSampler, collect_batch, gather_batch, seed_everything
+from grpo.train.batch import Batch, PromptSampler, collect_batch, gather_batch
 from grpo.train.episodes import Episodic, add_environment_reward, episode_columns, trajectory_texts
 from grpo.train.distributed import (
     SINGLE,
@@ -98,6 +98,7 @@ from grpo.train.run_lock import OutputDirLock
 from grpo.train.advantages import compute_advantages, rft_advantages, step_advantages
 from grpo.train.reward_model import RewardModelTrainer
 from grpo.train.update import forking_tokens, logprobs_no_grad, update_policy
+from grpo.utils.seeding import seed_everything
 
 logger = logging.getLogger(__name__)
 

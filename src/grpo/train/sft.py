@@ -35,7 +35,7 @@ from grpo.train.episodes import Episodic
 from grpo.train.evaluation import evaluate_accuracy
 from grpo.train.metrics import MetricsLog
 from grpo.train.optim import make_optimizer
-from grpo.train.batch import seed_everything
+from grpo.utils.seeding import seed_everything
 from grpo.train.run_files import prepare_output_dir, refuse_existing_run, save_model
 from grpo.train.update import micro_batches
 

@@ -1,4 +1,4 @@
-"""The code sandbox's processes and uid, seen from the parent (grpo.rewards.code runs the child).
+"""The code sandbox's processes and uid, seen from the parent (grpo.sandbox.run runs the child).
 
 Finding what a run started (/proc), killing it in the order that leaves nothing behind, lending a
 run a uid of its own when the parent is root, and removing what that uid left in the shared

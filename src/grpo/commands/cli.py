@@ -78,14 +78,14 @@ def _cmd_sft(args) -> None:
 
 
 def _cmd_demo(args) -> None:
-    from grpo.demo import run_demo
+    from grpo.commands.demo import run_demo
 
     run_demo(args.config, args.overrides, progress=not args.quiet, overwrite=args.overwrite)
 
 
 def _cmd_reproduce(args) -> None:
-    from grpo.evaluate import parse_ks
-    from grpo.reproduce import run_reproduce
+    from grpo.commands.eval import parse_ks
+    from grpo.commands.reproduce import run_reproduce
 
     run_reproduce(args.config, args.overrides, n=args.n, ks=parse_ks(args.k), docs_dir=args.docs, methods=args.methods.split(","),
                   progress=not args.quiet, sft_dir=args.sft, seeds=args.seeds, jobs=args.jobs, reuse=args.reuse,
@@ -157,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--resume", metavar="DIR", default=None,
                             help="continue the run in DIR from its newest checkpoint (its config.yaml is the config)")
         sp.set_defaults(fn=fn)
-    from grpo.evaluate import build_eval_parser
-    from grpo.plan_cli import build_plan_parser
+    from grpo.commands.eval import build_eval_parser
+    from grpo.commands.plan import build_plan_parser
 
     build_eval_parser(sub)
     build_plan_parser(sub)

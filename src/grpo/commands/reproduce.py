@@ -195,7 +195,7 @@ def accuracy_checkers(reward_fn: str, options: dict) -> dict:
 def _evaluate_episodes(path: str, rl_config: str, seed: int):
     """A multi-turn task's evaluation: greedy episodes on the test split (`tool_use_report`), the tool-call
     share beside the accuracy; no sampled completions, so no pass@k or maj@k."""
-    from grpo.evaluate import EvalResult
+    from grpo.train.evaluation import EvalResult
     from grpo.train.episodes import tool_use_report
 
     report = tool_use_report(path, load_config(TrainConfig, rl_config, [f"train.seed={seed}"]))["all"]
@@ -214,7 +214,7 @@ def _evaluate_job(path: str, data: dict, reward_fn: str, reward_options: dict, n
 
     from grpo.config import DataConfig, ModelConfig
     from grpo.data import load_task
-    from grpo.evaluate import answer_equivalence, answer_extractor, evaluate_policy
+    from grpo.train.evaluation import answer_equivalence, answer_extractor, evaluate_policy
     from grpo.models.loading import load_policy
     from grpo.rewards import load_reward_function
 
