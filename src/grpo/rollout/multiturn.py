@@ -1,6 +1,6 @@
 """Multi-turn rollouts: the policy samples a turn, its environment answers, the policy continues.
 
-Token in, token out (DESIGN.md section 10). A trajectory is one token sequence after the prompt: the
+Token in, token out (docs/tools.md). A trajectory is one token sequence after the prompt: the
 policy's sampled tokens, and after each turn that the environment answers, the answer's tokens as the
 chat template renders that turn (`render_turn`), appended. Nothing is ever re-rendered, so the tokens
 trained on are exactly the tokens sampled (a template that rewrites earlier turns, e.g. one that drops
