@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from grpo.commands.cli import main
 from grpo.config import TrainConfig, load_config
 from grpo.errors import UserError
+from grpo.train import checkpoint
 from grpo.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from grpo.train.optim import make_optimizer
 from grpo.train.grpo import train
@@ -227,21 +228,19 @@ def test_a_disk_that_fills_up_stops_the_run_at_the_save_and_the_last_checkpoint_
 
 def test_a_failed_checkpoint_write_removes_its_partial_files_and_keeps_the_previous(tmp_path, monkeypatch):
     """Works without a mountable disk: the second save's weights file is cut short by ENOSPC."""
-    import safetensors.torch
-
     cfg = TrainConfig()
     model = torch.nn.Linear(4, 4)
     optimizer, scheduler = make_optimizer(model, cfg.optim, 10)
     gen = torch.Generator().manual_seed(0)
     save_checkpoint(tmp_path, cfg, TrainerState(step=1), model, optimizer, scheduler, gen, keep=2)
-    real = safetensors.torch.save_model
+    real = checkpoint.save_model
 
     def full_disk(model, filename, *a, **k):
         real(model, filename, *a, **k)
         os.truncate(filename, 10)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
 
-    monkeypatch.setattr(safetensors.torch, "save_model", full_disk)
+    monkeypatch.setattr(checkpoint, "save_model", full_disk)  # the name the checkpoint writer calls
     saved = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)

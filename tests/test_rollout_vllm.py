@@ -110,7 +110,7 @@ def test_rollout_engine_vllm_is_built_from_the_config_and_kept_in_step(tmp_path,
     (a missed sync would sample step 2 from stale weights)."""
     from safetensors.torch import load_file
 
-    import grpo.rollout.vllm_engine as vllm_engine
+    import grpo.train.grpo as loop
     from grpo.config import TrainConfig, load_config
     from grpo.train.grpo import train
 
@@ -119,7 +119,7 @@ def test_rollout_engine_vllm_is_built_from_the_config_and_kept_in_step(tmp_path,
         return train(load_config(TrainConfig, None, [*SMALL, rewards, f"train.output_dir={out}", *extra]), progress=False)
 
     run(tmp_path / "hf")
-    monkeypatch.setattr(vllm_engine, "VLLMEngine", _FakeVLLM)
+    monkeypatch.setattr(loop, "VLLMEngine", _FakeVLLM)  # the name the loop calls
     # correction=none: rollout.correction=auto would weight the surrogate by pi_old / pi_sampler for vLLM, and
     # the stand-in's lean sampler agrees with the trainer only to float rounding, so the bits would differ
     vllm = ("rollout.engine=vllm", "rollout.gpu_memory_utilization=0.5", "rollout.correction=none")

@@ -16,14 +16,19 @@ contract of docs/rewards.md, whether given by reference in the config or as call
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from grpo.config import DemoConfig, RewardEntry, SFTConfig, TrainConfig
+from grpo.config import DemoConfig, ModelConfig, RewardEntry, SFTConfig, TrainConfig
 from grpo.config_io import load_config
+from grpo.data import load_task
 from grpo.errors import UserError
+from grpo.rewards.loader import load_reward_function
 
 __all__ = ["DemoConfig", "SFTConfig", "TrainConfig", "UserError", "evaluate", "load_config", "quiet_libraries",
            "sft", "train"]
@@ -36,10 +41,9 @@ callable, or (either, weight)."""
 def quiet_libraries() -> None:
     """No progress bars or notices from transformers, huggingface_hub and datasets, in this process from
     now on (and its subprocesses: through the environment). grpo's own bar is switched by `progress`."""
-    import warnings
-
     for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
         os.environ[name] = "1"  # read by datasets / huggingface_hub when they are imported
+    # after the variables above are set, and not at the top: transformers is a heavy import --help does not need
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as hf_logging
 
@@ -78,6 +82,7 @@ def train(cfg: TrainConfig, rewards: Sequence[Reward] | None = None, quiet: bool
     as 'module:fn' for rewards.workers and timeouts). quiet: no progress bars at all (`quiet_libraries`).
     overwrite: replace a run already in train.output_dir (else it is refused).
     """
+    # imports torch: here, so that `import grpo.api` (the CLI imports it for every command) stays light
     from grpo.train.grpo import train as train_loop
 
     callables = {}
@@ -92,6 +97,7 @@ def train(cfg: TrainConfig, rewards: Sequence[Reward] | None = None, quiet: bool
 def sft(cfg: SFTConfig, quiet: bool = False, overwrite: bool = False):
     """Supervised fine-tuning until held-out accuracy plateaus -> `grpo.train.sft.SFTResult` (its
     model_dir is the best checkpoint, a Hugging Face directory to start `train` from: model.path)."""
+    # imports torch: here, so that `import grpo.api` (the CLI imports it for every command) stays light
     from grpo.train.sft import sft as sft_loop
 
     cfg.validate()
@@ -105,14 +111,9 @@ def evaluate(model: str | Path, cfg: TrainConfig | None = None, n: int = 8, ks: 
     """Greedy accuracy, pass@k and maj@k of `model` (a directory such as `result.output_dir / "final"`, or
     'tiny') on the held-out set of `cfg` (default: the built-in task's), judged by its first reward
     function, sampled with its sampling settings and seed -> `grpo.train.evaluation.EvalResult`."""
-    import dataclasses
-    import tempfile
-
-    from grpo.config import ModelConfig
-    from grpo.data import load_task
+    # imports torch: here, so that `import grpo.api` (the CLI imports it for every command) stays light
     from grpo.train.evaluation import answer_equivalence, answer_extractor, evaluate_policy
     from grpo.models.loading import load_policy
-    from grpo.rewards.loader import load_reward_function
 
     cfg = cfg or TrainConfig()
     if quiet:

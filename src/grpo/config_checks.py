@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from grpo.errors import UserError
 
 
@@ -21,16 +23,12 @@ def check_multi_turn(cfg) -> None:
 
 def check_tensorboard(wanted: bool, name: str) -> None:
     """Before anything is written: the TensorBoard writer's package is there."""
-    import importlib.util
-
     if wanted and importlib.util.find_spec("tensorboard") is None:
         raise UserError(f"{name}: the tensorboard package is not installed (pip install 'grpo[tensorboard]')")
 
 
 def check_wandb(wanted: bool) -> None:
     """Before anything is written: Weights & Biases' package is there."""
-    import importlib.util
-
     if wanted and importlib.util.find_spec("wandb") is None:
         raise UserError("train.report_to: wandb: the wandb package is not installed (pip install 'grpo[wandb]')")
 

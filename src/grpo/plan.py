@@ -111,6 +111,7 @@ def architecture_from_config(path: str | Path) -> Architecture:
 
 def tiny_architecture(hidden_size: int = 160, num_layers: int = 4, architecture: str = "llama") -> Architecture:
     """The built-in tiny model (`grpo.models.tiny`) at the given width and depth."""
+    # grpo.models.tiny imports torch and transformers: here, so that `grpo plan` without the tiny model stays light
     from grpo.models.tiny import CHARS, NUMBERS, SPECIAL_TOKENS, TAG_TOKENS, TinyConfig
 
     t = TinyConfig(hidden_size=hidden_size, num_layers=num_layers)

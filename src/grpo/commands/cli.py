@@ -20,22 +20,30 @@ with status 2.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import signal
 import sys
 import threading
+from pathlib import Path
 
-from grpo.config_io import add_config_arguments
+import grpo.config
+from grpo.api import quiet_libraries
+from grpo.commands.eval import build_eval_parser, parse_ks
+from grpo.commands.plan import build_plan_parser
+from grpo.config import SFTConfig, TrainConfig, load_config
+from grpo.config_io import add_config_arguments, config_keys, format_config_keys
 from grpo.errors import UserError
+from grpo.models.convert import convert_gguf
+from grpo.plotting import plot_comparison, plot_training, read_metrics
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _cmd_train(args) -> None:
-    from pathlib import Path
-
-    from grpo.config import TrainConfig, load_config
+    # imports torch: here, not at the top, so that `grpo --help` and the light commands stay light
     from grpo.models.loading import emulates_bf16, resolve_device
     from grpo.train.grpo import train
 
@@ -67,7 +75,7 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_sft(args) -> None:
-    from grpo.config import SFTConfig, load_config
+    # imports torch: here, not at the top, so that `grpo --help` and the light commands stay light
     from grpo.train.sft import sft
 
     cfg = load_config(SFTConfig, args.config, args.overrides)
@@ -78,13 +86,14 @@ def _cmd_sft(args) -> None:
 
 
 def _cmd_demo(args) -> None:
+    # imports torch: here, not at the top, so that `grpo --help` and the light commands stay light
     from grpo.commands.demo import run_demo
 
     run_demo(args.config, args.overrides, progress=not args.quiet, overwrite=args.overwrite)
 
 
 def _cmd_reproduce(args) -> None:
-    from grpo.commands.eval import parse_ks
+    # imports torch: here, not at the top, so that `grpo --help` and the light commands stay light
     from grpo.commands.reproduce import run_reproduce
 
     run_reproduce(args.config, args.overrides, n=args.n, ks=parse_ks(args.k), docs_dir=args.docs, methods=args.methods.split(","),
@@ -93,12 +102,6 @@ def _cmd_reproduce(args) -> None:
 
 
 def _cmd_plot(args) -> None:
-    import re
-    from pathlib import Path
-
-    from grpo.config import TrainConfig, load_config
-    from grpo.plotting import plot_comparison, plot_training, read_metrics
-
     is_override = re.compile(r"^[A-Za-z_][\w.]*=").match
     overrides = [x for x in args.items if is_override(x)]
     runs = [Path(r) for r in args.items if not is_override(r)]
@@ -125,9 +128,6 @@ CONFIGS = {"train": "TrainConfig", "sft": "SFTConfig", "demo": "DemoConfig"}
 
 
 def _cmd_config(args) -> None:
-    import grpo.config
-    from grpo.config_io import config_keys, format_config_keys
-
     keys = [k for k in config_keys(getattr(grpo.config, CONFIGS[args.name])) if k.key.startswith(args.prefix)]
     if not keys:
         raise UserError(f"grpo config {args.name}: no key starts with {args.prefix!r}")
@@ -135,8 +135,6 @@ def _cmd_config(args) -> None:
 
 
 def _cmd_convert(args) -> None:
-    from grpo.models.convert import convert_gguf
-
     print(f"wrote {convert_gguf(args.gguf, args.out_dir)} (load it with model.path=DIR or --model DIR)")
 
 
@@ -157,8 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--resume", metavar="DIR", default=None,
                             help="continue the run in DIR from its newest checkpoint (its config.yaml is the config)")
         sp.set_defaults(fn=fn)
-    from grpo.commands.eval import build_eval_parser
-    from grpo.commands.plan import build_plan_parser
 
     build_eval_parser(sub)
     build_plan_parser(sub)
@@ -206,8 +202,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from grpo.api import quiet_libraries
-
     args = build_parser().parse_args(argv)
     if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
         # a write past `ulimit -f` then fails with EFBIG, reported in one line, instead of killing the run
@@ -238,8 +232,6 @@ def entry() -> None:
     """
     status = main()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import logging
-
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

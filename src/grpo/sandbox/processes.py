@@ -88,7 +88,7 @@ def sandbox_uid():
     if os.geteuid() != 0:
         yield None
         return
-    import fcntl
+    import fcntl  # Unix only: here, so that importing grpo (and its rewards) still works elsewhere
 
     lock_dir = Path(tempfile.gettempdir()) / "grpo-sandbox-uids"
     lock_dir.mkdir(mode=0o700, exist_ok=True)
@@ -113,7 +113,7 @@ def sandbox_uid():
 
 
 def _has_account(uid: int) -> bool:
-    import pwd
+    import pwd  # Unix only, as fcntl above
 
     try:
         pwd.getpwuid(uid)

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from grpo.config import save_config, to_dict
 from grpo.errors import UserError
@@ -254,8 +255,6 @@ def _start(root: Path, tmp: Path) -> None:
 def _finish(tmp: Path, final: Path, old: Path, root: Path, cfg, state: TrainerState, model, optimizer,
             scheduler, gen: torch.Generator, extra: dict | None, dist: Dist, sampling) -> None:
     """Rank 0: the files besides the shards, everything fsynced, then the rename that completes it."""
-    from safetensors.torch import save_file, save_model
-
     rng = _rng_states(gen)
     if not dist.fsdp:  # under FSDP the shards hold the weights and the optimizer state
         trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -368,8 +367,6 @@ def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Gen
     rank reads the checkpoint: an FSDP-sharded model and optimizer take their shards of the full state;
     each rank continues its own sampling stream where the checkpoint has one for it.
     """
-    from safetensors.torch import load_file, load_model
-
     verify_checkpoint(path)
     _check_same_config(path, cfg)
     part = "trainer_state.json"

@@ -10,14 +10,19 @@ reads the final answer after the tool's result; advantages are per trajectory.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from grpo.config import TrainConfig
+from grpo.data import load_task
 from grpo.data.templates import encode_prompts
+from grpo.models.loading import load_policy, stop_token_ids
+from grpo.rewards import load_reward_function
 from grpo.rewards.combine import reward_inputs
 from grpo.rollout.engine import Rollout, SamplingParams
+from grpo.rollout.hf import HFEngine
 from grpo.rollout.multiturn import Episodes, generate_episodes
 from grpo.tools.environment import ToolEnvironment, ToolRunner, load_environment
 from grpo.tools.functions import load_tools
@@ -94,13 +99,6 @@ def add_environment_reward(rewards: torch.Tensor, per_function: dict, ep: Episod
 def tool_use_report(model_dir, cfg: TrainConfig) -> dict:
     """Greedy held-out accuracy, tool-call share and turns of the model in `model_dir` on cfg's held-out
     rows, overall and per value of a `kind` column (builtin:calculator: 'hard' and 'easy')."""
-    import dataclasses
-
-    from grpo.data import load_task
-    from grpo.models.loading import load_policy, stop_token_ids
-    from grpo.rewards import load_reward_function
-    from grpo.rollout.hf import HFEngine
-
     model, tokenizer = load_policy(dataclasses.replace(cfg.model, path=str(model_dir), lora=None), None)
     rows = load_task(cfg.data, tokenizer, cfg.train.seed, tools=[t.schema for t in Episodic(cfg, tokenizer).tools]).heldout
     engine = HFEngine(model, stop_token_ids(model, tokenizer), tokenizer.pad_token_id)

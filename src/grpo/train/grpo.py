@@ -53,6 +53,7 @@ from grpo.rewards import RewardModel, RewardSpec, compute_rewards, load_reward_f
 from grpo.rewards.loader import RESERVED_ARGUMENTS
 from grpo.rollout.engine import RolloutEngine, SamplingParams
 from grpo.rollout.hf import HFEngine
+from grpo.rollout.vllm_engine import VLLMEngine
 from grpo.train.checkpoint import (
     CHECKPOINTS,
     StopSignals,
@@ -258,7 +259,6 @@ def make_engine(cfg: TrainConfig, model, tokenizer, model_dir: Path, dist: Dist)
     if dist.fsdp:
         raise UserError("rollout.engine=vllm cannot run with train.strategy=fsdp (each rank's vLLM would need the "
                         "whole weights after every update); use train.strategy=ddp or rollout.engine=hf")
-    from grpo.rollout.vllm_engine import VLLMEngine
 
     return VLLMEngine(str(model_dir), stop, tokenizer.pad_token_id,
                       gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -155,9 +156,7 @@ def start_wandb(out_dir: Path, project: str, config: dict):
     """A Weights & Biases run writing its files under OUTPUT/wandb, named after the output directory; the
     same run again when resuming (its id is kept in OUTPUT/wandb/grpo-run-id). WANDB_MODE and the other
     WANDB_* variables apply (offline: nothing leaves the machine)."""
-    import secrets
-
-    import wandb
+    import wandb  # optional dependency (grpo[wandb]): config.py checks it is installed when asked for
 
     (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
     id_file = out_dir / "wandb" / WANDB_ID

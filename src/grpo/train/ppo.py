@@ -17,6 +17,7 @@ policy's own hidden states instead (no second model, the value loss never reache
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,6 @@ class ValueModel(nn.Module):
 
     def __init__(self, policy, shared: bool = False):
         super().__init__()
-        import copy
 
         base = unwrap(policy)
         body = base.get_decoder() if hasattr(base, "get_decoder") else base.model
