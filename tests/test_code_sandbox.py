@@ -301,7 +301,11 @@ def test_without_bwrap_one_notice_says_the_filesystem_is_not_isolated(monkeypatc
         assert run_python_sandboxed(ADD, ADD_TESTS).passed == 3
         assert run_python_sandboxed(ADD, ADD_TESTS).passed == 3
     notices = [r.getMessage() for r in caplog.records]
-    assert len(notices) == 1 and "can read any world-readable file" in notices[0] and "not installed" in notices[0]
+    assert (
+        len(notices) == 1
+        and "can read any world-readable file" in notices[0]
+        and "not installed" in notices[0]
+    )
 
 
 def test_socket_to_a_loopback_port_reaches_no_listener(isolation):

@@ -30,7 +30,8 @@ from grpo.data import load_task
 from grpo.errors import UserError
 from grpo.rewards.loader import load_reward_function
 
-__all__ = ["DemoConfig", "SFTConfig", "TrainConfig", "UserError", "evaluate", "load_config", "quiet_libraries",
+__all__ = ["DemoConfig", "SFTConfig", "TrainConfig", "UserError", "evaluate", "load_config",
+           "quiet_libraries",
            "sft", "train"]
 
 Reward = str | Callable | tuple
@@ -43,7 +44,8 @@ def quiet_libraries() -> None:
     now on (and its subprocesses: through the environment). grpo's own bar is switched by `progress`."""
     for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
         os.environ[name] = "1"  # read by datasets / huggingface_hub when they are imported
-    # after the variables above are set, and not at the top: transformers is a heavy import --help does not need
+    # after the variables above are set, and not at the top: transformers is a
+    # heavy import --help does not need
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as hf_logging
 
@@ -64,16 +66,19 @@ def _reward_entries(rewards: Sequence[Reward]) -> tuple[list[RewardEntry], dict[
         if callable(fn):
             name = getattr(fn, "__name__", None)
             if not name or name == "<lambda>" or name in callables:
-                raise UserError(f"train(rewards=...): give each callable a distinct function name, got {name!r}")
+                raise UserError("train(rewards=...): give each callable a distinct function name, got "
+                                f"{name!r}")
             callables[name] = fn
             fn = name
         elif not isinstance(fn, str):
-            raise UserError(f"train(rewards=...): expected a reference, a callable or (either, weight), got {item!r}")
+            raise UserError("train(rewards=...): expected a reference, a callable or (either, weight), got "
+                            f"{item!r}")
         entries.append(RewardEntry(fn=fn, weight=weight))
     return entries, callables
 
 
-def train(cfg: TrainConfig, rewards: Sequence[Reward] | None = None, quiet: bool = False, overwrite: bool = False):
+def train(cfg: TrainConfig, rewards: Sequence[Reward] | None = None, quiet: bool = False,
+          overwrite: bool = False):
     """GRPO (or cfg.algorithm's baseline) as configured -> `grpo.train.grpo.TrainResult` (accuracy before and
     after on the held-out set, steps, seconds, metrics history, output_dir with `final/` in it).
 
@@ -125,9 +130,14 @@ def evaluate(model: str | Path, cfg: TrainConfig | None = None, n: int = 8, ks: 
     checker = load_reward_function(first.fn, first.options)
     with tempfile.TemporaryDirectory() as tiny_dir:
         policy, tokenizer = load_policy(ModelConfig(path=str(model), device=cfg.model.device), Path(tiny_dir))
-    task = load_task(dataclasses.replace(data, num_train=min(data.num_train, 1) if data.source.startswith("builtin:")
-                                         else data.num_train, num_heldout=num_prompts), tokenizer, cfg.train.seed)
+    task = load_task(dataclasses.replace(data,
+                                         num_train=min(data.num_train, 1)
+                                         if data.source.startswith("builtin:")
+                                         else data.num_train, num_heldout=num_prompts), tokenizer,
+                                         cfg.train.seed)
     s = cfg.sampling
-    return evaluate_policy(policy.eval(), tokenizer, task.heldout, checker, answer_extractor(first.fn, first.options),
-                           n=n, ks=ks, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+    return evaluate_policy(policy.eval(), tokenizer, task.heldout, checker,
+                           answer_extractor(first.fn, first.options),
+                           n=n, ks=ks, temperature=s.temperature, top_p=s.top_p,
+                           max_new_tokens=s.max_new_tokens,
                            seed=cfg.train.seed, equivalent=answer_equivalence(first.fn, first.options))

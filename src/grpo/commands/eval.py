@@ -48,7 +48,8 @@ def _load_rows(args, tokenizer) -> list[dict]:
     return task.heldout if builtin else task.train[:args.num_prompts]
 
 
-CONFIG_FIELDS = {"model": "model.path", "device": "model.device", "data": "data.source", "split": "data.split",
+CONFIG_FIELDS = {"model": "model.path", "device": "model.device", "data": "data.source",
+                 "split": "data.split",
                  "prompt_column": "data.prompt_column", "answer_column": "data.answer_column",
                  "template": "data.template", "max_prompt_length": "data.max_prompt_length",
                  "max_new_tokens": "sampling.max_new_tokens", "temperature": "sampling.temperature",
@@ -92,14 +93,17 @@ def _cmd_eval(args) -> None:
     reward = args.reward or ("arithmetic_accuracy" if args.data.startswith("builtin:") else "math_accuracy")
     options = yaml.safe_load(args.reward_options) if args.reward_options else {}
     if not isinstance(options, dict):
-        raise UserError(f"--reward-options: expected a mapping like '{{gold_style: gsm8k}}', got {args.reward_options!r}")
+        raise UserError(
+            f"--reward-options: expected a mapping like '{{gold_style: gsm8k}}', got {args.reward_options!r}"
+        )
     checker = load_reward_function(reward, options)
     with tempfile.TemporaryDirectory() as tiny_dir:
         model, tokenizer = load_policy(ModelConfig(path=args.model, device=args.device), Path(tiny_dir))
     rows = _load_rows(args, tokenizer)
     if not rows:
         raise UserError(f"--data {args.data}: no prompts to evaluate")
-    res = evaluate_policy(model.eval(), tokenizer, rows, checker, answer_extractor(reward, options), n=args.n, ks=ks,
+    res = evaluate_policy(model.eval(), tokenizer, rows, checker, answer_extractor(reward, options), n=args.n,
+                          ks=ks,
                           temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                           seed=args.seed, batch_size=args.batch_size,
                           equivalent=answer_equivalence(reward, options))
@@ -124,20 +128,23 @@ def build_eval_parser(subparsers) -> None:
     """Add `grpo eval` to the CLI's subparsers; its `fn(args)` evaluates and prints the table."""
     p = subparsers.add_parser("eval", help="greedy accuracy, pass@k and maj@k of a model on a dataset",
                               description=__doc__.split("\n\n")[0])
-    add_config_arguments(p, "a `grpo train` YAML config (e.g. a run's config.yaml): model, data, sampling, seed "
+    add_config_arguments(p,
+                         "a `grpo train` YAML config (e.g. a run's config.yaml): model, data, sampling, seed "
                             "and reward come from it where their flags are left out")
-    p.add_argument("--model", default=None, help="a local Hugging Face model directory, or 'tiny' (model.path)")
+    p.add_argument("--model", default=None,
+                   help="a local Hugging Face model directory, or 'tiny' (model.path)")
     p.add_argument("--data", default=None,
-                   help="builtin:arithmetic (its held-out split) or a .jsonl/.json/.parquet/.csv/datasets directory "
-                        "(data.source; default builtin:arithmetic)")
+                   help="builtin:arithmetic (its held-out split) or a .jsonl/.json/.parquet/.csv/datasets "
+                        "directory (data.source; default builtin:arithmetic)")
     p.add_argument("--n", type=int, default=8, help="samples per prompt")
     p.add_argument("--k", default="1,2,4,8", help="comma-separated k for pass@k and maj@k (each <= n)")
     p.add_argument("--out", default=None,
                    help="JSON results (default: MODEL_DIR/eval.json, or ./eval.json for 'tiny'; '' to skip)")
     p.add_argument("--reward", default=None,
-                   help="accuracy reward that judges correctness (default: arithmetic_accuracy for the built-in "
-                        "task, math_accuracy otherwise; any reward reference works)")
-    p.add_argument("--reward-options", default=None, help="YAML mapping of the reward's options, e.g. '{gold_style: gsm8k}'")
+                   help="accuracy reward that judges correctness (default: arithmetic_accuracy for the "
+                        "built-in task, math_accuracy otherwise; any reward reference works)")
+    p.add_argument("--reward-options", default=None,
+                   help="YAML mapping of the reward's options, e.g. '{gold_style: gsm8k}'")
     p.add_argument("--prompt-column", default=None, help="data.prompt_column (default prompt)")
     p.add_argument("--answer-column", default=None, help="data.answer_column (default answer)")
     p.add_argument("--template", default=None, help="'r1' or a string with {prompt} (data.template)")

@@ -67,14 +67,17 @@ def load_task(cfg: DataConfig, tokenizer, seed: int = 0, tools: list[dict] | Non
     """tools: function schemas rendered into chat prompts (rollout.tools)."""
     if cfg.source == "builtin:arithmetic":
         space = dict(num_steps=cfg.task_steps, max_value=cfg.task_max_value, max_delta=cfg.task_max_delta,
-                     multiply=cfg.task_multiply, validation_percent=VALIDATION_PERCENT if cfg.num_validation else 0)
+                     multiply=cfg.task_multiply,
+                     validation_percent=VALIDATION_PERCENT if cfg.num_validation else 0)
         try:
             train = make_rows(cfg.num_train, "train", seed, cfg.direct_fraction, **space)
-            validation = make_rows(cfg.num_validation, "validation", seed, **space) if cfg.num_validation else []
+            validation = make_rows(cfg.num_validation, "validation", seed,
+                                   **space) if cfg.num_validation else []
             heldout = make_rows(cfg.num_heldout, "heldout", seed, **space)
         except ValueError as e:
-            raise UserError(f"data (builtin:arithmetic): {e}; lower data.num_train, num_validation or num_heldout, "
-                            "or enlarge the task (data.task_steps, task_max_value, task_max_delta)") from None
+            raise UserError(f"data (builtin:arithmetic): {e}; lower data.num_train, num_validation or "
+                            "num_heldout, or enlarge the task (data.task_steps, task_max_value, "
+                            "task_max_delta)") from None
     elif cfg.source == "builtin:calculator":  # a task where a calculator tool pays (docs/tools.md)
         train = calculator.make_rows(cfg.num_train, "train", seed, cfg.direct_fraction)
         heldout = calculator.make_rows(cfg.num_heldout, "heldout", seed)
@@ -99,5 +102,6 @@ def load_task(cfg: DataConfig, tokenizer, seed: int = 0, tools: list[dict] | Non
         raise UserError(f"data.num_validation={cfg.num_validation}: {cfg.source} has no validation split "
                         "(builtin:arithmetic makes one; for files set data.validation_source)")
     if not train:
-        raise UserError(f"data.source {cfg.source}: no training prompts left after dropping {dropped} too long")
+        raise UserError(f"data.source {cfg.source}: no training prompts left after dropping {dropped} too "
+                        "long")
     return Task(train, heldout, dropped + dropped_h + dropped_v, validation)

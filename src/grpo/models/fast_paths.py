@@ -23,12 +23,13 @@ A class not in PROVEN, a transformers without a name a path needs (`grpo.models.
 failed check: that path is off and the stock forward runs, with one warning line naming the
 architecture and what was skipped, e.g.
 
-    grpo: Gemma2ForCausalLM (gemma2) runs transformers' stock forward: lean MLP, GQA attention, chunked LM head,
+    grpo: Gemma2ForCausalLM (gemma2) runs transformers' stock forward: lean MLP,
+    GQA attention, chunked LM head,
     shared prompts, lean decoder skipped (not on grpo's list of proven architectures)
 
 What a model got is `enabled_paths(model)`. A model built without `load_policy` (tests, a script) gets
 PROVEN's paths for its class, unchecked.
-"""
+"""  # noqa: E501  (the table rows above are longer than a line)
 
 from __future__ import annotations
 

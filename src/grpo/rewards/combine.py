@@ -97,7 +97,8 @@ class RewardInputs(NamedTuple):
 
     def kwargs(self) -> dict:
         """The keyword arguments of one reward-function call."""
-        return {"prompts": self.prompts, "completions": self.completions, "completion_ids": self.completion_ids,
+        return {"prompts": self.prompts, "completions": self.completions,
+                "completion_ids": self.completion_ids,
                 **self.columns}
 
 
@@ -106,9 +107,11 @@ def reward_inputs(rows: list[dict], completions: list[str], completion_ids: list
     """The inputs for `G` consecutive completions of each row of `rows`.
 
     >>> reward_inputs([{"prompt": "1+1=", "answer": "2"}], ["2", "3"], [[7, 0], [8, 0]], G=2).kwargs()
-    {'prompts': ['1+1=', '1+1='], 'completions': ['2', '3'], 'completion_ids': [[7, 0], [8, 0]], 'answer': ['2', '2']}
+    {'prompts': ['1+1=', '1+1='], 'completions': ['2', '3'], 'completion_ids': [[7, 0],
+    [8, 0]], 'answer': ['2', '2']}
     """
-    columns = {k: [x.get(k) for x in rows for _ in range(G)] for k in rows[0] if k != "prompt"} if rows else {}
+    columns = {k: [x.get(k) for x in rows for _ in range(G)] for k in rows[0]
+               if k != "prompt"} if rows else {}
     return RewardInputs([x["prompt"] for x in rows for _ in range(G)], completions, completion_ids, columns)
 
 

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grpo.errors import UserError
-from grpo.sandbox.processes import (has_exited, kill_child, make_writable_and_retry, open_pidfd, remove_files_of,
+from grpo.sandbox.processes import (has_exited, kill_child, make_writable_and_retry, open_pidfd,
+                                    remove_files_of,
                                     sandbox_uid)
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,8 @@ class SandboxResult:
     wall_s: float
     """Seconds from start until the child exited or was killed."""
     isolation: tuple[str, ...]
-    """Mechanisms beyond rlimits that took effect: "fsview" (bubblewrap), "uid", "netns", "pidns", "userns"."""
+    """Mechanisms beyond rlimits that took effect: "fsview" (bubblewrap), "uid",
+    "netns", "pidns", "userns"."""
     returncode: int | None
     """Exit status of the child (negative: killed by that signal)."""
     pid: int
@@ -193,8 +195,8 @@ def filesystem_view() -> str | None:
             why = f"bwrap failed here: {' '.join(done.stderr.split())[:200]}" if done.returncode else ""
         _VIEW["bwrap"] = bwrap if not why else None
         if why:
-            logger.warning("notice: the code sandbox's programs can read any world-readable file on this machine "
-                           "(no filesystem view of their own: %s; apt-get install bubblewrap)", why)
+            logger.warning("notice: the code sandbox's programs can read any world-readable file on this "
+                           "machine (no filesystem view of their own: %s; apt-get install bubblewrap)", why)
     return _VIEW["bwrap"]
 
 
@@ -206,7 +208,8 @@ def _view_args(workdir: str, network: bool) -> list[str]:
     if not any(prefix == d or prefix.startswith(d + "/") for d in binds):
         binds.append(prefix)  # e.g. /root/.pyenv/versions/3.11.7
     args = [a for d in binds for a in ("--ro-bind", d, d)]
-    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs",
+    args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777",
+             "--tmpfs",
              "/dev/shm", "--bind", workdir, workdir, "--chdir", workdir,
              "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent"]
     return args + ([] if network else ["--unshare-net"]) + ["--"]
@@ -217,7 +220,8 @@ def _run_child(config: dict, workdir: str, timeout_s: float, max_output: int) ->
     bwrap = filesystem_view()
     python = [sys.executable, "-I", "-S", "-c", _CHILD_SOURCE]
     if bwrap:  # the interpreter by its real path: the virtual environment's directory is not in the view
-        python = [bwrap, *_view_args(workdir, config["network"]), os.path.realpath(sys.executable), *python[1:]]
+        python = [bwrap, *_view_args(workdir, config["network"]), os.path.realpath(sys.executable),
+                  *python[1:]]
     start = time.monotonic()
     try:
         proc = subprocess.Popen(

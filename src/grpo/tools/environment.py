@@ -23,7 +23,8 @@ with a long message, a 3,000-character unknown tool name) is cut to that many to
 Calls run where `ToolRunner` says: in the reward worker pool (`rewards.workers > 0`: separate spawned
 processes, each call limited to the timeout inside the worker; the parent gives up on a call only when
 the pool has finished nothing for the timeout plus a grace period, so time spent queued behind other
-calls does not count against `tool_timeout_s`), in the training process under the same deadline (`rewards.workers = 0`), or, for a
+calls does not count against `tool_timeout_s`), in the training process under the same deadline
+(`rewards.workers = 0`), or, for a
 tool with `sandbox: true`, in the code sandbox (grpo.sandbox: a fresh process with rlimits and,
 where the kernel allows, no network); a sandboxed tool's result comes back whole (any number of lines,
 JSON-encoded on one marked line of its output), or, past `SANDBOX_RESULT_BYTES`, as an error saying so.
@@ -99,9 +100,11 @@ def _call_sandboxed(tool: Tool, arguments: dict, timeout_s: float | None) -> tup
         return "error", "RuntimeError: a sandboxed tool must come from a .py file"
     with open(tool.source, encoding="utf-8") as f:
         code = f.read()
-    code += (f"\nimport json as _json\n_out = {tool.fn.__name__}(**_json.loads({json.dumps(arguments)!r}))\n"
-             "_out = _json.dumps(_out if isinstance(_out, str) else _json.dumps(_out, default=str))\n"
-             f"print({_RESULT_MARK!r} + (_out if len(_out.encode()) <= {SANDBOX_RESULT_BYTES} else 'null'))\n")
+    code += (
+        f"\nimport json as _json\n_out = {tool.fn.__name__}(**_json.loads({json.dumps(arguments)!r}))\n"
+        "_out = _json.dumps(_out if isinstance(_out, str) else _json.dumps(_out, default=str))\n"
+        f"print({_RESULT_MARK!r} + (_out if len(_out.encode()) <= {SANDBOX_RESULT_BYTES} else 'null'))\n"
+    )
     r = run_python_sandboxed(code, ["pass"], timeout_s=timeout_s or 5.0)
     if r.status == "timeout":
         return "timeout", ""
@@ -140,7 +143,8 @@ def _mark_done(pool, _future) -> None:
 class ToolRunner:
     """Runs tool calls: in `pool` (a process pool, the reward workers) or in-process, or in the sandbox."""
 
-    def __init__(self, tools: list[Tool], timeout_s: float | None, pool: concurrent.futures.Executor | None = None):
+    def __init__(self, tools: list[Tool], timeout_s: float | None,
+                 pool: concurrent.futures.Executor | None = None):
         self.tools = {t.name: t for t in tools}
         self.timeout_s, self.pool = timeout_s, pool
 

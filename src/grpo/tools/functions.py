@@ -95,8 +95,9 @@ def load_tools(entries: list) -> list[Tool]:
     for entry in entries:
         ref = BUILTIN_TOOLS.get(entry.fn, entry.fn)
         if ":" not in ref:
-            raise UserError(f"rollout.tools: unknown tool {entry.fn!r}: use a built-in ({', '.join(BUILTIN_TOOLS)}), "
-                            "'path/to/file.py:function' or 'package.module:function'")
+            raise UserError(f"rollout.tools: unknown tool {entry.fn!r}: use a built-in "
+                            f"({', '.join(BUILTIN_TOOLS)}), 'path/to/file.py:function' or "
+                            "'package.module:function'")
         fn = load_function(ref, "tool")
         source = fn.path if isinstance(fn, FileFunction) else inspect.getsourcefile(inspect.unwrap(fn))
         tools.append(Tool(ref.rsplit(":", 1)[1], fn, tool_schema(fn), entry.sandbox, source))

@@ -91,8 +91,8 @@ def close_distributed(dist: Dist) -> None:
 
 def check_divisible(prompts_per_step: int, dist: Dist) -> None:
     if prompts_per_step % dist.world_size:
-        raise UserError(f"train.prompts_per_step={prompts_per_step} must be a multiple of the number of processes "
-                        f"({dist.world_size}): each process takes an equal share of the prompts")
+        raise UserError(f"train.prompts_per_step={prompts_per_step} must be a multiple of the number of "
+                        f"processes ({dist.world_size}): each process takes an equal share of the prompts")
 
 
 def shard(items: list, dist: Dist) -> list:
@@ -277,7 +277,8 @@ def full_weights(model, dist: Dist):
         return
     from torch.distributed.fsdp import FSDPModule
 
-    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]  # unshard() is per module, not recursive
+    # unshard() is per module, not recursive
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
     model.set_reshard_after_forward(False)
     for m in sharded:
         m.unshard()
@@ -296,7 +297,8 @@ def full_state_dict(model, dist: Dist, every_rank: bool = False) -> dict | None:
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not every_rank))
+    return get_model_state_dict(model,
+                                options=StateDictOptions(full_state_dict=True, cpu_offload=not every_rank))
 
 
 def first_error(error: str | None, dist: Dist) -> str | None:

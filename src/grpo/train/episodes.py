@@ -51,7 +51,9 @@ class Episodic:
         return ToolEnvironment(ToolRunner(self.tools, r.tool_timeout_s, pool), self.parse, count,
                                r.max_observation_tokens)
 
-    def generate(self, engine, rows: list[dict], params: SamplingParams, generator, pool) -> tuple[Rollout, Episodes]:
+    def generate(
+        self, engine, rows: list[dict], params: SamplingParams, generator, pool
+    ) -> tuple[Rollout, Episodes]:
         envs = [self.make_env(row, pool) for row in rows for _ in range(params.G)]
         prompt_ids = encode_prompts(self.tokenizer, [x["prompt"] for x in rows])
         return generate_episodes(engine, self.tokenizer, prompt_ids, envs, params, self.cfg.rollout.max_turns,
@@ -79,8 +81,10 @@ class Episodic:
 
 def trajectory_texts(tokenizer, r: Rollout) -> list[str]:
     """Each trajectory as text: policy and environment turns, special tokens (EOS, pad) removed."""
-    return tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(r.completion_ids, r.completion_mask)],
-                                  skip_special_tokens=True)
+    return tokenizer.batch_decode(
+        [row[m.bool()].tolist() for row, m in zip(r.completion_ids, r.completion_mask)],
+        skip_special_tokens=True,
+    )
 
 
 def episode_columns(ep: Episodes) -> dict[str, list[float]]:
@@ -100,7 +104,8 @@ def tool_use_report(model_dir, cfg: TrainConfig) -> dict:
     """Greedy held-out accuracy, tool-call share and turns of the model in `model_dir` on cfg's held-out
     rows, overall and per value of a `kind` column (builtin:calculator: 'hard' and 'easy')."""
     model, tokenizer = load_policy(dataclasses.replace(cfg.model, path=str(model_dir), lora=None), None)
-    rows = load_task(cfg.data, tokenizer, cfg.train.seed, tools=[t.schema for t in Episodic(cfg, tokenizer).tools]).heldout
+    rows = load_task(cfg.data, tokenizer, cfg.train.seed,
+                     tools=[t.schema for t in Episodic(cfg, tokenizer).tools]).heldout
     engine = HFEngine(model, stop_token_ids(model, tokenizer), tokenizer.pad_token_id)
     episodic, checker = Episodic(cfg, tokenizer), load_reward_function(cfg.rewards.functions[0].fn)
     report = {}

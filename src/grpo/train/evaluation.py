@@ -155,14 +155,16 @@ def answer_equivalence(reward: str, options: dict | None = None) -> Callable[[st
     return functools.partial(answers_match, timeout_s=(options or {}).get("timeout_s", 5.0))
 
 
-def _score(checker, rows: list[dict], texts: list[str], completion_ids: list[list[int]], repeat: int) -> list[bool]:
+def _score(checker, rows: list[dict], texts: list[str], completion_ids: list[list[int]],
+           repeat: int) -> list[bool]:
     """The reward's verdict per completion (rows[i] repeated `repeat` times); 1.0 counts as correct."""
     values = checker(**reward_inputs(rows, texts, completion_ids, repeat).kwargs())
     return [v is not None and float(v) >= 1.0 for v in values]
 
 
 def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Callable[[str], str | None],
-                    n: int = 8, ks: Sequence[int] = (1, 2, 4, 8), temperature: float = 1.0, top_p: float = 1.0,
+                    n: int = 8, ks: Sequence[int] = (1, 2, 4, 8), temperature: float = 1.0,
+                    top_p: float = 1.0,
                     max_new_tokens: int = 32, seed: int = 0, batch_size: int = 256, engine=None,
                     equivalent: Callable[[str, str], bool] | None = None, sample_prompts: int | None = None,
                     greedy_checkers: dict | None = None) -> EvalResult:
@@ -173,9 +175,11 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
     if not rows:
         raise UserError("eval: no prompts to evaluate")
     if n < 1 or not ks or ks[0] < 1 or ks[-1] > n:
-        raise UserError(f"eval: every k must be in 1..n (n={n} samples per prompt), got k={','.join(map(str, ks))}")
+        raise UserError(f"eval: every k must be in 1..n (n={n} samples per prompt), got "
+                        f"k={','.join(map(str, ks))}")
     if temperature <= 0:
-        raise UserError("eval: --temperature must be > 0 for the n samples (greedy accuracy is always measured)")
+        raise UserError("eval: --temperature must be > 0 for the n samples (greedy accuracy is always "
+                        "measured)")
     engine = engine or HFEngine(model, stop_token_ids(model, tokenizer), tokenizer.pad_token_id)
     torch.manual_seed(seed)
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
@@ -218,8 +222,10 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
     )
 
 
-def evaluate(model_path: str | Path, rows: list[dict], checker, answer_fn: Callable[[str], str | None], n: int = 8,
-             ks: Sequence[int] = (1, 2, 4, 8), temperature: float = 1.0, max_new_tokens: int = 32, seed: int = 0,
+def evaluate(model_path: str | Path, rows: list[dict], checker, answer_fn: Callable[[str], str | None],
+             n: int = 8,
+             ks: Sequence[int] = (1, 2, 4, 8), temperature: float = 1.0, max_new_tokens: int = 32,
+             seed: int = 0,
              batch_size: int = 256, device: str = "auto", top_p: float = 1.0,
              equivalent: Callable[[str, str], bool] | None = None, sample_prompts: int | None = None,
              greedy_checkers: dict | None = None) -> EvalResult:
@@ -232,9 +238,11 @@ def evaluate(model_path: str | Path, rows: list[dict], checker, answer_fn: Calla
     """
     with tempfile.TemporaryDirectory() as tiny_dir:
         model, tokenizer = load_policy(ModelConfig(path=str(model_path), device=device), Path(tiny_dir))
-    return evaluate_policy(model.eval(), tokenizer, rows, checker, answer_fn, n=n, ks=ks, temperature=temperature,
+    return evaluate_policy(model.eval(), tokenizer, rows, checker, answer_fn, n=n, ks=ks,
+                           temperature=temperature,
                            top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
-                           equivalent=equivalent, sample_prompts=sample_prompts, greedy_checkers=greedy_checkers)
+                           equivalent=equivalent, sample_prompts=sample_prompts,
+                           greedy_checkers=greedy_checkers)
 
 
 def format_result(res: EvalResult, title: str = "") -> str:

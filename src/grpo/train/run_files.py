@@ -1,5 +1,6 @@
 """What a run writes besides metrics and checkpoints: its directory and resolved config, sample completions,
-the final model (and a retrained reward model), the training plot. Every write failure is one `UserError` line."""
+the final model (and a retrained reward model), the training plot. Every write
+failure is one `UserError` line."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from grpo.models.loading import is_lora, unsharded_copy
 from grpo.plotting import plot_training
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "checkpoints", "final", "final.tmp", "tiny-init",
+RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "checkpoints", "final", "final.tmp",
+             "tiny-init",
              "tensorboard", "wandb", "training.png", "reward_model")
 """What `grpo train` and `grpo sft` write in their output directory (besides the lock file): what --overwrite
 removes, and what marks a directory as holding a run."""
@@ -36,8 +38,8 @@ def refuse_existing_run(path: str | Path, overwrite: bool, key: str) -> None:
     found = run_files_in(path)
     if found and not overwrite:
         kind = "finished run" if "final" in found else "run"
-        raise UserError(f"{key} {path} already holds a {kind} ({', '.join(found)}); replace it with --overwrite "
-                        f"(Python: overwrite=True), or choose another {key}")
+        raise UserError(f"{key} {path} already holds a {kind} ({', '.join(found)}); replace it with "
+                        f"--overwrite (Python: overwrite=True), or choose another {key}")
 
 
 def prepare_output_dir(path: str | Path, cfg, overwrite: bool = False) -> Path:

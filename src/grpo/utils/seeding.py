@@ -8,7 +8,8 @@ import torch
 
 
 def seed_everything(seed: int, threads: int = 0) -> None:
-    """Seed Python's and torch's global generators (initialisation, data); threads > 0: torch's CPU threads."""
+    """Seed Python's and torch's global generators (initialisation, data);
+    threads > 0: torch's CPU threads."""
     random.seed(seed)
     torch.manual_seed(seed)
     if threads > 0:
