@@ -36,7 +36,7 @@ def child(spec: str, argv: list[str]) -> int:
     """Run `grpo` (its CLI's main) in this process, SIGKILLing it where `spec` says."""
     import grpo.train.checkpoint as checkpoint
     import grpo.train.metrics as metrics
-    from grpo.cli import main
+    from grpo.commands.cli import main
 
     phase, _, count = spec.partition(":")
     seen = {"n": 0}

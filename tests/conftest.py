@@ -97,7 +97,8 @@ COSTLIEST_FIRST = ["test_distributed.py", "test_real_model.py", "test_reproduce.
                    "test_plan.py", "test_bad_inputs.py", "test_configs.py", "test_faults.py"]
 """The files that take the most time (`pytest --durations=0`), in that order; the rest follow in name order.
 pytest-xdist hands whole files to its two workers in this order (`--no-loadscope-reorder`): long files
-first, so that both workers end together on short ones instead of one waiting on the other's last long file."""
+first, so that both workers end together on short ones instead of one waiting on
+the other's last long file."""
 
 
 def pytest_collection_modifyitems(config, items):

@@ -21,7 +21,8 @@ MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])  # the last slot is padding, holding
 
 
 def test_importance_weights_hand_computed():
-    # d = trainer - sampler = [[0.5, -1, 0], [-0.2, -1, pad]]; exp(d) = [[1.6487, 0.3679, 1], [0.8187, 0.3679]]
+    # d = trainer - sampler = [[0.5, -1, 0], [-0.2, -1, pad]]; exp(d) =
+    # [[1.6487, 0.3679, 1], [0.8187, 0.3679]]
     e = math.exp
     tis = importance_weights(TRAINER, SAMPLER, MASK, mode="tis", high=1.5)
     torch.testing.assert_close(tis, torch.tensor([[1.5, e(-1), 1.0], [e(-0.2), e(-1), 0.0]]))
@@ -43,7 +44,8 @@ def test_importance_weights_match_a_float64_reference(mode, level):
     trainer = -torch.rand(6, 9, generator=g, dtype=torch.float64) * 3
     sampler = trainer + 0.6 * torch.randn(6, 9, generator=g, dtype=torch.float64)
     mask = (torch.arange(9) < torch.tensor([9, 1, 4, 7, 2, 5])[:, None]).long()
-    got = importance_weights(trainer.float(), sampler.float(), mask, mode=mode, level=level, low=0.7, high=1.4)
+    got = importance_weights(trainer.float(), sampler.float(), mask, mode=mode, level=level, low=0.7,
+                             high=1.4)
     want = torch.zeros(6, 9, dtype=torch.float64)
     for i in range(6):
         n = int(mask[i].sum())

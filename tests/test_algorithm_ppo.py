@@ -134,5 +134,7 @@ def test_whiten_with_given_moments_and_masked_moments():
     assert (float(mean), float(var)) == (2.0, 1.0)
     parts = [whiten(x[i:i + 1], mask[i:i + 1], moments=(2.0, 1.0)) for i in range(2)]
     torch.testing.assert_close(torch.cat(parts), whiten(x, mask), atol=0, rtol=0)
-    assert float(whiten(x[:1], mask[:1])[0, 0]) == pytest.approx(-0.5 / math.sqrt(0.5 + 1e-8))  # its own: mean 1.5, var 0.5
-    assert masked_moments(torch.tensor([[4.0, 9.0]]), torch.tensor([[1, 0]])) == (4.0, 0.0)  # one value: var 0
+    # its own: mean 1.5, var 0.5
+    assert float(whiten(x[:1], mask[:1])[0, 0]) == pytest.approx(-0.5 / math.sqrt(0.5 + 1e-8))
+    # one value: var 0
+    assert masked_moments(torch.tensor([[4.0, 9.0]]), torch.tensor([[1, 0]])) == (4.0, 0.0)

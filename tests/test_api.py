@@ -15,7 +15,8 @@ from grpo.api import TrainConfig, load_config, quiet_libraries, train
 from grpo.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
-SHRINK = ["train.steps=2", "train.prompts_per_step=2", "grpo.G=2", "sampling.max_new_tokens=6", "data.num_train=8",
+SHRINK = ["train.steps=2", "train.prompts_per_step=2", "grpo.G=2", "sampling.max_new_tokens=6",
+          "data.num_train=8",
           "data.num_heldout=4", "train.threads=1", "model.tiny_hidden_size=32", "model.tiny_num_layers=1"]
 """Appended to the example's overrides: the README's run in seconds."""
 
@@ -31,8 +32,9 @@ def test_the_readme_example_trains_with_a_custom_reward(tmp_path, monkeypatch, c
     code = readme_example()
     assert len(code.strip().splitlines()) <= 12
     real = grpo.api.load_config
-    monkeypatch.setattr(grpo.api, "load_config", lambda cls, path=None, overrides=(): real(cls, path,
-                                                                                          [*overrides, *SHRINK]))
+    monkeypatch.setattr(
+        grpo.api, "load_config", lambda cls, path=None, overrides=(): real(cls, path, [*overrides, *SHRINK])
+    )
     monkeypatch.chdir(tmp_path)
     capfd.readouterr()
     exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
@@ -89,7 +91,8 @@ def test_quiet_silences_the_libraries_progress_bars(monkeypatch, capfd):
         list(hub_tqdm(range(3), desc="hub"))
         assert capfd.readouterr().err == "" and are_progress_bars_disabled()
         assert datasets.are_progress_bars_disabled()  # imported already: switched off
-        assert os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"  # for an import to come, and subprocesses
+        # for an import to come, and subprocesses
+        assert os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"
         list(tqdm(range(3), desc="grpo", disable=False))  # grpo's own bar says explicitly whether it shows
         assert "grpo: 100%" in capfd.readouterr().err
     finally:

@@ -92,7 +92,8 @@ def test_each_architecture_gets_its_proven_fast_paths_and_no_other(models):
     lean_mlps = [m for m in fast.modules() if "forward" in vars(m)]
     assert len(lean_mlps) == (2 if "lean_mlp" in expected else 0)
     stock_attention = "eager" if arch == "gemma2" else "sdpa"  # transformers picks eager for Gemma2
-    assert fast.config._attn_implementation == (GQA_ATTENTION if "gqa_attention" in expected else stock_attention)
+    assert fast.config._attn_implementation == (GQA_ATTENTION if "gqa_attention" in expected
+                                                else stock_attention)
     if expected == ALL:
         assert caught == []
     else:  # one line, naming the class and every path skipped
@@ -130,7 +131,8 @@ def test_the_samplers_logprobs_equal_the_trainers(models):
     arch, _, fast, _ = models
     engine = HFEngine(fast, 2, 0)
     assert isinstance(engine.make_stepper(16), LeanDecoder) == ("lean_decoder" in ARCHITECTURES[arch][2])
-    r = engine.generate([[5, 9, 13, 7], [11, 4]], SamplingParams(max_new_tokens=6, temperature=1.0, top_p=1.0, G=2),
+    r = engine.generate([[5, 9, 13, 7], [11, 4]],
+                        SamplingParams(max_new_tokens=6, temperature=1.0, top_p=1.0, G=2),
                         torch.Generator().manual_seed(0))
     assert r.completion_mask.sum() >= 12
     with torch.no_grad():
@@ -160,10 +162,13 @@ def test_falcon_h1_mlp_falls_back_with_a_warning():
     before = parent.mlp(x)
     with pytest.warns(FastPathWarning) as caught:
         assert prepare_fast_paths(parent).enabled == frozenset()
-    assert len(caught) == 1 and str(caught[0].message).startswith("grpo: Parent (falcon_h1) runs transformers' stock")
+    assert len(caught) == 1 and str(caught[0].message).startswith(
+        "grpo: Parent (falcon_h1) runs " "transformers' stock"
+    )
     assert lean_layers(parent) == {"mlps": 0, "gqa_attention": False}
     assert "forward" not in vars(parent.mlp) and torch.equal(parent.mlp(x), before)
-    # what the old attribute-matched rewrite computed, multipliers dropped: up to 0.149 away (the issue's figure)
+    # what the old attribute-matched rewrite computed, multipliers dropped: up to
+    # 0.149 away (the issue's figure)
     dropped = parent.mlp.down_proj(torch.nn.functional.silu(parent.mlp.gate_proj(x)) * parent.mlp.up_proj(x))
     assert (dropped - before).abs().max().item() == pytest.approx(0.1489, abs=1e-4)
 
@@ -180,8 +185,8 @@ def test_a_fast_path_that_fails_its_check_is_turned_off_with_one_warning(monkeyp
     stock, fast, caught = prepared("llama")
     assert enabled_paths(fast) == ALL - {"lean_mlp"}
     (w,) = caught
-    assert str(w.message).startswith("grpo: LlamaForCausalLM (llama) runs transformers' stock forward: lean MLP "
-                                     "skipped (failed its check against the stock forward: max |d logp|")
+    assert str(w.message).startswith("grpo: LlamaForCausalLM (llama) runs transformers' stock forward: lean "
+                                     "MLP skipped (failed its check against the stock forward: max |d logp|")
     assert all("forward" not in vars(m) for m in fast.modules())
     b = batch()
     with torch.no_grad():
@@ -207,7 +212,8 @@ def test_a_lean_decoder_that_fails_its_check_is_replaced_by_the_stock_forward(mo
     _, fast, _ = prepared("qwen2")
     forward = LeanDecoder._forward
     monkeypatch.setattr(LeanDecoder, "_forward", lambda self, *a: forward(self, *a) * 1.01)
-    with pytest.warns(FastPathWarning, match=r"^grpo: Qwen2ForCausalLM \(qwen2\) runs transformers' stock forward: "
+    with pytest.warns(FastPathWarning,
+                      match=r"^grpo: Qwen2ForCausalLM \(qwen2\) runs transformers' stock forward: "
                       r"lean decoder skipped \(failed its check against the stock forward: max \|d logp\|"):
         assert isinstance(HFEngine(fast, 2, 0).make_stepper(16), HFStepper)
     assert enabled_paths(fast) == ALL - {"lean_decoder"}

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpo.cli import main
+from grpo.commands.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -39,7 +39,8 @@ BAD_DATA = {
     "bad/empty.jsonl": ["empty.jsonl:", "the dataset is empty"],
     "bad/garbage.parquet": ["garbage.parquet:", "not a readable Parquet file"],
     "bad/missing_answer.jsonl": ["missing_answer.jsonl:2:", "no 'answer' column (answer_column)"],
-    "bad/missing_column.jsonl": ["missing_column.jsonl:", "no column 'prompt' (prompt_column)", "question, solution"],
+    "bad/missing_column.jsonl": ["missing_column.jsonl:", "no column 'prompt' (prompt_column)",
+                                 "question, solution"],
     "bad/missing_field.csv": ["missing_field.csv:3:", "fewer fields than the header", "'answer'"],
     "bad/not_an_object.jsonl": ["not_an_object.jsonl:2:", "expected a JSON object", "got a list"],
     "bad/not_utf8.jsonl": ["not_utf8.jsonl:2:", "not valid UTF-8", "byte 0xfb"],
@@ -56,7 +57,8 @@ BAD_DATA = {
     "bad_configs/data/list_with_a_string.json": ["list_with_a_string.json:", "item 1", "is a string"],
     "bad_configs/data/not_utf8.csv": ["not_utf8.csv:3:", "not valid UTF-8"],
     "bad_configs/data/null_prompt.jsonl": ["null_prompt.jsonl:2:", "field 'prompt'", "got null"],
-    "bad_configs/data/object_without_rows.json": ["object_without_rows.json:", "set split", "keys with lists: none"],
+    "bad_configs/data/object_without_rows.json": ["object_without_rows.json:", "set split",
+                                                  "keys with lists: none"],
     "bad_configs/data/reserved_column.jsonl": ["reserved_column.jsonl", "column 'completions' clashes"],
     "bad_configs/data/truncated_last_line.jsonl": ["truncated_last_line.jsonl:2:", "invalid JSON"],
     "bad_configs/data/truncated_utf8_tail.jsonl": ["truncated_utf8_tail.jsonl:3:", "not valid UTF-8"],
@@ -176,7 +178,8 @@ def speed_overrides(config: Path, tiny: str) -> list[str]:
 
 @pytest.mark.parametrize("config", BAD_CONFIGS, ids=lambda p: p.stem)
 def test_bad_config_is_one_error_line(config, tiny, tmp_path, capfd):
-    line = run_cli(["train", "-q", "--config", str(config.relative_to(ROOT)), f"train.output_dir={tmp_path}/run",
+    line = run_cli(["train", "-q", "--config", str(config.relative_to(ROOT)),
+                    f"train.output_dir={tmp_path}/run",
                     *speed_overrides(config, tiny)], capfd)
     assert_names(line, expectations(config))
     assert not (tmp_path / "run").exists()
@@ -197,7 +200,8 @@ def test_bad_override_is_one_error_line(overrides, fragments, tmp_path, capfd):
 
 
 def test_missing_config_file(tmp_path, capfd):
-    line = run_cli(["train", "-q", "--config", str(tmp_path / "nope.yaml"), f"train.output_dir={tmp_path}/run"], capfd)
+    line = run_cli(["train", "-q", "--config", str(tmp_path / "nope.yaml"),
+                    f"train.output_dir={tmp_path}/run"], capfd)
     assert_names(line, ["config file not found:", "nope.yaml"])
     assert not (tmp_path / "run").exists()
 

@@ -98,7 +98,8 @@ def test_checkpointing_keeps_the_shared_prompt_forward(monkeypatch, caplog):
     enable_checkpointing(model)
     calls = []
     forward = lp._forward
-    monkeypatch.setattr(lp, "_forward", lambda m, **kw: calls.append(kw["input_ids"].shape) or forward(m, **kw))
+    monkeypatch.setattr(lp, "_forward", lambda m,
+                        **kw: calls.append(kw["input_ids"].shape) or forward(m, **kw))
     from transformers.utils import logging as hf_logging
 
     monkeypatch.setattr(hf_logging._get_library_root_logger(), "propagate", True)  # to caplog

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import grpo.config
-from grpo.cli import CONFIGS, main
+from grpo.commands.cli import CONFIGS, main
 from grpo.config import DemoConfig, SFTConfig, TrainConfig, load_config
 from grpo.config_io import config_keys, first_sentence
 
@@ -51,15 +51,21 @@ def test_grpo_config_lists_every_key_with_type_default_and_doc(name, capsys):
 
 def test_grpo_config_shows_the_real_values(capsys):
     listed = _listed(capsys, "train", "grpo.")
-    assert listed["grpo.beta"] == ("grpo.beta: float = 0.04" + " " * (64 - 23) + "  Weight of the k3 KL penalty to "
-                                   "the reference model (0: no reference model is loaded).")
+    assert listed["grpo.beta"] == (
+        "grpo.beta: float = 0.04" + " " * (64 - 23) + "  Weight of the k3 KL "
+        "penalty to "
+        "the reference model (0: no reference model is loaded)."
+    )
     assert list(listed) == [f"grpo.{f.name}" for f in dataclasses.fields(grpo.config.GRPOConfig)]
     sft = _listed(capsys, "sft", "optim.lr")  # SFT's own default, not train's
     assert sft["optim.lr"].startswith("optim.lr: float = 0.003")
     demo = _listed(capsys, "demo", "rl.model.lora")
     assert list(demo) == ["rl.model.lora", "rl.model.lora.r", "rl.model.lora.alpha", "rl.model.lora.dropout",
                           "rl.model.lora.target_modules"]
-    assert "= [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]" in demo["rl.model.lora.target_modules"]
+    assert (
+        "= [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]"
+        in demo["rl.model.lora.target_modules"]
+    )
     assert main(["config", "sft", "grpo."]) == 2
     assert "grpo config sft: no key starts with 'grpo.'" in capsys.readouterr().err
 

@@ -16,15 +16,10 @@ import time
 import pytest
 
 from grpo.errors import UserError
-from grpo.rewards import code, compute_rewards, make_reward_pool, reward_spec
-from grpo.rewards.code import (
-    CodeTests,
-    code_tests,
-    extract_code,
-    make_code_tests,
-    run_python_sandboxed,
-    split_tests,
-)
+from grpo.rewards import compute_rewards, make_reward_pool, reward_spec
+from grpo.rewards.code import CodeTests, code_tests, extract_code, make_code_tests
+from grpo.sandbox import run as sandbox
+from grpo.sandbox import run_python_sandboxed, split_tests
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the code sandbox uses Linux interfaces (/proc, namespaces)"
@@ -40,16 +35,16 @@ FAST = {"timeout_s": 3.0, "memory_mb": 256}
 def filesystem(request):
     """Every test runs twice: inside bubblewrap's filesystem view, and without one (today's sandbox where
     bwrap is missing). The first is skipped where bwrap is not installed or cannot run here."""
-    saved = dict(code._VIEW)
+    saved = dict(sandbox._VIEW)
     if request.param == "fsview":
-        code._VIEW.clear()
-        if code.filesystem_view() is None:
+        sandbox._VIEW.clear()
+        if sandbox.filesystem_view() is None:
             pytest.skip("bubblewrap (bwrap) is not installed or cannot build a view here")
     else:
-        code._VIEW["bwrap"] = None
+        sandbox._VIEW["bwrap"] = None
     yield request.param
-    code._VIEW.clear()
-    code._VIEW.update(saved)
+    sandbox._VIEW.clear()
+    sandbox._VIEW.update(saved)
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +198,7 @@ def test_concurrent_runs_get_their_own_uid(isolation):
 
 def test_a_sandbox_that_fails_to_set_itself_up_raises_instead_of_scoring_zero(monkeypatch):
     # E.g. setuid() refused: every run would score 0 silently; an error names the cause instead.
-    monkeypatch.setattr(code, "_CHILD_SOURCE", "import sys; sys.exit('setuid: Invalid argument')")
+    monkeypatch.setattr(sandbox, "_CHILD_SOURCE", "import sys; sys.exit('setuid: Invalid argument')")
     with pytest.raises(RuntimeError, match="before the program ran(.|\n)*setuid: Invalid argument"):
         run_python_sandboxed(ADD, ADD_TESTS)
 
@@ -292,7 +287,7 @@ def test_reading_a_private_file_outside_its_directory_fails(isolation):
 def test_a_world_readable_file_outside_the_view_cannot_be_read(isolation):
     """The sandbox's documented limit without bubblewrap: any world-readable file (here grpo's own source)
     can be read. In the filesystem view it is not there at all."""
-    result = run_python_sandboxed(f"print(len(open({code.__file__!r}).read()))", ["assert True"], **FAST)
+    result = run_python_sandboxed(f"print(len(open({sandbox.__file__!r}).read()))", ["assert True"], **FAST)
     if "fsview" in isolation:
         assert (result.status, result.score) == ("error", 0.0) and "FileNotFoundError" in result.stderr_tail
     else:
@@ -300,13 +295,17 @@ def test_a_world_readable_file_outside_the_view_cannot_be_read(isolation):
 
 
 def test_without_bwrap_one_notice_says_the_filesystem_is_not_isolated(monkeypatch, caplog):
-    monkeypatch.setattr(code, "_VIEW", {})
-    monkeypatch.setattr(code.shutil, "which", lambda name: None)
-    with caplog.at_level("WARNING", logger="grpo.rewards.code"):
+    monkeypatch.setattr(sandbox, "_VIEW", {})
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    with caplog.at_level("WARNING", logger="grpo.sandbox.run"):
         assert run_python_sandboxed(ADD, ADD_TESTS).passed == 3
         assert run_python_sandboxed(ADD, ADD_TESTS).passed == 3
     notices = [r.getMessage() for r in caplog.records]
-    assert len(notices) == 1 and "can read any world-readable file" in notices[0] and "not installed" in notices[0]
+    assert (
+        len(notices) == 1
+        and "can read any world-readable file" in notices[0]
+        and "not installed" in notices[0]
+    )
 
 
 def test_socket_to_a_loopback_port_reaches_no_listener(isolation):

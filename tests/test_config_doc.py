@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_config_reference_is_what_the_script_writes(tmp_path):
     out = tmp_path / "config.md"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_config_doc.py"), "--out", str(out)], check=True,
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_config_doc.py"), "--out", str(out)],
+                   check=True,
                    capture_output=True)
     assert out.read_text() == (ROOT / "docs" / "config.md").read_text(), \
         "docs/config.md is stale: run python scripts/make_config_doc.py"

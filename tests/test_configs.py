@@ -22,14 +22,15 @@ def test_config_header_names_its_command(path):
 
 
 @pytest.mark.slow  # two training steps each
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in ("demo.yaml", "tools.yaml", "reproduce.yaml")
+@pytest.mark.parametrize("path",
+                         [p for p in CONFIGS if p.name not in ("demo.yaml", "tools.yaml", "reproduce.yaml")
                                   and not p.name.startswith("smollm2")], ids=lambda p: p.name)
 def test_train_config_runs_two_steps_through_the_cli(path, tmp_path, monkeypatch, capsys):
     """The fixture formats (GSM8K-style, MATH-style) train end to end through `grpo train`. The real-model
     recipes (smollm2_*.yaml) run shrunk in tests/test_real_model.py, with a checkpoint and a resume."""
     import json
 
-    from grpo.cli import main
+    from grpo.commands.cli import main
 
     monkeypatch.chdir(ROOT)
     code = main(["train", "-q", "--config", str(path.relative_to(ROOT)), "train.steps=2",
@@ -63,7 +64,8 @@ def test_demo_style_configs_have_the_problems_they_ask_for(name):
 
 def test_reproduce_config_trains_and_tests_on_one_task():
     cfg = load_config(DemoConfig, ROOT / "configs" / "reproduce.yaml")
-    task = lambda d: (d.source, d.task_steps, d.task_max_value, d.task_max_delta, d.task_multiply)  # noqa: E731
+    task = lambda d: (d.source, d.task_steps, d.task_max_value, d.task_max_delta,  # noqa: E731
+                      d.task_multiply)
     assert task(cfg.sft.data) == task(cfg.rl.data) == ("builtin:arithmetic", 4, 49, 9, True)
     assert cfg.sft.data.num_heldout == cfg.rl.data.num_heldout == 500 and cfg.sft.data.num_validation == 500
     assert cfg.sft.optim.schedule == "cosine" and cfg.sft.sft.patience == 0
@@ -108,7 +110,8 @@ def test_tensorboard_without_its_package_is_refused_before_anything_is_written(m
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
+                        *a: None if name == "tensorboard" else real(name, *a))
     with pytest.raises(UserError, match=r"train.tensorboard: the tensorboard package is not installed"):
         load_config(TrainConfig, None, ["train.tensorboard=true", f"train.output_dir={tmp_path / 'run'}"])
     assert not (tmp_path / "run").exists()

@@ -64,7 +64,8 @@ def _fixed_batch():
     return r, adv, old_logp, ref_logp
 
 
-def _train_fixed(model_dir, aggregation: str, dist: Dist, global_totals: bool = True, budget: int | None = None,
+def _train_fixed(model_dir, aggregation: str, dist: Dist, global_totals: bool = True,
+                 budget: int | None = None,
                  fsdp: bool = False):
     """STEPS updates on this rank's rows of the fixed batch; (final weights, stats of each step)."""
     from transformers import AutoModelForCausalLM
@@ -86,7 +87,8 @@ def _train_fixed(model_dir, aggregation: str, dist: Dist, global_totals: bool = 
         loop.global_totals = lambda mask, dist: original(mask, SINGLE)
     try:
         for _ in range(STEPS):
-            out = update_policy(model, optimizer, mine, adv[rows], ref_logp[rows], old_logp[rows], cfg, nullcontext,
+            out = update_policy(model, optimizer, mine, adv[rows], ref_logp[rows], old_logp[rows], cfg,
+                                nullcontext,
                                 dist)
             assert out.applied
             stats.append(out.stats)
@@ -114,7 +116,8 @@ def _ppo_fixed(model_dir, dist: Dist):
     rounds = []
     for _ in range(2):
         batch = critic.advantages(r.select(rows), rewards[rows], old_logp[rows], ref_logp[rows], beta=0.04)
-        rounds.append((batch.advantages, batch.kl_reward, critic.update(r.select(rows), batch)["ppo/value_loss"]))
+        rounds.append((batch.advantages, batch.kl_reward,
+                       critic.update(r.select(rows), batch)["ppo/value_loss"]))
     return {k: v.detach().clone() for k, v in critic.model.state_dict().items()}, rounds
 
 
@@ -128,10 +131,11 @@ def _fsdp_checkpoints(model_dir, dist: Dist, out: Path) -> tuple[str, str]:
     from grpo.train.checkpoint import TrainerState, save_checkpoint
 
     cfg = _config("token_mean")
-    model, dist = shard_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), "fsdp", dist)
+    model, dist = shard_model(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32), "fsdp",
+                              dist)
     optimizer, scheduler = make_optimizer(model, cfg.optim, STEPS)
-    save = lambda step: save_checkpoint(out, cfg, TrainerState(step=step), model, optimizer, scheduler,  # noqa: E731
-                                        torch.Generator(), keep=2, dist=dist)
+    save = lambda step: save_checkpoint(out, cfg, TrainerState(step=step), model, optimizer,  # noqa: E731
+                                        scheduler, torch.Generator(), keep=2, dist=dist)
     first = save(1)
     write_data = FileSystemWriter.write_data
 
@@ -167,11 +171,14 @@ def _worker(rank: int, model_dir: str, store: str, out: str) -> None:
         results = {a: _train_fixed(model_dir, a, dist) for a in AGGREGATIONS}
         results["token_mean/local"] = _train_fixed(model_dir, "token_mean", dist, global_totals=False)
         results["token_mean/budget"] = _train_fixed(model_dir, "token_mean", dist, budget=BUDGET)
-        results["token_mean/budget/fsdp"] = _train_fixed(model_dir, "token_mean", dist, budget=BUDGET, fsdp=True)
+        results["token_mean/budget/fsdp"] = _train_fixed(
+            model_dir, "token_mean", dist, budget=BUDGET, fsdp=True
+        )
         results["ppo"] = _ppo_fixed(model_dir, dist)
         mine = _fixed_batch()[0].select(my_rows(torch.arange(P * G), dist))
         results["micro_batches"] = all_gather_objects(len(micro_batches(mine, 2, BUDGET, dist)), dist)
-        results["checkpoints"] = all_gather_objects(_fsdp_checkpoints(model_dir, dist, Path(out).parent), dist)
+        results["checkpoints"] = all_gather_objects(_fsdp_checkpoints(model_dir, dist, Path(out).parent),
+                                                    dist)
         if rank == 0:
             torch.save(results, out)
         td.barrier()  # neither rank leaves while the other still talks to it
@@ -206,7 +213,8 @@ def test_two_ranks_equal_one_process_for_every_aggregation(tiny_dir, two_ranks):
         weights_1, stats_1 = _train_fixed(tiny_dir, aggregation, SINGLE)
         weights_2, stats_2 = two[aggregation]
         for k in weights_1:
-            torch.testing.assert_close(weights_2[k], weights_1[k], rtol=0, atol=1e-5, msg=f"{aggregation} {k}")
+            torch.testing.assert_close(weights_2[k], weights_1[k], rtol=0, atol=1e-5,
+                                       msg=f"{aggregation} {k}")
         for s1, s2 in zip(stats_1, stats_2):
             for k in ("loss", "pg_loss", "kl", "clip_frac", "ratio_mean", "entropy", "grad_norm"):
                 assert s2[k] == pytest.approx(s1[k], rel=1e-5, abs=1e-6), (aggregation, k)
@@ -232,7 +240,9 @@ def test_a_shard_that_cannot_be_written_fails_the_checkpoint_on_every_rank(two_r
     first = Path(first)
     assert first == Path(first1) and first.name == "step-000001"
     assert err0 == err1 and err0.startswith(f"cannot write checkpoint {first.parent / 'step-000002'}: ")
-    assert "No space left on device" in err0 and f"the last complete checkpoint, {first}, is untouched" in err0
+    assert (
+        "No space left on device" in err0 and f"the last complete checkpoint, {first}, is untouched" in err0
+    )
     assert sorted(p.name for p in first.parent.iterdir()) == ["step-000001"]
     cfg = _config("token_mean")
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
@@ -271,7 +281,8 @@ def test_ppo_under_torchrun_ddp_and_fsdp(tmp_path):
     ddp, fsdp = _torchrun(tmp_path, "ppo", *ppo), _torchrun(tmp_path, "ppo-fsdp", *ppo, "train.strategy=fsdp")
     losses = {}
     for name, run in (("ddp", ddp), ("fsdp", fsdp)):
-        steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "reward/mean" in x]
+        steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()
+                 if "reward/mean" in x]
         assert [x["step"] for x in steps] == [1, 2] and all(x["ppo/value_loss"] >= 0 for x in steps)
         losses[name] = [x["ppo/value_loss"] for x in steps]
     assert any(v > 0 for v in losses["ddp"])  # 0 where every reward and the KL are 0
@@ -304,7 +315,9 @@ def test_two_ranks_with_a_token_cap_equal_one_process_and_agree_on_micro_batches
     two = two_ranks
     assert two["micro_batches"] == [4, 4]
     r = _fixed_batch()[0]
-    assert [len(micro_batches(r.select(my_rows(torch.arange(P * G), Dist(k, 2))), 2, BUDGET)) for k in (0, 1)] == [3, 4]
+    assert [
+        len(micro_batches(r.select(my_rows(torch.arange(P * G), Dist(k, 2))), 2, BUDGET)) for k in (0, 1)
+    ] == [3, 4]
     weights_1, stats_1 = _train_fixed(tiny_dir, "token_mean", SINGLE, budget=BUDGET)
     for run in ("token_mean/budget", "token_mean/budget/fsdp"):  # the second hangs if the counts differ
         weights_2, stats_2 = two[run]
@@ -342,7 +355,8 @@ def _torchrun(tmp_path, name: str, *extra: str, resume: bool = False):
     if resume:
         args = ["--resume", str(run), *extra]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           "2",
                            "-m", "grpo", "train", "--quiet", *args], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -360,15 +374,18 @@ def _read_shards(checkpoint: Path) -> dict:
 
 
 def test_a_torchrun_rank_exits_with_its_status_and_its_output():
-    """Under WORLD_SIZE > 1, `python -m grpo` leaves through os._exit once done (`grpo.cli.entry`: a
+    """Under WORLD_SIZE > 1, `python -m grpo` leaves through os._exit once done (`grpo.commands.cli.entry`: a
     sharded run's process group outlives destroy_process_group and crashed the interpreter's teardown):
     what it printed still arrives, piped, and its exit status is main's, 0 or 2."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # piped stdout block-buffered, as usual
+    # piped stdout block-buffered, as usual
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     env.update(PYTHONPATH=str(Path(__file__).parents[1] / "src"), WORLD_SIZE="2")
-    plan = [sys.executable, "-m", "grpo", "plan", "--params", "1M", "--layers", "2", "--hidden", "64", "--vocab", "100"]
+    plan = [sys.executable, "-m", "grpo", "plan", "--params", "1M", "--layers", "2", "--hidden", "64",
+            "--vocab", "100"]
     ok = subprocess.run(plan, env=env, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and ok.stdout.rstrip().splitlines()[-1].startswith("TOTAL"), ok.stderr[-2000:]
-    bad = subprocess.run([*plan[:4], "--model", "no-such-model"], env=env, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([*plan[:4], "--model", "no-such-model"], env=env, capture_output=True, text=True,
+                         timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("grpo: error: --model"), bad.stderr[-2000:]
 
 
@@ -440,7 +457,11 @@ def test_checkpoint_then_resume_under_torchrun_equals_the_straight_run(strategy,
     assert ("optimizer" in optimizer) == (strategy == "ddp") and "scheduler" in optimizer
     if strategy == "fsdp":
         assert not (ckpt / "model.safetensors").exists()
-        assert sorted(p.name for p in (ckpt / "shards").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+        assert sorted(p.name for p in (ckpt / "shards").iterdir()) == [
+            ".metadata",
+            "__0_0.distcp",
+            "__1_0.distcp",
+        ]
         whole = _read_shards(ckpt)  # the shards add up to the whole model, each weight once
         assert whole["model"].keys() == load_file(straight / "final" / "model.safetensors").keys()
         assert {float(s["step"]) for s in whole["optimizer"]["state"].values()} == {1.0}
@@ -455,7 +476,8 @@ def test_checkpoint_then_resume_under_torchrun_equals_the_straight_run(strategy,
 def _stable_metrics(run: Path) -> list[dict]:
     """metrics.jsonl without the wall times and memory, which differ from run to run."""
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in x.items() if not k.startswith(("time/", "tokens_per_s", "memory/"))} for x in lines]
+    return [{k: v for k, v in x.items()
+             if not k.startswith(("time/", "tokens_per_s", "memory/"))} for x in lines]
 
 
 def test_a_ddp_checkpoint_resumes_under_fsdp_with_gradient_checkpointing(ddp_run, tmp_path):
@@ -465,7 +487,8 @@ def test_a_ddp_checkpoint_resumes_under_fsdp_with_gradient_checkpointing(ddp_run
     FSDP against DDP above), with Adam's moments carried over (a resume that drops them fails this test)."""
     from safetensors.torch import load_file
 
-    assert "optimizer" in torch.load(ddp_run / "checkpoints" / "step-000001" / "optimizer.pt", weights_only=True)
+    assert "optimizer" in torch.load(ddp_run / "checkpoints" / "step-000001" / "optimizer.pt",
+                                     weights_only=True)
     out = _stopped_after_step_1(ddp_run, tmp_path)
     _torchrun(tmp_path, out.name, "train.strategy=fsdp", "train.gradient_checkpointing=true", resume=True)
     a, b = load_file(ddp_run / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
@@ -481,7 +504,7 @@ def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_run, tmp_path, monkeypat
     """The FSDP checkpoint's shards (2 ranks) load into one process without torch.distributed."""
     from safetensors.torch import load_file
 
-    from grpo.cli import main
+    from grpo.commands.cli import main
 
     out = _stopped_after_step_1(fsdp_run, tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -489,12 +512,15 @@ def test_an_fsdp_checkpoint_resumes_in_one_process(fsdp_run, tmp_path, monkeypat
     first = _read_shards(out / "checkpoints" / "step-000001")["model"]
     final = load_file(out / "final" / "model.safetensors")
     assert first.keys() == final.keys() and any(not torch.equal(first[k], final[k]) for k in first)
-    optimizer = torch.load(out / "checkpoints" / "step-000002" / "optimizer.pt", weights_only=True)["optimizer"]
+    optimizer = torch.load(out / "checkpoints" / "step-000002" / "optimizer.pt",
+                           weights_only=True)["optimizer"]
     steps = {float(s["step"]) for s in optimizer["state"].values()}
     assert steps == {2.0}  # Adam's moments came from the FSDP checkpoint: one step there, one here
 
 
-def test_lora_checkpoints_move_between_ddp_and_fsdp_and_the_final_holds_adapter_and_merged_model(ddp_run, tmp_path):
+def test_lora_checkpoints_move_between_ddp_and_fsdp_and_the_final_holds_adapter_and_merged_model(
+    ddp_run, tmp_path
+):
     """LoRA, a straight 3-step run under DDP (its checkpoints hold the adapters only), against its step-1
     checkpoint resumed under FSDP for steps 2 and 3: the FSDP run's sharded step-2 checkpoint holds the
     straight run's step-2 adapters, and its final directory the adapter and the merged model (written from
@@ -506,9 +532,11 @@ def test_lora_checkpoints_move_between_ddp_and_fsdp_and_the_final_holds_adapter_
             "train.keep_checkpoints=3")
     straight = _torchrun(tmp_path, "ddp", *lora)
     assert sorted(p.name for p in (straight / "checkpoints" / "step-000001").iterdir()) == \
-        ["checksums.json", "config.yaml", "optimizer.pt", "rng.pt", "trainable.safetensors", "trainer_state.json"]
+        ["checksums.json", "config.yaml", "optimizer.pt", "rng.pt", "trainable.safetensors",
+         "trainer_state.json"]
     out = tmp_path / "fsdp"
-    shutil.copytree(straight, out, ignore=lambda d, names: {"step-000002", "step-000003", "final"} & set(names))
+    shutil.copytree(straight, out, ignore=lambda d,
+                    names: {"step-000002", "step-000003", "final"} & set(names))
     _torchrun(tmp_path, "fsdp", "train.strategy=fsdp", resume=True)
     adapters = load_file(straight / "checkpoints" / "step-000002" / "trainable.safetensors")
     shards = _read_shards(out / "checkpoints" / "step-000002")["model"]

@@ -23,8 +23,10 @@ def _fake_score(flat_prompts: set[int], width: dict[int, int] | None = None):
             rollouts.append(Rollout(torch.full((G, P), 100 + k), torch.ones(G, P, dtype=torch.long),
                                     torch.full((G, T), 200 + k), torch.ones(G, T, dtype=torch.long),
                                     torch.zeros(G, dtype=torch.bool)))
-        rewards = torch.tensor([[0.0, 0.0] if x["k"] in flat_prompts else [0.0, 1.0] for x in rows]).reshape(-1)
-        return Batch(rows, cat_rollouts(rollouts, PAD), [f"c{x['k']}" for x in rows for _ in range(G)], rewards,
+        rewards = torch.tensor([[0.0, 0.0] if x["k"] in flat_prompts
+                                else [0.0, 1.0] for x in rows]).reshape(-1)
+        return Batch(rows, cat_rollouts(rollouts, PAD), [f"c{x['k']}" for x in rows for _ in range(G)],
+                     rewards,
                      {"acc": rewards.tolist()}, num_errors=1)
     return score
 
@@ -44,8 +46,13 @@ def test_flat_groups_are_dropped_until_the_batch_is_full():
     assert batch.texts == ["c0", "c0", "c3", "c3", "c5", "c5", "c6", "c6"]
     assert batch.num_errors == 2  # one per scoring round, dropped groups included
     # rows stay aligned with their tokens after padding to the widest: completion of prompt 5 is 3 tokens
-    assert batch.rollout.completion_ids.shape == (8, 3) and batch.rollout.completion_mask[4:6].sum(1).tolist() == [3, 3]
-    assert batch.rollout.prompt_ids[2].tolist() == [103, 103] and batch.rollout.prompt_ids[0].tolist() == [PAD, 100]
+    assert batch.rollout.completion_ids.shape == (8, 3) and batch.rollout.completion_mask[4:6].sum(
+        1
+    ).tolist() == [3, 3]
+    assert batch.rollout.prompt_ids[2].tolist() == [103, 103] and batch.rollout.prompt_ids[0].tolist() == [
+        PAD,
+        100,
+    ]
 
 
 def test_cap_trains_on_the_informative_groups_filled_with_flat_ones():
@@ -65,6 +72,7 @@ def test_off_is_one_round_unchanged():
 
 
 def test_informative_groups_matches_zero_std_fraction():
-    r = torch.tensor([1.0, 1.0, 0.0, 1.0, float("nan"), 0.0, 0.3, 0.3])  # G = 2: flat, spread, one valid, flat
+    # G = 2: flat, spread, one valid, flat
+    r = torch.tensor([1.0, 1.0, 0.0, 1.0, float("nan"), 0.0, 0.3, 0.3])
     assert informative_groups(r, 2).tolist() == [False, True, False, False]
     assert float(zero_std_fraction(r, 2)) == 0.75

@@ -12,18 +12,18 @@ import yaml
 
 from grpo.algorithm.evaluation import majority_vote
 from grpo.errors import UserError
-from grpo.evaluate import (
+from grpo.commands.eval import apply_config, build_eval_parser
+from grpo.models.tiny import build_tokenizer
+from grpo.rewards.loader import load_reward_function
+from grpo.rollout.engine import Rollout
+from grpo.train.evaluation import (
     answer_equivalence,
     answer_extractor,
-    build_eval_parser,
     evaluate_policy,
     format_result,
     maj_at_k,
     normalize_answer,
 )
-from grpo.models.tiny import build_tokenizer
-from grpo.rewards.loader import load_reward_function
-from grpo.rollout.engine import Rollout
 
 
 def test_normalize_answer_makes_equal_values_vote_together():
@@ -76,7 +76,8 @@ def test_maj_at_k_votes_by_the_checkers_equivalence():
 
 
 class ScriptedEngine:
-    """Returns fixed completions per prompt text: `greedy[prompt]` at temperature 0, else `samples[prompt]`."""
+    """Returns fixed completions per prompt text: `greedy[prompt]` at
+    temperature 0, else `samples[prompt]`."""
 
     def __init__(self, tokenizer, greedy: dict, samples: dict):
         self.tok, self.greedy, self.samples = tokenizer, greedy, samples
@@ -130,7 +131,8 @@ def test_math_answers_vote_after_normalisation_and_the_math_checker_judges():
     tok = build_tokenizer()
     row = {"prompt": "What is 1000 + 234?\n", "answer": "#### 1,234"}
     samples = {row["prompt"]: [_tag("1,234"), "so \\boxed{1234}", _tag(99), _tag(98)]}
-    res = evaluate_policy(None, tok, [row], load_reward_function("math_accuracy"), answer_extractor("math_accuracy"),
+    res = evaluate_policy(None, tok, [row], load_reward_function("math_accuracy"),
+                          answer_extractor("math_accuracy"),
                           n=4, ks=(1, 3), engine=ScriptedEngine(tok, {row["prompt"]: _tag(1234)}, samples))
     assert res.greedy_accuracy == 1.0 and res.correct_counts == [2]
     # "1,234" and "1234" are one answer with 2 votes: every triple's majority is it, or a 1-1-1 tie
@@ -197,23 +199,32 @@ def test_an_adapter_directory_is_refused_with_the_merged_model_named(tmp_path):
     adapter = tmp_path / "final" / "adapter"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
-    with pytest.raises(UserError, match=f"holds a LoRA adapter: the merged model a LoRA run writes is in {tmp_path / 'final'}$"):
+    with pytest.raises(UserError,
+                       match="holds a LoRA adapter: the merged model a LoRA run writes is in "
+                             f"{tmp_path / 'final'}$"):
         _cli(["--model", str(adapter), "--n", "2", "--k", "1", "--out", ""])
 
 
 def test_cli_eval_takes_its_settings_from_a_train_config_where_flags_are_left_out(tmp_path):
-    from grpo.evaluate import _apply_config
-
     def parsed(argv):
         p = argparse.ArgumentParser(prog="grpo")
         build_eval_parser(p.add_subparsers(dest="command", required=True))
         args = p.parse_args(["eval", *argv])
-        _apply_config(args)
+        apply_config(args)
         return args
 
     plain = parsed(["--model", "m"])  # no config: the flags' documented defaults, the reward chosen later
-    assert (plain.data, plain.max_new_tokens, plain.max_prompt_length, plain.temperature, plain.top_p, plain.seed,
-            plain.device, plain.template, plain.reward) == ("builtin:arithmetic", 32, 256, 1.0, 1.0, 0, "auto", None, None)
+    assert (
+        plain.data,
+        plain.max_new_tokens,
+        plain.max_prompt_length,
+        plain.temperature,
+        plain.top_p,
+        plain.seed,
+        plain.device,
+        plain.template,
+        plain.reward,
+    ) == ("builtin:arithmetic", 32, 256, 1.0, 1.0, 0, "auto", None, None)
     config = tmp_path / "run.yaml"
     config.write_text("model: {path: runs/x/final}\nsampling: {max_new_tokens: 5, temperature: 0.5}\n"
                       "rewards: {functions: [{fn: math_accuracy, options: {gold_style: gsm8k}}]}\n")

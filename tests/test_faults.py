@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo.cli import main
+from grpo.commands.cli import main
 from grpo.config import TrainConfig, load_config
 from grpo.errors import UserError
+from grpo.train import checkpoint
 from grpo.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from grpo.train.optim import make_optimizer
 from grpo.train.grpo import train
@@ -36,12 +37,14 @@ def args(tmp_path, *extra, reward=DIGITS, second=None, out=None) -> list[str]:
     path = tmp_path / "my_rewards.py"
     path.write_text(reward)
     functions = [f"{{fn: '{path}:digit_share'}}"] + ([f"{{fn: '{path}:{second}'}}"] if second else [])
-    return [*SMALL, f"rewards.functions=[{', '.join(functions)}]", f"train.output_dir={out or tmp_path / 'run'}",
+    return [*SMALL, f"rewards.functions=[{', '.join(functions)}]",
+            f"train.output_dir={out or tmp_path / 'run'}",
             *extra]
 
 
 def steps(out) -> list[dict]:
-    return [x for x in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "reward/mean" in x]
+    return [x for x in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if "reward/mean" in x]
 
 
 def weights(ckpt) -> dict:
@@ -87,7 +90,8 @@ def inject(monkeypatch, at_calls, fault):
 @pytest.mark.slow
 def test_a_nan_loss_skips_that_update_counts_it_and_logs_it(tmp_path, monkeypatch, caplog):
     inject(monkeypatch, {2}, lambda loss: loss * float("nan"))
-    cfg = load_config(TrainConfig, None, args(tmp_path, "train.steps=3", "train.save_every=1", "train.keep_checkpoints=5"))
+    cfg = load_config(TrainConfig, None,
+                      args(tmp_path, "train.steps=3", "train.save_every=1", "train.keep_checkpoints=5"))
     train(cfg, progress=False)
     out = tmp_path / "run"
     logged = steps(out)
@@ -99,16 +103,19 @@ def test_a_nan_loss_skips_that_update_counts_it_and_logs_it(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_infinite_gradients_in_a_row_stop_with_the_last_good_state_which_resumes(tmp_path, monkeypatch, capsys):
+def test_infinite_gradients_in_a_row_stop_with_the_last_good_state_which_resumes(
+    tmp_path, monkeypatch, capsys
+):
     inject(monkeypatch, {2, 3, 4, 5, 6}, InfGrad.apply)
-    assert main(["train", "-q", *args(tmp_path, "train.steps=6", "train.save_every=1", "train.max_bad_steps=2",
+    assert main(["train", "-q",
+                 *args(tmp_path, "train.steps=6", "train.save_every=1", "train.max_bad_steps=2",
                                       "train.keep_checkpoints=5")]) == 2
     out = tmp_path / "run"
     err = one_error_line(capsys)
-    assert err == (f"grpo: error: stopped at step 3: 2 updates in a row had a non-finite loss or gradient norm "
-                   f"(train.max_bad_steps=2); they were skipped, so {out}/checkpoints/step-000003 holds the last "
-                   f"good weights and optimizer state. Lower optim.lr or check model.dtype and the rewards, then "
-                   f"resume with --resume {out}")
+    assert err == ("grpo: error: stopped at step 3: 2 updates in a row had a non-finite loss or gradient "
+                   f"norm (train.max_bad_steps=2); they were skipped, so {out}/checkpoints/step-000003 holds "
+                   "the last good weights and optimizer state. Lower optim.lr or check model.dtype and the "
+                   f"rewards, then resume with --resume {out}")
     assert [x["loss"] == x["loss"] for x in steps(out)] == [True, True, True]  # the loss itself stayed finite
     assert same(weights(out / "checkpoints" / "step-000001"), weights(out / "checkpoints" / "step-000003"))
 
@@ -147,7 +154,9 @@ def test_a_hanging_reward_is_cut_off_scored_zero_and_counted(tmp_path, workers):
 
 
 @pytest.mark.slow
-def test_a_reward_hung_where_its_own_timer_cannot_reach_is_abandoned_and_its_worker_ended(tmp_path, monkeypatch):
+def test_a_reward_hung_where_its_own_timer_cannot_reach_is_abandoned_and_its_worker_ended(
+    tmp_path, monkeypatch
+):
     """Inside the pool worker, SIGALRM is blocked: the parent stops waiting (timeout_s + a grace period,
     5 s, here 0.5 s), scores the samples 0, and kills the stuck worker when the run closes its pool."""
     monkeypatch.setattr("grpo.rewards.combine._POOL_GRACE_S", 0.5)
@@ -175,7 +184,8 @@ def small_disk(tmp_path):
     """An 8 MiB tmpfs (needs root and CAP_SYS_ADMIN; skipped where the machine does not allow it)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True,
+                          text=True)
     if done.returncode:
         pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
     yield mnt
@@ -207,8 +217,8 @@ def test_a_disk_that_fills_up_stops_the_run_at_the_save_and_the_last_checkpoint_
     err = one_error_line(capsys)
     assert err.startswith(f"grpo: error: cannot write checkpoint {out}/checkpoints/step-000002: ")
     assert "No space left on device" in err
-    assert err.endswith(f"MiB free on its disk); the last complete checkpoint, {out}/checkpoints/step-000001, "
-                        "is untouched")
+    assert err.endswith("MiB free on its disk); the last complete checkpoint, "
+                        f"{out}/checkpoints/step-000001, is untouched")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001"]  # no half-written .tmp
 
     (small_disk / "filler").unlink()
@@ -227,26 +237,26 @@ def test_a_disk_that_fills_up_stops_the_run_at_the_save_and_the_last_checkpoint_
 
 def test_a_failed_checkpoint_write_removes_its_partial_files_and_keeps_the_previous(tmp_path, monkeypatch):
     """Works without a mountable disk: the second save's weights file is cut short by ENOSPC."""
-    import safetensors.torch
-
     cfg = TrainConfig()
     model = torch.nn.Linear(4, 4)
     optimizer, scheduler = make_optimizer(model, cfg.optim, 10)
     gen = torch.Generator().manual_seed(0)
     save_checkpoint(tmp_path, cfg, TrainerState(step=1), model, optimizer, scheduler, gen, keep=2)
-    real = safetensors.torch.save_model
+    real = checkpoint.save_model
 
     def full_disk(model, filename, *a, **k):
         real(model, filename, *a, **k)
         os.truncate(filename, 10)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
 
-    monkeypatch.setattr(safetensors.torch, "save_model", full_disk)
+    monkeypatch.setattr(checkpoint, "save_model", full_disk)  # the name the checkpoint writer calls
     saved = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)
-    with pytest.raises(UserError, match=r"cannot write checkpoint .*step-000002: No space left on device \(.* MiB "
-                                        r"free on its disk\); the last complete checkpoint, .*step-000001, is untouched"):
+    with pytest.raises(UserError,
+                       match=r"cannot write checkpoint .*step-000002: No space left on device \(.* MiB "
+                                        r"free on its disk\); the last complete checkpoint, .*step-000001, "
+                                        r"is untouched"):
         save_checkpoint(tmp_path, cfg, TrainerState(step=2), model, optimizer, scheduler, gen, keep=2)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000001"]
     fresh = torch.nn.Linear(4, 4)
@@ -262,7 +272,8 @@ def _two_checkpoints(tmp_path):
     gen = torch.Generator().manual_seed(0)
     for step in (1, 2):
         save_checkpoint(tmp_path, cfg, TrainerState(step=step), model, optimizer, scheduler, gen, keep=2)
-    return lambda: load_checkpoint(tmp_path / "checkpoints" / "step-000002", cfg, model, optimizer, scheduler, gen, 0.0)
+    return lambda: load_checkpoint(tmp_path / "checkpoints" / "step-000002", cfg, model, optimizer, scheduler,
+                                   gen, 0.0)
 
 
 def _flip_a_byte(f):
@@ -273,7 +284,8 @@ def _flip_a_byte(f):
 
 @pytest.mark.parametrize("damage, problem", [
     (_flip_a_byte, "optimizer.pt does not match its checksum (truncated or altered)"),
-    (lambda f: os.truncate(f, f.stat().st_size - 1), "optimizer.pt does not match its checksum (truncated or altered)"),
+    (lambda f: os.truncate(f, f.stat().st_size - 1),
+     "optimizer.pt does not match its checksum (truncated or altered)"),
     (lambda f: f.unlink(), "optimizer.pt is missing"),
 ], ids=["flipped-byte", "truncated", "missing"])
 def test_a_damaged_checkpoint_is_caught_before_anything_is_loaded_and_the_intact_one_named(tmp_path, damage,
@@ -287,9 +299,9 @@ def test_a_damaged_checkpoint_is_caught_before_anything_is_loaded_and_the_intact
     with pytest.raises(UserError) as e:
         load()
     assert str(e.value) == (f"checkpoint {ckpt} is damaged: {problem}; nothing was loaded. "
-                            f"{tmp_path / 'checkpoints' / 'step-000001'} is intact: move {ckpt} (and any newer "
-                            f"checkpoint) out of {tmp_path / 'checkpoints'}, then resume with grpo train --resume "
-                            f"{tmp_path}")
+                            f"{tmp_path / 'checkpoints' / 'step-000001'} is intact: move {ckpt} (and any "
+                            f"newer checkpoint) out of {tmp_path / 'checkpoints'}, then resume with grpo "
+                            f"train --resume {tmp_path}")
     _flip_a_byte(tmp_path / "checkpoints" / "step-000001" / "model.safetensors")
     with pytest.raises(UserError, match="is damaged: .*; nothing was loaded. no older checkpoint is intact$"):
         load()
@@ -298,7 +310,8 @@ def test_a_damaged_checkpoint_is_caught_before_anything_is_loaded_and_the_intact
 @pytest.mark.slow
 def test_a_resume_from_a_damaged_checkpoint_stops_with_one_line_and_the_older_one_resumes(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "-q", *args(tmp_path, "train.steps=2", "train.save_every=1", "train.keep_checkpoints=2",
+    assert main(["train", "-q",
+                 *args(tmp_path, "train.steps=2", "train.save_every=1", "train.keep_checkpoints=2",
                                       out=out)]) == 0
     _flip_a_byte(out / "checkpoints" / "step-000002" / "model.safetensors")
     assert main(["train", "-q", "--resume", str(out), "train.steps=3"]) == 2
@@ -318,7 +331,8 @@ def test_an_unwritable_output_dir_is_refused_before_anything_is_loaded(tmp_path,
     else:
         ro = tmp_path / "ro"
         ro.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
+                              capture_output=True)
         if done.returncode:
             if os.geteuid() == 0:
                 pytest.skip("cannot mount a read-only tmpfs, and root ignores directory permissions")
@@ -342,8 +356,8 @@ def test_too_little_free_space_is_refused_at_start(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(ck.shutil, "disk_usage", lambda path: SimpleNamespace(free=2**19))
     assert main(["train", "-q", *args(tmp_path, "train.steps=1", "train.save_every=1")]) == 2
     err = one_error_line(capsys)
-    assert err.startswith(f"grpo: error: train.output_dir {tmp_path / 'run'}: 0.5 MiB free on its disk, but the "
-                          "final model and one checkpoint need about ")
+    assert err.startswith(f"grpo: error: train.output_dir {tmp_path / 'run'}: 0.5 MiB free on its disk, but "
+                          "the final model and one checkpoint need about ")
     assert not (tmp_path / "run").exists()
 
 

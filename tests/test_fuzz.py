@@ -18,10 +18,13 @@ from grpo.tools.parser import ToolCall, parse_json_tags
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TOKENIZER = build_tokenizer()
 
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
-                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                       max_size=3), max_leaves=8)
-rows = st.dictionaries(st.sampled_from(["prompt", "answer", "question", "x", ""]) | st.text(max_size=6), json_values,
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+rows = st.dictionaries(st.sampled_from(["prompt", "answer", "question", "x", ""]) | st.text(max_size=6),
+                       json_values,
                        max_size=4)
 
 
@@ -56,19 +59,23 @@ def test_any_bytes_as_jsonl_json_or_csv_load_or_stop_with_one_line(tmp_path, con
         load(tmp_path, name, content)
 
 
-keys = st.sampled_from(["grpo.G", "grpo.beta", "train.steps", "train.micro_batch_size", "sampling.temperature",
+keys = st.sampled_from(["grpo.G", "grpo.beta", "train.steps", "train.micro_batch_size",
+                        "sampling.temperature",
                         "model.lora", "rewards.functions", "data.source", "optim.betas", "algorithm", "grpo",
                         "train.nope", "", "a.b.c", "sft.max_steps"])
-values = st.text(string.printable, max_size=20) | st.sampled_from(["[1, 2", "{a: }", "-1", "0", "1e999", "null",
+values = st.text(string.printable,
+                 max_size=20) | st.sampled_from(["[1, 2", "{a: }", "-1", "0", "1e999", "null",
                                                                     "[{fn: nope}]", "true", "'x'", "{r: 4}"])
 
 
 @FUZZ
-@given(st.lists(st.tuples(keys, values).map(lambda kv: f"{kv[0]}={kv[1]}") | st.text(max_size=15), max_size=4))
+@given(st.lists(st.tuples(keys, values).map(lambda kv: f"{kv[0]}={kv[1]}") | st.text(max_size=15),
+                max_size=4))
 def test_any_overrides_give_a_config_or_one_line(tmp_path, overrides):
     for cls in (TrainConfig, SFTConfig):
         try:
-            load_config(cls, None, [*overrides, f"train.output_dir={tmp_path / 'never'}"] if cls is TrainConfig
+            load_config(cls, None,
+                        [*overrides, f"train.output_dir={tmp_path / 'never'}"] if cls is TrainConfig
                         else overrides)
         except UserError as e:
             one_line(e)
@@ -86,7 +93,8 @@ def test_any_yaml_file_gives_a_config_or_one_line_naming_it(tmp_path, text):
         assert "c.yaml" in one_line(e)
 
 
-fragments = st.sampled_from(['<tool_call>', '</tool_call>', '{"name": "calculator"', ', "arguments": ', '{"x": 1}',
+fragments = st.sampled_from(['<tool_call>', '</tool_call>', '{"name": "calculator"', ', "arguments": ',
+                             '{"x": 1}',
                              '"expression"', '}', '{', '"', '[1]', 'null', '\\u00', ' ', 'text'])
 
 
@@ -104,8 +112,10 @@ def test_any_policy_text_parses_into_calls_or_error_calls_never_an_exception(tex
 
 
 @pytest.mark.parametrize("text, errors", [
-    ('<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call> then <tool_call>{"name"', [None, "no closing"]),
-    ('<tool_call>[1]</tool_call><tool_call>{"name": "f", "arguments": 3}</tool_call>', ["expected", "must be"]),
+    ('<tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call> then <tool_call>{"name"',
+     [None, "no closing"]),
+    ('<tool_call>[1]</tool_call><tool_call>{"name": "f", "arguments": 3}</tool_call>',
+     ["expected", "must be"]),
     ("no call", []),
 ])
 def test_the_parser_on_worked_examples(text, errors):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo.cli import main
+from grpo.commands.cli import main
 
 GOLDEN = {  # metrics.jsonl key: [step 1, step 2, step 3]
     "loss":                 [-2.3348256945610046e-06, 0.0003773123025894165, 0.0009437203407287598],

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from grpo.cli import main
+from grpo.commands.cli import main
 from grpo.config import TrainConfig, load_config
 from grpo.errors import UserError
 
@@ -71,13 +71,16 @@ def test_wandb_offline_gets_every_logged_scalar_under_the_run_directory(tmp_path
 
 
 def test_unknown_or_missing_integrations_are_refused_before_anything_runs(monkeypatch):
-    with pytest.raises(UserError, match=r"train.report_to\[0\]: expected one of 'tensorboard', 'wandb', got 'mlflow'"):
+    with pytest.raises(UserError,
+                       match=r"train.report_to\[0\]: expected one of 'tensorboard', 'wandb', got 'mlflow'"):
         load_config(TrainConfig, None, ["train.report_to=[mlflow]"])
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
-    with pytest.raises(UserError, match=r"the wandb package is not installed \(pip install 'grpo\[wandb\]'\)"):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name,
+                        *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(UserError,
+                       match=r"the wandb package is not installed \(pip install 'grpo\[wandb\]'\)"):
         load_config(TrainConfig, None, ["train.report_to=[wandb]"])
 
 
@@ -100,7 +103,8 @@ def test_a_reward_receives_every_column_but_the_prompt_which_arrives_rendered(tm
     from grpo.api import train
 
     data = tmp_path / "data.jsonl"
-    data.write_text("".join(json.dumps({"question": f"{i} + 1 =", "solution": str(i + 1), "level": i % 3}) + "\n"
+    data.write_text("".join(json.dumps({"question": f"{i} + 1 =", "solution": str(i + 1),
+                                        "level": i % 3}) + "\n"
                             for i in range(4)))
     seen = []
 
@@ -110,7 +114,8 @@ def test_a_reward_receives_every_column_but_the_prompt_which_arrives_rendered(tm
 
     cfg = load_config(TrainConfig, None, [*ONE_STEP, "train.steps=1", f"data.source={data}",
                                           "data.prompt_column=question", "data.answer_column=solution",
-                                          "data.template=\"Q: {prompt}\\nA:\"", f"train.output_dir={tmp_path / 'run'}"])
+                                          "data.template=\"Q: {prompt}\\nA:\"",
+                                          f"train.output_dir={tmp_path / 'run'}"])
     train(cfg, rewards=[spy], quiet=True)
     prompt, names, answers, levels = seen[0]
     assert names == ["answer", "level"]

@@ -1,11 +1,13 @@
-"""The package's layers point one way (docs/STYLE: algorithm <- models <- rollout <- rewards <- train), and
-no module imports another module's private name."""
+"""The package's layers point one way (algorithm <- models <- rollout <- rewards <- train <- commands), the
+shared utilities (grpo.utils, grpo.sandbox) import no layer, only the commands import the commands, and no
+module imports another module's private name."""
 
 import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "grpo"
-LAYERS = ["algorithm", "models", "rollout", "rewards", "train"]
+LAYERS = ["algorithm", "models", "rollout", "rewards", "train", "commands"]
+SHARED = ["utils", "sandbox"]
 
 
 def _imports(path: Path):
@@ -34,3 +36,18 @@ def test_no_private_name_is_imported_from_another_module():
                for path in SRC.rglob("*.py") for module, names in _imports(path)
                for name in names if name.startswith("_") and name != "__version__"]
     assert private == []
+
+
+def test_shared_utilities_import_no_layer_and_only_commands_import_commands():
+    wrong = []
+    for path in SRC.rglob("*.py"):
+        top = path.relative_to(SRC).parts[0]
+        for module, _ in _imports(path):
+            parts = module.split(".")
+            if len(parts) < 2:
+                continue
+            if top in SHARED and parts[1] in LAYERS:
+                wrong.append(f"{path.relative_to(SRC)} imports {module}")
+            if parts[1] == "commands" and top not in ("commands", "__main__.py"):
+                wrong.append(f"{path.relative_to(SRC)} imports {module}")
+    assert wrong == []

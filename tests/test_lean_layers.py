@@ -89,7 +89,8 @@ def test_autograd_keeps_one_mlp_tensor_and_the_key_value_copies_less(saved_bytes
     lean = copy.deepcopy(plain)
     lean_layers(lean)
     # 6 rows x 13 positions (6 prompt + 7 completion tokens), fp32, per layer:
-    # silu(gate): 6 x 13 x 96 intermediate; K and V repeated from 2 to 4 heads: 2 x 6 x 2 extra heads x 13 x 24
+    # silu(gate): 6 x 13 x 96 intermediate; K and V repeated from 2 to 4 heads:
+    # 2 x 6 x 2 extra heads x 13 x 24
     saved = {name: saved_bytes(m, lambda m=m: completion_logprobs(m, *_batch(), share_prompts=False))
              for name, m in (("plain", plain), ("lean", lean))}
     assert saved["plain"] - saved["lean"] == 4 * (6 * 13 * 96 + 2 * 6 * 2 * 13 * 24)

@@ -29,7 +29,9 @@ def _batch(seed: int = 0) -> Rollout:
     prompt_len = torch.tensor(PROMPT_LENS).repeat_interleave(G)  # [N]
     P = max(PROMPT_LENS)
     prompt_mask = (torch.arange(P) >= P - prompt_len[:, None]).long()  # [N, P] left-padded
-    prompt_ids = torch.randint(3, 60, (len(PROMPT_LENS), P), generator=g).repeat_interleave(G, 0) * prompt_mask
+    prompt_ids = (
+        torch.randint(3, 60, (len(PROMPT_LENS), P), generator=g).repeat_interleave(G, 0) * prompt_mask
+    )
     lengths = torch.tensor(LENGTHS)
     completion_mask = (torch.arange(T) < lengths[:, None]).long()  # [N, T]
     completion_ids = torch.randint(3, 60, (len(LENGTHS), T), generator=g) * completion_mask
@@ -92,9 +94,11 @@ def test_ranks_agree_on_the_number_of_micro_batches(monkeypatch):
 
 
 def _cfg(size: int, cap: int | None) -> TrainConfig:
-    return load_config(TrainConfig, None, [f"grpo.G={G}", "train.prompts_per_step=4", f"train.micro_batch_size={size}",
+    return load_config(TrainConfig, None,
+                       [f"grpo.G={G}", "train.prompts_per_step=4", f"train.micro_batch_size={size}",
                                            f"train.micro_batch_tokens={'null' if cap is None else cap}",
-                                           "grpo.beta=0.04", f"sampling.max_new_tokens={T}", "optim.grad_clip=0"])
+                                           "grpo.beta=0.04", f"sampling.max_new_tokens={T}",
+                                           "optim.grad_clip=0"])
 
 
 def _reference_step(model, r, adv, ref_logp, old_logp, cfg):
@@ -103,7 +107,8 @@ def _reference_step(model, r, adv, ref_logp, old_logp, cfg):
     lp = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
                              with_entropy=True)
     mask = r.completion_mask
-    loss, _ = policy_loss(lp.logp, old_logp, adv, mask, eps_low=0.2, eps_high=None, aggregation=cfg.grpo.aggregation,
+    loss, _ = policy_loss(lp.logp, old_logp, adv, mask, eps_low=0.2, eps_high=None,
+                          aggregation=cfg.grpo.aggregation,
                           ref_logp=ref_logp, beta=cfg.grpo.beta, max_completion_length=T,
                           total_tokens=float(mask.sum()), total_sequences=float(mask.shape[0]))
     loss.backward()
@@ -121,7 +126,8 @@ def test_the_update_equals_one_forward_over_the_padded_batch(size, cap):
     g = torch.Generator().manual_seed(1)
     adv = torch.randn(12, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        full = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask).logp
+        full = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids,
+                                   r.completion_mask).logp
     old_logp = (full + 0.2 * torch.randn(full.shape, generator=g, dtype=torch.float64)) * r.completion_mask
     ref_logp = (full + 0.1 * torch.randn(full.shape, generator=g, dtype=torch.float64)) * r.completion_mask
     cfg = _cfg(size, cap)
@@ -159,7 +165,8 @@ def test_a_micro_batch_size_that_does_not_divide_the_batch_leaves_a_smaller_last
     # a first smoke run: 2 prompts x G=2 = 4 completions with the default micro_batch_size (64)
     cfg = load_config(TrainConfig, None, ["train.prompts_per_step=2", "grpo.G=2"])
     assert cfg.train.micro_batch_size == 64 and cfg.train.prompts_per_step * cfg.grpo.G == 4
-    cfg = load_config(TrainConfig, None, ["train.prompts_per_step=3", "grpo.G=8", "train.micro_batch_size=16"])
+    cfg = load_config(TrainConfig, None,
+                      ["train.prompts_per_step=3", "grpo.G=8", "train.micro_batch_size=16"])
     assert cfg.train.micro_batch_size == 16  # 24 completions: micro-batches of 16 and 8
 
 
@@ -187,7 +194,8 @@ def test_sft_micro_batches_give_the_whole_batch_loss_and_gradients(size, cap):
     expected.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    loss = _accumulate_nll(model, r, SimpleNamespace(micro_batch_size=size, micro_batch_tokens=cap), nullcontext, opt)
+    loss = _accumulate_nll(model, r, SimpleNamespace(micro_batch_size=size, micro_batch_tokens=cap),
+                           nullcontext, opt)
     assert loss == pytest.approx(float(expected.detach()), rel=1e-6)
     for n, p in model.named_parameters():
         scale = float(grads[n].abs().max())

@@ -13,7 +13,13 @@ import torch
 from grpo.models.tiny import TinyConfig, build_model, build_tokenizer
 from grpo.rollout.engine import SamplingParams
 from grpo.rollout.hf import HFEngine
-from grpo.rollout.multiturn import encode_demonstrations, encode_episode, generate_episodes, render_turn, turn_ids
+from grpo.rollout.multiturn import (
+    encode_demonstrations,
+    encode_episode,
+    generate_episodes,
+    render_turn,
+    turn_ids,
+)
 from grpo.tools.environment import Turn
 from grpo.models.logprobs import completion_logprobs
 
@@ -49,7 +55,8 @@ def rollout(tiny, lean=True, max_turns=3, turns=None, budget=64, G=2, temperatur
     tok, model = tiny
     engine = HFEngine(model, [tok.eos_token_id] + STOPS, tok.pad_token_id, lean=lean)
     envs = [Counter(turns) for _ in range(3 * G)]
-    r, ep = generate_episodes(engine, tok, prompts(tok), envs, SamplingParams(budget, temperature, 1.0, G), max_turns,
+    r, ep = generate_episodes(engine, tok, prompts(tok), envs, SamplingParams(budget, temperature, 1.0, G),
+                              max_turns,
                               torch.Generator().manual_seed(seed))
     return r, ep, envs
 
@@ -75,7 +82,9 @@ def test_policy_mask_marks_exactly_the_sampled_tokens_and_tool_turns_are_appende
         n = int(r.completion_mask[i].sum())
         assert r.completion_mask[i, :n].all() and not r.completion_mask[i, n:].any()  # valid tokens: one run
         ids, policy = r.completion_ids[i, :n].tolist(), r.policy_mask[i, :n].tolist()
-        assert (r.logp[i, :n][torch.tensor(policy) == 0] == 0).all() and (r.logp[i, :n][torch.tensor(policy) == 1] < 0).all()
+        assert (r.logp[i, :n][torch.tensor(policy) == 0] == 0).all() and (
+            r.logp[i, :n][torch.tensor(policy) == 1] < 0
+        ).all()
         # rebuild the row from its episode: each policy turn's sampled tokens, then the rendered answer
         k, turn = 0, 0
         while k < n:
@@ -101,7 +110,8 @@ def test_turn_limit_and_environment_end_and_token_budget(tiny):
         assert ep.max_turns_hit[i] == (t == 2)  # the environment never ends it: only the limit does
         assert r.truncated[i] == (t < 2)  # ended by the 64-token budget instead
         assert r.truncated[i] == (int(r.completion_mask[i].sum()) == 64)
-    r, ep, _ = rollout(tiny, turns=1)  # the environment ends every episode after one turn: single-turn rollouts
+    # the environment ends every episode after one turn: single-turn rollouts
+    r, ep, _ = rollout(tiny, turns=1)
     assert not r.policy_mask[r.completion_mask.bool()].eq(0).any() and not any(ep.max_turns_hit)
 
 
@@ -111,11 +121,14 @@ def test_trainer_logprobs_of_policy_tokens_equal_the_samplers(tiny, lean):
     _, model = tiny
     r, ep, _ = rollout(tiny, lean=lean)
     assert max(ep.turns) >= 2
-    lp = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask).logp.detach()
+    lp = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids,
+                             r.completion_mask).logp.detach()
     diff = ((lp - r.logp) * r.policy_mask).abs().max()
     assert diff < 1e-5
     other, _, _ = rollout(tiny, lean=not lean)
-    assert torch.equal(other.completion_ids, r.completion_ids) and torch.equal(other.policy_mask, r.policy_mask)
+    assert torch.equal(other.completion_ids, r.completion_ids) and torch.equal(
+        other.policy_mask, r.policy_mask
+    )
 
 
 def test_same_seed_same_episodes_and_greedy(tiny):
@@ -166,7 +179,8 @@ def test_demonstrations_encode_to_the_tokens_a_rollout_holds(tiny):
     last = tok("<answer>10063</answer>", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     assert ids == first + obs + last and policy == [1] * len(first) + [0] * len(obs) + [1] * len(last)
     assert tok.decode(obs) == "\ntool: 10063\nassistant: "
-    batch = encode_demonstrations(tok, [[1, 5], [1]], [episode, episode[2:]], tok.eos_token_id, tok.pad_token_id)
+    batch = encode_demonstrations(tok, [[1, 5], [1]], [episode, episode[2:]], tok.eos_token_id,
+                                  tok.pad_token_id)
     assert batch.policy_mask[1].tolist() == [1] * len(last) + [0] * (len(ids) - len(last))
     assert batch.completion_mask.sum(1).tolist() == [len(ids), len(last)]
 
@@ -203,11 +217,14 @@ def test_the_loop_logs_episodes_and_resumes_exactly(tmp_path, stopping_model):
 
     model_dir, env = stopping_model
     (env.parent / "r.py").write_text("def first_digit(completions, **kw):\n"
-                                     "    return [float(c[:1].isdigit() and int(c[0]) % 2) for c in completions]\n")
+                                     "    return [float(c[:1].isdigit() and int(c[0]) % 2) for c in "
+                                     "completions]\n")
     straight, resumed = tmp_path / "a", tmp_path / "b"
     train(load_config(TrainConfig, None, loop_overrides(model_dir, env, straight)), progress=False)
-    train(load_config(TrainConfig, None, loop_overrides(model_dir, env, resumed, "train.steps=2")), progress=False)
-    train(load_config(TrainConfig, None, loop_overrides(model_dir, env, resumed, "train.resume=true")), progress=False)
+    train(load_config(TrainConfig, None, loop_overrides(model_dir, env, resumed, "train.steps=2")),
+          progress=False)
+    train(load_config(TrainConfig, None, loop_overrides(model_dir, env, resumed, "train.resume=true")),
+          progress=False)
     steps = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()][:4]
     for s in steps:
         assert 1 <= s["turns/mean"] <= 2 and 0 <= s["turns/max_turns_hit"] <= 1
@@ -219,7 +236,10 @@ def test_the_loop_logs_episodes_and_resumes_exactly(tmp_path, stopping_model):
                          for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert clean(straight) == clean(resumed)
     assert (straight / "samples.jsonl").read_bytes() == (resumed / "samples.jsonl").read_bytes()
-    wa, wb = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
+    wa, wb = (
+        load_file(straight / "final" / "model.safetensors"),
+        load_file(resumed / "final" / "model.safetensors"),
+    )
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -229,7 +249,7 @@ def test_the_tools_demo_config_runs_both_stages_and_reports_tool_use(tmp_path, m
     GRPO with the calculator tool, then accuracy and tool use per kind of problem for both models."""
     from pathlib import Path
 
-    from grpo.demo import run_demo
+    from grpo.commands.demo import run_demo
 
     monkeypatch.chdir(Path(__file__).parents[1])
     summary = run_demo("configs/tools.yaml", [

@@ -1,4 +1,5 @@
-"""Saying when a run cannot learn: the share of groups without signal, expected vs measured, and the warning."""
+"""Saying when a run cannot learn: the share of groups without signal, expected
+vs measured, and the warning."""
 
 import logging
 import random

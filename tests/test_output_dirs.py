@@ -11,7 +11,7 @@ import pytest
 
 import grpo.train.grpo
 import grpo.train.sft
-from grpo.cli import main
+from grpo.commands.cli import main
 from grpo.errors import UserError
 from grpo.train.run_lock import LOCK_FILE, OutputDirLock
 
@@ -49,7 +49,8 @@ def snapshot(out) -> dict:
 
 def test_a_finished_run_is_refused_and_replaced_only_with_overwrite(tmp_path, rewards, capsys):
     out = tmp_path / "run"
-    argv = ["train", "-q", *ONE_STEP, f"rewards.functions=[{{fn: '{rewards}:short'}}]", f"train.output_dir={out}"]
+    argv = ["train", "-q", *ONE_STEP, f"rewards.functions=[{{fn: '{rewards}:short'}}]",
+            f"train.output_dir={out}"]
     assert run(capsys, argv)[0] == 0
     first = snapshot(out)
     assert {"config.yaml", "metrics.jsonl", "samples.jsonl"} <= {p.name for p in first}
@@ -57,8 +58,9 @@ def test_a_finished_run_is_refused_and_replaced_only_with_overwrite(tmp_path, re
 
     code, err = run(capsys, [*argv, "train.seed=1"])
     assert code == 2
-    assert err == (f"grpo: error: train.output_dir {out} already holds a finished run (config.yaml, metrics.jsonl, "
-                   "final); replace it with --overwrite (Python: overwrite=True), or choose another train.output_dir")
+    assert err == (f"grpo: error: train.output_dir {out} already holds a finished run (config.yaml, "
+                   "metrics.jsonl, final); replace it with --overwrite (Python: overwrite=True), or choose "
+                   "another train.output_dir")
     assert snapshot(out) == first  # not a byte changed
 
     code, err = run(capsys, ["train", "--resume", str(out), "--overwrite"])
@@ -66,10 +68,12 @@ def test_a_finished_run_is_refused_and_replaced_only_with_overwrite(tmp_path, re
 
     assert run(capsys, [*argv, "train.seed=1", "--overwrite"])[0] == 0
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in lines] == [1, 1]  # the new run's step and its final evaluation: nothing appended
+    # the new run's step and its final evaluation: nothing appended
+    assert [x["step"] for x in lines] == [1, 1]
     assert "seed: 1" in (out / "config.yaml").read_text()
     samples = (out / "samples.jsonl").read_text().splitlines()
-    assert len(samples) == 2 and samples != first[out / "samples.jsonl"].decode().splitlines()  # 2 groups, seed 1's
+    # 2 groups, seed 1's
+    assert len(samples) == 2 and samples != first[out / "samples.jsonl"].decode().splitlines()
 
 
 @pytest.mark.parametrize("fn,message", [("one_short", "returned 3 values for 4 completions"),
@@ -79,7 +83,8 @@ def test_a_failing_reward_leaves_no_output_directory(tmp_path, rewards, capsys, 
     the parents the run created; a directory that existed stays as it was."""
     for out in (tmp_path / "new" / "run", tmp_path / "empty"):
         (tmp_path / "empty").mkdir(exist_ok=True)
-        argv = ["train", "-q", *ONE_STEP, f"rewards.functions=[{{fn: '{rewards}:{fn}'}}]", f"train.output_dir={out}"]
+        argv = ["train", "-q", *ONE_STEP, f"rewards.functions=[{{fn: '{rewards}:{fn}'}}]",
+                f"train.output_dir={out}"]
         code, err = run(capsys, argv)
         assert code == 2 and err.startswith("grpo: error: ") and len(err.splitlines()) == 1, err
         assert message in err, err
@@ -99,8 +104,8 @@ def test_the_lock_is_taken_before_the_model_loads(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(grpo.train.grpo, "load_policy", load_policy)
     assert run(capsys, ["train", "-q", f"train.output_dir={out}"]) == (2, "grpo: error: stop here")
-    assert seen == [f"{out} is in use by another grpo train (pid {os.getpid()}); wait for it or choose another "
-                    "train.output_dir"]
+    assert seen == [f"{out} is in use by another grpo train (pid {os.getpid()}); wait for it or choose "
+                    "another train.output_dir"]
     assert not out.exists()
 
 
@@ -112,12 +117,13 @@ def test_sft_and_demo_refuse_a_directory_holding_a_run(tmp_path, monkeypatch, ca
     (tmp_path / "sft").mkdir()
     (tmp_path / "sft" / "config.yaml").write_text("sft: {}\n")
     code, err = run(capsys, ["sft", "-q", f"sft.output_dir={tmp_path / 'sft'}"])
-    assert code == 2 and err == (f"grpo: error: sft.output_dir {tmp_path / 'sft'} already holds a run (config.yaml); "
-                                 "replace it with --overwrite (Python: overwrite=True), or choose another sft.output_dir")
+    assert code == 2 and err == (f"grpo: error: sft.output_dir {tmp_path / 'sft'} already holds a run "
+                                 "(config.yaml); replace it with --overwrite (Python: overwrite=True), or "
+                                 "choose another sft.output_dir")
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "summary.json").write_text("{}")
     code, err = run(capsys, ["demo", "-q", f"output_dir={tmp_path / 'demo'}"])
-    assert code == 2 and err == (f"grpo: error: output_dir {tmp_path / 'demo'} already holds a demo (summary.json); "
-                                 "replace it with --overwrite, or choose another output_dir")
+    assert code == 2 and err == (f"grpo: error: output_dir {tmp_path / 'demo'} already holds a demo "
+                                 "(summary.json); replace it with --overwrite, or choose another output_dir")
     with pytest.raises(AssertionError, match="after loading the model"):  # --overwrite goes on to the SFT run
         main(["demo", "-q", "--overwrite", f"output_dir={tmp_path / 'demo'}"])

@@ -21,16 +21,18 @@ from grpo.plan import (
     plan_memory,
     tiny_architecture,
 )
-from grpo.plan_cli import build_plan_parser
+from grpo.commands.plan import build_plan_parser
 
-LLAMA2_7B = Architecture(num_layers=32, hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32,
+LLAMA2_7B = Architecture(num_layers=32, hidden_size=4096, intermediate_size=11008, num_heads=32,
+                         num_kv_heads=32,
                          head_dim=128, vocab_size=32000)
 
 
 def _tiny_model(arch="llama", hidden=96, layers=2):
     from grpo.models.tiny import TinyConfig, build_model, build_tokenizer
 
-    return build_model(build_tokenizer(), TinyConfig(hidden_size=hidden, num_layers=layers, architecture=arch))
+    return build_model(build_tokenizer(),
+                       TinyConfig(hidden_size=hidden, num_layers=layers, architecture=arch))
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -72,23 +74,28 @@ def test_layer_activations_equal_what_autograd_saves(precision, attention, check
 
     from grpo.models.lean_layers import lean_layers
 
-    a = Architecture(num_layers=1, hidden_size=64, intermediate_size=160, num_heads=4, num_kv_heads=2, head_dim=24,
+    a = Architecture(num_layers=1, hidden_size=64, intermediate_size=160, num_heads=4, num_kv_heads=2,
+                     head_dim=24,
                      vocab_size=128)
     B, s = 4, 20
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-autocast" else contextlib.nullcontext()
+    ctx = torch.autocast("cpu",
+                         dtype=torch.bfloat16) if precision == "bf16-autocast" else contextlib.nullcontext()
     saved = []
     for layers in (1, 2):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(LlamaConfig(
-            vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=layers, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=24, attn_implementation="eager" if attention == "eager" else "sdpa")).train()
+            vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2, head_dim=24,
+            attn_implementation="eager" if attention == "eager" else "sdpa")).train()
         assert lean_layers(model)["gqa_attention"] == (attention != "eager")
         if attention == "sdpa":
             model.config._attn_implementation = "sdpa"
         if precision == "bf16":
             model = model.to(torch.bfloat16)
         if checkpointing:
-            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable = getattr(model, "activation_checkpointing_enable",
+                             None) or model.gradient_checkpointing_enable
             enable()
         saved.append(saved_bytes(model, lambda: _forward(model, B, s, ctx)))
     if checkpointing:  # only the layer's input stays (fp32)
@@ -112,7 +119,8 @@ def test_shared_prompt_forward_saves_what_the_formula_says(saved_bytes):
 
     if "share_prompts" not in inspect.signature(completion_logprobs).parameters:
         pytest.skip("this completion_logprobs has no shared-prompt forward")
-    a = Architecture(num_layers=1, hidden_size=64, intermediate_size=160, num_heads=4, num_kv_heads=2, head_dim=24,
+    a = Architecture(num_layers=1, hidden_size=64, intermediate_size=160, num_heads=4, num_kv_heads=2,
+                     head_dim=24,
                      vocab_size=128)
     prompts, G, P, T = 2, 4, 10, 12
     prompt_ids = torch.randint(5, 100, (prompts, P)).repeat_interleave(G, 0)  # [B, P], groups contiguous
@@ -125,12 +133,14 @@ def test_shared_prompt_forward_saves_what_the_formula_says(saved_bytes):
     for layers in (1, 2):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(LlamaConfig(
-            vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=layers, num_attention_heads=4,
+            vocab_size=128, hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
+            num_attention_heads=4,
             num_key_value_heads=2, head_dim=24)).train()
         lean_layers(model)  # as grpo loads it
         for share in (True, False):
             saved[layers, share] = saved_bytes(model, lambda: completion_logprobs(
-                model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy=True, share_prompts=share))
+                model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy=True,
+                share_prompts=share))
     for share in (True, False):
         inp = PlanInput(arch=a, G=G, prompts_per_step=prompts, micro_batch_size=prompts * G, prompt_length=P,
                         completion_length=T, shared_prompts=share, attention="sdpa-gqa")
@@ -146,21 +156,29 @@ def test_components_hand_worked_for_llama2_7b():
                     prompt_length=512, completion_length=1024, beta=0.04, shared_prompts=False)
     c = {x.name: x.bytes for x in plan_memory(inp).components}
     n = 6_738_415_616
-    assert (c["policy weights"], c["fp32 master weights"], c["gradients"], c["optimizer state"]) == (2 * n, 4 * n,
-                                                                                                    2 * n, 8 * n)
+    assert (c["policy weights"], c["fp32 master weights"], c["gradients"], c["optimizer state"]) == (
+        2 * n,
+        4 * n,
+        2 * n,
+        8 * n,
+    )
     assert c["reference model"] == 2 * n and "value model weights" not in c and "reward model" not in c
     # KV cache: 2 (K and V) * 32 layers * 32 kv heads * 128 * (512 + 1024) tokens * 1024 completions * 2 B
-    assert c["KV cache"] == 2 * 32 * 32 * 128 * 1536 * 1024 * 2 == 824_633_720_832  # 768 GiB: generate in chunks
+    # 768 GiB: generate in chunks
+    assert c["KV cache"] == 2 * 32 * 32 * 128 * 1536 * 1024 * 2 == 824_633_720_832
     assert c["logits"] == 3 * 4 * 1025 * 32000 * 4
     # per token (bf16 weights): 4 * (2h + heads + 2) + 2 * (4h + 2q + 3I); per key 2q * 2 B; the sdpa mask 2 B
     per_token = 4 * (2 * 4096 + 32 + 2) + 2 * (4 * 4096 + 2 * 4096 + 3 * 11008) + 2 * 4096 * 2
     layer = 4 * 1536 * per_token + 4 * 1536 * 1536 * 2
-    assert c["activations"] == 32 * layer + 4 * 1536 * 2 * 4096 * 2 + 4 * 1025 * 4096 * 2  # + final norm, head input
+    # + final norm, head input
+    assert c["activations"] == 32 * layer + 4 * 1536 * 2 * 4096 * 2 + 4 * 1025 * 4096 * 2
 
 
 def test_grpo_needs_less_than_ppo_and_lora_drops_the_reference():
-    base = PlanInput(arch=LLAMA2_7B, precision="bf16", micro_batch_size=8, prompt_length=256, completion_length=256)
-    grpo, ppo = plan_memory(base), plan_memory(replace(base, algorithm="ppo", reward_model_params=6_738_415_616))
+    base = PlanInput(arch=LLAMA2_7B, precision="bf16", micro_batch_size=8, prompt_length=256,
+                     completion_length=256)
+    grpo, ppo = plan_memory(base), plan_memory(replace(base, algorithm="ppo",
+                                                       reward_model_params=6_738_415_616))
     names = {c.name for c in ppo.components}
     assert {"value model weights", "value model gradients", "value model optimizer", "reward model"} <= names
     assert ppo.total_bytes > grpo.total_bytes + 10 * 2**30
@@ -173,15 +191,24 @@ def test_grpo_needs_less_than_ppo_and_lora_drops_the_reference():
 
 
 def test_gradient_checkpointing_and_micro_batch_shrink_the_update_phase():
-    base = PlanInput(arch=LLAMA2_7B, precision="bf16", micro_batch_size=8, prompt_length=256, completion_length=256,
+    base = PlanInput(arch=LLAMA2_7B, precision="bf16", micro_batch_size=8, prompt_length=256,
+                     completion_length=256,
                      shared_prompts=False)
     full = plan_memory(base).phase_bytes("update")
     assert plan_memory(replace(base, gradient_checkpointing=True)).phase_bytes("update") < full / 5
-    assert plan_memory(replace(base, micro_batch_size=4)).phase_bytes("update") == pytest.approx(full / 2, rel=1e-3)
+    assert plan_memory(replace(base, micro_batch_size=4)).phase_bytes("update") == pytest.approx(
+        full / 2, rel=1e-3
+    )
     # train.micro_batch_tokens: a cap of 4 full-length rows (4 x 512 tokens) plans as 4 rows, under one as 1
     capped = replace(base, micro_batch_tokens=4 * 512 + 100)
-    assert capped.update_rows == 4 and plan_memory(capped).peaks() == plan_memory(replace(base, micro_batch_size=4)).peaks()
-    assert replace(base, micro_batch_tokens=10).update_rows == 1 and replace(base, micro_batch_tokens=10**6).update_rows == 8
+    assert (
+        capped.update_rows == 4
+        and plan_memory(capped).peaks() == plan_memory(replace(base, micro_batch_size=4)).peaks()
+    )
+    assert (
+        replace(base, micro_batch_tokens=10).update_rows == 1
+        and replace(base, micro_batch_tokens=10**6).update_rows == 8
+    )
     with pytest.raises(UserError, match="micro_batch_tokens must be >= 1"):
         plan_memory(replace(base, micro_batch_tokens=0))
 
@@ -195,7 +222,8 @@ def _plan_cli(argv, capsys):
 
 
 def test_cli_plan_prints_a_table_and_says_whether_it_fits(tmp_path, capsys):
-    out = _plan_cli(["--params", "7B", "--layers", "32", "--hidden", "4096", "--vocab", "32000", "--precision", "bf16",
+    out = _plan_cli(["--params", "7B", "--layers", "32", "--hidden", "4096", "--vocab", "32000",
+                     "--precision", "bf16",
                      "--micro-batch", "4", "--gpu-gib", "80", "--out", str(tmp_path / "plan.json")], capsys)
     assert "reference model" in out and "TOTAL" in out and "fits in 80 GiB: no" in out
     assert json.loads((tmp_path / "plan.json").read_text())["num_params"] == 7_000_000_000
@@ -211,7 +239,8 @@ def test_cli_plan_prints_a_table_and_says_whether_it_fits(tmp_path, capsys):
     # a grpo train config: its model, LoRA and batch shape; a flag given overrides it
     (tmp_path / "run.yaml").write_text("model: {path: tiny, lora: {r: 8}}\ngrpo: {G: 4}\n"
                                        "train: {prompts_per_step: 2, micro_batch_size: 8}\n")
-    flags = ["--model", "tiny", "--lora-rank", "8", "--prompts-per-step", "2", "--micro-batch", "8", "--gpu-gib", "2"]
+    flags = ["--model", "tiny", "--lora-rank", "8", "--prompts-per-step", "2", "--micro-batch", "8",
+             "--gpu-gib", "2"]
     from_config = _plan_cli(["--config", str(tmp_path / "run.yaml"), "--gpu-gib", "2"], capsys)
     assert from_config == _plan_cli(flags + ["--G", "4"], capsys)
     assert from_config != _plan_cli(flags[:2] + flags[4:] + ["--G", "4"], capsys)  # the config's LoRA counts
@@ -238,9 +267,9 @@ torch.set_num_threads(2)
 out = tempfile.mkdtemp()
 common = ["train.eval_every=0", "train.sample_every=0", "data.num_heldout=1", "data.num_train=64",
           "optim.warmup_steps=0", "train.steps=2"]
-train(load_config(TrainConfig, None, common + ["train.prompts_per_step=1", "grpo.G=2", "train.micro_batch_size=2",
-      "sampling.max_new_tokens=4", "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
-      f"train.output_dir={out}/warm"]), progress=False)
+train(load_config(TrainConfig, None, common + ["train.prompts_per_step=1", "grpo.G=2",
+      "train.micro_batch_size=2", "sampling.max_new_tokens=4", "model.tiny_hidden_size=32",
+      "model.tiny_num_layers=1", f"train.output_dir={out}/warm"]), progress=False)
 results = []
 for i, overrides in enumerate(json.loads(sys.argv[1])):  # each run's peak above the RSS before it
     gc.collect()
@@ -251,7 +280,8 @@ for i, overrides in enumerate(json.loads(sys.argv[1])):  # each run's peak above
         pass  # the earlier runs' peaks are below this one's (the caller orders them so)
     res = train(load_config(TrainConfig, None, common + overrides + [f"train.output_dir={out}/run{i}"]),
                 progress=False)
-    results.append({"delta": status("VmHWM") - base, "T": max(r.get("completion/len_max", 0) for r in res.history)})
+    results.append({"delta": status("VmHWM") - base,
+                    "T": max(r.get("completion/len_max", 0) for r in res.history)})
 print(json.dumps(results))
 """
 MEASURED = {"h": 256, "L": 4, "G": 8, "prompts": 2, "T": 64}
@@ -265,11 +295,13 @@ def measured() -> dict:
     h, L, G, prompts, T = MEASURED.values()
     runs = {c: [f"model.tiny_hidden_size={h}", f"model.tiny_num_layers={L}", f"grpo.G={G}",
                 f"train.prompts_per_step={prompts}", f"train.micro_batch_size={G * prompts}",
-                f"sampling.max_new_tokens={T}", "grpo.beta=0.04", f"train.gradient_checkpointing={str(c).lower()}"]
+                f"sampling.max_new_tokens={T}", "grpo.beta=0.04",
+                f"train.gradient_checkpointing={str(c).lower()}"]
             for c in (True, False)}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1",
            "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0", "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(list(runs.values()))], capture_output=True,
+    run = subprocess.run([sys.executable, "-c", MEASURE, json.dumps(list(runs.values()))],
+                         capture_output=True,
                          text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     return dict(zip(runs, json.loads(run.stdout.strip().splitlines()[-1])))
@@ -285,10 +317,13 @@ def test_plan_matches_peak_memory_of_real_grpo_steps_on_cpu(checkpointing, measu
     (h, L, G, prompts, T), measured = MEASURED.values(), measured[checkpointing]
     assert measured["T"] == T  # the untrained model never stops early: every completion is T tokens
     tok = build_tokenizer()
-    P = max(len(x) for x in tok([r["prompt"] for r in make_rows(64, "train", 0)])["input_ids"])  # longest prompt
+    # longest prompt
+    P = max(len(x) for x in tok([r["prompt"] for r in make_rows(64, "train", 0)])["input_ids"])
     plan = plan_memory(PlanInput(arch=tiny_architecture(h, L), G=G, prompts_per_step=prompts,
-                                 micro_batch_size=G * prompts, prompt_length=P, completion_length=T, beta=0.04,
+                                 micro_batch_size=G * prompts, prompt_length=P, completion_length=T,
+                                 beta=0.04,
                                  gradient_checkpointing=checkpointing))
     ratio = measured["delta"] / plan.total_bytes
-    print(f"measured {measured['delta'] / 2**20:.1f} MiB, planned {plan.total_bytes / 2**20:.1f} MiB, ratio {ratio:.3f}")
+    print(f"measured {measured['delta'] / 2**20:.1f} MiB, planned {plan.total_bytes / 2**20:.1f} MiB, ratio "
+          f"{ratio:.3f}")
     assert 0.75 < ratio < 1.25, format_plan(plan)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from grpo.cli import main
+from grpo.commands.cli import main
 
 
 def _run_dir(path, reward_slope: float):

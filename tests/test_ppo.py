@@ -60,7 +60,8 @@ def test_value_head_on_the_policy_trains_only_the_head_and_leaves_the_policy_alo
     cfg = TrainConfig()
     cfg.train.micro_batch_size = 2
     cfg.ppo.value_model, cfg.ppo.value_clip, cfg.ppo.value_lr = "head", 10.0, 3e-2
-    policy = build_model(build_tokenizer(), TinyConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
+    policy = build_model(build_tokenizer(),
+                         TinyConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     critic = Critic(policy, cfg)
     assert sorted(critic.model.state_dict()) == ["head.bias", "head.weight"]  # no second body held or saved
@@ -79,7 +80,8 @@ def test_micro_batches_give_the_critic_the_same_values_and_steps():
     train.micro_batch_tokens): values, value losses and weights do not depend on the split."""
     r, zeros = _rollout(), torch.zeros(2, 3)
     runs = []
-    for size, cap in [(2, None), (1, None), (2, 4)]:  # one forward; a row each; a cap under one row's 5 tokens
+    # one forward; a row each; a cap under one row's 5 tokens
+    for size, cap in [(2, None), (1, None), (2, 4)]:
         critic = _critic(value_clip=10.0, value_lr=3e-3)
         critic.micro, critic.micro_tokens = size, cap
         rounds = []

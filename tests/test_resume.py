@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo.cli import main
+from grpo.commands.cli import main
 from grpo.config import TrainConfig, load_config
 from grpo.errors import UserError
 from grpo.train.checkpoint import TrainingInterrupted, latest_checkpoint
@@ -53,7 +53,8 @@ def straight(tmp_path_factory, reward_file):
 
 def metrics(out) -> list[str]:
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    return [json.dumps({k: v for k, v in x.items() if not k.startswith(VOLATILE)}, sort_keys=True) for x in lines]
+    return [json.dumps({k: v for k, v in x.items() if not k.startswith(VOLATILE)},
+                       sort_keys=True) for x in lines]
 
 
 def assert_same_run(a, b) -> None:
@@ -72,13 +73,18 @@ def assert_same_run(a, b) -> None:
 def test_straight_run_keeps_the_last_two_checkpoints_and_moves_the_weights(straight):
     assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["step-000003", "step-000004"]
     files = sorted(p.name for p in (straight / "checkpoints" / "step-000004").iterdir())
-    assert files == ["checksums.json", "config.yaml", "model.safetensors", "optimizer.pt", "rng.pt", "trainer_state.json"]
+    assert files == ["checksums.json", "config.yaml", "model.safetensors", "optimizer.pt", "rng.pt",
+                     "trainer_state.json"]
     state = json.loads((straight / "checkpoints" / "step-000004" / "trainer_state.json").read_text())
     assert state["step"] == 4 and state["skipped_updates"] == 0
-    before, after = load_file(straight / "tiny-init" / "model.safetensors"), load_file(straight / "final" / "model.safetensors")
+    before, after = (
+        load_file(straight / "tiny-init" / "model.safetensors"),
+        load_file(straight / "final" / "model.safetensors"),
+    )
     assert sum(not torch.equal(before[k], after[k]) for k in before) >= len(before) // 2
     steps = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
-    assert [x["lr"] for x in steps[:4]] == pytest.approx([0.005, 0.0075, 0.01, 0.01])  # warm-up 2/4, 3/4, 1, 1
+    # warm-up 2/4, 3/4, 1, 1
+    assert [x["lr"] for x in steps[:4]] == pytest.approx([0.005, 0.0075, 0.01, 0.01])
     assert "eval/accuracy" in steps[2] and steps[-1]["eval/accuracy_before"] > 0
 
 
@@ -101,8 +107,8 @@ def test_sigterm_mid_step_then_resume_equals_the_straight_run(tmp_path, straight
     with pytest.raises(TrainingInterrupted) as stopped:
         train(load_config(TrainConfig, None, overrides(reward_file, out)), progress=False)
     assert (stopped.value.step, stopped.value.signum) == (2, signal.SIGTERM)
-    assert str(stopped.value) == (f"interrupted at step 2 (SIGTERM); checkpoint saved to {out}/checkpoints/step-000002; "
-                                  f"resume with: grpo train --resume {out}")
+    assert str(stopped.value) == ("interrupted at step 2 (SIGTERM); checkpoint saved to "
+                                  f"{out}/checkpoints/step-000002; resume with: grpo train --resume {out}")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed again
     assert latest_checkpoint(out).name == "step-000002" and not (out / "final").exists()
     monkeypatch.undo()
@@ -132,26 +138,33 @@ def test_sigterm_during_the_first_heldout_evaluation_stops_before_step_1(tmp_pat
     assert "before step 1 (SIGTERM)" in str(stopped.value) and "no checkpoint" in str(stopped.value)
     assert steps == [] and latest_checkpoint(out) is None and not (out / "final").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    assert main(["train", "-q", *overrides(reward_file, out)]) == 128 + signal.SIGTERM  # the CLI's exit status
+    # the CLI's exit status
+    assert main(["train", "-q", *overrides(reward_file, out)]) == 128 + signal.SIGTERM
     assert steps == [] and latest_checkpoint(out) is None
 
 
 @pytest.mark.slow
 def test_a_lora_checkpoint_holds_the_trained_weights_only_and_resumes_exactly(tmp_path, reward_file):
-    """With LoRA a checkpoint holds the adapters (trainable.safetensors), not the frozen base again (540 MB per
+    """With LoRA a checkpoint holds the adapters (trainable.safetensors), not
+    the frozen base again (540 MB per
     checkpoint on SmolLM2); the resume takes the base from model.path and continues bit for bit."""
     lora = ["model.lora={r: 4, alpha: 8}", "train.steps=2", "train.eval_every=0"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(load_config(TrainConfig, None, overrides(reward_file, straight, *lora)), progress=False)
     ckpt = straight / "checkpoints" / "step-000001"
-    assert sorted(p.name for p in ckpt.iterdir()) == ["checksums.json", "config.yaml", "optimizer.pt", "rng.pt",
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checksums.json", "config.yaml", "optimizer.pt",
+                                                      "rng.pt",
                                                       "trainable.safetensors", "trainer_state.json"]
     saved = load_file(ckpt / "trainable.safetensors")
     assert saved and all(".lora_A." in k or ".lora_B." in k for k in saved)
     shutil.copytree(straight, resumed, ignore=lambda d, names: {"step-000002", "final"} & set(names))
-    train(load_config(TrainConfig, None, overrides(reward_file, resumed, *lora, "train.resume=true")), progress=False)
+    train(load_config(TrainConfig, None, overrides(reward_file, resumed, *lora, "train.resume=true")),
+          progress=False)
     assert metrics(resumed) == metrics(straight)
-    a, b = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
+    a, b = (
+        load_file(straight / "final" / "model.safetensors"),
+        load_file(resumed / "final" / "model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # the adapters moved at step 2 (B starts at zero), so a resume that kept step 1's would differ
     after = load_file(straight / "checkpoints" / "step-000002" / "trainable.safetensors")
@@ -170,7 +183,7 @@ def test_cli_two_steps_then_resume_two_more_equals_four_steps(tmp_path, straight
 SIGKILL_DURING_SAVE = """
 import os, sys, time
 import torch
-from grpo.cli import main
+from grpo.commands.cli import main
 
 marker, real_save, calls = sys.argv[1], torch.save, []
 
@@ -188,14 +201,18 @@ sys.exit(main(sys.argv[2:]))
 
 
 @pytest.mark.slow
-def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_to_resume_from(tmp_path, straight, reward_file):
+def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_to_resume_from(
+    tmp_path, straight, reward_file
+):
     out, marker = tmp_path / "run", tmp_path / "writing"
     proc = subprocess.Popen([sys.executable, "-c", SIGKILL_DURING_SAVE, str(marker), "train", "-q",
                              *overrides(reward_file, out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 180
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert marker.exists(), proc.communicate(timeout=10)[1].decode()[-2000:] if proc.poll() is not None else "no save"
+    assert marker.exists(), (
+        proc.communicate(timeout=10)[1].decode()[-2000:] if proc.poll() is not None else "no save"
+    )
     proc.kill()
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -208,13 +225,17 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_to_resume_fro
 
 
 @pytest.mark.slow
-def test_ctrl_c_to_the_process_group_with_a_reward_pool_checkpoints_and_exits_130(tmp_path, reward_file, capsys):
+def test_ctrl_c_to_the_process_group_with_a_reward_pool_checkpoints_and_exits_130(
+    tmp_path, reward_file, capsys
+):
     """A terminal's Ctrl-C reaches the trainer and its reward workers; the workers ignore it, the
     trainer finishes the step, saves, prints how to resume and exits 130. Then the run resumes."""
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "grpo", "train", "-q",
-                             *overrides(reward_file, out, "train.steps=500", "train.save_every=0", "rewards.workers=1")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             *overrides(reward_file, out, "train.steps=500", "train.save_every=0",
+                                        "rewards.workers=1")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 1:
@@ -258,7 +279,8 @@ def _cli_error(capsys, argv) -> str:
 def test_resume_refuses_a_changed_config_and_changes_nothing(finished_copy, capsys):
     """Nothing but the lock file, which the refused run held (its pid written) while it checked."""
     before = {p: p.stat().st_mtime_ns for p in finished_copy.rglob("*") if p.name != LOCK_FILE}
-    err = _cli_error(capsys, ["train", "-q", "--resume", str(finished_copy), "grpo.beta=0.1", "train.steps=6"])
+    err = _cli_error(capsys,
+                     ["train", "-q", "--resume", str(finished_copy), "grpo.beta=0.1", "train.steps=6"])
     assert "the config differs from the run's in grpo.beta (0.04 -> 0.1)" in err
     assert {p: p.stat().st_mtime_ns for p in finished_copy.rglob("*") if p.name != LOCK_FILE} == before
 
@@ -266,11 +288,15 @@ def test_resume_refuses_a_changed_config_and_changes_nothing(finished_copy, caps
 @pytest.mark.slow
 def test_a_fresh_run_into_a_directory_with_checkpoints_is_refused(finished_copy, reward_file, capsys):
     err = _cli_error(capsys, ["train", "-q", *overrides(reward_file, finished_copy)])
-    assert f"already holds checkpoints (newest: step-000004); continue that run with --resume {finished_copy}" in err
+    assert (
+        f"already holds checkpoints (newest: step-000004); continue that run with --resume {finished_copy}"
+        in err
+    )
 
 
 def test_resume_without_a_checkpoint_or_a_run_directory(tmp_path, reward_file, capsys):
-    err = _cli_error(capsys, ["train", "-q", *overrides(reward_file, tmp_path / "empty", "train.resume=true")])
+    err = _cli_error(capsys,
+                     ["train", "-q", *overrides(reward_file, tmp_path / "empty", "train.resume=true")])
     assert "nothing to resume" in err and not (tmp_path / "empty").exists()
     err = _cli_error(capsys, ["train", "-q", "--resume", str(tmp_path / "nowhere")])
     assert "no config.yaml there" in err
@@ -370,7 +396,8 @@ def test_train_into_a_live_runs_directory_stops_and_after_a_sigkill_proceeds(tmp
         try:
             before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
             assert _cli_error(capsys, argv) == "grpo: error: " + in_use(out, f"pid {holder.pid}")
-            assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == before
+            assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*")
+                    if p.is_file()} == before
         finally:
             sigkill(holder)
         assert main(argv) == 0  # the killed holder's lock file is left, unlocked: the run goes ahead

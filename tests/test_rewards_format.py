@@ -90,10 +90,10 @@ def test_penalties_pickle_for_worker_processes():
 def test_docstring_examples_of_the_reward_modules():
     import doctest
 
-    import grpo.rewards._deadline
+    import grpo.utils.deadline
     import grpo.rewards.format
     import grpo.rewards.math
 
-    for module in (grpo.rewards.format, grpo.rewards.math, grpo.rewards._deadline):
+    for module in (grpo.rewards.format, grpo.rewards.math, grpo.utils.deadline):
         failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert attempted > 0 and failed == 0, module.__name__

@@ -25,8 +25,10 @@ def make_model(arch: str):
     kw = dict(vocab_size=V, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=4, max_position_embeddings=128, initializer_range=0.1, pad_token_id=PAD,
               bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    config = {"llama": lambda: LlamaConfig(**kw), "llama_gqa": lambda: LlamaConfig(**{**kw, "num_key_value_heads": 2}),
-              "qwen2": lambda: Qwen2Config(**kw), "qwen3": lambda: Qwen3Config(**{**kw, "head_dim": 16})}[arch]()
+    config = {"llama": lambda: LlamaConfig(**kw),
+              "llama_gqa": lambda: LlamaConfig(**{**kw, "num_key_value_heads": 2}),
+              "qwen2": lambda: Qwen2Config(**kw),
+              "qwen3": lambda: Qwen3Config(**{**kw, "head_dim": 16})}[arch]()
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
@@ -38,7 +40,9 @@ def make_model(arch: str):
 
 def prompts(n: int = 6, seed: int = 1) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, V, (int(k),), generator=g).tolist() for k in torch.randint(1, 11, (n,), generator=g)]
+    return [
+        torch.randint(3, V, (int(k),), generator=g).tolist() for k in torch.randint(1, 11, (n,), generator=g)
+    ]
 
 
 class _PackedEngine(HFEngine):
@@ -107,7 +111,8 @@ def test_sampled_logprobs_equal_a_full_forward(arch, temperature):
         r = engine.generate(prompts(4), SamplingParams(max_new_tokens=20, temperature=temperature, G=4),
                             torch.Generator().manual_seed(0))
         with torch.no_grad():
-            full = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+            full = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids,
+                                       r.completion_mask,
                                        temperature, share_prompts=False).logp  # [N, T]
         mask = r.completion_mask.bool()
         assert (r.logp[mask] - full[mask]).abs().max() < 1e-5, name
@@ -117,7 +122,8 @@ def test_sampled_logprobs_equal_a_full_forward(arch, temperature):
 
 def test_rollout_layout_groups_are_contiguous_copies_of_their_prompt():
     model, ps = make_model("llama"), prompts(3)
-    r = HFEngine(model, 2, PAD).generate(ps, SamplingParams(max_new_tokens=8, G=5), torch.Generator().manual_seed(0))
+    r = HFEngine(model, 2, PAD).generate(ps, SamplingParams(max_new_tokens=8, G=5),
+                                         torch.Generator().manual_seed(0))
     assert r.prompt_ids.shape == (15, max(map(len, ps))) and r.completion_ids.shape[0] == 15
     for i, p in enumerate(ps):
         for row in range(5 * i, 5 * i + 5):
@@ -127,7 +133,9 @@ def test_rollout_layout_groups_are_contiguous_copies_of_their_prompt():
 
 def test_eos_stops_a_row_and_truncation_is_flagged_exactly():
     model, ps, max_new = make_model("llama"), prompts(6), 12
-    free = _rows(HFEngine(model, V + 1, PAD).generate(ps, SamplingParams(max_new_tokens=max_new, temperature=0.0)))
+    free = _rows(
+        HFEngine(model, V + 1, PAD).generate(ps, SamplingParams(max_new_tokens=max_new, temperature=0.0))
+    )
     # EOS := a token that row k first emits at its very last slot: row k ends with it there and is not
     # truncated (EOS at slot max_new - 1); rows where it never comes run to max_new and are truncated.
     k = next(i for i, row in enumerate(free) if row[-1] not in row[:-1])
@@ -159,9 +167,11 @@ def test_same_seed_same_samples_and_paths_agree():
 
 def test_top_p_keeps_only_the_nucleus():
     model = make_model("llama")
-    r = HFEngine(model, 2, PAD).generate(prompts(2), SamplingParams(max_new_tokens=10, temperature=1.0, top_p=1e-6, G=3),
+    r = HFEngine(model, 2, PAD).generate(prompts(2),
+                                         SamplingParams(max_new_tokens=10, temperature=1.0, top_p=1e-6, G=3),
                                          torch.Generator().manual_seed(0))
-    greedy = HFEngine(model, 2, PAD).generate(prompts(2), SamplingParams(max_new_tokens=10, temperature=0.0, G=3))
+    greedy = HFEngine(model, 2, PAD).generate(prompts(2),
+                                              SamplingParams(max_new_tokens=10, temperature=0.0, G=3))
     assert torch.equal(r.completion_ids, greedy.completion_ids)  # a vanishing nucleus is the argmax
     assert torch.allclose(r.logp[r.completion_mask.bool()], torch.zeros(()), atol=1e-6)  # renormalised: p = 1
 
@@ -186,18 +196,24 @@ def test_lora_samples_on_the_lean_path_with_its_adapters_folded_in():
     with the adapters disabled (a LoRA reference), the base model's tokens; the adapters do change them."""
     base = make_model("llama")
     ps = prompts(6)
-    base_greedy = _rows(HFEngine(base, 2, PAD, lean=False).generate(ps, SamplingParams(max_new_tokens=16, temperature=0.0)))
+    base_greedy = _rows(
+        HFEngine(base, 2, PAD, lean=False).generate(ps, SamplingParams(max_new_tokens=16, temperature=0.0))
+    )
     model = _lora(base)
     assert LeanDecoder.build(model, 64) is not None
     greedy = {name: _rows(e.generate(ps, SamplingParams(max_new_tokens=16, temperature=0.0)))
               for name, e in engines(model).items()}
     assert all(g == greedy["generic"] for g in greedy.values()) and greedy["lean"] != base_greedy
     with model.disable_adapter():
-        assert _rows(HFEngine(model, 2, PAD).generate(ps, SamplingParams(max_new_tokens=16, temperature=0.0))) == base_greedy
+        assert (
+            _rows(HFEngine(model, 2, PAD).generate(ps, SamplingParams(max_new_tokens=16, temperature=0.0)))
+            == base_greedy
+        )
     r = HFEngine(model, [2, 7], PAD).generate(prompts(4), SamplingParams(max_new_tokens=20, G=4),
                                               torch.Generator().manual_seed(0))
     with torch.no_grad():
-        full = completion_logprobs(model.eval(), r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+        full = completion_logprobs(model.eval(), r.prompt_ids, r.prompt_mask, r.completion_ids,
+                                   r.completion_mask,
                                    share_prompts=False).logp  # [N, T]
     mask = r.completion_mask.bool()
     assert (r.logp[mask] - full[mask]).abs().max() < 1e-5
@@ -206,7 +222,8 @@ def test_lora_samples_on_the_lean_path_with_its_adapters_folded_in():
 def test_adapters_beyond_plain_lora_use_the_generic_path():
     model = _lora(make_model("llama"), use_dora=True)
     assert LeanDecoder.build(model, 64) is None
-    r = HFEngine(model, 2, PAD).generate(prompts(2), SamplingParams(max_new_tokens=6, G=2), torch.Generator().manual_seed(0))
+    r = HFEngine(model, 2, PAD).generate(prompts(2), SamplingParams(max_new_tokens=6, G=2),
+                                         torch.Generator().manual_seed(0))
     assert r.completion_ids.shape[0] == 4
 
 

@@ -27,7 +27,8 @@ def _loss_and_grads(model, r, rows, share, temperature):
 
 
 @pytest.mark.parametrize("arch", ["llama", "llama_gqa", "qwen2"])
-@pytest.mark.parametrize("rows", [slice(0, 16), slice(2, 11)], ids=["whole groups", "groups cut by a micro-batch"])
+@pytest.mark.parametrize("rows", [slice(0, 16), slice(2, 11)],
+                         ids=["whole groups", "groups cut by a micro-batch"])
 def test_shared_prompt_forward_equals_the_plain_forward_with_gradients(arch, rows):
     model = make_model(arch)
     r = HFEngine(model, 2, PAD).generate(prompts(4), SamplingParams(max_new_tokens=12, G=4),
@@ -47,7 +48,8 @@ def test_shared_prompts_is_the_default_for_grouped_rows_and_handles_one_token():
                                          torch.Generator().manual_seed(0))
     assert r.completion_ids.shape == (6, 1)
     with torch.no_grad():
-        auto = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask).logp
+        auto = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids,
+                                   r.completion_mask).logp
         plain = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
                                     share_prompts=False).logp
     assert (auto - plain).abs().max() < 1e-5 and (auto - r.logp).abs().max() < 1e-5
@@ -67,7 +69,8 @@ def test_selective_log_softmax_in_chunks_equals_the_float64_reference():
 
 def _head_grads(model, r, chunked, share, temperature=0.8):
     model.zero_grad()
-    lp = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, temperature,
+    lp = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask,
+                             temperature,
                              with_entropy=True, share_prompts=share, chunked_head=chunked)
     weights = torch.linspace(-1, 1, lp.logp.numel()).view_as(lp.logp)
     (lp.logp * weights * r.completion_mask).sum().backward()
@@ -138,7 +141,8 @@ def test_entropy_with_gradient_chunked_equals_full_logits(share, monkeypatch):
     def grads(chunked):
         model.zero_grad()
         lp = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, 0.8,
-                                 with_entropy=True, share_prompts=share, chunked_head=chunked, entropy_grad=True)
+                                 with_entropy=True, share_prompts=share, chunked_head=chunked,
+                                 entropy_grad=True)
         w = torch.linspace(-1, 1, lp.entropy.numel()).view_as(lp.entropy)
         ((lp.entropy * w + 0.3 * lp.logp) * r.completion_mask).sum().backward()
         return lp.entropy.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -168,13 +172,19 @@ def test_the_chunked_heads_hand_written_backward_equals_float64_autograd(tempera
     h, w, b = (torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
                for shape in ((7, 5), (11, 5), (11,)))
     ix = torch.randint(0, 11, (7,), generator=g)
-    g_logp, g_ent = torch.randn(7, generator=g, dtype=torch.float64), torch.randn(7, generator=g, dtype=torch.float64)
+    g_logp, g_ent = (
+        torch.randn(7, generator=g, dtype=torch.float64),
+        torch.randn(7, generator=g, dtype=torch.float64),
+    )
 
     def grads(logp, entropy):
         return torch.autograd.grad((logp * g_logp).sum() + (entropy * g_ent).sum(), (h, w, b))
 
     z = (h @ w.T + b) / temperature
-    want_logp, want_ent = z.log_softmax(-1).gather(-1, ix[:, None]).squeeze(-1), -(z.softmax(-1) * z.log_softmax(-1)).sum(-1)
+    want_logp, want_ent = (
+        z.log_softmax(-1).gather(-1, ix[:, None]).squeeze(-1),
+        -(z.softmax(-1) * z.log_softmax(-1)).sum(-1),
+    )
     want = grads(want_logp, want_ent)
     logp, ent = ChunkedHeadLogProbs.apply(h, w, b, ix, temperature, 3, True)
     torch.testing.assert_close(logp.double(), want_logp, rtol=1e-5, atol=1e-5)

@@ -56,25 +56,31 @@ def test_vllm_engine_samples_groups_and_follows_weight_updates(tmp_path):
 
     path = build_tiny(tmp_path / "tiny", TinyConfig())
     tok = build_tokenizer()
-    engine = VLLMEngine(str(path), tok.eos_token_id, tok.pad_token_id, dtype="float32", gpu_memory_utilization=0.2)
+    engine = VLLMEngine(str(path), tok.eos_token_id, tok.pad_token_id, dtype="float32",
+                        gpu_memory_utilization=0.2)
     prompts = tok(["Mia has 3 pens. How many?\n", "Tom has 5 cards, finds 2. How many?\n"])["input_ids"]
-    r = engine.generate(prompts, SamplingParams(max_new_tokens=16, temperature=1.0, G=4), torch.Generator().manual_seed(0))
+    r = engine.generate(prompts, SamplingParams(max_new_tokens=16, temperature=1.0, G=4),
+                        torch.Generator().manual_seed(0))
     assert r.completion_ids.shape[0] == 8 and r.prompt_ids.shape[0] == 8
     model = AutoModelForCausalLM.from_pretrained(path).cuda()
     with torch.no_grad():
-        full = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask).logp
+        full = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids,
+                                   r.completion_mask).logp
     mask = r.completion_mask.bool()
     assert (full[mask] - r.logp[mask]).abs().max() < 1e-3  # vLLM's kernels, fp32
     with torch.no_grad():
         model.lm_head.weight.zero_()  # uniform next-token distribution: every log-prob is -log V
     engine.sync_weights(model)
-    r = engine.generate(prompts, SamplingParams(max_new_tokens=4, temperature=1.0, G=2), torch.Generator().manual_seed(0))
+    r = engine.generate(prompts, SamplingParams(max_new_tokens=4, temperature=1.0, G=2),
+                        torch.Generator().manual_seed(0))
     expect = -torch.log(torch.tensor(float(model.config.vocab_size)))
     assert torch.allclose(r.logp[r.completion_mask.bool()].cpu(), expect, atol=1e-4)
 
 
-SMALL = ["train.steps=2", "train.prompts_per_step=2", "grpo.G=4", "train.micro_batch_size=8", "sampling.max_new_tokens=8",
-         "data.num_heldout=4", "data.num_train=64", "train.eval_every=0", "train.sample_every=1", "train.threads=1",
+SMALL = ["train.steps=2", "train.prompts_per_step=2", "grpo.G=4", "train.micro_batch_size=8",
+         "sampling.max_new_tokens=8",
+         "data.num_heldout=4", "data.num_train=64", "train.eval_every=0", "train.sample_every=1",
+         "train.threads=1",
          "model.tiny_hidden_size=32", "model.tiny_num_layers=1", "optim.lr=0.01", "optim.warmup_steps=0"]
 
 
@@ -110,16 +116,17 @@ def test_rollout_engine_vllm_is_built_from_the_config_and_kept_in_step(tmp_path,
     (a missed sync would sample step 2 from stale weights)."""
     from safetensors.torch import load_file
 
-    import grpo.rollout.vllm_engine as vllm_engine
+    import grpo.train.grpo as loop
     from grpo.config import TrainConfig, load_config
     from grpo.train.grpo import train
 
     def run(out, *extra):
         rewards = f"rewards.functions=[{{fn: '{reward_file}:digit_share'}}]"
-        return train(load_config(TrainConfig, None, [*SMALL, rewards, f"train.output_dir={out}", *extra]), progress=False)
+        return train(load_config(TrainConfig, None, [*SMALL, rewards, f"train.output_dir={out}", *extra]),
+                     progress=False)
 
     run(tmp_path / "hf")
-    monkeypatch.setattr(vllm_engine, "VLLMEngine", _FakeVLLM)
+    monkeypatch.setattr(loop, "VLLMEngine", _FakeVLLM)  # the name the loop calls
     # correction=none: rollout.correction=auto would weight the surrogate by pi_old / pi_sampler for vLLM, and
     # the stand-in's lean sampler agrees with the trainer only to float rounding, so the bits would differ
     vllm = ("rollout.engine=vllm", "rollout.gpu_memory_utilization=0.5", "rollout.correction=none")
@@ -127,7 +134,10 @@ def test_rollout_engine_vllm_is_built_from_the_config_and_kept_in_step(tmp_path,
     assert _FakeVLLM.syncs == 1
     run(tmp_path / "vllm", *vllm, "train.steps=2", "train.resume=true")
     assert _FakeVLLM.syncs == 3  # on resume, then after step 2
-    a, b = load_file(tmp_path / "hf" / "final" / "model.safetensors"), load_file(tmp_path / "vllm" / "final" / "model.safetensors")
+    a, b = (
+        load_file(tmp_path / "hf" / "final" / "model.safetensors"),
+        load_file(tmp_path / "vllm" / "final" / "model.safetensors"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     samples = [(tmp_path / d / "samples.jsonl").read_text() for d in ("hf", "vllm")]
     assert samples[0] == samples[1] and len(samples[0].splitlines()) == 4
@@ -167,7 +177,8 @@ def test_hf_weights_of_a_lora_model_are_the_base_names_with_the_adapters_folded_
 
     base = build_model(build_tokenizer(), TinyConfig(hidden_size=32, num_layers=1))
     names = set(base.state_dict())
-    model = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"]))
+    model = peft.get_peft_model(base,
+                                peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"]))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -177,12 +188,13 @@ def test_hf_weights_of_a_lora_model_are_the_base_names_with_the_adapters_folded_
     q = base.model.layers[0].self_attn.q_proj
     torch.testing.assert_close(weights["model.layers.0.self_attn.q_proj.weight"],
                                q.base_layer.weight + q.get_delta_weight("default"))
-    assert torch.equal(weights["model.layers.0.self_attn.k_proj.weight"], base.model.layers[0].self_attn.k_proj.weight)
+    assert torch.equal(weights["model.layers.0.self_attn.k_proj.weight"],
+                       base.model.layers[0].self_attn.k_proj.weight)
 
 
 @pytest.mark.skipif(HAS_VLLM and torch.cuda.is_available(), reason="vLLM and a GPU are present")
 def test_rollout_engine_vllm_without_vllm_or_a_gpu_stops_before_writing(tmp_path, capsys, monkeypatch):
-    from grpo.cli import main
+    from grpo.commands.cli import main
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"

@@ -25,7 +25,8 @@ G = 4
 
 
 def _cfg(*overrides: str) -> TrainConfig:
-    return load_config(TrainConfig, None, [f"grpo.G={G}", "train.prompts_per_step=4", "train.micro_batch_size=8",
+    return load_config(TrainConfig, None,
+                       [f"grpo.G={G}", "train.prompts_per_step=4", "train.micro_batch_size=8",
                                            "grpo.beta=0", "optim.grad_clip=0", "sampling.max_new_tokens=10",
                                            *overrides])
 
@@ -65,7 +66,8 @@ def test_weights_and_metrics_match_a_float64_reference(stand_in, mode, level):
     model, r, trainer64, sampler64 = stand_in
     mask = r.completion_mask.bool()
     assert (r.logp.double() - sampler64)[mask].abs().max() < 1e-5  # the engine's log-probs are its weights'
-    cfg = _cfg(f"rollout.correction={mode}", f"rollout.correction_level={level}", "rollout.correction_low=0.9",
+    cfg = _cfg(f"rollout.correction={mode}", f"rollout.correction_level={level}",
+               "rollout.correction_low=0.9",
                "rollout.correction_high=1.1")
     old = logprobs_no_grad(model, r, cfg, nullcontext).logp
     weights, metrics = sampler_correction(old, r.logp, r.completion_mask, cfg)
@@ -92,7 +94,8 @@ def test_the_update_step_is_the_weighted_float64_step(stand_in):
     adv = torch.linspace(-1.5, 1.5, r.completion_ids.shape[0])
     policy = copy.deepcopy(model)
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
-    result = update_policy(policy, torch.optim.SGD(policy.parameters(), lr=1.0), r, adv, None, None, cfg, nullcontext)
+    result = update_policy(policy, torch.optim.SGD(policy.parameters(), lr=1.0), r, adv, None, None, cfg,
+                           nullcontext)
     assert result.applied and result.stats["correction/weight_mean"] < 1.0
 
     ref = copy.deepcopy(model).double()
@@ -103,7 +106,8 @@ def test_the_update_step_is_the_weighted_float64_step(stand_in):
     for n, p in ref.named_parameters():
         moved = (policy.state_dict()[n] - before[n]).double()
         assert (moved + p.grad).norm() <= 1e-4 * p.grad.norm() + 1e-9, n
-    unweighted = update_policy(copy.deepcopy(model), torch.optim.SGD(model.parameters(), lr=0.0), r, adv, None,
+    unweighted = update_policy(copy.deepcopy(model), torch.optim.SGD(model.parameters(), lr=0.0), r, adv,
+                               None,
                                None, _cfg("rollout.correction=none"), nullcontext)
     assert "correction/weight_mean" not in unweighted.stats and "mismatch/kl" in unweighted.stats
     assert unweighted.stats["pg_loss"] != pytest.approx(result.stats["pg_loss"], abs=1e-6)
@@ -168,8 +172,10 @@ def test_the_loop_logs_mismatch_and_applies_the_options(tmp_path):
 @pytest.mark.parametrize("keep", [False, True])
 def test_dropout_is_off_for_rl_unless_kept(tmp_path, reward_file, keep):
     """With LoRA dropout 0.5 and pi_old from a separate no-grad pass (top_entropy_quantile < 1), the update's
-    ratio is exactly 1 only when dropout is off (step 2: LoRA's B starts at 0, so dropout acts once it moved)."""
-    cfg = _cfg("train.steps=2", "data.num_heldout=2", "data.num_train=64", "train.eval_every=0", "optim.lr=0.05",
+    ratio is exactly 1 only when dropout is off (step 2: LoRA's B starts at 0, so
+    dropout acts once it moved)."""
+    cfg = _cfg("train.steps=2", "data.num_heldout=2", "data.num_train=64", "train.eval_every=0",
+               "optim.lr=0.05",
                "optim.warmup_steps=0", f"rewards.functions=[{{fn: '{reward_file}:digit_share'}}]",
                "model.lora={dropout: 0.5}", "grpo.top_entropy_quantile=0.5",
                f"model.keep_dropout={str(keep).lower()}", f"train.output_dir={tmp_path / 'run'}")

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("script, names", [
     ("make_word_problems.py", ["word_problems_train.jsonl", "word_problems_test.jsonl",
                                "word_problems_train_answers.jsonl"]),
-    ("make_calculator_problems.py", ["calculator_train.jsonl", "calculator_test.jsonl", "calculator_train_tools.jsonl"]),
+    ("make_calculator_problems.py",
+     ["calculator_train.jsonl", "calculator_test.jsonl", "calculator_train_tools.jsonl"]),
 ])
 def test_shipped_data_is_what_the_script_writes(script, names, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--out", str(tmp_path)], check=True,

@@ -11,7 +11,7 @@ from grpo.data import load_task
 from grpo.data.synthetic import Space, _bucket, make_problems, make_rows, problem_space, step_rewards
 from grpo.errors import UserError
 from grpo.models.tiny import build_tokenizer
-from grpo.reproduce import _claim_rows
+from grpo.commands.reproduce import _claim_rows
 from grpo.stats import binomial_ci, mean_ci, mean_std, t_quantile, verdict
 
 HARD = dict(num_steps=5, max_value=99, max_delta=19, multiply=True)
@@ -71,7 +71,9 @@ def test_load_task_builds_validation_and_refuses_it_where_there_is_none(tmp_path
                      task_multiply=True)
     task = load_task(cfg, tok, 0)
     assert (len(task.train), len(task.validation), len(task.heldout)) == (300, 30, 40)
-    prompts = [{r["prompt"].split(" has ")[1] for r in rows} for rows in (task.train, task.validation, task.heldout)]
+    prompts = [
+        {r["prompt"].split(" has ")[1] for r in rows} for rows in (task.train, task.validation, task.heldout)
+    ]
     assert {len(r["target"].split("\n")) for r in task.train if "=" in r["target"]} == {4}  # lines of working
     assert not (prompts[1] & prompts[2])
     with pytest.raises(UserError, match="builtin:arithmetic.*only"):
@@ -91,11 +93,14 @@ def test_sft_chooses_on_validation_and_never_reads_the_test_split(tmp_path, monk
     read = []
     real = sft_module.evaluate_accuracy
     monkeypatch.setattr(sft_module, "evaluate_accuracy",
-                        lambda engine, tok, rows, *a, **k: read.append(rows) or real(engine, tok, rows, *a, **k))
+                        lambda engine, tok, rows, *a,
+                        **k: read.append(rows) or real(engine, tok, rows, *a, **k))
     cfg = load_config(SFTConfig, None, [
         "sft.max_steps=6", "sft.eval_every=2", "sft.batch_size=8", "sft.patience=0", "data.num_train=64",
-        "data.num_heldout=6", "data.num_validation=5", "sampling.max_new_tokens=8", "model.tiny_hidden_size=32",
-        "model.tiny_num_layers=1", "optim.schedule=cosine", "optim.warmup_steps=0", f"sft.output_dir={tmp_path / 'sft'}"])
+        "data.num_heldout=6", "data.num_validation=5", "sampling.max_new_tokens=8",
+        "model.tiny_hidden_size=32",
+        "model.tiny_num_layers=1", "optim.schedule=cosine", "optim.warmup_steps=0",
+        f"sft.output_dir={tmp_path / 'sft'}"])
     res = sft_module.sft(cfg, progress=False)
     evals = [h for h in res.history if "eval/accuracy" in h]
     assert [h["step"] for h in evals] == [2, 4, 6] and res.steps == 6  # patience 0: no early stop
@@ -115,7 +120,8 @@ def test_sft_stops_when_its_time_is_spent_and_evaluates_there(tmp_path):
 
     cfg = load_config(SFTConfig, None, [
         "sft.max_steps=50", "sft.eval_every=20", "sft.batch_size=4", "sft.patience=0", "data.num_train=32",
-        "data.num_heldout=4", "sampling.max_new_tokens=4", "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
+        "data.num_heldout=4", "sampling.max_new_tokens=4", "model.tiny_hidden_size=32",
+        "model.tiny_num_layers=1",
         "sft.max_seconds=1e-6", f"sft.output_dir={tmp_path / 'sft'}"])
     res = sft(cfg, progress=False)
     assert res.steps == 1 and res.best_step == 1 and res.history[0]["eval/accuracy"] == res.best_accuracy
@@ -129,7 +135,8 @@ def test_sft_on_a_few_demonstrations_repeats_them(tmp_path, monkeypatch):
     real = sft_module.encode_pairs
     monkeypatch.setattr(sft_module, "encode_pairs", lambda tok, prompts, targets: trained.append(prompts)
                         or real(tok, prompts, targets))
-    overrides = ["sft.max_steps=6", "sft.eval_every=6", "sft.batch_size=4", "sft.patience=0", "data.num_train=64",
+    overrides = ["sft.max_steps=6", "sft.eval_every=6", "sft.batch_size=4", "sft.patience=0",
+                 "data.num_train=64",
                  "data.num_heldout=2", "sampling.max_new_tokens=2", "model.tiny_hidden_size=32",
                  "model.tiny_num_layers=1", "sft.train_rows=8", f"sft.output_dir={tmp_path / 'a'}"]
     sft_module.sft(load_config(SFTConfig, None, overrides), progress=False)
@@ -155,7 +162,8 @@ def test_sft_batch_order_continues_where_a_run_stopped():
 
 def test_validation_rows_set_aside_from_a_training_file(tmp_path):
     data = tmp_path / "d.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(20)))
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1?",
+                                        "answer": str(i + 1)}) + "\n" for i in range(20)))
     tok = build_tokenizer()
     task = load_task(DataConfig(source=str(data), num_validation=5), tok, 0)
     again = load_task(DataConfig(source=str(data), num_validation=5), tok, 3)  # another seed: the same rows
@@ -195,7 +203,8 @@ def test_claims_are_judged_on_the_per_seed_differences():
     assert any(r.startswith("| GRPO matches or beats PPO") and "+3.0 (-1.0, +3.0, +7.0)" in r
                and r.endswith("| within noise |") for r in rows)
     # maj@4 gain 30 points, pass@4 gain 2 on every seed: sd 0, so the interval is the point itself
-    assert any(r.startswith("| RL lifts maj@4 more than pass@4") and "+28.0" in r and "holds beyond noise" in r
+    assert any(r.startswith("| RL lifts maj@4 more than pass@4") and "+28.0" in r
+               and "holds beyond noise" in r
                for r in rows)
     assert any("0.67-0.67x PPO's" in n and "holds on every seed" in n for n in notes)
     assert any("+15 points over SFT is met on average (+31.0)" in n for n in notes)

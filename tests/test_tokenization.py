@@ -19,7 +19,7 @@ from grpo.config import DataConfig, RewardModelConfig, TrainConfig
 from grpo.data import load_task
 from grpo.data.templates import encode_prompts, render_prompt
 from grpo.errors import UserError
-from grpo.evaluate import evaluate_policy
+from grpo.train.evaluation import evaluate_policy
 from grpo.models.loading import stop_token_ids
 from grpo.models.tiny import TinyConfig, build_model, build_tokenizer
 from grpo.rewards import RewardModel, RewardSpec

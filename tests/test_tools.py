@@ -56,7 +56,8 @@ def call(name: str, **arguments) -> str:
     return f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
 
 
-def make_env(tool_file, pool=None, timeout_s=1.0, max_tokens=20, sandbox=False, count=lambda s: len(s.split()),
+def make_env(tool_file, pool=None, timeout_s=1.0, max_tokens=20, sandbox=False,
+             count=lambda s: len(s.split()),
              names=("add", "boom", "slow", "big")):
     tools = load_tools([ToolEntry(f"{tool_file}:{n}", sandbox=sandbox) for n in names])
     return ToolEnvironment(ToolRunner(tools, timeout_s, pool), parse_json_tags, count, max_tokens)
@@ -102,8 +103,12 @@ def test_parser_reads_calls_in_order_and_reports_malformed_ones():
             "<tool_call>{\"name\": \"add\", \"arguments\": \"{\\\"a\\\": 5}\"}</tool_call>")
     assert parse_json_tags(text) == [ToolCall("add", {"a": 2}), ToolCall("add", {"a": 5})]
     assert parse_json_tags("no call here") == []
-    assert parse_json_tags("<tool_call>{\"name\": 3}</tool_call>")[0].error.startswith("malformed tool call: expected")
-    assert parse_json_tags("<tool_call>{\"name\": \"a\"")[0].error == "malformed tool call: no closing </tool_call>"
+    assert parse_json_tags('<tool_call>{"name": 3}</tool_call>')[0].error.startswith(
+        "malformed tool call: " "expected"
+    )
+    assert (
+        parse_json_tags('<tool_call>{"name": "a"')[0].error == "malformed tool call: no closing </tool_call>"
+    )
     assert parse_json_tags("<tool_call>{\"name\": \"a\", \"arguments\": [1]}</tool_call>")[0].error == \
         'malformed tool call: "arguments" must be a JSON object'
     assert load_parser("json_tags") is parse_json_tags
@@ -116,10 +121,14 @@ def test_a_turn_without_a_call_ends_the_episode(tool_file):
 def test_results_and_each_failure_become_observations(tool_file):
     env = make_env(tool_file)
     turn = env.step(call("add", a=2, b=40) + call("add", a=1))
-    assert [m["content"] for m in turn.messages] == ["42", "2"] and (turn.tool_calls, turn.tool_errors) == (2, 0)
+    assert [m["content"] for m in turn.messages] == ["42", "2"] and (turn.tool_calls, turn.tool_errors) == (
+        2,
+        0,
+    )
     assert turn.messages[0] == {"role": "tool", "name": "add", "content": "42"}
     cases = {
-        "<tool_call>{\"name\": add}</tool_call>": "error: malformed tool call: not JSON (Expecting value at char 9)",
+        "<tool_call>{\"name\": add}</tool_call>": "error: malformed tool call: not JSON (Expecting value at "
+                                                  "char 9)",
         call("abacus", x=1): "error: unknown tool 'abacus' (available: add, boom, slow, big)",
         call("boom", x="it"): "error: boom raised ValueError: cannot handle it",
         call("add", c=1): "error: add raised TypeError: add() got an unexpected keyword argument 'c'",
@@ -153,7 +162,8 @@ def test_tools_in_the_reward_worker_pool_time_out_without_blocking(tool_file):
 
 @pytest.mark.slow
 def test_a_sandboxed_tool_runs_in_a_fresh_process(tool_file):
-    env = make_env(tool_file, timeout_s=5.0, sandbox=True)  # generous: a loaded CI machine starts Python slowly
+    # generous: a loaded CI machine starts Python slowly
+    env = make_env(tool_file, timeout_s=5.0, sandbox=True)
     turn = env.step(call("add", a=2, b=3) + call("boom", x="z") + call("slow", seconds=60))
     assert [m["content"] for m in turn.messages] == ["5", "error: boom raised ValueError: cannot handle z",
                                                      "error: slow timed out after 5 s"]
@@ -167,7 +177,8 @@ def test_a_dead_worker_is_an_error_observation():
             return future
 
     env = ToolEnvironment(ToolRunner([Tool("add", lambda a: a, {})], 1.0, Broken()), parse_json_tags)
-    assert env.step(call("add", a=1)).messages[0]["content"] == "error: add raised BrokenProcessPool: a worker died"
+    assert env.step(call("add",
+                         a=1)).messages[0]["content"] == "error: add raised BrokenProcessPool: a worker died"
 
 
 def test_error_observations_are_held_to_max_observation_tokens(tool_file):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from grpo.cli import main
+from grpo.commands.cli import main
 from grpo.config import TrainConfig, load_config
 from grpo.train.grpo import train
 
@@ -110,7 +110,8 @@ def test_lora_trains_adapter_only_and_reference_is_the_base(tmp_path):
     run = tmp_path / "run"
     base = load_file(run / "tiny-init" / "model.safetensors")
     adapter = load_file(run / "final" / "adapter" / "adapter_model.safetensors")
-    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in adapter.items()), "adapter did not move"
+    assert any(k.endswith("lora_B.weight")
+               and v.abs().sum() > 0 for k, v in adapter.items()), "adapter did not move"
     merged = load_file(run / "final" / "model.safetensors")
     changed = [k for k in base if "proj" in k and not torch.equal(base[k], merged[k])]
     untouched = [k for k in base if "norm" in k or "embed" in k]
@@ -122,11 +123,12 @@ def test_lora_trains_adapter_only_and_reference_is_the_base(tmp_path):
 
 def test_cli_reports_inconsistent_sizes_in_one_line(tmp_path, capsys):
     """The README's example error, word for word."""
-    code = main(["train", "-q", f"train.output_dir={tmp_path / 'run'}", "train.steps=3", "train.iterations=5"])
+    code = main(["train", "-q", f"train.output_dir={tmp_path / 'run'}", "train.steps=3",
+                 "train.iterations=5"])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert err == ("grpo: error: train.iterations=5 is more than train.steps=3: each iteration needs at least "
-                   "one step")
+    assert err == ("grpo: error: train.iterations=5 is more than train.steps=3: each iteration needs at "
+                   "least one step")
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
     assert f"$ grpo train train.steps=3 train.iterations=5\n{err}\n" in readme
     assert not (tmp_path / "run").exists()

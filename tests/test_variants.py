@@ -34,7 +34,8 @@ def config(reward_file, out, *extra, first="digit_share") -> TrainConfig:
 
 
 def steps_of(out) -> list[dict]:
-    return [x for x in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "reward/mean" in x]
+    return [x for x in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if "reward/mean" in x]
 
 
 def stable(out) -> list[dict]:
@@ -68,14 +69,16 @@ def test_ppo_trains_policy_and_value_model_and_resumes_exactly(tmp_path, reward_
     train(config(reward_file, straight, "algorithm=ppo", "train.save_every=2"), progress=False)
     steps = steps_of(straight)
     assert all("ppo/value_loss" in s and "ppo/kl_reward" in s for s in steps)
-    assert steps[0]["ppo/kl_reward"] == 0.0 and steps[0]["kl"] == 0.0  # pi_old = pi_ref before the first update
+    # pi_old = pi_ref before the first update
+    assert steps[0]["ppo/kl_reward"] == 0.0 and steps[0]["kl"] == 0.0
     assert steps[-1]["kl"] > 0 and steps[-1]["ppo/value_loss"] > 0
     extra = torch.load(straight / "checkpoints" / "step-000004" / "extra.pt", weights_only=True)
     assert extra["critic"]["head.weight"].abs().sum() > 0  # the zero-initialised value head learned
     assert "reference" not in extra  # one iteration: the reference is the initial weights, not saved again
 
     resumed = stopped_copy(straight, tmp_path / "resumed", step=2)
-    train(config(reward_file, resumed, "algorithm=ppo", "train.save_every=2", "train.resume=true"), progress=False)
+    train(config(reward_file, resumed, "algorithm=ppo", "train.save_every=2", "train.resume=true"),
+          progress=False)
     assert stable(resumed) == stable(straight) and same_weights(resumed, straight)
     extra_resumed = torch.load(resumed / "checkpoints" / "step-000004" / "extra.pt", weights_only=True)
     assert all(torch.equal(extra["critic"][k], extra_resumed["critic"][k]) for k in extra["critic"])
@@ -96,7 +99,10 @@ def test_rft_trains_without_a_reference_model(tmp_path, reward_file):
     steps = steps_of(out)
     assert all(s["kl"] == 0.0 for s in steps)  # no reference held, no KL term
     assert any(s["reward/has_digit"] > 0 for s in steps) and any(s["grad_norm"] > 0 for s in steps)
-    before, after = load_file(out / "tiny-init" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    before, after = (
+        load_file(out / "tiny-init" / "model.safetensors"),
+        load_file(out / "final" / "model.safetensors"),
+    )
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert res.steps == 4
 
@@ -125,10 +131,12 @@ def metaspace_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    pieces = ["<unk>", "</s>", "▁", "+", "-", "="] + [str(d) for d in range(10)] + [f"▁{d}" for d in range(10)]
+    pieces = ["<unk>", "</s>", "▁", "+", "-",
+              "="] + [str(d) for d in range(10)] + [f"▁{d}" for d in range(10)]
     tok = Tokenizer(models.Unigram([(p, 0.0 if p.startswith("<") else -1.0) for p in pieces], unk_id=0))
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="</s>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>",
+                                   pad_token="</s>")
 
 
 def byte_level_tokenizer():
@@ -136,13 +144,16 @@ def byte_level_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {c: i for i, c in enumerate(["<unk>", "</s>", *sorted(pre_tokenizers.ByteLevel.alphabet()), "Ġ5", "Ġ7"])}
+    vocab = {c: i for i, c in enumerate(["<unk>", "</s>", *sorted(pre_tokenizers.ByteLevel.alphabet()), "Ġ5",
+                                         "Ġ7"])}
     tok = Tokenizer(models.BPE(vocab, [("Ġ", "5"), ("Ġ", "7")], unk_token="<unk>"))
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="</s>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="</s>",
+                                   pad_token="</s>")
 
 
-@pytest.mark.parametrize("make, space, first", [(metaspace_tokenizer, "▁", "▁3"), (byte_level_tokenizer, "Ġ", "3")])
+@pytest.mark.parametrize("make, space, first",
+                         [(metaspace_tokenizer, "▁", "▁3"), (byte_level_tokenizer, "Ġ", "3")])
 def test_step_ends_follow_the_decoded_text_on_sentencepiece_and_byte_level_tokenizers(make, space, first):
     """Steps end after each equation; each ends at the token holding its last character.
 
@@ -158,12 +169,14 @@ def test_step_ends_follow_the_decoded_text_on_sentencepiece_and_byte_level_token
     texts = ["3+4=7 7-2=5", "3+4=7 7-2=5 5+1=6"]
     enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     w = lambda d: f"{space}{d}"  # noqa: E731
-    assert tok.convert_ids_to_tokens(enc[1]) == [first, "+", "4", "=", "7", w(7), "-", "2", "=", "5", w(5), "+", "1",
+    assert tok.convert_ids_to_tokens(enc[1]) == [first, "+", "4", "=", "7", w(7), "-", "2", "=", "5", w(5),
+                                                 "+", "1",
                                                  "=", "6"]
     enc[0].append(tok.eos_token_id)
     ids = torch.tensor([enc[0] + [tok.pad_token_id] * 4, enc[1]])  # [2, 15]
     mask = torch.tensor([[1] * 11 + [0] * 4, [1] * 15])  # [2, 15]
-    assert tok.batch_decode([enc[0], enc[1]], skip_special_tokens=True) == texts  # what the step function sees
+    # what the step function sees
+    assert tok.batch_decode([enc[0], enc[1]], skip_special_tokens=True) == texts
     steps = [[(5, 1.0), (6, 0.5), (11, 0.0)], [(5, 1.0), (11, 0.0), (17, 1.0)]]
     rewards, ends = step_tensors(steps, tok, ids, mask)
     assert ends.tolist() == [[4, 5, 9], [4, 9, 14]]
@@ -180,17 +193,20 @@ def test_process_advantages_of_the_builtin_step_rewards_by_hand():
     -1.9365 on its first line, -2.5820 on its second, -1.2910 on the answer.
     """
     tok = build_tokenizer()
-    texts = ["<think>8+7=15\n15-5=10</think><answer>10</answer>", "<think>8+7=15\n15-5=9</think><answer>9</answer>"]
+    texts = ["<think>8+7=15\n15-5=10</think><answer>10</answer>",
+             "<think>8+7=15\n15-5=9</think><answer>9</answer>"]
     enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     T = max(map(len, enc))
     ids = torch.tensor([e + [tok.pad_token_id] * (T - len(e)) for e in enc])
     mask = torch.tensor([[1] * len(e) + [0] * (T - len(e)) for e in enc])
     r = Rollout(ids[:, :1], torch.ones(2, 1, dtype=torch.long), ids, mask, torch.tensor([False, False]))
-    cfg = load_config(TrainConfig, None, ["grpo.G=2", "grpo.advantage=process", "rewards.step_fn=arithmetic_steps",
+    cfg = load_config(TrainConfig, None,
+                      ["grpo.G=2", "grpo.advantage=process", "rewards.step_fn=arithmetic_steps",
                                           "train.micro_batch_size=2"])
     from grpo.rewards import load_reward_function
 
-    adv = step_advantages(load_reward_function("arithmetic_steps"), tok, r, [{"prompt": "q", "answer": "10"}], texts,
+    adv = step_advantages(load_reward_function("arithmetic_steps"), tok, r, [{"prompt": "q", "answer": "10"}],
+                          texts,
                           cfg)  # [2, T]
     assert adv.shape == (2, T)
     up, down = 0.6455, -1.2910
@@ -207,7 +223,8 @@ def test_process_advantages_of_the_builtin_step_rewards_by_hand():
 @pytest.mark.slow
 def test_process_supervision_runs_end_to_end(tmp_path, reward_file):
     out = tmp_path / "process"
-    train(config(reward_file, out, "grpo.advantage=process", "rewards.step_fn=arithmetic_steps", "train.steps=2"),
+    train(config(reward_file, out, "grpo.advantage=process", "rewards.step_fn=arithmetic_steps",
+                 "train.steps=2"),
           progress=False)
     assert len(steps_of(out)) == 2 and (out / "final" / "model.safetensors").exists()
 
@@ -228,13 +245,17 @@ def test_iterations_reset_the_reference_to_the_policy(tmp_path, reward_file):
 
     ref = torch.load(out / "checkpoints" / "step-000004" / "extra.pt", weights_only=True)["reference"]
     # the reference of iteration 2 (the policy after step 2) differs from the initial and the final weights
-    init, final = load_file(out / "tiny-init" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    init, final = (
+        load_file(out / "tiny-init" / "model.safetensors"),
+        load_file(out / "final" / "model.safetensors"),
+    )
     key = "model.layers.0.mlp.up_proj.weight"
     assert not torch.equal(ref[key], init[key]) and not torch.equal(ref[key], final[key])
 
     # stopped in the middle of iteration 2: the reset reference must come back
     resumed = stopped_copy(out, tmp_path / "resumed", step=3)
-    train(config(reward_file, resumed, "train.iterations=2", "train.save_every=1", "train.resume=true"), progress=False)
+    train(config(reward_file, resumed, "train.iterations=2", "train.save_every=1", "train.resume=true"),
+          progress=False)
     assert stable(resumed) == stable(out) and same_weights(resumed, out)
 
 
@@ -266,7 +287,8 @@ def test_a_reward_model_made_from_the_policy_starts_at_zero_and_learns_the_label
     assert rm(["q"] * 2, ["<answer>13</answer>", "<answer>7</answer>"]) == [0.0, 0.0]  # zero score head
     body = dict(rm.model.named_parameters())["model.embed_tokens.weight"]
     assert torch.equal(body, policy.model.embed_tokens.weight)  # the policy's body, copied
-    trainer = RewardModelTrainer(rm, RewardModelConfig(train_steps=60, lr=3e-3, train_batch_size=16, replay=0.5),
+    trainer = RewardModelTrainer(rm,
+                                 RewardModelConfig(train_steps=60, lr=3e-3, train_batch_size=16, replay=0.5),
                                  seed=0)
     fresh = [["Q:", f"<answer>{a}</answer>", 1.0 if a % 2 == 0 else 0.0] for a in range(10, 30)]
     stats = trainer.retrain(fresh, iteration=0)
@@ -288,7 +310,8 @@ def test_a_reward_model_made_from_a_lora_policy_copies_the_body_it_computes_with
     torch.manual_seed(0)
     tok = build_tokenizer()
     base = build_model(tok, TinyConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64))
-    policy = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"]))
+    policy = peft.get_peft_model(base,
+                                 peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"]))
     with torch.no_grad():
         for name, p in policy.named_parameters():
             if "lora_B" in name:
@@ -300,13 +323,16 @@ def test_a_reward_model_made_from_a_lora_policy_copies_the_body_it_computes_with
     torch.testing.assert_close(body["model.layers.0.self_attn.q_proj.weight"], merged)
     assert not torch.allclose(merged, q.base_layer.weight)
     assert rm(["q"], ["<answer>13</answer>"]) == [0.0]  # zero score head
-    assert hasattr(policy.get_base_model().model.layers[0].self_attn.q_proj, "lora_A")  # the policy keeps its adapters
+    # the policy keeps its adapters
+    assert hasattr(policy.get_base_model().model.layers[0].self_attn.q_proj, "lora_A")
 
 
 @pytest.mark.slow
 def test_iterative_grpo_retrains_the_reward_model_each_iteration_and_resumes_exactly(tmp_path, reward_file):
-    rm = (f"rewards.model={{path: init, retrain: true, labeller: '{reward_file}:has_digit', prompts_per_iteration: 4, "
-          "train_steps: 3, train_batch_size: 8, lr: 0.001}")
+    rm = (
+        f"rewards.model={{path: init, retrain: true, labeller: '{reward_file}:has_digit', "
+        "prompts_per_iteration: 4, train_steps: 3, train_batch_size: 8, lr: 0.001}"
+    )
     args = ["train.iterations=2", "train.save_every=1", rm]
     out = tmp_path / "straight"
     train(config(reward_file, out, *args), progress=False)
@@ -314,12 +340,16 @@ def test_iterative_grpo_retrains_the_reward_model_each_iteration_and_resumes_exa
     assert [s.get("iteration") for s in steps] == [1, None, 2, None]
     assert steps[0]["rm/samples"] == 16 and steps[0]["rm/replayed"] == 0  # 4 prompts x G=4, nothing to replay
     assert steps[2]["rm/replayed"] == 2  # 10% of 16 fresh samples, from iteration 1's
-    assert all("reward/reward_model" in s for s in steps) and steps[0]["rm/loss_after"] < steps[0]["rm/loss_before"]
+    assert (
+        all("reward/reward_model" in s for s in steps)
+        and steps[0]["rm/loss_after"] < steps[0]["rm/loss_before"]
+    )
     assert (out / "reward_model" / "config.json").exists()
     extra = torch.load(out / "checkpoints" / "step-000004" / "extra.pt", weights_only=True)
     assert len(extra["reward_model"]["history"]) == 32
 
-    resumed = stopped_copy(out, tmp_path / "resumed", step=3)  # inside iteration 2: the retrained RM must come back
+    # inside iteration 2: the retrained RM must come back
+    resumed = stopped_copy(out, tmp_path / "resumed", step=3)
     train(config(reward_file, resumed, *args, "train.resume=true"), progress=False)
     assert stable(resumed) == stable(out) and same_weights(resumed, out)
 

@@ -1,3 +1,3 @@
-from grpo.cli import entry
+from grpo.commands.cli import entry
 
 entry()

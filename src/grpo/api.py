@@ -16,16 +16,22 @@ contract of docs/rewards.md, whether given by reference in the config or as call
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
+import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from grpo.config import DemoConfig, RewardEntry, SFTConfig, TrainConfig
+from grpo.config import DemoConfig, ModelConfig, RewardEntry, SFTConfig, TrainConfig
 from grpo.config_io import load_config
+from grpo.data import load_task
 from grpo.errors import UserError
+from grpo.rewards.loader import load_reward_function
 
-__all__ = ["DemoConfig", "SFTConfig", "TrainConfig", "UserError", "evaluate", "load_config", "quiet_libraries",
+__all__ = ["DemoConfig", "SFTConfig", "TrainConfig", "UserError", "evaluate", "load_config",
+           "quiet_libraries",
            "sft", "train"]
 
 Reward = str | Callable | tuple
@@ -36,10 +42,10 @@ callable, or (either, weight)."""
 def quiet_libraries() -> None:
     """No progress bars or notices from transformers, huggingface_hub and datasets, in this process from
     now on (and its subprocesses: through the environment). grpo's own bar is switched by `progress`."""
-    import warnings
-
     for name in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
         os.environ[name] = "1"  # read by datasets / huggingface_hub when they are imported
+    # after the variables above are set, and not at the top: transformers is a
+    # heavy import --help does not need
     from huggingface_hub.utils import disable_progress_bars
     from transformers.utils import logging as hf_logging
 
@@ -60,16 +66,19 @@ def _reward_entries(rewards: Sequence[Reward]) -> tuple[list[RewardEntry], dict[
         if callable(fn):
             name = getattr(fn, "__name__", None)
             if not name or name == "<lambda>" or name in callables:
-                raise UserError(f"train(rewards=...): give each callable a distinct function name, got {name!r}")
+                raise UserError("train(rewards=...): give each callable a distinct function name, got "
+                                f"{name!r}")
             callables[name] = fn
             fn = name
         elif not isinstance(fn, str):
-            raise UserError(f"train(rewards=...): expected a reference, a callable or (either, weight), got {item!r}")
+            raise UserError("train(rewards=...): expected a reference, a callable or (either, weight), got "
+                            f"{item!r}")
         entries.append(RewardEntry(fn=fn, weight=weight))
     return entries, callables
 
 
-def train(cfg: TrainConfig, rewards: Sequence[Reward] | None = None, quiet: bool = False, overwrite: bool = False):
+def train(cfg: TrainConfig, rewards: Sequence[Reward] | None = None, quiet: bool = False,
+          overwrite: bool = False):
     """GRPO (or cfg.algorithm's baseline) as configured -> `grpo.train.grpo.TrainResult` (accuracy before and
     after on the held-out set, steps, seconds, metrics history, output_dir with `final/` in it).
 
@@ -78,6 +87,7 @@ def train(cfg: TrainConfig, rewards: Sequence[Reward] | None = None, quiet: bool
     as 'module:fn' for rewards.workers and timeouts). quiet: no progress bars at all (`quiet_libraries`).
     overwrite: replace a run already in train.output_dir (else it is refused).
     """
+    # imports torch: here, so that `import grpo.api` (the CLI imports it for every command) stays light
     from grpo.train.grpo import train as train_loop
 
     callables = {}
@@ -92,6 +102,7 @@ def train(cfg: TrainConfig, rewards: Sequence[Reward] | None = None, quiet: bool
 def sft(cfg: SFTConfig, quiet: bool = False, overwrite: bool = False):
     """Supervised fine-tuning until held-out accuracy plateaus -> `grpo.train.sft.SFTResult` (its
     model_dir is the best checkpoint, a Hugging Face directory to start `train` from: model.path)."""
+    # imports torch: here, so that `import grpo.api` (the CLI imports it for every command) stays light
     from grpo.train.sft import sft as sft_loop
 
     cfg.validate()
@@ -104,15 +115,10 @@ def evaluate(model: str | Path, cfg: TrainConfig | None = None, n: int = 8, ks: 
              num_prompts: int = 200, quiet: bool = False):
     """Greedy accuracy, pass@k and maj@k of `model` (a directory such as `result.output_dir / "final"`, or
     'tiny') on the held-out set of `cfg` (default: the built-in task's), judged by its first reward
-    function, sampled with its sampling settings and seed -> `grpo.evaluate.EvalResult`."""
-    import dataclasses
-    import tempfile
-
-    from grpo.config import ModelConfig
-    from grpo.data import load_task
-    from grpo.evaluate import answer_equivalence, answer_extractor, evaluate_policy
+    function, sampled with its sampling settings and seed -> `grpo.train.evaluation.EvalResult`."""
+    # imports torch: here, so that `import grpo.api` (the CLI imports it for every command) stays light
+    from grpo.train.evaluation import answer_equivalence, answer_extractor, evaluate_policy
     from grpo.models.loading import load_policy
-    from grpo.rewards.loader import load_reward_function
 
     cfg = cfg or TrainConfig()
     if quiet:
@@ -124,9 +130,14 @@ def evaluate(model: str | Path, cfg: TrainConfig | None = None, n: int = 8, ks: 
     checker = load_reward_function(first.fn, first.options)
     with tempfile.TemporaryDirectory() as tiny_dir:
         policy, tokenizer = load_policy(ModelConfig(path=str(model), device=cfg.model.device), Path(tiny_dir))
-    task = load_task(dataclasses.replace(data, num_train=min(data.num_train, 1) if data.source.startswith("builtin:")
-                                         else data.num_train, num_heldout=num_prompts), tokenizer, cfg.train.seed)
+    task = load_task(dataclasses.replace(data,
+                                         num_train=min(data.num_train, 1)
+                                         if data.source.startswith("builtin:")
+                                         else data.num_train, num_heldout=num_prompts), tokenizer,
+                                         cfg.train.seed)
     s = cfg.sampling
-    return evaluate_policy(policy.eval(), tokenizer, task.heldout, checker, answer_extractor(first.fn, first.options),
-                           n=n, ks=ks, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+    return evaluate_policy(policy.eval(), tokenizer, task.heldout, checker,
+                           answer_extractor(first.fn, first.options),
+                           n=n, ks=ks, temperature=s.temperature, top_p=s.top_p,
+                           max_new_tokens=s.max_new_tokens,
                            seed=cfg.train.seed, equivalent=answer_equivalence(first.fn, first.options))

@@ -57,7 +57,8 @@ class ModelConfig:
     keep_dropout: bool = False
     """RL only (`grpo train`): keep the model's and LoRA's dropout in the update. By default every dropout
     probability is set to 0, so the sampler (eval mode), pi_old and the update compute one function and the
-    importance ratios carry no dropout noise (TRL's disable_dropout). `grpo sft` keeps dropout as configured."""
+    importance ratios carry no dropout noise (TRL's disable_dropout). `grpo sft`
+    keeps dropout as configured."""
 
 
 @dataclass
@@ -72,7 +73,8 @@ class DataConfig:
     answer_column: str | None = "answer"
     """Column holding the gold answer, passed to reward functions as `answer`."""
     template: str | None = None
-    """How string prompts are rendered: None (as is), 'r1' (the DeepSeek-R1 template), or a string with {prompt}."""
+    """How string prompts are rendered: None (as is), 'r1' (the DeepSeek-R1
+    template), or a string with {prompt}."""
     max_prompt_length: int = 256
     """Longest prompt in tokens as the model sees it, special tokens (BOS) included."""
     on_long_prompt: Literal["error", "drop"] = "error"
@@ -84,7 +86,8 @@ class DataConfig:
     num_heldout: int = 200
     """Built-in task: number of held-out problems (also the cap on any held-out set evaluated)."""
     direct_fraction: float = 0.6
-    """Built-in task: fraction of SFT demonstrations that give a bare answer without working (builtin:calculator:
+    """Built-in task: fraction of SFT demonstrations that give a bare answer
+    without working (builtin:calculator:
     of the hard problems, answered without calling the tool)."""
     num_validation: int = 0
     """Problems for choosing SFT's best checkpoint, disjoint from train and held-out, so that the held-out
@@ -151,7 +154,8 @@ class RewardConfig:
     functions: list[RewardEntry] = field(default_factory=_default_rewards)
     """Reward functions, summed with their weights (a function returning None is left out for that sample)."""
     on_error: Literal["raise", "zero"] = "raise"
-    """A raising reward function stops the run ('raise', naming function, prompt and completion) or scores 0 and is counted."""
+    """A raising reward function stops the run ('raise', naming function, prompt and
+    completion) or scores 0 and is counted."""
     timeout_s: float | None = None
     """Per-call time limit for reward functions (needs workers > 0 for code that might hang in C)."""
     workers: int = 0
@@ -196,7 +200,8 @@ class RolloutConfig:
     w = pi_old / pi_sampler (docs/algorithm.md): 'tis' truncates w at correction_high; 'mask' keeps w inside
     [correction_low, correction_high] and drops the token (weight 0) outside; 'none'. 'auto': 'tis' where
     the sampler runs in another precision than the trainer (rollout.engine=vllm, or model.dtype=bfloat16,
-    whose sampler uses bf16 copies of the weights), else 'none'. The mismatch/* metrics are logged either way."""
+    whose sampler uses bf16 copies of the weights), else 'none'. The mismatch/*
+    metrics are logged either way."""
     correction_level: Literal["token", "sequence"] = "token"
     """'token': one weight per token; 'sequence': each completion's tokens share the geometric mean of its
     token weights (one keep-or-drop decision per completion under 'mask')."""
@@ -234,8 +239,10 @@ class GRPOConfig:
     """Upper clip range (None: same as eps_low; DAPO clip-higher: 0.28)."""
     mu: int = 1
     """Policy updates per batch of rollouts (the paper's mu)."""
-    aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
-    """Loss aggregation: the paper's per-sequence mean, DAPO's token mean, or Dr. GRPO's constant normaliser."""
+    aggregation: Literal["seq_mean_token_mean", "token_mean",
+                         "seq_mean_token_sum_norm"] = "seq_mean_token_mean"
+    """Loss aggregation: the paper's per-sequence mean, DAPO's token mean, or Dr.
+    GRPO's constant normaliser."""
     advantage: Literal["outcome", "rloo", "process"] = "outcome"
     """Outcome supervision (group-standardised), the leave-one-out baseline, or process supervision
     (per-step rewards from rewards.step_fn, normalised over the group's steps; DeepSeekMath §4.1.3)."""
@@ -258,10 +265,12 @@ class GRPOConfig:
     top_entropy_quantile: float = 1.0
     """Train on the highest-entropy tokens only ("forking tokens", Wang et al. 2025; TRL's name): the loss and
     its normalisers keep the tokens whose entropy is in the top this fraction of the batch's policy tokens
-    (0.2 in the paper; 1.0: every token). Costs one no-grad forward of the policy per step when grpo.mu = 1."""
+    (0.2 in the paper; 1.0: every token). Costs one no-grad forward of the
+    policy per step when grpo.mu = 1."""
     max_sampling_rounds: int = 8
     """Dynamic sampling: at most this many draws of prompts_per_step prompts per step; at the cap the step
-    trains on the groups with a spread plus all-equal groups to fill the batch (logged in sampling/kept_groups)."""
+    trains on the groups with a spread plus all-equal groups to fill the batch
+    (logged in sampling/kept_groups)."""
 
 
 @dataclass
@@ -306,7 +315,8 @@ class LoopConfig:
     """Prompts per step; the batch is prompts_per_step * G completions."""
     micro_batch_size: int = 64
     """Completions per forward/backward (gradient accumulation when smaller than the batch). It need not
-    divide the batch: the last micro-batch is then smaller, and the loss normalisers stay the whole batch's."""
+    divide the batch: the last micro-batch is then smaller, and the loss
+    normalisers stay the whole batch's."""
     micro_batch_tokens: int | None = None
     """Also cap a forward/backward at this many padded tokens (rows x (longest prompt + longest
     completion) of its rows), so that activation memory follows tokens, not rows: long completions go
@@ -327,18 +337,22 @@ class LoopConfig:
     sample_every: int = 10
     """Write a few sample completions to samples.jsonl every this many steps."""
     save_every: int = 0
-    """Checkpoint every this many steps and at the last (0: none; SIGINT/SIGTERM and a fault stop still write one)."""
+    """Checkpoint every this many steps and at the last (0: none; SIGINT/SIGTERM and a
+    fault stop still write one)."""
     keep_checkpoints: int = 2
     """Keep the newest this many checkpoints in OUTPUT/checkpoints, deleting older ones."""
     resume: bool = False
     """Continue the run in output_dir from its newest checkpoint (the CLI's `--resume DIR`)."""
     max_bad_steps: int = 3
-    """Stop, with a checkpoint of the last good state, after this many updates in a row with a NaN/inf loss or gradient."""
+    """Stop, with a checkpoint of the last good state, after this many updates in a row
+    with a NaN/inf loss or gradient."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
     report_to: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
-    """Also send every logged scalar to these: 'tensorboard' (OUTPUT/tensorboard, `tensorboard --logdir OUTPUT`;
-    `pip install 'grpo[tensorboard]'`) and 'wandb' (Weights & Biases, project train.wandb_project, its files in
+    """Also send every logged scalar to these: 'tensorboard' (OUTPUT/tensorboard,
+    `tensorboard --logdir OUTPUT`;
+    `pip install 'grpo[tensorboard]'`) and 'wandb' (Weights & Biases, project
+    train.wandb_project, its files in
     OUTPUT/wandb; WANDB_MODE=offline logs without a network, `wandb sync` uploads later; `pip install
     'grpo[wandb]'`)."""
     wandb_project: str = "grpo"
@@ -350,7 +364,8 @@ class LoopConfig:
     reference model to the current policy at the start of each."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """With several processes (torchrun): 'ddp' keeps a full copy of the weights on every rank and sums the
-    gradients; 'fsdp' shards weights, gradients and optimizer state (torch fully_shard). Ignored with one process."""
+    gradients; 'fsdp' shards weights, gradients and optimizer state (torch
+    fully_shard). Ignored with one process."""
 
 
 @dataclass
@@ -373,12 +388,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         g, t = self.grpo, self.train
-        _positive(self, ["grpo.G", "grpo.mu", "train.steps", "train.prompts_per_step", "train.micro_batch_size",
+        _positive(self,
+                  ["grpo.G", "grpo.mu", "train.steps", "train.prompts_per_step", "train.micro_batch_size",
                          "sampling.max_new_tokens", "data.max_prompt_length", "data.num_train",
                          "train.keep_checkpoints", "train.max_bad_steps", "model.tiny_num_layers",
                          "train.iterations", "grpo.max_sampling_rounds", *_TASK_SIZES])
         _not_negative(self, ["train.eval_every", "train.sample_every", "train.save_every", "train.log_every",
-                             "train.threads", "rewards.workers", "data.num_heldout", "data.num_validation", "optim.lr",
+                             "train.threads", "rewards.workers", "data.num_heldout", "data.num_validation",
+                             "optim.lr",
                              "optim.weight_decay", "optim.warmup_steps", "optim.grad_clip"])
         o, m = self.optim, self.model
         if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
@@ -389,13 +406,15 @@ class TrainConfig:
                            "train.tensorboard" if t.tensorboard else "train.report_to")
         _check_wandb("wandb" in t.report_to)
         if self.rewards.timeout_s is not None and not self.rewards.timeout_s > 0:
-            raise UserError(f"rewards.timeout_s must be > 0 (or null for no limit), got {self.rewards.timeout_s}")
+            raise UserError("rewards.timeout_s must be > 0 (or null for no limit), got "
+                            f"{self.rewards.timeout_s}")
         if m.path == "tiny" and (m.tiny_hidden_size <= 0 or m.tiny_hidden_size % 8):
-            raise UserError(f"model.tiny_hidden_size must be a positive multiple of 8 (4 attention heads of even "
-                            f"width), got {m.tiny_hidden_size}")
+            raise UserError("model.tiny_hidden_size must be a positive multiple of 8 (4 attention heads of "
+                            f"even width), got {m.tiny_hidden_size}")
         if g.G < 2:
             raise UserError(f"grpo.G: a group needs at least 2 completions to compare, got {g.G}")
-        if t.micro_batch_tokens is not None and (isinstance(t.micro_batch_tokens, bool) or t.micro_batch_tokens <= 0):
+        if t.micro_batch_tokens is not None and (isinstance(t.micro_batch_tokens, bool)
+                                                 or t.micro_batch_tokens <= 0):
             raise UserError(f"train.micro_batch_tokens must be a positive integer (or null for no cap), "
                             f"got {t.micro_batch_tokens}")
         if self.sampling.temperature < 0 or not 0 < self.sampling.top_p <= 1:
@@ -410,20 +429,24 @@ class TrainConfig:
             raise UserError(f"rollout: need 0 <= correction_low <= 1 <= correction_high, got "
                             f"{r.correction_low} and {r.correction_high}")
         if g.advantage == "process" and not self.rewards.step_fn:
-            raise UserError("grpo.advantage=process needs rewards.step_fn, a function giving per-step rewards "
-                            "(built-in task: rewards.step_fn=arithmetic_steps)")
+            raise UserError("grpo.advantage=process needs rewards.step_fn, a function giving per-step "
+                            "rewards (built-in task: rewards.step_fn=arithmetic_steps)")
         if g.advantage == "process" and self.algorithm != "grpo":
-            raise UserError(f"grpo.advantage=process is a GRPO option; algorithm={self.algorithm} has its own advantages")
+            raise UserError(f"grpo.advantage=process is a GRPO option; algorithm={self.algorithm} has its "
+                            "own advantages")
         if t.iterations > t.steps:
-            raise UserError(f"train.iterations={t.iterations} is more than train.steps={t.steps}: each iteration "
-                            "needs at least one step")
+            raise UserError(f"train.iterations={t.iterations} is more than train.steps={t.steps}: each "
+                            "iteration needs at least one step")
         if r.multi_turn:
             _check_multi_turn(self)
         if not 0 < self.rollout.gpu_memory_utilization < 1:
-            raise UserError(f"rollout.gpu_memory_utilization must be in (0, 1), got {self.rollout.gpu_memory_utilization}")
+            raise UserError("rollout.gpu_memory_utilization must be in (0, 1), got "
+                            f"{self.rollout.gpu_memory_utilization}")
         rm = self.rewards.model
         if rm is not None:
-            _positive(rm, ["batch_size", "max_length", "prompts_per_iteration", "train_steps", "train_batch_size"],
+            _positive(rm,
+                      ["batch_size", "max_length", "prompts_per_iteration", "train_steps",
+                       "train_batch_size"],
                       "rewards.model.")
             if rm.path == "init" and not rm.retrain:
                 raise UserError("rewards.model.path=init starts from an untrained score head: set "
@@ -431,8 +454,9 @@ class TrainConfig:
             if not 0 <= rm.replay <= 1 or rm.lr <= 0:
                 raise UserError("rewards.model: replay must be in [0, 1] and lr > 0")
         if t.iterations > 1 and m.lora is not None:
-            raise UserError("train.iterations > 1 resets the reference to the current policy, but with model.lora "
-                            "the reference is the base model with the adapter off; use full fine-tuning")
+            raise UserError("train.iterations > 1 resets the reference to the current policy, but with "
+                            "model.lora the reference is the base model with the adapter off; use full "
+                            "fine-tuning")
 
 
 _TASK_SIZES = ["data.task_steps", "data.task_max_value", "data.task_max_delta"]
@@ -487,11 +511,14 @@ class SFTConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-3, warmup_steps=20, schedule="constant"))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=3e-3, warmup_steps=20, schedule="constant")
+    )
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     sft: SFTLoopConfig = field(default_factory=SFTLoopConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    """Only rollout.tools / environment and their settings: evaluate by multi-turn episodes (docs/tools.md)."""
+    """Only rollout.tools / environment and their settings: evaluate by
+    multi-turn episodes (docs/tools.md)."""
 
     def validate(self) -> None:
         _positive(self, ["sft.max_steps", "sft.batch_size", "sft.eval_every", *_TASK_SIZES])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from grpo.errors import UserError
 
 
@@ -10,8 +12,8 @@ def check_multi_turn(cfg) -> None:
     if r.tools and r.environment:
         raise UserError("rollout: give rollout.tools or rollout.environment, not both")
     if r.engine != "hf":
-        raise UserError("rollout.tools / rollout.environment (multi-turn) need rollout.engine=hf; the vLLM engine "
-                        "samples single turns only")
+        raise UserError("rollout.tools / rollout.environment (multi-turn) need rollout.engine=hf; the vLLM "
+                        "engine samples single turns only")
     if cfg.algorithm == "ppo" or cfg.grpo.advantage == "process":
         raise UserError("multi-turn rollouts train with outcome advantages (algorithm=grpo or rft, "
                         "grpo.advantage=outcome or rloo)")
@@ -21,18 +23,15 @@ def check_multi_turn(cfg) -> None:
 
 def check_tensorboard(wanted: bool, name: str) -> None:
     """Before anything is written: the TensorBoard writer's package is there."""
-    import importlib.util
-
     if wanted and importlib.util.find_spec("tensorboard") is None:
         raise UserError(f"{name}: the tensorboard package is not installed (pip install 'grpo[tensorboard]')")
 
 
 def check_wandb(wanted: bool) -> None:
     """Before anything is written: Weights & Biases' package is there."""
-    import importlib.util
-
     if wanted and importlib.util.find_spec("wandb") is None:
-        raise UserError("train.report_to: wandb: the wandb package is not installed (pip install 'grpo[wandb]')")
+        raise UserError("train.report_to: wandb: the wandb package is not installed (pip install "
+                        "'grpo[wandb]')")
 
 
 def not_negative(cfg, names: list[str]) -> None:

@@ -120,7 +120,8 @@ def parse_overrides(overrides: list[str]) -> dict:
     tree: dict = {}
     for item in overrides:
         if "=" not in item:
-            raise UserError(f"override {item!r} is not of the form key=value (section.key=value; every key: grpo config)")
+            raise UserError(f"override {item!r} is not of the form key=value (section.key=value; every key: "
+                            "grpo config)")
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
@@ -226,10 +227,12 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
     return cfg
 
 
-def add_config_arguments(parser, config_help: str = "YAML config file", overrides_help: str | None = None) -> None:
+def add_config_arguments(parser, config_help: str = "YAML config file",
+                         overrides_help: str | None = None) -> None:
     """Every command's `--config FILE.yaml` and positional `section.key=value` overrides."""
     parser.add_argument("--config", "-c", default=None, help=config_help)
-    parser.add_argument("overrides", nargs="*", help=overrides_help or "section.key=value overrides, e.g. grpo.beta=0.0 "
+    parser.add_argument("overrides", nargs="*",
+                        help=overrides_help or "section.key=value overrides, e.g. grpo.beta=0.0 "
                         "(every key: grpo config train)")
 
 
@@ -240,8 +243,13 @@ def field_docs(cls) -> dict[str, str]:
     body = tree.body[0].body
     docs = {}
     for node, after in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr) \
-                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
             docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
     return docs
 
@@ -277,14 +285,16 @@ def _yaml_value(value) -> str:
         value = dataclasses.asdict(value)
     elif isinstance(value, list):
         value = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
-    return yaml.safe_dump(value, default_flow_style=True, width=10**9, sort_keys=False).strip().removesuffix("...").strip()
+    return yaml.safe_dump(value, default_flow_style=True, width=10**9,
+                          sort_keys=False).strip().removesuffix("...").strip()
 
 
 def config_keys(cls, prefix: str = "", default=None) -> list[ConfigKey]:
     """Every key of config class `cls` with its type, default and docstring, sections expanded in field
     order. An optional section (`model.lora`) and a list of entries (`rewards.functions`) are keys
     themselves, and their items' fields follow them (`model.lora.r`, `rewards.functions[].fn`).
-    default: the instance whose values are the defaults (a section's own, e.g. SFT's `optim`; None: `cls()`)."""
+    default: the instance whose values are the defaults (a section's own, e.g.
+    SFT's `optim`; None: `cls()`)."""
     hints, docs, default = typing.get_type_hints(cls), field_docs(cls), cls() if default is None else default
     out = []
     for f in dataclasses.fields(cls):

@@ -65,7 +65,12 @@ class Architecture:
 
     def num_params(self) -> int:
         """Exact parameter count: embedding, LM head, per layer 7 linears + 2 norms, final norm."""
-        h, q, kv, V = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.vocab_size
+        h, q, kv, V = (
+            self.hidden_size,
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+            self.vocab_size,
+        )
         per_layer = h * q + 2 * h * kv + q * h + 3 * h * self.intermediate_size + 2 * h
         per_layer += (q + 2 * kv) if self.qkv_bias else 0
         return V * h * (1 if self.tie_embeddings else 2) + self.num_layers * per_layer + h
@@ -73,12 +78,18 @@ class Architecture:
     def matmul_params(self) -> int:
         """Parameters of the linear layers (what bf16 autocast casts and keeps a copy of)."""
         h, q, kv = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        return self.num_layers * (2 * h * q + 2 * h * kv + 3 * h * self.intermediate_size) + self.vocab_size * h
+        return (
+            self.num_layers * (2 * h * q + 2 * h * kv + 3 * h * self.intermediate_size) + self.vocab_size * h
+        )
 
     def lora_params(self, rank: int, targets: str) -> int:
         """Trainable LoRA parameters: rank * (in + out) for every targeted linear of every layer."""
-        h, q, kv, inter = self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, \
-            self.intermediate_size
+        h, q, kv, inter = (
+            self.hidden_size,
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+            self.intermediate_size,
+        )
         attention = (h + q) + 2 * (h + kv) + (q + h)  # q, k, v, o
         mlp = 3 * (h + inter)  # gate, up, down
         return self.num_layers * rank * (attention + (mlp if targets == "all-linear" else 0))
@@ -101,7 +112,8 @@ def architecture_from_config(path: str | Path) -> Architecture:
         raise UserError(f"{p}: missing {', '.join(missing)} (a decoder-only transformer config is needed)")
     heads = c["num_attention_heads"]
     return Architecture(
-        num_layers=c["num_hidden_layers"], hidden_size=c["hidden_size"], intermediate_size=c["intermediate_size"],
+        num_layers=c["num_hidden_layers"], hidden_size=c["hidden_size"],
+        intermediate_size=c["intermediate_size"],
         num_heads=heads, num_kv_heads=c.get("num_key_value_heads") or heads,
         head_dim=c.get("head_dim") or c["hidden_size"] // heads, vocab_size=c["vocab_size"],
         tie_embeddings=bool(c.get("tie_word_embeddings", False)),
@@ -109,8 +121,11 @@ def architecture_from_config(path: str | Path) -> Architecture:
     )
 
 
-def tiny_architecture(hidden_size: int = 160, num_layers: int = 4, architecture: str = "llama") -> Architecture:
+def tiny_architecture(hidden_size: int = 160, num_layers: int = 4,
+                      architecture: str = "llama") -> Architecture:
     """The built-in tiny model (`grpo.models.tiny`) at the given width and depth."""
+    # grpo.models.tiny imports torch and transformers: here, so that `grpo plan`
+    # without the tiny model stays light
     from grpo.models.tiny import CHARS, NUMBERS, SPECIAL_TOKENS, TAG_TOKENS, TinyConfig
 
     t = TinyConfig(hidden_size=hidden_size, num_layers=num_layers)
@@ -224,7 +239,8 @@ class MemoryPlan:
 
     def to_dict(self) -> dict:
         return {"inputs": asdict(self.inputs), "components": [asdict(c) for c in self.components],
-                "peaks": self.peaks(), "total_bytes": self.total_bytes, "num_params": _num_params(self.inputs)}
+                "peaks": self.peaks(), "total_bytes": self.total_bytes,
+                "num_params": _num_params(self.inputs)}
 
 
 def _num_params(inp: PlanInput) -> int:
@@ -285,7 +301,8 @@ def plan_memory(inp: PlanInput) -> MemoryPlan:
     """Per-component memory of a GRPO/PPO run; see docs/memory.md for each formula and its source."""
     _validate(inp)
     a, plan = inp.arch, MemoryPlan(inp)
-    add = lambda name, n, phase, formula: plan.components.append(Component(name, int(n), phase, formula))  # noqa: E731
+    add = lambda name, n, phase, formula: plan.components.append(  # noqa: E731
+        Component(name, int(n), phase, formula))
     w, master, g, act = _bytes_of(inp.precision)
     n_params = _num_params(inp)
     lora = inp.lora_rank > 0
@@ -300,46 +317,58 @@ def plan_memory(inp: PlanInput) -> MemoryPlan:
         f"{n_params:,} params x {w} B" + (f" + {trainable:,} LoRA params x 4 B" if lora else ""))
     if master and not lora:
         add("fp32 master weights", trainable * master, "always", f"{trainable:,} trainable x {master} B")
-    add("gradients", trainable * g, "gradients", f"{trainable:,} trainable x {g} B (backward -> next zero_grad)")
+    add("gradients", trainable * g, "gradients",
+        f"{trainable:,} trainable x {g} B (backward -> next zero_grad)")
     if opt:
-        add("optimizer state", trainable * opt, "always", f"{trainable:,} trainable x {opt} B ({inp.optimizer})")
+        add("optimizer state", trainable * opt, "always",
+            f"{trainable:,} trainable x {opt} B ({inp.optimizer})")
     if inp.optimizer == "adamw":
-        add("optimizer step temporaries", trainable * 4, "step", "sqrt of the second moment, fp32 (foreach AdamW)")
+        add("optimizer step temporaries", trainable * 4, "step",
+            "sqrt of the second moment, fp32 (foreach AdamW)")
     if inp.beta > 0:
         add("reference model", 0 if lora else n_params * w, "always",
             "0: the base with the adapter disabled" if lora else f"{n_params:,} params x {w} B")
     if inp.reward_model_params:
-        add("reward model", inp.reward_model_params * act, "always", f"{inp.reward_model_params:,} params x {act} B")
+        add("reward model", inp.reward_model_params * act, "always",
+            f"{inp.reward_model_params:,} params x {act} B")
     add("rollout tensors", N * (s * 8 * 2 + T * 4 * 4), "always",
         f"{N} completions x (ids and mask int64 over P+T, 4 float32 [T] rows)")
 
     add("KV cache", 2 * a.num_layers * a.num_kv_heads * a.head_dim * s * n_gen * act, "generate",
-        f"2 x {a.num_layers} layers x {a.num_kv_heads} kv heads x {a.head_dim} x (P+T)={s} x {n_gen} seqs x {act} B")
-    add("generation logits", n_gen * a.vocab_size * 4 * 3, "generate", f"{n_gen} x V={a.vocab_size} x fp32 x 3")
+        f"2 x {a.num_layers} layers x {a.num_kv_heads} kv heads x {a.head_dim} x (P+T)={s} x {n_gen} seqs x "
+        f"{act} B")
+    add("generation logits", n_gen * a.vocab_size * 4 * 3, "generate",
+        f"{n_gen} x V={a.vocab_size} x fp32 x 3")
 
     forwards, lm_rows = _update_forwards(inp)
     acts, formula, working = _activations(inp, forwards, mb * lm_rows)
     add("activations", acts, "update", formula)
     add("backward working set", working, "update", "gradients of one layer's widest intermediates (estimate)")
     add("logits", 3 * mb * lm_rows * a.vocab_size * 4, "update",
-        f"3 x {mb} x {lm_rows} x V={a.vocab_size} x fp32 (kept for log-softmax, its gradient, sliced gradient)")
+        f"3 x {mb} x {lm_rows} x V={a.vocab_size} x fp32 (kept for log-softmax, its gradient, sliced "
+        "gradient)")
     if inp.precision == "bf16-autocast":
-        add("autocast weight copies", a.matmul_params() * 2, "update", "bf16 copy of every linear weight, kept for backward")
+        add("autocast weight copies", a.matmul_params() * 2, "update",
+            "bf16 copy of every linear weight, kept for backward")
 
     if inp.algorithm == "ppo":  # a trained copy of the body with a scalar head, updated after the policy
-        v_params = inp.value_model_params or (n_params - (0 if a.tie_embeddings else a.vocab_size * a.hidden_size)
-                                              + a.hidden_size + 1)
+        v_params = inp.value_model_params or (
+            n_params - (0 if a.tie_embeddings else a.vocab_size * a.hidden_size) + a.hidden_size + 1
+        )
         add("value model weights", v_params * (w + master), "always",
             f"{v_params:,} params x {w} B" + (f" + {master} B master" if master else ""))
         add("value model gradients", v_params * g, "value gradients", f"{v_params:,} trainable x {g} B")
         if opt:
             add("value model optimizer", v_params * opt, "always", f"{v_params:,} trainable x {opt} B")
         v_acts, v_formula, v_working = _activations(inp, [(mb, s, s)], 0)
-        add("value model activations", v_acts + v_working, "value update", v_formula + " + backward working set")
+        add("value model activations", v_acts + v_working, "value update",
+            v_formula + " + backward working set")
     return plan
 
 
-def _activations(inp: PlanInput, forwards: list[tuple[int, int, int]], lm_tokens: int) -> tuple[int, str, int]:
+def _activations(
+    inp: PlanInput, forwards: list[tuple[int, int, int]], lm_tokens: int
+) -> tuple[int, str, int]:
     """(saved activations, their formula, the backward working set) of one micro-batch's forwards.
 
     The working set is an estimate: while autograd runs backward through a layer it holds the
@@ -354,8 +383,12 @@ def _activations(inp: PlanInput, forwards: list[tuple[int, int, int]], lm_tokens
     if inp.gradient_checkpointing:  # each layer's input, plus one layer's full set while it is recomputed
         # and, for a shared prompt, the copies of its keys and values each layer reads (the cache holds them)
         prefix = sum(rows * (k_len - q_len) for rows, q_len, k_len in forwards)
-        total = a.num_layers * (tokens * a.hidden_size + prefix * 2 * a.num_kv_heads * a.head_dim) * resid + layer
-        formula = f"{a.num_layers} layer inputs of {shapes} tokens (+ prompt K/V copies) + one layer recomputed"
+        total = (
+            a.num_layers * (tokens * a.hidden_size + prefix * 2 * a.num_kv_heads * a.head_dim) * resid + layer
+        )
+        formula = (
+            f"{a.num_layers} layer inputs of {shapes} tokens (+ prompt K/V copies) + one layer recomputed"
+        )
     else:
         total = a.num_layers * layer
         formula = f"{a.num_layers} layers x {layer / tokens:,.0f} B/token x {shapes} tokens"
@@ -372,7 +405,8 @@ def _validate(inp: PlanInput) -> None:
     if inp.precision not in PRECISIONS:
         raise UserError(f"plan: precision must be one of {', '.join(PRECISIONS)}, got {inp.precision!r}")
     if inp.optimizer not in OPTIMIZER_STATE_BYTES:
-        raise UserError(f"plan: optimizer must be one of {', '.join(OPTIMIZER_STATE_BYTES)}, got {inp.optimizer!r}")
+        raise UserError(f"plan: optimizer must be one of {', '.join(OPTIMIZER_STATE_BYTES)}, got "
+                        f"{inp.optimizer!r}")
     if inp.lora_rank < 0 or inp.beta < 0:
         raise UserError("plan: lora_rank and beta must be >= 0")
 
@@ -385,17 +419,26 @@ def format_plan(plan: MemoryPlan, gpu_gib: float | None = None) -> str:
     """An aligned table: one row per component, the phase totals, the total and whether it fits."""
     inp, a = plan.inputs, plan.inputs.arch
     n = _num_params(inp)
-    head = (f"{inp.algorithm.upper()} memory plan: " + (f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M") + " params "
-            f"({a.num_layers} layers, hidden {a.hidden_size}, {a.num_heads}/{a.num_kv_heads} heads, vocab "
-            f"{a.vocab_size}), {inp.precision}, {inp.optimizer}"
-            + (f", LoRA r={inp.lora_rank}" if inp.lora_rank else "")
-            + f"\nG={inp.G} x {inp.prompts_per_step} prompts, P={inp.prompt_length}, T={inp.completion_length}, "
-              f"micro-batch {inp.micro_batch_size}"
-            + (f" capped at {inp.micro_batch_tokens} tokens ({inp.update_rows} full-length rows)"
-               if inp.micro_batch_tokens is not None else "") + (", gradient checkpointing" if inp.gradient_checkpointing else ""))
+    head = (
+        f"{inp.algorithm.upper()} memory plan: "
+        + (f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M")
+        + " params "
+        f"({a.num_layers} layers, hidden {a.hidden_size}, {a.num_heads}/{a.num_kv_heads} heads, vocab "
+        f"{a.vocab_size}), {inp.precision}, {inp.optimizer}"
+        + (f", LoRA r={inp.lora_rank}" if inp.lora_rank else "")
+        + f"\nG={inp.G} x {inp.prompts_per_step} prompts, P={inp.prompt_length}, "
+        f"T={inp.completion_length}, micro-batch {inp.micro_batch_size}"
+        + (
+            f" capped at {inp.micro_batch_tokens} tokens ({inp.update_rows} full-length rows)"
+            if inp.micro_batch_tokens is not None
+            else ""
+        )
+        + (", gradient checkpointing" if inp.gradient_checkpointing else "")
+    )
     rows = [(c.name, c.phase, format_bytes(c.bytes), c.formula) for c in plan.components]
     peaks = plan.peaks()
-    how = {"generate": "always + gradients + generate", "update": "always + update + gradients (see docs/memory.md)",
+    how = {"generate": "always + gradients + generate",
+           "update": "always + update + gradients (see docs/memory.md)",
            "step": "always + gradients + step", "value update": "always + value update + gradients"}
     rows += [(f"peak during {phase}", "", format_bytes(n), how[phase]) for phase, n in peaks.items()]
     rows.append(("TOTAL", "", format_bytes(plan.total_bytes), "the largest peak"))

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from grpo.stats import mean_std
 
+# matplotlib is imported in each function (the Agg backend chosen first): 0.5 s here that `grpo --help` and
+# the commands that draw nothing do not need.
+
 
 def read_metrics(path: str | Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
@@ -25,7 +28,10 @@ def plot_training(history: list[dict], out_png: str | Path, title: str = "GRPO")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot(steps, reward, color="tab:blue", alpha=0.35, label="batch mean")
     k = max(1, len(reward) // 10)
-    smooth = [sum(reward[max(0, i - k + 1):i + 1]) / len(reward[max(0, i - k + 1):i + 1]) for i in range(len(reward))]
+    smooth = [
+        sum(reward[max(0, i - k + 1) : i + 1]) / len(reward[max(0, i - k + 1) : i + 1])
+        for i in range(len(reward))
+    ]
     ax1.plot(steps, smooth, color="tab:blue", label=f"moving mean ({k})")
     ax1.set(xlabel="step", ylabel="reward", title=f"{title}: training reward")
     ax1.legend(loc="lower right")
@@ -74,7 +80,8 @@ def _band(ax, xs: list, series: list[list[float]], label: str, fmt: str = "-") -
     mean = [m for m, _ in stats]
     line, = ax.plot(xs, mean, fmt, label=label)
     if len(series) > 1:
-        ax.fill_between(xs, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(), alpha=0.2)
+        ax.fill_between(xs, [m - s for m, s in stats], [m + s for m, s in stats], color=line.get_color(),
+                        alpha=0.2)
 
 
 def plot_reproduce(out: Path, runs: dict, sfts: dict, evals: dict, seeds: list[int], methods, ks,
@@ -91,7 +98,8 @@ def plot_reproduce(out: Path, runs: dict, sfts: dict, evals: dict, seeds: list[i
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
     for m in methods:
         histories = [[h for h in runs[(i, m)]["history"] if "reward/mean" in h] for i in seeds]
-        _band(a1, [h["step"] for h in histories[0]], [[h["reward/mean"] for h in hs] for hs in histories], labels[m])
+        _band(a1, [h["step"] for h in histories[0]], [[h["reward/mean"] for h in hs] for hs in histories],
+              labels[m])
     a1.set(xlabel="step", ylabel="reward", title="training reward (mean ± sd over seeds)")
     kinds = [("greedy", lambda e: e.greedy_accuracy)] + [
         (k, lambda e, k=k: e.greedy_by_checker[k]) for k in ("strict", "lenient")
@@ -122,7 +130,8 @@ def plot_reproduce(out: Path, runs: dict, sfts: dict, evals: dict, seeds: list[i
         _finish(fig, (b1, b2), out / "maj_pass_at_k.png")
 
     fig, c1 = plt.subplots(1, 1, figsize=(6, 3.6))
-    curves = [[(h["step"], h["eval/accuracy"]) for h in sfts[i].history if "eval/accuracy" in h] for i in seeds]
+    curves = [[(h["step"], h["eval/accuracy"]) for h in sfts[i].history
+               if "eval/accuracy" in h] for i in seeds]
     if curves[0]:
         _band(c1, [s for s, _ in curves[0]], [[100 * a for _, a in c] for c in curves],
               "validation (chooses the checkpoint)", "o-")

@@ -39,7 +39,8 @@ LEVELS = ("token", "sequence")
 
 def _log_weight(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
                 level: str = "token") -> torch.Tensor:
-    """d = logp_old - logp_s per token (0 on padding), or its per-completion mean at level "sequence". [B, T]"""
+    """d = logp_old - logp_s per token (0 on padding), or its per-completion
+    mean at level "sequence". [B, T]"""
     valid = mask.bool()
     d = torch.where(valid, trainer_logp.detach() - sampler_logp.detach(), 0.0)  # [B, T]
     if level == "token":
@@ -85,6 +86,7 @@ def mismatch_metrics(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mas
     return {
         "mismatch/kl": masked_mean(kl, mask),
         "mismatch/abs_logp_diff": masked_mean(d.abs(), mask),
-        "mismatch/abs_logp_diff_max": d.abs().masked_fill(~valid, 0.0).max() if d.numel() else d.new_zeros(()),
+        "mismatch/abs_logp_diff_max": d.abs().masked_fill(~valid, 0.0).max() if d.numel()
+        else d.new_zeros(()),
         "mismatch/outside_frac": masked_mean(outside, mask),
     }

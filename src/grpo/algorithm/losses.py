@@ -129,7 +129,8 @@ def policy_loss(
         eps_low, eps_high: ratio clipped to [1 - eps_low, 1 + eps_high]; eps_high None -> eps_low.
         ratio_level: "token", or "sequence" for GSPO (see `_log_ratio`).
         token_weights: [B, T] detached weights of the surrogate per token (None: 1).
-        entropy: [B, T] policy entropy per token; with entropy_coef != 0 the loss adds -entropy_coef * entropy.
+        entropy: [B, T] policy entropy per token; with entropy_coef != 0 the
+        loss adds -entropy_coef * entropy.
         The other arguments go to `aggregate_loss`.
     """
     if ref_logp is None and beta != 0:

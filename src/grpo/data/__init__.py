@@ -10,7 +10,9 @@ import random
 from dataclasses import dataclass, field
 
 from grpo.config import DataConfig
+from grpo.data import calculator
 from grpo.data.loading import load_rows
+from grpo.data.synthetic import VALIDATION_PERCENT, make_rows
 from grpo.data.templates import TEMPLATES, check_prompt_lengths, encode_prompts, render_prompt
 from grpo.errors import UserError
 
@@ -64,20 +66,19 @@ def split_validation(rows: list[dict], n: int, source: str) -> tuple[list[dict],
 def load_task(cfg: DataConfig, tokenizer, seed: int = 0, tools: list[dict] | None = None) -> Task:
     """tools: function schemas rendered into chat prompts (rollout.tools)."""
     if cfg.source == "builtin:arithmetic":
-        from grpo.data.synthetic import VALIDATION_PERCENT, make_rows
-
         space = dict(num_steps=cfg.task_steps, max_value=cfg.task_max_value, max_delta=cfg.task_max_delta,
-                     multiply=cfg.task_multiply, validation_percent=VALIDATION_PERCENT if cfg.num_validation else 0)
+                     multiply=cfg.task_multiply,
+                     validation_percent=VALIDATION_PERCENT if cfg.num_validation else 0)
         try:
             train = make_rows(cfg.num_train, "train", seed, cfg.direct_fraction, **space)
-            validation = make_rows(cfg.num_validation, "validation", seed, **space) if cfg.num_validation else []
+            validation = make_rows(cfg.num_validation, "validation", seed,
+                                   **space) if cfg.num_validation else []
             heldout = make_rows(cfg.num_heldout, "heldout", seed, **space)
         except ValueError as e:
-            raise UserError(f"data (builtin:arithmetic): {e}; lower data.num_train, num_validation or num_heldout, "
-                            "or enlarge the task (data.task_steps, task_max_value, task_max_delta)") from None
+            raise UserError(f"data (builtin:arithmetic): {e}; lower data.num_train, num_validation or "
+                            "num_heldout, or enlarge the task (data.task_steps, task_max_value, "
+                            "task_max_delta)") from None
     elif cfg.source == "builtin:calculator":  # a task where a calculator tool pays (docs/tools.md)
-        from grpo.data import calculator
-
         train = calculator.make_rows(cfg.num_train, "train", seed, cfg.direct_fraction)
         heldout = calculator.make_rows(cfg.num_heldout, "heldout", seed)
         validation = []
@@ -101,5 +102,6 @@ def load_task(cfg: DataConfig, tokenizer, seed: int = 0, tools: list[dict] | Non
         raise UserError(f"data.num_validation={cfg.num_validation}: {cfg.source} has no validation split "
                         "(builtin:arithmetic makes one; for files set data.validation_source)")
     if not train:
-        raise UserError(f"data.source {cfg.source}: no training prompts left after dropping {dropped} too long")
+        raise UserError(f"data.source {cfg.source}: no training prompts left after dropping {dropped} too "
+                        "long")
     return Task(train, heldout, dropped + dropped_h + dropped_v, validation)

@@ -178,6 +178,7 @@ def _parse_csv(path: Path, text: str) -> tuple[list[dict], list[int]]:
 
 def _read_parquet(path: Path) -> list[dict]:
     try:
+        # optional dependency: imported only where it is used (grpo[data])
         import pyarrow.parquet as pq
     except ImportError as exc:
         raise UserError(f"{path}: reading Parquet needs pyarrow (pip install 'grpo[data]')") from exc
@@ -194,6 +195,7 @@ def _read_saved_dataset(path: Path, split: str | None) -> list[dict]:
             "(no dataset_info.json or dataset_dict.json)"
         )
     try:
+        # optional dependency: imported only where it is used (grpo[data])
         import datasets
     except ImportError as exc:
         raise UserError(

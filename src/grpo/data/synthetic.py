@@ -86,7 +86,8 @@ class Problem:
     def prompt(self) -> str:
         verbs = []
         for i, (op, amount) in enumerate(self.ops):
-            verbs.append(TIMES[amount] if op == "*" else f"{(GAIN if op == '+' else LOSS)[(self.start + i) % 4]} {amount}")
+            verbs.append(TIMES[amount] if op == "*"
+                         else f"{(GAIN if op == '+' else LOSS)[(self.start + i) % 4]} {amount}")
         return f"{self.name} has {self.start} {self.item}, {', '.join(verbs)}. How many?\n"
 
     def worked_solution(self) -> str:
@@ -119,7 +120,8 @@ def problem_space(num_steps: int = 3, max_start: int = 9, max_delta: int = 9, ma
     """Every (start, ops) whose running value stays in 0..max_value, in a fixed order."""
     space = Space(num_steps, max_start, max_delta, max_value, multiply)
     return [(start, ops) for start in range(1, max_start + 1)
-            for ops in itertools.product(space.options(), repeat=num_steps) if _in_range(start, ops, max_value)]
+            for ops in itertools.product(space.options(), repeat=num_steps)
+            if _in_range(start, ops, max_value)]
 
 
 def _sample_space(space: Space, rng: random.Random, n: int, split: str, heldout_percent: int,
@@ -131,7 +133,8 @@ def _sample_space(space: Space, rng: random.Random, n: int, split: str, heldout_
         start, ops = rng.randint(1, space.max_start), []
         value = start
         for _ in range(space.num_steps):
-            valid = [o for o in options if 0 <= apply(value, *o) <= space.max_value and not (o[0] == "*" and value == 0)]
+            valid = [o for o in options if 0 <= apply(value, *o) <= space.max_value
+                     and not (o[0] == "*" and value == 0)]
             kind = rng.choice(sorted({op for op, _ in valid}))
             op = rng.choice([o for o in valid if o[0] == kind])
             ops.append(op)
@@ -227,4 +230,6 @@ def arithmetic_steps(prompts, completions, answer, **kwargs) -> list[list[tuple[
     >>> arithmetic_steps(["..."], ["<think>8+7=15\\n15-5=9</think><answer>9</answer>"], ["10"])
     [[(13, 1.0), (20, 0.0), (46, 0.0)]]
     """
-    return [step_rewards(c) + [(len(c), 1.0 if is_correct(c, a) else 0.0)] for c, a in zip(completions, answer)]
+    return [
+        step_rewards(c) + [(len(c), 1.0 if is_correct(c, a) else 0.0)] for c, a in zip(completions, answer)
+    ]

@@ -144,4 +144,5 @@ def check_prompt_lengths(
 
 def decode_completions(tokenizer, ids, mask) -> list[str]:
     """Completion texts of ids/mask [N, T]: each row's masked tokens, special tokens (EOS, pad) removed."""
-    return tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(ids, mask)], skip_special_tokens=True)
+    return tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(ids, mask)],
+                                  skip_special_tokens=True)

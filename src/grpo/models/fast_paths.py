@@ -23,12 +23,13 @@ A class not in PROVEN, a transformers without a name a path needs (`grpo.models.
 failed check: that path is off and the stock forward runs, with one warning line naming the
 architecture and what was skipped, e.g.
 
-    grpo: Gemma2ForCausalLM (gemma2) runs transformers' stock forward: lean MLP, GQA attention, chunked LM head,
+    grpo: Gemma2ForCausalLM (gemma2) runs transformers' stock forward: lean MLP,
+    GQA attention, chunked LM head,
     shared prompts, lean decoder skipped (not on grpo's list of proven architectures)
 
 What a model got is `enabled_paths(model)`. A model built without `load_policy` (tests, a script) gets
 PROVEN's paths for its class, unchecked.
-"""
+"""  # noqa: E501  (the table rows above are longer than a line)
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ from typing import NamedTuple
 
 import torch
 
+from grpo.models.hf_internals import decoder_stack, missing_internals
+from grpo.models.lean_layers import lean_layers, remove_lean_layers
 from grpo.models.loading import unwrap
 
 FAST_PATHS = ("lean_mlp", "gqa_attention", "chunked_head", "shared_prompts", "lean_decoder")
@@ -141,9 +144,6 @@ class FastPaths(NamedTuple):
 def prepare_fast_paths(model, check: bool = True) -> FastPaths:
     """Apply the proven fast paths to a freshly loaded transformers model, check them against the stock
     forward (`check_fast_paths`), keep those that pass, and warn once about the rest (module docstring)."""
-    from grpo.models.hf_internals import missing_internals
-    from grpo.models.lean_layers import lean_layers, remove_lean_layers
-
     proven = proven_paths(model)
     skipped = {p: "not on grpo's list of proven architectures" for p in FAST_PATHS if p not in proven}
     for name, path in missing_internals().items():
@@ -185,8 +185,6 @@ def _checked_parameters(model) -> list[torch.nn.Parameter]:
     an untied LM head's (or all, where there are no layers). Not the first layer's or a tied head's: their
     gradients need the backward through every layer, the check's largest cost on a real model, while
     the last layer already runs every replaced backward (MLP, attention, K/V copies, the head's)."""
-    from grpo.models.hf_internals import decoder_stack
-
     stack = decoder_stack(unwrap(model))
     if stack is None or not stack.layers:
         return [p for p in model.parameters() if p.requires_grad]
@@ -199,6 +197,7 @@ def _checked_parameters(model) -> list[torch.nn.Parameter]:
 
 def _run(model, batch, params, paths) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """Completion log-probs [4, 4] (0 on padding) and the gradients of sum(logp + 0.1 * entropy)."""
+    # not at the top: grpo.models.logprobs imports this module (an import cycle)
     from grpo.models.logprobs import completion_logprobs
 
     out = completion_logprobs(model, *batch, temperature=0.7, with_entropy=True, entropy_grad=True,
@@ -225,8 +224,6 @@ def check_fast_paths(model, paths: frozenset[str]) -> tuple[CheckResult, dict[st
     """(the check of `paths` together, {path: reason} of those that fail): the model with `paths` (its lean
     layers already applied) against the same model with none, on `check_batch`, in eval mode (no dropout).
     Where the paths together fail, each is checked alone to find the ones at fault."""
-    from grpo.models.lean_layers import lean_layers, remove_lean_layers
-
     base = unwrap(model)
     was_training = base.training
     base.eval()

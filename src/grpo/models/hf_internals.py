@@ -30,12 +30,16 @@ with the stock forward.
 
 The tested range of transformers is the one `pyproject.toml` allows; `constraints.txt` pins the set the
 suite passed on; docs/architectures.md says how to try a newer transformers.
-"""
+"""  # noqa: E501  (the table rows above are longer than a line)
 
 from __future__ import annotations
 
 import importlib
 from typing import NamedTuple
+
+# Each internal is imported in the function that uses it, not here: `missing_internals` reports an internal
+# a transformers release lacks by name (and its fast path is skipped) instead of
+# this module failing to import.
 
 INTERNALS = {
     "transformers.AttentionInterface": "gqa_attention",
@@ -161,7 +165,8 @@ class DecoderLayer(NamedTuple):
 
 
 def decoder_stack(model) -> DecoderStack | None:
-    """`model.model.{embed_tokens, rotary_emb, norm, layers}` and `model.lm_head`; None where any is absent."""
+    """`model.model.{embed_tokens, rotary_emb, norm, layers}` and
+    `model.lm_head`; None where any is absent."""
     inner = getattr(model, "model", None)
     names = ("embed_tokens", "rotary_emb", "norm", "layers")
     if inner is None or not all(hasattr(inner, k) for k in names) or not hasattr(model, "lm_head"):

@@ -58,7 +58,8 @@ class SiluMul(torch.autograd.Function):
 
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up; through `SiluMul` only when autograd will need it (else plain, no Function overhead)."""
+    """silu(gate) * up; through `SiluMul` only when autograd will need it (else
+    plain, no Function overhead)."""
     if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
         return SiluMul.apply(gate, up)
     return F.silu(gate) * up
@@ -80,7 +81,8 @@ def sdpa_gqa_attention(module, query, key, value, attention_mask, dropout: float
              or key.shape[1] == query.shape[1] or kwargs.get("position_bias") is not None
              or kwargs.get("softcap") is not None)
     if plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout,
                                          scale=scaling, enable_gqa=True)  # [B, H, q, d]
@@ -105,6 +107,7 @@ def lean_layers(model, paths=None) -> dict[str, int | bool]:
     default `proven_paths(model)`) has "lean_mlp" and "gqa_attention"; returns what was changed:
     {"mlps": MLPs now through `SiluMul`, "gqa_attention": whether the attention function changed}."""
     if paths is None:
+        # not at the top: grpo.models.fast_paths imports this module (an import cycle)
         from grpo.models.fast_paths import proven_paths
 
         paths = proven_paths(model)
@@ -129,7 +132,10 @@ def remove_lean_layers(model, mlp: bool = True, attention: bool = True) -> None:
     """Undo `lean_layers`: the MLPs' own forward (mlp) and transformers' "sdpa" (attention)."""
     if mlp:
         for module in model.modules():
-            if vars(module).get("forward") is not None and getattr(module.forward, "__func__", None) is _lean_mlp_forward:
+            if (
+                vars(module).get("forward") is not None
+                and getattr(module.forward, "__func__", None) is _lean_mlp_forward
+            ):
                 del module.forward
     if attention and attn_implementation(model.config) == GQA_ATTENTION:
         set_attn_implementation(model.config, "sdpa")

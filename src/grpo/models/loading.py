@@ -12,9 +12,12 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo.config import ModelConfig
 from grpo.errors import UserError
+from grpo.models.convert import resolve_model_path
+from grpo.models.tiny import TinyConfig, build_tiny
 
 
 def resolve_device(name: str) -> torch.device:
@@ -37,15 +40,13 @@ def load_policy(cfg: ModelConfig, tiny_dir: Path):
     fast paths its class is proven for are applied and checked against the stock forward on a small batch
     (`grpo.models.fast_paths.prepare_fast_paths`; one warning line for any skipped).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from grpo.models.convert import resolve_model_path
+    # not at the top: grpo.models.fast_paths imports this module (an import cycle)
     from grpo.models.fast_paths import prepare_fast_paths
-    from grpo.models.tiny import TinyConfig, build_tiny
 
     path = resolve_model_path(cfg.path)
     if cfg.path == "tiny":
-        path = build_tiny(tiny_dir, TinyConfig(hidden_size=cfg.tiny_hidden_size, num_layers=cfg.tiny_num_layers,
+        path = build_tiny(tiny_dir,
+                          TinyConfig(hidden_size=cfg.tiny_hidden_size, num_layers=cfg.tiny_num_layers,
                                                architecture=cfg.tiny_architecture))
     elif not (path / "config.json").is_file():
         hint = (f"; it holds a LoRA adapter: the merged model a LoRA run writes is in {path.parent}"
@@ -93,6 +94,7 @@ def unwrap(model):
 def add_lora(model, lora):
     """Wrap `model` with peft LoRA adapters; only the adapters train, the base stays frozen."""
     try:
+        # optional dependency: imported only where it is used (grpo[lora])
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
     except ImportError:
@@ -101,7 +103,8 @@ def add_lora(model, lora):
     missing = [m for m in lora.target_modules if m not in names]
     if missing:
         raise UserError(f"model.lora.target_modules: {', '.join(missing)} not found in the model "
-                        f"(linear layers it has include: {', '.join(sorted(n for n in names if 'proj' in n))})")
+                        "(linear layers it has include: "
+                        f"{', '.join(sorted(n for n in names if 'proj' in n))})")
     peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                               target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, peft_cfg)
@@ -112,9 +115,15 @@ def active_lora(module) -> list[str] | None:
     disabled, as for a LoRA reference, or already merged); None if `module` is not one, or uses more
     than plain LoRA (DoRA, LoRA biases)."""
     base = getattr(module, "base_layer", None)
-    if type(base) is not torch.nn.Linear or not all(hasattr(module, k) for k in ("get_delta_weight", "lora_A")):
+    if type(base) is not torch.nn.Linear or not all(
+        hasattr(module, k) for k in ("get_delta_weight", "lora_A")
+    ):
         return None
-    active = [] if module.disable_adapters or module.merged else [a for a in module.active_adapters if a in module.lora_A]
+    active = (
+        []
+        if module.disable_adapters or module.merged
+        else [a for a in module.active_adapters if a in module.lora_A]
+    )
     if any(getattr(module, "use_dora", {}).get(a) or getattr(module, "lora_bias", {}).get(a) for a in active):
         return None
     return active
@@ -147,7 +156,8 @@ def folded_linear(module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 def hf_weights(model) -> dict[str, torch.Tensor]:
     """The model's weights under transformers' own names: a peft LoRA model's with its adapters folded in
-    (`folded_linear`; e.g. `model.layers.0.self_attn.q_proj.weight` = base + scale * B @ A), what another engine
+    (`folded_linear`; e.g. `model.layers.0.self_attn.q_proj.weight` = base +
+    scale * B @ A), what another engine
     loading a transformers checkpoint of this architecture expects."""
     base = unwrap(model)
     if base is model:
@@ -164,8 +174,8 @@ def hf_weights(model) -> dict[str, torch.Tensor]:
 
 def unsharded_copy(model, state_dict: dict):
     """A new, unsharded copy of the peft LoRA `model` holding `state_dict` (its full weights, by name)."""
+    # optional dependency: imported only where it is used (grpo[lora])
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
 
     base = model.get_base_model()
     dtype = next(iter(state_dict.values())).dtype

@@ -21,7 +21,8 @@ cache of a checkpointed layer: its caches are then ones whose updates a recomput
 No full-vocabulary logits. The model's forward stops at the last hidden states (its LM head returns its
 input for the duration of the call); `head_logprobs` then applies the head, log-softmax and the gather
 to a chunk of positions at a time, and in a forward with gradients recomputes each chunk's logits in
-the backward pass, with a hand-written backward (`ChunkedHeadLogProbs`, below). So no [B, T, V] tensor exists in the
+the backward pass, with a hand-written backward (`ChunkedHeadLogProbs`, below). So no
+[B, T, V] tensor exists in the
 forward or the backward: at a 49,152-token vocabulary, 32 rows x 130 positions would be 0.8 GB of
 float32 logits and as much again for their gradient. Where the model lacks the "chunked_head" fast path
 (a class that scales or soft-caps its logits after the head, Gemma 2's), the head is not a plain linear
@@ -108,7 +109,8 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk: int 
 # Under autocast the recompute runs under the forward's autocast state, so it sees the forward's logits.
 
 
-def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+            temperature: float) -> torch.Tensor:
     z = F.linear(h, weight, bias).float()  # [n, V]: log-probs are float32 whatever the model's dtype
     if temperature not in (0.0, 1.0):
         z.div_(temperature)
@@ -190,16 +192,19 @@ def chunked_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torc
 
 
 def head_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, index: torch.Tensor, temperature: float = 1.0,
-                  with_entropy: bool = False, chunk: int | None = None, entropy_grad: bool = False) -> TokenLogProbs:
+                  with_entropy: bool = False, chunk: int | None = None,
+                  entropy_grad: bool = False) -> TokenLogProbs:
     """log_softmax(head(hidden) / temperature)[..., index] without the full logits: `chunk` positions at a
     time (default: as many as keep one chunk's float32 logits under LOGSOFTMAX_CHUNK_ELEMENTS), each
-    chunk's logits recomputed in the backward pass (`ChunkedHeadLogProbs`, below). hidden [B, T, H], index [B, T].
+    chunk's logits recomputed in the backward pass (`ChunkedHeadLogProbs`, below).
+    hidden [B, T, H], index [B, T].
     The entropy (with_entropy) comes from the same chunks and carries a gradient only with entropy_grad
     (the entropy bonus). Equal to the plain path to float rounding (tests/test_rollout_logprobs.py)."""
     B, T, H = hidden.shape
     V = head.weight.shape[0]
     chunk = chunk or max(1, LOGSOFTMAX_CHUNK_ELEMENTS // V)
-    logp, entropy = chunked_head_logprobs(hidden.reshape(B * T, H), head.weight, head.bias, index.reshape(B * T),
+    logp, entropy = chunked_head_logprobs(hidden.reshape(B * T, H), head.weight, head.bias,
+                                          index.reshape(B * T),
                                           temperature, chunk, with_entropy)
     if entropy is not None:
         entropy = (entropy if entropy_grad else entropy.detach()).reshape(B, T)
@@ -366,7 +371,8 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
         logits = _completion_outputs(model, prompt_ids, prompt_mask, completion_ids, mask, positions, first,
                                      inverse, share_prompts, checkpointed)
     if head is not None:
-        return head_logprobs(logits, head, completion_ids, temperature, with_entropy, entropy_grad=entropy_grad)
+        return head_logprobs(logits, head, completion_ids, temperature, with_entropy,
+                             entropy_grad=entropy_grad)
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     return selective_log_softmax(logits, completion_ids, with_entropy=with_entropy, entropy_grad=entropy_grad)

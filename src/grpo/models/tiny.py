@@ -10,9 +10,17 @@ same arguments always give bit-identical files. `build_tiny(dir)` writes a direc
 
 from __future__ import annotations
 
+import json
 import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import torch
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+from transformers import (AutoModelForCausalLM, GenerationConfig, LlamaConfig, PreTrainedTokenizerFast,
+                          Qwen2Config)
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
@@ -46,9 +54,6 @@ class TinyConfig:
 
 def build_tokenizer():
     """Character-level `PreTrainedTokenizerFast` with R1 tag tokens; left padding for generation."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + TAG_TOKENS + CHARS + NUMBERS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     # Runs of up to three digits are one token (as in Llama-3's tokenizer); everything else a character.
@@ -74,9 +79,6 @@ def build_tokenizer():
 
 def build_model(tokenizer, cfg: TinyConfig = TinyConfig()):
     """A randomly initialised causal LM of the given architecture, seeded and in eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Qwen2Config
-
     common = dict(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
@@ -110,8 +112,6 @@ def build_model(tokenizer, cfg: TinyConfig = TinyConfig()):
 
 def build_tiny(out_dir: str | Path, cfg: TinyConfig = TinyConfig()) -> Path:
     """Write tokenizer + model to `out_dir` (skipped if already built with the same config)."""
-    import json
-
     out = Path(out_dir)
     stamp = out / "grpo_tiny.json"
     if stamp.exists() and json.loads(stamp.read_text()) == asdict(cfg):

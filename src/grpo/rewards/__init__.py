@@ -9,7 +9,6 @@ Every reward is a plain function (or callable object) following one contract, se
 Importing this package does not import torch, transformers or math-verify; they load on first use.
 """
 
-from grpo.rewards._deadline import CallTimeout, run_with_deadline
 from grpo.rewards.combine import (
     RewardInputs,
     RewardResult,
@@ -37,6 +36,7 @@ from grpo.rewards.math import (
     math_accuracy,
 )
 from grpo.rewards.model import RewardModel
+from grpo.utils.deadline import CallTimeout, run_with_deadline
 
 __all__ = [
     "BUILTIN_REWARDS",

@@ -42,15 +42,9 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from grpo.errors import UserError
-from grpo.rewards._deadline import CallTimeout, run_with_deadline
-from grpo.rewards.loader import (  # noqa: F401  (FileRewardFunction: re-exported for callers)
-    BUILTIN_REWARDS,
-    RESERVED_ARGUMENTS,
-    FileRewardFunction,
-    RewardFn,
-    describe_exception,
-    load_reward_function,
-)
+from grpo.rewards.loader import BUILTIN_REWARDS, RESERVED_ARGUMENTS, RewardFn, load_reward_function
+from grpo.utils.deadline import CallTimeout, run_with_deadline
+from grpo.utils.references import describe_exception
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +97,8 @@ class RewardInputs(NamedTuple):
 
     def kwargs(self) -> dict:
         """The keyword arguments of one reward-function call."""
-        return {"prompts": self.prompts, "completions": self.completions, "completion_ids": self.completion_ids,
+        return {"prompts": self.prompts, "completions": self.completions,
+                "completion_ids": self.completion_ids,
                 **self.columns}
 
 
@@ -112,9 +107,11 @@ def reward_inputs(rows: list[dict], completions: list[str], completion_ids: list
     """The inputs for `G` consecutive completions of each row of `rows`.
 
     >>> reward_inputs([{"prompt": "1+1=", "answer": "2"}], ["2", "3"], [[7, 0], [8, 0]], G=2).kwargs()
-    {'prompts': ['1+1=', '1+1='], 'completions': ['2', '3'], 'completion_ids': [[7, 0], [8, 0]], 'answer': ['2', '2']}
+    {'prompts': ['1+1=', '1+1='], 'completions': ['2', '3'], 'completion_ids': [[7, 0],
+    [8, 0]], 'answer': ['2', '2']}
     """
-    columns = {k: [x.get(k) for x in rows for _ in range(G)] for k in rows[0] if k != "prompt"} if rows else {}
+    columns = {k: [x.get(k) for x in rows for _ in range(G)] for k in rows[0]
+               if k != "prompt"} if rows else {}
     return RewardInputs([x["prompt"] for x in rows for _ in range(G)], completions, completion_ids, columns)
 
 

@@ -108,12 +108,15 @@ class SoftOverlongPenalty:
             )
 
     def __call__(self, prompts, completions, completion_ids=None, **columns) -> list[float]:
-        import torch  # on first use: importing the rewards package stays light
+        # on first use: importing the rewards package stays light (grpo.algorithm imports torch)
+        import torch
 
         from grpo.algorithm.overlong import soft_overlong_penalty
 
-        lengths = torch.tensor(_lengths("soft_overlong_penalty", completions, completion_ids), dtype=torch.float64)
-        return soft_overlong_penalty(lengths, self.max_len, self.cache_len).tolist()  # float64, as Python's floats
+        lengths = torch.tensor(_lengths("soft_overlong_penalty", completions, completion_ids),
+                               dtype=torch.float64)
+        # float64, as Python's floats
+        return soft_overlong_penalty(lengths, self.max_len, self.cache_len).tolist()
 
 
 def make_soft_overlong_penalty(max_len: int, cache_len: int) -> SoftOverlongPenalty:

@@ -12,10 +12,15 @@ torch and transformers are imported on first use, so `import grpo.rewards` stays
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
+from grpo.data.templates import encode_prompts
 from grpo.errors import UserError
+
+# torch, transformers and grpo.models are imported in the methods that use them: importing grpo.rewards
+# does not import torch or transformers (the package docstring).
 
 
 class RewardModel:
@@ -85,8 +90,6 @@ class RewardModel:
     def from_policy(cls, policy, tokenizer, batch_size: int = 16, max_length: int = 1024) -> "RewardModel":
         """A reward model to be trained: a copy of the causal LM `policy`'s body (its weights) with a new,
         zero score head, on the policy's device; the tokenizer is the policy's (padding on the right)."""
-        import copy
-
         import torch
         from transformers import AutoModelForSequenceClassification
 
@@ -112,8 +115,6 @@ class RewardModel:
     def encode(self, texts: list[str]):
         """input_ids and attention_mask [B, L] on the device, padded on the right: each text's ids as
         `encode_prompts` gives them, cut to the last `max_length` tokens (a leading BOS is kept)."""
-        from grpo.data.templates import encode_prompts
-
         bos = self.tokenizer.bos_token_id
         ids = []
         for x in encode_prompts(self.tokenizer, texts):

@@ -61,7 +61,8 @@ class Rollout:
         """The rollout restricted to `rows` (an index tensor)."""
         pick = lambda t: None if t is None else t[rows]  # noqa: E731
         return Rollout(*(pick(getattr(self, f)) for f in
-                         ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "truncated", "logp",
+                         ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "truncated",
+                          "logp",
                           "policy_mask")))
 
 

@@ -1,11 +1,13 @@
 """A lean sampling loop over a Hugging Face causal LM, with a KV cache.
 
 One prefill forward over the (left-padded) distinct prompts, whose KV cache the G completions of a
-group then share a copy of, and one forward per new token for the rows still running. A row that emits EOS stops: its later slots are pad tokens, masked out; once a
+group then share a copy of, and one forward per new token for the rows still running. A row that emits EOS
+stops: its later slots are pad tokens, masked out; once a
 quarter of the rows in the cache have finished they are dropped from it, so the tail of a batch of
 mixed lengths costs only the rows still running. The loop stops when every row has finished.
 
-Models with the "lean_decoder" fast path (`grpo.models.fast_paths`) run on `LeanDecoder`: the same arithmetic as
+Models with the "lean_decoder" fast path (`grpo.models.fast_paths`) run on
+`LeanDecoder`: the same arithmetic as
 the Hugging Face modules over a pre-allocated cache, with few calls per token. Any other model runs
 through its own `forward` with the library's dynamic cache. Both share the policy's weights, so
 `sync_weights` has nothing to do, and both give the same tokens and log-probs as a full forward of
@@ -60,7 +62,8 @@ class HFStepper:
         return out.logits[:, -1].float()  # [B, V]
 
     def prefill(self, ids, mask, positions, max_new_tokens: int, repeats: int = 1) -> torch.Tensor:
-        self.mask = torch.ones(ids.shape[0], ids.shape[1] + max_new_tokens, dtype=mask.dtype, device=mask.device)
+        self.mask = torch.ones(ids.shape[0], ids.shape[1] + max_new_tokens, dtype=mask.dtype,
+                               device=mask.device)
         self.mask[:, :ids.shape[1]] = mask  # [B, P + max_new_tokens]; grows by one visible column per step
         self.length = ids.shape[1]
         logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
@@ -152,7 +155,8 @@ class HFEngine:
         # Clones are ordinary tensors: the loop feeds them to autograd, which refuses inference tensors.
         tokens, completion_mask = tokens.clone(), live.long()  # [N, T]
         last = tokens.gather(1, (completion_mask.sum(1, keepdim=True) - 1).clamp(min=0)).squeeze(1)  # [N]
-        return Rollout(prompt_ids=ids, prompt_mask=mask, completion_ids=tokens, completion_mask=completion_mask,
+        return Rollout(prompt_ids=ids, prompt_mask=mask, completion_ids=tokens,
+                       completion_mask=completion_mask,
                        truncated=~torch.isin(last, self.eos.to(device)), logp=logp.clone())
 
     def _sample(self, ids, mask, params: SamplingParams, generator):
@@ -162,7 +166,8 @@ class HFEngine:
         N = n * G
         stepper = self.make_stepper(P + params.max_new_tokens)
         positions = position_ids_from_mask(mask)  # [n, P]
-        logits = stepper.prefill(ids, mask, positions, params.max_new_tokens, G).repeat_interleave(G, 0)  # [N, V]
+        # [N, V]
+        logits = stepper.prefill(ids, mask, positions, params.max_new_tokens, G).repeat_interleave(G, 0)
         pos = (positions[:, -1] + 1).repeat_interleave(G, 0)  # [N]
         out_tok = torch.full((N, params.max_new_tokens), self.pad_id, dtype=torch.long, device=device)
         out_lp = torch.zeros(N, params.max_new_tokens, device=device)

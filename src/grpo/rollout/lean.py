@@ -63,7 +63,8 @@ def _onednn(dtype: torch.dtype, device: torch.device, weight_bytes: int) -> bool
     and the weights are large enough for it to pay (PACK_MIN_BYTES)."""
     return (device.type == "cpu" and dtype == torch.float32 and weight_bytes >= PACK_MIN_BYTES
             and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
 class _Proj:
@@ -116,7 +117,9 @@ def _plain_modules(model) -> bool:
     for layer in map(decoder_layer, stack.layers):
         if layer is None:
             return False
-        mods = [getattr(layer.self_attn, k, None) for k in linear[:4]] + [getattr(layer.mlp, k, None) for k in linear[4:]]
+        mods = [getattr(layer.self_attn, k, None) for k in linear[:4]] + [
+            getattr(layer.mlp, k, None) for k in linear[4:]
+        ]
         if not all(foldable(m) for m in mods):
             return False
     return type(stack.embed_tokens) is torch.nn.Embedding
@@ -164,9 +167,12 @@ class LeanDecoder:
         self.norm = stack.norm.weight.detach().to(dtype)
         self.norm_eps = rms_norm_eps(stack.norm)
         head, head_bias = folded_linear(stack.lm_head)
-        self.lm_head = _Proj(head.detach().to(dtype), None if head_bias is None else head_bias.detach().to(dtype))
+        self.lm_head = _Proj(head.detach().to(dtype),
+                             None if head_bias is None else head_bias.detach().to(dtype))
         self.layers = [_Layer(layer, dtype) for layer in stack.layers]
-        self.projections = [self.lm_head] + [p for lay in self.layers for p in (lay.qkv, lay.o, lay.gu, lay.down)]
+        self.projections = [self.lm_head] + [
+            p for lay in self.layers for p in (lay.qkv, lay.o, lay.gu, lay.down)
+        ]
         self.onednn = _onednn(dtype, self.lm_head.w.device, sum(p.w.nbytes for p in self.projections))
         self.k_cache: list[torch.Tensor] = []
         self.v_cache: list[torch.Tensor] = []
@@ -216,7 +222,8 @@ class LeanDecoder:
         self.v_cache[i][:, :, start:end] = v.transpose(1, 2)
         k, v = self.k_cache[i][:, :, :end], self.v_cache[i][:, :, :end]  # [B, Hkv, S, D]
         if L == 1:  # decode: plain matmuls, whose results do not depend on the thread count (SDPA's do)
-            q = qk[:, 0, :H].reshape(B, Hkv, H // Hkv, D)  # [B, Hkv, H/Hkv, D]: query heads grouped by KV head
+            # [B, Hkv, H/Hkv, D]: query heads grouped by KV head
+            q = qk[:, 0, :H].reshape(B, Hkv, H // Hkv, D)
             scores = torch.matmul(q, k.transpose(-1, -2)).mul_(lay.scaling).add_(mask)  # [B, Hkv, H/Hkv, S]
             out = torch.matmul(scores.softmax(-1), v)  # [B, Hkv, H/Hkv, D]
             return lay.o(out.reshape(B, 1, H * D))
@@ -251,7 +258,8 @@ class LeanDecoder:
         B, P = ids.shape
         S = P + max_new_tokens
         dev = ids.device
-        self.k_cache = [torch.empty(B, self.Hkv, S, self.D, dtype=self.dtype, device=dev) for _ in self.layers]
+        self.k_cache = [torch.empty(B, self.Hkv, S, self.D, dtype=self.dtype,
+                                    device=dev) for _ in self.layers]
         self.v_cache = [torch.empty_like(k) for k in self.k_cache]
         table = torch.arange(int(positions.max()) + max_new_tokens + 1, device=dev)[None]  # [1, S']
         cos, sin = self.rotary(torch.empty(0, device=dev), table)  # float32, as the HF modules compute it

@@ -1,6 +1,6 @@
 """Multi-turn rollouts: the policy samples a turn, its environment answers, the policy continues.
 
-Token in, token out (DESIGN.md section 10). A trajectory is one token sequence after the prompt: the
+Token in, token out (docs/tools.md). A trajectory is one token sequence after the prompt: the
 policy's sampled tokens, and after each turn that the environment answers, the answer's tokens as the
 chat template renders that turn (`render_turn`), appended. Nothing is ever re-rendered, so the tokens
 trained on are exactly the tokens sampled (a template that rewrites earlier turns, e.g. one that drops
@@ -127,7 +127,8 @@ def generate_episodes(engine, tokenizer, prompt_ids: list[list[int]], envs: list
     ep = Episodes([0] * N, [0] * N, [0] * N, [False] * N, [0.0] * N, policy_turns=[[] for _ in range(N)])
     try:
         with torch.inference_mode():
-            out = _decode_episodes(engine, tokenizer, ids, mask, envs, params, max_turns, generator, ep, parallel)
+            out = _decode_episodes(engine, tokenizer, ids, mask, envs, params, max_turns, generator, ep,
+                                   parallel)
     finally:
         model.train(was_training)
     tokens, lp, live, policy, over = (x.clone() for x in out)
@@ -235,5 +236,10 @@ def encode_demonstrations(tokenizer, prompt_ids: list[list[int]], episodes: list
     c_mask = torch.zeros((len(encoded), T), dtype=torch.long)
     policy = torch.zeros((len(encoded), T), dtype=torch.long)
     for i, (ids, own) in enumerate(encoded):
-        c_ids[i, :len(ids)], c_mask[i, :len(ids)], policy[i, :len(ids)] = torch.tensor(ids), 1, torch.tensor(own)
-    return Rollout(p_ids, p_mask, c_ids, c_mask, torch.zeros(len(encoded), dtype=torch.bool), policy_mask=policy)
+        c_ids[i, : len(ids)], c_mask[i, : len(ids)], policy[i, : len(ids)] = (
+            torch.tensor(ids),
+            1,
+            torch.tensor(own),
+        )
+    return Rollout(p_ids, p_mask, c_ids, c_mask, torch.zeros(len(encoded), dtype=torch.bool),
+                   policy_mask=policy)

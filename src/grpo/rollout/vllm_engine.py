@@ -20,6 +20,7 @@ without vLLM.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 
@@ -55,8 +56,10 @@ def rollout_from_outputs(prompt_ids: list[list[int]], outputs: Sequence, G: int,
                 logp[i, :n] = torch.tensor([step[t].logprob for t, step in zip(c.token_ids, c.logprobs)])
     p_ids, p_mask = pad_left(prompt_ids, pad_id)
     truncated = torch.tensor([c.finish_reason == "length" for c in completions])
-    return Rollout(prompt_ids=p_ids.repeat_interleave(G, 0).to(device), prompt_mask=p_mask.repeat_interleave(G, 0).to(device),
-                   completion_ids=ids.to(device), completion_mask=mask.to(device), truncated=truncated.to(device),
+    return Rollout(prompt_ids=p_ids.repeat_interleave(G, 0).to(device),
+                   prompt_mask=p_mask.repeat_interleave(G, 0).to(device),
+                   completion_ids=ids.to(device), completion_mask=mask.to(device),
+                   truncated=truncated.to(device),
                    logp=None if logp is None else logp.to(device))
 
 
@@ -70,14 +73,18 @@ class VLLMEngine:
     """
 
     def __init__(self, model_path: str, eos_token_id: int | list[int], pad_token_id: int, *,
-                 gpu_memory_utilization: float = 0.3, dtype: str = "bfloat16", max_model_len: int | None = None,
+                 gpu_memory_utilization: float = 0.3, dtype: str = "bfloat16",
+                 max_model_len: int | None = None,
                  seed: int = 0, device: str = "cuda", **llm_kwargs):
         try:
             import vllm
         except ImportError:
-            raise UserError("the vLLM rollout engine needs vLLM on a CUDA machine: pip install vllm") from None
+            raise UserError(
+                "the vLLM rollout engine needs vLLM on a CUDA machine: pip install vllm"
+            ) from None
         if not torch.cuda.is_available():
-            raise UserError("the vLLM rollout engine needs a CUDA GPU; use the default HF engine on this machine")
+            raise UserError("the vLLM rollout engine needs a CUDA GPU; use the default HF engine on this "
+                            "machine")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights can be synced
         self._vllm = vllm
         kwargs = dict(model=str(model_path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
@@ -118,17 +125,19 @@ class VLLMEngine:
                             f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); stopping rather than "
                             "sampling from stale weights") from None
         if loaded is not None and not loaded:
-            raise UserError("rollout.engine=vllm: vLLM took none of the policy's weights (names do not match its "
-                            "model); stopping rather than sampling from stale weights")
+            raise UserError("rollout.engine=vllm: vLLM took none of the policy's weights (names do not match "
+                            "its model); stopping rather than sampling from stale weights")
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()  # cached prompt K/V were computed by the old weights
 
 
 def _accepts(vllm, name: str) -> bool:
-    import dataclasses
-
     args = getattr(vllm, "EngineArgs", None)
-    return args is not None and dataclasses.is_dataclass(args) and name in {f.name for f in dataclasses.fields(args)}
+    return (
+        args is not None
+        and dataclasses.is_dataclass(args)
+        and name in {f.name for f in dataclasses.fields(args)}
+    )
 
 
 def _driver_model(llm):

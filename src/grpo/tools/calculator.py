@@ -25,7 +25,8 @@ def _value(node: ast.AST):
         if isinstance(out, int) and len(str(abs(out))) > _MAX_DIGITS:
             raise ValueError(f"result has more than {_MAX_DIGITS} digits")
         return out
-    raise ValueError(f"unsupported expression: {ast.unparse(node)!r} (numbers, + - * / // % ** and parentheses)")
+    raise ValueError(f"unsupported expression: {ast.unparse(node)!r} (numbers, + - * / // % ** and "
+                     "parentheses)")
 
 
 def calculator(expression: str) -> str:

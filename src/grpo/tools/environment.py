@@ -23,8 +23,9 @@ with a long message, a 3,000-character unknown tool name) is cut to that many to
 Calls run where `ToolRunner` says: in the reward worker pool (`rewards.workers > 0`: separate spawned
 processes, each call limited to the timeout inside the worker; the parent gives up on a call only when
 the pool has finished nothing for the timeout plus a grace period, so time spent queued behind other
-calls does not count against `tool_timeout_s`), in the training process under the same deadline (`rewards.workers = 0`), or, for a
-tool with `sandbox: true`, in the code sandbox (grpo.rewards.code: a fresh process with rlimits and,
+calls does not count against `tool_timeout_s`), in the training process under the same deadline
+(`rewards.workers = 0`), or, for a
+tool with `sandbox: true`, in the code sandbox (grpo.sandbox: a fresh process with rlimits and,
 where the kernel allows, no network); a sandboxed tool's result comes back whole (any number of lines,
 JSON-encoded on one marked line of its output), or, past `SANDBOX_RESULT_BYTES`, as an error saying so.
 """
@@ -39,8 +40,12 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from grpo.errors import UserError
+from grpo.sandbox import run_python_sandboxed
 from grpo.tools.functions import Tool
 from grpo.tools.parser import ToolCall
+from grpo.utils.deadline import CallTimeout, run_with_deadline
+from grpo.utils.references import load_function
 
 POOL_GRACE_S = 5.0
 """Extra seconds the parent waits for a pooled call beyond the worker's own limit."""
@@ -69,11 +74,17 @@ class Environment(Protocol):
     def step(self, completion: str) -> Turn: ...
 
 
+def load_environment(ref: str) -> Callable[[dict], Environment]:
+    """The environment factory `ref` names ('file.py:Factory' or 'module:Factory'), called with each row."""
+    if ":" not in ref:
+        raise UserError(f"rollout.environment: {ref!r} is not a reference: write 'path/to/file.py:Factory' "
+                        "or 'package.module:Factory'")
+    return load_function(ref, "environment")
+
+
 def call_tool(fn: Callable[..., Any], arguments: dict, timeout_s: float | None) -> tuple[str, str]:
     """(status, text) of fn(**arguments) under a deadline: ('ok', result as text), ('timeout', ''), or
     ('error', 'ValueError: ...'). Runs in a pool worker or in-process; nothing in it raises."""
-    from grpo.rewards import CallTimeout, run_with_deadline
-
     try:
         out = run_with_deadline(lambda: fn(**arguments), timeout_s)
         return "ok", out if isinstance(out, str) else json.dumps(out, default=str)
@@ -85,15 +96,15 @@ def call_tool(fn: Callable[..., Any], arguments: dict, timeout_s: float | None) 
 
 def _call_sandboxed(tool: Tool, arguments: dict, timeout_s: float | None) -> tuple[str, str]:
     """The call in the code sandbox: the tool's file, then one line printing the result as JSON."""
-    from grpo.rewards.code import run_python_sandboxed
-
     if tool.source is None:
         return "error", "RuntimeError: a sandboxed tool must come from a .py file"
     with open(tool.source, encoding="utf-8") as f:
         code = f.read()
-    code += (f"\nimport json as _json\n_out = {tool.fn.__name__}(**_json.loads({json.dumps(arguments)!r}))\n"
-             "_out = _json.dumps(_out if isinstance(_out, str) else _json.dumps(_out, default=str))\n"
-             f"print({_RESULT_MARK!r} + (_out if len(_out.encode()) <= {SANDBOX_RESULT_BYTES} else 'null'))\n")
+    code += (
+        f"\nimport json as _json\n_out = {tool.fn.__name__}(**_json.loads({json.dumps(arguments)!r}))\n"
+        "_out = _json.dumps(_out if isinstance(_out, str) else _json.dumps(_out, default=str))\n"
+        f"print({_RESULT_MARK!r} + (_out if len(_out.encode()) <= {SANDBOX_RESULT_BYTES} else 'null'))\n"
+    )
     r = run_python_sandboxed(code, ["pass"], timeout_s=timeout_s or 5.0)
     if r.status == "timeout":
         return "timeout", ""
@@ -132,7 +143,8 @@ def _mark_done(pool, _future) -> None:
 class ToolRunner:
     """Runs tool calls: in `pool` (a process pool, the reward workers) or in-process, or in the sandbox."""
 
-    def __init__(self, tools: list[Tool], timeout_s: float | None, pool: concurrent.futures.Executor | None = None):
+    def __init__(self, tools: list[Tool], timeout_s: float | None,
+                 pool: concurrent.futures.Executor | None = None):
         self.tools = {t.name: t for t in tools}
         self.timeout_s, self.pool = timeout_s, pool
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from grpo.errors import UserError
+from grpo.utils.references import FileFunction, load_function
 
 BUILTIN_TOOLS = {"calculator": "grpo.tools.calculator:calculator"}
 """Built-in tool names -> references."""
@@ -43,7 +44,7 @@ class Tool:
     schema: dict
     """`tool_schema(fn)`."""
     sandbox: bool = False
-    """Run each call in the code sandbox (a fresh process with limits, grpo.rewards.code) instead of the
+    """Run each call in the code sandbox (a fresh process with limits, grpo.sandbox) instead of the
     reward worker pool."""
     source: str | None = None
     """The .py file the function was loaded from (needed to run it in the sandbox)."""
@@ -90,16 +91,15 @@ def tool_schema(fn: Callable[..., Any], name: str | None = None) -> dict:
 
 def load_tools(entries: list) -> list[Tool]:
     """Tools from config entries ({fn, sandbox}); a mistake is a `UserError` naming the entry."""
-    from grpo.rewards.loader import FileRewardFunction, load_reward_function
-
     tools = []
     for entry in entries:
         ref = BUILTIN_TOOLS.get(entry.fn, entry.fn)
         if ":" not in ref:
-            raise UserError(f"rollout.tools: unknown tool {entry.fn!r}: use a built-in ({', '.join(BUILTIN_TOOLS)}), "
-                            "'path/to/file.py:function' or 'package.module:function'")
-        fn = load_reward_function(ref)
-        source = fn.path if isinstance(fn, FileRewardFunction) else inspect.getsourcefile(inspect.unwrap(fn))
+            raise UserError(f"rollout.tools: unknown tool {entry.fn!r}: use a built-in "
+                            f"({', '.join(BUILTIN_TOOLS)}), 'path/to/file.py:function' or "
+                            "'package.module:function'")
+        fn = load_function(ref, "tool")
+        source = fn.path if isinstance(fn, FileFunction) else inspect.getsourcefile(inspect.unwrap(fn))
         tools.append(Tool(ref.rsplit(":", 1)[1], fn, tool_schema(fn), entry.sandbox, source))
     names = [t.name for t in tools]
     repeated = sorted({n for n in names if names.count(n) > 1})

@@ -17,6 +17,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
+from grpo.errors import UserError
+from grpo.utils.references import load_function
+
 
 @dataclass
 class ToolCall:
@@ -51,7 +54,8 @@ def parse_json_tags(text: str) -> list[ToolCall]:
             calls.append(ToolCall("", error=f"malformed tool call: not JSON ({e.msg} at char {e.pos})"))
             continue
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            calls.append(ToolCall("", error='malformed tool call: expected {"name": ..., "arguments": {...}}'))
+            calls.append(ToolCall("",
+                                  error='malformed tool call: expected {"name": ..., "arguments": {...}}'))
             continue
         args = obj.get("arguments", obj.get("parameters", {}))
         if isinstance(args, str):  # some models write the arguments as a JSON string
@@ -60,7 +64,8 @@ def parse_json_tags(text: str) -> list[ToolCall]:
             except json.JSONDecodeError:
                 pass
         if not isinstance(args, dict):
-            calls.append(ToolCall(obj["name"], error="malformed tool call: \"arguments\" must be a JSON object"))
+            calls.append(ToolCall(obj["name"],
+                                  error="malformed tool call: \"arguments\" must be a JSON object"))
             continue
         calls.append(ToolCall(obj["name"], args))
     return calls
@@ -74,6 +79,7 @@ def load_parser(ref: str) -> Callable[[str], list[ToolCall]]:
     """A built-in parser name or a 'file.py:function' / 'module:function' reference."""
     if ref in PARSERS:
         return PARSERS[ref]
-    from grpo.rewards.loader import load_reward_function
-
-    return load_reward_function(ref)
+    if ":" not in ref:
+        raise UserError(f"rollout.tool_parser: unknown parser {ref!r}: use a built-in "
+                        f"({', '.join(PARSERS)}), 'path/to/file.py:function' or 'package.module:function'")
+    return load_function(ref, "parser")

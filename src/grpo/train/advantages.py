@@ -30,7 +30,8 @@ def rft_advantages(accuracy: list) -> torch.Tensor:
     return torch.tensor([1.0 if v is not None and v >= 1.0 else 0.0 for v in accuracy])
 
 
-def step_advantages(step_fn, tokenizer, r: Rollout, rows: list[dict], texts: list[str], cfg: TrainConfig) -> torch.Tensor:
+def step_advantages(step_fn, tokenizer, r: Rollout, rows: list[dict], texts: list[str],
+                    cfg: TrainConfig) -> torch.Tensor:
     """Process supervision: per-step rewards from rewards.step_fn -> per-token advantages. [N, T]"""
     G = cfg.grpo.G
     steps = step_fn(**reward_inputs(rows, texts, r.completion_lists(), G).kwargs())

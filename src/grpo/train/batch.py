@@ -1,4 +1,4 @@
-"""Which prompts a step draws and the batch it trains on: seeding, the resumable `PromptSampler`, and one
+"""Which prompts a step draws and the batch it trains on: the resumable `PromptSampler`, and one
 draw of prompts or DAPO's dynamic sampling.
 
 Dynamic sampling (DAPO, arXiv 2503.14476 §3.2, `grpo.dynamic_sampling=true`): a group whose rewards
@@ -36,14 +36,6 @@ from grpo.train.distributed import Dist, all_gather_objects, all_min, all_sum
 logger = logging.getLogger(__name__)
 
 
-def seed_everything(seed: int, threads: int = 0) -> None:
-    """Seed Python's and torch's global generators (initialisation, data); threads > 0: torch's CPU threads."""
-    random.seed(seed)
-    torch.manual_seed(seed)
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-
 class PromptSampler:
     """Prompt indices for each step: shuffled passes over the training set, `k` at a time.
 
@@ -62,12 +54,13 @@ class PromptSampler:
 
     def state_dict(self) -> dict:
         version, internal, gauss = self.rng.getstate()
-        return {"n": self.n, "perm": self.perm, "cursor": self.cursor, "rng": [version, list(internal), gauss]}
+        return {"n": self.n, "perm": self.perm, "cursor": self.cursor,
+                "rng": [version, list(internal), gauss]}
 
     def load_state_dict(self, state: dict) -> None:
         if state["n"] != self.n:
-            raise UserError(f"cannot resume: the training set now has {self.n} prompts, the run had {state['n']}; "
-                            "restore the data (data.source) the run started with")
+            raise UserError(f"cannot resume: the training set now has {self.n} prompts, the run had "
+                            f"{state['n']}; restore the data (data.source) the run started with")
         version, internal, gauss = state["rng"]
         self.perm, self.cursor = list(state["perm"]), state["cursor"]
         self.rng.setstate((version, tuple(internal), gauss))
@@ -99,7 +92,8 @@ class Batch:
         rows = [g * G + j for g in idx for j in range(G)]
         pick = torch.tensor(rows, dtype=torch.long)  # [len(idx) * G]
         return dataclasses.replace(
-            self, rows=[self.rows[g] for g in idx], rollout=self.rollout.select(pick.to(self.rollout.prompt_ids.device)),
+            self, rows=[self.rows[g] for g in idx],
+            rollout=self.rollout.select(pick.to(self.rollout.prompt_ids.device)),
             texts=[self.texts[i] for i in rows], rewards=self.rewards[pick],
             per_function={k: [v[i] for i in rows] for k, v in self.per_function.items()},
             episodes={k: [v[i] for i in rows] for k, v in self.episodes.items()})
@@ -139,26 +133,31 @@ def collect_batch(next_rows: Callable[[], list[dict]], score: Callable[[list[dic
         kept.append(dataclasses.replace(batch.groups(flat, G), num_errors=0, num_timeouts=0))
     (kept_groups,) = all_sum([n_kept], dist)
     if kept_groups < prompts_per_step and dist.is_main:
-        logger.warning("dynamic sampling: only %d of %d groups with a reward spread after grpo.max_sampling_rounds="
-                       "%d rounds; the rest of the batch is all-equal groups (advantage 0)",
+        logger.warning("dynamic sampling: only %d of %d groups with a reward spread after "
+                       "grpo.max_sampling_rounds=%d rounds; the rest of the batch is all-equal groups "
+                       "(advantage 0)",
                        kept_groups, prompts_per_step, max_rounds)
     return cat_batches(kept, pad_id), SamplingStats(rounds, rounds * prompts_per_step, int(kept_groups))
 
 
 def cat_batches(batches: list[Batch], pad_id: int) -> Batch:
-    """One batch from several, rollouts padded to the widest (prompts on the left, completions on the right)."""
+    """One batch from several, rollouts padded to the widest (prompts on the
+    left, completions on the right)."""
     if len(batches) == 1:
         return batches[0]
     names = batches[0].per_function
-    return Batch(rows=[x for b in batches for x in b.rows], rollout=cat_rollouts([b.rollout for b in batches], pad_id),
+    return Batch(rows=[x for b in batches for x in b.rows],
+                 rollout=cat_rollouts([b.rollout for b in batches], pad_id),
                  texts=[x for b in batches for x in b.texts], rewards=torch.cat([b.rewards for b in batches]),
                  per_function={k: [x for b in batches for x in b.per_function[k]] for k in names},
-                 num_errors=sum(b.num_errors for b in batches), num_timeouts=sum(b.num_timeouts for b in batches),
+                 num_errors=sum(b.num_errors for b in batches),
+                 num_timeouts=sum(b.num_timeouts for b in batches),
                  episodes={k: [x for b in batches for x in b.episodes[k]] for k in batches[0].episodes})
 
 
 def cat_rollouts(rollouts: list[Rollout], pad_id: int) -> Rollout:
-    """Rows of several rollouts stacked; prompts left-padded and completions right-padded to a common width."""
+    """Rows of several rollouts stacked; prompts left-padded and completions
+    right-padded to a common width."""
     P = max(r.prompt_ids.shape[1] for r in rollouts)
     T = max(r.completion_ids.shape[1] for r in rollouts)
     left = lambda t, v: F.pad(t, (P - t.shape[1], 0), value=v)  # noqa: E731
@@ -200,12 +199,14 @@ class GlobalBatch(NamedTuple):
 def gather_batch(batch: Batch, dist: Dist) -> GlobalBatch:
     """Everything but the token ids, from every rank (one small all_gather_object): for advantages,
     metrics and samples. With one process it is the batch itself."""
-    local = (batch.rows, batch.texts, batch.rewards.tolist(), batch.per_function, batch.rollout.lengths.tolist(),
+    local = (batch.rows, batch.texts, batch.rewards.tolist(), batch.per_function,
+             batch.rollout.lengths.tolist(),
              batch.rollout.truncated.tolist(), batch.num_errors, batch.num_timeouts, batch.episodes)
     parts = all_gather_objects(local, dist)
     cat = lambda i: [x for p in parts for x in p[i]]  # noqa: E731
     return GlobalBatch(rows=cat(0), texts=cat(1), rewards=torch.tensor(cat(2), dtype=batch.rewards.dtype),
                        per_function={k: [x for p in parts for x in p[3][k]] for k in batch.per_function},
-                       lengths=torch.tensor(cat(4), dtype=torch.long), truncated=torch.tensor(cat(5), dtype=torch.bool),
+                       lengths=torch.tensor(cat(4), dtype=torch.long),
+                       truncated=torch.tensor(cat(5), dtype=torch.bool),
                        num_errors=sum(p[6] for p in parts), num_timeouts=sum(p[7] for p in parts),
                        episodes={k: [x for p in parts for x in p[8][k]] for k in batch.episodes})

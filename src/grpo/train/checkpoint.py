@@ -48,6 +48,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from grpo.config import save_config, to_dict
 from grpo.errors import UserError
@@ -110,8 +111,8 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signum, self.step, self.checkpoint, self.output_dir = signum, step, checkpoint, output_dir
         name = signal.Signals(signum).name
         if checkpoint is None:
-            super().__init__(f"interrupted before step 1 ({name}), during the first held-out evaluation; nothing "
-                             f"was trained and no checkpoint was written (run again to start over)")
+            super().__init__(f"interrupted before step 1 ({name}), during the first held-out evaluation; "
+                             f"nothing was trained and no checkpoint was written (run again to start over)")
         else:
             super().__init__(f"interrupted at step {step} ({name}); checkpoint saved to {checkpoint}; resume "
                              f"with: grpo train --resume {output_dir}")
@@ -147,23 +148,25 @@ def check_output_dir(path: str | Path, resume: bool, overwrite: bool = False) ->
                         "(train.save_every > 0 writes them; an interrupted run writes one when it stops)")
     if not resume and latest is not None and not overwrite:
         raise UserError(f"train.output_dir {out} already holds checkpoints (newest: {latest.name}); continue "
-                        f"that run with --resume {out} (or train.resume=true), replace it with --overwrite, or "
-                        "choose another train.output_dir")
+                        f"that run with --resume {out} (or train.resume=true), replace it with --overwrite, "
+                        "or choose another train.output_dir")
     if not resume:
         refuse_existing_run(out, overwrite, "train.output_dir")
     return latest if resume else None
 
 
 def check_free_space(path: str | Path, model, checkpoints: bool) -> None:
-    """The final model and, when checkpoints are on, one checkpoint (weights + Adam's two moments) must fit."""
+    """The final model and, when checkpoints are on, one checkpoint (weights +
+    Adam's two moments) must fit."""
     out = Path(path)
     existing = out if out.exists() else next(p for p in out.parents if p.exists())
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     need = weights * (4 if checkpoints else 1)
     free = shutil.disk_usage(existing).free
     if free < need:
-        raise UserError(f"train.output_dir {out}: {free / 2**20:.1f} MiB free on its disk, but the final model"
-                        f"{' and one checkpoint' if checkpoints else ''} need about {need / 2**20:.1f} MiB")
+        raise UserError(f"train.output_dir {out}: {free / 2**20:.1f} MiB free on its disk, but the final "
+                        f"model{' and one checkpoint' if checkpoints else ''} need about {need / 2**20:.1f} "
+                        "MiB")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -225,9 +228,13 @@ def save_checkpoint(out: Path, cfg, state: TrainerState, model, optimizer, sched
         if dist.is_main:  # rank 0 words it, so that every rank raises the same message
             shutil.rmtree(tmp, ignore_errors=True)
             previous = latest_checkpoint(out)
-            kept = f"the last complete checkpoint, {previous}, is untouched" if previous else "no earlier checkpoint exists"
-            message = (f"cannot write checkpoint {final}: {error} ({shutil.disk_usage(out).free / 2**20:.1f} MiB "
-                       f"free on its disk); {kept}")
+            kept = (
+                f"the last complete checkpoint, {previous}, is untouched"
+                if previous
+                else "no earlier checkpoint exists"
+            )
+            message = (f"cannot write checkpoint {final}: {error} ({shutil.disk_usage(out).free / 2**20:.1f} "
+                       f"MiB free on its disk); {kept}")
         raise UserError(first_error(message, dist))
     if dist.is_main:
         shutil.rmtree(old, ignore_errors=True)
@@ -254,8 +261,6 @@ def _start(root: Path, tmp: Path) -> None:
 def _finish(tmp: Path, final: Path, old: Path, root: Path, cfg, state: TrainerState, model, optimizer,
             scheduler, gen: torch.Generator, extra: dict | None, dist: Dist, sampling) -> None:
     """Rank 0: the files besides the shards, everything fsynced, then the rename that completes it."""
-    from safetensors.torch import save_file, save_model
-
     rng = _rng_states(gen)
     if not dist.fsdp:  # under FSDP the shards hold the weights and the optimizer state
         trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -323,8 +328,8 @@ def verify_checkpoint(path: Path) -> None:
         return
     older = [p for p in _complete_checkpoints(path.parent) if int(p.name[5:]) < int(path.name[5:])]
     intact = next((p for p in reversed(older) if checkpoint_problem(p) is None), None)
-    hint = (f"{intact} is intact: move {path} (and any newer checkpoint) out of {path.parent}, then resume with "
-            f"grpo train --resume {path.parent.parent}" if intact else "no older checkpoint is intact")
+    hint = (f"{intact} is intact: move {path} (and any newer checkpoint) out of {path.parent}, then resume "
+            f"with grpo train --resume {path.parent.parent}" if intact else "no older checkpoint is intact")
     raise UserError(f"checkpoint {path} is damaged: {problem}; nothing was loaded. {hint}")
 
 
@@ -368,8 +373,6 @@ def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Gen
     rank reads the checkpoint: an FSDP-sharded model and optimizer take their shards of the full state;
     each rank continues its own sampling stream where the checkpoint has one for it.
     """
-    from safetensors.torch import load_file, load_model
-
     verify_checkpoint(path)
     _check_same_config(path, cfg)
     part = "trainer_state.json"
@@ -398,8 +401,10 @@ def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Gen
         raise UserError(f"checkpoint {path} cannot be loaded ({part}: {' '.join(str(e).split())[:300]}); "
                         "delete that directory to resume from the one before it") from None
     if not math.isclose(state.init_fingerprint, init_fingerprint, rel_tol=1e-9):
-        raise UserError(f"cannot resume from {path}: the initial weights in model.path={cfg.model.path} are not "
-                        "those the run started from, so the KL reference would change; restore that model")
+        raise UserError(
+            f"cannot resume from {path}: the initial weights in model.path={cfg.model.path} are "
+            "not those the run started from, so the KL reference would change; restore that model"
+        )
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
@@ -435,12 +440,13 @@ def load_extra(path: Path) -> dict:
 
 
 def _load_trainable(model, weights: dict, dist: Dist) -> None:
-    """A checkpoint's trained weights (`TRAINABLE`) into the model; they must be exactly its trainable ones."""
+    """A checkpoint's trained weights (`TRAINABLE`) into the model; they must be
+    exactly its trainable ones."""
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(weights) != trainable:
         missing, extra = sorted(trainable - set(weights)), sorted(set(weights) - trainable)
-        raise ValueError(f"its trained weights are not this model's (missing {missing[:2]}, unexpected {extra[:2]}); "
-                         "was model.lora changed?")
+        raise ValueError(f"its trained weights are not this model's (missing {missing[:2]}, unexpected "
+                         f"{extra[:2]}); was model.lora changed?")
     if dist.fsdp:
         load_full_state(model, None, weights, None, strict=False)
     else:
@@ -457,7 +463,8 @@ def _check_same_config(path: Path, cfg) -> None:
     except (OSError, yaml.YAMLError) as e:
         raise UserError(f"checkpoint {path} cannot be loaded (config.yaml: {e})") from None
     now = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
-    diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and k not in MAY_CHANGE_ON_RESUME]
+    diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
+             and k not in MAY_CHANGE_ON_RESUME]
     if diffs:
         shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in diffs[:3])
         more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""

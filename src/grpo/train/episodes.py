@@ -10,17 +10,21 @@ reads the final answer after the tool's result; advantages are per trajectory.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 
 from grpo.config import TrainConfig
+from grpo.data import load_task
 from grpo.data.templates import encode_prompts
+from grpo.models.loading import load_policy, stop_token_ids
+from grpo.rewards import load_reward_function
 from grpo.rewards.combine import reward_inputs
-from grpo.rewards.loader import load_reward_function
 from grpo.rollout.engine import Rollout, SamplingParams
+from grpo.rollout.hf import HFEngine
 from grpo.rollout.multiturn import Episodes, generate_episodes
-from grpo.tools.environment import ToolEnvironment, ToolRunner
+from grpo.tools.environment import ToolEnvironment, ToolRunner, load_environment
 from grpo.tools.functions import load_tools
 from grpo.tools.parser import load_parser
 
@@ -36,7 +40,7 @@ class Episodic:
         self.cfg, self.tokenizer = cfg, tokenizer
         self.tools = load_tools(r.tools) if r.tools else []
         self.parse = load_parser(r.tool_parser) if r.tools else None
-        self.factory = load_reward_function(r.environment) if r.environment else None
+        self.factory = load_environment(r.environment) if r.environment else None
 
     def make_env(self, row: dict, pool) -> Any:
         """A fresh environment for one trajectory of `row`."""
@@ -47,7 +51,9 @@ class Episodic:
         return ToolEnvironment(ToolRunner(self.tools, r.tool_timeout_s, pool), self.parse, count,
                                r.max_observation_tokens)
 
-    def generate(self, engine, rows: list[dict], params: SamplingParams, generator, pool) -> tuple[Rollout, Episodes]:
+    def generate(
+        self, engine, rows: list[dict], params: SamplingParams, generator, pool
+    ) -> tuple[Rollout, Episodes]:
         envs = [self.make_env(row, pool) for row in rows for _ in range(params.G)]
         prompt_ids = encode_prompts(self.tokenizer, [x["prompt"] for x in rows])
         return generate_episodes(engine, self.tokenizer, prompt_ids, envs, params, self.cfg.rollout.max_turns,
@@ -75,8 +81,10 @@ class Episodic:
 
 def trajectory_texts(tokenizer, r: Rollout) -> list[str]:
     """Each trajectory as text: policy and environment turns, special tokens (EOS, pad) removed."""
-    return tokenizer.batch_decode([row[m.bool()].tolist() for row, m in zip(r.completion_ids, r.completion_mask)],
-                                  skip_special_tokens=True)
+    return tokenizer.batch_decode(
+        [row[m.bool()].tolist() for row, m in zip(r.completion_ids, r.completion_mask)],
+        skip_special_tokens=True,
+    )
 
 
 def episode_columns(ep: Episodes) -> dict[str, list[float]]:
@@ -95,15 +103,9 @@ def add_environment_reward(rewards: torch.Tensor, per_function: dict, ep: Episod
 def tool_use_report(model_dir, cfg: TrainConfig) -> dict:
     """Greedy held-out accuracy, tool-call share and turns of the model in `model_dir` on cfg's held-out
     rows, overall and per value of a `kind` column (builtin:calculator: 'hard' and 'easy')."""
-    import dataclasses
-
-    from grpo.data import load_task
-    from grpo.models.loading import load_policy, stop_token_ids
-    from grpo.rewards import load_reward_function
-    from grpo.rollout.hf import HFEngine
-
     model, tokenizer = load_policy(dataclasses.replace(cfg.model, path=str(model_dir), lora=None), None)
-    rows = load_task(cfg.data, tokenizer, cfg.train.seed, tools=[t.schema for t in Episodic(cfg, tokenizer).tools]).heldout
+    rows = load_task(cfg.data, tokenizer, cfg.train.seed,
+                     tools=[t.schema for t in Episodic(cfg, tokenizer).tools]).heldout
     engine = HFEngine(model, stop_token_ids(model, tokenizer), tokenizer.pad_token_id)
     episodic, checker = Episodic(cfg, tokenizer), load_reward_function(cfg.rewards.functions[0].fn)
     report = {}

@@ -49,10 +49,18 @@ from grpo.models.loading import (
     stop_token_ids,
 )
 from grpo.data.templates import decode_completions, encode_prompts
-from grpo.rewards import RewardModel, RewardSpec, compute_rewards, load_reward_function, reward_inputs, reward_spec
+from grpo.rewards import (
+    RewardModel,
+    RewardSpec,
+    compute_rewards,
+    load_reward_function,
+    reward_inputs,
+    reward_spec,
+)
 from grpo.rewards.loader import RESERVED_ARGUMENTS
 from grpo.rollout.engine import RolloutEngine, SamplingParams
 from grpo.rollout.hf import HFEngine
+from grpo.rollout.vllm_engine import VLLMEngine
 from grpo.train.checkpoint import (
     CHECKPOINTS,
     StopSignals,
@@ -67,7 +75,7 @@ from grpo.train.checkpoint import (
     save_checkpoint,
     weights_fingerprint,
 )
-from grpo.train.batch import Batch, PromptSampler, collect_batch, gather_batch, seed_everything
+from grpo.train.batch import Batch, PromptSampler, collect_batch, gather_batch
 from grpo.train.episodes import Episodic, add_environment_reward, episode_columns, trajectory_texts
 from grpo.train.distributed import (
     SINGLE,
@@ -88,7 +96,14 @@ from grpo.train.distributed import (
     sharded_accuracy,
 )
 from grpo.train.evaluation import evaluate_accuracy
-from grpo.train.metrics import MetricsLog, Timers, current_memory_mib, held_state_mib, peak_memory_mib, reset_peak_memory
+from grpo.train.metrics import (
+    MetricsLog,
+    Timers,
+    current_memory_mib,
+    held_state_mib,
+    peak_memory_mib,
+    reset_peak_memory,
+)
 from grpo.train.optim import make_optimizer
 from grpo.train.ppo import Critic
 from grpo.train.reward_pool import reward_pool
@@ -98,6 +113,7 @@ from grpo.train.run_lock import OutputDirLock
 from grpo.train.advantages import compute_advantages, rft_advantages, step_advantages
 from grpo.train.reward_model import RewardModelTrainer
 from grpo.train.update import forking_tokens, logprobs_no_grad, update_policy
+from grpo.utils.seeding import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +165,8 @@ class Run:
         """What a checkpoint needs beyond the policy: the critic, and a reference that was reset."""
         extra = {}
         if self.critic is not None:
-            extra.update(critic=self.critic.model.state_dict(), critic_optimizer=self.critic.optimizer.state_dict())
+            extra.update(critic=self.critic.model.state_dict(),
+                         critic_optimizer=self.critic.optimizer.state_dict())
         if self.ref is not None and cfg.train.iterations > 1:
             extra["reference"] = self.ref.model.state_dict()
         if self.rm_trainer is not None:
@@ -176,7 +193,8 @@ class Run:
             self.rm_trainer.load_state_dict(extra["reward_model"])
 
 
-def setup_run(cfg: TrainConfig, resume_from: Path | None, staging: Path, reward_fns: dict | None = None) -> Run:
+def setup_run(cfg: TrainConfig, resume_from: Path | None, staging: Path,
+              reward_fns: dict | None = None) -> Run:
     """Load and check the model, data, reward functions and free space; write nothing (a fresh run's
     files are written once its first step is done: `start_writing`).
 
@@ -195,14 +213,16 @@ def setup_run(cfg: TrainConfig, resume_from: Path | None, staging: Path, reward_
     check_divisible(cfg.train.prompts_per_step, dist)
     if dist.world_size > 1 and cfg.algorithm == "ppo" and cfg.train.strategy == "fsdp" \
             and cfg.ppo.value_model == "head":
-        raise UserError("algorithm=ppo with ppo.value_model=head cannot run under train.strategy=fsdp (the head "
-                        "reads the policy's sharded body outside the policy's forward); use ppo.value_model=copy "
-                        "or train.strategy=ddp")
+        raise UserError("algorithm=ppo with ppo.value_model=head cannot run under train.strategy=fsdp (the "
+                        "head reads the policy's sharded body outside the policy's forward); use "
+                        "ppo.value_model=copy or train.strategy=ddp")
     broadcast_parameters(model, dist)
     episodic = Episodic(cfg, tokenizer) if cfg.rollout.multi_turn else None
-    task = load_task(cfg.data, tokenizer, cfg.train.seed, tools=episodic and [t.schema for t in episodic.tools])
+    task = load_task(cfg.data, tokenizer, cfg.train.seed,
+                     tools=episodic and [t.schema for t in episodic.tools])
     given = reward_fns or {}
-    specs = [RewardSpec(e.fn, functools.partial(given[e.fn], **e.options) if e.options else given[e.fn], e.weight,
+    specs = [RewardSpec(e.fn, functools.partial(given[e.fn], **e.options) if e.options else given[e.fn],
+                        e.weight,
                         in_pool=False) if e.fn in given else reward_spec(e.fn, e.weight, options=e.options)
              for e in cfg.rewards.functions]
     rm_trainer = None
@@ -223,7 +243,9 @@ def setup_run(cfg: TrainConfig, resume_from: Path | None, staging: Path, reward_
         enable_checkpointing(model)
     model, dist = shard_model(model, cfg.train.strategy, dist)
     optimizer, scheduler = make_optimizer(model, cfg.optim, cfg.train.steps * cfg.grpo.mu)
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(sampling_seed(cfg.train.seed, dist))
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(
+        sampling_seed(cfg.train.seed, dist)
+    )
     sampler = PromptSampler(len(task.train), cfg.train.seed)
     state = TrainerState(init_fingerprint=fingerprint)
     extra = {}
@@ -231,7 +253,8 @@ def setup_run(cfg: TrainConfig, resume_from: Path | None, staging: Path, reward_
         state = load_checkpoint(resume_from, cfg, model, optimizer, scheduler, gen, fingerprint, dist)
         sampler.load_state_dict(state.sampler)
         extra = load_extra(resume_from)
-    engine = make_engine(cfg, model, tokenizer, tiny_dir if tiny_dir.exists() else resolve_model_path(cfg.model.path),
+    engine = make_engine(cfg, model, tokenizer,
+                         tiny_dir if tiny_dir.exists() else resolve_model_path(cfg.model.path),
                          dist)
     if resume_from is not None:
         engine.sync_weights(model)  # vLLM started from model.path, the policy from the checkpoint
@@ -241,7 +264,8 @@ def setup_run(cfg: TrainConfig, resume_from: Path | None, staging: Path, reward_
         logger.warning("removed %s: a checkpoint whose writing was cut off", out / CHECKPOINTS / name)
     history = restore_logs(out, state) if dist.is_main and resume_from is not None else []
     run = Run(out=out, model=model, tokenizer=tokenizer, ref=ref, engine=engine, task=task, specs=specs,
-              optimizer=optimizer, scheduler=scheduler, gen=gen, sampler=sampler, state=state, history=history,
+              optimizer=optimizer, scheduler=scheduler, gen=gen, sampler=sampler, state=state,
+              history=history,
               dist=dist, critic=critic, step_fn=step_fn, rm_trainer=rm_trainer, episodic=episodic)
     run.load_extra_state(extra)
     return run
@@ -255,9 +279,9 @@ def make_engine(cfg: TrainConfig, model, tokenizer, model_dir: Path, dist: Dist)
     if cfg.rollout.engine == "hf":  # model.dtype=bfloat16: samples from bf16 copies of the weights
         return HFEngine(model, stop, tokenizer.pad_token_id, dtype=compute_dtype(cfg.model))
     if dist.fsdp:
-        raise UserError("rollout.engine=vllm cannot run with train.strategy=fsdp (each rank's vLLM would need the "
-                        "whole weights after every update); use train.strategy=ddp or rollout.engine=hf")
-    from grpo.rollout.vllm_engine import VLLMEngine
+        raise UserError("rollout.engine=vllm cannot run with train.strategy=fsdp (each rank's vLLM would "
+                        "need the whole weights after every update); use train.strategy=ddp or "
+                        "rollout.engine=hf")
 
     return VLLMEngine(str(model_dir), stop, tokenizer.pad_token_id,
                       gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
@@ -270,12 +294,12 @@ def _check_rewards(specs: list[RewardSpec], task: Task, cfg: TrainConfig) -> Non
     names = [s.name for s in specs]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise UserError(f"rewards.functions: two functions are named {repeated[0]!r}; give each function once "
-                        "(a weight scales it)")
+        raise UserError(f"rewards.functions: two functions are named {repeated[0]!r}; give each function "
+                        "once (a weight scales it)")
     clashes = sorted(set(task.train[0]) & set(RESERVED_ARGUMENTS))
     if clashes:
-        raise UserError(f"data.source {cfg.data.source}: column {clashes[0]!r} clashes with a reward-function "
-                        f"argument ({', '.join(RESERVED_ARGUMENTS)}); rename it")
+        raise UserError(f"data.source {cfg.data.source}: column {clashes[0]!r} clashes with a "
+                        f"reward-function argument ({', '.join(RESERVED_ARGUMENTS)}); rename it")
 
 
 class StepOutput(NamedTuple):
@@ -295,9 +319,11 @@ def generate_and_score(run: Run, cfg: TrainConfig, pool, timers: Timers, rows: l
     """G completions of each prompt in `rows`, decoded and rewarded."""
     G, episodes = cfg.grpo.G, None
     with timers("generate"), full_weights(run.model, run.dist):
-        sampling = SamplingParams(cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.top_p, G)
+        sampling = SamplingParams(cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.top_p,
+                                  G)
         if run.episodic is None:
-            r = run.engine.generate(encode_prompts(run.tokenizer, [x["prompt"] for x in rows]), sampling, run.gen)
+            r = run.engine.generate(encode_prompts(run.tokenizer, [x["prompt"] for x in rows]), sampling,
+                                    run.gen)
         else:  # multi-turn: the policy's turns and its environment's answers (grpo.train.episodes)
             r, episodes = run.episodic.generate(run.engine, rows, sampling, run.gen, pool)
     with timers("reward"):
@@ -320,8 +346,10 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
     """
     G, device, dist = cfg.grpo.G, next(run.model.parameters()).device, run.dist
     ctx = lambda: autocast(cfg.model, device)  # noqa: E731
-    next_rows = lambda: [run.task.train[i] for i in shard(run.sampler.next(cfg.train.prompts_per_step), dist)]  # noqa: E731
-    batch, sampling = collect_batch(next_rows, lambda rows: generate_and_score(run, cfg, pool, timers, rows), G,
+    next_rows = lambda: [run.task.train[i]  # noqa: E731
+                         for i in shard(run.sampler.next(cfg.train.prompts_per_step), dist)]
+    batch, sampling = collect_batch(next_rows, lambda rows: generate_and_score(run, cfg, pool, timers, rows),
+                                    G,
                                     cfg.train.prompts_per_step, cfg.grpo.dynamic_sampling,
                                     cfg.grpo.max_sampling_rounds, run.tokenizer.pad_token_id, dist)
     r, everyone = batch.rollout, gather_batch(batch, dist)
@@ -353,7 +381,8 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
         adv = adv.to(device)
     with timers("update"):
         for _ in range(cfg.grpo.mu):
-            update = update_policy(run.model, run.optimizer, r, adv, ref_logp, old_logp, cfg, ctx, beta=beta, dist=dist,
+            update = update_policy(run.model, run.optimizer, r, adv, ref_logp, old_logp, cfg, ctx, beta=beta,
+                                   dist=dist,
                                    keep=keep, timers=timers)
             run.scheduler.step()
             _count_fault(run.state, update.applied, cfg.train.max_bad_steps)
@@ -376,8 +405,8 @@ def _count_fault(state: TrainerState, applied: bool, max_bad: int) -> None:
         return
     state.skipped_updates += 1
     state.bad_in_a_row += 1
-    logger.warning("step %d: the loss or the gradient norm is not finite; update skipped (%d in a row, the run "
-                   "stops at train.max_bad_steps=%d)", state.step + 1, state.bad_in_a_row, max_bad)
+    logger.warning("step %d: the loss or the gradient norm is not finite; update skipped (%d in a row, the "
+                   "run stops at train.max_bad_steps=%d)", state.step + 1, state.bad_in_a_row, max_bad)
 
 
 def checkpoint_or_stop(run: Run, cfg: TrainConfig, log: MetricsLog, samples, stop: StopSignals) -> None:
@@ -393,13 +422,15 @@ def checkpoint_or_stop(run: Run, cfg: TrainConfig, log: MetricsLog, samples, sto
     if run.dist.is_main:
         state.sampler = run.sampler.state_dict()
         state.metrics_bytes, state.samples_bytes = log.path.stat().st_size, os.fstat(samples.fileno()).st_size
-    path = save_checkpoint(run.out, cfg, state, run.model, run.optimizer, run.scheduler, run.gen,  # every rank
-                           keep=t.keep_checkpoints, extra=run.extra_state(cfg), dist=run.dist, sampling=sampling)
+    # every rank
+    path = save_checkpoint(run.out, cfg, state, run.model, run.optimizer, run.scheduler, run.gen,
+                           keep=t.keep_checkpoints, extra=run.extra_state(cfg), dist=run.dist,
+                           sampling=sampling)
     if too_many_faults:
-        raise UserError(f"stopped at step {state.step}: {state.bad_in_a_row} updates in a row had a non-finite "
-                        f"loss or gradient norm (train.max_bad_steps={t.max_bad_steps}); they were skipped, so "
-                        f"{path} holds the last good weights and optimizer state. Lower optim.lr or check "
-                        f"model.dtype and the rewards, then resume with --resume {run.out}")
+        raise UserError(f"stopped at step {state.step}: {state.bad_in_a_row} updates in a row had a "
+                        f"non-finite loss or gradient norm (train.max_bad_steps={t.max_bad_steps}); they "
+                        f"were skipped, so {path} holds the last good weights and optimizer state. Lower "
+                        f"optim.lr or check model.dtype and the rewards, then resume with --resume {run.out}")
     if stop.signum is not None:
         raise TrainingInterrupted(stop.signum, state.step, path, run.out)
 
@@ -416,13 +447,15 @@ def train(cfg: TrainConfig, progress: bool = True, timers: Timers | None = None,
     reward_fns: name -> callable, for rewards.functions entries that name a function given here (`grpo.api`).
     """
     t_start = time.perf_counter()
-    baseline_mib = current_memory_mib(resolve_device(cfg.model.device))  # the runtime, before any model is built
+    # the runtime, before any model is built
+    baseline_mib = current_memory_mib(resolve_device(cfg.model.device))
     resume_from = check_output_dir(cfg.train.output_dir, cfg.train.resume, overwrite)
     with OutputDirLock(cfg.train.output_dir) as lock, tempfile.TemporaryDirectory(prefix="grpo-") as staging:
         if resume_from is not None:
             lock.commit()  # the run's directory already holds its files
         run = setup_run(cfg, resume_from, Path(staging), reward_fns)
-        return _train(run, cfg, progress, timers or Timers(), t_start, baseline_mib, Path(staging), lock, overwrite)
+        return _train(run, cfg, progress, timers or Timers(), t_start, baseline_mib, Path(staging), lock,
+                      overwrite)
 
 
 def start_writing(run: Run, cfg: TrainConfig, lock: OutputDirLock, staging: Path, overwrite: bool) -> None:
@@ -440,10 +473,12 @@ def _train(run: Run, cfg: TrainConfig, progress: bool, timers: Timers, t_start: 
            staging: Path, lock: OutputDirLock, overwrite: bool) -> TrainResult:
     state, device, run_peak = run.state, next(run.model.parameters()).device, 0.0
     I = cfg.train.iterations
-    iteration_starts = {round(i * cfg.train.steps / I) for i in range(1, I)}  # steps where an iteration begins
+    # steps where an iteration begins
+    iteration_starts = {round(i * cfg.train.steps / I) for i in range(1, I)}
+    # held-out accuracy is judged by the accuracy reward itself: no drift
     evaluate = lambda rows: evaluate_accuracy(run.engine, run.tokenizer, rows, run.specs[0].fn,  # noqa: E731
                                               cfg.sampling.max_new_tokens)[0] if run.episodic is None else \
-        run.episodic.evaluate(run.engine, rows, run.specs[0].fn, pool)[0]  # the accuracy reward itself: no drift
+        run.episodic.evaluate(run.engine, rows, run.specs[0].fn, pool)[0]
     heldout = lambda: sharded_accuracy(evaluate, run.task.heldout, run.model, run.dist)  # noqa: E731
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(reward_pool(cfg.rewards.workers))
@@ -455,7 +490,8 @@ def _train(run: Run, cfg: TrainConfig, progress: bool, timers: Timers, t_start: 
                              wandb_project=t.wandb_project if "wandb" in t.report_to else None,
                              config=to_dict(cfg)) if run.dist.is_main else NullLog()
             stack.callback(log.close)
-            return log, stack.enter_context(open(run.out / "samples.jsonl" if run.dist.is_main else os.devnull, "a",
+            return log, stack.enter_context(open(run.out / "samples.jsonl" if run.dist.is_main
+                                                 else os.devnull, "a",
                                                  encoding="utf-8"))
 
         if lock.committed:  # resumed: the directory is the run's already
@@ -464,7 +500,8 @@ def _train(run: Run, cfg: TrainConfig, progress: bool, timers: Timers, t_start: 
         warned = False
         if state.step == 0:
             state.accuracy_before = heldout()
-            stop.signum = agreed_signal(stop.signum, run.dist)  # a signal during it: stop now, nothing to save
+            # a signal during it: stop now, nothing to save
+            stop.signum = agreed_signal(stop.signum, run.dist)
             if stop.signum is not None:
                 raise TrainingInterrupted(stop.signum, 0, None, run.out)
         bar = tqdm(range(state.step, cfg.train.steps), initial=state.step, total=cfg.train.steps, desc="grpo",
@@ -472,9 +509,11 @@ def _train(run: Run, cfg: TrainConfig, progress: bool, timers: Timers, t_start: 
         for step in bar:
             rm_stats = {}
             if step in iteration_starts and run.ref is not None:  # iterative GRPO: pi_ref <- pi_theta
-                run.ref.reset(run.model, full_state_dict(run.model, run.dist, every_rank=True))  # FSDP: gathered
+                # FSDP: gathered
+                run.ref.reset(run.model, full_state_dict(run.model, run.dist, every_rank=True))
             if (step == 0 or step in iteration_starts) and run.rm_trainer is not None:
-                # fresh labelled policy samples (+ replay) -> reward model; FSDP: sampled from the full weights
+                # fresh labelled policy samples (+ replay) -> reward model;
+                # FSDP: sampled from the full weights
                 with timers("reward_model"), full_weights(run.model, run.dist):
                     rm_stats = run.rm_trainer.update(run.engine, run.tokenizer, run.task.train, cfg,
                                                      iteration=sum(s <= step for s in iteration_starts))
@@ -503,7 +542,8 @@ def _train(run: Run, cfg: TrainConfig, progress: bool, timers: Timers, t_start: 
             state.step = step + 1
             checkpoint_or_stop(run, cfg, log, samples, stop)
         acc_after = heldout()
-        final = {"step": cfg.train.steps, "eval/accuracy": acc_after, "eval/accuracy_before": state.accuracy_before}
+        final = {"step": cfg.train.steps, "eval/accuracy": acc_after,
+                 "eval/accuracy_before": state.accuracy_before}
         log.write(final)
         run.history.append(final)
     weights = full_state_dict(run.model, run.dist)  # FSDP: gathered from every rank
@@ -511,5 +551,6 @@ def _train(run: Run, cfg: TrainConfig, progress: bool, timers: Timers, t_start: 
         save_final(run.model, run.tokenizer, run.out, run.rm_trainer, weights)
         plot(run.out, run.history)
     close_distributed(run.dist)
-    return TrainResult(run.out, state.accuracy_before, acc_after, cfg.train.steps, time.perf_counter() - t_start,
+    return TrainResult(run.out, state.accuracy_before, acc_after, cfg.train.steps,
+                       time.perf_counter() - t_start,
                        run.history, max(run_peak, peak_memory_mib(device)))

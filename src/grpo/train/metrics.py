@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +25,8 @@ class Timers:
     hooks its own measurements there (bench/heap_by_phase.py) instead of patching the loop.
     """
 
-    def __init__(self, on_start: Callable[[str], None] | None = None, on_end: Callable[[str], None] | None = None):
+    def __init__(self, on_start: Callable[[str], None] | None = None,
+                 on_end: Callable[[str], None] | None = None):
         self.seconds: dict[str, float] = {}
         self.open: list[str] = []
         self.on_start, self.on_end = on_start, on_end
@@ -107,7 +109,8 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON object per step) and, when asked, TensorBoard scalars and a Weights & Biases run."""
+    """metrics.jsonl (one JSON object per step) and, when asked, TensorBoard scalars
+    and a Weights & Biases run."""
 
     def __init__(self, out_dir: Path, tensorboard: bool = False, name: str = "metrics.jsonl",
                  resumed_at: int = 0, wandb_project: str | None = None, config: dict | None = None):
@@ -121,8 +124,11 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise UserError("TensorBoard logging needs the tensorboard package: pip install tensorboard") from None
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=resumed_at + 1 if resumed_at else None)
+                raise UserError(
+                    "TensorBoard logging needs the tensorboard package: pip install tensorboard"
+                ) from None
+            self.tb = SummaryWriter(str(out_dir / "tensorboard"),
+                                    purge_step=resumed_at + 1 if resumed_at else None)
         self.file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
@@ -155,13 +161,12 @@ def start_wandb(out_dir: Path, project: str, config: dict):
     """A Weights & Biases run writing its files under OUTPUT/wandb, named after the output directory; the
     same run again when resuming (its id is kept in OUTPUT/wandb/grpo-run-id). WANDB_MODE and the other
     WANDB_* variables apply (offline: nothing leaves the machine)."""
-    import secrets
-
-    import wandb
+    import wandb  # optional dependency (grpo[wandb]): config.py checks it is installed when asked for
 
     (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
     id_file = out_dir / "wandb" / WANDB_ID
     run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
     id_file.write_text(run_id)
-    return wandb.init(project=project, name=out_dir.resolve().name, id=run_id, resume="allow", dir=str(out_dir),
+    return wandb.init(project=project, name=out_dir.resolve().name, id=run_id, resume="allow",
+                      dir=str(out_dir),
                       config=config, settings=wandb.Settings(console="off", silent=True))

@@ -17,6 +17,7 @@ policy's own hidden states instead (no second model, the value loss never reache
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,6 @@ class ValueModel(nn.Module):
 
     def __init__(self, policy, shared: bool = False):
         super().__init__()
-        import copy
 
         base = unwrap(policy)
         body = base.get_decoder() if hasattr(base, "get_decoder") else base.model
@@ -96,7 +96,11 @@ class Critic:
 
     def __init__(self, policy, cfg, dist: Dist = SINGLE):
         self.cfg, self.dist = cfg.ppo, dist
-        self.model = ValueModel(policy, shared=self.cfg.value_model == "head").to(next(policy.parameters()).device).train()
+        self.model = (
+            ValueModel(policy, shared=self.cfg.value_model == "head")
+            .to(next(policy.parameters()).device)
+            .train()
+        )
         self.optim = cfg.optim  # betas, weight decay and clipping; the learning rate is ppo.value_lr
         self.optimizer = adamw(self.model.parameters(), self.cfg.value_lr, self.optim)
         self.micro, self.micro_tokens = cfg.train.micro_batch_size, cfg.train.micro_batch_tokens
@@ -127,7 +131,8 @@ class Critic:
         loss_sum = 0.0
         for mb in micro_batches(r, self.micro, self.micro_tokens, self.dist):
             v = self.model(mb.select(r))  # [n, t]
-            loss = value_loss(v, mb.completion(batch.old_values), mb.completion(batch.returns), mb.completion(mask),
+            loss = value_loss(v, mb.completion(batch.old_values), mb.completion(batch.returns),
+                              mb.completion(mask),
                               self.cfg.value_clip, total_tokens=total)
             loss.backward()
             loss_sum += float(loss.detach())

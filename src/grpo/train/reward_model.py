@@ -8,7 +8,8 @@ iteration (so the first iteration gets a reward model fitted to the initial poli
    (a generator seeded by the run's seed and the iteration, so a resumed run draws the same);
 2. label each completion with the rule reward `labeller` (e.g. the accuracy checker);
 3. add `replay` x (number of fresh samples) samples drawn from all earlier ones;
-4. take `train_steps` AdamW steps (the `optim` section's betas, weight decay and clipping) on the mean squared error between the score and the label, so the
+4. take `train_steps` AdamW steps (the `optim` section's betas, weight decay and clipping) on the mean squared
+error between the score and the label, so the
    score estimates the probability that the answer is right.
 
 Logged on the first step of each iteration: `rm/loss_before` (the old model on the new samples, with
@@ -43,13 +44,18 @@ class RewardModelTrainer:
     def scores(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
         """The score with gradients, batch_size texts at a time. [n]"""
         enc = self.rm.encode([p + c for p, c in zip(prompts, completions)])
-        return self.rm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, 0].float()
+        return (
+            self.rm.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+            .logits[:, 0]
+            .float()
+        )
 
     def sample(self, engine, tokenizer, rows: list[dict], G: int, max_new_tokens: int, temperature: float,
                iteration: int) -> list[list]:
         """Fresh labelled samples of the current policy: [prompt, completion, label] each."""
         rng = random.Random(f"{self.seed}:rm:{iteration}")
-        picked = [rows[i] for i in rng.sample(range(len(rows)), min(self.cfg.prompts_per_iteration, len(rows)))]
+        picked = [rows[i] for i in rng.sample(range(len(rows)),
+                                              min(self.cfg.prompts_per_iteration, len(rows)))]
         gen = torch.Generator(device=self.rm.device).manual_seed(rng.randrange(2**31))  # the policy's device
         r = engine.generate(encode_prompts(tokenizer, [x["prompt"] for x in picked]),
                             SamplingParams(max_new_tokens, temperature, 1.0, G), gen)
@@ -73,7 +79,9 @@ class RewardModelTrainer:
         for _ in range(self.cfg.train_steps):
             batch = rng.sample(data, min(self.cfg.train_batch_size, len(data)))
             labels = torch.tensor([y for _, _, y in batch], device=self.rm.device)
-            loss = torch.nn.functional.mse_loss(self.scores([p for p, _, _ in batch], [c for _, c, _ in batch]), labels)
+            loss = torch.nn.functional.mse_loss(
+                self.scores([p for p, _, _ in batch], [c for _, c, _ in batch]), labels
+            )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(list(self.rm.model.parameters()), self.optim)
@@ -94,7 +102,8 @@ class RewardModelTrainer:
         return sum((v > 0.5) == (y >= 0.5) for v, (_, _, y) in zip(s, data)) / max(1, len(data))
 
     def state_dict(self) -> dict:
-        return {"model": self.rm.model.state_dict(), "optimizer": self.optimizer.state_dict(), "history": self.history}
+        return {"model": self.rm.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
         self.rm.model.load_state_dict(state["model"])

@@ -7,6 +7,8 @@ import signal
 import threading
 from contextlib import contextmanager
 
+from grpo.rewards import make_reward_pool
+
 
 @contextmanager
 def reward_pool(workers: int):
@@ -19,7 +21,6 @@ def reward_pool(workers: int):
     if workers == 0:
         yield None
         return
-    from grpo.rewards import make_reward_pool
 
     pool = make_reward_pool(workers)
     main = threading.current_thread() is threading.main_thread()

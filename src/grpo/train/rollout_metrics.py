@@ -22,7 +22,8 @@ from grpo.rollout.engine import Rollout
 logger = logging.getLogger("grpo.train.grpo")  # the loop's logger: its warnings read as the loop's
 
 
-def rollout_metrics(r: Rollout, rewards, per_function: dict, cfg: TrainConfig, accuracy: str | None = None) -> dict:
+def rollout_metrics(r: Rollout, rewards, per_function: dict, cfg: TrainConfig,
+                    accuracy: str | None = None) -> dict:
     """This batch's reward and length metrics; `accuracy` names the reward whose mean is the pass rate."""
     lengths = r.lengths.float()
     out = {
@@ -36,8 +37,11 @@ def rollout_metrics(r: Rollout, rewards, per_function: dict, cfg: TrainConfig, a
     for name, values in per_function.items():
         out[f"reward/{name}"] = float(torch.tensor(values, dtype=torch.float64).nanmean())
     pass_rate = out.get(f"reward/{accuracy}")
-    if pass_rate is not None and pass_rate == pass_rate:  # the share a pass rate alone would leave without signal
-        out["reward/zero_std_expected"] = expected_zero_std_fraction(min(max(pass_rate, 0.0), 1.0), cfg.grpo.G)
+    # the share a pass rate alone would leave without signal
+    if pass_rate is not None and pass_rate == pass_rate:
+        out["reward/zero_std_expected"] = expected_zero_std_fraction(
+            min(max(pass_rate, 0.0), 1.0), cfg.grpo.G
+        )
     return out
 
 
@@ -67,8 +71,9 @@ def warn_if_no_signal(record: dict, cfg: TrainConfig, accuracy: str, warned: boo
     p = record.get(f"reward/{accuracy}", float("nan"))
     expected = record.get("reward/zero_std_expected", float("nan"))
     logger.warning(
-        "grpo: warning: step %d: %.0f%% of the groups have all-equal rewards and give no gradient (%.0f%% expected from "
-        "the pass rate %s = %.1f%% at grpo.G=%d); for more signal try a larger grpo.G, a sampling.temperature "
-        "nearer where the model is most often right, a warm start (grpo sft) or easier prompts",
+        "grpo: warning: step %d: %.0f%% of the groups have all-equal rewards and give no gradient (%.0f%% "
+        "expected from the pass rate %s = %.1f%% at grpo.G=%d); for more signal try a larger grpo.G, a "
+        "sampling.temperature nearer where the model is most often right, a warm start (grpo sft) or easier "
+        "prompts",
         record["step"], 100 * share, 100 * expected, accuracy, 100 * p, cfg.grpo.G)
     return True

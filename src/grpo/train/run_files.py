@@ -1,17 +1,25 @@
 """What a run writes besides metrics and checkpoints: its directory and resolved config, sample completions,
-the final model (and a retrained reward model), the training plot. Every write failure is one `UserError` line."""
+the final model (and a retrained reward model), the training plot. Every write
+failure is one `UserError` line."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import shutil
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 from grpo.config import save_config
 from grpo.errors import UserError
+from grpo.models.loading import is_lora, unsharded_copy
+from grpo.plotting import plot_training
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "checkpoints", "final", "final.tmp", "tiny-init",
+RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "checkpoints", "final", "final.tmp",
+             "tiny-init",
              "tensorboard", "wandb", "training.png", "reward_model")
 """What `grpo train` and `grpo sft` write in their output directory (besides the lock file): what --overwrite
 removes, and what marks a directory as holding a run."""
@@ -30,15 +38,13 @@ def refuse_existing_run(path: str | Path, overwrite: bool, key: str) -> None:
     found = run_files_in(path)
     if found and not overwrite:
         kind = "finished run" if "final" in found else "run"
-        raise UserError(f"{key} {path} already holds a {kind} ({', '.join(found)}); replace it with --overwrite "
-                        f"(Python: overwrite=True), or choose another {key}")
+        raise UserError(f"{key} {path} already holds a {kind} ({', '.join(found)}); replace it with "
+                        f"--overwrite (Python: overwrite=True), or choose another {key}")
 
 
 def prepare_output_dir(path: str | Path, cfg, overwrite: bool = False) -> Path:
     """Create the run directory (checked writable up front) and save the resolved config in it.
     overwrite: first remove the RUN_FILES an earlier run left there (nothing else in the directory)."""
-    import shutil
-
     out = Path(path)
     try:
         for name in RUN_FILES if overwrite else ():
@@ -61,16 +67,10 @@ def save_model(model, tokenizer, path: Path, state_dict: dict | None = None) -> 
     """save_pretrained into a temporary directory, then rename: a crash never leaves half a model.
 
     state_dict: the weights to write instead of the model's own (FSDP: the gathered full weights)."""
-    import shutil
-
-    from grpo.models.loading import is_lora, unsharded_copy
-
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     if is_lora(model):  # the adapter alone, and the merged model that plain transformers loads
-        import copy
-
         if state_dict is not None:  # FSDP: this process holds shards; an unsharded copy from the full weights
             model = unsharded_copy(model, state_dict)
         model.save_pretrained(tmp / "adapter")
@@ -97,8 +97,6 @@ def write_samples(samples, step: int, rows: list[dict], texts: list[str], reward
 def save_final(model, tokenizer, out: Path, rm_trainer=None, state_dict: dict | None = None) -> None:
     """OUT/final (the policy; `state_dict`: its full weights where the model holds FSDP shards) and, with a
     retrained reward model, OUT/reward_model (loadable as rewards.model.path)."""
-    from safetensors import SafetensorError
-
     try:
         save_model(model, tokenizer, out / "final", state_dict)
         if rm_trainer is not None:
@@ -109,6 +107,4 @@ def save_final(model, tokenizer, out: Path, rm_trainer=None, state_dict: dict | 
 
 
 def plot(out: Path, history: list[dict]) -> None:
-    from grpo.plotting import plot_training
-
     plot_training(history, out / "training.png")

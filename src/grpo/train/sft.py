@@ -35,7 +35,7 @@ from grpo.train.episodes import Episodic
 from grpo.train.evaluation import evaluate_accuracy
 from grpo.train.metrics import MetricsLog
 from grpo.train.optim import make_optimizer
-from grpo.train.batch import seed_everything
+from grpo.utils.seeding import seed_everything
 from grpo.train.run_files import prepare_output_dir, refuse_existing_run, save_model
 from grpo.train.update import micro_batches
 
@@ -60,7 +60,9 @@ class SFTResult:
 def encode_pairs(tokenizer, prompts: list[str], targets: list[str]):
     """Rollout layout for teacher forcing: left-padded prompts, right-padded target + EOS."""
     p_ids, p_mask = pad_left(encode_prompts(tokenizer, prompts), tokenizer.pad_token_id)  # [B, P]
-    tgt = [ids + [tokenizer.eos_token_id] for ids in tokenizer(targets, add_special_tokens=False)["input_ids"]]
+    tgt = [
+        ids + [tokenizer.eos_token_id] for ids in tokenizer(targets, add_special_tokens=False)["input_ids"]
+    ]
     T = max(map(len, tgt))
     c_ids = torch.full((len(tgt), T), tokenizer.pad_token_id, dtype=torch.long)  # [B, T]
     c_mask = torch.zeros((len(tgt), T), dtype=torch.long)
@@ -87,14 +89,16 @@ def _accumulate_nll(model, r: Rollout, s, ctx, optimizer) -> float:
     return loss_sum
 
 
-def continuation_overrides(cfg: SFTConfig, first: SFTResult, seconds: float, output_dir: str | Path) -> list[str]:
+def continuation_overrides(cfg: SFTConfig, first: SFTResult, seconds: float,
+                           output_dir: str | Path) -> list[str]:
     """`grpo sft` overrides (of `cfg`, the config `first` ran with) that continue `first` for `seconds` of
     training steps: from its best model, on the rows it did not reach (same seed and batch size), with its
     own warm-up and decay over a horizon sized by `first`'s seconds per step, at least 4 evaluations, the
     best of them kept. The compute-matched baseline of an RL stage that took `seconds` (`sft_more`)."""
     per_step = first.train_seconds / max(first.steps, 1)
     steps = max(2, round(seconds / per_step)) if per_step > 0 else cfg.sft.max_steps
-    return [f"model.path={first.model_dir}", f"sft.output_dir={output_dir}", f"sft.start_row={first.rows_seen}",
+    return [f"model.path={first.model_dir}", f"sft.output_dir={output_dir}",
+            f"sft.start_row={first.rows_seen}",
             f"sft.max_seconds={seconds:.3f}", f"sft.max_steps={steps}",
             f"sft.eval_every={max(1, min(cfg.sft.eval_every, -(-steps // 4)))}", "sft.patience=0",
             f"optim.warmup_steps={min(cfg.optim.warmup_steps, steps // 5)}"]
@@ -124,8 +128,12 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
             raise UserError(f"sft.target_column: {s.target_column!r} is not a column of {cfg.data.source} "
                             f"(columns: {', '.join(sorted(task.train[0]))})")
         if s.train_rows:  # a few demonstrations only: a fixed choice per seed
-            task.train = [task.train[i] for i in random.Random(f"rows-{s.seed}").sample(range(len(task.train)),
-                                                                                      min(s.train_rows, len(task.train)))]
+            task.train = [
+                task.train[i]
+                for i in random.Random(f"rows-{s.seed}").sample(
+                    range(len(task.train)), min(s.train_rows, len(task.train))
+                )
+            ]
         checker = load_reward_function(s.eval_reward)
         out = prepare_output_dir(s.output_dir, cfg, overwrite)
         if tiny_dir.exists():
@@ -153,7 +161,8 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
         rows = [task.train[i] for i in next(order)]
         targets = [r[s.target_column] for r in rows]
         if isinstance(targets[0], list):  # demonstrated episodes (chat messages with tool turns)
-            pairs = encode_demonstrations(tokenizer, encode_prompts(tokenizer, [r["prompt"] for r in rows]), targets,
+            pairs = encode_demonstrations(tokenizer, encode_prompts(tokenizer, [r["prompt"] for r in rows]),
+                                          targets,
                                           tokenizer.eos_token_id, tokenizer.pad_token_id).to(device)
         else:
             batch = [t.to(device) for t in encode_pairs(tokenizer, [r["prompt"] for r in rows], targets)]
@@ -166,7 +175,8 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
         scheduler.step()
         train_seconds += time.perf_counter() - t0
         out_of_time = s.max_seconds is not None and train_seconds >= s.max_seconds
-        record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0], "train_seconds": train_seconds}
+        record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                  "train_seconds": train_seconds}
         if step % s.eval_every == 0 or step == s.max_steps or out_of_time:
             acc = accuracy(choice_rows)
             record["eval/accuracy"] = acc
@@ -182,7 +192,8 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
     if best[2] is not None:
         model.load_state_dict(best[2])
     rows_seen = s.start_row + step * s.batch_size
-    log.write({"step": step, "best_step": best[1], "eval/best_accuracy": best[0], "train_seconds": train_seconds,
+    log.write({"step": step, "best_step": best[1], "eval/best_accuracy": best[0],
+               "train_seconds": train_seconds,
                "rows_seen": rows_seen, "chose_on_validation": bool(task.validation),
                "seconds": time.perf_counter() - t_start})
     log.close()

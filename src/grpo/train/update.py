@@ -50,7 +50,8 @@ class MicroBatch(NamedTuple):
     rows: torch.Tensor
     """[n] indices into the batch; the rows of one prompt are consecutive."""
     prompt_len: int
-    """The last prompt_len prompt columns (prompts are left-padded): these rows' longest prompt (at least 1)."""
+    """The last prompt_len prompt columns (prompts are left-padded): these rows'
+    longest prompt (at least 1)."""
     completion_len: int
     """The first completion_len completion columns: these rows' longest completion (at least 1)."""
 
@@ -63,7 +64,8 @@ class MicroBatch(NamedTuple):
 
     def select(self, r: Rollout) -> Rollout:
         """The rows and columns of `r` this micro-batch takes."""
-        return Rollout(self.prompt(r.prompt_ids), self.prompt(r.prompt_mask), self.completion(r.completion_ids),
+        return Rollout(self.prompt(r.prompt_ids), self.prompt(r.prompt_mask),
+                       self.completion(r.completion_ids),
                        self.completion(r.completion_mask), r.truncated[self.rows])
 
     @property
@@ -72,7 +74,8 @@ class MicroBatch(NamedTuple):
         return len(self.rows) * (self.prompt_len + self.completion_len)
 
 
-def micro_batches(r: Rollout, size: int, max_tokens: int | None = None, dist: Dist = SINGLE) -> list[MicroBatch]:
+def micro_batches(r: Rollout, size: int, max_tokens: int | None = None,
+                  dist: Dist = SINGLE) -> list[MicroBatch]:
     """Split the batch `r` into micro-batches of at most `size` rows (and, with max_tokens, at most that
     many padded tokens, rows x (prompt + completion columns); a row longer than that goes alone).
 
@@ -88,7 +91,8 @@ def micro_batches(r: Rollout, size: int, max_tokens: int | None = None, dist: Di
     """
     lens = r.completion_mask.sum(1).tolist()  # [N]
     prompt_lens = r.prompt_mask.sum(1).tolist()  # [N]
-    widths = lambda rows: (max(1, max(prompt_lens[i] for i in rows)), max(1, max(lens[i] for i in rows)))  # noqa: E731
+    widths = lambda rows: (max(1, max(prompt_lens[i] for i in rows)),  # noqa: E731
+                           max(1, max(lens[i] for i in rows)))
     group = prompt_groups(r.prompt_ids, r.prompt_mask)[1].tolist()  # [N] run of identical prompts
     longest = {}
     for g, n in zip(group, lens):
@@ -97,7 +101,8 @@ def micro_batches(r: Rollout, size: int, max_tokens: int | None = None, dist: Di
     cuts, current, P, T = [], [], 1, 1  # P, T: the current micro-batch's longest prompt and completion
     for i in order:
         p, t = max(P, prompt_lens[i]), max(T, lens[i])
-        if current and (len(current) == size or (max_tokens is not None and (len(current) + 1) * (p + t) > max_tokens)):
+        if current and (len(current) == size
+                        or (max_tokens is not None and (len(current) + 1) * (p + t) > max_tokens)):
             cuts.append(current)
             current, p, t = [], max(1, prompt_lens[i]), max(1, lens[i])
         current.append(i)
@@ -111,8 +116,9 @@ def micro_batches(r: Rollout, size: int, max_tokens: int | None = None, dist: Di
         while len(cuts) < wanted:
             splittable = [c for c in cuts if len(c) > 1]
             if not splittable:
-                raise RuntimeError(f"rank {dist.rank}: {len(order)} rows cannot make the {wanted} micro-batches "
-                                   "another rank needs (every rank should hold the same number of rows)")
+                raise RuntimeError(f"rank {dist.rank}: {len(order)} rows cannot make the {wanted} "
+                                   "micro-batches another rank needs (every rank should hold the same number "
+                                   "of rows)")
             big = max(splittable, key=lambda c: len(c) * sum(widths(c)))
             k = cuts.index(big)
             cuts[k:k + 1] = [big[:len(big) // 2], big[len(big) // 2:]]
@@ -220,7 +226,8 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
         with timers("forward"), ctx():
             lp = completion_logprobs(model, mb.prompt(r.prompt_ids), mb.prompt(r.prompt_mask),
                                      mb.completion(r.completion_ids), mb.completion(r.completion_mask),
-                                     cfg.sampling.temperature, with_entropy=True, entropy_grad=g.entropy_coef != 0)
+                                     cfg.sampling.temperature, with_entropy=True,
+                                     entropy_grad=g.entropy_coef != 0)
         logp, mb_mask, mb_policy = lp.logp.float(), mb.completion(loss_mask), mb.completion(mask)  # [n, t]
         old = logp.detach() if old_logp is None else mb.completion(old_logp)  # [n, t]
         weights, sampler = (None, {}) if r.logp is None else \
@@ -228,7 +235,8 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
         loss, m = policy_loss(
             logp, old, mb.completion(adv), mb_mask,
             eps_low=g.eps_low, eps_high=g.eps_high, aggregation=g.aggregation,
-            ref_logp=None if ref_logp is None else mb.completion(ref_logp), beta=beta, ratio_level=g.ratio_level,
+            ref_logp=None if ref_logp is None else mb.completion(ref_logp), beta=beta,
+            ratio_level=g.ratio_level,
             max_completion_length=cfg.sampling.max_new_tokens, token_weights=weights,
             entropy=lp.entropy.float(), entropy_coef=g.entropy_coef, **totals)
         loss.backward()
@@ -238,7 +246,8 @@ def update_policy(model, optimizer, r: Rollout, adv, ref_logp, old_logp, cfg: Tr
         share = float(mb_mask.sum()) / totals["total_tokens"]
         policy_share = float(mb_policy.sum()) / policy_tokens
         means = {**{k: (v, 1.0 if k in ("loss", "pg_loss") else share) for k, v in m.items()},
-                 "loss": (loss.detach(), 1.0), "entropy": (masked_mean(lp.entropy.detach(), mb_policy), policy_share)}
+                 "loss": (loss.detach(), 1.0),
+                 "entropy": (masked_mean(lp.entropy.detach(), mb_policy), policy_share)}
         for k, v in sampler.items():
             if k.endswith("_max"):
                 maxima[k] = max(maxima.get(k, 0.0), float(v))

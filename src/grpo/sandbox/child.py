@@ -1,6 +1,6 @@
-"""The child side of the code sandbox (`grpo.rewards.code`): isolate, limit, run, report.
+"""The child side of the code sandbox (`grpo.sandbox.run`): isolate, limit, run, report.
 
-Not imported at run time: `grpo.rewards.code` passes this file's text to
+Not imported at run time: `grpo.sandbox.run` passes this file's text to
 `python -I -S -c <text>`, so it uses the standard library only. The parent writes one JSON object
 to stdin (the code, the tests and the limits, see `run_python_sandboxed`); this process then
 

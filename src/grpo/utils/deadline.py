@@ -1,4 +1,4 @@
-"""Run a Python call with a wall-clock limit, from any thread, in any process.
+"""Run a Python call with a wall-clock limit, from any thread, in any process (rewards and tools use it).
 
 math-verify's own timeouts use `signal.alarm`, which only works in the main thread of the main
 interpreter: called from a trainer's worker thread it raises instead of checking. So every caller in

@@ -35,18 +35,32 @@ train (an interrupted reproduce continues; a deleted run directory is trained ag
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from grpo.config import DemoConfig, SFTConfig, TrainConfig, load_config, save_config, to_dict
+import torch
+
+from grpo.config import (DataConfig, DemoConfig, ModelConfig, SFTConfig, TrainConfig, load_config,
+                         save_config, to_dict)
+from grpo.data import load_task
 from grpo.errors import UserError
+from grpo.models.loading import load_policy
+from grpo.plan import Architecture, PlanInput, plan_memory
 from grpo.plotting import plot_reproduce
+from grpo.rewards import load_reward_function
+from grpo.rewards.math import make_math_accuracy
 from grpo.stats import binomial_ci, mean_ci, mean_std, verdict
-from grpo.train.sft import continuation_overrides
+from grpo.train.episodes import tool_use_report
+from grpo.train.evaluation import EvalResult, answer_equivalence, answer_extractor, evaluate_policy
+from grpo.train.sft import SFTResult, continuation_overrides
 
 METHODS = {
     "grpo": ["algorithm=grpo"],
@@ -81,7 +95,8 @@ CLAIMS = [("GRPO beats more SFT at equal compute (GRPO − sft_more)", "grpo", S
           ("GRPO beats online RFT (GRPO − RFT)", "grpo", "rft"),
           ("iterative GRPO adds to one run (iterative − GRPO)", "iterative", "grpo")]
 """The paper's claims that compare two models' accuracy: (claim, model a, model b), held when a - b > 0."""
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1",
+              "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
 """Freed tensors go back to the OS at once, so a process's peak RSS follows its live memory
 (docs/memory.md), and oneDNN keeps no per-shape buffers (as in the planner's validation)."""
 
@@ -157,8 +172,8 @@ def _reusable(job: Job, run_dir: Path, cls, config: Path, overrides: list[str]) 
     differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
     if differ:
         key = differ[0]
-        raise UserError(f"--reuse: {run_dir} was trained with {key}={have.get(key)!r}, this reproduce asks for "
-                        f"{want.get(key)!r}; delete {run_dir} to train it again, or drop --reuse")
+        raise UserError(f"--reuse: {run_dir} was trained with {key}={have.get(key)!r}, this reproduce asks "
+                        f"for {want.get(key)!r}; delete {run_dir} to train it again, or drop --reuse")
     return json.loads(job.record.read_text())["seconds"]
 
 
@@ -175,9 +190,6 @@ def accuracy_checkers(reward_fn: str, options: dict) -> dict:
     """Extra greedy checkers beside the reward's own: `strict` reads the answer only where the format puts
     it (GSM8K's `#### N` line, MATH's last box; the built-in task's answer tag, its reward itself) and
     `lenient` takes the last number anywhere, so that a format gain is not read as a reasoning gain."""
-    from grpo.rewards import load_reward_function
-    from grpo.rewards.math import make_math_accuracy
-
     if reward_fn == "arithmetic_accuracy":
         return {"strict": load_reward_function(reward_fn, options),
                 "lenient": make_math_accuracy(gold_style="plain", pred_source="last_number")}
@@ -195,11 +207,9 @@ def accuracy_checkers(reward_fn: str, options: dict) -> dict:
 def _evaluate_episodes(path: str, rl_config: str, seed: int):
     """A multi-turn task's evaluation: greedy episodes on the test split (`tool_use_report`), the tool-call
     share beside the accuracy; no sampled completions, so no pass@k or maj@k."""
-    from grpo.evaluate import EvalResult
-    from grpo.train.episodes import tool_use_report
-
     report = tool_use_report(path, load_config(TrainConfig, rl_config, [f"train.seed={seed}"]))["all"]
-    return EvalResult(greedy_accuracy=report["accuracy"], pass_at_k={}, maj_at_k={}, sample_accuracy=float("nan"),
+    return EvalResult(greedy_accuracy=report["accuracy"], pass_at_k={}, maj_at_k={},
+                      sample_accuracy=float("nan"),
                       n=0, num_prompts=report["rows"], greedy_by_checker={"tool_calls": report["called"]})
 
 
@@ -208,16 +218,6 @@ def _evaluate_job(path: str, data: dict, reward_fn: str, reward_options: dict, n
                   rl_config: str | None = None):
     """One model's evaluation, in a worker process when --jobs > 1 (arguments are plain data). The test
     prompts are rendered with this model's own tokenizer (its chat template, its special tokens)."""
-    import tempfile
-
-    import torch
-
-    from grpo.config import DataConfig, ModelConfig
-    from grpo.data import load_task
-    from grpo.evaluate import answer_equivalence, answer_extractor, evaluate_policy
-    from grpo.models.loading import load_policy
-    from grpo.rewards import load_reward_function
-
     if threads:
         torch.set_num_threads(threads)
     if rl_config is not None:  # multi-turn: greedy episodes with the tools (no sampled completions)
@@ -226,17 +226,18 @@ def _evaluate_job(path: str, data: dict, reward_fn: str, reward_options: dict, n
         model, tokenizer = load_policy(ModelConfig(path=path), Path(tiny_dir))
     rows = load_task(DataConfig(**data), tokenizer, data_seed).heldout
     return evaluate_policy(model.eval(), tokenizer, rows, load_reward_function(reward_fn, reward_options),
-                           answer_extractor(reward_fn, reward_options), n=n, ks=ks, max_new_tokens=max_new_tokens,
+                           answer_extractor(reward_fn, reward_options), n=n, ks=ks,
+                           max_new_tokens=max_new_tokens,
                            seed=seed, equivalent=answer_equivalence(reward_fn, reward_options),
-                           sample_prompts=sample_prompts, greedy_checkers=accuracy_checkers(reward_fn, reward_options))
+                           sample_prompts=sample_prompts,
+                           greedy_checkers=accuracy_checkers(reward_fn, reward_options))
 
 
 def _evaluate_all(todo: dict, jobs: int, threads: int, **kw) -> dict:
     """key -> EvalResult for every (model path, sampling seed) in `todo`, `jobs` processes at a time."""
     if jobs == 1:
-        return {key: _evaluate_job(str(path), seed=seed, threads=threads, **kw) for key, (path, seed) in todo.items()}
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+        return {key: _evaluate_job(str(path), seed=seed, threads=threads, **kw)
+                for key, (path, seed) in todo.items()}
 
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {key: pool.submit(_evaluate_job, str(path), seed=seed, threads=threads, **kw)
@@ -253,7 +254,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     if unknown:
         raise UserError(f"--methods: unknown method {unknown[0]!r} (known: {', '.join(known)})")
     if SFT_MORE in methods and "grpo" not in methods:
-        raise UserError(f"--methods: {SFT_MORE} trains for as long as the grpo stage did; add grpo to --methods")
+        raise UserError(f"--methods: {SFT_MORE} trains for as long as the grpo stage did; add grpo to "
+                        "--methods")
     ks = sorted(set(ks))
     if n < 1 or not ks or ks[0] < 1 or ks[-1] > n:
         raise UserError(f"--k: every k must be in 1..--n ({n})")
@@ -264,9 +266,9 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     t_start = time.perf_counter()
     cfg = load_config(DemoConfig, config, overrides)
     if not cfg.sft.data.num_validation and not sft_dir:
-        raise UserError("grpo reproduce: sft_best chooses its checkpoint on a validation split and never reads "
-                        "the test split; set sft.data.num_validation (and rl.data.num_validation, so that GRPO "
-                        "does not train on those rows either)")
+        raise UserError("grpo reproduce: sft_best chooses its checkpoint on a validation split and never "
+                        "reads the test split; set sft.data.num_validation (and rl.data.num_validation, so "
+                        "that GRPO does not train on those rows either)")
     if config is None and not any(o.startswith("output_dir=") for o in overrides):
         cfg.output_dir = "runs/reproduce"  # not the demo's directory
     out = Path(cfg.output_dir)
@@ -292,7 +294,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
         else:
             d = out / f"seed{i}" / "sft"
             args = [f"sft.seed={cfg.sft.sft.seed + i}", f"sft.output_dir={d}", *NO_TEST]
-            job = Job(f"SFT seed {i}", [*py, "sft", "-q", "--overwrite", "--config", str(out / "sft.yaml"), *args],
+            job = Job(f"SFT seed {i}",
+                      [*py, "sft", "-q", "--overwrite", "--config", str(out / "sft.yaml"), *args],
                       d.parent / "sft.log")
             if reuse and _reusable(job, d, SFTConfig, out / "sft.yaml", args) is not None:
                 sfts[i] = _finished_sft(d)
@@ -308,8 +311,10 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     rl, rl_methods = cfg.rl, [m for m in methods if m in METHODS]
     print(f"[2/4] {', '.join(LABELS[m] for m in rl_methods)} ({rl.train.steps} steps, "
           f"{rl.train.prompts_per_step} prompts x G={rl.grpo.G}), {jobs} at a time", flush=True)
-    rl_args = {(i, m): [*METHODS[m], f"model.path={cfg.sft.model.path if m == 'grpo_base' else sfts[i].model_dir}",
-                        f"train.output_dir={out / f'seed{i}' / m}", f"train.seed={rl.train.seed + i}", *NO_TEST]
+    rl_args = {(i, m): [*METHODS[m],
+                        f"model.path={cfg.sft.model.path if m == 'grpo_base' else sfts[i].model_dir}",
+                        f"train.output_dir={out / f'seed{i}' / m}", f"train.seed={rl.train.seed + i}",
+                        *NO_TEST]
                for i in offsets for m in rl_methods}
     rl_jobs = {(i, m): Job(f"{LABELS[m]} seed {i}",
                            [*py, "train", "-q", "--overwrite", "--config", str(out / "rl.yaml"), *args],
@@ -320,13 +325,21 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
 
     more = {}
     if SFT_MORE in methods:
-        print(f"[3/4] {LABELS[SFT_MORE]}: SFT from sft_best for as long as each seed's GRPO training steps took",
+        print(f"[3/4] {LABELS[SFT_MORE]}: SFT from sft_best for as long as each seed's GRPO training steps "
+              "took",
               flush=True)
-        more_args = {(i, SFT_MORE): [*continuation_overrides(cfg.sft, sfts[i], runs[(i, "grpo")]["train_seconds"],
-                                                             out / f"seed{i}" / SFT_MORE),
-                                     f"sft.seed={cfg.sft.sft.seed + i}", "sft.train_rows=null",
-                                     *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else []),
-                                     *NO_TEST] for i in offsets}
+        more_args = {
+            (i, SFT_MORE): [
+                *continuation_overrides(
+                    cfg.sft, sfts[i], runs[(i, "grpo")]["train_seconds"], out / f"seed{i}" / SFT_MORE
+                ),
+                f"sft.seed={cfg.sft.sft.seed + i}",
+                "sft.train_rows=null",
+                *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else []),
+                *NO_TEST,
+            ]
+            for i in offsets
+        }
         more_jobs = {key: Job(f"{LABELS[SFT_MORE]} seed {key[0]}",
                               [*py, "sft", "-q", "--overwrite", "--config", str(out / "sft.yaml"), *args],
                               out / f"seed{key[0]}" / f"{SFT_MORE}.log") for key, args in more_args.items()}
@@ -338,7 +351,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
 
     print("[4/4] evaluating every model on the test split", flush=True)
     first = rl.rewards.functions[0]
-    models = ({(i, "sft"): sfts[i].model_dir for i in offsets} | {key: run["model"] for key, run in runs.items()}
+    models = ({(i,
+                "sft"): sfts[i].model_dir for i in offsets} | {key: run["model"] for key, run in runs.items()}
               | {key: r.model_dir for key, r in more.items()})
     todo = {key: (path, rl.train.seed + key[0]) for key, path in models.items()}  # sampling seeded per seed
     evals = _evaluate_all(todo, jobs, threads, data=to_dict(rl.data), reward_fn=first.fn,
@@ -346,7 +360,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
                           data_seed=rl.train.seed, sample_prompts=sample_prompts,
                           rl_config=str(out / "rl.yaml") if rl.rollout.multi_turn else None)
     names = ("sft", *rl_methods, *([SFT_MORE] if more else []))
-    per_seed = {i: {name: _row(evals[(i, name)], runs.get((i, name)), sfts[i] if name == "sft" else more.get((i, name)))
+    per_seed = {i: {name: _row(evals[(i, name)], runs.get((i, name)),
+                               sfts[i] if name == "sft" else more.get((i, name)))
                     for name in names} for i in offsets}
     (out / "results.json").write_text(json.dumps({"seeds": offsets, "per_seed": per_seed}, indent=2))
     plots = plot_reproduce(out, runs, sfts, evals, offsets, rl_methods, ks, LABELS, names)
@@ -378,7 +393,8 @@ def _reused(jobs: dict, args: dict, out: Path, cls, config: Path) -> dict[str, f
 
 
 def _row(e, run: dict | None, s) -> dict:
-    row = {"greedy_accuracy": e.greedy_accuracy, "sample_accuracy": e.sample_accuracy, "num_prompts": e.num_prompts,
+    row = {"greedy_accuracy": e.greedy_accuracy, "sample_accuracy": e.sample_accuracy,
+           "num_prompts": e.num_prompts,
            "num_sampled_prompts": e.num_sampled_prompts, "pass_at_k": e.pass_at_k, "maj_at_k": e.maj_at_k,
            **{EXTRA_KEYS[name]: v for name, v in e.greedy_by_checker.items()}}
     if run is not None:
@@ -410,15 +426,18 @@ def _claim_rows(per_seed: dict, kmax: int, test_n: int) -> tuple[list[str], list
     for text, a, b in claims:
         diffs = [100 * (x - y) for x, y in zip(acc(a), acc(b))]
         rows.append(claim_row(text, diffs, mean_std(acc(a) + acc(b))[0], test_n))
-        for kind in ("strict", "lenient"):  # the same claim when only the formatted answer, or any last number, counts
+        # the same claim when only the formatted answer, or any last number, counts
+        for kind in ("strict", "lenient"):
             key = f"{kind}_accuracy"
             if SFT_MORE in (a, b) and key in per_seed[seeds[0]][a]:
                 diffs = [100 * (x - y) for x, y in zip(acc(a, key), acc(b, key))]
-                rows.append(claim_row(f"{text}, {kind}", diffs, mean_std(acc(a, key) + acc(b, key))[0], test_n))
+                rows.append(claim_row(f"{text}, {kind}", diffs, mean_std(acc(a, key) + acc(b, key))[0],
+                                      test_n))
     if "grpo" in names and per_seed[seeds[0]]["grpo"]["pass_at_k"]:  # §5.2.2: maj@K rises more than pass@K
         s = lambda m, key: [per_seed[i][m][key][kmax] for i in seeds]  # noqa: E731
         diffs = [100 * ((gm - sm) - (gp - sp)) for gm, sm, gp, sp in
-                 zip(s("grpo", "maj_at_k"), s("sft", "maj_at_k"), s("grpo", "pass_at_k"), s("sft", "pass_at_k"))]
+                 zip(s("grpo", "maj_at_k"), s("sft", "maj_at_k"), s("grpo", "pass_at_k"),
+                     s("sft", "pass_at_k"))]
         rows.append(claim_row(f"RL lifts maj@{kmax} more than pass@{kmax} (GRPO's maj@{kmax} gain − its "
                                f"pass@{kmax} gain)", diffs, 0.5, test_n))
     notes = []
@@ -432,17 +451,18 @@ def _claim_rows(per_seed: dict, kmax: int, test_n: int) -> tuple[list[str], list
         ratios = [x / y for x, y in zip(g, p)]
         gs, ps = (mean_std([per_seed[i][m]["state_mib"] for i in seeds])[0] for m in ("grpo", "ppo"))
         notes.append(f"- Less memory without a value model: GRPO's peak memory is {min(ratios):.2f}-"
-                     f"{max(ratios):.2f}x PPO's over the seeds ({_mean(g)} vs {_mean(p)} MiB above the runtime, "
-                     f"mean; {'holds on every seed' if max(ratios) <= 0.75 else 'NOT met on every seed'}: the "
-                     f"target is <= 0.75x). Model state alone (weights, gradients, Adam moments, reference, value "
-                     f"model): {gs:.1f} vs {ps:.1f} MiB ({gs / ps:.2f}x). At 7B parameters `grpo plan` gives "
-                     f"{_plan_line()}.")
+                     f"{max(ratios):.2f}x PPO's over the seeds ({_mean(g)} vs {_mean(p)} MiB above the "
+                     "runtime, mean; "
+                     f"{'holds on every seed' if max(ratios) <= 0.75 else 'NOT met on every seed'}: the "
+                     "target is <= 0.75x). Model state alone (weights, gradients, Adam moments, reference, "
+                     f"value model): {gs:.1f} vs {ps:.1f} MiB ({gs / ps:.2f}x). At 7B parameters `grpo plan` "
+                     f"gives {_plan_line()}.")
     notes.append(f"- Noise: the test split has {test_n} problems (one problem = {100 / test_n:.2f} points); "
-                 + ("the interval is the 95% Student-t interval of the mean of the per-seed differences, so it "
-                    "carries the spread of training (SFT and RL) and of the test set's sampling together."
+                 + ("the interval is the 95% Student-t interval of the mean of the per-seed differences, so "
+                    "it carries the spread of training (SFT and RL) and of the test set's sampling together."
                     if len(seeds) > 1 else
-                    "with one seed the interval is the test set's binomial noise only (training's own spread is "
-                    "not measured: run more --seeds)."))
+                    "with one seed the interval is the test set's binomial noise only (training's own spread "
+                    "is not measured: run more --seeds)."))
     return rows, notes
 
 
@@ -463,29 +483,42 @@ def _markdown(per_seed: dict, cfg: DemoConfig, sfts: dict, plots: list[str], n: 
     col = lambda name, key, k=None: [per_seed[i][name][key] if k is None  # noqa: E731
                                      else per_seed[i][name][key].get(k, float("nan")) for i in seeds]
     kinds = [k for k in EXTRA_KEYS if EXTRA_KEYS[k] in per_seed[seeds[0]][names[0]]]
-    rows = [f"| model | greedy acc. | {''.join(f'{k} | ' for k in kinds)}sampled acc. | maj@{kmax} | pass@{kmax} "
-            "| peak memory of the run | model state | training time | wall time | models held |",
+    rows = [f"| model | greedy acc. | {''.join(f'{k} | ' for k in kinds)}sampled acc. | maj@{kmax} | "
+            f"pass@{kmax} | peak memory of the run | model state | training time | wall time | models held |",
             "|---|---|" + "---|" * len(kinds) + "---|---|---|---|---|---|---|---|"]
     for name in names:
-        mib = lambda key, f=".0f": f"{_mean(col(name, key), f)} MiB" if key in per_seed[seeds[0]][name] else "-"  # noqa: E731
+        mib = lambda key, f=".0f": (  # noqa: E731
+            f"{_mean(col(name, key), f)} MiB" if key in per_seed[seeds[0]][name] else "-")
         rows.append(f"| {LABELS[name]} | {_pct(col(name, 'greedy_accuracy'))} | "
                     + "".join(f"{_pct(col(name, EXTRA_KEYS[k]))} | " for k in kinds)
                     + f"{_pct(col(name, 'sample_accuracy'))} | {_pct(col(name, 'maj_at_k', kmax))} | "
-                    f"{_pct(col(name, 'pass_at_k', kmax))} | {mib('run_peak_mib')} | {mib('state_mib', '.1f')} | "
-                    f"{_mean(col(name, 'train_seconds'))} s | {_mean(col(name, 'seconds'))} s | {MODELS_HELD[name]} |")
+                    f"{_pct(col(name, 'pass_at_k', kmax))} | {mib('run_peak_mib')} | "
+                    f"{mib('state_mib', '.1f')} | {_mean(col(name, 'train_seconds'))} s | "
+                    f"{_mean(col(name, 'seconds'))} s | {MODELS_HELD[name]} |")
     by_seed = ["| model | " + " | ".join(f"seed {i}" for i in seeds) + " |", "|---|" + "---|" * len(seeds)]
     for name in names:
-        by_seed.append(f"| {LABELS[name]} | " + " | ".join(f"{100 * v:.1f}%" for v in col(name, "greedy_accuracy")) + " |")
+        by_seed.append(
+            f"| {LABELS[name]} | "
+            + " | ".join(f"{100 * v:.1f}%" for v in col(name, "greedy_accuracy"))
+            + " |"
+        )
     curve = ["| model | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
     for name in names:
-        curve.append(f"| {LABELS[name]} maj@k | " + " | ".join(_pct(col(name, "maj_at_k", k)) for k in ks) + " |")
-        curve.append(f"| {LABELS[name]} pass@k | " + " | ".join(_pct(col(name, "pass_at_k", k)) for k in ks) + " |")
+        curve.append(
+            f"| {LABELS[name]} maj@k | " + " | ".join(_pct(col(name, "maj_at_k", k)) for k in ks) + " |"
+        )
+        curve.append(
+            f"| {LABELS[name]} pass@k | " + " | ".join(_pct(col(name, "pass_at_k", k)) for k in ks) + " |"
+        )
     claims, notes = _claim_rows(per_seed, kmax, test_n)
     rl, sd, s0 = cfg.rl, cfg.rl.data, cfg.sft
     spread = "mean ± standard deviation over the seeds" if len(seeds) > 1 else "one seed: no spread measured"
     if sd.source == "builtin:arithmetic":
-        task = (f"builtin:arithmetic with {sd.task_steps} operations per problem, values in 0..{sd.task_max_value}, "
-                f"steps of 1..{sd.task_max_delta}" + (", doubling and tripling" if sd.task_multiply else ""))
+        task = (
+            f"builtin:arithmetic with {sd.task_steps} operations per problem, values in "
+            f"0..{sd.task_max_value}, steps of 1..{sd.task_max_delta}"
+            + (", doubling and tripling" if sd.task_multiply else "")
+        )
     else:
         task = f"`{sd.source}` (test: `{sd.heldout_source or sd.source}`), model `{s0.model.path}`" + (
             f" with LoRA r={s0.model.lora.r}" if s0.model.lora else ", full fine-tuning")
@@ -496,56 +529,80 @@ def _markdown(per_seed: dict, cfg: DemoConfig, sfts: dict, plots: list[str], n: 
         budget = ", ".join(f"{per_seed[i]['grpo']['train_seconds']:.0f}" for i in seeds)
         more_text = (
             f" `sft_more` continues each seed's sft_best on the training rows it did not reach (from row "
-            f"{', '.join(str(sfts[i].rows_seen) for i in seeds)}) for as long as that seed's GRPO training steps "
-            f"took ({budget} s; it trained {', '.join(f'{r.train_seconds:.0f} s in {r.steps} steps' for r in m)}), "
-            f"with {s0.optim.schedule} decay over a horizon sized from sft_best's seconds per step, its checkpoint "
-            f"chosen on the same validation split (best at step {', '.join(str(r.best_step) for r in m)}).")
+            f"{', '.join(str(sfts[i].rows_seen) for i in seeds)}) for as long as that seed's GRPO training "
+            f"steps took ({budget} s; it trained "
+            f"{', '.join(f'{r.train_seconds:.0f} s in {r.steps} steps' for r in m)}), with "
+            f"{s0.optim.schedule} decay over a horizon sized from sft_best's seconds per step, its "
+            "checkpoint chosen on the same validation split (best at step "
+            f"{', '.join(str(r.best_step) for r in m)}).")
     strict_text = "" if "strict" not in kinds else (
-        " Strict accuracy reads the answer only where the format puts it (the last `#### N` line, the last box or "
-        "the answer tag); lenient takes the last number anywhere; greedy accuracy is the first reward's own verdict.")
-    return "\n".join([
-        "# Results: GRPO against SFT at equal compute, and the paper's comparisons", "",
-        f"Produced by `{command}` in {seconds / 60:.0f} min on this project's 2-core CPU, {len(seeds)} seed(s) "
-        f"({', '.join(map(str, seeds))}); `results.json` beside it has every number. Each seed trains its own SFT "
-        f"model and every method from it; figures are {spread}.", "",
-        *rows, "",
-        "Greedy test accuracy per seed:", "", *by_seed, "",
-        "## Claims", "",
-        "Each difference is taken per seed (the same SFT model and data under both methods) and then averaged; "
-        "the verdict says whether the 95% interval excludes zero.", "",
-        *claims, "", *notes, "",
-        f"maj@k and pass@k against k (n={n} samples per problem at temperature {rl.sampling.temperature:g}, on the "
-        f"first {sampled_n} test problems):", "",
-        *curve, "",
-        "## Setup", "",
-        f"Task: {task}; test split: {test_n} problems, the same for every seed and disjoint from training; no "
-        f"training job reads it (each runs with data.num_heldout=0). Greedy accuracy is one completion at "
-        f"temperature 0 on every test problem; sampled accuracy, maj@k and pass@k use n={n} samples per problem."
-        f"{strict_text} Prompts are rendered with each evaluated model's own tokenizer and chat template. "
-        f"sft_best: up to {s0.sft.max_steps} steps of {s0.sft.batch_size} demonstrations, lr {s0.optim.lr} with a "
-        f"{s0.optim.schedule} schedule after {s0.optim.warmup_steps} warm-up steps, "
-        f"{'no early stop' if not s0.sft.patience else f'stopped after {s0.sft.patience} evaluations without a new best'}; "
-        f"its checkpoint chosen on a validation split of {s0.data.num_validation} problems (disjoint from train and "
-        f"test), every {s0.sft.eval_every} steps (best at step {best}).{more_text} Every RL method starts from its "
-        f"seed's SFT checkpoint (grpo_base: from `{s0.model.path}`) with the same budget: {rl.train.steps} steps x "
-        f"{rl.train.prompts_per_step} prompts x {rl.grpo.G} samples, lr={rl.optim.lr}, beta={rl.grpo.beta} (PPO: "
-        f"folded into the per-token reward; RFT: no KL), temperature {rl.sampling.temperature:g}, "
-        f"max_new_tokens={rl.sampling.max_new_tokens}. PPO: value model = a copy of the policy's body with a scalar "
-        f"head, value lr={rl.ppo.value_lr}, GAE gamma={rl.ppo.gamma} lambda={rl.ppo.lam}. Process supervision scores "
-        "each line of working and the final answer (`arithmetic_steps`). Iterative GRPO: the same steps in 2 "
-        "iterations, the reference reset to the policy at the second's start. Training time is the sum of the "
-        "training steps alone (RL: `time/step`; SFT: `train_seconds`); wall time is the whole process's, loading "
-        "and evaluations included. Peak memory is each training process's peak resident set size during its "
-        "training steps (evaluations excluded) above its resident size before any model was built, with glibc's "
-        "mmap threshold at 64 KiB so that freed tensors leave the resident set and oneDNN's per-shape caches off, "
-        "as in the planner's validation (docs/memory.md). With --jobs > 1 the processes share the 2 cores.", "",
-        *[f"![{p}]({p})" for p in plots], ""])
+        " Strict accuracy reads the answer only where the format puts it (the last `#### N` line, the last "
+        "box or the answer tag); lenient takes the last number anywhere; greedy accuracy is the first "
+        "reward's own verdict.")
+    stop_text = ("no early stop" if not s0.sft.patience
+                 else f"stopped after {s0.sft.patience} evaluations without a new best")
+    return "\n".join(
+        [
+            "# Results: GRPO against SFT at equal compute, and the paper's comparisons",
+            "",
+            f"Produced by `{command}` in {seconds / 60:.0f} min on this project's 2-core CPU, {len(seeds)} "
+            f"seed(s) ({', '.join(map(str, seeds))}); `results.json` beside it has every number. Each seed "
+            f"trains its own SFT model and every method from it; figures are {spread}.",
+            "",
+            *rows,
+            "",
+            "Greedy test accuracy per seed:",
+            "",
+            *by_seed,
+            "",
+            "## Claims",
+            "",
+            "Each difference is taken per seed (the same SFT model and data under both methods) and then "
+            "averaged; the verdict says whether the 95% interval excludes zero.",
+            "",
+            *claims,
+            "",
+            *notes,
+            "",
+            f"maj@k and pass@k against k (n={n} samples per problem at temperature "
+            f"{rl.sampling.temperature:g}, on the first {sampled_n} test problems):",
+            "",
+            *curve,
+            "",
+            "## Setup",
+            "",
+            f"Task: {task}; test split: {test_n} problems, the same for every seed and disjoint from "
+            "training; no training job reads it (each runs with data.num_heldout=0). Greedy accuracy is one "
+            "completion at temperature 0 on every test problem; sampled accuracy, maj@k and pass@k use "
+            f"n={n} samples per problem.{strict_text} Prompts are rendered with each evaluated model's own "
+            f"tokenizer and chat template. sft_best: up to {s0.sft.max_steps} steps of {s0.sft.batch_size} "
+            f"demonstrations, lr {s0.optim.lr} with a {s0.optim.schedule} schedule after "
+            f"{s0.optim.warmup_steps} warm-up steps, "
+            f"{stop_text}; its checkpoint chosen on a validation split of {s0.data.num_validation} problems "
+            f"(disjoint from train and test), every {s0.sft.eval_every} steps (best at step "
+            f"{best}).{more_text} Every RL method starts from its seed's SFT checkpoint (grpo_base: from "
+            f"`{s0.model.path}`) with the same budget: {rl.train.steps} steps x {rl.train.prompts_per_step} "
+            f"prompts x {rl.grpo.G} samples, lr={rl.optim.lr}, beta={rl.grpo.beta} (PPO: folded into the "
+            f"per-token reward; RFT: no KL), temperature {rl.sampling.temperature:g}, "
+            f"max_new_tokens={rl.sampling.max_new_tokens}. PPO: value model = a copy of the policy's body "
+            f"with a scalar head, value lr={rl.ppo.value_lr}, GAE gamma={rl.ppo.gamma} lambda={rl.ppo.lam}. "
+            "Process supervision scores each line of working and the final answer (`arithmetic_steps`). "
+            "Iterative GRPO: the same steps in 2 iterations, the reference reset to the policy at the "
+            "second's start. Training time is the sum of the training steps alone (RL: `time/step`; SFT: "
+            "`train_seconds`); wall time is the whole process's, loading and evaluations included. Peak "
+            "memory is each training process's peak resident set size during its training steps (evaluations "
+            "excluded) above its resident size before any model was built, with glibc's mmap threshold at 64 "
+            "KiB so that freed tensors leave the resident set and oneDNN's per-shape caches off, as in the "
+            "planner's validation (docs/memory.md). With --jobs > 1 the processes share the 2 cores.",
+            "",
+            *[f"![{p}]({p})" for p in plots],
+            "",
+        ]
+    )
 
 
 def _finished_sft(path: Path):
     """The result of an earlier `grpo sft` run in `path` (its final model and metrics.jsonl)."""
-    from grpo.train.sft import SFTResult
-
     try:
         lines = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
         last = lines[-1]
@@ -571,17 +628,15 @@ def _reused_sft(path: Path, i: int, seeds: int):
 
 
 def _plan_line() -> str:
-    from grpo.plan import Architecture, PlanInput, plan_memory
-
-    arch = Architecture(num_layers=32, hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32,
+    arch = Architecture(num_layers=32, hidden_size=4096, intermediate_size=11008, num_heads=32,
+                        num_kv_heads=32,
                         head_dim=128, vocab_size=32000)  # Llama-2-7B's shape
-    gib = {a: plan_memory(PlanInput(arch=arch, algorithm=a, precision="bf16")).total_bytes / 2**30 for a in ("grpo", "ppo")}
+    gib = {a: plan_memory(PlanInput(arch=arch, algorithm=a,
+                                    precision="bf16")).total_bytes / 2**30 for a in ("grpo", "ppo")}
     return f"{gib['grpo']:.0f} GiB for GRPO vs {gib['ppo']:.0f} GiB for PPO (bf16, AdamW, no LoRA)"
 
 
 def _publish(out: Path, docs: Path, plots: list[str]) -> None:
-    import shutil
-
     img = docs / "img"
     img.mkdir(parents=True, exist_ok=True)
     for p in plots:

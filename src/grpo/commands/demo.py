@@ -10,27 +10,35 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
 
-from grpo.config import DemoConfig, load_config, save_config
+from grpo.config import DemoConfig, SFTConfig, load_config, save_config
+from grpo.data import load_task
+from grpo.errors import UserError
+from grpo.models.loading import load_policy, stop_token_ids
+from grpo.rewards import load_reward_function
+from grpo.rollout.hf import HFEngine
+from grpo.train.episodes import tool_use_report
+from grpo.train.evaluation import evaluate_accuracy
+from grpo.train.grpo import train
+from grpo.train.sft import continuation_overrides, sft
 
 
-def run_demo(config: str | None, overrides: list[str], progress: bool = True, overwrite: bool = False) -> dict:
+def run_demo(config: str | None, overrides: list[str], progress: bool = True,
+             overwrite: bool = False) -> dict:
     """The demo into output_dir (refused if it holds an earlier demo, unless `overwrite`: then its SFT and
     GRPO runs are replaced too). Its config.yaml is written once the SFT stage has trained."""
-    from grpo.errors import UserError
-    from grpo.train.grpo import train
-    from grpo.train.sft import sft
-
     t0 = time.perf_counter()
     cfg = load_config(DemoConfig, config, overrides)
     out = Path(cfg.output_dir)
-    found = [name for name in ("config.yaml", "summary.json", "sft", "grpo", "sft_more") if (out / name).exists()]
+    found = [name for name in ("config.yaml", "summary.json", "sft", "grpo", "sft_more")
+             if (out / name).exists()]
     if found and not overwrite:
-        raise UserError(f"output_dir {out} already holds a demo ({', '.join(found)}); replace it with --overwrite, "
-                        "or choose another output_dir")
+        raise UserError(f"output_dir {out} already holds a demo ({', '.join(found)}); replace it with "
+                        "--overwrite, or choose another output_dir")
     resolved = copy.deepcopy(cfg)  # config.yaml: as given
     cfg.sft.sft.output_dir = str(out / "sft")
     cfg.rl.train.output_dir = str(out / "grpo")
@@ -44,15 +52,14 @@ def run_demo(config: str | None, overrides: list[str], progress: bool = True, ov
     print(f"[2/{stages}] GRPO from the SFT model -> {cfg.rl.train.output_dir}")
     r = train(cfg.rl, progress=progress, overwrite=overwrite)
     summary = {
-        "sft_accuracy": s.best_accuracy, "grpo_accuracy_before": r.accuracy_before, "grpo_accuracy": r.accuracy_after,
+        "sft_accuracy": s.best_accuracy, "grpo_accuracy_before": r.accuracy_before,
+        "grpo_accuracy": r.accuracy_after,
         "gain_points": 100 * (r.accuracy_after - r.accuracy_before), "sft_steps": s.steps,
         "sft_best_step": s.best_step,
         "grpo_steps": r.steps, "sft_seconds": s.seconds, "grpo_seconds": r.seconds,
         "total_seconds": time.perf_counter() - t0, "heldout_size": cfg.rl.data.num_heldout,
     }
     if cfg.rl.rollout.multi_turn:  # tool use before and after, per kind of problem (docs/tools.md)
-        from grpo.train.episodes import tool_use_report
-
         summary["tools"] = {"sft": tool_use_report(s.model_dir, cfg.rl),
                             "grpo": tool_use_report(r.output_dir / "final", cfg.rl)}
         for stage, report in summary["tools"].items():
@@ -65,8 +72,8 @@ def run_demo(config: str | None, overrides: list[str], progress: bool = True, ov
         verdict = "beats" if r.accuracy_after > more["sft_more_accuracy"] else "does not beat"
         print(f"compute-matched baseline: SFT continued for GRPO's {more['sft_more_train_seconds']:.0f} s of "
               f"training steps reaches {100 * more['sft_more_accuracy']:.1f}% held-out; GRPO "
-              f"({100 * r.accuracy_after:.1f}%) {verdict} it (one seed; docs/real-model.md has the comparison "
-              "over seeds)")
+              f"({100 * r.accuracy_after:.1f}%) {verdict} it (one seed; docs/real-model.md has the "
+              "comparison over seeds)")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "summary.md").write_text(_markdown(summary, cfg))
     print(f"held-out accuracy: SFT {100 * r.accuracy_before:.1f}% -> GRPO {100 * r.accuracy_after:.1f}% "
@@ -78,51 +85,53 @@ def run_demo(config: str | None, overrides: list[str], progress: bool = True, ov
 def _sft_more(cfg: DemoConfig, first, seconds: float, out: Path, progress: bool, overwrite: bool) -> dict:
     """SFT continued from the SFT model for `seconds` of training steps (`continuation_overrides`), and its
     greedy accuracy on GRPO's held-out problems, as GRPO's own figure is measured."""
-    import dataclasses
-
-    from grpo.config import SFTConfig
-    from grpo.data import load_task
-    from grpo.models.loading import load_policy, stop_token_ids
-    from grpo.rewards import load_reward_function
-    from grpo.rollout.hf import HFEngine
-    from grpo.train.evaluation import evaluate_accuracy
-    from grpo.train.sft import continuation_overrides, sft
-
     print(f"[3/3] more SFT from the SFT model for GRPO's {seconds:.0f} s -> {out / 'sft_more'}")
     more_cfg = load_config(SFTConfig, first.output_dir / "config.yaml",
-                           [*continuation_overrides(cfg.sft, first, seconds, out / "sft_more"), "sft.train_rows=null",
+                           [*continuation_overrides(cfg.sft, first, seconds, out / "sft_more"),
+                            "sft.train_rows=null",
                             *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else [])])
     m = sft(more_cfg, progress=progress, overwrite=overwrite)
     if cfg.rl.rollout.multi_turn:
-        from grpo.train.episodes import tool_use_report
-
         accuracy = tool_use_report(m.model_dir, cfg.rl)["all"]["accuracy"]
     else:
-        model, tokenizer = load_policy(dataclasses.replace(cfg.rl.model, path=str(m.model_dir), lora=None), None)
+        model, tokenizer = load_policy(dataclasses.replace(cfg.rl.model, path=str(m.model_dir), lora=None),
+                                       None)
         engine = HFEngine(model.eval(), stop_token_ids(model, tokenizer), tokenizer.pad_token_id)
         rows = load_task(cfg.rl.data, tokenizer, cfg.rl.train.seed).heldout
         first_reward = cfg.rl.rewards.functions[0]
-        accuracy = evaluate_accuracy(engine, tokenizer, rows, load_reward_function(first_reward.fn, first_reward.options),
+        accuracy = evaluate_accuracy(engine, tokenizer, rows,
+                                     load_reward_function(first_reward.fn, first_reward.options),
                                      cfg.rl.sampling.max_new_tokens)[0]
-    return {"sft_more_accuracy": accuracy, "sft_more_train_seconds": m.train_seconds, "sft_more_steps": m.steps,
+    return {"sft_more_accuracy": accuracy, "sft_more_train_seconds": m.train_seconds,
+            "sft_more_steps": m.steps,
             "sft_more_best_step": m.best_step, "grpo_train_seconds": seconds}
 
 
 def _markdown(s: dict, cfg: DemoConfig) -> str:
     rl = cfg.rl
-    return "\n".join([
-        "| stage | held-out greedy accuracy | steps | wall time |",
-        "|---|---|---|---|",
-        f"| SFT warm start (best checkpoint, plateau) | {100 * s['sft_accuracy']:.1f}% | {s['sft_steps']} "
-        f"(best at {s.get('sft_best_step', '?')}) | {s['sft_seconds']:.0f} s |",
-        f"| + GRPO | {100 * s['grpo_accuracy']:.1f}% ({s['gain_points']:+.1f} points) | {s['grpo_steps']} "
-        f"| {s['grpo_seconds']:.0f} s |",
-        *([f"| SFT continued instead, for GRPO's {s['grpo_train_seconds']:.0f} s of training steps (the "
-           f"compute-matched baseline) | {100 * s['sft_more_accuracy']:.1f}% | {s['sft_more_steps']} (best at "
-           f"{s['sft_more_best_step']}) | {s['sft_more_train_seconds']:.0f} s |"] if "sft_more_accuracy" in s else []),
-        "",
-        f"Held-out problems: {s['heldout_size']} (disjoint from both stages' training problems). "
-        f"GRPO: {rl.train.prompts_per_step} prompts x G={rl.grpo.G} per step, beta={rl.grpo.beta}, "
-        f"lr={rl.optim.lr}, max_new_tokens={rl.sampling.max_new_tokens}. Total {s['total_seconds']:.0f} s.",
-        "",
-    ])
+    return "\n".join(
+        [
+            "| stage | held-out greedy accuracy | steps | wall time |",
+            "|---|---|---|---|",
+            f"| SFT warm start (best checkpoint, plateau) | {100 * s['sft_accuracy']:.1f}% | "
+            f"{s['sft_steps']} (best at {s.get('sft_best_step', '?')}) | {s['sft_seconds']:.0f} s |",
+            f"| + GRPO | {100 * s['grpo_accuracy']:.1f}% ({s['gain_points']:+.1f} points) | "
+            f"{s['grpo_steps']} | {s['grpo_seconds']:.0f} s |",
+            *(
+                [
+                    f"| SFT continued instead, for GRPO's {s['grpo_train_seconds']:.0f} s of training steps "
+                    f"(the compute-matched baseline) | {100 * s['sft_more_accuracy']:.1f}% | "
+                    f"{s['sft_more_steps']} (best at {s['sft_more_best_step']}) | "
+                    f"{s['sft_more_train_seconds']:.0f} s |"
+                ]
+                if "sft_more_accuracy" in s
+                else []
+            ),
+            "",
+            f"Held-out problems: {s['heldout_size']} (disjoint from both stages' training problems). "
+            f"GRPO: {rl.train.prompts_per_step} prompts x G={rl.grpo.G} per step, beta={rl.grpo.beta}, "
+            f"lr={rl.optim.lr}, max_new_tokens={rl.sampling.max_new_tokens}. Total {s['total_seconds']:.0f} "
+            "s.",
+            "",
+        ]
+    )

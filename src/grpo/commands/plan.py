@@ -16,8 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpo.plan
+from grpo.config import TrainConfig, load_config
 from grpo.config_io import add_config_arguments
 from grpo.errors import UserError
+from grpo.models.convert import resolve_model_path
 from grpo.plan import (OPTIMIZER_STATE_BYTES, PRECISIONS, Architecture, PlanInput, architecture_from_config,
                        format_plan, plan_memory, tiny_architecture)
 
@@ -26,16 +28,16 @@ def _default_intermediate(h: int) -> int:
     return int(math.ceil(8 * h / 3 / 256) * 256)  # Llama's SwiGLU width rule
 
 
-RUN_FLAGS = {"algorithm": "grpo", "precision": "fp32", "lora_rank": 0, "lora_targets": "all-linear", "beta": 0.04,
+RUN_FLAGS = {"algorithm": "grpo", "precision": "fp32", "lora_rank": 0, "lora_targets": "all-linear",
+             "beta": 0.04,
              "G": 8, "prompts_per_step": 16, "micro_batch": 64, "prompt_length": 256, "completion_length": 32}
 """The run flags a config fills when they are left out, and their defaults without one."""
 
 
 def apply_config(args) -> None:
     """Fill the flags left out from the `grpo train` config of --config and the overrides: its model (unless
-    --params describes one), precision, LoRA, algorithm, KL weight and batch shape; else the flags' defaults."""
-    from grpo.config import TrainConfig, load_config
-
+    --params describes one), precision, LoRA, algorithm, KL weight and batch
+    shape; else the flags' defaults."""
     if args.config is None and not args.overrides:
         for flag, default in RUN_FLAGS.items():
             if getattr(args, flag) is None:
@@ -59,10 +61,12 @@ def apply_config(args) -> None:
     args.gradient_checkpointing = args.gradient_checkpointing or cfg.train.gradient_checkpointing
     if args.model is None and args.params is None:
         if m.path == "tiny":
-            args.model, args.hidden, args.layers = "tiny", args.hidden or m.tiny_hidden_size, args.layers or m.tiny_num_layers
+            args.model, args.hidden, args.layers = (
+                "tiny",
+                args.hidden or m.tiny_hidden_size,
+                args.layers or m.tiny_num_layers,
+            )
         else:
-            from grpo.models.convert import resolve_model_path
-
             args.model = str(resolve_model_path(m.path))
 
 
@@ -78,13 +82,16 @@ def architecture_from_args(args) -> Architecture:
             raise UserError("--params needs the architecture too: --layers and --hidden (optionally --heads, "
                             "--kv-heads, --intermediate, --vocab)")
         arch = Architecture(num_layers=args.layers, hidden_size=args.hidden,
-                            intermediate_size=_default_intermediate(args.hidden), num_heads=max(1, args.hidden // 128),
+                            intermediate_size=_default_intermediate(args.hidden),
+                            num_heads=max(1, args.hidden // 128),
                             num_kv_heads=0, head_dim=0, vocab_size=32000)
     else:
-        raise UserError("grpo plan: which model? --model tiny, --model DIR (a local config.json), --params N or "
-                        "--config FILE.yaml (a grpo train config)")
-    over = {k: v for k, v in dict(num_layers=args.layers, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                                  num_heads=args.heads, num_kv_heads=args.kv_heads, vocab_size=args.vocab).items()
+        raise UserError("grpo plan: which model? --model tiny, --model DIR (a local config.json), --params N "
+                        "or --config FILE.yaml (a grpo train config)")
+    over = {k: v for k, v in dict(num_layers=args.layers, hidden_size=args.hidden,
+                                  intermediate_size=args.intermediate,
+                                  num_heads=args.heads, num_kv_heads=args.kv_heads,
+                                  vocab_size=args.vocab).items()
             if v is not None}
     arch = replace(arch, **over)
     if "hidden_size" in over or "num_heads" in over or not arch.head_dim:
@@ -101,7 +108,8 @@ def _cmd_plan(args) -> None:
                     prompts_per_step=args.prompts_per_step, micro_batch_size=args.micro_batch,
                     micro_batch_tokens=args.micro_batch_tokens,
                     prompt_length=args.prompt_length, completion_length=args.completion_length,
-                    generation_batch=args.generation_batch, gradient_checkpointing=args.gradient_checkpointing,
+                    generation_batch=args.generation_batch,
+                    gradient_checkpointing=args.gradient_checkpointing,
                     shared_prompts=args.shared_prompts,
                     attention=args.attention, reward_model_params=int(args.reward_model_params),
                     value_model_params=int(args.value_params) if args.value_params else None)
@@ -128,9 +136,11 @@ def build_plan_parser(subparsers) -> None:
     add_config_arguments(p, "a `grpo train` YAML config: the model and the run's settings come from it where "
                             "their flags are left out")
     m = p.add_argument_group("model (one of --model, --params, or the config's model.path)")
-    m.add_argument("--model", help="'tiny': the built-in model (width/depth from --hidden/--layers), or a local "
+    m.add_argument("--model",
+                   help="'tiny': the built-in model (width/depth from --hidden/--layers), or a local "
                                    "Hugging Face model directory or config.json")
-    m.add_argument("--params", type=_count, help="total parameters, e.g. 7e9 or 7B (needs --layers, --hidden)")
+    m.add_argument("--params", type=_count,
+                   help="total parameters, e.g. 7e9 or 7B (needs --layers, --hidden)")
     for flag in ("layers", "hidden", "intermediate", "heads", "kv-heads", "vocab"):
         m.add_argument(f"--{flag}", type=int, help="override the architecture's " + flag.replace("-", " "))
     r = p.add_argument_group("run")
@@ -138,24 +148,36 @@ def build_plan_parser(subparsers) -> None:
     r.add_argument("--precision", choices=PRECISIONS, default=None, help="default fp32")
     r.add_argument("--optimizer", choices=list(OPTIMIZER_STATE_BYTES), default="adamw")
     r.add_argument("--lora-rank", type=int, default=None, help="0 (default): full fine-tuning")
-    r.add_argument("--lora-targets", choices=["all-linear", "attention"], default=None, help="default all-linear")
-    r.add_argument("--beta", type=float, default=None, help="KL weight (default 0.04); 0 holds no reference model")
+    r.add_argument("--lora-targets", choices=["all-linear", "attention"], default=None,
+                   help="default all-linear")
+    r.add_argument("--beta", type=float, default=None,
+                   help="KL weight (default 0.04); 0 holds no reference model")
     r.add_argument("--G", type=int, default=None, help="completions per prompt (default 8)")
     r.add_argument("--prompts-per-step", type=int, default=None, help="default 16")
-    r.add_argument("--micro-batch", type=int, default=None, help="completions per forward/backward (default 64)")
+    r.add_argument("--micro-batch", type=int, default=None,
+                   help="completions per forward/backward (default 64)")
     r.add_argument("--micro-batch-tokens", type=int, default=None,
                    help="train.micro_batch_tokens: padded tokens per forward/backward (default: no cap)")
     r.add_argument("--prompt-length", type=int, default=None, help="P, tokens (default 256)")
-    r.add_argument("--completion-length", type=int, default=None, help="T, tokens (max_new_tokens; default 32)")
-    r.add_argument("--generation-batch", type=int, default=None, help="completions generated at once (default all)")
+    r.add_argument("--completion-length", type=int, default=None,
+                   help="T, tokens (max_new_tokens; default 32)")
+    r.add_argument("--generation-batch", type=int, default=None,
+                   help="completions generated at once (default all)")
     r.add_argument("--gradient-checkpointing", action="store_true",
                    help="plan per-layer activation checkpointing (grpo train's train.gradient_checkpointing)")
     r.add_argument("--no-shared-prompts", dest="shared_prompts", action="store_false",
-                   help="plan a plain forward over P+T tokens per completion (not grpo's shared-prompt forward)")
-    r.add_argument("--attention", choices=["sdpa", "sdpa-gqa", "flash", "eager"], default="sdpa",
-                   help="sdpa-gqa: grpo on CPU with grouped-query attention (keys and values kept unrepeated)")
-    r.add_argument("--reward-model-params", type=_count, default=0, help="learned reward model size (0: none)")
-    r.add_argument("--value-params", type=_count, default=None, help="PPO value model size (default: the policy's)")
+                   help="plan a plain forward over P+T tokens per completion (not grpo's shared-prompt "
+                        "forward)")
+    r.add_argument(
+        "--attention",
+        choices=["sdpa", "sdpa-gqa", "flash", "eager"],
+        default="sdpa",
+        help="sdpa-gqa: grpo on CPU with grouped-query attention (keys and values kept unrepeated)",
+    )
+    r.add_argument("--reward-model-params", type=_count, default=0,
+                   help="learned reward model size (0: none)")
+    r.add_argument("--value-params", type=_count, default=None,
+                   help="PPO value model size (default: the policy's)")
     p.add_argument("--gpu-gib", type=float, default=None, help="say whether the total fits in this many GiB")
     p.add_argument("--out", default=None, help="also write the plan as JSON here")
     p.set_defaults(fn=_cmd_plan, quiet=True)

@@ -1,4 +1,4 @@
-"""The code sandbox's processes and uid, seen from the parent (grpo.rewards.code runs the child).
+"""The code sandbox's processes and uid, seen from the parent (grpo.sandbox.run runs the child).
 
 Finding what a run started (/proc), killing it in the order that leaves nothing behind, lending a
 run a uid of its own when the parent is root, and removing what that uid left in the shared
@@ -88,7 +88,7 @@ def sandbox_uid():
     if os.geteuid() != 0:
         yield None
         return
-    import fcntl
+    import fcntl  # Unix only: here, so that importing grpo (and its rewards) still works elsewhere
 
     lock_dir = Path(tempfile.gettempdir()) / "grpo-sandbox-uids"
     lock_dir.mkdir(mode=0o700, exist_ok=True)
@@ -113,7 +113,7 @@ def sandbox_uid():
 
 
 def _has_account(uid: int) -> bool:
-    import pwd
+    import pwd  # Unix only, as fcntl above
 
     try:
         pwd.getpwuid(uid)
