@@ -46,22 +46,26 @@ def kill_child(proc, uid: int | None) -> None:
     proc.wait()
     if uid is not None:
         kill_uid(uid)
-    else:  # no uid of its own: catch what is left of its session (setsid() escapes this)
-        for pid, _, sid, _ in _processes():
-            if sid == proc.pid:
-                _signal(pid)
+    # what is left of its session (setsid() escapes this; the uid above catches those): under bubblewrap
+    # its PID-namespace init, root's, dies with the namespace but may still be exiting at this point
+    _kill_until_gone(lambda sid, owner: sid == proc.pid, f"session {proc.pid}")
 
 
 def kill_uid(uid: int) -> None:
-    # A killed process cannot fork, and RLIMIT_NPROC bounds how many there are: a few rounds suffice.
-    for _ in range(50):
-        pids = [pid for pid, _, _, owner in _processes() if owner == uid]
+    _kill_until_gone(lambda sid, owner: owner == uid, f"uid {uid}")
+
+
+def _kill_until_gone(match, what: str) -> None:
+    """SIGKILL every live process that `match(session, uid)` selects until none is left. A killed process
+    cannot fork, and RLIMIT_NPROC bounds how many there are: a few rounds suffice."""
+    for _ in range(200):
+        pids = [pid for pid, _, sid, owner in _processes() if match(sid, owner)]
         if not pids:
             return
         for pid in pids:
             _signal(pid)
         time.sleep(0.01)
-    raise RuntimeError(f"sandbox: processes of uid {uid} survive SIGKILL")
+    raise RuntimeError(f"sandbox: processes of {what} survive SIGKILL")
 
 
 def _signal(pid: int) -> None:
