@@ -112,20 +112,38 @@ def test_sft_chooses_on_validation_and_never_reads_the_test_split(tmp_path, monk
     last = json.loads((tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["rows_seen"] == res.rows_seen == 6 * 8 and last["chose_on_validation"] is True
     assert 0 < res.train_seconds == last["train_seconds"] < res.seconds
+    assert 0 < res.train_cpu_seconds == last["train_cpu_seconds"]
     assert res.history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # cosine to zero at max_steps
 
 
-def test_sft_stops_when_its_time_is_spent_and_evaluates_there(tmp_path):
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_sft_stops_when_its_time_is_spent_and_evaluates_there(tmp_path, clock):
     from grpo.train.sft import sft
 
     cfg = load_config(SFTConfig, None, [
         "sft.max_steps=50", "sft.eval_every=20", "sft.batch_size=4", "sft.patience=0", "data.num_train=32",
         "data.num_heldout=4", "sampling.max_new_tokens=4", "model.tiny_hidden_size=32",
-        "model.tiny_num_layers=1",
+        "model.tiny_num_layers=1", f"sft.clock={clock}",
         "sft.max_seconds=1e-6", f"sft.output_dir={tmp_path / 'sft'}"])
     res = sft(cfg, progress=False)
     assert res.steps == 1 and res.best_step == 1 and res.history[0]["eval/accuracy"] == res.best_accuracy
-    assert res.train_seconds >= 1e-6 and res.rows_seen == 4
+    spent = res.train_cpu_seconds if clock == "cpu" else res.train_seconds
+    assert spent >= 1e-6 and res.rows_seen == 4
+
+
+def test_continuation_is_sized_on_the_matching_clock(tmp_path):
+    from grpo.train.sft import SFTResult, continuation_overrides
+
+    cfg = load_config(SFTConfig, None, ["optim.warmup_steps=3"])
+    first = SFTResult(tmp_path, tmp_path / "final", 0.5, 4, 8, 100.0, [], train_seconds=40.0,
+                      train_cpu_seconds=80.0, rows_seen=512)
+    # 8 steps took 80 CPU seconds (10 per step): 200 CPU seconds buy a 20-step horizon, 40 wall ones 50
+    cpu = dict(x.split("=", 1) for x in continuation_overrides(cfg, first, 200.0, tmp_path / "more", "cpu"))
+    assert (cpu["sft.clock"], cpu["sft.max_steps"], cpu["sft.max_seconds"]) == ("cpu", "20", "200.000")
+    wall = dict(x.split("=", 1) for x in continuation_overrides(cfg, first, 200.0, tmp_path / "more"))
+    assert (wall["sft.clock"], wall["sft.max_steps"], wall["sft.start_row"]) == ("wall", "40", "512")
+    with pytest.raises(UserError, match="sft.clock must be 'wall' or 'cpu'"):
+        load_config(SFTConfig, None, ["sft.clock=gpu"])
 
 
 def test_sft_on_a_few_demonstrations_repeats_them(tmp_path, monkeypatch):

@@ -477,6 +477,10 @@ class SFTLoopConfig:
     """Also stop once the training steps (batches, forward, backward, optimizer; evaluations excluded) have
     taken this many seconds in all (null: no time limit). `grpo reproduce`'s `sft_more` gets the GRPO
     stage's measured time here."""
+    clock: str = "wall"
+    """What max_seconds counts: 'wall' (elapsed seconds) or 'cpu' (this process's CPU seconds, all threads
+    summed: the same work costs the same however busy the machine is; meaningful on CPU devices only).
+    `grpo reproduce` and `grpo demo` match `sft_more` to GRPO in CPU seconds on a CPU."""
     train_rows: int | None = None
     """Train on only this many rows of the training data (a fixed choice per seed), epoch after epoch: a
     few demonstrations, e.g. 16 worked answers that teach a format before RL (null: all rows)."""
@@ -528,6 +532,8 @@ class SFTConfig:
                             f"(sft.batch_size={self.sft.batch_size})")
         if self.sft.max_seconds is not None and not self.sft.max_seconds > 0:
             raise UserError(f"sft.max_seconds must be > 0 (or null), got {self.sft.max_seconds}")
+        if self.sft.clock not in ("wall", "cpu"):
+            raise UserError(f"sft.clock must be 'wall' or 'cpu', got {self.sft.clock!r}")
         for name in ("micro_batch_size", "micro_batch_tokens"):
             value = getattr(self.sft, name)
             if value is not None and (isinstance(value, bool) or value <= 0):

@@ -24,7 +24,7 @@ from grpo.rollout.hf import HFEngine
 from grpo.train.episodes import tool_use_report
 from grpo.train.evaluation import evaluate_accuracy
 from grpo.train.grpo import train
-from grpo.train.sft import continuation_overrides, sft
+from grpo.train.sft import continuation_overrides, matching_clock, sft
 
 
 def run_demo(config: str | None, overrides: list[str], progress: bool = True,
@@ -66,12 +66,13 @@ def run_demo(config: str | None, overrides: list[str], progress: bool = True,
             print(f"{stage:>4}: " + "; ".join(f"{k} accuracy {100 * v['accuracy']:.1f}%, calls the tool "
                                               f"{100 * v['called']:.1f}%" for k, v in report.items()))
     if cfg.sft_more:
-        more = _sft_more(cfg, s, sum(h["time/step"] for h in r.history if "time/step" in h), out, progress,
-                         overwrite)
+        clock = matching_clock(cfg.sft.model.device)
+        key = "time/step_cpu" if clock == "cpu" else "time/step"
+        more = _sft_more(cfg, s, sum(h[key] for h in r.history if key in h), out, progress, overwrite, clock)
         summary.update(more)
         verdict = "beats" if r.accuracy_after > more["sft_more_accuracy"] else "does not beat"
-        print(f"compute-matched baseline: SFT continued for GRPO's {more['sft_more_train_seconds']:.0f} s of "
-              f"training steps reaches {100 * more['sft_more_accuracy']:.1f}% held-out; GRPO "
+        print(f"compute-matched baseline: SFT continued for GRPO's {more['grpo_train_seconds']:.0f} "
+              f"{clock} s of training steps reaches {100 * more['sft_more_accuracy']:.1f}% held-out; GRPO "
               f"({100 * r.accuracy_after:.1f}%) {verdict} it (one seed; docs/real-model.md has the "
               "comparison over seeds)")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -82,12 +83,14 @@ def run_demo(config: str | None, overrides: list[str], progress: bool = True,
     return summary
 
 
-def _sft_more(cfg: DemoConfig, first, seconds: float, out: Path, progress: bool, overwrite: bool) -> dict:
-    """SFT continued from the SFT model for `seconds` of training steps (`continuation_overrides`), and its
-    greedy accuracy on GRPO's held-out problems, as GRPO's own figure is measured."""
-    print(f"[3/3] more SFT from the SFT model for GRPO's {seconds:.0f} s -> {out / 'sft_more'}")
+def _sft_more(cfg: DemoConfig, first, seconds: float, out: Path, progress: bool, overwrite: bool,
+              clock: str) -> dict:
+    """SFT continued from the SFT model for `seconds` (on `clock`) of training steps
+    (`continuation_overrides`), and its greedy accuracy on GRPO's held-out problems, as GRPO's own figure
+    is measured."""
+    print(f"[3/3] more SFT from the SFT model for GRPO's {seconds:.0f} {clock} s -> {out / 'sft_more'}")
     more_cfg = load_config(SFTConfig, first.output_dir / "config.yaml",
-                           [*continuation_overrides(cfg.sft, first, seconds, out / "sft_more"),
+                           [*continuation_overrides(cfg.sft, first, seconds, out / "sft_more", clock),
                             "sft.train_rows=null",
                             *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else [])])
     m = sft(more_cfg, progress=progress, overwrite=overwrite)
@@ -102,7 +105,8 @@ def _sft_more(cfg: DemoConfig, first, seconds: float, out: Path, progress: bool,
         accuracy = evaluate_accuracy(engine, tokenizer, rows,
                                      load_reward_function(first_reward.fn, first_reward.options),
                                      cfg.rl.sampling.max_new_tokens)[0]
-    return {"sft_more_accuracy": accuracy, "sft_more_train_seconds": m.train_seconds,
+    spent = m.train_cpu_seconds if clock == "cpu" else m.train_seconds
+    return {"sft_more_accuracy": accuracy, "sft_more_train_seconds": spent, "clock": clock,
             "sft_more_steps": m.steps,
             "sft_more_best_step": m.best_step, "grpo_train_seconds": seconds}
 
@@ -119,10 +123,11 @@ def _markdown(s: dict, cfg: DemoConfig) -> str:
             f"{s['grpo_steps']} | {s['grpo_seconds']:.0f} s |",
             *(
                 [
-                    f"| SFT continued instead, for GRPO's {s['grpo_train_seconds']:.0f} s of training steps "
+                    f"| SFT continued instead, for GRPO's {s['grpo_train_seconds']:.0f} "
+                    f"{s.get('clock', 'wall')} s of training steps "
                     f"(the compute-matched baseline) | {100 * s['sft_more_accuracy']:.1f}% | "
                     f"{s['sft_more_steps']} (best at {s['sft_more_best_step']}) | "
-                    f"{s['sft_more_train_seconds']:.0f} s |"
+                    f"{s['sft_more_train_seconds']:.0f} {s.get('clock', 'wall')} s |"
                 ]
                 if "sft_more_accuracy" in s
                 else []

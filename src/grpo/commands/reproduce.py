@@ -60,7 +60,7 @@ from grpo.rewards.math import make_math_accuracy
 from grpo.stats import binomial_ci, mean_ci, mean_std, verdict
 from grpo.train.episodes import tool_use_report
 from grpo.train.evaluation import EvalResult, answer_equivalence, answer_extractor, evaluate_policy
-from grpo.train.sft import SFTResult, continuation_overrides
+from grpo.train.sft import SFTResult, continuation_overrides, matching_clock
 
 METHODS = {
     "grpo": ["algorithm=grpo"],
@@ -177,10 +177,14 @@ def _reusable(job: Job, run_dir: Path, cls, config: Path, overrides: list[str]) 
     return json.loads(job.record.read_text())["seconds"]
 
 
+BUDGET = {"cpu": "train_cpu_seconds", "wall": "train_seconds"}  # sft_more's budget, per clock
+
+
 def _read_run(out: Path, seconds: float) -> dict:
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "reward/mean" in x]
     return {"seconds": seconds, "train_seconds": sum(x["time/step"] for x in steps),
+            "train_cpu_seconds": sum(x.get("time/step_cpu", float("nan")) for x in steps),
             "peak_mib": max(x["memory/peak_mib"] for x in steps),
             "run_peak_mib": max(x["memory/peak_mib"] - x["memory/baseline_mib"] for x in steps),
             "state_mib": max(x["memory/state_mib"] for x in steps), "history": lines, "model": out / "final"}
@@ -323,16 +327,14 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     seconds |= _run_jobs([job for job in rl_jobs.values() if job.name not in seconds], jobs)
     runs = {key: _read_run(out / f"seed{key[0]}" / key[1], seconds[job.name]) for key, job in rl_jobs.items()}
 
-    more = {}
+    more, clock = {}, matching_clock(cfg.sft.model.device)
     if SFT_MORE in methods:
         print(f"[3/4] {LABELS[SFT_MORE]}: SFT from sft_best for as long as each seed's GRPO training steps "
-              "took",
-              flush=True)
+              f"took ({clock} seconds)", flush=True)
         more_args = {
             (i, SFT_MORE): [
-                *continuation_overrides(
-                    cfg.sft, sfts[i], runs[(i, "grpo")]["train_seconds"], out / f"seed{i}" / SFT_MORE
-                ),
+                *continuation_overrides(cfg.sft, sfts[i], runs[(i, "grpo")][BUDGET[clock]],
+                                        out / f"seed{i}" / SFT_MORE, clock),
                 f"sft.seed={cfg.sft.sft.seed + i}",
                 "sft.train_rows=null",
                 *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else []),
@@ -398,9 +400,11 @@ def _row(e, run: dict | None, s) -> dict:
            "num_sampled_prompts": e.num_sampled_prompts, "pass_at_k": e.pass_at_k, "maj_at_k": e.maj_at_k,
            **{EXTRA_KEYS[name]: v for name, v in e.greedy_by_checker.items()}}
     if run is not None:
-        row.update({k: run[k] for k in ("peak_mib", "run_peak_mib", "state_mib", "seconds", "train_seconds")})
+        row.update({k: run[k] for k in ("peak_mib", "run_peak_mib", "state_mib", "seconds", "train_seconds",
+                                         "train_cpu_seconds")})
     else:
-        row.update(seconds=s.seconds, train_seconds=s.train_seconds, steps=s.steps, best_step=s.best_step,
+        row.update(seconds=s.seconds, train_seconds=s.train_seconds, train_cpu_seconds=s.train_cpu_seconds,
+                   steps=s.steps, best_step=s.best_step,
                    selection_accuracy=s.best_accuracy)
     return row
 
@@ -526,12 +530,14 @@ def _markdown(per_seed: dict, cfg: DemoConfig, sfts: dict, plots: list[str], n: 
     more_text = ""
     if more:
         m = [more[(i, SFT_MORE)] for i in seeds]
-        budget = ", ".join(f"{per_seed[i]['grpo']['train_seconds']:.0f}" for i in seeds)
+        clock = matching_clock(s0.model.device)
+        budget = ", ".join(f"{per_seed[i]['grpo'][BUDGET[clock]]:.0f}" for i in seeds)
+        spent = [r.train_cpu_seconds if clock == "cpu" else r.train_seconds for r in m]
         more_text = (
             f" `sft_more` continues each seed's sft_best on the training rows it did not reach (from row "
             f"{', '.join(str(sfts[i].rows_seen) for i in seeds)}) for as long as that seed's GRPO training "
-            f"steps took ({budget} s; it trained "
-            f"{', '.join(f'{r.train_seconds:.0f} s in {r.steps} steps' for r in m)}), with "
+            f"steps took, in {clock} seconds ({budget} s; it trained "
+            f"{', '.join(f'{t:.0f} s in {r.steps} steps' for t, r in zip(spent, m))}), with "
             f"{s0.optim.schedule} decay over a horizon sized from sft_best's seconds per step, its "
             "checkpoint chosen on the same validation split (best at step "
             f"{', '.join(str(r.best_step) for r in m)}).")
@@ -608,8 +614,11 @@ def _finished_sft(path: Path):
         last = lines[-1]
         steps = max(x["step"] for x in lines if "loss" in x)
         result = SFTResult(path, path / "final", last["eval/best_accuracy"], last["best_step"], steps,
-                           last.get("seconds", float("nan")), lines, last.get("train_seconds", float("nan")),
-                           last.get("rows_seen", 0), last.get("chose_on_validation", False))
+                           last.get("seconds", float("nan")), lines,
+                           train_seconds=last.get("train_seconds", float("nan")),
+                           train_cpu_seconds=last.get("train_cpu_seconds", float("nan")),
+                           rows_seen=last.get("rows_seen", 0),
+                           chose_on_validation=last.get("chose_on_validation", False))
     except (OSError, ValueError, KeyError, IndexError) as e:
         raise UserError(f"--sft {path}: not a finished `grpo sft` run ({e})") from None
     if not (result.model_dir / "config.json").is_file():

@@ -519,13 +519,14 @@ def _train(run: Run, cfg: TrainConfig, progress: bool, timers: Timers, t_start: 
                                                      iteration=sum(s <= step for s in iteration_starts))
             run_peak = max(run_peak, peak_memory_mib(device))
             reset_peak_memory(device)  # memory/peak_mib: this step's peak, evaluations excluded
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             out = train_step(run, cfg, pool, timers)
             dt = time.perf_counter() - t0
             if log is None:  # a fresh run's first step is done: its rewards were fine, its update applied
                 start_writing(run, cfg, lock, staging, overwrite)
                 log, samples = open_files()
             record = {"step": step + 1, **out.record, **rm_stats, **timers.pop(), "time/step": dt,
+                      "time/step_cpu": time.process_time() - c0,
                       "tokens_per_s": out.num_tokens / dt, "memory/peak_mib": peak_memory_mib(device),
                       "memory/state_mib": run.state_mib(), "memory/baseline_mib": baseline_mib}
             if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:

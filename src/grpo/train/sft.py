@@ -25,7 +25,7 @@ from grpo.config import SFTConfig
 from grpo.data import load_task
 from grpo.data.templates import encode_prompts
 from grpo.errors import UserError
-from grpo.models.loading import autocast, load_policy, stop_token_ids
+from grpo.models.loading import autocast, load_policy, resolve_device, stop_token_ids
 from grpo.models.logprobs import completion_logprobs
 from grpo.rewards import load_reward_function
 from grpo.rollout.engine import Rollout, pad_left
@@ -51,6 +51,8 @@ class SFTResult:
     history: list[dict]
     train_seconds: float = 0.0
     """Seconds spent in training steps alone (evaluations, loading and saving excluded)."""
+    train_cpu_seconds: float = 0.0
+    """The same steps' CPU seconds (this process, all threads): robust to other work on the machine."""
     rows_seen: int = 0
     """Training rows consumed, `sft.start_row` included: where a continuation should start."""
     chose_on_validation: bool = False
@@ -89,17 +91,25 @@ def _accumulate_nll(model, r: Rollout, s, ctx, optimizer) -> float:
     return loss_sum
 
 
+def matching_clock(device: str) -> str:
+    """The clock compute-matched baselines count on: CPU seconds on a CPU (other processes on a shared
+    machine then cost neither side anything), wall seconds on an accelerator (its work is not CPU time)."""
+    return "cpu" if resolve_device(device).type == "cpu" else "wall"
+
+
 def continuation_overrides(cfg: SFTConfig, first: SFTResult, seconds: float,
-                           output_dir: str | Path) -> list[str]:
+                           output_dir: str | Path, clock: str = "wall") -> list[str]:
     """`grpo sft` overrides (of `cfg`, the config `first` ran with) that continue `first` for `seconds` of
     training steps: from its best model, on the rows it did not reach (same seed and batch size), with its
     own warm-up and decay over a horizon sized by `first`'s seconds per step, at least 4 evaluations, the
-    best of them kept. The compute-matched baseline of an RL stage that took `seconds` (`sft_more`)."""
-    per_step = first.train_seconds / max(first.steps, 1)
+    best of them kept. The compute-matched baseline of an RL stage that took `seconds` (`sft_more`), counted
+    on `clock` ('wall' or 'cpu', as sft.clock)."""
+    spent = first.train_cpu_seconds if clock == "cpu" else first.train_seconds
+    per_step = spent / max(first.steps, 1)
     steps = max(2, round(seconds / per_step)) if per_step > 0 else cfg.sft.max_steps
     return [f"model.path={first.model_dir}", f"sft.output_dir={output_dir}",
             f"sft.start_row={first.rows_seen}",
-            f"sft.max_seconds={seconds:.3f}", f"sft.max_steps={steps}",
+            f"sft.max_seconds={seconds:.3f}", f"sft.clock={clock}", f"sft.max_steps={steps}",
             f"sft.eval_every={max(1, min(cfg.sft.eval_every, -(-steps // 4)))}", "sft.patience=0",
             f"optim.warmup_steps={min(cfg.optim.warmup_steps, steps // 5)}"]
 
@@ -144,7 +154,7 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
     optimizer, scheduler = make_optimizer(model, cfg.optim, s.max_steps)
     log, rng = MetricsLog(out, s.tensorboard), random.Random(s.seed)
     best = (-1.0, 0, None)  # (accuracy, step, state_dict)
-    evals_since_best, history, train_seconds = 0, [], 0.0
+    evals_since_best, history, train_seconds, train_cpu = 0, [], 0.0, 0.0
     order = batch_order(len(task.train), s.batch_size, rng)
     for _ in range(s.start_row // s.batch_size):  # a continuation skips the batches its first run consumed
         next(order)
@@ -157,7 +167,7 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
 
     bar = tqdm(range(1, s.max_steps + 1), desc="sft", disable=not progress, dynamic_ncols=True)
     for step in bar:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         rows = [task.train[i] for i in next(order)]
         targets = [r[s.target_column] for r in rows]
         if isinstance(targets[0], list):  # demonstrated episodes (chat messages with tool turns)
@@ -174,9 +184,11 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
         optimizer.step()
         scheduler.step()
         train_seconds += time.perf_counter() - t0
-        out_of_time = s.max_seconds is not None and train_seconds >= s.max_seconds
+        train_cpu += time.process_time() - c0
+        spent = train_cpu if s.clock == "cpu" else train_seconds
+        out_of_time = s.max_seconds is not None and spent >= s.max_seconds
         record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                  "train_seconds": train_seconds}
+                  "train_seconds": train_seconds, "train_cpu_seconds": train_cpu}
         if step % s.eval_every == 0 or step == s.max_steps or out_of_time:
             acc = accuracy(choice_rows)
             record["eval/accuracy"] = acc
@@ -193,10 +205,11 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
         model.load_state_dict(best[2])
     rows_seen = s.start_row + step * s.batch_size
     log.write({"step": step, "best_step": best[1], "eval/best_accuracy": best[0],
-               "train_seconds": train_seconds,
+               "train_seconds": train_seconds, "train_cpu_seconds": train_cpu,
                "rows_seen": rows_seen, "chose_on_validation": bool(task.validation),
                "seconds": time.perf_counter() - t_start})
     log.close()
     save_model(model, tokenizer, out / "final")
     return SFTResult(out, out / "final", best[0], best[1], step, time.perf_counter() - t_start, history,
-                     train_seconds, rows_seen, bool(task.validation))
+                     train_seconds=train_seconds, train_cpu_seconds=train_cpu, rows_seen=rows_seen,
+                     chose_on_validation=bool(task.validation))
