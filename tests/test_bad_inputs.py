@@ -125,13 +125,13 @@ def tiny(tmp_path_factory) -> str:
 @pytest.fixture(autouse=True)
 def _no_run_directory(monkeypatch):
     """Fail fast, writing nothing, if a bad input gets as far as creating the run directory."""
-    import grpo.train.grpo
+    import grpo.train.run
     import grpo.train.sft
 
     def refuse(path, cfg, overwrite=False):
         raise AssertionError(f"bad input got as far as creating the run directory {path}")
 
-    monkeypatch.setattr(grpo.train.grpo, "prepare_output_dir", refuse)
+    monkeypatch.setattr(grpo.train.run, "prepare_output_dir", refuse)
     monkeypatch.setattr(grpo.train.sft, "prepare_output_dir", refuse)
     monkeypatch.chdir(ROOT)  # the configs name their data files relative to the repository
 

@@ -297,9 +297,10 @@ def test_a_ppo_value_head_under_fsdp_is_refused_with_the_reason(tmp_path, monkey
     """The head would read the policy's sharded body outside its forward: refused as the ranks join, before
     any training (two ranks stood in for: the check reads only the world size)."""
     import grpo.train.grpo as loop
+    import grpo.train.run as setup
     from grpo.errors import UserError
 
-    monkeypatch.setattr(loop, "init_distributed", lambda device: Dist(0, 2))
+    monkeypatch.setattr(setup, "init_distributed", lambda device: Dist(0, 2))
     cfg = load_config(TrainConfig, None, ["algorithm=ppo", "train.strategy=fsdp", "ppo.value_model=head",
                                           "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
                                           "train.prompts_per_step=2", "train.micro_batch_size=16",

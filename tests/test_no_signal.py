@@ -8,7 +8,7 @@ import pytest
 
 from grpo.algorithm import expected_zero_std_fraction
 from grpo.config import TrainConfig, load_config
-from grpo.train.grpo import warn_if_no_signal
+from grpo.train.rollout_metrics import warn_if_no_signal
 
 
 def test_expected_share_hand_values():

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-import grpo.train.grpo
+import grpo.train.run
 import grpo.train.sft
 from grpo.commands.cli import main
 from grpo.errors import UserError
@@ -102,7 +102,7 @@ def test_the_lock_is_taken_before_the_model_loads(tmp_path, monkeypatch, capsys)
         seen.append(str(refused.value))
         raise UserError("stop here")
 
-    monkeypatch.setattr(grpo.train.grpo, "load_policy", load_policy)
+    monkeypatch.setattr(grpo.train.run, "load_policy", load_policy)
     assert run(capsys, ["train", "-q", f"train.output_dir={out}"]) == (2, "grpo: error: stop here")
     assert seen == [f"{out} is in use by another grpo train (pid {os.getpid()}); wait for it or choose "
                     "another train.output_dir"]

@@ -92,9 +92,9 @@ def test_straight_run_keeps_the_last_two_checkpoints_and_moves_the_weights(strai
 def test_sigterm_mid_step_then_resume_equals_the_straight_run(tmp_path, straight, reward_file, monkeypatch):
     """SIGTERM arrives during step 2 (as a scheduler's preemption notice would): the step finishes,
     a checkpoint of step 2 is written, TrainingInterrupted says where; resuming gives the straight run."""
-    import grpo.train.grpo as loop
+    import grpo.train.advantages as estimators
 
-    calls, real = [], loop.compute_advantages
+    calls, real = [], estimators.compute_advantages
 
     def advantages_then_sigterm(rewards, cfg):
         calls.append(1)
@@ -102,7 +102,7 @@ def test_sigterm_mid_step_then_resume_equals_the_straight_run(tmp_path, straight
             os.kill(os.getpid(), signal.SIGTERM)
         return real(rewards, cfg)
 
-    monkeypatch.setattr(loop, "compute_advantages", advantages_then_sigterm)
+    monkeypatch.setattr(estimators, "compute_advantages", advantages_then_sigterm)
     out = tmp_path / "run"
     with pytest.raises(TrainingInterrupted) as stopped:
         train(load_config(TrainConfig, None, overrides(reward_file, out)), progress=False)

@@ -116,7 +116,7 @@ def test_rollout_engine_vllm_is_built_from_the_config_and_kept_in_step(tmp_path,
     (a missed sync would sample step 2 from stale weights)."""
     from safetensors.torch import load_file
 
-    import grpo.train.grpo as loop
+    import grpo.train.run as setup
     from grpo.config import TrainConfig, load_config
     from grpo.train.grpo import train
 
@@ -126,7 +126,7 @@ def test_rollout_engine_vllm_is_built_from_the_config_and_kept_in_step(tmp_path,
                      progress=False)
 
     run(tmp_path / "hf")
-    monkeypatch.setattr(loop, "VLLMEngine", _FakeVLLM)  # the name the loop calls
+    monkeypatch.setattr(setup, "VLLMEngine", _FakeVLLM)  # the name the run's setup calls
     # correction=none: rollout.correction=auto would weight the surrogate by pi_old / pi_sampler for vLLM, and
     # the stand-in's lean sampler agrees with the trainer only to float rounding, so the bits would differ
     vllm = ("rollout.engine=vllm", "rollout.gpu_memory_utilization=0.5", "rollout.correction=none")

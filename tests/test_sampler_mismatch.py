@@ -16,8 +16,9 @@ from grpo.config import TrainConfig, load_config
 from grpo.models.loading import disable_dropout
 from grpo.rollout.engine import SamplingParams
 from grpo.rollout.hf import HFEngine
-from grpo.train.grpo import make_engine, train
+from grpo.train.grpo import train
 from grpo.models.logprobs import completion_logprobs
+from grpo.train.run import make_engine
 from grpo.train.update import correction_mode, logprobs_no_grad, sampler_correction, update_policy
 from test_rollout import PAD, make_model, prompts
 

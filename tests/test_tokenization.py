@@ -27,8 +27,9 @@ from grpo.rollout.engine import Rollout, SamplingParams
 from grpo.train.evaluation import evaluate_accuracy
 from grpo.train.metrics import Timers
 from grpo.train.distributed import SINGLE
-from grpo.train.grpo import generate_and_score, make_engine
+from grpo.train.grpo import generate_and_score
 from grpo.train.reward_model import RewardModelTrainer
+from grpo.train.run import make_engine
 from grpo.train.sft import encode_pairs
 
 CHAT = [{"role": "user", "content": "What is 2+3?"}]

@@ -89,11 +89,11 @@ def test_other_architecture_and_width_work_unchanged(tmp_path):
 
 @pytest.mark.slow
 def test_beta_zero_loads_no_reference(tmp_path, monkeypatch):
-    import grpo.train.grpo as loop
+    import grpo.train.run as setup
 
     made = []
-    real = loop.Reference
-    monkeypatch.setattr(loop, "Reference", lambda m: made.append(m) or real(m))
+    real = setup.Reference
+    monkeypatch.setattr(setup, "Reference", lambda m: made.append(m) or real(m))
     _run(tmp_path, ["grpo.beta=0.0", "train.steps=1"])
     assert made == []
     _run(tmp_path, ["grpo.beta=0.1", "train.steps=1"], overwrite=True)  # the same directory again

@@ -357,3 +357,47 @@ def test_iterative_grpo_retrains_the_reward_model_each_iteration_and_resumes_exa
 def test_reward_model_init_without_retraining_is_refused(tmp_path, reward_file):
     with pytest.raises(UserError, match="set rewards.model.retrain=true"):
         config(reward_file, tmp_path / "x", "rewards.model={}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# the one place a run's variant is chosen (grpo.train.variants)
+
+
+@pytest.mark.parametrize("overrides, estimator, collect, tokens, old_logp, adv", [
+    # rewards [1, 0, 0, 1]: mean 0.5, unbiased std sqrt(1/3), so +-0.5 / (0.57735 + 1e-4)
+    ([], "group_relative", "one_draw", "every_token", False, [0.86588, -0.86588, -0.86588, 0.86588]),
+    # RLOO: 4/3 * (r - 0.5) = +-2/3
+    (["grpo.advantage=rloo", "grpo.mu=2"], "group_relative", "one_draw", "every_token", True,
+     [2 / 3, -2 / 3, -2 / 3, 2 / 3]),
+    (["grpo.advantage=process", "rewards.step_fn=arithmetic_steps"], "process_supervised", "one_draw",
+     "every_token", False, None),
+    # online RFT: 1 where the accuracy reward says correct; no KL in its loss
+    (["algorithm=rft", "grpo.dynamic_sampling=true"], "rejection_sampling", "dynamic_sampling", "every_token",
+     False, [1.0, 0.0, 0.0, 1.0]),
+    (["algorithm=ppo"], "ppo_gae", "one_draw", "every_token", True, [0.0, 0.0, 0.0, 0.0]),
+    (["grpo.top_entropy_quantile=0.2"], "group_relative", "one_draw", "forking_tokens", True,
+     [0.86588, -0.86588, -0.86588, 0.86588]),
+])
+def test_the_config_chooses_each_part_of_the_step_once(overrides, estimator, collect, tokens, old_logp, adv):
+    from types import SimpleNamespace
+
+    from grpo.train.distributed import SINGLE
+    from grpo.train.update import StepLogProbs
+    from grpo.train.variants import choose_variant
+
+    cfg = load_config(TrainConfig, None, ["grpo.G=4", *overrides])
+    critic = SimpleNamespace(advantages=lambda r, rewards, old, ref, beta: SimpleNamespace(
+        advantages=torch.zeros(4), kl_reward=0.5))  # PPO's value model, stood in for
+    v = choose_variant(cfg, critic=critic, step_fn=None, tokenizer=None, accuracy="acc", pad_id=0,
+                       dist=SINGLE)
+    name = lambda f: getattr(f, "func", f).__name__  # noqa: E731
+    assert (name(v.advantages), name(v.collect), name(v.select_tokens)) == (estimator, collect, tokens)
+    assert (v.old_logp, v.entropy) == (old_logp, tokens == "forking_tokens")
+    if adv is not None:  # one prompt, G = 4 completions; the accuracy reward calls the first and last correct
+        rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
+        batch = SimpleNamespace(rollout=None, rewards=rewards, per_function={"acc": rewards.tolist()})
+        a = v.advantages(batch, batch, StepLogProbs(None, None, None))
+        assert a.adv.tolist() == pytest.approx(adv, abs=1e-5)
+        assert a.kl_in_loss is (cfg.algorithm == "grpo")  # PPO has it in the reward, RFT has none
+        assert (a.critic_update is not None, a.metrics) == \
+            ((True, {"ppo/kl_reward": 0.5}) if cfg.algorithm == "ppo" else (False, {}))

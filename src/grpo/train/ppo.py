@@ -7,11 +7,12 @@ penalty to the reference is folded into every token's reward,
 
 advantages come from GAE over a value model V(q, o_<t) (whitened over the batch's tokens), and the
 value model is trained with the clipped value loss. Everything else (rollout, rewards, the clipped
-policy surrogate, logging, checkpoints) is the GRPO loop's own; `grpo.train.grpo` calls this module
-only where the algorithms differ. The value model is a second copy of the policy's transformer with
-a scalar head, initialised from the policy (the paper's PPO holds policy, reference, value and
-reward models; GRPO drops the value model); `ppo.value_model=head` keeps only a scalar head on the
-policy's own hidden states instead (no second model, the value loss never reaches the policy).
+policy surrogate, logging, checkpoints) is the GRPO loop's own; the step reaches this module only
+through PPO's advantage estimator (`grpo.train.advantages.ppo_gae`). The value model is a second copy
+of the policy's transformer with a scalar head, initialised from the policy (the paper's PPO holds
+policy, reference, value and reward models; GRPO drops the value model); `ppo.value_model=head` keeps
+only a scalar head on the policy's own hidden states instead (no second model, the value loss never
+reaches the policy).
 """
 
 from __future__ import annotations

@@ -18,8 +18,17 @@ import torch
 from grpo.algorithm import expected_zero_std_fraction, zero_std_fraction
 from grpo.config import TrainConfig
 from grpo.rollout.engine import Rollout
+from grpo.train.batch import GlobalBatch
 
 logger = logging.getLogger("grpo.train.grpo")  # the loop's logger: its warnings read as the loop's
+
+
+def batch_metrics(everyone: GlobalBatch, cfg: TrainConfig, accuracy: str | None = None) -> dict:
+    """The gathered batch's reward and length metrics, its multi-turn episode metrics (none for single-turn
+    rollouts) and its reward errors and timeouts."""
+    return {**rollout_metrics(everyone, everyone.rewards, everyone.per_function, cfg, accuracy),
+            **episode_metrics(everyone.episodes, bool(cfg.rollout.environment)),
+            "reward/errors": everyone.num_errors, "reward/timeouts": everyone.num_timeouts}
 
 
 def rollout_metrics(r: Rollout, rewards, per_function: dict, cfg: TrainConfig,

@@ -7,8 +7,8 @@ their prompt once, grpo.models.logprobs) and groups are ordered by their longest
 `train.micro_batch_tokens` also caps the padded tokens of a micro-batch, so memory follows tokens
 rather than rows.
 
-Functions of a model, an optimizer and a rollout; the loop (`grpo.train.grpo`) decides when to call
-them.
+Functions of a model, an optimizer and a rollout; the step (`grpo.train.grpo.train_step`) decides when
+to call them.
 """
 
 from __future__ import annotations
@@ -18,22 +18,13 @@ from typing import NamedTuple
 
 import torch
 
-from grpo.algorithm import (
-    entropy_threshold,
-    importance_weights,
-    mask_truncated,
-    masked_mean,
-    mismatch_metrics,
-    policy_loss,
-    top_entropy_mask,
-)
+from grpo.algorithm import importance_weights, mask_truncated, masked_mean, mismatch_metrics, policy_loss
 from grpo.config import TrainConfig
 from grpo.models.logprobs import completion_logprobs, prompt_groups
 from grpo.rollout.engine import Rollout
 from grpo.train.distributed import (
     SINGLE,
     Dist,
-    all_gather_objects,
     all_max,
     all_min,
     all_reduce_grads,
@@ -151,15 +142,29 @@ def logprobs_no_grad(model, r: Rollout, cfg: TrainConfig, ctx, dist: Dist = SING
     return NoGradLogProbs(out, ent)
 
 
-def forking_tokens(entropy: torch.Tensor, mask: torch.Tensor, fraction: float,
-                   dist: Dist = SINGLE) -> tuple[torch.Tensor, float]:
-    """(keep [N, T] bool, threshold): the policy tokens whose entropy is in the top `fraction` of the whole
-    batch's (every rank's) policy tokens (grpo.top_entropy_quantile; `grpo.algorithm.top_entropy_mask`)."""
-    valid = entropy[mask.bool()].float()
-    if dist.enabled:
-        valid = torch.tensor([v for part in all_gather_objects(valid.tolist(), dist) for v in part])
-    threshold = entropy_threshold(valid, fraction)
-    return top_entropy_mask(entropy, mask, fraction, threshold), threshold
+class StepLogProbs(NamedTuple):
+    """A step's log-probs of the sampled tokens, taken without gradients before the update (0 past a row's
+    end)."""
+
+    ref: torch.Tensor | None
+    """[N, T] pi_ref's, for the KL (None without a reference: beta = 0, or RFT)."""
+    old: torch.Tensor | None
+    """[N, T] pi_old's (None: not computed; the update takes its own logp.detach(), exact for mu = 1)."""
+    entropy: torch.Tensor | None
+    """[N, T] pi_old's entropy at each position, if asked (forking tokens)."""
+
+
+def step_logprobs(model, ref, r: Rollout, cfg: TrainConfig, ctx, dist: Dist = SINGLE, old: bool = False,
+                  entropy: bool = False) -> StepLogProbs:
+    """The reference's log-probs (`ref`: a grpo.models.loading.Reference, or None), then, if `old`, the
+    policy's own before the update (with its entropy, if `entropy`)."""
+    ref_logp = None
+    if ref is not None:
+        with ref.context():
+            ref_logp = logprobs_no_grad(ref.model, r, cfg, ctx, dist).logp
+    pi_old = logprobs_no_grad(model, r, cfg, ctx, dist, with_entropy=entropy) if old else None
+    return StepLogProbs(ref_logp, None if pi_old is None else pi_old.logp,
+                        None if pi_old is None else pi_old.entropy)
 
 
 def correction_mode(cfg: TrainConfig) -> str:
