@@ -150,8 +150,10 @@ class HFEngine:
         its first stop token (or at max_new_tokens)."""
         self.prefill(prompt_ids, params)
         try:
-            while self.step(generator):
-                pass
+            with torch.inference_mode():  # entered once, not per token as `step` does
+                decoding = self.decoding
+                while decoding.step(generator):
+                    pass
         finally:
             rollout = self.finish()
         rollout.policy_mask = None  # every completion token is the policy's
@@ -163,7 +165,8 @@ class HFEngine:
         self.decoding = Decode(self, prompt_ids, params)
 
     def step(self, generator: torch.Generator | None = None) -> bool:
-        return self._decoding().step(generator)
+        with torch.inference_mode():
+            return self._decoding().step(generator)
 
     def ended_turns(self) -> dict[int, list[int]]:
         return self._decoding().ended_turns()
@@ -229,10 +232,10 @@ class Decode:
         # Only the lean path: its steps give the same bits at any thread count (see LeanDecoder).
         self.threads = DecodeThreads(device, enabled=isinstance(self.stepper, LeanDecoder))
 
-    @torch.inference_mode()
     def step(self, generator: torch.Generator | None) -> bool:
         """Feed every cache row's last token (none before the first step: the prefill gave the logits),
-        then pick each row's next one. False, with nothing done, once the decode is over."""
+        then pick each row's next one. False, with nothing done, once the decode is over. Runs under
+        inference mode (the caller's)."""
         t = self.t
         if self.over:
             return False
