@@ -6,12 +6,13 @@ lives through several turns, environment answers and cache compactions within 64
 """
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from grpo.models.tiny import TinyConfig, build_model, build_tokenizer
-from grpo.rollout.engine import SamplingParams
+from grpo.rollout.engine import RolloutEngine, SamplingParams
 from grpo.rollout.hf import HFEngine
 from grpo.rollout.multiturn import (
     encode_demonstrations,
@@ -282,8 +283,11 @@ class _AlwaysEos:
         pass
 
 
-class _EosEngine:
-    model, eos, pad_id = torch.nn.Linear(1, 1), torch.tensor([2]), 0
+class _EosEngine(HFEngine):
+    """The built-in engine's decode loop over `_AlwaysEos` (EOS id 2, pad 0)."""
+
+    def __init__(self):
+        super().__init__(torch.nn.Linear(1, 1), 2, 0)
 
     def make_stepper(self, max_len):
         return _AlwaysEos()
@@ -310,3 +314,57 @@ def test_truncated_is_whether_the_episode_was_cut_wherever_the_budget_falls(budg
     assert r.completion_ids[0].tolist() == [2, 3, 4, 2][:budget]
     assert r.truncated.tolist() == [truncated]
     assert ep.turns == [1 + (budget == 4)]
+
+
+def test_multi_turn_calls_nothing_past_the_engine_protocol(tiny):
+    """An engine that has the RolloutEngine calls and nothing else (the built-in one's, bound) drives
+    generate_episodes to the built-in engine's episodes, token for token."""
+    calls = [k for k in vars(RolloutEngine) if not k.startswith("_")]
+    assert set(calls) == {"generate", "sync_weights", "prefill", "step", "ended_turns", "append", "finish"}
+    tok, model = tiny
+    out = []
+    for wrap in (lambda e: e, lambda e: SimpleNamespace(**{k: getattr(e, k) for k in calls})):
+        engine = wrap(HFEngine(model, [tok.eos_token_id] + STOPS, tok.pad_token_id))
+        r, ep = generate_episodes(engine, tok, prompts(tok), [Counter() for _ in range(6)],
+                                  SamplingParams(48, 1.0, 1.0, 2), 3, torch.Generator().manual_seed(0))
+        out.append((r, ep))
+    (a, ep_a), (b, ep_b) = out
+    assert sum(ep_a.turns) > 6  # environment tokens were appended
+    for f in ("completion_ids", "completion_mask", "policy_mask", "logp", "truncated"):
+        assert torch.equal(getattr(a, f), getattr(b, f)), f
+    assert ep_a == ep_b
+
+
+class _Prefills(_AlwaysEos):
+    prefills = 0
+
+    def prefill(self, *a, **kw):
+        _Prefills.prefills += 1
+        return super().prefill(*a, **kw)
+
+
+def test_the_stepwise_calls_of_the_built_in_engine():
+    """prefill runs the prompt once; each step gives one token per running row; a row whose turn ended
+    (EOS, id 2) goes on after appended tokens (forced: logp 0, policy 0), else stops (not truncated)."""
+    engine = _EosEngine()
+    engine.make_stepper = lambda max_len: _Prefills()
+    engine.prefill([[1], [1, 1]], SamplingParams(8, 0.0, 1.0, 1))
+    assert engine.step() and engine.ended_turns() == {0: [2], 1: [2]}
+    with pytest.raises(ValueError, match="row 5 did not just end"):
+        engine.append(5, [3])
+    engine.append(0, [3, 4])  # row 1 gets no answer: its episode is over
+    assert engine.step() and engine.ended_turns() == {}  # row 0: 3, forced
+    assert engine.step() and engine.ended_turns() == {}  # row 0: 4, forced
+    assert engine.step() and engine.ended_turns() == {0: [2]}  # row 0's second turn: EOS again
+    engine.append(0, [])  # goes on with no environment tokens
+    assert engine.step() and engine.ended_turns() == {0: [2]}
+    assert not engine.step()  # row 0 unanswered: every row has stopped
+    r = engine.finish()
+    assert _Prefills.prefills == 1
+    assert r.completion_ids.tolist() == [[2, 3, 4, 2, 2], [2, 0, 0, 0, 0]]
+    assert r.policy_mask.tolist() == [[1, 0, 0, 1, 1], [1, 0, 0, 0, 0]]
+    assert r.completion_mask.tolist() == [[1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert (r.logp[:, 1:3] == 0).all() and (r.logp[0, [0, 3, 4]] < 0).all()
+    assert r.truncated.tolist() == [False, False]
+    with pytest.raises(RuntimeError, match="no decode is open"):
+        engine.step()

@@ -40,6 +40,16 @@ def test_rollout_from_outputs_has_the_hf_engine_layout():
         rollout_from_outputs(prompts, outputs, G=3, pad_id=0)
 
 
+@pytest.mark.parametrize("call, args", [("prefill", ([[5]], SamplingParams())), ("step", ()),
+                                        ("ended_turns", ()), ("append", (0, [3])), ("finish", ())])
+def test_the_engine_refuses_the_stepwise_calls_of_multi_turn_rollouts(call, args):
+    """vLLM samples whole completions: each stepwise call of the RolloutEngine protocol is a UserError that
+    names the engine to use instead (the calls need no vLLM, so an engine object without one stands in)."""
+    engine = VLLMEngine.__new__(VLLMEngine)
+    with pytest.raises(UserError, match=rf"rollout.engine=vllm .* no stepwise {call}\(\).*rollout.engine=hf"):
+        getattr(engine, call)(*args)
+
+
 @pytest.mark.skipif(HAS_VLLM and torch.cuda.is_available(), reason="vLLM and a GPU are present")
 def test_building_the_engine_without_vllm_or_a_gpu_is_a_clear_error():
     with pytest.raises(UserError, match="vLLM"):

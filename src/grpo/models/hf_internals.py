@@ -22,10 +22,11 @@ with the stock forward.
 | the LM head's `forward` (shadowed by an instance attribute) | `grpo.models.logprobs._head_returns_hidden` | chunked_head |
 | the forward keyword `cache` / `past_key_values` | `grpo.models.logprobs.cache_kwarg` | every forward with a cache |
 | `model.model.embed_tokens/.rotary_emb/.norm/.layers`, `model.lm_head` | `decoder_stack` | lean_decoder, the load check |
-| `rotary_emb(x, position_ids) -> (cos, sin)` | `grpo.rollout.lean.LeanDecoder.prefill` | lean_decoder |
+| `rotary_emb(x, position_ids) -> (cos, sin)` | `rotary_cos_sin` | lean_decoder |
 | `layer.self_attn/.mlp/.input_layernorm/.post_attention_layernorm` | `decoder_layer` | lean_decoder |
-| `self_attn.q_proj/.k_proj/.v_proj/.o_proj`, `mlp.gate_proj/.up_proj/.down_proj` | `grpo.rollout.lean` | lean_decoder |
-| `<Norm>.variance_epsilon`, `<Attention>.scaling`, `.q_norm/.k_norm` | `decoder_layer` | lean_decoder |
+| `self_attn.q_proj/.k_proj/.v_proj/.o_proj/.q_norm/.k_norm/.scaling`, `mlp.gate_proj/.up_proj/.down_proj/.act_fn` | `decoder_layer` | lean_decoder |
+| `<Norm>.weight/.variance_epsilon` | `rms_norm_params` | lean_decoder |
+| `config.rope_parameters` (>= 5) / `config.rope_scaling` | `rope_type` | lean_decoder |
 | `activation_checkpointing_enable` (>= 5) / `gradient_checkpointing_enable` | `grpo.models.loading.enable_checkpointing` | train.gradient_checkpointing |
 
 The tested range of transformers is the one `pyproject.toml` allows; `constraints.txt` pins the set the
@@ -36,6 +37,8 @@ from __future__ import annotations
 
 import importlib
 from typing import NamedTuple
+
+import torch
 
 # Each internal is imported in the function that uses it, not here: `missing_internals` reports an internal
 # a transformers release lacks by name (and its fast path is skipped) instead of
@@ -156,12 +159,29 @@ class DecoderStack(NamedTuple):
 
 
 class DecoderLayer(NamedTuple):
-    """One Llama-style decoder layer's parts."""
+    """One Llama-style decoder layer's parts by role: modules, and the attention's `scaling`."""
 
-    self_attn: object
-    mlp: object
     input_layernorm: object
     post_attention_layernorm: object
+    q_proj: object
+    k_proj: object
+    v_proj: object
+    o_proj: object
+    q_norm: object | None
+    """Qwen3's RMSNorm over each query head (None where the attention has none); k_norm: the keys'."""
+    k_norm: object | None
+    gate_proj: object
+    up_proj: object
+    down_proj: object
+    act_fn: object
+    scaling: float
+    """The factor the attention multiplies q.k by."""
+
+    @property
+    def linears(self) -> tuple:
+        """The seven projections, attention's then the MLP's."""
+        return (self.q_proj, self.k_proj, self.v_proj, self.o_proj,
+                self.gate_proj, self.up_proj, self.down_proj)
 
 
 def decoder_stack(model) -> DecoderStack | None:
@@ -175,18 +195,31 @@ def decoder_stack(model) -> DecoderStack | None:
 
 
 def decoder_layer(layer) -> DecoderLayer | None:
-    """`layer.{self_attn, mlp, input_layernorm, post_attention_layernorm}`; None where any is absent."""
-    names = DecoderLayer._fields
-    if not all(hasattr(layer, k) for k in names):
+    """`layer.{input_layernorm, post_attention_layernorm}`, `layer.self_attn.{q,k,v,o}_proj` (with `.q_norm`,
+    `.k_norm` where present, and `.scaling`) and `layer.mlp.{gate,up,down}_proj, .act_fn`; None where any but
+    q_norm and k_norm is absent."""
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    get = lambda obj, names: [getattr(obj, k, None) for k in names]  # noqa: E731
+    norms = get(layer, ("input_layernorm", "post_attention_layernorm"))
+    q, k, v, o, scaling = get(attn, ("q_proj", "k_proj", "v_proj", "o_proj", "scaling"))
+    mlp_parts = get(mlp, ("gate_proj", "up_proj", "down_proj", "act_fn"))
+    if any(x is None for x in [*norms, q, k, v, o, scaling, *mlp_parts]):
         return None
-    return DecoderLayer(*(getattr(layer, k) for k in names))
+    return DecoderLayer(*norms, q, k, v, o, *get(attn, ("q_norm", "k_norm")), *mlp_parts, scaling)
 
 
-def rms_norm_eps(norm) -> float:
-    """An RMSNorm module's epsilon (`variance_epsilon` in the Llama family)."""
-    return norm.variance_epsilon
+def rms_norm_params(norm) -> tuple:
+    """An RMSNorm module's (weight, epsilon) (`weight`, `variance_epsilon` in the Llama family)."""
+    return norm.weight, norm.variance_epsilon
 
 
-def attention_scaling(attn) -> float:
-    """The factor an attention module multiplies q.k by (`scaling`)."""
-    return attn.scaling
+def rotary_cos_sin(rotary, positions):
+    """cos, sin [B, L, head_dim] (float32, as the model's layers get them) of a decoder stack's rotary
+    embedding module at position ids [B, L]."""
+    return rotary(torch.empty(0, device=positions.device), positions)
+
+
+def rope_type(config) -> str:
+    """The RoPE type a config asks for ('default' where it names none)."""
+    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"

@@ -1,7 +1,8 @@
 """The rollout interface: prompts in, G sampled completions per prompt out.
 
-The training loop only sees `RolloutEngine.generate` and the `Rollout` it returns, so another engine
-(vLLM on a GPU, say) can be added without touching the loop.
+The training loop only sees `RolloutEngine` (`generate`, and the stepwise calls that multi-turn rollouts
+drive) and the `Rollout` it returns, so another engine (vLLM on a GPU, say) can be added without
+touching the loop.
 
 Layout of a rollout (N = num_prompts * G rows, groups contiguous: rows i*G .. i*G+G-1 answer prompt i):
 
@@ -85,8 +86,42 @@ def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 
 
 class RolloutEngine(Protocol):
+    """`generate` samples whole completions. The stepwise calls below are what multi-turn rollouts drive
+    (`grpo.rollout.multiturn.generate_episodes`, the only contract it relies on):
+
+        engine.prefill(prompt_ids, params)             # every prompt run once, G rows each
+        while engine.step(generator):                  # one token for every running row
+            for row, turn in engine.ended_turns().items():
+                engine.append(row, observation_ids)    # the environment answers: the row goes on
+        rollout = engine.finish()
+
+    Each row's sequence is only ever extended, never re-run: an appended observation follows the row's
+    cached keys, and the row samples again after it. An engine that samples whole completions only (vLLM)
+    raises a UserError from the stepwise calls.
+    """
+
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams,
                  generator: torch.Generator | None = None) -> Rollout: ...
 
     def sync_weights(self, model) -> None:
         """Make the engine sample from `model`'s current weights (a no-op when it shares them)."""
+
+    def prefill(self, prompt_ids: list[list[int]], params: SamplingParams) -> None:
+        """Start a stepwise decode of params.G rows per prompt (N rows, the layout above): run the prompts."""
+
+    def step(self, generator: torch.Generator | None = None) -> bool:
+        """Give every running row its next token: the next of its appended environment tokens, else one
+        sampled (temperature, top_p). False, with nothing done, once the decode is over: every row stopped,
+        or params.max_new_tokens tokens (policy and environment) per row."""
+
+    def ended_turns(self) -> dict[int, list[int]]:
+        """The rows whose policy turn ended at the last step (sampled a stop token), each with the tokens
+        it sampled in that turn (stop token included). Such a row stops unless `append` answers it."""
+
+    def append(self, row: int, ids: list[int]) -> None:
+        """Queue environment tokens after `row`'s just-ended turn (fed as its next tokens: logp 0, policy
+        mask 0); the row samples again after them. ids may be empty (the row just goes on)."""
+
+    def finish(self) -> Rollout:
+        """End the decode: the rollout with policy_mask; truncated marks the rows still running (their
+        episode was cut by max_new_tokens). Call it also after a failure midway: it restores the model."""

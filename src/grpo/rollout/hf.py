@@ -1,10 +1,12 @@
-"""A lean sampling loop over a Hugging Face causal LM, with a KV cache.
+"""A lean sampling loop over a Hugging Face causal LM, with a KV cache: `HFEngine`, one loop (`Decode`)
+behind both `generate` and the stepwise calls of `RolloutEngine` that multi-turn rollouts drive.
 
 One prefill forward over the (left-padded) distinct prompts, whose KV cache the G completions of a
 group then share a copy of, and one forward per new token for the rows still running. A row that emits EOS
-stops: its later slots are pad tokens, masked out; once a
-quarter of the rows in the cache have finished they are dropped from it, so the tail of a batch of
-mixed lengths costs only the rows still running. The loop stops when every row has finished.
+stops, unless the caller appends environment tokens after it (multi-turn), which the following steps feed
+in instead of sampling: its later slots are pad tokens, masked out; once a quarter of the rows in the cache
+have finished they are dropped from it, so the tail of a batch of mixed lengths costs only the rows still
+running. The loop stops when every row has finished.
 
 Models with the "lean_decoder" fast path (`grpo.models.fast_paths`) run on
 `LeanDecoder`: the same arithmetic as
@@ -119,6 +121,9 @@ class HFEngine:
     dtype: compute dtype of sampling (None: the weights' own). bfloat16 with float32 weights samples
     from bf16 copies of the weights (lean path) or under autocast (generic path).
     lean: use `LeanDecoder` where it supports the model (False: always the model's own forward).
+
+    `generate` and the stepwise calls of `RolloutEngine` (prefill .. finish, which multi-turn rollouts
+    drive) run the same loop, `Decode`: a single-turn rollout is the stepwise decode with no environment.
     """
 
     def __init__(self, model, eos_token_id: int | list[int], pad_token_id: int,
@@ -129,86 +134,214 @@ class HFEngine:
         self.pad_id = pad_token_id
         self.dtype = dtype
         self.lean = lean
+        self.decoding: Decode | None = None
 
     def sync_weights(self, model) -> None:
         self.model = model
 
     def make_stepper(self, max_len: int):
-        """The prefill/step/compact object of a generate over sequences of at most max_len tokens."""
+        """The prefill/step/compact object of a decode over sequences of at most max_len tokens."""
         stepper = LeanDecoder.build(self.model, max_len, self.dtype) if self.lean else None
         return stepper or HFStepper(self.model, self.dtype)
 
     def generate(self, prompt_ids: list[list[int]], params: SamplingParams,
                  generator: torch.Generator | None = None) -> Rollout:
-        model = self.model
+        """G completions of each prompt: the stepwise decode with nothing appended, so each row ends with
+        its first stop token (or at max_new_tokens)."""
+        self.prefill(prompt_ids, params)
+        try:
+            with torch.inference_mode():  # entered once, not per token as `step` does
+                decoding = self.decoding
+                while decoding.step(generator):
+                    pass
+        finally:
+            rollout = self.finish()
+        rollout.policy_mask = None  # every completion token is the policy's
+        return rollout
+
+    def prefill(self, prompt_ids: list[list[int]], params: SamplingParams) -> None:
+        if self.decoding is not None:  # a decode abandoned without finish: put the model back first
+            self.decoding.close()
+        self.decoding = Decode(self, prompt_ids, params)
+
+    def step(self, generator: torch.Generator | None = None) -> bool:
+        with torch.inference_mode():
+            return self._decoding().step(generator)
+
+    def ended_turns(self) -> dict[int, list[int]]:
+        return self._decoding().ended_turns()
+
+    def append(self, row: int, ids: list[int]) -> None:
+        self._decoding().append(row, ids)
+
+    def finish(self) -> Rollout:
+        decoding, self.decoding = self._decoding(), None
+        return decoding.finish()
+
+    def _decoding(self) -> "Decode":
+        if self.decoding is None:
+            raise RuntimeError("HFEngine: no decode is open (prefill starts one, finish ends it)")
+        return self.decoding
+
+
+class Decode:
+    """One stepwise decode (`HFEngine.prefill` .. `finish`): the engine's one decode loop and its state.
+
+    N = n * G rows, row i*G+j the j-th completion of prompt i. The KV cache holds C <= N of them (`rows`: the
+    original row of each cache row, `alive`: still running). Each step feeds every cache row's last token and
+    picks its next one: the next of its queued environment tokens (forced: logp 0, policy 0), else a sample.
+    A row whose policy turn ends (it samples a stop token) stops at the next step unless `append` answers it;
+    once a quarter of the cache rows have stopped they are dropped from it, so the tail of a batch of mixed
+    lengths costs only the rows still running. Tokens go to the output in segments, one per cache layout.
+    """
+
+    def __init__(self, engine: "HFEngine", prompt_ids: list[list[int]], params: SamplingParams):
+        model = engine.model
         device = next(model.parameters()).device
-        was_training = model.training
+        ids, mask = pad_left(prompt_ids, engine.pad_id)
+        self.ids, self.mask = ids.to(device), mask.to(device)  # [n, P], one row per distinct prompt
+        (n, P), G = ids.shape, params.G
+        N, self.budget = n * G, params.max_new_tokens
+        self.params, self.pad_id, self.eos = params, engine.pad_id, engine.eos.to(device)
+        self.model, self.was_training = model, model.training
         model.eval()
-        ids, mask = pad_left(prompt_ids, self.pad_id)
-        ids, mask = ids.to(device), mask.to(device)  # [n, P], one row per distinct prompt
         try:
             with torch.inference_mode():
-                tokens, logp, live = self._sample(ids, mask, params, generator)
-        finally:
-            model.train(was_training)
-        ids, mask = ids.repeat_interleave(params.G, 0), mask.repeat_interleave(params.G, 0)  # [N, P]
-        # Clones are ordinary tensors: the loop feeds them to autograd, which refuses inference tensors.
-        tokens, completion_mask = tokens.clone(), live.long()  # [N, T]
-        last = tokens.gather(1, (completion_mask.sum(1, keepdim=True) - 1).clamp(min=0)).squeeze(1)  # [N]
-        return Rollout(prompt_ids=ids, prompt_mask=mask, completion_ids=tokens,
-                       completion_mask=completion_mask,
-                       truncated=~torch.isin(last, self.eos.to(device)), logp=logp.clone())
-
-    def _sample(self, ids, mask, params: SamplingParams, generator):
-        """G completions of each prompt ids/mask [n, P]: tokens, logp, live [n * G, T], T the longest
-        completion (live: the slot holds a token of the completion, EOS included)."""
-        (n, P), G, device = ids.shape, params.G, ids.device
-        N = n * G
-        stepper = self.make_stepper(P + params.max_new_tokens)
-        positions = position_ids_from_mask(mask)  # [n, P]
-        # [N, V]
-        logits = stepper.prefill(ids, mask, positions, params.max_new_tokens, G).repeat_interleave(G, 0)
-        pos = (positions[:, -1] + 1).repeat_interleave(G, 0)  # [N]
-        out_tok = torch.full((N, params.max_new_tokens), self.pad_id, dtype=torch.long, device=device)
-        out_lp = torch.zeros(N, params.max_new_tokens, device=device)
-        out_live = torch.zeros(N, params.max_new_tokens, dtype=torch.bool, device=device)
+                self.stepper = engine.make_stepper(P + self.budget)
+                positions = position_ids_from_mask(self.mask)  # [n, P]
+                self.logits = self.stepper.prefill(self.ids, self.mask, positions, self.budget,
+                                                   G).repeat_interleave(G, 0)  # [N, V]
+                self.pos = (positions[:, -1] + 1).repeat_interleave(G, 0)  # [C]
+                self.out_tok = torch.full((N, self.budget), self.pad_id, dtype=torch.long, device=device)
+                self.out_lp = torch.zeros(N, self.budget, device=device)
+                self.out_live = torch.zeros(N, self.budget, dtype=torch.bool, device=device)
+                self.out_policy = torch.zeros_like(self.out_live)
+                self.rows = torch.arange(N, device=device)  # [C] original row of each cache row
+                self.alive = torch.ones(N, dtype=torch.bool, device=device)  # [C]
+        except BaseException:
+            model.train(self.was_training)
+            raise
+        self.tok = self.ended = None  # [C] the last step's tokens; its rows whose policy turn ended
+        self.t, self.t0, self.segment, self.n_alive, self.over = 0, 0, [], N, False
+        self.queued: dict[int, list[int]] = {}  # original row -> environment tokens still to feed
+        self.answered: list[int] = []  # rows whose ended turn `append` answered since the last step
+        self.just_ended: set[int] = set()
+        self.turn_start = [0] * N  # per original row: the slot its current policy turn began at
+        # A host sync per token is cheap on a CPU only, or where the caller has just made one (ended_turns).
+        self.check_every, self.synced = 1 if device.type == "cpu" else 8, False
         # Only the lean path: its steps give the same bits at any thread count (see LeanDecoder).
-        threads = DecodeThreads(device, enabled=isinstance(stepper, LeanDecoder))
-        try:
-            self._decode(stepper, logits, pos, params, generator, threads, out_tok, out_lp, out_live)
-        finally:
-            threads.done()
-        T = int(out_live.sum(1).max()) if N else 0
-        return out_tok[:, :T], out_lp[:, :T], out_live[:, :T]
+        self.threads = DecodeThreads(device, enabled=isinstance(self.stepper, LeanDecoder))
 
-    def _decode(self, stepper, logits, pos, params: SamplingParams, generator, threads: DecodeThreads,
-                out_tok, out_lp, out_live) -> None:
-        """Sample token by token into out_tok/out_lp/out_live [N, max_new_tokens] until every row ends."""
-        N, device = out_tok.shape[0], out_tok.device
-        eos = self.eos.to(device)
-        rows = torch.arange(N, device=device)  # original row of each cache row
-        alive = torch.ones(N, dtype=torch.bool, device=device)  # [C] cache rows still generating
-        segment, t0, n_alive = [], 0, N
-        check_every = 1 if device.type == "cpu" else 8  # a host sync per token is cheap on a CPU only
-        for t in range(params.max_new_tokens):
-            tok, lp = sample_next(logits, params.temperature, params.top_p, generator)  # [C]
-            tok = tok.masked_fill(~alive, self.pad_id)
-            segment.append((tok, lp, alive))
-            alive = alive & ~(tok == eos[0] if eos.numel() == 1 else torch.isin(tok, eos))
-            last = t + 1 == params.max_new_tokens
-            if last or (t + 1) % check_every == 0:
-                n_alive = int(alive.sum())
-            if n_alive == 0 or last or n_alive <= 3 * alive.shape[0] // 4:
-                seg_tok, seg_lp, seg_live = (torch.stack(x, 1) for x in zip(*segment))  # [C, k]
-                out_tok[rows, t0:t + 1], out_live[rows, t0:t + 1] = seg_tok, seg_live
-                out_lp[rows, t0:t + 1] = seg_lp.masked_fill(~seg_live, 0.0)
-                segment, t0 = [], t + 1
-                if n_alive == 0 or last:
-                    break
-                keep = alive.nonzero().squeeze(1)  # [C']
-                stepper.compact(keep)
-                rows, alive, tok, pos = rows[keep], alive[keep], tok[keep], pos[keep]
-            threads.before(t)
-            logits = stepper.step(tok, pos)
-            threads.after(t)
-            pos = pos + 1
+    def step(self, generator: torch.Generator | None) -> bool:
+        """Feed every cache row's last token (none before the first step: the prefill gave the logits),
+        then pick each row's next one. False, with nothing done, once the decode is over. Runs under
+        inference mode (the caller's)."""
+        t = self.t
+        if self.over:
+            return False
+        if t > 0:
+            self.settle()
+            if t < self.budget and (self.synced or t % self.check_every == 0):
+                self.n_alive, self.synced = int(self.alive.sum()), False
+        if t == self.budget or self.n_alive == 0:
+            self.flush()
+            self.over = True
+            return False
+        if t > 0:
+            if self.n_alive <= 3 * self.alive.shape[0] // 4:  # drop finished rows from the cache
+                self.flush()
+                keep = self.alive.nonzero().squeeze(1)  # [C']
+                self.stepper.compact(keep)
+                self.rows, self.alive = self.rows[keep], self.alive[keep]
+                self.tok, self.pos = self.tok[keep], self.pos[keep]
+            self.threads.before(t - 1)
+            self.logits = self.stepper.step(self.tok, self.pos)
+            self.threads.after(t - 1)
+            self.pos = self.pos + 1
+        tok, lp = sample_next(self.logits, self.params.temperature, self.params.top_p, generator)  # [C]
+        policy = self.alive if not self.queued else self.alive & ~self.force(tok)
+        tok = tok.masked_fill(~self.alive, self.pad_id)
+        self.segment.append((tok, lp, self.alive, policy))
+        eos = self.eos
+        self.ended = policy & (tok == eos[0] if eos.numel() == 1 else torch.isin(tok, eos))  # [C]
+        self.tok, self.t = tok, t + 1
+        return True
+
+    def force(self, tok: torch.Tensor) -> torch.Tensor:
+        """Write each queued row's next environment token into tok [C]; [C] bool: the rows forced."""
+        cache_row = {r: c for c, r in enumerate(self.rows.tolist())}
+        where, ids = [], []
+        for r in list(self.queued):
+            where.append(cache_row[r])
+            ids.append(self.queued[r].pop(0))
+            if not self.queued[r]:
+                del self.queued[r]
+        where = torch.tensor(where, device=tok.device)
+        tok[where] = torch.tensor(ids, device=tok.device)
+        return torch.zeros_like(self.alive).index_fill_(0, where, True)
+
+    def settle(self) -> None:
+        """Stop the rows whose policy turn ended at the last step and that `append` did not answer."""
+        if self.ended is None:
+            return
+        ended = self.ended
+        if self.answered:
+            ended = ended & ~torch.isin(self.rows, torch.tensor(self.answered, device=ended.device))
+        self.alive = self.alive & ~ended
+        self.ended, self.answered, self.just_ended = None, [], set()
+
+    def flush(self) -> None:
+        """Write the segment's tokens [C, k] (slots t0 .. t-1) into the output, by original row."""
+        if not self.segment:
+            return
+        seg_tok, seg_lp, seg_live, seg_policy = (torch.stack(x, 1) for x in zip(*self.segment))  # [C, k]
+        rows, span = self.rows, slice(self.t0, self.t)
+        self.out_tok[rows, span], self.out_live[rows, span] = seg_tok, seg_live
+        self.out_policy[rows, span] = seg_policy
+        self.out_lp[rows, span] = seg_lp.masked_fill(~seg_policy, 0.0)
+        self.segment, self.t0 = [], self.t
+
+    @torch.inference_mode()
+    def ended_turns(self) -> dict[int, list[int]]:
+        if self.ended is None:
+            return {}
+        self.synced = True
+        ending = self.rows[self.ended].tolist()
+        if not ending:
+            return {}
+        self.flush()
+        self.just_ended = set(ending)
+        tokens = self.out_tok[ending, :self.t].tolist()
+        return {r: ids[self.turn_start[r]:] for r, ids in zip(ending, tokens)}
+
+    def append(self, row: int, ids: list[int]) -> None:
+        if row not in self.just_ended:
+            raise ValueError(f"append: row {row} did not just end a policy turn (see ended_turns)")
+        self.answered.append(row)
+        self.turn_start[row] = self.t + len(ids)
+        if ids:
+            self.queued[row] = list(ids)
+
+    def close(self) -> None:
+        self.threads.done()
+        self.model.train(self.was_training)
+
+    def finish(self) -> Rollout:
+        try:
+            with torch.inference_mode():
+                self.settle()
+                self.flush()
+                N = self.out_tok.shape[0]
+                T = int(self.out_live.sum(1).max()) if N else 0
+                truncated = torch.zeros(N, dtype=torch.bool, device=self.out_tok.device)
+                truncated[self.rows[self.alive]] = True  # the rows whose episode had not ended
+        finally:
+            self.close()
+        G = self.params.G
+        # Clones are ordinary tensors: the loop feeds them to autograd, which refuses inference tensors.
+        return Rollout(prompt_ids=self.ids.repeat_interleave(G, 0),  # [N, P]
+                       prompt_mask=self.mask.repeat_interleave(G, 0),
+                       completion_ids=self.out_tok[:, :T].clone(),  # [N, T]
+                       completion_mask=self.out_live[:, :T].long(),
+                       truncated=truncated.clone(), logp=self.out_lp[:, :T].clone(),
+                       policy_mask=self.out_policy[:, :T].long())

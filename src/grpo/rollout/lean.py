@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from grpo.models.fast_paths import LOGP_ATOL, check_batch, disable_path, enabled_paths
-from grpo.models.hf_internals import attention_scaling, decoder_layer, decoder_stack, rms_norm_eps
+from grpo.models.hf_internals import decoder_layer, decoder_stack, rms_norm_params, rope_type, rotary_cos_sin
 from grpo.models.loading import base_weight, foldable, folded_linear, unwrap
 
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")
@@ -102,25 +102,14 @@ class _Proj:
         return out.reshape(*x.shape[:-1], self.w.shape[0])
 
 
-def _rope_type(config) -> str:
-    params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    return params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
-
-
 def _plain_modules(model) -> bool:
     """True if every weight the lean forward reads is a parameter of a plain module, or of a plain
     module under plain LoRA adapters (`foldable`)."""
     stack = decoder_stack(model)
     if stack is None or not foldable(stack.lm_head):
         return False
-    linear = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     for layer in map(decoder_layer, stack.layers):
-        if layer is None:
-            return False
-        mods = [getattr(layer.self_attn, k, None) for k in linear[:4]] + [
-            getattr(layer.mlp, k, None) for k in linear[4:]
-        ]
-        if not all(foldable(m) for m in mods):
+        if layer is None or not all(foldable(m) for m in layer.linears):
             return False
     return type(stack.embed_tokens) is torch.nn.Embedding
 
@@ -137,19 +126,19 @@ class _Layer:
     nothing is fused, copies in the compute dtype where something is)."""
 
     def __init__(self, layer, dtype: torch.dtype):
-        layer = decoder_layer(layer)
-        a, m = layer.self_attn, layer.mlp
+        p = decoder_layer(layer)
         cast = lambda t: None if t is None else t.detach().to(dtype)  # noqa: E731
-        self.ln1, self.ln2 = cast(layer.input_layernorm.weight), cast(layer.post_attention_layernorm.weight)
-        self.eps = rms_norm_eps(layer.input_layernorm)
-        self.qkv = _fused([folded_linear(a.q_proj), folded_linear(a.k_proj), folded_linear(a.v_proj)], dtype)
-        self.o = _Proj(*map(cast, folded_linear(a.o_proj)))
-        self.q_norm = cast(getattr(getattr(a, "q_norm", None), "weight", None))  # Qwen3: RMSNorm per head
-        self.k_norm = cast(getattr(getattr(a, "k_norm", None), "weight", None))
-        self.gu = _fused([folded_linear(m.gate_proj), folded_linear(m.up_proj)], dtype)
-        self.down = _Proj(*map(cast, folded_linear(m.down_proj)))
-        self.act = m.act_fn
-        self.scaling = attention_scaling(a)
+        ln1, self.eps = rms_norm_params(p.input_layernorm)
+        self.ln1, self.ln2 = cast(ln1), cast(rms_norm_params(p.post_attention_layernorm)[0])
+        self.qkv = _fused([folded_linear(p.q_proj), folded_linear(p.k_proj), folded_linear(p.v_proj)], dtype)
+        self.o = _Proj(*map(cast, folded_linear(p.o_proj)))
+        # Qwen3: RMSNorm per head, at the layer's epsilon
+        self.q_norm = None if p.q_norm is None else cast(rms_norm_params(p.q_norm)[0])
+        self.k_norm = None if p.k_norm is None else cast(rms_norm_params(p.k_norm)[0])
+        self.gu = _fused([folded_linear(p.gate_proj), folded_linear(p.up_proj)], dtype)
+        self.down = _Proj(*map(cast, folded_linear(p.down_proj)))
+        self.act = p.act_fn
+        self.scaling = p.scaling
 
 
 class LeanDecoder:
@@ -164,8 +153,8 @@ class LeanDecoder:
         stack = decoder_stack(model)
         self.embed = stack.embed_tokens.weight
         self.rotary = stack.rotary_emb
-        self.norm = stack.norm.weight.detach().to(dtype)
-        self.norm_eps = rms_norm_eps(stack.norm)
+        norm, self.norm_eps = rms_norm_params(stack.norm)
+        self.norm = norm.detach().to(dtype)
         head, head_bias = folded_linear(stack.lm_head)
         self.lm_head = _Proj(head.detach().to(dtype),
                              None if head_bias is None else head_bias.detach().to(dtype))
@@ -183,7 +172,7 @@ class LeanDecoder:
         where this module does not reproduce it exactly (or its first check failed: `check_decoder`)."""
         wrapped, model = model, unwrap(model)
         cfg = getattr(model, "config", None)
-        if "lean_decoder" not in enabled_paths(model) or _rope_type(cfg) not in STATIC_ROPE:
+        if "lean_decoder" not in enabled_paths(model) or rope_type(cfg) not in STATIC_ROPE:
             return None
         window = getattr(cfg, "sliding_window", None)
         if window and getattr(cfg, "use_sliding_window", True) and max_len > window:
@@ -262,7 +251,7 @@ class LeanDecoder:
                                     device=dev) for _ in self.layers]
         self.v_cache = [torch.empty_like(k) for k in self.k_cache]
         table = torch.arange(int(positions.max()) + max_new_tokens + 1, device=dev)[None]  # [1, S']
-        cos, sin = self.rotary(torch.empty(0, device=dev), table)  # float32, as the HF modules compute it
+        cos, sin = rotary_cos_sin(self.rotary, table)  # float32, as the HF modules compute it
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # [S', D]
         # Keys a row may attend to: its real prompt tokens, then every generated token.
         self.key_bias = torch.zeros(B, S, dtype=self.dtype, device=dev)  # [B, S], 0 or -inf

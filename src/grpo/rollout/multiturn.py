@@ -8,7 +8,9 @@ earlier <think> blocks, cannot make them drift). In the `Rollout` the whole sequ
 `completion_mask` marks every token (the trainer's forward attends to all of them) and `policy_mask`
 marks the policy's own (1) against the environment's (0); the loss, KL and entropy use `policy_mask`.
 
-The built-in engine keeps each row's KV cache across turns. Environment tokens are fed through the
+`generate_episodes` drives the engine through `RolloutEngine`'s stepwise calls only (prefill, step,
+ended_turns, append, finish). The built-in engine keeps each row's KV cache across turns. Environment
+tokens (`append`) are fed through the
 same one-token decode steps as sampled ones (forced instead of sampled), so no prefix is ever run
 twice, rows at different turns share every step (one row sampling its second turn while another is
 still reading a tool result), and a row's positions and keys are exactly those of the trainer's forward
@@ -27,9 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grpo.models.logprobs import position_ids_from_mask
-from grpo.rollout.engine import Rollout, SamplingParams, pad_left
-from grpo.rollout.hf import DecodeThreads, LeanDecoder, sample_next
+from grpo.rollout.engine import Rollout, RolloutEngine, SamplingParams, pad_left
 
 _SENTINEL = "GRPO_TURN_SENTINEL"
 
@@ -109,105 +109,37 @@ def step_environments(envs, rows: list[int], texts: list[str], parallel: bool):
         return list(ex.map(lambda rt: envs[rt[0]].step(rt[1]), zip(rows, texts)))
 
 
-def generate_episodes(engine, tokenizer, prompt_ids: list[list[int]], envs: list, params: SamplingParams,
-                      max_turns: int, generator: torch.Generator | None = None,
+def generate_episodes(engine: RolloutEngine, tokenizer, prompt_ids: list[list[int]], envs: list,
+                      params: SamplingParams, max_turns: int, generator: torch.Generator | None = None,
                       parallel: bool = False) -> tuple[Rollout, Episodes]:
-    """G episodes of each prompt with `engine` (an HFEngine), `envs[i]` the environment of row i (N rows,
+    """G episodes of each prompt with `engine`'s stepwise calls, `envs[i]` the environment of row i (N rows,
     groups contiguous). Returns the rollout (with policy_mask) and the episodes' statistics. parallel: step
     the environments of rows that end a turn together in threads (their pooled tool calls overlap)."""
-    model = engine.model
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    ids, mask = pad_left(prompt_ids, engine.pad_id)
-    ids, mask = ids.to(device), mask.to(device)  # [n, P]
-    N = ids.shape[0] * params.G
+    N = len(prompt_ids) * params.G
     if len(envs) != N:
         raise ValueError(f"generate_episodes: {len(envs)} environments for {N} rows")
     ep = Episodes([0] * N, [0] * N, [0] * N, [False] * N, [0.0] * N, policy_turns=[[] for _ in range(N)])
+    engine.prefill(prompt_ids, params)
     try:
-        with torch.inference_mode():
-            out = _decode_episodes(engine, tokenizer, ids, mask, envs, params, max_turns, generator, ep,
-                                   parallel)
+        while engine.step(generator):
+            turns = engine.ended_turns()
+            if turns:
+                for row, ids in _end_turns(tokenizer, envs, turns, ep, max_turns, parallel).items():
+                    engine.append(row, ids)
     finally:
-        model.train(was_training)
-    tokens, lp, live, policy, over = (x.clone() for x in out)
-    ids, mask = ids.repeat_interleave(params.G, 0), mask.repeat_interleave(params.G, 0)  # [N, P]
-    r = Rollout(ids, mask, tokens, live.long(), truncated=~over, logp=lp, policy_mask=policy.long())
-    return r, ep
+        rollout = engine.finish()
+    return rollout, ep
 
 
-def _decode_episodes(engine, tokenizer, ids, mask, envs, params: SamplingParams, max_turns: int, generator,
-                     ep: Episodes, parallel: bool):
-    """The decode loop: tokens, logp, live, policy [N, T] and over [N] (the episode ended: the environment
-    said so or max_turns was reached). A row's next token is sampled, or, while its environment's answer
-    is queued, the answer's next token (forced: logp 0, policy 0)."""
-    (n, P), G, device = ids.shape, params.G, ids.device
-    N, budget = n * G, params.max_new_tokens
-    eos = engine.eos.to(device)
-    stepper = engine.make_stepper(P + budget)
-    positions = position_ids_from_mask(mask)  # [n, P]
-    logits = stepper.prefill(ids, mask, positions, budget, G).repeat_interleave(G, 0)  # [N, V]
-    pos = (positions[:, -1] + 1).repeat_interleave(G, 0)  # [N]
-    out_tok = torch.full((N, budget), engine.pad_id, dtype=torch.long, device=device)
-    out_lp = torch.zeros(N, budget, device=device)
-    out_live = torch.zeros(N, budget, dtype=torch.bool, device=device)
-    out_policy = torch.zeros(N, budget, dtype=torch.bool, device=device)
-    rows = torch.arange(N, device=device)  # original row of each cache row
-    alive = torch.ones(N, dtype=torch.bool, device=device)  # [C]
-    over = torch.zeros(N, dtype=torch.bool, device=device)  # [N] by original row
-    queued: dict[int, list[int]] = {}  # original row -> environment tokens still to feed
-    turn: dict[int, list[int]] = {r: [] for r in range(N)}  # original row -> this turn's sampled tokens
-    threads = DecodeThreads(device, enabled=isinstance(stepper, LeanDecoder))
-    try:
-        for t in range(budget):
-            tok, lp = sample_next(logits, params.temperature, params.top_p, generator)  # [C]
-            forced = torch.zeros_like(alive)
-            if queued:
-                for c, r in enumerate(rows.tolist()):
-                    if queued.get(r):
-                        tok[c], forced[c] = queued[r].pop(0), True
-                        if not queued[r]:
-                            del queued[r]
-            tok = tok.masked_fill(~alive, engine.pad_id)
-            policy = alive & ~forced
-            out_tok[rows, t], out_live[rows, t], out_policy[rows, t] = tok, alive, policy
-            out_lp[rows, t] = lp.masked_fill(~policy, 0.0)
-            ended = policy & torch.isin(tok, eos)  # [C] a policy turn just ended
-            for r, k in zip(rows[policy].tolist(), tok[policy].tolist()):
-                turn[r].append(k)
-            done = _end_turns(tokenizer, envs, rows[ended].tolist(), turn, queued, ep, max_turns, parallel)
-            if done:
-                over[done] = True
-                alive = alive & ~torch.isin(rows, torch.tensor(done, device=device))
-            n_alive = int(alive.sum())
-            if n_alive == 0 or t + 1 == budget:
-                break
-            if n_alive <= 3 * alive.shape[0] // 4:  # drop finished rows from the cache
-                keep = alive.nonzero().squeeze(1)  # [C']
-                stepper.compact(keep)
-                rows, alive, tok, pos = rows[keep], alive[keep], tok[keep], pos[keep]
-            threads.before(t)
-            logits = stepper.step(tok, pos)
-            threads.after(t)
-            pos = pos + 1
-    finally:
-        threads.done()
-    T = int(out_live.sum(1).max()) if N else 0
-    return out_tok[:, :T], out_lp[:, :T], out_live[:, :T], out_policy[:, :T], over
-
-
-def _end_turns(tokenizer, envs, ending: list[int], turn: dict, queued: dict, ep: Episodes, max_turns: int,
-               parallel: bool) -> list[int]:
-    """Step the environments of the rows whose policy turn just ended; queue their answers' tokens.
-    Returns the rows whose episode is over."""
-    if not ending:
-        return []
-    texts = [tokenizer.decode(turn[r], skip_special_tokens=True) for r in ending]
-    answers = step_environments(envs, ending, texts, parallel)
-    done = []
-    for r, text, a in zip(ending, texts, answers):
-        turn[r] = []
+def _end_turns(tokenizer, envs, turns: dict[int, list[int]], ep: Episodes, max_turns: int,
+              parallel: bool) -> dict[int, list[int]]:
+    """Step the environments of the rows whose policy turn just ended (`turns`: row -> the turn's tokens).
+    Returns the tokens of each answer that goes on (`turn_ids`), by row; the other rows' episodes are over."""
+    rows = list(turns)
+    texts = [tokenizer.decode(turns[r], skip_special_tokens=True) for r in rows]
+    answers = step_environments(envs, rows, texts, parallel)
+    going_on = {}
+    for r, text, a in zip(rows, texts, answers):
         ep.turns[r] += 1
         ep.policy_turns[r].append(text)
         ep.tool_calls[r] += a.tool_calls
@@ -216,13 +148,12 @@ def _end_turns(tokenizer, envs, ending: list[int], turn: dict, queued: dict, ep:
             ep.reward[r] += float(a.reward)
             ep.any_reward = True
         if a.messages is None:
-            done.append(r)
-        elif ep.turns[r] >= max_turns:
+            continue
+        if ep.turns[r] >= max_turns:
             ep.max_turns_hit[r] = True
-            done.append(r)
         else:
-            queued[r] = turn_ids(tokenizer, a.messages)
-    return done
+            going_on[r] = turn_ids(tokenizer, a.messages)
+    return going_on
 
 
 def encode_demonstrations(tokenizer, prompt_ids: list[list[int]], episodes: list[list[dict]], eos_id: int,

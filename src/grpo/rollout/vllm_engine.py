@@ -15,7 +15,8 @@ the raw model's, which is the sampling distribution only at temperature 1 withou
 `Rollout.logp` is None otherwise (the loop recomputes what it needs).
 
 `rollout_from_outputs` turns vLLM's outputs into the `Rollout` layout; it is pure Python and tested
-without vLLM.
+without vLLM. The stepwise calls of `RolloutEngine` (multi-turn rollouts) raise a UserError: this engine
+hands whole completions to vLLM.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
+from typing import NoReturn
 
 import torch
 
@@ -108,6 +110,21 @@ class VLLMEngine:
         outputs = self.llm.generate(prompts, sp, use_tqdm=False)
         return rollout_from_outputs(prompt_ids, outputs, params.G, self.pad_id, self.device, with_logp=exact)
 
+    def prefill(self, prompt_ids: list[list[int]], params: SamplingParams) -> None:
+        _refuse_stepwise("prefill")
+
+    def step(self, generator: torch.Generator | None = None) -> bool:
+        _refuse_stepwise("step")
+
+    def ended_turns(self) -> dict[int, list[int]]:
+        _refuse_stepwise("ended_turns")
+
+    def append(self, row: int, ids: list[int]) -> None:
+        _refuse_stepwise("append")
+
+    def finish(self) -> Rollout:
+        _refuse_stepwise("finish")
+
     def sync_weights(self, model) -> None:
         """Load `model`'s current weights into vLLM's copy (after every update). A peft LoRA model's are sent
         with the adapters folded in, under transformers' names (`hf_weights`). Any failure, including a
@@ -129,6 +146,11 @@ class VLLMEngine:
                             "its model); stopping rather than sampling from stale weights")
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()  # cached prompt K/V were computed by the old weights
+
+
+def _refuse_stepwise(call: str) -> NoReturn:
+    raise UserError(f"rollout.engine=vllm samples whole completions only: it has no stepwise {call}(), which "
+                    "multi-turn rollouts (rollout.tools / rollout.environment) need; use rollout.engine=hf")
 
 
 def _accepts(vllm, name: str) -> bool:
