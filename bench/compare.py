@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Table of medians and ratios from the JSON lines of bench/run_bench.sh (grpo and TRL runs).
+"""Table of medians and ratios, and achieved FLOP/s, from the runs of bench/run_bench.sh (grpo and TRL).
 
 Usage:
     python bench/compare.py OUT_DIR [--model MODEL_DIR] [--flops]
 
-Reads OUT_DIR/{trl,grpo,grpo_bf16,grpo_capped}-N.json, prints for each side the median over repeats of: seconds
-per step (each run's median after its first 2 steps), steps/s, generation seconds per step,
+Reads OUT_DIR/{trl,grpo,grpo_api,grpo_bf16,grpo_capped}-N.json (bench/side_by_side.py's runs), prints
+for each side the median over repeats of: seconds per step (each run's median after its first 2 steps),
+steps/s, generation seconds per step,
 generation tokens/s (valid completion tokens, EOS included, per second inside generation), completion
 tokens per step and peak RSS; then grpo / TRL ratios against the targets of the issue. With --flops
 (and --model) it also times a matmul on 2 threads (fp32 2048^3, bf16 512^3) and prints the FLOP/s grpo
@@ -22,7 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
-SIDES = ("trl", "grpo", "grpo_bf16", "grpo_capped")
+SIDES = ("trl", "grpo", "grpo_api", "grpo_bf16", "grpo_capped")
 
 
 def load(out: Path) -> dict[str, list[dict]]:
@@ -159,7 +160,9 @@ def main():
         for side in SIDES:
             if side not in runs:
                 continue
-            prompt_len = med(runs["grpo"], "prompt_tokens_mean")
+            # the same prompts on every side; trl's and grpo_api's runs record their mean length
+            prompt_len = statistics.median(r["prompt_tokens_mean"] for rs in runs.values() for r in rs
+                                           if "prompt_tokens_mean" in r)
             rep = flop_report(runs[side], args.model, peak, prompt_len, phases=side != "trl")
             result.setdefault("flops", {})[side] = rep
             print(f"{side}: model FLOPs per forward over the step's distinct tokens "

@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
-"""Table of the real-model bench (bench/run_real_bench.sh): grpo against TRL on SmolLM2, full and LoRA.
+"""Each side's step against its floor, for the real-model bench (bench/run_real_bench.sh, SmolLM2).
 
 Usage:
     python bench/compare_real.py OUT_DIR --model MODEL_DIR
 
-Reads OUT_DIR/{trl,grpo,trl_lora,grpo_lora}-N.json. For each side, medians over the repeats of: seconds
-per step (each run's median after its first 2 steps), completion tokens per step (valid tokens, EOS
-included: the two sides sample different completions, so their lengths differ), seconds per 1,000
-completion tokens, generation seconds per step and peak RSS; then grpo / TRL ratios per step and per
-completion token.
+Reads the runs bench/side_by_side.py wrote in OUT_DIR (SIDE-N.json: trl, grpo, grpo_api and their _lora
+modes; its table has the medians and the ratios against TRL). For each side, medians over the repeats of:
+seconds per step (each run's median after its first 2 steps), completion tokens per step (valid tokens,
+EOS included: the sides sample different completions, so their lengths differ), seconds per 1,000
+completion tokens, generation seconds per step, grpo's reference and update seconds, and peak RSS;
+beside them the step's floor.
 
-The floor of a step, beside each measurement, from this CPU's rates measured in the same invocation (fp32
-matmul on 2 threads, 2048^3; reading a 1 GiB float32 tensor): generation = the longest completion's
-decode steps (the cap on new tokens) x the weights' bytes / read bandwidth + the prompts' prefill FLOPs / matmul rate; reference
+The floor of a step, from this CPU's rates measured in the same invocation (fp32 matmul on 2 threads,
+2048^3; reading a 1 GiB float32 tensor): generation = the longest completion's decode steps (the cap on
+new tokens) x the weights' bytes / read bandwidth + the prompts' prefill FLOPs / matmul rate; reference
 = 2 x matmul parameters x rows x (prompt + completion tokens) / matmul rate (with beta > 0); update =
 6 x the same (LoRA: 4 x, no weight gradients for the frozen base). Rows count their whole prompt, as a
 plain forward would; grpo's shared prompts can therefore beat this floor's reference and update parts.
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from compare import matmul_flops
 
-SIDES = ("trl", "grpo", "trl_lora", "grpo_lora")
+SIDES = ("trl", "grpo", "grpo_api", "trl_lora", "grpo_lora", "grpo_api_lora")
 
 
 def load(out: Path) -> dict[str, list[dict]]:
@@ -104,32 +105,22 @@ def main():
           f"{weights / 1e6:.1f}M matmul parameters, {weight_bytes / 2**20:.0f} MiB read per decode step; "
           f"load average now {os.getloadavg()[0]:.2f}")
     summary = {side: side_summary(r) for side, r in runs.items()}
-    # the same prompts on both sides; grpo's runs record their mean length in tokens (TRL's only min and max)
-    prompt = statistics.median(r["prompt_tokens_mean"] for side in ("grpo", "grpo_lora") for r in runs.get(side, []))
+    # the same prompts on every side; trl's and grpo_api's runs record their mean length in tokens
+    prompt = statistics.median(r["prompt_tokens_mean"] for rs in runs.values() for r in rs if "prompt_tokens_mean" in r)
     floors = {side: floor(summary[side], runs[side], prompt, weights, weight_bytes, rate, bandwidth,
                           side.endswith("lora")) for side in summary}
-    print(f"\n{'':10} {'s/step':>7} {'floor':>6} {'x floor':>7} {'tok/step':>8} {'s/1k tok':>8} {'gen s':>6} "
+    print(f"\n{'':13} {'s/step':>7} {'floor':>6} {'x floor':>7} {'tok/step':>8} {'s/1k tok':>8} {'gen s':>6} "
           f"{'ref s':>6} {'upd s':>6} {'peak RSS':>9}   (medians over the runs)")
     for side, s in summary.items():
         f, ph = floors[side], s["phases"] or {}
-        print(f"{side:10} {s['sec_per_step']:7.1f} {f['step']:6.1f} {s['sec_per_step'] / f['step']:7.2f} "
+        print(f"{side:13} {s['sec_per_step']:7.1f} {f['step']:6.1f} {s['sec_per_step'] / f['step']:7.2f} "
               f"{s['completion_tokens_per_step']:8.0f} {s['sec_per_1k_tokens']:8.1f} {s['gen_sec_per_step']:6.1f} "
               f"{ph.get('reference', float('nan')):6.1f} {ph.get('update', float('nan')):6.1f} "
               f"{s['peak_rss_mib'] / 1024:8.2f}G")
         print(f"{'  floor':10} generate {f['generate']:.1f} s, reference {f['reference']:.1f} s, update "
               f"{f['update']:.1f} s ({f['tokens']:.0f} tokens)")
-    ratios = {}
-    for mode, (ours, peer) in {"full": ("grpo", "trl"), "lora": ("grpo_lora", "trl_lora")}.items():
-        if ours in summary and peer in summary:
-            a, b = summary[ours], summary[peer]
-            ratios[mode] = {"steps_per_s_vs_trl": b["sec_per_step"] / a["sec_per_step"],
-                            "completion_tok_per_s_vs_trl": b["sec_per_1k_tokens"] / a["sec_per_1k_tokens"],
-                            "peak_rss_vs_trl": a["peak_rss_mib"] / b["peak_rss_mib"]}
-            r = ratios[mode]
-            print(f"{mode:5} grpo / TRL: steps/s x{r['steps_per_s_vs_trl']:.2f}, completion tokens/s "
-                  f"x{r['completion_tok_per_s_vs_trl']:.2f}, peak RSS x{r['peak_rss_vs_trl']:.2f}")
     (args.out / "summary_real.json").write_text(json.dumps(
-        {"summary": summary, "floors": floors, "ratios": ratios, "matmul_flop_per_s": rate,
+        {"summary": summary, "floors": floors, "matmul_flop_per_s": rate,
          "read_bytes_per_s": bandwidth, "matmul_params": weights}, indent=1))
 
 

@@ -1,0 +1,135 @@
+"""The benchmark harness (bench/): what it runs and how it reduces the runs, without running TRL.
+
+The TRL side needs its own environment (bash bench/setup_trl.sh) and minutes per run, so it is not
+run here; these tests hold the parts that decide the figures: the work's grpo config, the flags that carry
+the work to each side, the per-run figures and the ratios, and that a clone has everything the scripts use.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+import add_rewards  # noqa: E402
+import side_by_side  # noqa: E402
+from work import Work, add_work_arguments, grpo_overrides, work_flags, work_from_args  # noqa: E402
+
+
+def test_bench_needs_nothing_outside_the_checkout():
+    """The scripts once ran the peer harness from ../shared/peers, which a clone does not have."""
+    for path in sorted(BENCH.iterdir()):
+        if path.suffix in (".sh", ".py", ".txt"):
+            text = path.read_text()
+            assert "shared/peers" not in text and "PEERS" not in text, path.name
+    for script in ("run_bench.sh", "run_real_bench.sh"):
+        assert "setup_trl.sh" in (BENCH / script).read_text()  # the TRL environment is made on first use
+
+
+def test_trl_requirements_pin_trl_and_agree_with_constraints():
+    """TRL's environment runs the transformers, accelerate, ... that grpo's tests pass on: the sides differ
+    by the trainer alone."""
+    pins = dict(line.split("==") for line in (BENCH / "requirements-trl.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    tested = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                  if "==" in line and not line.startswith("#"))
+    assert pins["trl"] == "1.16.0" and pins["transformers"] == tested["transformers"]
+    assert {k: v for k, v in pins.items() if k in tested and v != tested[k]} == {}
+
+
+def test_work_gives_grpo_the_shared_settings():
+    from grpo.config import TrainConfig
+    from grpo.config_io import load_config
+
+    w = Work(Path("/models/m"), prompts_per_step=4, G=8, max_new_tokens=64, temperature=0.7,
+             learning_rate=1e-5, max_steps=4, answer_position="last", lora=True)
+    cfg = load_config(TrainConfig, None, grpo_overrides(w, Path("/tmp/run")))
+    assert (cfg.grpo.G, cfg.train.prompts_per_step, cfg.train.micro_batch_size) == (8, 4, 32)  # one forward
+    assert (cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.top_p) == (64, 0.7, 1.0)
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.schedule, cfg.optim.betas) == \
+        (1e-5, 0, "linear", [0.9, 0.999])
+    assert (cfg.grpo.beta, cfg.grpo.mu, cfg.train.steps, cfg.train.threads, cfg.model.dtype) == \
+        (0.04, 1, 4, 2, "float32")
+    assert (cfg.model.lora.r, cfg.model.lora.alpha, cfg.model.lora.dropout) == (16, 32, 0.0)
+    assert [(e.fn.rsplit(":", 1)[1], e.weight) for e in cfg.rewards.functions] == \
+        [("correctness_last", 1.0), ("starts_with_int", 0.1)]
+    assert Path(cfg.rewards.functions[0].fn.rsplit(":", 1)[0]) == BENCH / "add_rewards.py"
+    assert cfg.data.heldout_source is None and cfg.train.eval_every == 0  # nothing but training is run
+
+
+def test_work_flags_carry_the_work_to_another_process():
+    w = Work(Path("/models/m"), G=4, max_new_tokens=128, lora=True, learning_rate=3e-6,
+             answer_position="last")
+    p = argparse.ArgumentParser()
+    add_work_arguments(p)
+    assert work_from_args(p.parse_args(work_flags(w))) == w
+    assert work_from_args(p.parse_args(["/m"])) == Work(Path("/m"))  # the defaults are Work's
+
+
+def test_run_figures():
+    # steps 3 and 4 after the 2 warm-up steps: s/step median(4, 6) = 5; generation 80 + 100 tokens in 2 + 2 s
+    f = side_by_side.run_figures([9.0, 5.0, 4.0, 6.0], [3.0, 2.0, 2.0, 2.0], [100, 120, 80, 100])
+    assert f["sec_per_step_median_after_2"] == 5.0 and f["sec_per_step_mean"] == 6.0
+    assert f["gen_sec_per_step_median_after_2"] == 2.0 and f["gen_completion_tok_per_s"] == 45.0
+    assert f["completion_tokens_per_step_mean"] == 100.0  # every step's tokens, warm-up included
+    one = side_by_side.run_figures([7.0], [3.0], [30])  # a 1-step run keeps its step
+    assert one["sec_per_step_median_after_2"] == 7.0 and one["gen_completion_tok_per_s"] == 10.0
+
+
+def test_grpo_figures_from_step_records():
+    rec = lambda s, gen, ref, upd, fwd: {"time/step": s, "time/generate": gen, "time/reference": ref,  # noqa: E731
+                                         "time/update": upd, "time/update/forward": fwd,
+                                         "completion/len_mean": 10.0, "reward/mean": 0.5}
+    history = [rec(9, 4, 1, 4, 2), rec(8, 3, 1, 4, 2), rec(6, 2, 1, 3, 1), rec(6, 2, 1, 3, 1),
+               {"step": 4, "eval/accuracy": 0.5}]  # the final evaluation record has no time/step
+    f = side_by_side.grpo_figures(history, batch=32)
+    assert (f["steps"], f["sec_per_step_median_after_2"], f["completion_tokens_per_step_mean"]) == (4, 6, 320)
+    assert f["phase_sec_median_after_2"]["update"] == 3 and f["update_split_sec_median_after_2"] == \
+        {"forward": 1, "clip_grad": 0.0, "optimizer": 0.0, "backward_and_loss": 2}
+
+
+def test_ratios_and_table():
+    def runs(s, tokens, rss):
+        return [{"sec_per_step_median_after_2": s, "sec_per_step_mean": s + 1,
+                 "completion_tokens_per_step_mean": tokens, "gen_sec_per_step_median_after_2": 1.0,
+                 "peak_rss_mb": rss}]
+
+    summary = {"trl": side_by_side.summarise(runs(10.0, 100, 1000)),
+               "grpo": side_by_side.summarise(runs(4.0, 90, 400)),
+               "grpo_lora": side_by_side.summarise(runs(4.0, 100, 300))}  # no trl_lora: no ratio
+    r = side_by_side.ratios(summary)
+    assert list(r) == ["grpo"]
+    # steps/s 0.25 / 0.1; tokens/s 22.5 / 10; RSS 400 / 1000
+    assert r["grpo"]["steps_per_s"] == pytest.approx(2.5)
+    assert r["grpo"]["completion_tok_per_s"] == pytest.approx(2.25)
+    assert r["grpo"]["peak_rss"] == pytest.approx(0.4)
+    table = side_by_side.format_table(summary, r)
+    assert "grpo / trl: steps/s x2.50, completion tokens/s x2.25, peak RSS x0.40" in table
+    assert table.splitlines()[1].split()[:4] == ["trl", "10", "(10)", "11"]  # all steps: warm-up included
+
+
+def test_side_commands(tmp_path):
+    args = side_by_side.parse_args(["/m", "--out", str(tmp_path), "--sides", "trl,grpo,grpo_api,grpo_bf16",
+                                    "--variant", "grpo_bf16", "model.dtype=bfloat16"])
+    w = work_from_args(args)
+    cli = side_by_side.side_command("grpo_bf16", w, tmp_path / "r", tmp_path / "r.json", args)
+    assert cli[1:4] == ["-m", "grpo", "train"] and cli[-1] == "model.dtype=bfloat16"
+    assert f"train.output_dir={tmp_path / 'r'}" in cli
+    trl = side_by_side.side_command("trl", w, tmp_path / "r", tmp_path / "r.json", args)
+    assert trl[0] == args.trl_python and Path(trl[1]) == BENCH / "trl_grpo.py" and trl[2] == "/m"
+    with pytest.raises(SystemExit):
+        side_by_side.parse_args(["/m", "--out", str(tmp_path), "--sides", "trl,grpo_fast"])
+
+
+def test_trl_side_scores_with_the_same_reward_functions():
+    """TRL hands conversational completions over as message lists; the rewards read the text."""
+    import trl_grpo  # imports TRL only inside main()
+
+    reward = trl_grpo.text_reward(add_rewards.correctness_last)
+    completions = [[{"role": "assistant", "content": "3 + 4 = 7\n#### 24"}], "it is 25"]
+    assert reward(["p", "p"], completions, [[1], [2]], answer=["so #### 24", "#### 24"]) == [1.0, 0.0]
+    assert reward.__name__ == "correctness_last"
