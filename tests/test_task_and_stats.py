@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from grpo.config import DataConfig, SFTConfig, load_config
 from grpo.data import load_task
@@ -131,6 +132,35 @@ def test_sft_stops_when_its_time_is_spent_and_evaluates_there(tmp_path, clock):
     assert spent >= 1e-6 and res.rows_seen == 4
 
 
+def test_a_time_budget_carries_the_decay_to_its_end(tmp_path):
+    from grpo.train.optim import make_optimizer
+    from grpo.train.sft import sft
+
+    model = torch.nn.Linear(2, 2)
+    cfg = load_config(SFTConfig, None, ["optim.schedule=cosine", "optim.warmup_steps=2", "optim.lr=1.0"])
+    fraction = {"x": 0.0}
+    opt, sched = make_optimizer(model, cfg.optim, 102, lambda: fraction["x"])
+    lrs = []
+    for x in (0.0, 0.0, 0.0, 0.5, 0.9, 1.0):  # warm-up ignores the budget; then the further-along clock
+        fraction["x"] = x
+        opt.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    # step 3 of 100 after warm-up is 1% along (the step clock leads), then 50%, 90%, all of the budget
+    want = [3 / 3, 0.5 * (1 + math.cos(math.pi * 0.01)), 0.5, 0.5 * (1 + math.cos(math.pi * 0.9)), 0.0]
+    assert lrs[1:] == pytest.approx(want, abs=1e-12)
+
+    cfg = load_config(SFTConfig, None, [
+        "sft.max_steps=1000", "sft.eval_every=1000",
+        "sft.batch_size=4", "sft.patience=0", "data.num_train=32",
+        "data.num_heldout=4", "sampling.max_new_tokens=4", "model.tiny_hidden_size=32",
+        "model.tiny_num_layers=1", "sft.clock=cpu", "sft.max_seconds=0.5", "optim.schedule=cosine",
+        "optim.warmup_steps=0", f"sft.output_dir={tmp_path / 'sft'}"])
+    res = sft(cfg, progress=False)
+    assert 1 < res.steps < 1000 and res.train_cpu_seconds >= 0.5  # the budget, not max_steps, ended it
+    assert res.history[-1]["lr"] == 0.0 < res.history[-2]["lr"]  # and the decay ended with it
+
+
 def test_continuation_is_sized_on_the_matching_clock(tmp_path):
     from grpo.train.sft import SFTResult, continuation_overrides
 
@@ -139,9 +169,11 @@ def test_continuation_is_sized_on_the_matching_clock(tmp_path):
                       train_cpu_seconds=80.0, rows_seen=512)
     # 8 steps took 80 CPU seconds (10 per step): 200 CPU seconds buy a 20-step horizon, 40 wall ones 50
     cpu = dict(x.split("=", 1) for x in continuation_overrides(cfg, first, 200.0, tmp_path / "more", "cpu"))
-    assert (cpu["sft.clock"], cpu["sft.max_steps"], cpu["sft.max_seconds"]) == ("cpu", "20", "200.000")
+    # max_steps is 4x the horizon (a bound: the budget ends the run), evaluations every quarter of it
+    assert (cpu["sft.clock"], cpu["sft.max_steps"], cpu["sft.eval_every"]) == ("cpu", "80", "5")
+    assert cpu["sft.max_seconds"] == "200.000"
     wall = dict(x.split("=", 1) for x in continuation_overrides(cfg, first, 200.0, tmp_path / "more"))
-    assert (wall["sft.clock"], wall["sft.max_steps"], wall["sft.start_row"]) == ("wall", "40", "512")
+    assert (wall["sft.clock"], wall["sft.max_steps"], wall["sft.start_row"]) == ("wall", "160", "512")
     with pytest.raises(UserError, match="sft.clock must be 'wall' or 'cpu'"):
         load_config(SFTConfig, None, ["sft.clock=gpu"])
 

@@ -475,8 +475,9 @@ class SFTLoopConfig:
     """Also cap a forward/backward at this many padded tokens (null: no cap), as train.micro_batch_tokens."""
     max_seconds: float | None = None
     """Also stop once the training steps (batches, forward, backward, optimizer; evaluations excluded) have
-    taken this many seconds in all (null: no time limit). `grpo reproduce`'s `sft_more` gets the GRPO
-    stage's measured time here."""
+    taken this many seconds in all (null: no time limit); optim.schedule's decay then follows whichever of
+    max_steps and max_seconds is further along, so the learning rate reaches its end where the run stops.
+    `grpo reproduce`'s `sft_more` gets the GRPO stage's measured time here."""
     clock: str = "wall"
     """What max_seconds counts: 'wall' (elapsed seconds) or 'cpu' (this process's CPU seconds, all threads
     summed: the same work costs the same however busy the machine is; meaningful on CPU devices only).

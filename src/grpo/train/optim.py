@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -20,9 +21,11 @@ def clip_gradients(params: list, cfg: OptimConfig) -> torch.Tensor:
     return torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
 
 
-def make_optimizer(model, cfg: OptimConfig, total_steps: int):
+def make_optimizer(model, cfg: OptimConfig, total_steps: int, spent: Callable[[], float] | None = None):
     """The policy's AdamW over its trainable parameters and its learning-rate schedule (linear warm-up over
-    optim.warmup_steps, then optim.schedule over the remaining `total_steps`)."""
+    optim.warmup_steps, then optim.schedule over the remaining `total_steps`). `spent`, if given, is the
+    fraction of a second budget used so far (a time limit): the schedule then follows whichever of the two
+    is further along, so it ends its decay where the run ends."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = adamw(params, cfg.lr, cfg)
 
@@ -30,6 +33,8 @@ def make_optimizer(model, cfg: OptimConfig, total_steps: int):
         if step < cfg.warmup_steps:
             return (step + 1) / (cfg.warmup_steps + 1)
         progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        if spent is not None:
+            progress = max(progress, spent())
         if cfg.schedule == "cosine":
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         if cfg.schedule == "linear":

@@ -101,16 +101,17 @@ def continuation_overrides(cfg: SFTConfig, first: SFTResult, seconds: float,
                            output_dir: str | Path, clock: str = "wall") -> list[str]:
     """`grpo sft` overrides (of `cfg`, the config `first` ran with) that continue `first` for `seconds` of
     training steps: from its best model, on the rows it did not reach (same seed and batch size), with its
-    own warm-up and decay over a horizon sized by `first`'s seconds per step, at least 4 evaluations, the
-    best of them kept. The compute-matched baseline of an RL stage that took `seconds` (`sft_more`), counted
-    on `clock` ('wall' or 'cpu', as sft.clock)."""
+    own warm-up and a decay that follows the budget spent (so it ends where the budget does, whatever a step
+    of the new data costs), evaluations about every quarter of the horizon `first`'s seconds per step
+    predict, the best of them kept. The compute-matched baseline of an RL stage that took `seconds`
+    (`sft_more`), counted on `clock` ('wall' or 'cpu', as sft.clock)."""
     spent = first.train_cpu_seconds if clock == "cpu" else first.train_seconds
     per_step = spent / max(first.steps, 1)
     steps = max(2, round(seconds / per_step)) if per_step > 0 else cfg.sft.max_steps
     return [f"model.path={first.model_dir}", f"sft.output_dir={output_dir}",
-            f"sft.start_row={first.rows_seen}",
-            f"sft.max_seconds={seconds:.3f}", f"sft.clock={clock}", f"sft.max_steps={steps}",
-            f"sft.eval_every={max(1, min(cfg.sft.eval_every, -(-steps // 4)))}", "sft.patience=0",
+            f"sft.start_row={first.rows_seen}",  # max_steps: a bound only, the budget ends the run
+            f"sft.max_seconds={seconds:.3f}", f"sft.clock={clock}", f"sft.max_steps={4 * steps}",
+            f"sft.eval_every={max(1, -(-steps // 4))}", "sft.patience=0",
             f"optim.warmup_steps={min(cfg.optim.warmup_steps, steps // 5)}"]
 
 
@@ -151,7 +152,9 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
     device = next(model.parameters()).device
     engine = HFEngine(model, stop_token_ids(model, tokenizer), tokenizer.pad_token_id)
     episodic = Episodic(cfg, tokenizer) if cfg.rollout.multi_turn else None  # tools run in-process here
-    optimizer, scheduler = make_optimizer(model, cfg.optim, s.max_steps)
+    spent = {"wall": 0.0, "cpu": 0.0}  # the training steps' seconds so far, per clock
+    optimizer, scheduler = make_optimizer(model, cfg.optim, s.max_steps, None if s.max_seconds is None else
+                                          lambda: spent[s.clock] / s.max_seconds)
     log, rng = MetricsLog(out, s.tensorboard), random.Random(s.seed)
     best = (-1.0, 0, None)  # (accuracy, step, state_dict)
     evals_since_best, history, train_seconds, train_cpu = 0, [], 0.0, 0.0
@@ -182,11 +185,11 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
-        scheduler.step()
-        train_seconds += time.perf_counter() - t0
-        train_cpu += time.process_time() - c0
-        spent = train_cpu if s.clock == "cpu" else train_seconds
-        out_of_time = s.max_seconds is not None and spent >= s.max_seconds
+        spent["wall"] += time.perf_counter() - t0
+        spent["cpu"] += time.process_time() - c0
+        train_seconds, train_cpu = spent["wall"], spent["cpu"]
+        scheduler.step()  # with max_seconds: the decay follows the budget spent (make_optimizer)
+        out_of_time = s.max_seconds is not None and spent[s.clock] >= s.max_seconds
         record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
                   "train_seconds": train_seconds, "train_cpu_seconds": train_cpu}
         if step % s.eval_every == 0 or step == s.max_steps or out_of_time:
