@@ -2,8 +2,9 @@
 `grpo train --resume`, and compare it with the same run left alone: the final weights (or adapters) and
 every logged metric must be bit-identical, timings and memory aside.
 
-    python scripts/kill_resume.py --out runs/kills -- --config configs/smollm2_gsm8k_lora.yaml \
-        train.steps=30 train.save_every=2 data.num_heldout=20                       # SmolLM2, LoRA
+    python scripts/kill_resume.py --out runs/kills --kills generate:3,update:3,checkpoint:2,random \
+        --random-min 60 --random-max 200 -- --config configs/smollm2_gsm8k_lora.yaml train.steps=30 \
+        train.save_every=2 data.num_heldout=20 train.prompts_per_step=2 grpo.G=4      # SmolLM2, LoRA
     python scripts/kill_resume.py --out runs/kills_ddp --nproc 2 -- model.tiny_hidden_size=32 \
         train.steps=8 train.save_every=1 train.prompts_per_step=2                    # tiny, 2 ranks
 
