@@ -26,6 +26,7 @@ import torch
 from grpo.models.logprobs import cache_kwarg, output_cache, position_ids_from_mask
 from grpo.rollout.engine import Rollout, SamplingParams, pad_left
 from grpo.rollout.lean import LeanDecoder
+from grpo.rollout.multinomial import multinomial1
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
@@ -43,7 +44,7 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float,
         drop = (cum - sorted_logp.exp()) > top_p  # keep the smallest prefix with mass >= top_p
         sorted_logp = sorted_logp.masked_fill(drop, float("-inf"))
         logp = torch.full_like(logp, float("-inf")).scatter(-1, order, sorted_logp).log_softmax(-1)
-    tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # [N]
+    tok = multinomial1(logp.exp(), generator)  # [N]
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
 
