@@ -5,12 +5,18 @@ of the tokens and log-probs, so two source trees can be checked for the same out
 
     python bench/generation.py [--runs 5] [--seed 0]      # docs/performance.md, "Generation"
     python bench/generation.py --profile                  # torch.profiler table of one generate
+    python bench/generation.py --gemms                    # a decode step's projections against a matmul
     git worktree add --detach /tmp/gen-base BASE_COMMIT
     python bench/generation.py --runs 7 --baseline /tmp/gen-base/src   # the two trees, run by run
 
 --baseline SRC imports SRC's `grpo` package as well (copied to a temporary directory as `grpo_baseline`,
 its imports renamed) and alternates the two trees' `HFEngine.generate` on the same model in the same
 process, so that both see the same machine: the speed of this shared 2-core VM drifts by minutes.
+
+Each round of runs also times a 2048^3 float32 matmul and a sum over 400 MB at the same thread count,
+and prints the generation's floor from them: the larger of 2 x parameters x completion tokens at the
+matmul rate and (decode steps) x weight bytes at the read bandwidth; the medians come with their ratio
+to the median floor.
 """
 
 import argparse
@@ -58,6 +64,47 @@ def baseline_engine(src: str):
     return BaselineEngine
 
 
+def rates(threads: int, repeats: int = 3) -> tuple[float, float]:
+    """(FLOP/s of a 2048^3 float32 matmul, bytes/s of a sum over 400 MB): medians of `repeats`, the better
+    of `threads` and one thread (on a busy machine one thread can be the faster, and the decode loop then
+    runs on one: grpo.rollout.hf.DecodeThreads)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    big = torch.ones(100 * 2**20)
+    best = (0.0, 0.0)
+    for n in sorted({1, threads}):
+        torch.set_num_threads(n)
+        mm = [2 * 2048**3 / seconds(lambda: a @ b) for _ in range(repeats)]
+        rd = [big.nbytes / seconds(big.sum) for _ in range(repeats)]
+        best = max(best[0], statistics.median(mm)), max(best[1], statistics.median(rd))
+    torch.set_num_threads(threads)
+    return best
+
+
+def seconds(f) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
+def gemms(model, rows: int, repeats: int = 20) -> None:
+    """Each projection shape of a decode step at `rows` rows, as the lean decoder runs it (oneDNN, weights
+    packed; q/k/v and gate/up fused), against a 2048^3 matmul: milliseconds and GFLOP/s, medians."""
+    cfg = model.config
+    h, kv = cfg.hidden_size, cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    shapes = {"qkv": (h + 2 * kv, h), "o": (h, h), "gate_up": (2 * cfg.intermediate_size, h),
+              "down": (h, cfg.intermediate_size), "lm_head": (cfg.vocab_size, h)}
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    ref = 2 * 2048**3 / statistics.median(seconds(lambda: a @ b) for _ in range(5))
+    print(f"2048^3 matmul: {ref / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+    for name, (N, K) in shapes.items():
+        w, x = torch.randn(N, K), torch.randn(rows, 1, K)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, rows)
+        t = statistics.median(seconds(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
+                              for _ in range(repeats))
+        print(f"  {name:8s} [{rows}, {K}] x [{K}, {N}]: {t * 1e3:6.2f} ms, {2 * rows * N * K / t / 1e9:6.1f} GFLOP/s"
+              f" ({2 * rows * N * K / t / ref:.0%})")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5)
@@ -67,7 +114,10 @@ def main() -> None:
     p.add_argument("--G", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="sampling compute dtype (bfloat16: the engine's bf16 weight copies, model.dtype=bfloat16)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one generate")
+    p.add_argument("--gemms", action="store_true", help="time a decode step's projection shapes (see gemms)")
     p.add_argument("--baseline", help="another tree's src/ to alternate with, run by run (see above)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,10 +127,13 @@ def main() -> None:
     rows = [json.loads(line) for line in open(ROOT / "data/word_problems_train.jsonl")][:args.prompts]
     ids = encode_prompts(tok, [tok.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
                                for r in rows])
-    engines = {"this": HFEngine(model, [tok.eos_token_id], tok.pad_token_id)}
+    if args.gemms:
+        return gemms(model, args.prompts * args.G)
+    dtype = getattr(torch, args.dtype)
+    engines = {"this": HFEngine(model, [tok.eos_token_id], tok.pad_token_id, dtype=dtype)}
     if args.baseline:
-        engines = {"baseline": baseline_engine(args.baseline)(model, [tok.eos_token_id], tok.pad_token_id),
-                   **engines}
+        engines = {"baseline": baseline_engine(args.baseline)(model, [tok.eos_token_id], tok.pad_token_id,
+                                                              dtype=dtype), **engines}
     params = SamplingParams(args.max_new_tokens, 0.7, 1.0, args.G)
 
     def generate(engine):
@@ -96,15 +149,24 @@ def main() -> None:
             generate(engines["this"])
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
         return
-    times = {name: [] for name in engines}
+    n_params = sum(w.numel() for w in model.parameters())
+    weight_bytes = sum(w.nbytes for w in model.parameters())
+    times, floors = {name: [] for name in engines}, []
     for _ in range(args.runs):
         for name, engine in engines.items():
             s, r = generate(engine)
             times[name].append(s)
             print(json.dumps({"tree": name, "seconds": round(s, 3), "tokens": int(r.completion_mask.sum()),
                               "digest": digest(r), "load": round(os.getloadavg()[0], 2)}), flush=True)
-    print(json.dumps({name: {"median_seconds": round(statistics.median(t), 3), "runs": len(t)}
-                      for name, t in times.items()}))
+        flops, bandwidth = rates(args.threads)
+        tokens, steps = int(r.completion_mask.sum()), r.completion_ids.shape[1]
+        floors.append(max(2 * n_params * tokens / flops, steps * weight_bytes / bandwidth))
+        print(json.dumps({"matmul_gflops": round(flops / 1e9, 1), "read_gbps": round(bandwidth / 1e9, 1),
+                          "floor_seconds": round(floors[-1], 3)}), flush=True)
+    floor = statistics.median(floors)
+    print(json.dumps({"floor_seconds": round(floor, 3), **{
+        name: {"median_seconds": round(statistics.median(t), 3), "x_floor": round(statistics.median(t) / floor, 2),
+               "runs": len(t)} for name, t in times.items()}}))
 
 
 if __name__ == "__main__":

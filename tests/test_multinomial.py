@@ -67,6 +67,21 @@ def test_argmax_ratio_on_the_words_that_break_its_bound():
     assert torch.equal(argmax_ratio(probs, w), want)
 
 
+def test_probabilities_that_require_grad_are_drawn_from_like_any():
+    logits = torch.randn(3, 256, requires_grad=True)
+    probs = logits.softmax(-1)
+    want = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(2)).squeeze(-1)
+    assert torch.equal(multinomial1(probs, torch.Generator().manual_seed(2)), want)
+
+
+def test_rows_it_does_not_copy_go_to_torch_multinomial():
+    """float64, or a transposed view (torch fills q in memory order, not row by row)."""
+    probs = _distributions(256, 5, seed=2)["lm"]
+    for p in (probs.double(), probs.t().contiguous().t()):
+        want = torch.multinomial(p, 1, generator=torch.Generator().manual_seed(6)).squeeze(-1)
+        assert torch.equal(multinomial1(p, torch.Generator().manual_seed(6)), want)
+
+
 def test_invalid_probabilities_raise_as_torch_does():
     g = torch.Generator().manual_seed(0)
     with pytest.raises(RuntimeError, match="inf`, `nan` or element < 0"):

@@ -16,8 +16,8 @@ ratio from above, and the few entries a row whose bound comes near the best get 
 It relies on what torch does not promise: the CPU generator's state layout (`get_state`: the
 `THGeneratorState` pod of aten/src/ATen/CPUGeneratorImpl.cpp) and the kernel above. So the first call in a
 process compares itself with `torch.multinomial` on copies of the generator (`matches_torch`); a torch
-that differs turns it off for the process, with one warning, and `torch.multinomial` runs. Other devices
-and dtypes always run `torch.multinomial`.
+that differs turns it off for the process, with one warning, and `torch.multinomial` runs. Other devices,
+dtypes and non-contiguous rows always run `torch.multinomial`.
 """
 
 from __future__ import annotations
@@ -147,8 +147,10 @@ def multinomial1(probs: torch.Tensor, generator: torch.Generator | None) -> torc
     generator=generator).squeeze(-1), bit for bit, advancing the generator as it would. [N] long."""
     global _checked
     gen = torch.default_generator if generator is None else generator
-    if (probs.device.type != "cpu" or probs.dtype != torch.float32 or probs.dim() != 2 or not probs.numel()
-            or gen.device.type != "cpu" or gen.get_state().numel() != STATE_BYTES):
+    # torch fills q in the memory order of probs: the words go to the entries in row order only if contiguous
+    copyable = probs.device.type == "cpu" and probs.dtype == torch.float32 and probs.dim() == 2
+    if (not copyable or not probs.numel() or not probs.is_contiguous() or gen.device.type != "cpu"
+            or gen.get_state().numel() != STATE_BYTES):
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
     if _checked is None:
         _checked = matches_torch(gen)
@@ -162,4 +164,4 @@ def multinomial1(probs: torch.Tensor, generator: torch.Generator | None) -> torc
         raise RuntimeError("probability tensor contains either `inf`, `nan` or element < 0")
     if bool((probs.sum(1) == 0).any()):
         raise RuntimeError("invalid multinomial distribution (sum of probabilities <= 0)")
-    return _draw(probs.contiguous(), gen)
+    return _draw(probs.detach(), gen)
