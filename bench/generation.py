@@ -6,6 +6,7 @@ of the tokens and log-probs, so two source trees can be checked for the same out
     python bench/generation.py [--runs 5] [--seed 0]      # docs/performance.md, "Generation"
     python bench/generation.py --profile                  # torch.profiler table of one generate
     python bench/generation.py --gemms                    # a decode step's projections against a matmul
+    python bench/generation.py --dtype bfloat16           # the bf16 sampler (model.dtype=bfloat16)
     git worktree add --detach /tmp/gen-base BASE_COMMIT
     python bench/generation.py --runs 7 --baseline /tmp/gen-base/src   # the two trees, run by run
 
@@ -20,6 +21,7 @@ to the median floor.
 """
 
 import argparse
+import collections
 import hashlib
 import json
 import os
@@ -105,6 +107,41 @@ def gemms(model, rows: int, repeats: int = 20) -> None:
               f" ({2 * rows * N * K / t / ref:.0%})")
 
 
+class Phases:
+    """Seconds of one tree's generate by phase, through wrappers on its functions: the prefill, the decode
+    steps (the first one also packs the weights for oneDNN), sampling (`sample_next`), and the rest of the
+    loop (total minus those). `threads`: the thread counts sampling ran at (`DecodeThreads` picks one)."""
+
+    def __init__(self, engine_cls):
+        hf = sys.modules[engine_cls.__module__]
+        self.seconds, self.threads = collections.Counter(), collections.Counter()
+        self._wrap(hf, "sample_next", "sampling")
+        self._wrap(hf.LeanDecoder, "prefill", "prefill")
+        self._wrap(hf.LeanDecoder, "step", "decode steps")
+
+    def _wrap(self, owner, name: str, phase: str) -> None:
+        f = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                self.seconds[phase] += time.perf_counter() - t0
+                if phase == "sampling":
+                    self.threads[torch.get_num_threads()] += 1
+
+        setattr(owner, name, timed)
+
+    def take(self, total: float) -> dict:
+        out = {k: round(v, 3) for k, v in self.seconds.items()}
+        out["rest"] = round(total - sum(self.seconds.values()), 3)
+        out["threads"] = dict(self.threads)
+        self.seconds.clear()
+        self.threads.clear()
+        return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=5)
@@ -134,6 +171,7 @@ def main() -> None:
     if args.baseline:
         engines = {"baseline": baseline_engine(args.baseline)(model, [tok.eos_token_id], tok.pad_token_id,
                                                               dtype=dtype), **engines}
+    phases = {name: Phases(type(engine)) for name, engine in engines.items()}
     params = SamplingParams(args.max_new_tokens, 0.7, 1.0, args.G)
 
     def generate(engine):
@@ -141,9 +179,10 @@ def main() -> None:
         r = engine.generate(ids, params, torch.Generator().manual_seed(args.seed))
         return time.perf_counter() - t0, r
 
-    for engine in engines.values():
+    for name, engine in engines.items():
         for _ in range(args.warmup):
             generate(engine)
+        phases[name].take(0.0)
     if args.profile:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             generate(engines["this"])
@@ -157,7 +196,8 @@ def main() -> None:
             s, r = generate(engine)
             times[name].append(s)
             print(json.dumps({"tree": name, "seconds": round(s, 3), "tokens": int(r.completion_mask.sum()),
-                              "digest": digest(r), "load": round(os.getloadavg()[0], 2)}), flush=True)
+                              "digest": digest(r), "load": round(os.getloadavg()[0], 2),
+                              "phases": phases[name].take(s)}), flush=True)
         flops, bandwidth = rates(args.threads)
         tokens, steps = int(r.completion_mask.sum()), r.completion_ids.shape[1]
         floors.append(max(2 * n_params * tokens / flops, steps * weight_bytes / bandwidth))
