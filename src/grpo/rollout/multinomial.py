@@ -6,12 +6,12 @@ torch draws one sample per row as argmax(probs / q), q ~ Exp(1) one per entry (t
 serial loop: two 32-bit words of the generator's MT19937 stream, high word first, give the 53-bit uniform
 u = ((hi << 32 | lo) mod 2^53) / 2^53, and q = -log1p(-u) in float64, rounded to float32
 (`exponential_distribution` and `uniform_real` in aten/src/ATen/core/DistributionsHelper.h). At a
-49,152-token vocabulary that loop was most of a decode step's sampling: 30-32 ms of 36-44 ms for 32 rows
-on one thread of the bench CPU (docs/performance.md, "Generation"). Here numpy's MT19937 (one C loop, 8.4
-ms of those words) makes the same words from the generator's own state and writes the advanced state back,
-and q is computed only where it can decide the argmax: u >= the high word's bits / 2^21 bounds each
-ratio from above, and the few entries a row whose bound comes near the best get their exact q
-(`argmax_ratio`). 13.6 ms in all against torch's 32 (one thread).
+49,152-token vocabulary that loop was most of a decode step's sampling: 32 ms of 35-47 ms for 32 rows on
+one thread of the bench CPU (docs/performance.md, "Generation"). Here numpy's MT19937 makes the same words
+from the generator's own state (one C loop: 8.4 ms for those 32 rows' 3.1M words) and the advanced state
+is written back, and q is computed only where it can decide the argmax: u >= the high word's bits / 2^21
+bounds each ratio from above, and the few entries a row whose bound comes near the best get their exact q
+(`argmax_ratio`). 13-14 ms in all against torch's 32 (one thread).
 
 It relies on what torch does not promise: the CPU generator's state layout (`get_state`: the
 `THGeneratorState` pod of aten/src/ATen/CPUGeneratorImpl.cpp) and the kernel above. So the first call in a
@@ -32,8 +32,9 @@ STATE_BYTES = 5056
 """Size of a CPU generator's state in the torch versions whose layout this module reads."""
 
 ROWS_BYTES = 2**21
-"""Probabilities handled per chunk of rows (at least one row): 8 rows of 49,152 at a time measured 13.5 ms
-for 32 rows against 18.2 one row at a time and 14.0 all at once (one thread of the bench CPU)."""
+"""Bytes of probabilities handled per chunk of rows (at least one row), which bounds the temporaries: 32 rows
+of 49,152 took 14-15 ms in chunks of 4 to 32 rows and 20 ms one row at a time (one thread of the bench
+CPU)."""
 
 _checked: bool | None = None  # None: not yet compared with torch.multinomial in this process
 
