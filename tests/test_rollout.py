@@ -227,17 +227,19 @@ def test_adapters_beyond_plain_lora_use_the_generic_path():
     assert r.completion_ids.shape[0] == 4
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("n_prompts", [16, 2])
-def test_lean_steps_give_the_same_bits_at_any_thread_count(n_prompts, packed, monkeypatch):
+def test_lean_steps_give_the_same_bits_at_any_thread_count(n_prompts, packed, dtype, monkeypatch):
     """`DecodeThreads` may run a step on one thread or on all; that must never change a result.
     16 x 4 rows: enough work that a split-K attention kernel splits (SDPA's does); 2 x 4 rows: the
-    projections run as (w @ x.T).T (`grpo.rollout.lean.SMALL_BATCH`); packed: through oneDNN."""
+    projections run as (w @ x.T).T (`grpo.rollout.lean.SMALL_BATCH`); packed: through oneDNN; bfloat16:
+    the sampler's bf16 weight copies (model.dtype=bfloat16)."""
     import copy
 
     if packed:
-        if not lean._onednn(torch.float32, torch.device("cpu"), lean.PACK_MIN_BYTES):
-            pytest.skip("this torch has no oneDNN linear")
+        if not lean._onednn(dtype, torch.device("cpu"), lean.PACK_MIN_BYTES):
+            pytest.skip(f"this torch has no oneDNN linear for {dtype}")
         monkeypatch.setattr(lean, "PACK_MIN_BYTES", 0)
 
     model = make_model("llama_gqa").eval()
@@ -248,7 +250,7 @@ def test_lean_steps_give_the_same_bits_at_any_thread_count(n_prompts, packed, mo
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     n = torch.get_num_threads()
     with torch.inference_mode():
-        dec = LeanDecoder.build(model, P + 8)
+        dec = LeanDecoder.build(model, P + 8, dtype)
         dec.prefill(ids, mask, positions, 8, repeats=4)
         tok, pos = torch.arange(4 * n_prompts) % 60 + 3, positions[:, -1].repeat_interleave(4) + 1
         logits = {}

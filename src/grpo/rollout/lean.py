@@ -13,8 +13,9 @@ the matmuls. This module runs the same arithmetic as the Hugging Face modules wi
   a one-token step's is two matmuls (as fast here, and unlike SDPA's CPU kernel, its result does not
   depend on the number of threads, so the engine may pick one per step without changing a bit);
 - the one-token steps multiply through oneDNN with the weights packed once per `generate` where torch
-  has it (CPU, float32; see `_Proj`): a step of a few rows reads every weight of the model, and the
-  packed layout streams them faster (25M model, 8 rows: 19-23 ms per step against 40 ms);
+  has it (CPU, float32, or bfloat16 where oneDNN has bf16 kernels; see `_Proj`): a step of a few rows
+  reads every weight of the model, and the packed layout streams them faster (25M model, 8 rows: 19-23
+  ms per step against 40 ms);
 - `compact(keep)` drops finished rows from the cache, so late tokens cost only the live rows.
 
 It reads the weights of the Hugging Face modules themselves, through the accessors of
@@ -59,9 +60,13 @@ buffers raised the bench's peak RSS by 25-30 MiB."""
 
 
 def _onednn(dtype: torch.dtype, device: torch.device, weight_bytes: int) -> bool:
-    """True if torch has oneDNN's linear with pre-packed weights here (CPU builds with mkldnn, fp32)
-    and the weights are large enough for it to pay (PACK_MIN_BYTES)."""
-    return (device.type == "cpu" and dtype == torch.float32 and weight_bytes >= PACK_MIN_BYTES
+    """True if torch has oneDNN's linear with pre-packed weights here (CPU builds with mkldnn; float32, or
+    bfloat16 where oneDNN has bf16 kernels: the bf16 sampler's copies, which gave the same tokens and
+    log-probs on SmolLM2 packed as unpacked, 11.5 against 13.1 s a generate: docs/performance.md) and the
+    weights are large enough for it to pay (PACK_MIN_BYTES)."""
+    bf16 = dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    supported = dtype == torch.float32 or bf16
+    return (device.type == "cpu" and supported and weight_bytes >= PACK_MIN_BYTES
             and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_linear_pointwise")
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
