@@ -157,7 +157,7 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
                                           lambda: spent[s.clock] / s.max_seconds)
     log, rng = MetricsLog(out, s.tensorboard), random.Random(s.seed)
     best = (-1.0, 0, None)  # (accuracy, step, state_dict)
-    evals_since_best, history, train_seconds, train_cpu = 0, [], 0.0, 0.0
+    evals_since_best, history = 0, []
     order = batch_order(len(task.train), s.batch_size, rng)
     for _ in range(s.start_row // s.batch_size):  # a continuation skips the batches its first run consumed
         next(order)
@@ -187,11 +187,10 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
         optimizer.step()
         spent["wall"] += time.perf_counter() - t0
         spent["cpu"] += time.process_time() - c0
-        train_seconds, train_cpu = spent["wall"], spent["cpu"]
         scheduler.step()  # with max_seconds: the decay follows the budget spent (make_optimizer)
         out_of_time = s.max_seconds is not None and spent[s.clock] >= s.max_seconds
         record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                  "train_seconds": train_seconds, "train_cpu_seconds": train_cpu}
+                  "train_seconds": spent["wall"], "train_cpu_seconds": spent["cpu"]}
         if step % s.eval_every == 0 or step == s.max_steps or out_of_time:
             acc = accuracy(choice_rows)
             record["eval/accuracy"] = acc
@@ -208,11 +207,11 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
         model.load_state_dict(best[2])
     rows_seen = s.start_row + step * s.batch_size
     log.write({"step": step, "best_step": best[1], "eval/best_accuracy": best[0],
-               "train_seconds": train_seconds, "train_cpu_seconds": train_cpu,
+               "train_seconds": spent["wall"], "train_cpu_seconds": spent["cpu"],
                "rows_seen": rows_seen, "chose_on_validation": bool(task.validation),
                "seconds": time.perf_counter() - t_start})
     log.close()
     save_model(model, tokenizer, out / "final")
     return SFTResult(out, out / "final", best[0], best[1], step, time.perf_counter() - t_start, history,
-                     train_seconds=train_seconds, train_cpu_seconds=train_cpu, rows_seen=rows_seen,
+                     train_seconds=spent["wall"], train_cpu_seconds=spent["cpu"], rows_seen=rows_seen,
                      chose_on_validation=bool(task.validation))
