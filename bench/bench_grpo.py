@@ -33,7 +33,7 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from side_by_side import grpo_figures  # noqa: E402
-from work import add_work_arguments, grpo_overrides, work_from_args  # noqa: E402
+from work import emit, work_settings, add_work_arguments, grpo_overrides, work_from_args  # noqa: E402
 
 
 def build_config(work, output_dir: Path, extra: list[str]):
@@ -82,13 +82,10 @@ def main(timers=None):
         "peak_rss_mb": round(max([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, res.peak_memory_mib]), 1),
         "prompt_tokens_mean": round(statistics.mean(prompt_lens), 3),
         "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
-        "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(work).items()},
+        "settings": {**work_settings(work),
                      "overrides": args.extra, "python": sys.version.split()[0]},
     }
-    line = json.dumps(result)
-    if args.json_out:
-        args.json_out.write_text(line + "\n")
-    print(line, flush=True)
+    emit(result, args.json_out)
 
 
 if __name__ == "__main__":

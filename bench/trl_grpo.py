@@ -40,7 +40,7 @@ from pathlib import Path  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import add_rewards  # noqa: E402
 from side_by_side import run_figures  # noqa: E402
-from work import LORA_ALPHA, LORA_R, LORA_TARGETS, Work, add_work_arguments, work_from_args  # noqa: E402
+from work import emit, work_settings, LORA_ALPHA, LORA_R, LORA_TARGETS, Work, add_work_arguments, work_from_args  # noqa: E402
 
 
 def as_text(completion) -> str:
@@ -172,7 +172,7 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
         "prompt_tokens_mean": round(statistics.mean(prompt_lengths), 3),
         "reward_per_step": rewards,
-        "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(work).items()},
+        "settings": {**work_settings(work),
                      "num_generations": config.num_generations,
                      "per_device_train_batch_size": config.per_device_train_batch_size,
                      "generation_batch_size": config.generation_batch_size,
@@ -181,10 +181,7 @@ def main() -> None:
                      "activation_checkpointing": config.activation_checkpointing,
                      "model_dtype": str(trainer.model.dtype), "device": str(trainer.accelerator.device)},
     }
-    line = json.dumps(result)
-    if args.json_out:
-        args.json_out.write_text(line + "\n")
-    print(line, flush=True)
+    emit(result, args.json_out)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ every attention and MLP projection.
 """
 
 import argparse
+import json
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,19 @@ def grpo_overrides(w: Work, output_dir: Path) -> list[str]:
     if w.lora:
         out.append(f"model.lora={{r: {LORA_R}, alpha: {LORA_ALPHA}, dropout: 0.0}}")
     return out
+
+
+def work_settings(w: Work) -> dict:
+    """The work's knobs as JSON values, for a side's result line."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(w).items()}
+
+
+def emit(result: dict, json_out: Path | None) -> None:
+    """A side's result: one JSON line on stdout, and in `json_out` when given (the driver reads either)."""
+    line = json.dumps(result)
+    if json_out:
+        json_out.write_text(line + "\n")
+    print(line, flush=True)
 
 
 def _field_docs() -> dict[str, str]:
