@@ -150,6 +150,27 @@ def test_eos_stops_a_row_and_truncation_is_flagged_exactly():
         assert len(got[k]) == max_new and r.truncated[k].item() is False, name
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_min_new_tokens_holds_the_stop_tokens_back_that_long(temperature):
+    model, ps, max_new, floor = make_model("llama"), prompts(6), 12, 5
+    # EOS := each row's first greedy token: unmasked, every greedy row stops at once
+    first = _rows(HFEngine(model, V + 1, PAD).generate(ps, SamplingParams(max_new_tokens=1, temperature=0.0)))
+    eos = sorted({row[0] for row in first})
+    for name, engine in engines(model, eos).items():
+        plain = engine.generate(ps, SamplingParams(max_new_tokens=max_new, temperature=0.0))
+        assert all(len(row) == 1 for row in _rows(plain)), name
+        r = engine.generate(ps, SamplingParams(max_new_tokens=max_new, temperature=temperature, G=2,
+                                               min_new_tokens=floor), torch.Generator().manual_seed(0))
+        for row, lp in zip(_rows(r), r.logp):
+            assert len(row) >= floor and not set(row[:floor]) & set(eos), name
+            assert torch.isfinite(lp[:len(row)]).all(), name
+        # the log-probs are those of the masked distribution the tokens were drawn from
+        logits = model(torch.tensor([ps[0]])).logits[0, -1].detach().index_fill(-1, torch.tensor(eos),
+                                                                                  float("-inf"))
+        want = logits.log_softmax(-1)[r.completion_ids[0, 0]]
+        assert r.logp[0, 0].item() == pytest.approx(want.item(), abs=1e-5), name
+
+
 def test_same_seed_same_samples_and_paths_agree():
     model = make_model("qwen2")
     params = SamplingParams(max_new_tokens=16, temperature=1.0, G=4)

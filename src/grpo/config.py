@@ -177,6 +177,10 @@ class SamplingConfig:
     """Sampling temperature; log-probs for training are computed at the same temperature."""
     top_p: float = 1.0
     """Nucleus sampling mass."""
+    min_new_tokens: int = 0
+    """Training rollouts: no stop token before this many completion tokens (the stop tokens' logits are set
+    to -inf for the first min_new_tokens slots, as `min_new_tokens` in transformers or `min_tokens` in
+    vLLM). The trainer's log-probs do not apply this mask, so the mismatch/* metrics show it. 0: off."""
 
 
 @dataclass
@@ -394,7 +398,7 @@ class TrainConfig:
                          "train.keep_checkpoints", "train.max_bad_steps", "model.tiny_num_layers",
                          "train.iterations", "grpo.max_sampling_rounds", *_TASK_SIZES])
         _not_negative(self, ["train.eval_every", "train.sample_every", "train.save_every", "train.log_every",
-                             "train.threads", "rewards.workers", "data.num_heldout", "data.num_validation",
+                             "train.threads", "rewards.workers", "sampling.min_new_tokens", "data.num_heldout", "data.num_validation",
                              "optim.lr",
                              "optim.weight_decay", "optim.warmup_steps", "optim.grad_clip"])
         o, m = self.optim, self.model
@@ -417,6 +421,9 @@ class TrainConfig:
                                                  or t.micro_batch_tokens <= 0):
             raise UserError(f"train.micro_batch_tokens must be a positive integer (or null for no cap), "
                             f"got {t.micro_batch_tokens}")
+        if self.sampling.min_new_tokens > self.sampling.max_new_tokens:
+            raise UserError(f"sampling.min_new_tokens ({self.sampling.min_new_tokens}) must be at most "
+                            f"sampling.max_new_tokens ({self.sampling.max_new_tokens})")
         if self.sampling.temperature < 0 or not 0 < self.sampling.top_p <= 1:
             raise UserError("sampling: temperature must be >= 0 and top_p in (0, 1]")
         if g.beta < 0 or g.eps_low <= 0 or (g.eps_high is not None and g.eps_high <= 0):

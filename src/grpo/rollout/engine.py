@@ -29,6 +29,7 @@ class SamplingParams:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     G: int = 1  # completions per prompt
+    min_new_tokens: int = 0  # no stop token before this many tokens of a completion
 
 
 @dataclass

@@ -269,6 +269,8 @@ class Decode:
             self.logits = self.stepper.step(self.tok, self.pos)
             self.threads.after(t - 1)
             self.pos = self.pos + 1
+        if t < self.params.min_new_tokens:  # no stop token yet: the distribution sampled is the masked one
+            self.logits = self.logits.index_fill(-1, self.eos, float("-inf"))
         tok, lp = sample_next(self.logits, self.params.temperature, self.params.top_p, generator,
                               self.work)  # [C]
         policy = self.alive if not self.queued else self.alive & ~self.force(tok)

@@ -214,7 +214,7 @@ def generate_and_score(run: Run, cfg: TrainConfig, pool, timers: Timers, rows: l
     G, episodes = cfg.grpo.G, None
     with timers("generate"), full_weights(run.model, run.dist):
         sampling = SamplingParams(cfg.sampling.max_new_tokens, cfg.sampling.temperature, cfg.sampling.top_p,
-                                  G)
+                                  G, cfg.sampling.min_new_tokens)
         if run.episodic is None:
             r = run.engine.generate(encode_prompts(run.tokenizer, [x["prompt"] for x in rows]), sampling,
                                     run.gen)
