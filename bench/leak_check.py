@@ -6,11 +6,11 @@ value at 10%: a leak shows as steady growth, noise as a flat band.
         model.tiny_num_layers=1 train.prompts_per_step=2 grpo.G=4 train.micro_batch_size=8 \
         sampling.max_new_tokens=16 data.num_heldout=2
     python bench/leak_check.py --out runs/leak_smollm2 -- --config configs/smollm2_gsm8k_lora.yaml \
-        train.steps=50 sampling.max_new_tokens=32 data.num_heldout=2
+        train.steps=50 sampling.max_new_tokens=32 sampling.min_new_tokens=32 data.num_heldout=2
 
 Completions keep one length when sampling never stops early: the tiny random model almost never samples
-EOS; for a real model give `sampling.max_new_tokens` small enough that every completion reaches it
-(`completion/len_mean`, in the report, says whether they did). Prints the growth and writes
+EOS; a real model is held to one length by `sampling.min_new_tokens` equal to `sampling.max_new_tokens`
+(`completion/len_mean`, in the report, says whether they all reached it). Prints the growth and writes
 OUT/leak.json; exits 1 when the growth is 5% or more.
 """
 
