@@ -25,9 +25,15 @@ reads it from `os.wait4` (the same measurement for every side). Over the repeats
 side against trl from those medians: steps/s, completion tokens/s (tokens per step / s per step; the two
 sides sample different completions) and peak RSS.
 
+A run that exits non-zero is a result, not the end of the invocation: "out of memory" (killed by
+SIGKILL, as the kernel's OOM killer does, or a MemoryError in its output) or "failed (rc N)", with the
+peak RSS it had reached; the other runs go on, the medians leave it out, a side none of whose runs
+finished is shown as that failure, and the script exits with status 1 at the end.
+
 Before each run it waits up to --quiet-wait s for the 1-minute load average to fall below --quiet-load
 and records the load. Writes OUT/SIDE-REPEAT.json (one run each: the per-step lists, the figures, the
-command), OUT/side_by_side.json (medians and ratios) and OUT/table.txt (the table printed last).
+command; or the failure and its log), OUT/side_by_side.json (medians and ratios) and OUT/table.txt (the
+table printed last).
 """
 
 import argparse
@@ -103,6 +109,17 @@ def side_command(side: str, work: Work, run_dir: Path, json_out: Path, args) -> 
     return [sys.executable, "-m", "grpo", "train", "--quiet", "--overwrite", *grpo_overrides(work, run_dir), *extra]
 
 
+def failure(rc: int, log: str) -> str:
+    """What a run that exited with status rc (negative: killed by that signal) and wrote log failed of.
+
+    >>> failure(-9, ""), failure(1, "torch.OutOfMemoryError: ..."), failure(2, "usage: ...")
+    ('out of memory', 'out of memory', 'failed (rc 2)')
+    """
+    if rc in (-9, 137) or "MemoryError" in log or "not enough memory" in log:  # 137: a shell's 128 + SIGKILL
+        return "out of memory"
+    return f"failed (rc {rc})"
+
+
 def wait_quiet(max_load: float, max_wait: float) -> float:
     """Wait up to max_wait s for the 1-minute load average to fall below max_load; the load then."""
     waited = 0.0
@@ -113,7 +130,7 @@ def wait_quiet(max_load: float, max_wait: float) -> float:
 
 
 def run_side(side: str, base: str, work: Work, repeat: int, args) -> dict:
-    """Run one side once in its own process; its figures, with the peak RSS the parent read."""
+    """Run one side once in its own process; its figures, or its failure, with the peak RSS the parent read."""
     run_dir, json_out, log = (args.out / "runs" / f"{side}-{repeat}", args.out / f"{side}-{repeat}.json",
                               args.out / f"{side}-{repeat}.log")
     json_out.unlink(missing_ok=True)
@@ -129,8 +146,9 @@ def run_side(side: str, base: str, work: Work, repeat: int, args) -> dict:
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"{side} run {repeat} failed (exit {proc.returncode}), see {log}")
-    if base in ("trl", "grpo_api"):
+        run = {"side": base, "failed": failure(proc.returncode, log.read_text(errors="replace")),
+               "rc": proc.returncode, "log": str(log)}
+    elif base in ("trl", "grpo_api"):
         run = json.loads(json_out.read_text())
     else:
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
@@ -144,7 +162,13 @@ def run_side(side: str, base: str, work: Work, repeat: int, args) -> dict:
 
 
 def summarise(runs: list[dict]) -> dict:
-    """Medians over one side's runs."""
+    """Medians over one side's runs that finished; where none did, the first failure and the median peak RSS
+    the runs had reached when they stopped."""
+    failures = [r["failed"] for r in runs if "failed" in r]
+    if len(failures) == len(runs):
+        return {"runs": 0, "failed": failures[0], "failures": failures,
+                "peak_rss_mib": statistics.median(r["peak_rss_mb"] for r in runs)}
+    runs = [r for r in runs if "failed" not in r]
     med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
     s, tokens = med("sec_per_step_median_after_2"), med("completion_tokens_per_step_mean")
     return {"runs": len(runs), "sec_per_step": s, "steps_per_s": 1 / s, "completion_tokens_per_step": tokens,
@@ -152,15 +176,16 @@ def summarise(runs: list[dict]) -> dict:
             "sec_per_step_all_steps": med("sec_per_step_mean"),
             "peak_rss_mib": med("peak_rss_mb"),
             "sec_per_step_each_run": [r["sec_per_step_median_after_2"] for r in runs],
-            "peak_rss_mib_each_run": [r["peak_rss_mb"] for r in runs]}
+            "peak_rss_mib_each_run": [r["peak_rss_mb"] for r in runs], "failures": failures}
 
 
 def ratios(summary: dict) -> dict:
-    """Each side against TRL in its mode (trl for full fine-tuning, trl_lora for LoRA)."""
+    """Each side against TRL in its mode (trl for full fine-tuning, trl_lora for LoRA); none where either
+    side has no finished run."""
     out = {}
     for side, s in summary.items():
         peer = "trl_lora" if side.endswith("_lora") else "trl"
-        if side == peer or peer not in summary:
+        if side == peer or peer not in summary or "failed" in s or "failed" in summary[peer]:
             continue
         t = summary[peer]
         out[side] = {"vs": peer, "steps_per_s": s["steps_per_s"] / t["steps_per_s"],
@@ -175,6 +200,9 @@ def format_table(summary: dict, rat: dict) -> str:
     lines = [f"{'side':14} {'s/step':>8} {'(each run)':24} {'all steps':>9} {'tok/step':>8} {'tok/s':>7} "
              f"{'gen s':>7} {'peak RSS MiB':>12} {'(each run)':20}"]
     for side, s in summary.items():
+        if "failed" in s:
+            lines.append(f"{side:14} {s['failed']} (peak RSS {s['peak_rss_mib']:,.0f} MiB when it stopped)")
+            continue
         each = ", ".join(f"{x:.3g}" for x in s["sec_per_step_each_run"])
         rss = ", ".join(f"{x:.0f}" for x in s["peak_rss_mib_each_run"])
         lines.append(f"{side:14} {s['sec_per_step']:8.3g} {'(' + each + ')':24} {s['sec_per_step_all_steps']:9.3g} "
@@ -183,6 +211,8 @@ def format_table(summary: dict, rat: dict) -> str:
     for side, r in rat.items():
         lines.append(f"{side} / {r['vs']}: steps/s x{r['steps_per_s']:.2f}, completion tokens/s "
                      f"x{r['completion_tok_per_s']:.2f}, peak RSS x{r['peak_rss']:.2f}")
+    lines += [f"{side}: {len(s['failures'])} run(s) left out of the medians: {', '.join(s['failures'])}"
+              for side, s in summary.items() if s["failures"] and "failed" not in s]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -210,7 +240,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> dict:
+    """Run the sides; what it writes to OUT/side_by_side.json (the work, the summary, the ratios)."""
     args = parse_args(argv)
     args.out = args.out.resolve()  # the runs write where this process reads, wherever they start
     args.out.mkdir(parents=True, exist_ok=True)
@@ -233,6 +264,10 @@ def main(argv=None) -> None:
                 side = base + ("_lora" if mode == "lora" else "")
                 r = run_side(side, base, replace(work, lora=mode == "lora"), repeat, args)
                 runs.setdefault(side, []).append(r)
+                if "failed" in r:
+                    print(f"run {repeat}  {side:14} {r['failed']} after {r['wall_s']:.0f} s at {r['peak_rss_mb']:,.0f} "
+                          f"MiB, see {r['log']}", flush=True)
+                    continue
                 print(f"run {repeat}  {side:14} {r['sec_per_step_median_after_2']:8.3g} s/step  "
                       f"{r['completion_tokens_per_step_mean']:6.0f} tokens/step  {r['peak_rss_mb']:8,.0f} MiB  "
                       f"(load {r['load_before']:.2f} before)", flush=True)
@@ -241,9 +276,10 @@ def main(argv=None) -> None:
     table = format_table(summary, rat)
     print(f"\nmedians over {args.repeats} runs each; s/step: each run's median step after its first {WARMUP}\n{table}")
     (args.out / "table.txt").write_text(table + "\n")
-    (args.out / "side_by_side.json").write_text(json.dumps({"work": {k: str(v) for k, v in vars(work).items()},
-                                                       "summary": summary, "ratios": rat}, indent=1))
+    result = {"work": {k: str(v) for k, v in vars(work).items()}, "summary": summary, "ratios": rat}
+    (args.out / "side_by_side.json").write_text(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if any(s["failures"] for s in main()["summary"].values()) else 0)

@@ -6,6 +6,7 @@ the work to each side, the per-run figures and the ratios, and that a clone has 
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
 import add_rewards  # noqa: E402
+import cost_growth  # noqa: E402
 import side_by_side  # noqa: E402
 from work import Work, add_work_arguments, grpo_overrides, work_flags, work_from_args  # noqa: E402
 
@@ -26,7 +28,7 @@ def test_bench_needs_nothing_outside_the_checkout():
         if path.suffix in (".sh", ".py", ".txt"):
             text = path.read_text()
             assert "shared/peers" not in text and "PEERS" not in text, path.name
-    for script in ("run_bench.sh", "run_real_bench.sh"):
+    for script in ("run_bench.sh", "run_real_bench.sh", "run_cost_growth.sh"):
         assert "setup_trl.sh" in (BENCH / script).read_text()  # the TRL environment is made on first use
 
 
@@ -133,3 +135,122 @@ def test_trl_side_scores_with_the_same_reward_functions():
     completions = [[{"role": "assistant", "content": "3 + 4 = 7\n#### 24"}], "it is 25"]
     assert reward(["p", "p"], completions, [[1], [2]], answer=["so #### 24", "#### 24"]) == [1.0, 0.0]
     assert reward.__name__ == "correctness_last"
+
+
+def finished(s, tokens, rss):
+    """A run's figures as side_by_side.run_side returns them (the fields summarise reads)."""
+    return {"sec_per_step_median_after_2": s, "sec_per_step_mean": s,
+            "completion_tokens_per_step_mean": tokens, "gen_sec_per_step_median_after_2": 1.0,
+            "peak_rss_mb": rss}
+
+
+def stopped(failed, rss):
+    return {"failed": failed, "rc": -9, "peak_rss_mb": rss}
+
+
+def test_a_failed_run_is_a_result():
+    """A side that runs out of memory or fails no longer ends the invocation: it is a row of the table."""
+    assert side_by_side.failure(-9, "") == "out of memory"  # SIGKILL: the kernel's OOM killer
+    assert side_by_side.failure(137, "") == "out of memory"  # the same through a shell
+    assert side_by_side.failure(1, "torch.OutOfMemoryError: CPU") == "out of memory"
+    assert side_by_side.failure(1, "Traceback ...\nValueError: x") == "failed (rc 1)"
+    oom = "out of memory"
+    summary = {"trl": side_by_side.summarise([stopped(oom, 9000), stopped(oom, 8000)]),
+               "grpo": side_by_side.summarise([finished(4.0, 80, 400), stopped("failed (rc 1)", 100),
+                                               finished(6.0, 100, 600)])}
+    assert summary["trl"] == {"runs": 0, "failed": oom, "failures": [oom, oom], "peak_rss_mib": 8500}
+    # grpo: the two finished runs alone, s/step median(4, 6) = 5, 90 tokens per step
+    g = summary["grpo"]
+    assert (g["runs"], g["sec_per_step"], g["completion_tok_per_s"], g["peak_rss_mib"]) == (2, 5.0, 18.0, 500)
+    assert side_by_side.ratios(summary) == {}  # no ratio against a side that never finished
+    lines = side_by_side.format_table(summary, {}).splitlines()
+    assert lines[1] == "trl            out of memory (peak RSS 8,500 MiB when it stopped)"
+    assert lines[-1] == "grpo: 1 run(s) left out of the medians: failed (rc 1)"
+
+
+def test_cost_growth_settings_vary_one_factor_at_a_time():
+    rows = cost_growth.series([64, 128, 256], [4, 8, 16], base_length=64, base_G=8)
+    length = "completion length"
+    assert [(f, v, s.tokens, s.G) for f, v, s in rows] == [
+        (length, 64, 64, 8), (length, 128, 128, 8), (length, 256, 256, 8),
+        ("G", 4, 64, 4), ("G", 8, 64, 8), ("G", 16, 64, 16)]
+    assert [s.name for s in cost_growth.settings(rows)] == \
+        ["len64_G8", "len128_G8", "len256_G8", "len64_G4", "len64_G16"]  # (64, 8) once
+
+
+def growth_result(tokens, G, trl=None, grpo=None):
+    """One setting's side_by_side.json: trl takes tokens x G / 16 s per step and 4 x tokens x G MiB, grpo
+    half the time and half the memory; 2 x tokens x G completion tokens per step on both."""
+    n = tokens * G
+    summary = {"trl": side_by_side.summarise([trl or finished(n / 16, 2 * n, 4 * n)]),
+               "grpo": side_by_side.summarise([grpo or finished(n / 32, 2 * n, 2 * n)])}
+    return {"summary": summary, "ratios": side_by_side.ratios(summary)}
+
+
+def test_cost_growth_table_and_plot(tmp_path):
+    rows = cost_growth.series([64, 128, 256], [4, 8, 16], base_length=64, base_G=8)
+    results = {s.name: growth_result(s.tokens, s.G) for s in cost_growth.settings(rows)}
+    results["len256_G8"] = growth_result(256, 8, trl=stopped("out of memory", 61440))
+    results["len64_G16"] = growth_result(64, 16, grpo={**stopped("failed (rc 1)", 500), "rc": 1})
+    table_rows = cost_growth.cost_rows(rows, results)
+    assert len(table_rows) == 12 and [r["side"] for r in table_rows[:2]] == ["trl", "grpo"]
+    # the shared point is a row of both series, with the same figures
+    shared = [r for r in table_rows if (r["tokens"], r["G"], r["side"]) == (64, 8, "grpo")]
+    assert [r["factor"] for r in shared] == ["completion length", "G"]
+    assert shared[0]["sec_per_step"] == shared[1]["sec_per_step"] == 16.0
+    table = cost_growth.write_report(table_rows, tmp_path)
+    lines = table.splitlines()
+    assert lines[0].startswith("| factor | value | side | s/step | completion tokens/s | peak RSS GiB |")
+    # 64 x 8: trl 32 s/step, 1024 tokens, 2048 MiB; grpo 16 s/step (x2.00 the steps/s), 1024 MiB (x0.50)
+    assert lines[2] == "| completion length (G=8) | 64 | trl | 32 | 32.0 | 2.00 |  |  |"
+    assert lines[3] == "| completion length (G=8) | 64 | grpo | 16 | 64.0 | 1.00 | x2.00 | x0.50 |"
+    # 256 tokens: TRL killed at 60 GiB, grpo 64 s/step and 4 GiB with no ratio to a side that did not finish
+    assert lines[6] == \
+        "| completion length (G=8) | 256 | trl | out of memory |  | 60.00 when it stopped |  |  |"
+    assert lines[7] == "| completion length (G=8) | 256 | grpo | 64 | 64.0 | 4.00 |  |  |"
+    assert lines[13] == "| G (64 tokens) | 16 | grpo | failed (rc 1) |  | 0.49 when it stopped |  |  |"
+    assert (tmp_path / "cost_growth.md").read_text() == table + "\n"
+    saved = json.loads((tmp_path / "cost_growth.json").read_text())["rows"]
+    assert saved[4]["status"] == "out of memory" and saved[4]["peak_rss_gib"] == 60.0
+    png = (tmp_path / "cost_growth.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_cost_growth_reuse_runs_only_the_settings_not_done(tmp_path, monkeypatch):
+    for name, (tokens, G) in {"len64_G8": (64, 8), "len128_G8": (128, 8)}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "side_by_side.json").write_text(json.dumps(growth_result(tokens, G)))
+    (tmp_path / "len64_G16").mkdir()
+    (tmp_path / "len64_G16" / "side_by_side.json").write_text("{}")  # stale: without --reuse it is run again
+    calls = []
+
+    def fake_run(s, args, passthrough):
+        calls.append(cost_growth.side_by_side_argv(s, args, passthrough))
+        (args.out / s.name).mkdir(exist_ok=True)
+        (args.out / s.name / "side_by_side.json").write_text(json.dumps(growth_result(s.tokens, s.G)))
+
+    monkeypatch.setattr(cost_growth, "run_setting", fake_run)
+    argv = ["/m", "--out", str(tmp_path), "--lengths", "64,128", "--groups", "4,8", "--steps", "3",
+            "--num-prompts", "16"]
+    cost_growth.main(argv + ["--reuse"])
+    assert [c[c.index("--out") + 1] for c in calls] == [str(tmp_path / "len64_G4")]
+    assert calls[0][:3] == ["/m", "--num-prompts", "16"]  # side_by_side's own flags pass through
+    assert calls[0][calls[0].index("--G") + 1] == "4" and calls[0][calls[0].index("--max-steps") + 1] == "3"
+    assert len((tmp_path / "cost_growth.md").read_text().splitlines()) == 2 + 4 * 2
+    calls.clear()
+    cost_growth.main(argv)  # without --reuse every setting runs again
+    assert len(calls) == 3
+    with pytest.raises(SystemExit):  # the script sets G for each setting
+        cost_growth.parse_args(["/m", "--out", str(tmp_path), "--G", "4"])
+
+
+def test_cost_growth_script_runs_the_real_bench_work():
+    """run_cost_growth.sh's settings are run_real_bench.sh's work, with the completion length and G varied."""
+    real, growth = (BENCH / "run_real_bench.sh").read_text(), (BENCH / "run_cost_growth.sh").read_text()
+    for flags in ('--num-prompts "${NUM_PROMPTS:-64}"', '--prompts-per-step "${PPS:-4}"',
+                  "--answer-position last --max-prompt-length 256 --temperature 0.7 --learning-rate 1e-5 "
+                  "--beta 0.04",
+                  '--prompts-jsonl "$ROOT/data/word_problems_train.jsonl"'):
+        assert flags in real and flags in growth, flags
+    assert ('--lengths "${LENGTHS:-64,128,256}" --groups "${GROUP_SIZES:-4,8,16}" --base-length 64 '
+            '--base-G 8') in growth
