@@ -17,7 +17,7 @@ import torch
 
 from grpo.config import TrainConfig
 from grpo.data import load_task
-from grpo.data.templates import encode_prompts
+from grpo.data.templates import decode_completions, encode_prompts
 from grpo.models.loading import load_policy, stop_token_ids
 from grpo.rewards import load_reward_function
 from grpo.rewards.combine import reward_inputs
@@ -69,7 +69,7 @@ class Episodic:
         for i in range(0, len(rows), batch_size):
             chunk = rows[i:i + batch_size]
             r, ep = self.generate(engine, chunk, params, None, pool)
-            texts = trajectory_texts(self.tokenizer, r)
+            texts = decode_completions(self.tokenizer, r.completion_ids, r.completion_mask)  # env turns too
             values = checker(**reward_inputs(chunk, texts, r.completion_lists()).kwargs())
             scores += [0.0 if v is None else float(v) for v in values]
             calls += ep.tool_calls
@@ -77,14 +77,6 @@ class Episodic:
         n = len(scores)
         return sum(scores) / n, {"tool_calls": sum(calls) / n, "called": sum(c > 0 for c in calls) / n,
                                  "turns": sum(turns) / n}
-
-
-def trajectory_texts(tokenizer, r: Rollout) -> list[str]:
-    """Each trajectory as text: policy and environment turns, special tokens (EOS, pad) removed."""
-    return tokenizer.batch_decode(
-        [row[m.bool()].tolist() for row, m in zip(r.completion_ids, r.completion_mask)],
-        skip_special_tokens=True,
-    )
 
 
 def episode_columns(ep: Episodes) -> dict[str, list[float]]:
