@@ -192,7 +192,8 @@ def test_bad_config_is_one_error_line(config, tiny, tmp_path, capfd):
     (["train.steps.max=3"], ["train.steps: expected an integer, got {'max': 3}"]),
     (["train.prompts_per_step=-1"], ["train.prompts_per_step must be a positive integer, got -1"]),
     (["optim.lr=[1, 2]"], ["optim.lr: expected a number, got [1, 2]"]),
-    (["sampling.min_new_tokens=40"], ["sampling.min_new_tokens (40) must be at most sampling.max_new_tokens (32)"]),
+    (["sampling.min_new_tokens=40"],
+     ["sampling.min_new_tokens (40) must be at most sampling.max_new_tokens (32)"]),
 ], ids=["wrong_type", "unknown_key", "no_equals", "key_under_a_value", "negative", "list_for_number",
         "min_over_max"])
 def test_bad_override_is_one_error_line(overrides, fragments, tmp_path, capfd):

@@ -38,7 +38,7 @@ def _sampler(P: int):
 
 def test_flat_groups_are_dropped_until_the_batch_is_full():
     # prompts 0..3 (round 1): 1 and 2 flat -> keep 0, 3; round 2 (4..7): 4 flat -> keep 5, 6; 7 trimmed
-    batch, stats = collect_batch(_sampler(4), _fake_score({1, 2, 4}), G, prompts_per_step=4, dynamic=True,
+    batch, stats = collect_batch(_sampler(4), _fake_score({1, 2, 4}), G, prompts_per_step=4,
                                  max_rounds=5, pad_id=PAD, dist=SINGLE)
     assert [x["k"] for x in batch.rows] == [0, 3, 5, 6]
     assert stats.rounds == 2 and stats.prompts_drawn == 8 and stats.kept_groups == 4
@@ -58,17 +58,11 @@ def test_flat_groups_are_dropped_until_the_batch_is_full():
 def test_cap_trains_on_the_informative_groups_filled_with_flat_ones():
     # every prompt but 2 is flat: after 3 rounds (12 prompts) one informative group, 3 flat ones from round 3
     batch, stats = collect_batch(_sampler(4), _fake_score(set(range(1000)) - {2}), G, prompts_per_step=4,
-                                 dynamic=True, max_rounds=3, pad_id=PAD, dist=SINGLE)
+                                 max_rounds=3, pad_id=PAD, dist=SINGLE)
     assert stats == (3, 12, 1)
     assert [x["k"] for x in batch.rows] == [2, 8, 9, 10]
     assert float(zero_std_fraction(batch.rewards, G)) == 0.75
     assert batch.num_errors == 3  # the filler groups are not counted twice
-
-
-def test_off_is_one_round_unchanged():
-    batch, stats = collect_batch(_sampler(4), _fake_score({1}), G, prompts_per_step=4, dynamic=False,
-                                 max_rounds=5, pad_id=PAD, dist=SINGLE)
-    assert stats is None and [x["k"] for x in batch.rows] == [0, 1, 2, 3]
 
 
 def test_informative_groups_matches_zero_std_fraction():

@@ -398,7 +398,8 @@ class TrainConfig:
                          "train.keep_checkpoints", "train.max_bad_steps", "model.tiny_num_layers",
                          "train.iterations", "grpo.max_sampling_rounds", *_TASK_SIZES])
         _not_negative(self, ["train.eval_every", "train.sample_every", "train.save_every", "train.log_every",
-                             "train.threads", "rewards.workers", "sampling.min_new_tokens", "data.num_heldout", "data.num_validation",
+                             "train.threads", "rewards.workers",
+                             "sampling.min_new_tokens", "data.num_heldout", "data.num_validation",
                              "optim.lr",
                              "optim.weight_decay", "optim.warmup_steps", "optim.grad_clip"])
         o, m = self.optim, self.model

@@ -105,8 +105,8 @@ class VLLMEngine:
         exact = self.processed_logprobs or (params.temperature in (0.0, 1.0) and params.top_p == 1.0)
         sp = self._vllm.SamplingParams(
             n=params.G, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_new_tokens,
-            min_tokens=params.min_new_tokens, logprobs=0 if exact else None, seed=seed, stop_token_ids=self.eos,
-            skip_special_tokens=False)
+            min_tokens=params.min_new_tokens, logprobs=0 if exact else None, seed=seed,
+            stop_token_ids=self.eos, skip_special_tokens=False)
         prompts = [{"prompt_token_ids": ids} for ids in prompt_ids]
         outputs = self.llm.generate(prompts, sp, use_tqdm=False)
         return rollout_from_outputs(prompt_ids, outputs, params.G, self.pad_id, self.device, with_logp=exact)

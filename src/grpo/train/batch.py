@@ -111,12 +111,11 @@ class SamplingStats(NamedTuple):
 
 
 def collect_batch(next_rows: Callable[[], list[dict]], score: Callable[[list[dict]], Batch], G: int,
-                  prompts_per_step: int, dynamic: bool, max_rounds: int, pad_id: int,
-                  dist: Dist) -> tuple[Batch, SamplingStats | None]:
-    """This rank's batch of prompts_per_step / world_size groups; `next_rows()` draws this rank's slice
-    of the next prompts_per_step prompts, `score(rows)` generates and rewards them."""
-    if not dynamic:
-        return score(next_rows()), None
+                  prompts_per_step: int, max_rounds: int, pad_id: int,
+                  dist: Dist) -> tuple[Batch, SamplingStats]:
+    """DAPO's dynamic sampling: this rank's batch of prompts_per_step / world_size groups with a reward
+    spread, drawn over at most max_rounds rounds; `next_rows()` draws this rank's slice of the next
+    prompts_per_step prompts, `score(rows)` generates and rewards them."""
     target = prompts_per_step // dist.world_size
     kept: list[Batch] = []
     n_kept = 0

@@ -87,7 +87,7 @@ def dynamic_sampling(draw: Draw, score: Score, *, cfg: TrainConfig, pad_id: int,
                      dist: Dist) -> tuple[Batch, dict]:
     """DAPO's dynamic sampling (grpo.train.batch): groups with all-equal rewards are dropped and more prompts
     drawn until the batch is full, at most grpo.max_sampling_rounds draws."""
-    batch, s = collect_batch(draw, score, cfg.grpo.G, cfg.train.prompts_per_step, True,
+    batch, s = collect_batch(draw, score, cfg.grpo.G, cfg.train.prompts_per_step,
                              cfg.grpo.max_sampling_rounds, pad_id, dist)
     return batch, {"sampling/rounds": s.rounds, "sampling/prompts_drawn": s.prompts_drawn,
                    "sampling/kept_groups": s.kept_groups}
