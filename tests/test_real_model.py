@@ -383,6 +383,7 @@ def test_reproduce_compares_grpo_with_more_sft_at_its_training_time(
     text = (out / "results.md").read_text()
     assert "| GRPO beats more SFT at equal compute (GRPO − sft_more) |" in text
     assert "| GRPO beats more SFT at equal compute (GRPO − sft_more), strict |" in text
+    assert "| sampled acc. | maj@2 | pass@2 |" in text and "on the first 2 test problems" in text
 
 
 @needs_smollm2
@@ -409,4 +410,6 @@ def test_reproduce_scores_a_tool_task_by_greedy_episodes(tmp_path, capsys, monke
         assert row["num_prompts"] == 2 and row["pass_at_k"] == {} and 0.0 <= row["tool_call_share"] <= 1.0
     text = (out / "results.md").read_text()
     assert "| GRPO beats more SFT at equal compute (GRPO − sft_more) |" in text and "RL lifts maj" not in text
+    # greedy episodes only: no sampled columns, no maj@k / pass@k section, no PPO in the Setup
+    assert "sampled acc." not in text and "against k" not in text and "PPO" not in text
     assert not (out / "maj_pass_at_k.png").exists() and (out / "curves.png").stat().st_size > 10_000

@@ -12,7 +12,7 @@ from grpo.data import load_task
 from grpo.data.synthetic import Space, _bucket, make_problems, make_rows, problem_space, step_rewards
 from grpo.errors import UserError
 from grpo.models.tiny import build_tokenizer
-from grpo.commands.reproduce import _claim_rows
+from grpo.commands.reproduce_report import claim_rows
 from grpo.stats import binomial_ci, mean_ci, mean_std, t_quantile, verdict
 
 HARD = dict(num_steps=5, max_value=99, max_delta=19, multiply=True)
@@ -244,7 +244,7 @@ def test_claims_are_judged_on_the_per_seed_differences():
     per_seed = {i: {"sft": _row(0.30 + 0.01 * i, 0.40, 0.90),
                     "grpo": _row(0.60 + 0.02 * i, 0.70, 0.92, 400, 26.0),
                     "ppo": _row(0.61 - 0.02 * i, 0.70, 0.92, 600, 50.0)} for i in range(3)}
-    rows, notes = _claim_rows(per_seed, 4, 500)
+    rows, notes = claim_rows(per_seed, 4, 500)
     # GRPO - SFT per seed: 30, 31, 32 points: mean 31, sd 1, interval 31 +- 4.303 / sqrt(3)
     half = 4.303 / math.sqrt(3)
     assert (f"| RL adds points over SFT (GRPO outcome − SFT) | +31.0 (+30.0, +31.0, +32.0) | "
@@ -259,7 +259,7 @@ def test_claims_are_judged_on_the_per_seed_differences():
     assert any("0.67-0.67x PPO's" in n and "holds on every seed" in n for n in notes)
     assert any("+15 points over SFT is met on average (+31.0)" in n for n in notes)
     one = {0: per_seed[0]}  # one seed: the test set's binomial interval, said to be the only noise counted
-    rows1, notes1 = _claim_rows(one, 4, 500)
+    rows1, notes1 = claim_rows(one, 4, 500)
     p = (0.30 + 0.60) / 2
     half1 = 196 * math.sqrt(2 * p * (1 - p) / 500)
     assert f"| +30.0 (+30.0) | [{30 - half1:+.1f}, {30 + half1:+.1f}] | holds beyond noise |" in rows1[2]

@@ -24,10 +24,10 @@ maj@K more than pass@K (§5.2.2). On the built-in task and the tiny model this c
 No training job reads the test split: each runs with `data.num_heldout=0`, and checkpoints are chosen
 on the validation split (`sft.data.num_validation` is required).
 
-then writes `results.md` with each figure's mean and spread over the seeds, a verdict per claim from
-the paired per-seed differences (`grpo.stats`), and PNG plots with error bars. `--reuse` keeps every
-finished run already in the output directory whose configuration is the one this invocation would
-train (an interrupted reproduce continues; a deleted run directory is trained again).
+then writes `results.md` (`reproduce_report`) with each figure's mean and spread over the seeds, a
+verdict per claim from the paired per-seed differences (`grpo.stats`), and PNG plots with error bars.
+`--reuse` keeps every finished run already in the output directory whose configuration is the one this
+invocation would train (an interrupted reproduce continues; a deleted run directory is trained again).
 
     grpo reproduce --config configs/reproduce.yaml --seeds 3 --jobs 2 --docs docs
 """
@@ -48,16 +48,15 @@ from pathlib import Path
 
 import torch
 
+from grpo.commands.reproduce_report import BUDGET, EXTRA_KEYS, LABELS, SFT_MORE, results_markdown
 from grpo.config import (DataConfig, DemoConfig, ModelConfig, SFTConfig, TrainConfig, load_config,
                          save_config, to_dict)
 from grpo.data import load_task
 from grpo.errors import UserError
 from grpo.models.loading import load_policy
-from grpo.plan import Architecture, PlanInput, plan_memory
 from grpo.plotting import plot_reproduce
 from grpo.rewards import load_reward_function
 from grpo.rewards.math import make_math_accuracy
-from grpo.stats import binomial_ci, mean_ci, mean_std, verdict
 from grpo.train.episodes import tool_use_report
 from grpo.train.evaluation import EvalResult, answer_equivalence, answer_extractor, evaluate_policy
 from grpo.train.sft import SFTResult, continuation_overrides, matching_clock
@@ -72,29 +71,8 @@ METHODS = {
 }
 """Method name -> the overrides of the shared RL config that select it (`grpo_base` starts from the model
 SFT started from, every other one from its seed's SFT model)."""
-SFT_MORE = "sft_more"
-"""SFT continued from `sft_best` for the GRPO stage's training time (needs `grpo` among the methods)."""
-EXTRA_KEYS = {"strict": "strict_accuracy", "lenient": "lenient_accuracy", "tool_calls": "tool_call_share"}
-"""An evaluation's extra greedy figures (`EvalResult.greedy_by_checker`) -> their key in results.json."""
 NO_TEST = ["data.num_heldout=0"]
 """Added to every training job: the test split is never read during training or checkpoint selection."""
-
-LABELS = {"sft": "SFT (sft_best)", "grpo": "GRPO (outcome)", "grpo_process": "GRPO (process)", "ppo": "PPO",
-          "rft": "Online RFT", "iterative": "Iterative GRPO", "grpo_base": "GRPO from the base model",
-          SFT_MORE: "more SFT (sft_more)"}
-MODELS_HELD = {"sft": "policy", "grpo": "policy, reference", "grpo_process": "policy, reference",
-               "ppo": "policy, reference, value (+ its optimizer)", "rft": "policy",
-               "iterative": "policy, reference (reset each iteration)", "grpo_base": "policy, reference",
-               SFT_MORE: "policy"}
-CLAIMS = [("GRPO beats more SFT at equal compute (GRPO − sft_more)", "grpo", SFT_MORE),
-          ("more SFT adds to sft_best (sft_more − sft_best)", SFT_MORE, "sft"),
-          ("RL adds points over SFT (GRPO outcome − SFT)", "grpo", "sft"),
-          ("GRPO from SFT beats GRPO from the base model (GRPO − grpo_base)", "grpo", "grpo_base"),
-          ("GRPO matches or beats PPO at equal budget (GRPO − PPO)", "grpo", "ppo"),
-          ("process supervision beats outcome supervision (process − outcome)", "grpo_process", "grpo"),
-          ("GRPO beats online RFT (GRPO − RFT)", "grpo", "rft"),
-          ("iterative GRPO adds to one run (iterative − GRPO)", "iterative", "grpo")]
-"""The paper's claims that compare two models' accuracy: (claim, model a, model b), held when a - b > 0."""
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1",
               "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
 """Freed tensors go back to the OS at once, so a process's peak RSS follows its live memory
@@ -175,9 +153,6 @@ def _reusable(job: Job, run_dir: Path, cls, config: Path, overrides: list[str]) 
         raise UserError(f"--reuse: {run_dir} was trained with {key}={have.get(key)!r}, this reproduce asks "
                         f"for {want.get(key)!r}; delete {run_dir} to train it again, or drop --reuse")
     return json.loads(job.record.read_text())["seconds"]
-
-
-BUDGET = {"cpu": "train_cpu_seconds", "wall": "train_seconds"}  # sft_more's budget, per clock
 
 
 def _read_run(out: Path, seconds: float) -> dict:
@@ -373,8 +348,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
                         f"--methods {','.join(methods)}", *([f"--sft {sft_dir}"] if sft_dir else []),
                         *(["--reuse"] if reuse else []), *overrides])
     test_n = evals[(0, "sft")].num_prompts
-    text = _markdown(per_seed, cfg, sfts, plots, n, ks, command, time.perf_counter() - t_start, test_n,
-                     evals[(0, "sft")].num_sampled_prompts, more)
+    text = results_markdown(per_seed, cfg, sfts, plots, n, ks, command, time.perf_counter() - t_start,
+                            test_n, evals[(0, "sft")].num_sampled_prompts, more)
     (out / "results.md").write_text(text)
     if docs_dir:
         _publish(out, Path(docs_dir), plots)
@@ -409,204 +384,6 @@ def _row(e, run: dict | None, s) -> dict:
     return row
 
 
-def _pct(values: list[float]) -> str:
-    if any(v != v for v in values):  # NaN: not measured (a multi-turn task samples no completions)
-        return "-"
-    mean, sd = mean_std([100 * v for v in values])
-    return f"{mean:.1f}%" if len(values) == 1 else f"{mean:.1f} ± {sd:.1f}%"
-
-
-def _mean(values: list[float], fmt: str = ".0f") -> str:
-    return f"{mean_std(values)[0]:{fmt}}"
-
-
-def _claim_rows(per_seed: dict, kmax: int, test_n: int) -> tuple[list[str], list[str]]:
-    """The claims table (difference, interval, verdict) and the notes under it."""
-    seeds = list(per_seed)
-    names = list(per_seed[seeds[0]])
-    acc = lambda m, key="greedy_accuracy": [per_seed[i][m][key] for i in seeds]  # noqa: E731
-    claims = [(text, a, b) for text, a, b in CLAIMS if a in names and b in names]
-    rows = ["| claim | difference, points | 95% interval | verdict |", "|---|---|---|---|"]
-    for text, a, b in claims:
-        diffs = [100 * (x - y) for x, y in zip(acc(a), acc(b))]
-        rows.append(claim_row(text, diffs, mean_std(acc(a) + acc(b))[0], test_n))
-        # the same claim when only the formatted answer, or any last number, counts
-        for kind in ("strict", "lenient"):
-            key = f"{kind}_accuracy"
-            if SFT_MORE in (a, b) and key in per_seed[seeds[0]][a]:
-                diffs = [100 * (x - y) for x, y in zip(acc(a, key), acc(b, key))]
-                rows.append(claim_row(f"{text}, {kind}", diffs, mean_std(acc(a, key) + acc(b, key))[0],
-                                      test_n))
-    if "grpo" in names and per_seed[seeds[0]]["grpo"]["pass_at_k"]:  # §5.2.2: maj@K rises more than pass@K
-        s = lambda m, key: [per_seed[i][m][key][kmax] for i in seeds]  # noqa: E731
-        diffs = [100 * ((gm - sm) - (gp - sp)) for gm, sm, gp, sp in
-                 zip(s("grpo", "maj_at_k"), s("sft", "maj_at_k"), s("grpo", "pass_at_k"),
-                     s("sft", "pass_at_k"))]
-        rows.append(claim_row(f"RL lifts maj@{kmax} more than pass@{kmax} (GRPO's maj@{kmax} gain − its "
-                               f"pass@{kmax} gain)", diffs, 0.5, test_n))
-    notes = []
-    if "grpo" in names:
-        gain = mean_std([100 * (x - y) for x, y in zip(acc("grpo"), acc("sft"))])[0]
-        notes.append(f"- The paper-sized gain of +15 points over SFT is {'met' if gain >= 15 else 'NOT met'} "
-                     f"on average ({gain:+.1f}).")
-    if "ppo" in names and "grpo" in names:
-        g = [per_seed[i]["grpo"]["run_peak_mib"] for i in seeds]
-        p = [per_seed[i]["ppo"]["run_peak_mib"] for i in seeds]
-        ratios = [x / y for x, y in zip(g, p)]
-        gs, ps = (mean_std([per_seed[i][m]["state_mib"] for i in seeds])[0] for m in ("grpo", "ppo"))
-        notes.append(f"- Less memory without a value model: GRPO's peak memory is {min(ratios):.2f}-"
-                     f"{max(ratios):.2f}x PPO's over the seeds ({_mean(g)} vs {_mean(p)} MiB above the "
-                     "runtime, mean; "
-                     f"{'holds on every seed' if max(ratios) <= 0.75 else 'NOT met on every seed'}: the "
-                     "target is <= 0.75x). Model state alone (weights, gradients, Adam moments, reference, "
-                     f"value model): {gs:.1f} vs {ps:.1f} MiB ({gs / ps:.2f}x). At 7B parameters `grpo plan` "
-                     f"gives {_plan_line()}.")
-    notes.append(f"- Noise: the test split has {test_n} problems (one problem = {100 / test_n:.2f} points); "
-                 + ("the interval is the 95% Student-t interval of the mean of the per-seed differences, so "
-                    "it carries the spread of training (SFT and RL) and of the test set's sampling together."
-                    if len(seeds) > 1 else
-                    "with one seed the interval is the test set's binomial noise only (training's own spread "
-                    "is not measured: run more --seeds)."))
-    return rows, notes
-
-
-def claim_row(text: str, diffs: list[float], p: float, test_n: int) -> str:
-    """One row of the claims table: mean difference (per seed), 95% interval, verdict."""
-    if len(diffs) > 1:
-        mean, lo, hi = mean_ci(diffs)
-    else:
-        mean, lo, hi = (100 * x for x in binomial_ci(diffs[0] / 100, min(max(p, 0.05), 0.95), test_n))
-    per_seed = ", ".join(f"{d:+.1f}" for d in diffs)
-    return f"| {text} | {mean:+.1f} ({per_seed}) | [{lo:+.1f}, {hi:+.1f}] | {verdict(lo, hi)} |"
-
-
-def _markdown(per_seed: dict, cfg: DemoConfig, sfts: dict, plots: list[str], n: int, ks, command: str,
-              seconds: float, test_n: int, sampled_n: int, more: dict) -> str:
-    kmax, seeds = max(ks), list(per_seed)
-    names = list(per_seed[seeds[0]])
-    col = lambda name, key, k=None: [per_seed[i][name][key] if k is None  # noqa: E731
-                                     else per_seed[i][name][key].get(k, float("nan")) for i in seeds]
-    kinds = [k for k in EXTRA_KEYS if EXTRA_KEYS[k] in per_seed[seeds[0]][names[0]]]
-    rows = [f"| model | greedy acc. | {''.join(f'{k} | ' for k in kinds)}sampled acc. | maj@{kmax} | "
-            f"pass@{kmax} | peak memory of the run | model state | training time | wall time | models held |",
-            "|---|---|" + "---|" * len(kinds) + "---|---|---|---|---|---|---|---|"]
-    for name in names:
-        mib = lambda key, f=".0f": (  # noqa: E731
-            f"{_mean(col(name, key), f)} MiB" if key in per_seed[seeds[0]][name] else "-")
-        rows.append(f"| {LABELS[name]} | {_pct(col(name, 'greedy_accuracy'))} | "
-                    + "".join(f"{_pct(col(name, EXTRA_KEYS[k]))} | " for k in kinds)
-                    + f"{_pct(col(name, 'sample_accuracy'))} | {_pct(col(name, 'maj_at_k', kmax))} | "
-                    f"{_pct(col(name, 'pass_at_k', kmax))} | {mib('run_peak_mib')} | "
-                    f"{mib('state_mib', '.1f')} | {_mean(col(name, 'train_seconds'))} s | "
-                    f"{_mean(col(name, 'seconds'))} s | {MODELS_HELD[name]} |")
-    by_seed = ["| model | " + " | ".join(f"seed {i}" for i in seeds) + " |", "|---|" + "---|" * len(seeds)]
-    for name in names:
-        by_seed.append(
-            f"| {LABELS[name]} | "
-            + " | ".join(f"{100 * v:.1f}%" for v in col(name, "greedy_accuracy"))
-            + " |"
-        )
-    curve = ["| model | " + " | ".join(f"k={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
-    for name in names:
-        curve.append(
-            f"| {LABELS[name]} maj@k | " + " | ".join(_pct(col(name, "maj_at_k", k)) for k in ks) + " |"
-        )
-        curve.append(
-            f"| {LABELS[name]} pass@k | " + " | ".join(_pct(col(name, "pass_at_k", k)) for k in ks) + " |"
-        )
-    claims, notes = _claim_rows(per_seed, kmax, test_n)
-    rl, sd, s0 = cfg.rl, cfg.rl.data, cfg.sft
-    spread = "mean ± standard deviation over the seeds" if len(seeds) > 1 else "one seed: no spread measured"
-    if sd.source == "builtin:arithmetic":
-        task = (
-            f"builtin:arithmetic with {sd.task_steps} operations per problem, values in "
-            f"0..{sd.task_max_value}, steps of 1..{sd.task_max_delta}"
-            + (", doubling and tripling" if sd.task_multiply else "")
-        )
-    else:
-        task = f"`{sd.source}` (test: `{sd.heldout_source or sd.source}`), model `{s0.model.path}`" + (
-            f" with LoRA r={s0.model.lora.r}" if s0.model.lora else ", full fine-tuning")
-    best = ", ".join(f"{sfts[i].best_step}" for i in seeds)
-    more_text = ""
-    if more:
-        m = [more[(i, SFT_MORE)] for i in seeds]
-        clock = matching_clock(s0.model.device)
-        budget = ", ".join(f"{per_seed[i]['grpo'][BUDGET[clock]]:.0f}" for i in seeds)
-        spent = [r.train_cpu_seconds if clock == "cpu" else r.train_seconds for r in m]
-        more_text = (
-            f" `sft_more` continues each seed's sft_best on the training rows it did not reach (from row "
-            f"{', '.join(str(sfts[i].rows_seen) for i in seeds)}) for as long as that seed's GRPO training "
-            f"steps took, in {clock} seconds ({budget} s; it trained "
-            f"{', '.join(f'{t:.0f} s in {r.steps} steps' for t, r in zip(spent, m))}), with "
-            f"{s0.optim.schedule} decay over a horizon sized from sft_best's seconds per step, its "
-            "checkpoint chosen on the same validation split (best at step "
-            f"{', '.join(str(r.best_step) for r in m)}).")
-    strict_text = "" if "strict" not in kinds else (
-        " Strict accuracy reads the answer only where the format puts it (the last `#### N` line, the last "
-        "box or the answer tag); lenient takes the last number anywhere; greedy accuracy is the first "
-        "reward's own verdict.")
-    stop_text = ("no early stop" if not s0.sft.patience
-                 else f"stopped after {s0.sft.patience} evaluations without a new best")
-    return "\n".join(
-        [
-            "# Results: GRPO against SFT at equal compute, and the paper's comparisons",
-            "",
-            f"Produced by `{command}` in {seconds / 60:.0f} min on this project's 2-core CPU, {len(seeds)} "
-            f"seed(s) ({', '.join(map(str, seeds))}); `results.json` beside it has every number. Each seed "
-            f"trains its own SFT model and every method from it; figures are {spread}.",
-            "",
-            *rows,
-            "",
-            "Greedy test accuracy per seed:",
-            "",
-            *by_seed,
-            "",
-            "## Claims",
-            "",
-            "Each difference is taken per seed (the same SFT model and data under both methods) and then "
-            "averaged; the verdict says whether the 95% interval excludes zero.",
-            "",
-            *claims,
-            "",
-            *notes,
-            "",
-            f"maj@k and pass@k against k (n={n} samples per problem at temperature "
-            f"{rl.sampling.temperature:g}, on the first {sampled_n} test problems):",
-            "",
-            *curve,
-            "",
-            "## Setup",
-            "",
-            f"Task: {task}; test split: {test_n} problems, the same for every seed and disjoint from "
-            "training; no training job reads it (each runs with data.num_heldout=0). Greedy accuracy is one "
-            "completion at temperature 0 on every test problem; sampled accuracy, maj@k and pass@k use "
-            f"n={n} samples per problem.{strict_text} Prompts are rendered with each evaluated model's own "
-            f"tokenizer and chat template. sft_best: up to {s0.sft.max_steps} steps of {s0.sft.batch_size} "
-            f"demonstrations, lr {s0.optim.lr} with a {s0.optim.schedule} schedule after "
-            f"{s0.optim.warmup_steps} warm-up steps, "
-            f"{stop_text}; its checkpoint chosen on a validation split of {s0.data.num_validation} problems "
-            f"(disjoint from train and test), every {s0.sft.eval_every} steps (best at step "
-            f"{best}).{more_text} Every RL method starts from its seed's SFT checkpoint (grpo_base: from "
-            f"`{s0.model.path}`) with the same budget: {rl.train.steps} steps x {rl.train.prompts_per_step} "
-            f"prompts x {rl.grpo.G} samples, lr={rl.optim.lr}, beta={rl.grpo.beta} (PPO: folded into the "
-            f"per-token reward; RFT: no KL), temperature {rl.sampling.temperature:g}, "
-            f"max_new_tokens={rl.sampling.max_new_tokens}. PPO: value model = a copy of the policy's body "
-            f"with a scalar head, value lr={rl.ppo.value_lr}, GAE gamma={rl.ppo.gamma} lambda={rl.ppo.lam}. "
-            "Process supervision scores each line of working and the final answer (`arithmetic_steps`). "
-            "Iterative GRPO: the same steps in 2 iterations, the reference reset to the policy at the "
-            "second's start. Training time is the sum of the training steps alone (RL: `time/step`; SFT: "
-            "`train_seconds`); wall time is the whole process's, loading and evaluations included. Peak "
-            "memory is each training process's peak resident set size during its training steps (evaluations "
-            "excluded) above its resident size before any model was built, with glibc's mmap threshold at 64 "
-            "KiB so that freed tensors leave the resident set and oneDNN's per-shape caches off, as in the "
-            "planner's validation (docs/memory.md). With --jobs > 1 the processes share the 2 cores.",
-            "",
-            *[f"![{p}]({p})" for p in plots],
-            "",
-        ]
-    )
-
-
 def _finished_sft(path: Path):
     """The result of an earlier `grpo sft` run in `path` (its final model and metrics.jsonl)."""
     try:
@@ -634,15 +411,6 @@ def _reused_sft(path: Path, i: int, seeds: int):
         return _finished_sft(path)
     raise UserError(f"--sft {path}: no seed{i}/sft in it (with --seeds > 1, pass an earlier `grpo reproduce` "
                     "output directory)")
-
-
-def _plan_line() -> str:
-    arch = Architecture(num_layers=32, hidden_size=4096, intermediate_size=11008, num_heads=32,
-                        num_kv_heads=32,
-                        head_dim=128, vocab_size=32000)  # Llama-2-7B's shape
-    gib = {a: plan_memory(PlanInput(arch=arch, algorithm=a,
-                                    precision="bf16")).total_bytes / 2**30 for a in ("grpo", "ppo")}
-    return f"{gib['grpo']:.0f} GiB for GRPO vs {gib['ppo']:.0f} GiB for PPO (bf16, AdamW, no LoRA)"
 
 
 def _publish(out: Path, docs: Path, plots: list[str]) -> None:
