@@ -277,7 +277,7 @@ def test_lean_steps_give_the_same_bits_at_any_thread_count(n_prompts, packed, dt
         logits = {}
         for threads in (1, 2):
             d = copy.copy(dec)
-            d.k_cache, d.v_cache = [k.clone() for k in dec.k_cache], [v.clone() for v in dec.v_cache]
+            d.k_gen, d.v_gen = [k.clone() for k in dec.k_gen], [v.clone() for v in dec.v_gen]
             torch.set_num_threads(threads)
             logits[threads] = [d.step(tok, pos), d.step(tok + 1, pos + 1)]
         torch.set_num_threads(n)
@@ -285,3 +285,50 @@ def test_lean_steps_give_the_same_bits_at_any_thread_count(n_prompts, packed, dt
     assert all((lay.gu.packed is not None) == packed for lay in dec.layers)  # the path under test ran
     if packed:  # only the packed copies stay: the fused (unpacked) ones are let go
         assert all(p.w is None for p in dec.projections)
+
+
+def test_prompt_groups_lay_each_prompts_rows_side_by_side_and_back():
+    """Rows [1, 0, 1, 1] of 2 prompts (most rows: 3): prompt 0 gets slots 0-2 (row 1, then two fillers of
+    row 0), prompt 1 slots 3-5 (rows 0, 2, 3); `to_groups` puts each slot's Q heads side by side."""
+    from grpo.rollout.lean import PromptGroups
+
+    g = PromptGroups(torch.tensor([1, 0, 1, 1]))
+    assert (g.n, g.G, g.plain) == (2, 3, False)
+    assert g.slot.tolist() == [3, 0, 4, 5] and g.row_at.tolist() == [1, 0, 0, 0, 2, 3]
+    x = torch.randn(4, 2, 3, 5)  # [C, Hkv, Q, E]
+    grouped = g.to_groups(x)  # [n, Hkv, G * Q, E]
+    assert grouped.shape == (2, 2, 9, 5)
+    assert torch.equal(grouped[1, :, 3:6], x[2]) and torch.equal(grouped[0, :, 0:3], x[1])
+    assert torch.equal(g.to_rows(grouped), x)
+    plain = PromptGroups(torch.arange(3).repeat_interleave(2))  # as after the prefill: a reshape
+    assert plain.plain and torch.equal(plain.to_rows(plain.to_groups(x[:2].repeat(3, 1, 1, 1))),
+                                       x[:2].repeat(3, 1, 1, 1))
+
+
+@pytest.mark.parametrize("arch", ["llama_gqa", "qwen3"])
+def test_lean_steps_after_uneven_compaction_equal_a_full_forward(arch):
+    """3 prompts x 4 rows, one step, then rows dropped unevenly (3, 1 and 2 left of the prompts), a step,
+    then every row of the second prompt dropped (its shared keys leave the cache), a step: each row's
+    log-probs equal a full forward of its own prompt and tokens."""
+    model = make_model(arch).eval()
+    ps = prompts(3, seed=4)
+    P = max(map(len, ps))
+    ids = torch.tensor([[PAD] * (P - len(p)) + p for p in ps]).repeat_interleave(4, 0)  # [12, P]
+    mask = (ids != PAD).long()  # the prompts hold no PAD token
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        dec = LeanDecoder.build(model, P + 4)
+        dec.prefill(ids[::4], mask[::4], positions[::4], 4, repeats=4)
+        rows, fed = torch.arange(12), torch.empty(12, 0, dtype=torch.long)
+        for t, keep in enumerate([None, [0, 1, 2, 5, 10, 11], [0, 1, 4, 5]]):  # rows of the cache kept
+            if keep is not None:
+                dec.compact(torch.tensor(keep))
+                rows, fed = rows[keep], fed[keep]
+            tok = (rows * 5 + t) % (V - 3) + 3  # [C] a different token per row
+            got = dec.step(tok, positions[rows, -1] + 1 + t).log_softmax(-1)  # [C, V]
+            fed = torch.cat([fed, tok[:, None]], 1)
+            full_mask = torch.cat([mask[rows], torch.ones_like(fed)], 1)
+            want = model(input_ids=torch.cat([ids[rows], fed], 1), attention_mask=full_mask,
+                         position_ids=(full_mask.cumsum(-1) - 1).clamp(min=0)).logits[:, -1].log_softmax(-1)
+            assert (got - want).abs().max() < 1e-5, t
+    assert dec.groups.n == 2 and len(dec.k_prompt[0]) == 2  # the second prompt's keys were let go

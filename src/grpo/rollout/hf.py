@@ -2,7 +2,8 @@
 behind both `generate` and the stepwise calls of `RolloutEngine` that multi-turn rollouts drive.
 
 One prefill forward over the (left-padded) distinct prompts, whose KV cache the G completions of a
-group then share a copy of, and one forward per new token for the rows still running. A row that emits EOS
+group then share (`LeanDecoder` keeps it once for all of them, the generic path gives each row a copy),
+and one forward per new token for the rows still running. A row that emits EOS
 stops, unless the caller appends environment tokens after it (multi-turn), which the following steps feed
 in instead of sampling: its later slots are pad tokens, masked out; once a quarter of the rows in the cache
 have finished they are dropped from it, so the tail of a batch of mixed lengths costs only the rows still

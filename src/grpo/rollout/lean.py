@@ -5,18 +5,24 @@ Sampling calls the model once per new token for a batch of one-token queries, so
 small model the time goes into per-call overhead (masks, cache objects, dispatch) rather than into
 the matmuls. This module runs the same arithmetic as the Hugging Face modules with fewer calls:
 
-- the KV cache is allocated once per `generate` ([rows, kv_heads, P + max_new_tokens, head_dim] per
-  layer) and written in place; the attention mask is a view of one pre-built key mask;
+- the KV cache is allocated once per `generate` and written in place, in two parts per layer: each distinct
+  prompt's keys and values once ([n, kv_heads, P, head_dim], from the prefill), shared by its G rows, and
+  each row's generated ones ([rows, kv_heads, max_new_tokens, head_dim]); the attention mask is a view of
+  one pre-built key mask;
+- a one-token step's attention reads each prompt's keys and values once for all its rows: their queries
+  (times the query heads per KV head) are the M dimension of one product with them (`PromptGroups`); the
+  scores against the prompt's keys and against the row's own generated keys go through one softmax;
 - q/k/v and gate/up projections are fused into one matmul each (weights concatenated once per call,
   in the compute dtype), RoPE is applied to q and k together, cos/sin are looked up in a table;
 - the norms use `torch.nn.functional.rms_norm`; the prefill's attention is `scaled_dot_product_attention`,
-  a one-token step's is two matmuls (as fast here, and unlike SDPA's CPU kernel, its result does not
+  a one-token step's is plain matmuls (as fast here, and unlike SDPA's CPU kernel, their results do not
   depend on the number of threads, so the engine may pick one per step without changing a bit);
 - the one-token steps multiply through oneDNN with the weights packed once per `generate` where torch
   has it (CPU, float32, or bfloat16 where oneDNN has bf16 kernels; see `_Proj`): a step of a few rows
   reads every weight of the model, and the packed layout streams them faster (25M model, 8 rows: 19-23
   ms per step against 40 ms);
-- `compact(keep)` drops finished rows from the cache, so late tokens cost only the live rows.
+- `compact(keep)` drops finished rows from the cache (and the prompts none of the kept rows continue),
+  so late tokens cost only the live rows.
 
 It reads the weights of the Hugging Face modules themselves, through the accessors of
 `grpo.models.hf_internals` (no conversion, no state of its own between calls: fused and packed copies
@@ -126,6 +132,49 @@ def _fused(parts: list[tuple[torch.Tensor, torch.Tensor | None]], dtype: torch.d
                  None if biases[0] is None else torch.cat(biases).detach().to(dtype))
 
 
+class PromptGroups:
+    """Which distinct prompt each cache row continues, and a layout that batches each prompt's rows.
+
+    A decode step multiplies the queries of all the rows of a prompt by that prompt's keys (and their
+    attention weights by its values) in one product, so that the prompt's keys and values are read once
+    for all its rows rather than once per row. `to_groups` lays a per-row tensor [C, Hkv, Q, E] out as
+    [n, Hkv, G * Q, E] (G: the most rows any prompt has; G * Q is the M dimension of the product),
+    `to_rows` gives each row its part of a result laid out so. Rows of a prompt need be neither
+    contiguous nor as many as another prompt's (after `compact`): a prompt with fewer rows fills its
+    other slots with row 0's values, whose results nothing reads. Where every prompt has G rows in
+    order (as after the prefill), both are a reshape.
+
+    >>> g = PromptGroups(torch.tensor([0, 0, 1]))  # rows 0, 1 continue prompt 0; row 2 prompt 1
+    >>> g.G, g.slot.tolist(), g.row_at.tolist()  # padded slots [p0: rows 0, 1 | p1: row 2, (row 0)]
+    (2, [0, 1, 2], [0, 1, 2, 0])
+    """
+
+    def __init__(self, group: torch.Tensor):
+        self.group = group  # [C] the prompt of each row, every prompt of 0..n-1 present
+        C = group.shape[0]
+        counts = torch.bincount(group)  # [n]
+        self.n, self.G = counts.shape[0], int(counts.max()) if C else 1
+        order = torch.argsort(group, stable=True)  # [C] the rows, prompt by prompt
+        first = counts.cumsum(0) - counts  # [n] where each prompt's rows start in `order`
+        rank = torch.empty_like(group)
+        rank[order] = torch.arange(C, device=group.device) - first[group[order]]  # [C] k-th row of its prompt
+        self.slot = group * self.G + rank  # [C] each row's slot in the layout [n * G]
+        self.row_at = torch.zeros(self.n * self.G, dtype=torch.long, device=group.device)
+        self.row_at[self.slot] = torch.arange(C, device=group.device)  # [n * G] the row in each slot
+        self.plain = C == self.n * self.G and bool((self.slot == torch.arange(C, device=group.device)).all())
+
+    def to_groups(self, x: torch.Tensor) -> torch.Tensor:
+        """[C, Hkv, Q, E] -> [n, Hkv, G * Q, E]: each prompt's rows (times their Q heads) side by side."""
+        if not self.plain:
+            x = x.index_select(0, self.row_at)  # [n * G, Hkv, Q, E]
+        return x.unflatten(0, (self.n, self.G)).transpose(1, 2).flatten(2, 3)  # [n, Hkv, G * Q, E]
+
+    def to_rows(self, y: torch.Tensor) -> torch.Tensor:
+        """[n, Hkv, G * Q, E] -> [C, Hkv, Q, E]: the inverse of `to_groups` for the rows there are."""
+        y = y.unflatten(2, (self.G, -1)).transpose(1, 2).flatten(0, 1)  # [n * G, Hkv, Q, E]
+        return y if self.plain else y.index_select(0, self.slot)
+
+
 class _Layer:
     """One decoder layer's weights, fused for the sampling loop (views of the live parameters where
     nothing is fused, copies in the compute dtype where something is)."""
@@ -199,8 +248,9 @@ class LeanDecoder:
 
     # ----------------------------------------------------------------------------------------------
     def _attention(self, i: int, lay: _Layer, h: torch.Tensor, cos, sin, start: int, mask) -> torch.Tensor:
-        """Self-attention of h [B, L, hidden] at cache slots start..start+L-1. mask: [B, 1, L, S] bool
-        for the prefill, [B, 1, 1, S] additive (0 / -inf) for a one-token step."""
+        """Self-attention of h [B, L, hidden] at positions start..start+L-1 of the rows' sequences: the
+        prompts (start 0, mask [B, 1, L, L] bool) or one token (L = 1, mask [B, 1, 1, start + 1] additive,
+        0 / -inf)."""
         B, L, _ = h.shape
         H, Hkv, D = self.H, self.Hkv, self.D
         qkv = lay.qkv(h).view(B, L, H + 2 * Hkv, D)  # [B, L, H+2Hkv, D]
@@ -211,16 +261,13 @@ class LeanDecoder:
         half = D // 2
         rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
         qk = qk * cos + rotated * sin  # [B, L, H+Hkv, D]; cos/sin [B, L, 1, D]
-        end = start + L
-        self.k_cache[i][:, :, start:end] = qk[:, :, H:].transpose(1, 2)
-        self.v_cache[i][:, :, start:end] = v.transpose(1, 2)
-        k, v = self.k_cache[i][:, :, :end], self.v_cache[i][:, :, :end]  # [B, Hkv, S, D]
-        if L == 1:  # decode: plain matmuls, whose results do not depend on the thread count (SDPA's do)
-            # [B, Hkv, H/Hkv, D]: query heads grouped by KV head
-            q = qk[:, 0, :H].reshape(B, Hkv, H // Hkv, D)
-            scores = torch.matmul(q, k.transpose(-1, -2)).mul_(lay.scaling).add_(mask)  # [B, Hkv, H/Hkv, S]
-            out = torch.matmul(scores.softmax(-1), v)  # [B, Hkv, H/Hkv, D]
+        k, v = qk[:, :, H:].transpose(1, 2), v.transpose(1, 2)  # [B, Hkv, L, D]
+        if L == 1:
+            q = qk[:, 0, :H].reshape(B, Hkv, H // Hkv, D)  # query heads grouped by KV head
+            out = self._step_attention(i, lay, q, k, v, start - self.prompt_length, mask)  # like q
             return lay.o(out.reshape(B, 1, H * D))
+        k, v = k.contiguous(), v.contiguous()
+        self.k_prompt[i], self.v_prompt[i] = k, v
         q = qk[:, :, :H].transpose(1, 2)  # [B, H, L, D]
         if Hkv != H and _GQA_KW:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=lay.scaling, enable_gqa=True)
@@ -230,6 +277,22 @@ class LeanDecoder:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=lay.scaling)
         out = out.transpose(1, 2).reshape(B, L, H * D)  # [B, L, H*D]
         return lay.o(out)
+
+    def _step_attention(self, i: int, lay: _Layer, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        j: int, mask: torch.Tensor) -> torch.Tensor:
+        """One token's attention, q [C, Hkv, Q, D], its key and value k, v [C, Hkv, 1, D] (stored at generated
+        slot j): over its prompt's keys, shared with the prompt's other rows, and its own generated ones, in
+        one softmax (mask [C, 1, 1, P + j + 1]). Plain matmuls: their results do not depend on the thread
+        count (SDPA's do). [C, Hkv, Q, D]."""
+        groups, P = self.groups, self.prompt_length
+        self.k_gen[i][:, :, j:j + 1], self.v_gen[i][:, :, j:j + 1] = k, v
+        k_own, v_own = self.k_gen[i][:, :, :j + 1], self.v_gen[i][:, :, :j + 1]  # [C, Hkv, j+1, D]
+        shared = torch.matmul(groups.to_groups(q), self.k_prompt[i].transpose(-1, -2))  # [n, Hkv, G*Q, P]
+        own = torch.matmul(q, k_own.transpose(-1, -2))  # [C, Hkv, Q, j+1]
+        scores = torch.cat([groups.to_rows(shared), own], -1)  # [C, Hkv, Q, P+j+1]
+        probs = scores.mul_(lay.scaling).add_(mask).softmax(-1)
+        out = torch.matmul(groups.to_groups(probs[..., :P]), self.v_prompt[i])  # [n, Hkv, G*Q, D]
+        return groups.to_rows(out).add_(torch.matmul(probs[..., P:], v_own))  # [C, Hkv, Q, D]
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, start: int, mask) -> torch.Tensor:
         """Last-position logits [B, V] for token ids [B, L] at `positions` [B, L]."""
@@ -247,28 +310,29 @@ class LeanDecoder:
     # ----------------------------------------------------------------------------------------------
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
                 max_new_tokens: int, repeats: int = 1) -> torch.Tensor:
-        """Run the left-padded prompts ids/mask/positions [B, P] into a new cache, then give each prompt
-        `repeats` cache rows (the G completions of a group share one prefill). Logits [B, V]."""
+        """Run the left-padded prompts ids/mask/positions [B, P] into a new cache, and give each prompt
+        `repeats` cache rows (the G completions of a group): the prompt's keys and values are kept once, for
+        all of them, each row's generated ones apart. Logits [B, V]."""
         B, P = ids.shape
         S = P + max_new_tokens
         dev = ids.device
-        self.k_cache = [torch.empty(B, self.Hkv, S, self.D, dtype=self.dtype,
-                                    device=dev) for _ in self.layers]
-        self.v_cache = [torch.empty_like(k) for k in self.k_cache]
+        self.k_prompt, self.v_prompt = [None] * len(self.layers), [None] * len(self.layers)  # [B, Hkv, P, D]
+        self.k_gen = [torch.empty(B * repeats, self.Hkv, max_new_tokens, self.D, dtype=self.dtype, device=dev)
+                      for _ in self.layers]  # [B * repeats, Hkv, max_new_tokens, D]
+        self.v_gen = [torch.empty_like(k) for k in self.k_gen]
+        self.groups = PromptGroups(torch.arange(B, device=dev).repeat_interleave(repeats))
         table = torch.arange(int(positions.max()) + max_new_tokens + 1, device=dev)[None]  # [1, S']
         cos, sin = rotary_cos_sin(self.rotary, table)  # float32, as the HF modules compute it
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)  # [S', D]
         # Keys a row may attend to: its real prompt tokens, then every generated token.
         self.key_bias = torch.zeros(B, S, dtype=self.dtype, device=dev)  # [B, S], 0 or -inf
         self.key_bias[:, :P].masked_fill_(mask == 0, float("-inf"))
+        self.key_bias = self.key_bias.repeat_interleave(repeats, 0)  # [B * repeats, S]
         causal = torch.ones(P, P, dtype=torch.bool, device=dev).tril()
         # A pad query attends to itself only, so that no softmax row is empty (NaN would leak into the cache).
         attend = (causal & mask.bool()[:, None, :]) | torch.eye(P, dtype=torch.bool, device=dev)  # [B, P, P]
         self.length = self.prompt_length = P
-        logits = self._forward(ids, positions, 0, attend[:, None])
-        if repeats > 1:
-            self.compact(torch.arange(B, device=dev).repeat_interleave(repeats))
-        return logits
+        return self._forward(ids, positions, 0, attend[:, None])
 
     def step(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Feed one token per cache row (tokens, positions [B]); next-token logits [B, V]."""
@@ -285,11 +349,17 @@ class LeanDecoder:
         return self._forward(tokens[:, None], positions[:, None], t, mask)
 
     def compact(self, keep: torch.Tensor) -> None:
-        """Keep (or repeat) cache rows `keep`, an index tensor: finished rows stop costing anything."""
-        for cache in (self.k_cache, self.v_cache):
+        """Keep (or repeat) cache rows `keep`, an index tensor: finished rows stop costing anything, and so do
+        the prompts that no kept row continues."""
+        prompts, group = torch.unique(self.groups.group[keep], return_inverse=True)  # [n'], [C']
+        caches = [(self.k_gen, keep), (self.v_gen, keep)]
+        if prompts.shape[0] < self.groups.n:
+            caches += [(self.k_prompt, prompts), (self.v_prompt, prompts)]
+        for cache, index in caches:
             for i, kv in enumerate(cache):  # one layer at a time: the old cache is freed as the new one fills
-                cache[i] = kv[keep]
+                cache[i] = kv[index]
         self.key_bias = self.key_bias[keep]
+        self.groups = PromptGroups(group)
 
 
 def check_decoder(decoder: LeanDecoder, model) -> float:
