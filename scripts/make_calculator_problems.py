@@ -9,7 +9,9 @@ and how to answer. Hard test problems are disjoint from the training ones (split
 numbers); the 81 easy sums recur in both. The test split takes as many hard problems as easy ones.
 calculator_train_tools.jsonl has the same training problems with complete tool-use demonstrations (every
 hard one calls the tool): the best SFT data there is for `grpo reproduce --config
-configs/smollm2_tools_vs_sft.yaml`. Deterministic: the same arguments write the same bytes. Used by
+configs/smollm2_tools_vs_sft.yaml`; calculator_train_answers.jsonl has them with the answer only (no
+demonstration calls the tool, as in a dataset of questions and answers): what `sft_more` trains on in
+configs/smollm2_tools_answers_only.yaml. Deterministic: the same arguments write the same bytes. Used by
 configs/smollm2_tools.yaml.
 """
 
@@ -45,7 +47,8 @@ def main() -> None:
     test = [r for r in pool if r["kind"] == "hard"][: args.test // 2]
     test += [r for r in pool if r["kind"] == "easy"][: args.test - len(test)]
     tools = make_rows(args.train, "train", args.seed, 0.0)  # every hard demonstration calls the tool
-    for split, rows in (("train", train), ("test", test), ("train_tools", tools)):
+    answers = make_rows(args.train, "train", args.seed, 1.0)  # none does: the answer only
+    for split, rows in (("train", train), ("test", test), ("train_tools", tools), ("train_answers", answers)):
         path = out / f"calculator_{split}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in chat_rows(rows)), encoding="utf-8")
         print(f"wrote {path} ({len(rows)} problems)")

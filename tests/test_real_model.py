@@ -388,15 +388,19 @@ def test_reproduce_compares_grpo_with_more_sft_at_its_training_time(
 
 @needs_smollm2
 @pytest.mark.slow
-def test_reproduce_scores_a_tool_task_by_greedy_episodes(tmp_path, capsys, monkeypatch, smollm2_two_layers):
-    """configs/smollm2_tools_vs_sft.yaml shrunk on the first 2 layers of
-    SmolLM2: sft_best on complete tool-use
-    demonstrations, GRPO with multi-turn rollouts and sft_more, each scored by
-    greedy episodes on the hard test
-    problems (accuracy and the share that called the tool), with no sampled completions."""
+@pytest.mark.parametrize("config, more_data", [
+    ("smollm2_tools_vs_sft.yaml", "data/calculator_train_tools.jsonl"),
+    ("smollm2_tools_answers_only.yaml", "data/calculator_train_answers.jsonl"),
+])
+def test_reproduce_scores_a_tool_task_by_greedy_episodes(config, more_data, tmp_path, capsys, monkeypatch,
+                                                         smollm2_two_layers):
+    """The tools configs shrunk on the first 2 layers of SmolLM2: sft_best on tool-use demonstrations, GRPO
+    with multi-turn rollouts and sft_more (on the complete demonstrations, or on the answers alone), each
+    scored by greedy episodes on the hard test problems (accuracy and the share that called the tool), with
+    no sampled completions."""
     monkeypatch.chdir(ROOT)
     out = tmp_path / "out"
-    assert main(["reproduce", "-q", "--config", "configs/smollm2_tools_vs_sft.yaml", "--methods",
+    assert main(["reproduce", "-q", "--config", f"configs/{config}", "--methods",
                  "grpo,sft_more",
                  "--n", "2", "--k", "1,2", f"output_dir={out}", f"sft.model.path={smollm2_two_layers}",
                  "sft.sft.max_steps=2", "sft.sft.batch_size=2", "sft.sft.eval_every=1",
@@ -413,3 +417,4 @@ def test_reproduce_scores_a_tool_task_by_greedy_episodes(tmp_path, capsys, monke
     # greedy episodes only: no sampled columns, no maj@k / pass@k section, no PPO in the Setup
     assert "sampled acc." not in text and "against k" not in text and "PPO" not in text
     assert not (out / "maj_pass_at_k.png").exists() and (out / "curves.png").stat().st_size > 10_000
+    assert f"source: {more_data}" in (out / "seed0" / "sft_more" / "config.yaml").read_text()

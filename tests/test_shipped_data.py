@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
     ("make_word_problems.py", ["word_problems_train.jsonl", "word_problems_test.jsonl",
                                "word_problems_train_answers.jsonl"]),
     ("make_calculator_problems.py",
-     ["calculator_train.jsonl", "calculator_test.jsonl", "calculator_train_tools.jsonl"]),
+     ["calculator_train.jsonl", "calculator_test.jsonl", "calculator_train_tools.jsonl",
+      "calculator_train_answers.jsonl"]),
 ])
 def test_shipped_data_is_what_the_script_writes(script, names, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--out", str(tmp_path)], check=True,
