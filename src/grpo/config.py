@@ -5,8 +5,8 @@
 Every field is typed and documented in place. Unknown keys, wrong types and impossible values are
 `UserError`s that name the field (`grpo.G: expected int, got 'eight'`). The resolved config is
 saved with every run (`config.yaml` in the output directory) and can be fed back with `--config`.
-Reading and writing (YAML, overrides, type checks) is in `grpo.config_io`; its functions are
-re-exported here.
+Reading and writing (YAML, overrides, type checks) is in `grpo.config_io`, its functions re-exported
+here; the `validate` methods' checks of values and combinations are in `grpo.config_checks`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from grpo.config_io import load_config, parse_overrides, read_yaml, save_config, to_dict  # noqa: F401 (re-exported)
-from grpo.config_checks import check_multi_turn as _check_multi_turn
-from grpo.config_checks import check_tensorboard as _check_tensorboard
-from grpo.config_checks import check_wandb as _check_wandb
-from grpo.config_checks import not_negative as _not_negative
-from grpo.config_checks import positive as _positive
-from grpo.errors import UserError
+from grpo.config_checks import check_sft, check_train
 
 
 @dataclass
@@ -391,83 +386,7 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
     def validate(self) -> None:
-        g, t = self.grpo, self.train
-        _positive(self,
-                  ["grpo.G", "grpo.mu", "train.steps", "train.prompts_per_step", "train.micro_batch_size",
-                         "sampling.max_new_tokens", "data.max_prompt_length", "data.num_train",
-                         "train.keep_checkpoints", "train.max_bad_steps", "model.tiny_num_layers",
-                         "train.iterations", "grpo.max_sampling_rounds", *_TASK_SIZES])
-        _not_negative(self, ["train.eval_every", "train.sample_every", "train.save_every", "train.log_every",
-                             "train.threads", "rewards.workers",
-                             "sampling.min_new_tokens", "data.num_heldout", "data.num_validation",
-                             "optim.lr",
-                             "optim.weight_decay", "optim.warmup_steps", "optim.grad_clip"])
-        o, m = self.optim, self.model
-        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
-            raise UserError(f"optim.betas must be two numbers in [0, 1), got {o.betas}")
-        if not self.rewards.functions:
-            raise UserError("rewards.functions is empty: at least one reward function is needed")
-        _check_tensorboard(t.tensorboard or "tensorboard" in t.report_to,
-                           "train.tensorboard" if t.tensorboard else "train.report_to")
-        _check_wandb("wandb" in t.report_to)
-        if self.rewards.timeout_s is not None and not self.rewards.timeout_s > 0:
-            raise UserError("rewards.timeout_s must be > 0 (or null for no limit), got "
-                            f"{self.rewards.timeout_s}")
-        if m.path == "tiny" and (m.tiny_hidden_size <= 0 or m.tiny_hidden_size % 8):
-            raise UserError("model.tiny_hidden_size must be a positive multiple of 8 (4 attention heads of "
-                            f"even width), got {m.tiny_hidden_size}")
-        if g.G < 2:
-            raise UserError(f"grpo.G: a group needs at least 2 completions to compare, got {g.G}")
-        if t.micro_batch_tokens is not None and (isinstance(t.micro_batch_tokens, bool)
-                                                 or t.micro_batch_tokens <= 0):
-            raise UserError(f"train.micro_batch_tokens must be a positive integer (or null for no cap), "
-                            f"got {t.micro_batch_tokens}")
-        if self.sampling.min_new_tokens > self.sampling.max_new_tokens:
-            raise UserError(f"sampling.min_new_tokens ({self.sampling.min_new_tokens}) must be at most "
-                            f"sampling.max_new_tokens ({self.sampling.max_new_tokens})")
-        if self.sampling.temperature < 0 or not 0 < self.sampling.top_p <= 1:
-            raise UserError("sampling: temperature must be >= 0 and top_p in (0, 1]")
-        if g.beta < 0 or g.eps_low <= 0 or (g.eps_high is not None and g.eps_high <= 0):
-            raise UserError("grpo: beta must be >= 0 and eps_low/eps_high > 0")
-        if not 0 < g.top_entropy_quantile <= 1:
-            raise UserError(f"grpo.top_entropy_quantile must be in (0, 1] (the share of tokens kept), "
-                            f"got {g.top_entropy_quantile}")
-        r = self.rollout
-        if not 0 <= r.correction_low <= 1 <= r.correction_high:
-            raise UserError(f"rollout: need 0 <= correction_low <= 1 <= correction_high, got "
-                            f"{r.correction_low} and {r.correction_high}")
-        if g.advantage == "process" and not self.rewards.step_fn:
-            raise UserError("grpo.advantage=process needs rewards.step_fn, a function giving per-step "
-                            "rewards (built-in task: rewards.step_fn=arithmetic_steps)")
-        if g.advantage == "process" and self.algorithm != "grpo":
-            raise UserError(f"grpo.advantage=process is a GRPO option; algorithm={self.algorithm} has its "
-                            "own advantages")
-        if t.iterations > t.steps:
-            raise UserError(f"train.iterations={t.iterations} is more than train.steps={t.steps}: each "
-                            "iteration needs at least one step")
-        if r.multi_turn:
-            _check_multi_turn(self)
-        if not 0 < self.rollout.gpu_memory_utilization < 1:
-            raise UserError("rollout.gpu_memory_utilization must be in (0, 1), got "
-                            f"{self.rollout.gpu_memory_utilization}")
-        rm = self.rewards.model
-        if rm is not None:
-            _positive(rm,
-                      ["batch_size", "max_length", "prompts_per_iteration", "train_steps",
-                       "train_batch_size"],
-                      "rewards.model.")
-            if rm.path == "init" and not rm.retrain:
-                raise UserError("rewards.model.path=init starts from an untrained score head: set "
-                                "rewards.model.retrain=true (or give a trained reward model's directory)")
-            if not 0 <= rm.replay <= 1 or rm.lr <= 0:
-                raise UserError("rewards.model: replay must be in [0, 1] and lr > 0")
-        if t.iterations > 1 and m.lora is not None:
-            raise UserError("train.iterations > 1 resets the reference to the current policy, but with "
-                            "model.lora the reference is the base model with the adapter off; use full "
-                            "fine-tuning")
-
-
-_TASK_SIZES = ["data.task_steps", "data.task_max_value", "data.task_max_delta"]
+        check_train(self)
 
 
 @dataclass
@@ -534,20 +453,7 @@ class SFTConfig:
     multi-turn episodes (docs/tools.md)."""
 
     def validate(self) -> None:
-        _positive(self, ["sft.max_steps", "sft.batch_size", "sft.eval_every", *_TASK_SIZES])
-        _not_negative(self, ["sft.patience", "sft.start_row", "data.num_validation", "data.num_heldout"])
-        if self.sft.train_rows is not None and self.sft.train_rows < self.sft.batch_size:
-            raise UserError(f"sft.train_rows={self.sft.train_rows} is fewer than one batch "
-                            f"(sft.batch_size={self.sft.batch_size})")
-        if self.sft.max_seconds is not None and not self.sft.max_seconds > 0:
-            raise UserError(f"sft.max_seconds must be > 0 (or null), got {self.sft.max_seconds}")
-        if self.sft.clock not in ("wall", "cpu"):
-            raise UserError(f"sft.clock must be 'wall' or 'cpu', got {self.sft.clock!r}")
-        for name in ("micro_batch_size", "micro_batch_tokens"):
-            value = getattr(self.sft, name)
-            if value is not None and (isinstance(value, bool) or value <= 0):
-                raise UserError(f"sft.{name} must be a positive integer (or null), got {value}")
-        _check_tensorboard(self.sft.tensorboard, "sft.tensorboard")
+        check_sft(self)
 
 
 @dataclass
