@@ -35,7 +35,7 @@ VARYING = ("time/", "memory/", "tokens_per_s", "seconds")
 
 def child(spec: str, argv: list[str]) -> int:
     """Run `grpo` (its CLI's main) in this process, SIGKILLing it where `spec` says."""
-    import grpo.train.checkpoint as checkpoint
+    import grpo.train.checkpoint_files as checkpoint_files
     import grpo.train.metrics as metrics
     from grpo.commands.cli import main
 
@@ -49,8 +49,9 @@ def child(spec: str, argv: list[str]) -> int:
                 os.kill(os.getpid(), signal.SIGKILL)
 
     if phase == "checkpoint":  # mid-write: every file fsynced but the rename not done
-        real = checkpoint._fsync
-        checkpoint._fsync = lambda path: (hit("checkpoint") if Path(path).name.endswith(".tmp") else None, real(path))
+        real = checkpoint_files._fsync
+        checkpoint_files._fsync = lambda path: (hit("checkpoint") if Path(path).name.endswith(".tmp") else None,
+                                                real(path))
     elif phase:
         init = metrics.Timers.__init__
         metrics.Timers.__init__ = lambda self, on_start=None, on_end=None: init(self, on_start or hit, on_end)

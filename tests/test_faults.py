@@ -351,9 +351,9 @@ def test_an_unwritable_output_dir_is_refused_before_anything_is_loaded(tmp_path,
 def test_too_little_free_space_is_refused_at_start(tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
-    import grpo.train.checkpoint as ck
+    import grpo.train.run_files as rf
 
-    monkeypatch.setattr(ck.shutil, "disk_usage", lambda path: SimpleNamespace(free=2**19))
+    monkeypatch.setattr(rf.shutil, "disk_usage", lambda path: SimpleNamespace(free=2**19))
     assert main(["train", "-q", *args(tmp_path, "train.steps=1", "train.save_every=1")]) == 2
     err = one_error_line(capsys)
     assert err.startswith(f"grpo: error: train.output_dir {tmp_path / 'run'}: 0.5 MiB free on its disk, but "

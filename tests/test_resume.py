@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 from grpo.commands.cli import main
 from grpo.config import TrainConfig, load_config
 from grpo.errors import UserError
-from grpo.train.checkpoint import TrainingInterrupted, latest_checkpoint
+from grpo.train.checkpoint import TrainingInterrupted
+from grpo.train.checkpoint_files import latest_checkpoint
 from grpo.train.run_lock import LOCK_FILE, OutputDirLock
 from grpo.train.grpo import train
 

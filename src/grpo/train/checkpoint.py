@@ -13,35 +13,23 @@
         shards/              under FSDP instead of model.safetensors and the moments: every rank's
                              shard of both, written by that rank (torch.distributed.checkpoint)
 
-Atomicity: a checkpoint is written into `step-000010.tmp/`, every file and the directory are
-fsynced, then a single `os.replace` gives it its name (under torchrun: once every rank has
-written its part; if any rank failed, none goes on as if saved), and only then are checkpoints beyond the
-newest `train.keep_checkpoints` deleted. A directory named `step-NNNNNN` is therefore complete;
-a `.tmp` left by a kill or a full disk is never read, and is removed when the run starts again.
-
 The frozen reference model is not saved: it is the initial policy, loaded again from `model.path`
 on resume. A fingerprint of those initial weights is saved, so a model directory that changed in
 between stops the resume instead of silently giving another reference. A reward model is never
 trained by this loop, so it has no state to save.
 
-Corruption: a complete checkpoint can still be damaged afterwards (a flipped bit on disk, a copy cut
-short, a file deleted by hand). `verify_checkpoint` recomputes every file's SHA-256 against
-checksums.json before a resume reads anything; a missing, truncated or altered file stops the resume
-with one line naming the file and the newest older checkpoint that verifies.
+Writing is atomic and a resume first verifies every file's checksum (`grpo.train.checkpoint_files`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import signal
 import sys
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,15 +40,13 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from grpo.config import save_config, to_dict
 from grpo.errors import UserError
-from grpo.train.run_files import refuse_existing_run
+from grpo.train.checkpoint_files import (CHECKPOINTS, complete_checkpoints, finish_checkpoint,
+                                         latest_checkpoint, start_checkpoint, verify_checkpoint)
 from grpo.train.distributed import (SINGLE, Dist, first_error, load_full_state, load_shards, sampling_seed,
                                     save_shards)
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
-CHECKSUMS = "checksums.json"
-"""In every checkpoint: {relative path: SHA-256} of every other file in it."""
 SHARDS = "shards"
 """Inside a checkpoint written under FSDP: torch.distributed.checkpoint's files, one per rank."""
 TRAINABLE = "trainable.safetensors"
@@ -123,76 +109,7 @@ def weights_fingerprint(model) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Before anything is written: the output directory
-
-
-def check_output_dir(path: str | Path, resume: bool, overwrite: bool = False) -> Path | None:
-    """Check that `path` can be written (without creating it) and agrees with `resume`.
-
-    Returns the newest complete checkpoint when resuming. A fresh run into a directory that already
-    holds a run (checkpoints, a final model, metrics or a config) is refused unless `overwrite`: its
-    checkpoints would be mixed with (and pruned by) the new run's, its metrics appended to.
-    """
-    out = Path(path)
-    probe_dir = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not probe_dir.is_dir():
-        raise UserError(f"train.output_dir {out}: {probe_dir} exists and is not a directory")
-    try:
-        with tempfile.TemporaryFile(dir=probe_dir):
-            pass
-    except OSError as e:
-        raise UserError(f"train.output_dir {out} is not writable ({probe_dir}: {e.strerror or e})") from None
-    latest = latest_checkpoint(out)
-    if resume and latest is None:
-        raise UserError(f"nothing to resume: {out / CHECKPOINTS} holds no complete checkpoint "
-                        "(train.save_every > 0 writes them; an interrupted run writes one when it stops)")
-    if not resume and latest is not None and not overwrite:
-        raise UserError(f"train.output_dir {out} already holds checkpoints (newest: {latest.name}); continue "
-                        f"that run with --resume {out} (or train.resume=true), replace it with --overwrite, "
-                        "or choose another train.output_dir")
-    if not resume:
-        refuse_existing_run(out, overwrite, "train.output_dir")
-    return latest if resume else None
-
-
-def check_free_space(path: str | Path, model, checkpoints: bool) -> None:
-    """The final model and, when checkpoints are on, one checkpoint (weights +
-    Adam's two moments) must fit."""
-    out = Path(path)
-    existing = out if out.exists() else next(p for p in out.parents if p.exists())
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    need = weights * (4 if checkpoints else 1)
-    free = shutil.disk_usage(existing).free
-    if free < need:
-        raise UserError(f"train.output_dir {out}: {free / 2**20:.1f} MiB free on its disk, but the final "
-                        f"model{' and one checkpoint' if checkpoints else ''} need about {need / 2**20:.1f} "
-                        "MiB")
-
-
-# ---------------------------------------------------------------------------------------------------
 # Writing
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step, or None."""
-    steps = _complete_checkpoints(Path(out) / CHECKPOINTS)
-    return steps[-1] if steps else None
-
-
-def _complete_checkpoints(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
-def remove_partial_checkpoints(out: Path) -> list[str]:
-    """Delete `.tmp`/`.old` directories left by a save that was killed; returns their names."""
-    root = out / CHECKPOINTS
-    partial = [p for p in root.iterdir() if p.suffix in (".tmp", ".old")] if root.is_dir() else []
-    for p in partial:
-        shutil.rmtree(p, ignore_errors=True)
-    return [p.name for p in partial]
 
 
 def save_checkpoint(out: Path, cfg, state: TrainerState, model, optimizer, scheduler,
@@ -212,7 +129,7 @@ def save_checkpoint(out: Path, cfg, state: TrainerState, model, optimizer, sched
     tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
     try:
         # Each stage ends with every rank knowing whether any rank failed in it (first_error, a collective).
-        error = first_error(_attempt(lambda: _start(root, tmp)) if dist.is_main else None, dist)
+        error = first_error(_attempt(lambda: start_checkpoint(root, tmp)) if dist.is_main else None, dist)
         if error is None and dist.fsdp:
             error = first_error(_attempt(lambda: save_shards(tmp / SHARDS, model, optimizer)), dist)
         if error is None and dist.is_main:
@@ -238,7 +155,7 @@ def save_checkpoint(out: Path, cfg, state: TrainerState, model, optimizer, sched
         raise UserError(first_error(message, dist))
     if dist.is_main:
         shutil.rmtree(old, ignore_errors=True)
-        for stale in _complete_checkpoints(root)[:-keep]:
+        for stale in complete_checkpoints(root)[:-keep]:
             shutil.rmtree(stale, ignore_errors=True)
     return final
 
@@ -250,12 +167,6 @@ def _attempt(write) -> str | None:
     except Exception as e:
         return e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[:500]
     return None
-
-
-def _start(root: Path, tmp: Path) -> None:
-    root.mkdir(exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
 
 
 def _finish(tmp: Path, final: Path, old: Path, root: Path, cfg, state: TrainerState, model, optimizer,
@@ -277,68 +188,7 @@ def _finish(tmp: Path, final: Path, old: Path, root: Path, cfg, state: TrainerSt
         torch.save(extra, tmp / "extra.pt")
     (tmp / "trainer_state.json").write_text(json.dumps(asdict(state)), encoding="utf-8")
     save_config(cfg, tmp / "config.yaml")
-    (tmp / CHECKSUMS).write_text(json.dumps(_checksums(tmp), indent=1, sort_keys=True), encoding="utf-8")
-    for f in sorted(tmp.rglob("*"), reverse=True):  # files before the directories that hold them
-        _fsync(f)
-    _fsync(tmp)
-    if final.exists():  # the same step saved before (a resumed run stopped again at once)
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync(root)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _checksums(root: Path) -> dict[str, str]:
-    """{path relative to root: SHA-256} of every file below root (FSDP's shards included), but CHECKSUMS."""
-    return {f.relative_to(root).as_posix(): _sha256(f) for f in sorted(root.rglob("*"))
-            if f.is_file() and f.name != CHECKSUMS}
-
-
-def checkpoint_problem(path: Path) -> str | None:
-    """Why the checkpoint at `path` cannot be trusted (a missing, truncated or altered file, or no
-    checksums.json), or None when every file matches the checksums written with it."""
-    try:
-        want = json.loads((path / CHECKSUMS).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return f"{CHECKSUMS} is missing"
-    except (OSError, ValueError) as e:
-        return f"{CHECKSUMS} is unreadable ({e})"
-    for name, digest in sorted(want.items()):
-        f = path / name
-        if not f.is_file():
-            return f"{name} is missing"
-        if _sha256(f) != digest:
-            return f"{name} does not match its checksum (truncated or altered)"
-    return None
-
-
-def verify_checkpoint(path: Path) -> None:
-    """Raise UserError naming the damaged file when the checkpoint at `path` fails `checkpoint_problem`,
-    and the newest older checkpoint that verifies (and how to resume from it)."""
-    problem = checkpoint_problem(path)
-    if problem is None:
-        return
-    older = [p for p in _complete_checkpoints(path.parent) if int(p.name[5:]) < int(path.name[5:])]
-    intact = next((p for p in reversed(older) if checkpoint_problem(p) is None), None)
-    hint = (f"{intact} is intact: move {path} (and any newer checkpoint) out of {path.parent}, then resume "
-            f"with grpo train --resume {path.parent.parent}" if intact else "no older checkpoint is intact")
-    raise UserError(f"checkpoint {path} is damaged: {problem}; nothing was loaded. {hint}")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    finish_checkpoint(tmp, final, old, root)
 
 
 def _rng_states(gen: torch.Generator) -> dict:

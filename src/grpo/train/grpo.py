@@ -37,7 +37,7 @@ from grpo.models.loading import autocast, resolve_device
 from grpo.rewards import compute_rewards, reward_inputs
 from grpo.rollout.engine import SamplingParams
 from grpo.train.batch import Batch, gather_batch
-from grpo.train.checkpoint import StopSignals, TrainingInterrupted, check_output_dir
+from grpo.train.checkpoint import StopSignals, TrainingInterrupted
 from grpo.train.distributed import agreed_signal, full_state_dict, full_weights, sharded_accuracy
 from grpo.train.episodes import add_environment_reward, episode_columns
 from grpo.train.evaluation import evaluate_accuracy
@@ -45,7 +45,7 @@ from grpo.train.metrics import Timers, current_memory_mib, peak_memory_mib, rese
 from grpo.train.reward_pool import reward_pool
 from grpo.train.rollout_metrics import batch_metrics, warn_if_no_signal
 from grpo.train.run import Run, checkpoint_or_stop, count_fault, finish, open_logs, setup_run, start_writing
-from grpo.train.run_files import write_samples
+from grpo.train.run_files import check_output_dir, write_samples
 from grpo.train.run_lock import OutputDirLock
 from grpo.train.update import step_logprobs, update_policy
 

@@ -39,18 +39,16 @@ from grpo.rollout.hf import HFEngine
 from grpo.rollout.vllm_engine import VLLMEngine
 from grpo.train.batch import PromptSampler
 from grpo.train.checkpoint import (
-    CHECKPOINTS,
     StopSignals,
     TrainerState,
     TrainingInterrupted,
-    check_free_space,
     load_checkpoint,
     load_extra,
-    remove_partial_checkpoints,
     restore_logs,
     save_checkpoint,
     weights_fingerprint,
 )
+from grpo.train.checkpoint_files import CHECKPOINTS, remove_partial_checkpoints
 from grpo.train.distributed import (
     SINGLE,
     Dist,
@@ -71,7 +69,7 @@ from grpo.train.metrics import MetricsLog, held_state_mib
 from grpo.train.optim import make_optimizer
 from grpo.train.ppo import Critic
 from grpo.train.reward_model import RewardModelTrainer
-from grpo.train.run_files import plot, prepare_output_dir, save_final
+from grpo.train.run_files import check_free_space, plot, prepare_output_dir, save_final
 from grpo.train.run_lock import OutputDirLock
 from grpo.train.variants import Variant, choose_variant
 from grpo.utils.seeding import seed_everything

@@ -1,6 +1,6 @@
-"""What a run writes besides metrics and checkpoints: its directory and resolved config, sample completions,
-the final model (and a retrained reward model), the training plot. Every write
-failure is one `UserError` line."""
+"""What a run writes besides metrics and checkpoints: its directory (checked before anything is written:
+writable, free space, agreeing with --resume) and resolved config, sample completions, the final model (and a
+retrained reward model), the training plot. Every write failure is one `UserError` line."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import copy
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -16,6 +17,7 @@ from grpo.config import save_config
 from grpo.errors import UserError
 from grpo.models.loading import is_lora, unsharded_copy
 from grpo.plotting import plot_training
+from grpo.train.checkpoint_files import CHECKPOINTS, latest_checkpoint
 
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "checkpoints", "final", "final.tmp",
@@ -61,6 +63,49 @@ def prepare_output_dir(path: str | Path, cfg, overwrite: bool = False) -> Path:
         raise UserError(f"output directory {out} is not writable: {e.strerror or e}") from None
     save_config(cfg, out / "config.yaml")
     return out
+
+
+def check_output_dir(path: str | Path, resume: bool, overwrite: bool = False) -> Path | None:
+    """Check that `path` can be written (without creating it) and agrees with `resume`.
+
+    Returns the newest complete checkpoint when resuming. A fresh run into a directory that already
+    holds a run (checkpoints, a final model, metrics or a config) is refused unless `overwrite`: its
+    checkpoints would be mixed with (and pruned by) the new run's, its metrics appended to.
+    """
+    out = Path(path)
+    probe_dir = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not probe_dir.is_dir():
+        raise UserError(f"train.output_dir {out}: {probe_dir} exists and is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir):
+            pass
+    except OSError as e:
+        raise UserError(f"train.output_dir {out} is not writable ({probe_dir}: {e.strerror or e})") from None
+    latest = latest_checkpoint(out)
+    if resume and latest is None:
+        raise UserError(f"nothing to resume: {out / CHECKPOINTS} holds no complete checkpoint "
+                        "(train.save_every > 0 writes them; an interrupted run writes one when it stops)")
+    if not resume and latest is not None and not overwrite:
+        raise UserError(f"train.output_dir {out} already holds checkpoints (newest: {latest.name}); continue "
+                        f"that run with --resume {out} (or train.resume=true), replace it with --overwrite, "
+                        "or choose another train.output_dir")
+    if not resume:
+        refuse_existing_run(out, overwrite, "train.output_dir")
+    return latest if resume else None
+
+
+def check_free_space(path: str | Path, model, checkpoints: bool) -> None:
+    """The final model and, when checkpoints are on, one checkpoint (weights +
+    Adam's two moments) must fit."""
+    out = Path(path)
+    existing = out if out.exists() else next(p for p in out.parents if p.exists())
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    need = weights * (4 if checkpoints else 1)
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise UserError(f"train.output_dir {out}: {free / 2**20:.1f} MiB free on its disk, but the final "
+                        f"model{' and one checkpoint' if checkpoints else ''} need about {need / 2**20:.1f} "
+                        "MiB")
 
 
 def save_model(model, tokenizer, path: Path, state_dict: dict | None = None) -> None:
