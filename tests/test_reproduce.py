@@ -2,14 +2,24 @@
 so with spreads and verdicts."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
+from grpo.commands import reproduce_jobs
 from grpo.commands.cli import main
+from grpo.commands.reproduce_jobs import (Job, cached_evaluation, checkpoint_every, evaluation_key,
+                                          reuse_or_resume, save_evaluation)
 from grpo.errors import UserError
-from grpo.config import TrainConfig, load_config
+from grpo.config import TrainConfig, load_config, save_config
 from grpo.commands.reproduce import METHODS, _reused_sft, run_reproduce
 from grpo.stats import mean_ci, mean_std, verdict
+from grpo.train.evaluation import EvalResult
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = ["sft.sft.max_steps=4", "sft.sft.eval_every=2", "sft.sft.batch_size=8", "sft.data.num_heldout=4",
         "sft.data.num_validation=4",
@@ -134,3 +144,144 @@ def test_reproduce_refuses_unknown_methods_and_bad_k(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
     with pytest.raises(UserError, match="--seeds and --jobs must be >= 1"):
         run_reproduce(None, [f"output_dir={tmp_path}"], seeds=0)
+
+
+VARYING = ("time/", "memory/", "tokens_per_s")
+"""Metric keys that measure the machine, not the training (as scripts/kill_resume.py)."""
+
+
+def _steps(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_reuse_resumes_a_killed_grpo_job_and_keeps_finished_evaluations(tmp_path, capsys, monkeypatch):
+    """GRPO is SIGKILLed while writing its second checkpoint (reproduce has it checkpoint every 2 of its 12
+    steps); --reuse continues it from step 2 instead of step 0, it ends bit-identical to a run never
+    stopped, sft_more gets the CPU seconds of the final run's 12 steps, each once; a third --reuse keeps
+    every run and every evaluation."""
+    out = tmp_path / "out"
+    argv = ["reproduce", "-q", "--n", "2", "--k", "1,2", "--methods", "grpo,sft_more", f"output_dir={out}",
+            *TINY, "rl.train.steps=12", "rl.train.eval_every=0", "rl.optim.lr=0.01",
+            "rl.rewards.functions=[{fn: arithmetic_accuracy}, "
+            "{fn: 'tests/fixtures/varied_reward.py:letter_share', weight: 0.5}]"]
+    popen = subprocess.Popen
+
+    def killed_in_second_checkpoint(cmd, **kw):  # scripts/kill_resume.py runs `grpo train`, then SIGKILLs it
+        if cmd[1:4] == ["-m", "grpo", "train"]:
+            cmd = [cmd[0], str(ROOT / "scripts" / "kill_resume.py"), "--child", "checkpoint:2", "--",
+                   *cmd[3:]]
+        return popen(cmd, **kw)
+
+    monkeypatch.setattr(reproduce_jobs.subprocess, "Popen", killed_in_second_checkpoint)
+    assert main(argv) == 2
+    assert "GRPO (outcome) seed 0 failed (exit -9)" in capsys.readouterr().err
+    monkeypatch.undo()
+    run = out / "seed0" / "grpo"
+    rl = yaml.safe_load((out / "rl.yaml").read_text())["train"]
+    assert (rl["save_every"], rl["keep_checkpoints"]) == (checkpoint_every(12), 1) == (2, 1)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000004.tmp"]
+    killed = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(killed) == 4  # steps 1-4 logged; 3 and 4 are past the checkpoint
+    first_sitting = json.loads((out / "seed0" / "grpo.partial.json").read_text())["seconds"]
+
+    assert main([*argv[:1], "--reuse", *argv[1:]]) == 0
+    printed = capsys.readouterr().out
+    assert "reusing SFT seed 0" in printed and "resuming GRPO (outcome) seed 0 from step-000002" in printed
+    assert printed.count("finished") == 2  # GRPO's last sitting and sft_more
+    log = (out / "seed0" / "grpo.log").read_text()
+    assert "resuming from" in log and "held-out accuracy" in log
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert lines[:2] == killed[:2]  # kept as logged, timings included: steps 1-2 were not run again
+    assert lines[2:4] != killed[2:4]  # steps 3-4 were (the same numbers, other timings)
+    steps = [x for x in _steps(run) if "reward/mean" in x]
+    assert [x["step"] for x in steps] == list(range(1, 13))
+    # bit-identical to the same run never stopped (and never checkpointed)
+    straight = tmp_path / "straight"
+    subprocess.run([sys.executable, "-m", "grpo", "train", "-q", "--config", str(run / "config.yaml"),
+                    f"train.output_dir={straight}", "train.save_every=0"], check=True, capture_output=True)
+    assert (run / "final" / "model.safetensors").read_bytes() == \
+        (straight / "final" / "model.safetensors").read_bytes()
+    same = lambda path: [{k: v for k, v in x.items() if not k.startswith(VARYING)} for x in _steps(path)]  # noqa
+    assert same(run) == same(straight)
+    assert steps[0]["reward/std"] > 0 and "eval/accuracy_before" in same(run)[-1]  # a gradient; the last line
+    # the checkpoints were reproduce's own: gone; the wall time is both sittings'
+    assert not (run / "checkpoints").exists() and not (out / "seed0" / "grpo.partial.json").exists()
+    results = json.loads((out / "results.json").read_text())["per_seed"]["0"]
+    assert results["grpo"]["seconds"] > first_sitting > 0
+    # sft_more's budget: the CPU seconds of the final run's 12 steps, each counted once
+    cpu = sum(x["time/step_cpu"] for x in steps)
+    assert results["grpo"]["train_cpu_seconds"] == pytest.approx(cpu, rel=1e-12)
+    more = yaml.safe_load((out / "seed0" / "sft_more" / "config.yaml").read_text())["sft"]
+    assert (more["max_seconds"], more["clock"]) == (round(cpu, 3), "cpu")
+
+    # a third --reuse: every run and every evaluation kept, nothing trained or evaluated
+    evals = {p: p.stat().st_mtime_ns for p in out.glob("seed0/*.eval.json")}
+    assert len(evals) == 3
+    assert main([*argv[:1], "--reuse", *argv[1:]]) == 0
+    printed = capsys.readouterr().out
+    assert "reusing the evaluations of sft seed 0, grpo seed 0, sft_more seed 0" in printed
+    assert "finished" not in printed and "resuming" not in printed
+    assert {p: p.stat().st_mtime_ns for p in out.glob("seed0/*.eval.json")} == evals
+    assert json.loads((out / "results.json").read_text())["per_seed"]["0"] == results
+
+
+def _job(tmp_path: Path, *args: str) -> Job:
+    config = tmp_path / "rl.yaml"
+    save_config(load_config(TrainConfig, None, ["train.steps=4"]), config)
+    run = tmp_path / "run"
+    return Job("GRPO seed 0", "train", config, [f"train.output_dir={run}", *args], run, tmp_path / "grpo.log")
+
+
+def _checkpoint(job: Job, step: int, *overrides: str) -> Path:
+    """A checkpoint directory as `save_checkpoint` leaves it, as far as --reuse reads one: its config and
+    checksums (here of no file)."""
+    path = job.run_dir / "checkpoints" / f"step-{step:06d}"
+    path.mkdir(parents=True)
+    save_config(load_config(TrainConfig, job.config, [*job.args, *overrides]), path / "config.yaml")
+    (path / "checksums.json").write_text("{}")
+    return path
+
+
+def test_reuse_resumes_a_grpo_run_from_its_newest_intact_checkpoint_of_the_same_config(tmp_path, capsys):
+    job = _job(tmp_path)
+    assert reuse_or_resume([job]) == {} and job.resume_from is None  # nothing there: a fresh run
+    assert "--overwrite" in job.cmd
+    _checkpoint(job, 2)
+    # another cadence, thread count or a resume does not change what the run computes
+    newest = _checkpoint(job, 4, "train.save_every=1", "train.threads=3", "train.resume=true")
+    assert reuse_or_resume([job]) == {} and job.resume_from == newest
+    assert job.cmd[job.cmd.index("train"):][:4] == ["train", "-q", "--resume", str(job.run_dir)]
+    assert "resuming GRPO seed 0 from step-000004" in capsys.readouterr().out
+    # a damaged checkpoint: trained again from the start
+    (newest / "checksums.json").write_text('{"model.safetensors": "0"}')
+    job.resume_from = None
+    assert reuse_or_resume([job]) == {} and job.resume_from is None
+    assert "model.safetensors is missing); training it again" in capsys.readouterr().out
+    # another configuration: refused, naming the setting
+    with pytest.raises(UserError, match=r"was trained with grpo.beta=0.04, this reproduce asks for 0.1"):
+        reuse_or_resume([_job(tmp_path, "grpo.beta=0.1")])
+    # an SFT job is never resumed (grpo sft writes no checkpoints): trained again
+    sft = Job("SFT seed 0", "sft", tmp_path / "sft.yaml", [], job.run_dir, tmp_path / "sft.log")
+    assert reuse_or_resume([sft]) == {} and sft.resume_from is None and "--overwrite" in sft.cmd
+    # reproduce's cadence for an RL config without one: about ten checkpoints a run
+    assert [checkpoint_every(s) for s in (5, 10, 12, 30, 50)] == [1, 1, 2, 3, 5]
+
+
+def test_a_saved_evaluation_is_kept_only_for_the_same_model_files_and_settings(tmp_path):
+    model = tmp_path / "final"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "tokenizer.json").write_text("{}")
+    options = {"n": 4, "ks": [1, 2, 4], "seed": 0}
+    key = evaluation_key(model, options)
+    result = EvalResult(greedy_accuracy=0.5, pass_at_k={1: 0.25, 4: 0.75}, maj_at_k={1: 0.25, 4: 0.5},
+                        sample_accuracy=0.25, n=4, num_prompts=8, greedy_by_checker={"lenient": 0.625},
+                        num_sampled_prompts=8)
+    save_evaluation(tmp_path / "grpo.eval.json", key, result)
+    assert cached_evaluation(tmp_path / "grpo.eval.json", key) == result  # k back as int
+    assert cached_evaluation(tmp_path / "missing.eval.json", key) is None
+    assert evaluation_key(model, {**options, "seed": 1}) != key
+    assert evaluation_key(model, {"ks": [1, 2, 4], "seed": 0, "n": 4}) == key  # the order of keys aside
+    (model / "model.safetensors").write_bytes(b"weightz")  # another model: its evaluation is not kept
+    assert cached_evaluation(tmp_path / "grpo.eval.json", evaluation_key(model, options)) is None

@@ -197,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="reuse the SFT models of an earlier `grpo reproduce` output (or, with one seed, a "
                          "`grpo sft` run)")
     sp.add_argument("--reuse", action="store_true",
-                    help="keep the finished runs already in output_dir that have this configuration; train "
-                         "the rest")
+                    help="keep the finished runs and evaluations already in output_dir that have this "
+                         "configuration, resume stopped RL runs from their checkpoints; train the rest")
     sp.set_defaults(fn=_cmd_reproduce)
     sp = sub.add_parser("plot",
                         help="redraw a run's training.png, or compare several runs' curves in one PNG")

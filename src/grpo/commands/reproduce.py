@@ -27,7 +27,9 @@ on the validation split (`sft.data.num_validation` is required).
 then writes `results.md` (`reproduce_report`) with each figure's mean and spread over the seeds, a
 verdict per claim from the paired per-seed differences (`grpo.stats`), and PNG plots with error bars.
 `--reuse` keeps every finished run already in the output directory whose configuration is the one this
-invocation would train (an interrupted reproduce continues; a deleted run directory is trained again).
+invocation would train, continues an unfinished RL run from its newest checkpoint (`grpo train --resume`:
+exact, so the grid ends as if never stopped) and keeps every evaluation of an unchanged model; an
+unfinished SFT run and a deleted run directory are trained again (`grpo.commands.reproduce_jobs`).
 
     grpo reproduce --config configs/reproduce.yaml --seeds 3 --jobs 2 --docs docs
 """
@@ -38,18 +40,17 @@ import json
 import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 
+from grpo.commands.reproduce_jobs import (Job, cached_evaluation, checkpoint_every, evaluation_key,
+                                          reuse_or_resume, run_jobs, save_evaluation, settings)
 from grpo.commands.reproduce_report import BUDGET, EXTRA_KEYS, LABELS, SFT_MORE, results_markdown
-from grpo.config import (DataConfig, DemoConfig, ModelConfig, SFTConfig, TrainConfig, load_config,
+from grpo.config import (DataConfig, DemoConfig, ModelConfig, TrainConfig, load_config,
                          save_config, to_dict)
 from grpo.data import load_task
 from grpo.errors import UserError
@@ -73,88 +74,6 @@ METHODS = {
 SFT started from, every other one from its seed's SFT model)."""
 NO_TEST = ["data.num_heldout=0"]
 """Added to every training job: the test split is never read during training or checkpoint selection."""
-MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1",
-              "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
-"""Freed tensors go back to the OS at once, so a process's peak RSS follows its live memory
-(docs/memory.md), and oneDNN keeps no per-shape buffers (as in the planner's validation)."""
-
-
-@dataclass
-class Job:
-    name: str
-    cmd: list[str]
-    log: Path
-
-    @property
-    def record(self) -> Path:
-        """Written when the job succeeds: its wall seconds (read again by --reuse)."""
-        return self.log.with_suffix(".json")
-
-
-def _run_jobs(jobs: list[Job], parallel: int) -> dict[str, float]:
-    """Run the commands, `parallel` at a time; name -> wall seconds. The first failure stops the others
-    and raises with the tail of its log (every job's output is in its log file)."""
-    pending, running, seconds = list(jobs), {}, {}
-    env = {**os.environ, **MEMORY_ENV}
-    try:
-        while pending or running:
-            while pending and len(running) < parallel:
-                job = pending.pop(0)
-                job.log.parent.mkdir(parents=True, exist_ok=True)
-                with open(job.log, "w") as log:
-                    proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-                running[job.name] = (job, proc, time.perf_counter())
-            for name, (job, proc, t0) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[name]
-                if proc.returncode != 0:
-                    tail = job.log.read_text(errors="replace")[-2000:]
-                    raise UserError(f"{name} failed (exit {proc.returncode}); log: {job.log}\n{tail}")
-                seconds[name] = time.perf_counter() - t0
-                job.record.write_text(json.dumps({"seconds": seconds[name]}))
-                print(f"      finished {name} in {seconds[name]:.0f} s", flush=True)
-            time.sleep(0.2)
-    finally:
-        for _, proc, _ in running.values():
-            proc.terminate()
-        for _, proc, _ in running.values():
-            proc.wait()
-    return seconds
-
-
-_IGNORED = ("threads",)
-"""Settings that do not change what a run computes (`--jobs` sets them): --reuse ignores them."""
-
-
-def _settings(tree: dict, prefix: str = "") -> dict:
-    """A config's dict as {"section.key": value}, without the `_IGNORED` keys."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= _settings(value, f"{prefix}{key}.")
-        elif key not in _IGNORED:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _reusable(job: Job, run_dir: Path, cls, config: Path, overrides: list[str]) -> float | None:
-    """--reuse: the wall seconds of a finished run in `run_dir` (its final model, its config.yaml and
-    the job's record) when its configuration is the one `config` + `overrides` give; None when there
-    is no finished run; UserError when there is one with another configuration."""
-    if not ((run_dir / "final" / "config.json").is_file() and (run_dir / "config.yaml").is_file()
-            and job.record.is_file()):
-        return None
-    want = _settings(to_dict(load_config(cls, config, overrides)))
-    have = _settings(to_dict(load_config(cls, run_dir / "config.yaml")))
-    differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-    if differ:
-        key = differ[0]
-        raise UserError(f"--reuse: {run_dir} was trained with {key}={have.get(key)!r}, this reproduce asks "
-                        f"for {want.get(key)!r}; delete {run_dir} to train it again, or drop --reuse")
-    return json.loads(job.record.read_text())["seconds"]
-
-
 def _read_run(out: Path, seconds: float) -> dict:
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [x for x in lines if "reward/mean" in x]
@@ -212,16 +131,32 @@ def _evaluate_job(path: str, data: dict, reward_fn: str, reward_options: dict, n
                            greedy_checkers=accuracy_checkers(reward_fn, reward_options))
 
 
-def _evaluate_all(todo: dict, jobs: int, threads: int, **kw) -> dict:
-    """key -> EvalResult for every (model path, sampling seed) in `todo`, `jobs` processes at a time."""
+def _evaluate_all(todo: dict, jobs: int, threads: int, saved: dict, reuse: bool, **kw) -> dict:
+    """key -> EvalResult for every (model path, sampling seed) in `todo`, `jobs` processes at a time. Each
+    evaluation is saved at saved[key] as it finishes; with `reuse`, one saved there for the same model files
+    and settings is kept instead (`cached_evaluation`)."""
+    rl_config = kw["rl_config"] and settings(to_dict(load_config(TrainConfig, kw["rl_config"])))
+    ids = {key: evaluation_key(path, {**kw, "rl_config": rl_config, "seed": seed})
+           for key, (path, seed) in todo.items()}
+    evals = {key: cached_evaluation(saved[key], ids[key]) for key in todo} if reuse else {}
+    evals = {key: e for key, e in evals.items() if e is not None}
+    if evals:
+        print(f"      reusing the evaluations of {', '.join(f'{name} seed {i}' for i, name in evals)}",
+              flush=True)
+    left = {key: v for key, v in todo.items() if key not in evals}
     if jobs == 1:
-        return {key: _evaluate_job(str(path), seed=seed, threads=threads, **kw)
-                for key, (path, seed) in todo.items()}
-
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {key: pool.submit(_evaluate_job, str(path), seed=seed, threads=threads, **kw)
-                   for key, (path, seed) in todo.items()}
-        return {key: f.result() for key, f in futures.items()}
+        for key, (path, seed) in left.items():
+            evals[key] = _evaluate_job(str(path), seed=seed, threads=threads, **kw)
+            save_evaluation(saved[key], ids[key], evals[key])
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_evaluate_job, str(path), seed=seed, threads=threads, **kw): key
+                       for key, (path, seed) in left.items()}
+            for f in as_completed(futures):
+                key = futures[f]
+                evals[key] = f.result()
+                save_evaluation(saved[key], ids[key], evals[key])
+    return {key: evals[key] for key in todo}
 
 
 def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 2, 4, 8, 16),
@@ -259,12 +194,15 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
         cfg.sft.sft.threads = threads
     if threads and not cfg.rl.train.threads:
         cfg.rl.train.threads = threads
+    # RL jobs checkpoint, so that --reuse can continue one that was stopped (unless the config says when)
+    scratch = not cfg.rl.train.save_every
+    if scratch:
+        cfg.rl.train.save_every, cfg.rl.train.keep_checkpoints = checkpoint_every(cfg.rl.train.steps), 1
     save_config(cfg.sft, out / "sft.yaml")
     save_config(cfg.rl, out / "rl.yaml")
     offsets = list(range(seeds))  # seed i: sft.seed and train.seed are the config's + i
-    py = [sys.executable, "-m", "grpo"]
 
-    sfts, sft_jobs = {}, []
+    sfts, sft_jobs = {}, {}
     for i in offsets:
         if sft_dir:
             sfts[i] = _reused_sft(Path(sft_dir), i, seeds)
@@ -272,57 +210,48 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
                   f"(best at step {sfts[i].best_step} of {sfts[i].steps})")
         else:
             d = out / f"seed{i}" / "sft"
-            args = [f"sft.seed={cfg.sft.sft.seed + i}", f"sft.output_dir={d}", *NO_TEST]
-            job = Job(f"SFT seed {i}",
-                      [*py, "sft", "-q", "--overwrite", "--config", str(out / "sft.yaml"), *args],
-                      d.parent / "sft.log")
-            if reuse and _reusable(job, d, SFTConfig, out / "sft.yaml", args) is not None:
-                sfts[i] = _finished_sft(d)
-                print(f"[1/4] SFT warm start, seed {i}: reusing {d}", flush=True)
-            else:
-                sft_jobs.append(job)
+            sft_jobs[i] = Job(f"SFT seed {i}", "sft", out / "sft.yaml",
+                              [f"sft.seed={cfg.sft.sft.seed + i}", f"sft.output_dir={d}", *NO_TEST], d,
+                              d.parent / "sft.log")
     if sft_jobs:
         print(f"[1/4] SFT warm start (sft_best), {len(sft_jobs)} run(s), {jobs} at a time -> {out}/seed*/sft",
               flush=True)
-        _run_jobs(sft_jobs, jobs)
-        sfts = {i: _finished_sft(out / f"seed{i}" / "sft") for i in offsets}
+        done = reuse_or_resume(list(sft_jobs.values())) if reuse else {}
+        run_jobs([job for job in sft_jobs.values() if job.name not in done], jobs)
+        sfts = {i: _finished_sft(job.run_dir) for i, job in sft_jobs.items()}
 
     rl, rl_methods = cfg.rl, [m for m in methods if m in METHODS]
     print(f"[2/4] {', '.join(LABELS[m] for m in rl_methods)} ({rl.train.steps} steps, "
           f"{rl.train.prompts_per_step} prompts x G={rl.grpo.G}), {jobs} at a time", flush=True)
-    rl_args = {(i, m): [*METHODS[m],
-                        f"model.path={cfg.sft.model.path if m == 'grpo_base' else sfts[i].model_dir}",
-                        f"train.output_dir={out / f'seed{i}' / m}", f"train.seed={rl.train.seed + i}",
-                        *NO_TEST]
+    rl_jobs = {(i, m): Job(f"{LABELS[m]} seed {i}", "train", out / "rl.yaml",
+                           [*METHODS[m],
+                            f"model.path={cfg.sft.model.path if m == 'grpo_base' else sfts[i].model_dir}",
+                            f"train.output_dir={out / f'seed{i}' / m}", f"train.seed={rl.train.seed + i}",
+                            *NO_TEST],
+                           out / f"seed{i}" / m, out / f"seed{i}" / f"{m}.log", scratch_checkpoints=scratch)
                for i in offsets for m in rl_methods}
-    rl_jobs = {(i, m): Job(f"{LABELS[m]} seed {i}",
-                           [*py, "train", "-q", "--overwrite", "--config", str(out / "rl.yaml"), *args],
-                           out / f"seed{i}" / f"{m}.log") for (i, m), args in rl_args.items()}
-    seconds = _reused(rl_jobs, rl_args, out, TrainConfig, out / "rl.yaml") if reuse else {}
-    seconds |= _run_jobs([job for job in rl_jobs.values() if job.name not in seconds], jobs)
-    runs = {key: _read_run(out / f"seed{key[0]}" / key[1], seconds[job.name]) for key, job in rl_jobs.items()}
+    seconds = reuse_or_resume(list(rl_jobs.values())) if reuse else {}
+    seconds |= run_jobs([job for job in rl_jobs.values() if job.name not in seconds], jobs)
+    runs = {key: _read_run(job.run_dir, seconds[job.name]) for key, job in rl_jobs.items()}
 
     more, clock = {}, matching_clock(cfg.sft.model.device)
     if SFT_MORE in methods:
         print(f"[3/4] {LABELS[SFT_MORE]}: SFT from sft_best for as long as each seed's GRPO training steps "
               f"took ({clock} seconds)", flush=True)
-        more_args = {
-            (i, SFT_MORE): [
+        more_jobs = {
+            (i, SFT_MORE): Job(f"{LABELS[SFT_MORE]} seed {i}", "sft", out / "sft.yaml", [
                 *continuation_overrides(cfg.sft, sfts[i], runs[(i, "grpo")][BUDGET[clock]],
                                         out / f"seed{i}" / SFT_MORE, clock),
                 f"sft.seed={cfg.sft.sft.seed + i}",
                 "sft.train_rows=null",
                 *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else []),
                 *NO_TEST,
-            ]
+            ], out / f"seed{i}" / SFT_MORE, out / f"seed{i}" / f"{SFT_MORE}.log")
             for i in offsets
         }
-        more_jobs = {key: Job(f"{LABELS[SFT_MORE]} seed {key[0]}",
-                              [*py, "sft", "-q", "--overwrite", "--config", str(out / "sft.yaml"), *args],
-                              out / f"seed{key[0]}" / f"{SFT_MORE}.log") for key, args in more_args.items()}
-        done = _reused(more_jobs, more_args, out, SFTConfig, out / "sft.yaml") if reuse else {}
-        done |= _run_jobs([job for job in more_jobs.values() if job.name not in done], jobs)
-        more = {key: _finished_sft(out / f"seed{key[0]}" / SFT_MORE) for key in more_jobs}
+        done = reuse_or_resume(list(more_jobs.values())) if reuse else {}
+        done |= run_jobs([job for job in more_jobs.values() if job.name not in done], jobs)
+        more = {key: _finished_sft(job.run_dir) for key, job in more_jobs.items()}
         for key, job in more_jobs.items():
             more[key].seconds = done[job.name]
 
@@ -332,7 +261,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
                 "sft"): sfts[i].model_dir for i in offsets} | {key: run["model"] for key, run in runs.items()}
               | {key: r.model_dir for key, r in more.items()})
     todo = {key: (path, rl.train.seed + key[0]) for key, path in models.items()}  # sampling seeded per seed
-    evals = _evaluate_all(todo, jobs, threads, data=to_dict(rl.data), reward_fn=first.fn,
+    saved = {key: out / f"seed{key[0]}" / f"{key[1]}.eval.json" for key in todo}
+    evals = _evaluate_all(todo, jobs, threads, saved, reuse, data=to_dict(rl.data), reward_fn=first.fn,
                           reward_options=first.options, n=n, ks=ks, max_new_tokens=rl.sampling.max_new_tokens,
                           data_seed=rl.train.seed, sample_prompts=sample_prompts,
                           rl_config=str(out / "rl.yaml") if rl.rollout.multi_turn else None)
@@ -355,18 +285,6 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
         _publish(out, Path(docs_dir), plots)
     print(text)
     return per_seed
-
-
-def _reused(jobs: dict, args: dict, out: Path, cls, config: Path) -> dict[str, float]:
-    """--reuse: job name -> wall seconds of every job whose finished run in OUT/seed<i>/<method> has the
-    configuration this invocation would train."""
-    seconds = {}
-    for key, job in jobs.items():
-        reused = _reusable(job, out / f"seed{key[0]}" / key[1], cls, config, args[key])
-        if reused is not None:
-            seconds[job.name] = reused
-            print(f"      reusing {job.name} ({out / f'seed{key[0]}' / key[1]})", flush=True)
-    return seconds
 
 
 def _row(e, run: dict | None, s) -> dict:

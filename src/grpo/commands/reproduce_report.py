@@ -245,11 +245,12 @@ def _setup(per_seed: dict, cfg: DemoConfig, sfts: dict, more: dict, n: int, test
         f"split of {s0.data.num_validation} problems (disjoint from train and test), every "
         f"{s0.sft.eval_every} steps (best at step {best}).{_more_text(per_seed, cfg, sfts, more)}"
         f"{_rl_text(cfg, rl_methods)} Training time is the sum of the training steps alone (RL: `time/step`; "
-        "SFT: `train_seconds`); wall time is the whole process's, loading and evaluations included. Peak "
-        "memory is each training process's peak resident set size during its training steps (evaluations "
-        "excluded) above its resident size before any model was built, with glibc's mmap threshold at 64 "
-        "KiB so that freed tensors leave the resident set and oneDNN's per-shape caches off, as in the "
-        "planner's validation (docs/memory.md). With --jobs > 1 the processes share the 2 cores.")
+        "SFT: `train_seconds`); wall time is the whole process's, loading and evaluations included (a run "
+        "resumed by --reuse: its sittings' summed). Peak memory is each training process's peak resident set "
+        "size during its training steps (evaluations excluded) above its resident size before any model was "
+        "built, with glibc's mmap threshold at 64 KiB so that freed tensors leave the resident set and "
+        "oneDNN's per-shape caches off, as in the planner's validation (docs/memory.md). With --jobs > 1 the "
+        "processes share the 2 cores.")
 
 
 def results_markdown(per_seed: dict, cfg: DemoConfig, sfts: dict, plots: list[str], n: int, ks, command: str,

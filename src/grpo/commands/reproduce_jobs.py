@@ -1,0 +1,246 @@
+"""`grpo reproduce`'s jobs: its training runs as processes, `--jobs` at a time, and what `--reuse` keeps of
+earlier work in the output directory.
+
+With `--reuse`, for each job, under the configuration this invocation would train (the same settings but
+`IGNORED`):
+
+    finished run (final model + the job's record)   kept; its recorded wall seconds are reported
+    `grpo train` run with a checkpoint              continued with `grpo train --resume` from its newest
+                                                    checkpoint (resume is exact: the run ends as if never
+                                                    stopped, metrics.jsonl included)
+    anything else                                   trained again from the start (`--overwrite`)
+    evaluation of an unchanged model                kept (`cached_evaluation`): keyed by the model's files
+                                                    and every evaluation setting
+
+A run or checkpoint with another configuration stops reproduce with the setting that differs. RL jobs
+write a checkpoint every `checkpoint_every(steps)` steps when the RL config writes none, only the newest
+kept and removed once the job finishes: a checkpoint reads no random numbers and changes nothing trained.
+A job's wall seconds are the sum of its sittings since its last fresh start (`Job.tally`, written every
+`TALLY_EVERY_S` while it runs, so a killed reproduce loses at most that much of a sitting).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from grpo.config import SFTConfig, TrainConfig, load_config, to_dict
+from grpo.errors import UserError
+from grpo.train.checkpoint import CHECKPOINTS, checkpoint_problem, latest_checkpoint
+from grpo.train.evaluation import EvalResult
+
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1",
+              "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
+"""Freed tensors go back to the OS at once, so a process's peak RSS follows its live memory
+(docs/memory.md), and oneDNN keeps no per-shape buffers (as in the planner's validation)."""
+IGNORED = ("threads", "save_every", "keep_checkpoints", "resume")
+"""Settings that do not change what a run computes (`--jobs` sets the threads, reproduce the checkpoint
+cadence, a resume sets `train.resume`): --reuse ignores them."""
+CHECKPOINTS_PER_JOB = 10
+"""An RL job whose config writes no checkpoints writes about this many: a kill costs at most a tenth of it."""
+TALLY_EVERY_S = 5.0
+"""How often a running job's wall seconds so far are written to its tally."""
+
+
+@dataclass
+class Job:
+    """One `grpo train` or `grpo sft` process of reproduce."""
+
+    name: str
+    command: str
+    """'train' or 'sft'."""
+    config: Path
+    args: list[str]
+    """Overrides of `config` (the run's output directory among them)."""
+    run_dir: Path
+    log: Path
+    resume_from: Path | None = None
+    """The checkpoint this sitting continues from (`grpo train --resume`); None: a fresh run."""
+    scratch_checkpoints: bool = False
+    """Its checkpoints are reproduce's own (`checkpoint_every`): removed once the job has finished."""
+
+    @property
+    def cmd(self) -> list[str]:
+        how = ["--resume", str(self.run_dir)] if self.resume_from else ["--overwrite"]
+        return [sys.executable, "-m", "grpo", self.command, "-q", *how, "--config", str(self.config),
+                *self.args]
+
+    @property
+    def record(self) -> Path:
+        """Written when the job succeeds: its wall seconds (read again by --reuse)."""
+        return self.log.with_suffix(".json")
+
+    @property
+    def tally(self) -> Path:
+        """Kept while the job is unfinished: the wall seconds of its sittings so far (a resume adds to it)."""
+        return self.log.with_suffix(".partial.json")
+
+    def settings(self, saved: Path | None = None) -> dict:
+        """The configuration this job trains (or the one saved at `saved`), as `settings` gives it."""
+        cls = TrainConfig if self.command == "train" else SFTConfig
+        cfg = load_config(cls, saved) if saved else load_config(cls, self.config, self.args)
+        return settings(to_dict(cfg))
+
+
+def checkpoint_every(steps: int) -> int:
+    """The checkpoint cadence reproduce gives an RL config that sets none: about `CHECKPOINTS_PER_JOB`."""
+    return max(1, -(-steps // CHECKPOINTS_PER_JOB))
+
+
+def run_jobs(jobs: list[Job], parallel: int) -> dict[str, float]:
+    """Run the jobs, `parallel` at a time; name -> wall seconds (of every sitting since the run's fresh
+    start). The first failure stops the others (SIGTERM: a `grpo train` saves a checkpoint first) and raises
+    with the tail of its log (every job's output is in its log file; a resumed sitting appends to it)."""
+    pending, running, seconds = list(jobs), {}, {}
+    env = {**os.environ, **MEMORY_ENV}
+    last_tally = time.perf_counter()
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                job = pending.pop(0)
+                job.log.parent.mkdir(parents=True, exist_ok=True)
+                before = _tallied(job) if job.resume_from else 0.0
+                with open(job.log, "a" if job.resume_from else "w") as log:
+                    if job.resume_from:
+                        log.write(f"\n--- grpo reproduce --reuse: resuming from {job.resume_from} ---\n")
+                        log.flush()
+                    proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+                running[job.name] = (job, proc, time.perf_counter() - before)
+                _write_tally(job, before)
+            for name, (job, proc, t0) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                _write_tally(job, time.perf_counter() - t0)
+                if proc.returncode != 0:
+                    tail = job.log.read_text(errors="replace")[-2000:]
+                    raise UserError(f"{name} failed (exit {proc.returncode}); log: {job.log}\n{tail}")
+                seconds[name] = time.perf_counter() - t0
+                job.record.write_text(json.dumps({"seconds": seconds[name]}))
+                job.tally.unlink(missing_ok=True)
+                if job.scratch_checkpoints:
+                    shutil.rmtree(job.run_dir / CHECKPOINTS, ignore_errors=True)
+                print(f"      finished {name} in {seconds[name]:.0f} s", flush=True)
+            if time.perf_counter() - last_tally >= TALLY_EVERY_S:
+                last_tally = time.perf_counter()
+                for job, _, t0 in running.values():
+                    _write_tally(job, last_tally - t0)
+            time.sleep(0.2)
+    finally:
+        for _, proc, _ in running.values():
+            proc.terminate()
+        for job, proc, t0 in running.values():
+            proc.wait()
+            _write_tally(job, time.perf_counter() - t0)
+    return seconds
+
+
+def _tallied(job: Job) -> float:
+    try:
+        return float(json.loads(job.tally.read_text())["seconds"])
+    except (OSError, ValueError, KeyError):
+        return 0.0
+
+
+def _write_tally(job: Job, seconds: float) -> None:
+    job.tally.write_text(json.dumps({"seconds": seconds}))
+
+
+def settings(tree: dict, prefix: str = "") -> dict:
+    """A config's dict as {"section.key": value}, without the `IGNORED` keys."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= settings(value, f"{prefix}{key}.")
+        elif key not in IGNORED:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_same(job: Job, saved: Path) -> None:
+    """UserError naming the first setting in which the config at `saved` differs from the job's."""
+    want, have = job.settings(), job.settings(saved)
+    differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    if differ:
+        key = differ[0]
+        raise UserError(f"--reuse: {job.run_dir} was trained with {key}={have.get(key)!r}, this reproduce "
+                        f"asks for {want.get(key)!r}; delete {job.run_dir} to train it again, or drop "
+                        "--reuse")
+
+
+def reuse_or_resume(jobs: list[Job]) -> dict[str, float]:
+    """--reuse: job name -> wall seconds of every job whose finished run (its final model, its config.yaml
+    and the job's record) has this invocation's configuration; every other `grpo train` job whose run
+    holds an intact checkpoint of it is set to resume from it (`Job.resume_from`). UserError when a run or
+    a checkpoint has another configuration."""
+    seconds = {}
+    for job in jobs:
+        d = job.run_dir
+        if (d / "final" / "config.json").is_file() and (d / "config.yaml").is_file() and job.record.is_file():
+            _check_same(job, d / "config.yaml")
+            seconds[job.name] = json.loads(job.record.read_text())["seconds"]
+            if job.scratch_checkpoints:  # left by a reproduce stopped before it removed them
+                shutil.rmtree(d / CHECKPOINTS, ignore_errors=True)
+            print(f"      reusing {job.name} ({d})", flush=True)
+            continue
+        ckpt = latest_checkpoint(d) if job.command == "train" else None
+        if ckpt is None:
+            continue
+        _check_same(job, ckpt / "config.yaml")
+        problem = checkpoint_problem(ckpt)
+        if problem is not None:
+            print(f"      {job.name}: its checkpoint {ckpt} is damaged ({problem}); training it again",
+                  flush=True)
+            continue
+        job.resume_from = ckpt
+        print(f"      resuming {job.name} from {ckpt.name} ({d})", flush=True)
+    return seconds
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluations
+
+
+def evaluation_key(model_dir: Path, options: dict) -> str:
+    """SHA-256 of the model's files (names and contents) and of the evaluation's `options` (plain data):
+    an evaluation is kept only for the same weights, tokenizer and settings."""
+    h = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode())
+    for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(model_dir).as_posix()}:{_sha256(f)}".encode())
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cached_evaluation(path: Path, key: str) -> EvalResult | None:
+    """The evaluation saved at `path` (`save_evaluation`) when it was made under `key`, else None."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.get("key") != key:
+        return None
+    r = saved["result"]
+    return EvalResult(**{**r, "pass_at_k": {int(k): v for k, v in r["pass_at_k"].items()},
+                         "maj_at_k": {int(k): v for k, v in r["maj_at_k"].items()}})
+
+
+def save_evaluation(path: Path, key: str, result: EvalResult) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "result": dataclasses.asdict(result)}))
+    os.replace(tmp, path)
