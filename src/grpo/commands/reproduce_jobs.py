@@ -34,7 +34,7 @@ from pathlib import Path
 
 from grpo.config import SFTConfig, TrainConfig, load_config, to_dict
 from grpo.errors import UserError
-from grpo.train.checkpoint import CHECKPOINTS, checkpoint_problem, latest_checkpoint
+from grpo.train.checkpoint_files import CHECKPOINTS, checkpoint_problem, latest_checkpoint
 from grpo.train.evaluation import EvalResult
 
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1",
