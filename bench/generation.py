@@ -6,7 +6,8 @@ of the tokens and log-probs, so two source trees can be checked for the same out
     python bench/generation.py [--runs 5] [--seed 0]      # docs/performance.md, "Generation"
     python bench/generation.py --profile                  # torch.profiler table of one generate
     python bench/generation.py --gemms                    # a decode step's projections against a matmul
-    python bench/generation.py --dtype bfloat16           # the bf16 sampler (model.dtype=bfloat16)
+    python bench/generation.py --dtype bfloat16           # the bf16 sampler (rollout.dtype=bfloat16)
+    python bench/generation.py --dtype both --runs 3      # fp32 and bf16 samplers, run by run
     git worktree add --detach /tmp/gen-base BASE_COMMIT
     python bench/generation.py --runs 7 --baseline /tmp/gen-base/src   # the two trees, run by run
 
@@ -151,12 +152,15 @@ def main() -> None:
     p.add_argument("--G", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="sampling compute dtype (bfloat16: the engine's bf16 weight copies, model.dtype=bfloat16)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="float32",
+                   help="sampling compute dtype (bfloat16: the engine's bf16 weight copies, rollout.dtype=bfloat16; "
+                        "both: the two samplers alternating run by run, as two trees are with --baseline)")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one generate")
     p.add_argument("--gemms", action="store_true", help="time a decode step's projection shapes (see gemms)")
     p.add_argument("--baseline", help="another tree's src/ to alternate with, run by run (see above)")
     args = p.parse_args()
+    if args.dtype == "both" and (args.baseline or args.profile):
+        p.error("--dtype both alternates the two samplers of this tree; it takes no --baseline or --profile")
     torch.set_num_threads(args.threads)
     path = resolve_model_path("smollm2")
     tok = AutoTokenizer.from_pretrained(path)
@@ -166,12 +170,19 @@ def main() -> None:
                                for r in rows])
     if args.gemms:
         return gemms(model, args.prompts * args.G)
-    dtype = getattr(torch, args.dtype)
-    engines = {"this": HFEngine(model, [tok.eos_token_id], tok.pad_token_id, dtype=dtype)}
+    dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
+    engines = {"this" if len(dtypes) == 1 else name: HFEngine(model, [tok.eos_token_id], tok.pad_token_id,
+                                                               dtype=getattr(torch, name)) for name in dtypes}
     if args.baseline:
         engines = {"baseline": baseline_engine(args.baseline)(model, [tok.eos_token_id], tok.pad_token_id,
-                                                              dtype=dtype), **engines}
-    phases = {name: Phases(type(engine)) for name, engine in engines.items()}
+                                                              dtype=getattr(torch, args.dtype)), **engines}
+    # one Phases per source tree: its wrappers time every engine of that tree (--dtype both has two), and
+    # each generate's phases are taken right after it
+    by_tree: dict[str, Phases] = {}
+    for engine in engines.values():
+        if type(engine).__module__ not in by_tree:
+            by_tree[type(engine).__module__] = Phases(type(engine))
+    phases = {name: by_tree[type(engine).__module__] for name, engine in engines.items()}
     params = SamplingParams(args.max_new_tokens, 0.7, 1.0, args.G)
 
     def generate(engine):

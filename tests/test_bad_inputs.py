@@ -194,8 +194,10 @@ def test_bad_config_is_one_error_line(config, tiny, tmp_path, capfd):
     (["optim.lr=[1, 2]"], ["optim.lr: expected a number, got [1, 2]"]),
     (["sampling.min_new_tokens=40"],
      ["sampling.min_new_tokens (40) must be at most sampling.max_new_tokens (32)"]),
+    (["rollout.dtype=float16"],
+     ["rollout.dtype: expected one of 'auto', 'float32', 'bfloat16', got 'float16'"]),
 ], ids=["wrong_type", "unknown_key", "no_equals", "key_under_a_value", "negative", "list_for_number",
-        "min_over_max"])
+        "min_over_max", "sampler_dtype"])
 def test_bad_override_is_one_error_line(overrides, fragments, tmp_path, capfd):
     line = run_cli(["train", "-q", f"train.output_dir={tmp_path}/run", *overrides], capfd)
     assert_names(line, fragments)

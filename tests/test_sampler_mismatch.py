@@ -114,15 +114,69 @@ def test_the_update_step_is_the_weighted_float64_step(stand_in):
     assert unweighted.stats["pg_loss"] != pytest.approx(result.stats["pg_loss"], abs=1e-6)
 
 
+_TOK = type("Tok", (), {"pad_token_id": PAD, "eos_token_id": 2})()
+
+
 def test_auto_corrects_only_a_sampler_in_another_precision():
     assert correction_mode(_cfg()) == "none"
-    assert correction_mode(_cfg("model.dtype=bfloat16")) == "tis"
-    assert correction_mode(_cfg("rollout.engine=vllm")) == "tis"
+    assert correction_mode(_cfg("rollout.dtype=float32")) == "none"
+    for differs in (["model.dtype=bfloat16"], ["rollout.engine=vllm"], ["rollout.dtype=bfloat16"],
+                    ["model.dtype=bfloat16", "rollout.dtype=float32"],
+                    ["model.dtype=bfloat16", "rollout.dtype=bfloat16"]):  # bf16 copies vs bf16 autocast
+        assert correction_mode(_cfg(*differs)) == "tis", differs
     assert correction_mode(_cfg("model.dtype=bfloat16", "rollout.correction=none")) == "none"
+    assert correction_mode(_cfg("rollout.dtype=bfloat16", "rollout.correction=mask")) == "mask"
+
+
+@pytest.mark.parametrize("model_dtype,rollout_dtype,sampler", [
+    ("float32", "auto", None), ("bfloat16", "auto", torch.bfloat16), ("float32", "bfloat16", torch.bfloat16),
+    ("bfloat16", "float32", None)])
+def test_the_sampler_precision_is_rollout_dtype_else_the_trainers(model_dtype, rollout_dtype, sampler,
+                                                                   monkeypatch):
+    """The built-in engine gets the sampler's dtype (None: the fp32 weights themselves); vLLM gets it as
+    its own dtype."""
+    import grpo.train.run as setup
+
+    cfg = _cfg(f"model.dtype={model_dtype}", f"rollout.dtype={rollout_dtype}")
+    assert make_engine(cfg, make_model("llama"), _TOK, None, None).dtype == sampler
+    built = {}
+    monkeypatch.setattr(setup, "VLLMEngine", lambda *a, **kw: built.update(kw))
+    cfg.rollout.engine = "vllm"
+    make_engine(cfg, make_model("llama"), _TOK, "unused", type("Dist", (), {"fsdp": False, "rank": 0})())
+    assert built["dtype"] == ("float32" if sampler is None else "bfloat16")
+
+
+def test_bf16_sampling_under_an_fp32_trainer_is_corrected_and_measured():
+    """rollout.dtype=bfloat16 with model.dtype=float32: the engine samples from bf16 copies of the weights
+    (its tokens and log-probs are bit for bit those of the engine over a model whose parameters are those
+    copies), its log-probs are off the fp32 trainer's by more than rounding (the fp32 engine is within
+    1e-5) but by little, and the update logs the gap and weights it with TIS."""
+    cfg = _cfg("rollout.dtype=bfloat16")
     model = make_model("llama")
-    tok = type("Tok", (), {"pad_token_id": PAD, "eos_token_id": 2})()
-    assert make_engine(_cfg("model.dtype=bfloat16"), model, tok, None, None).dtype == torch.bfloat16
-    assert make_engine(_cfg(), model, tok, None, None).dtype is None
+    engine = make_engine(cfg, model, _TOK, None, None)
+    params = SamplingParams(max_new_tokens=10, G=G)
+    r = engine.generate(prompts(4), params, torch.Generator().manual_seed(0))
+    copies = copy.deepcopy(model)
+    for p in copies.parameters():
+        p.data = p.data.to(torch.bfloat16)  # buffers (RoPE's inv_freq) stay fp32, as the engine keeps them
+    r16 = HFEngine(copies, 2, PAD).generate(prompts(4), params, torch.Generator().manual_seed(0))
+    assert torch.equal(r.completion_ids, r16.completion_ids) and torch.equal(r.logp, r16.logp)
+
+    mask = r.completion_mask.bool()
+    d = (logprobs_no_grad(model, r, cfg, nullcontext).logp - r.logp)[mask].abs()  # trainer - sampler
+    assert 1e-3 < d.max() < 0.1 and d.mean() < 0.02  # tiny model: mean 0.007, max 0.03
+    r32 = make_engine(_cfg(), model, _TOK, None, None).generate(prompts(4), params,
+                                                                torch.Generator().manual_seed(0))
+    assert (logprobs_no_grad(model, r32, cfg, nullcontext).logp - r32.logp)[r32.completion_mask.bool()
+                                                                           ].abs().max() < 1e-5
+
+    adv = torch.linspace(-1.5, 1.5, r.completion_ids.shape[0])
+    policy = copy.deepcopy(model)
+    stats = update_policy(policy, torch.optim.SGD(policy.parameters(), lr=0.0), r, adv, None, None, cfg,
+                          nullcontext).stats
+    assert stats["mismatch/abs_logp_diff"] == pytest.approx(float(d.mean()), rel=1e-4)
+    assert stats["mismatch/abs_logp_diff_max"] == pytest.approx(float(d.max()), rel=1e-4)
+    assert 0 < stats["mismatch/kl"] < 1e-3 and 0.95 < stats["correction/weight_mean"] < 1.05
 
 
 def test_disable_dropout_makes_train_mode_forwards_repeatable():
@@ -144,9 +198,10 @@ def test_disable_dropout_makes_train_mode_forwards_repeatable():
 
 @pytest.mark.slow
 def test_the_loop_logs_mismatch_and_applies_the_options(tmp_path):
-    """fp32: the built-in engine and the trainer agree to float rounding and nothing is corrected; bf16: the
-    engine samples from bf16 copies, the mismatch shows and auto corrects; forking tokens keep the top
-    fraction; dropout is off in the policy unless model.keep_dropout."""
+    """fp32: the built-in engine and the trainer agree to float rounding and nothing is corrected; bf16 (the
+    trainer's and the sampler's, or the sampler's alone under an fp32 trainer): the engine samples from
+    bf16 copies, the mismatch shows and auto corrects; forking tokens keep the top fraction; dropout is off
+    in the policy unless model.keep_dropout."""
     small = ["train.steps=2", "data.num_heldout=4", "data.num_train=64", "train.eval_every=0",
              "rewards.functions=[{fn: arithmetic_format}]"]
 
@@ -158,10 +213,10 @@ def test_the_loop_logs_mismatch_and_applies_the_options(tmp_path):
     for rec in fp32:
         assert rec["mismatch/kl"] < 1e-9 and rec["mismatch/abs_logp_diff_max"] < 1e-4
         assert "correction/weight_mean" not in rec
-    bf16 = run("bf16", "model.dtype=bfloat16")
-    for rec in bf16:
-        assert rec["mismatch/abs_logp_diff"] > 1e-4 and rec["mismatch/abs_logp_diff_max"] > 1e-3
-        assert 0.9 < rec["correction/weight_mean"] < 1.1
+    for name, dtype in (("bf16", "model.dtype=bfloat16"), ("bf16-sampler", "rollout.dtype=bfloat16")):
+        for rec in run(name, dtype):
+            assert rec["mismatch/abs_logp_diff"] > 1e-4 and rec["mismatch/abs_logp_diff_max"] > 1e-3
+            assert 0.9 < rec["correction/weight_mean"] < 1.1
     fork = run("fork", "grpo.top_entropy_quantile=0.2", "grpo.entropy_coef=0.01")
     for rec in fork:
         assert 0.2 <= rec["entropy/kept_frac"] < 0.3 and rec["entropy/threshold"] > 0

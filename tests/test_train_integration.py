@@ -159,10 +159,15 @@ def test_bf16_on_a_cpu_without_bf16_units_says_it_will_be_slow(monkeypatch, caps
         raise Stop
 
     monkeypatch.setattr(loop, "train", stop)  # only what the CLI says before training matters here
-    for dtype, noted in (("bfloat16", True), ("float32", False)):
+    for dtypes, noted in ((["model.dtype=bfloat16"], "model.dtype=bfloat16"),
+                          (["rollout.dtype=bfloat16"], "rollout.dtype=bfloat16"),
+                          (["model.dtype=float32"], None),
+                          (["model.dtype=bfloat16", "rollout.dtype=float32"], "model.dtype=bfloat16")):
         with pytest.raises(Stop):
-            main(["train", "-q", f"model.dtype={dtype}", "model.device=cpu"])
-        assert ("torch emulates bf16 matmuls here" in capsys.readouterr().err) == noted
+            main(["train", "-q", *dtypes, "model.device=cpu"])
+        err = capsys.readouterr().err
+        assert ("torch emulates bf16 matmuls here" in err) == (noted is not None), dtypes
+        assert noted is None or f"note: {noted} on a CPU without" in err
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert not loading.emulates_bf16(torch.device("cpu"))
 

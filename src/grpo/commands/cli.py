@@ -64,9 +64,12 @@ def _cmd_train(args) -> None:
     if cfg.model.path == "tiny" and main_process:
         print("note: model.path=tiny is the built-in model with random weights, so rewards start at 0; "
               "`grpo demo` warm-starts it with SFT first (or pass model.path=DIR)", file=sys.stderr)
-    if cfg.model.dtype == "bfloat16" and main_process and emulates_bf16(resolve_device(cfg.model.device)):
-        print("note: model.dtype=bfloat16 on a CPU without AVX512-BF16 or AMX: torch emulates bf16 matmuls "
-              "here, so training runs ~10x slower than with float32", file=sys.stderr)
+    if "bfloat16" in (cfg.model.dtype, cfg.sampler_dtype) and main_process and emulates_bf16(
+            resolve_device(cfg.model.device)):
+        asked, slower = (("model.dtype=bfloat16", "training runs ~10x") if cfg.model.dtype == "bfloat16"
+                         else ("rollout.dtype=bfloat16", "sampling runs"))
+        print(f"note: {asked} on a CPU without AVX512-BF16 or AMX: torch emulates bf16 matmuls here, so "
+              f"{slower} slower than with float32", file=sys.stderr)
     res = train(cfg, progress=not args.quiet, overwrite=args.overwrite)
     if main_process:
         if res.accuracy_before != res.accuracy_before:  # NaN: no held-out prompts to evaluate

@@ -26,7 +26,6 @@ from grpo.errors import UserError
 from grpo.models.convert import resolve_model_path
 from grpo.models.loading import (
     Reference,
-    compute_dtype,
     disable_dropout,
     enable_checkpointing,
     load_policy,
@@ -230,8 +229,9 @@ def make_engine(cfg: TrainConfig, model, tokenizer, model_dir: Path, dist: Dist)
     that a missing vLLM or GPU stops it with one line; it loads `model_dir` (the policy's starting weights)
     and is kept in step by `sync_weights` after every update. Both stop at `stop_token_ids`."""
     stop = stop_token_ids(model, tokenizer)
-    if cfg.rollout.engine == "hf":  # model.dtype=bfloat16: samples from bf16 copies of the weights
-        return HFEngine(model, stop, tokenizer.pad_token_id, dtype=compute_dtype(cfg.model))
+    if cfg.rollout.engine == "hf":  # rollout.dtype bfloat16 (or auto under model.dtype=bfloat16): bf16 copies
+        return HFEngine(model, stop, tokenizer.pad_token_id,
+                        dtype=torch.bfloat16 if cfg.sampler_dtype == "bfloat16" else None)
     if dist.fsdp:
         raise UserError("rollout.engine=vllm cannot run with train.strategy=fsdp (each rank's vLLM would "
                         "need the whole weights after every update); use train.strategy=ddp or "
@@ -239,7 +239,7 @@ def make_engine(cfg: TrainConfig, model, tokenizer, model_dir: Path, dist: Dist)
 
     return VLLMEngine(str(model_dir), stop, tokenizer.pad_token_id,
                       gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                      dtype="bfloat16" if cfg.model.dtype == "bfloat16" else "float32",
+                      dtype=cfg.sampler_dtype,
                       seed=sampling_seed(cfg.train.seed, dist), device=str(next(model.parameters()).device))
 
 

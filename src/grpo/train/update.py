@@ -168,12 +168,16 @@ def step_logprobs(model, ref, r: Rollout, cfg: TrainConfig, ctx, dist: Dist = SI
 
 
 def correction_mode(cfg: TrainConfig) -> str:
-    """rollout.correction with 'auto' resolved: 'tis' where the sampler runs in another precision than the
-    trainer (vLLM; bf16 sampling copies under model.dtype=bfloat16), else 'none'."""
+    """rollout.correction with 'auto' resolved: 'tis' where the sampler's numbers are not the trainer's
+    (vLLM's kernels; bf16 on either side: the built-in engine's bf16 weight copies under rollout.dtype or
+    model.dtype=bfloat16, or the trainer's bf16 autocast, which rounds otherwise than those copies even
+    when both are bf16), else 'none': fp32 sampling by the built-in engine under an fp32 trainer, equal to
+    rounding."""
     mode = cfg.rollout.correction
     if mode != "auto":
         return mode
-    return "tis" if cfg.rollout.engine == "vllm" or cfg.model.dtype == "bfloat16" else "none"
+    same = cfg.rollout.engine == "hf" and cfg.model.dtype == cfg.sampler_dtype == "float32"
+    return "none" if same else "tis"
 
 
 def sampler_correction(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor,
