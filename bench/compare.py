@@ -12,7 +12,9 @@ tokens per step and peak RSS; then grpo / TRL ratios against the targets of the 
 (and --model) it also times a matmul on 2 threads (fp32 2048^3, bf16 512^3) and prints the FLOP/s grpo
 achieved in generation, the reference forward and the policy update (forward + backward + AdamW),
 counting the model FLOPs of the distinct tokens: each prompt once per group, each completion once.
-Writes OUT_DIR/summary.json.
+A run side_by_side.py recorded as failed ("out of memory", "failed (rc N)") is left out of the medians; a
+side none of whose runs finished is a row with that failure and the peak RSS it had reached, and its
+ratios are n/a. Writes OUT_DIR/summary.json.
 """
 
 import argparse
@@ -39,12 +41,49 @@ def med(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def finished(runs: list[dict]) -> list[dict]:
+    """The runs that finished: side_by_side.py records a run that exited non-zero with a "failed" field
+    and no step times."""
+    return [r for r in runs if "failed" not in r]
+
+
+def stopped_summary(runs: list[dict]) -> dict:
+    """A side none of whose runs finished: its first failure and the median peak RSS its runs had reached
+    (None where no run recorded one)."""
+    rss = [r["peak_rss_mb"] for r in runs if r.get("peak_rss_mb") is not None]
+    failures = [r["failed"] for r in runs]
+    return {"runs": 0, "failed": failures[0], "failures": failures,
+            "peak_rss_mib": statistics.median(rss) if rss else None}
+
+
+def stopped_row(s: dict) -> str:
+    """How a table shows a side that never finished.
+
+    >>> stopped_row({"failed": "out of memory", "peak_rss_mib": 8500.0})
+    'out of memory (peak RSS 8,500 MiB when it stopped)'
+    """
+    rss = s["peak_rss_mib"]
+    return s["failed"] + (" (peak RSS unknown)" if rss is None else f" (peak RSS {rss:,.0f} MiB when it stopped)")
+
+
+def left_out(summary: dict) -> list[str]:
+    """A line for each side that finished some runs but not all: the failures the medians leave out."""
+    return [f"{side}: {len(s['failures'])} run(s) left out of the medians: {', '.join(s['failures'])}"
+            for side, s in summary.items() if s["failures"] and "failed" not in s]
+
+
 def summarise(runs: list[dict]) -> dict:
+    """Medians over a side's finished runs, or `stopped_summary` where none finished."""
+    failures = [r["failed"] for r in runs if "failed" in r]
+    if len(failures) == len(runs):
+        return stopped_summary(runs)
+    runs = finished(runs)
     s = med(runs, "sec_per_step_median_after_2")
     return {"sec_per_step": s, "steps_per_s": 1 / s, "gen_sec_per_step": med(runs, "gen_sec_per_step_median_after_2"),
             "gen_tok_per_s": med(runs, "gen_completion_tok_per_s"),
             "tokens_per_step": med(runs, "completion_tokens_per_step_mean"), "peak_rss_mib": med(runs, "peak_rss_mb"),
-            "runs": len(runs), "sec_per_step_each_run": [r["sec_per_step_median_after_2"] for r in runs]}
+            "runs": len(runs), "sec_per_step_each_run": [r["sec_per_step_median_after_2"] for r in runs],
+            "failures": failures}
 
 
 def matmul_flops(dtype_name: str, n: int = 2048, threads: int = 2, budget_s: float = 3.0) -> float:
@@ -116,17 +155,17 @@ def flop_report(runs: list[dict], model: Path, peak: dict, prompt_len: float, ph
     return out
 
 
-def main():
+def main(argv=None) -> dict:
+    """Print the tables; what it writes to OUT_DIR/summary.json."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
     ap.add_argument("--model", type=Path)
     ap.add_argument("--flops", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     runs = load(args.out)
     if "trl" not in runs or "grpo" not in runs:
         raise SystemExit(f"need trl-N.json and grpo-N.json in {args.out}")
     summary = {side: summarise(r) for side, r in runs.items()}
-    trl = summary["trl"]
     load_log = args.out / "load.log"
     loads = [float(x.split()[1]) for x in load_log.read_text().split("\n") if x.startswith("load")] \
         if load_log.exists() else []
@@ -134,45 +173,69 @@ def main():
         print(f"load average (1 min) before each run: median {statistics.median(loads):.2f}, "
               f"min {min(loads):.2f}, max {max(loads):.2f} on {os.cpu_count()} CPUs")
     print(f"\n{'':10} {'s/step':>8} {'steps/s':>8} {'gen s':>7} {'gen tok/s':>10} {'tok/step':>9} {'peak RSS':>9}"
-          f"   (medians over {trl['runs']} runs; load avg now {os.getloadavg()[0]:.2f})")
+          f"   (medians over each side's finished runs; load avg now {os.getloadavg()[0]:.2f})")
     for side, s in summary.items():
+        if "failed" in s:
+            print(f"{side:10} {stopped_row(s)}")
+            continue
         print(f"{side:10} {s['sec_per_step']:8.3f} {s['steps_per_s']:8.2f} {s['gen_sec_per_step']:7.3f} "
               f"{s['gen_tok_per_s']:10.0f} {s['tokens_per_step']:9.0f} {s['peak_rss_mib']:8.0f}M")
     ratios = {}
     for side in SIDES[1:]:
-        if side in summary:
-            s = summary[side]
-            ratios[side] = {"steps_per_s_vs_trl": s["steps_per_s"] / trl["steps_per_s"],
-                            "gen_tok_per_s_vs_trl": s["gen_tok_per_s"] / trl["gen_tok_per_s"],
-                            "peak_rss_vs_trl": s["peak_rss_mib"] / trl["peak_rss_mib"]}
-            print(f"{side + ' / trl':17} steps/s x{ratios[side]['steps_per_s_vs_trl']:.2f}   "
-                  f"gen tok/s x{ratios[side]['gen_tok_per_s_vs_trl']:.2f}   "
-                  f"peak RSS x{ratios[side]['peak_rss_vs_trl']:.2f}")
+        if side not in summary:
+            continue
+        stopped = [f"{x}: {summary[x]['failed']}" for x in (side, "trl") if "failed" in summary[x]]
+        if stopped:  # no ratio against, or of, a side that never finished
+            ratios[side] = None
+            print(f"{side + ' / trl':17} n/a ({'; '.join(stopped)})")
+            continue
+        s, trl = summary[side], summary["trl"]
+        ratios[side] = {"steps_per_s_vs_trl": s["steps_per_s"] / trl["steps_per_s"],
+                        "gen_tok_per_s_vs_trl": s["gen_tok_per_s"] / trl["gen_tok_per_s"],
+                        "peak_rss_vs_trl": s["peak_rss_mib"] / trl["peak_rss_mib"]}
+        print(f"{side + ' / trl':17} steps/s x{ratios[side]['steps_per_s_vs_trl']:.2f}   "
+              f"gen tok/s x{ratios[side]['gen_tok_per_s_vs_trl']:.2f}   "
+              f"peak RSS x{ratios[side]['peak_rss_vs_trl']:.2f}")
     if "grpo_bf16" in summary:
-        print(f"bf16 / fp32 (grpo): steps/s x{summary['grpo']['sec_per_step'] / summary['grpo_bf16']['sec_per_step']:.2f}")
+        grpo, bf16 = summary["grpo"], summary["grpo_bf16"]
+        print("bf16 / fp32 (grpo): " + ("n/a" if "failed" in grpo or "failed" in bf16 else
+                                        f"steps/s x{grpo['sec_per_step'] / bf16['sec_per_step']:.2f}"))
+    for line in left_out(summary):
+        print(line)
     result = {"summary": summary, "ratios": ratios, "load_before_runs": loads}
     if args.flops and args.model:
-        # bf16 at 512^3: without AVX512-BF16/AMX, CPUs run bf16 matmuls far below fp32 (0.2 GFLOP/s here)
-        peak = {"float32": matmul_flops("float32", 2048), "bfloat16": matmul_flops("bfloat16", 512)}
-        print(f"\nmatmul, 2 threads: fp32 (2048^3) {peak['float32'] / 1e9:.1f} GFLOP/s, "
-              f"bf16 (512^3) {peak['bfloat16'] / 1e9:.1f} GFLOP/s")
-        result["matmul_flop_per_s"] = peak
-        for side in SIDES:
-            if side not in runs:
-                continue
-            # the same prompts on every side; trl's and grpo_api's runs record their mean length
-            prompt_len = statistics.median(r["prompt_tokens_mean"] for rs in runs.values() for r in rs
-                                           if "prompt_tokens_mean" in r)
-            rep = flop_report(runs[side], args.model, peak, prompt_len, phases=side != "trl")
-            result.setdefault("flops", {})[side] = rep
-            print(f"{side}: model FLOPs per forward over the step's distinct tokens "
-                  f"{rep['forward_flops_per_step'] / 1e9:.1f} G")
-            for k in ("step", "generate", "reference", "update", "policy_fwd_bwd"):
-                if k in rep:
-                    x = rep[k]
-                    print(f"  {k:14} {x['seconds']:7.3f} s  {x['flop_per_s'] / 1e9:6.1f} GFLOP/s  "
-                          f"= {100 * x['of_fp32_matmul']:5.1f}% of the fp32 matmul rate")
+        result.update(flops_table(runs, summary, args.model))
     (args.out / "summary.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def flops_table(runs: dict[str, list[dict]], summary: dict, model: Path) -> dict:
+    """Print each finished side's achieved FLOP/s (`flop_report`); for summary.json, the matmul rates
+    ("matmul_flop_per_s") and the reports by side ("flops"), or nothing where no prompt length is known."""
+    # the same prompts on every side; trl's and grpo_api's runs record their mean length
+    lengths = [r["prompt_tokens_mean"] for rs in runs.values() for r in rs if "prompt_tokens_mean" in r]
+    if not lengths:
+        print("\nFLOP/s: n/a (no finished run recorded the prompts' mean length; trl's and grpo_api's do)")
+        return {}
+    prompt_len = statistics.median(lengths)
+    # bf16 at 512^3: without AVX512-BF16/AMX, CPUs run bf16 matmuls far below fp32 (0.2 GFLOP/s here)
+    peak = {"float32": matmul_flops("float32", 2048), "bfloat16": matmul_flops("bfloat16", 512)}
+    print(f"\nmatmul, 2 threads: fp32 (2048^3) {peak['float32'] / 1e9:.1f} GFLOP/s, "
+          f"bf16 (512^3) {peak['bfloat16'] / 1e9:.1f} GFLOP/s")
+    reports = {}
+    for side in SIDES:
+        if side not in runs or "failed" in summary[side]:
+            continue
+        rep = flop_report(finished(runs[side]), model, peak, prompt_len, phases=side != "trl")
+        reports[side] = rep
+        print(f"{side}: model FLOPs per forward over the step's distinct tokens "
+              f"{rep['forward_flops_per_step'] / 1e9:.1f} G")
+        for k in ("step", "generate", "reference", "update", "policy_fwd_bwd"):
+            if k in rep:
+                x = rep[k]
+                print(f"  {k:14} {x['seconds']:7.3f} s  {x['flop_per_s'] / 1e9:6.1f} GFLOP/s  "
+                      f"= {100 * x['of_fp32_matmul']:5.1f}% of the fp32 matmul rate")
+    return {"matmul_flop_per_s": peak, "flops": reports}
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ new tokens) x the weights' bytes / read bandwidth + the prompts' prefill FLOPs /
 = 2 x matmul parameters x rows x (prompt + completion tokens) / matmul rate (with beta > 0); update =
 6 x the same (LoRA: 4 x, no weight gradients for the frozen base). Rows count their whole prompt, as a
 plain forward would; grpo's shared prompts can therefore beat this floor's reference and update parts.
+A run side_by_side.py recorded as failed ("out of memory", "failed (rc N)") is left out of the medians; a
+side none of whose runs finished is a row with that failure and the peak RSS it had reached, and no floor.
 Writes OUT_DIR/summary_real.json.
 """
 
@@ -27,7 +29,7 @@ import statistics
 import time
 from pathlib import Path
 
-from compare import matmul_flops
+from compare import finished, left_out, matmul_flops, stopped_row, stopped_summary
 
 SIDES = ("trl", "grpo", "grpo_api", "trl_lora", "grpo_lora", "grpo_api_lora")
 
@@ -68,13 +70,19 @@ def matmul_params(model: Path) -> tuple[int, int]:
 
 
 def side_summary(runs: list[dict]) -> dict:
+    """Medians over a side's finished runs, or `compare.stopped_summary` where none finished."""
+    failures = [r["failed"] for r in runs if "failed" in r]
+    if len(failures) == len(runs):
+        return stopped_summary(runs)
+    runs = finished(runs)
     med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
     s, tokens = med("sec_per_step_median_after_2"), med("completion_tokens_per_step_mean")
     return {"sec_per_step": s, "completion_tokens_per_step": tokens, "sec_per_1k_tokens": 1000 * s / tokens,
             "gen_sec_per_step": med("gen_sec_per_step_median_after_2"), "peak_rss_mib": med("peak_rss_mb"),
             "runs": len(runs), "sec_per_step_each_run": [r["sec_per_step_median_after_2"] for r in runs],
             "phases": {k: statistics.median(r["phase_sec_median_after_2"][k] for r in runs)
-                       for k in ("generate", "reference", "update")} if "phase_sec_median_after_2" in runs[0] else None}
+                       for k in ("generate", "reference", "update")} if "phase_sec_median_after_2" in runs[0] else None,
+            "failures": failures}
 
 
 def floor(summary: dict, runs: list[dict], prompt: float, weights: int, weight_bytes: int, rate: float,
@@ -93,11 +101,12 @@ def floor(summary: dict, runs: list[dict], prompt: float, weights: int, weight_b
     return {"generate": gen, "reference": ref, "update": upd, "step": gen + ref + upd, "tokens": tokens}
 
 
-def main():
+def main(argv=None) -> dict:
+    """Print the table; what it writes to OUT_DIR/summary_real.json."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path)
     ap.add_argument("--model", type=Path, required=True)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     runs = load(args.out)
     rate, bandwidth = matmul_flops("float32", 2048), read_bandwidth()
     weights, weight_bytes = matmul_params(args.model)
@@ -106,22 +115,35 @@ def main():
           f"load average now {os.getloadavg()[0]:.2f}")
     summary = {side: side_summary(r) for side, r in runs.items()}
     # the same prompts on every side; trl's and grpo_api's runs record their mean length in tokens
-    prompt = statistics.median(r["prompt_tokens_mean"] for rs in runs.values() for r in rs if "prompt_tokens_mean" in r)
-    floors = {side: floor(summary[side], runs[side], prompt, weights, weight_bytes, rate, bandwidth,
-                          side.endswith("lora")) for side in summary}
+    lengths = [r["prompt_tokens_mean"] for rs in runs.values() for r in rs if "prompt_tokens_mean" in r]
+    prompt = statistics.median(lengths) if lengths else None
+    floors = {side: floor(summary[side], finished(runs[side]), prompt, weights, weight_bytes, rate, bandwidth,
+                          side.endswith("lora"))
+              for side in summary if "failed" not in summary[side] and prompt is not None}
+    if prompt is None:
+        print("no floors: no finished run recorded the prompts' mean length (trl's and grpo_api's do)")
     print(f"\n{'':13} {'s/step':>7} {'floor':>6} {'x floor':>7} {'tok/step':>8} {'s/1k tok':>8} {'gen s':>6} "
-          f"{'ref s':>6} {'upd s':>6} {'peak RSS':>9}   (medians over the runs)")
+          f"{'ref s':>6} {'upd s':>6} {'peak RSS':>9}   (medians over the finished runs)")
+    nan = float("nan")
     for side, s in summary.items():
-        f, ph = floors[side], s["phases"] or {}
-        print(f"{side:13} {s['sec_per_step']:7.1f} {f['step']:6.1f} {s['sec_per_step'] / f['step']:7.2f} "
+        if "failed" in s:
+            print(f"{side:13} {stopped_row(s)}")
+            continue
+        f, ph = floors.get(side, {}), s["phases"] or {}
+        print(f"{side:13} {s['sec_per_step']:7.1f} {f.get('step', nan):6.1f} "
+              f"{s['sec_per_step'] / f.get('step', nan):7.2f} "
               f"{s['completion_tokens_per_step']:8.0f} {s['sec_per_1k_tokens']:8.1f} {s['gen_sec_per_step']:6.1f} "
-              f"{ph.get('reference', float('nan')):6.1f} {ph.get('update', float('nan')):6.1f} "
+              f"{ph.get('reference', nan):6.1f} {ph.get('update', nan):6.1f} "
               f"{s['peak_rss_mib'] / 1024:8.2f}G")
-        print(f"{'  floor':10} generate {f['generate']:.1f} s, reference {f['reference']:.1f} s, update "
-              f"{f['update']:.1f} s ({f['tokens']:.0f} tokens)")
-    (args.out / "summary_real.json").write_text(json.dumps(
-        {"summary": summary, "floors": floors, "matmul_flop_per_s": rate,
-         "read_bytes_per_s": bandwidth, "matmul_params": weights}, indent=1))
+        if f:
+            print(f"{'  floor':10} generate {f['generate']:.1f} s, reference {f['reference']:.1f} s, update "
+                  f"{f['update']:.1f} s ({f['tokens']:.0f} tokens)")
+    for line in left_out(summary):
+        print(line)
+    result = {"summary": summary, "floors": floors, "matmul_flop_per_s": rate, "read_bytes_per_s": bandwidth,
+              "matmul_params": weights}
+    (args.out / "summary_real.json").write_text(json.dumps(result, indent=1))
+    return result
 
 
 if __name__ == "__main__":

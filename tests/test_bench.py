@@ -17,6 +17,8 @@ BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
 import add_rewards  # noqa: E402
+import compare  # noqa: E402
+import compare_real  # noqa: E402
 import cost_growth  # noqa: E402
 import side_by_side  # noqa: E402
 from work import Work, add_work_arguments, grpo_overrides, work_flags, work_from_args  # noqa: E402
@@ -166,6 +168,93 @@ def test_a_failed_run_is_a_result():
     lines = side_by_side.format_table(summary, {}).splitlines()
     assert lines[1] == "trl            out of memory (peak RSS 8,500 MiB when it stopped)"
     assert lines[-1] == "grpo: 1 run(s) left out of the medians: failed (rc 1)"
+
+
+def write_runs(out: Path, runs: dict[str, list[dict]]):
+    """Fabricated OUT/SIDE-N.json files, as side_by_side.run_side writes them."""
+    for side, records in runs.items():
+        for n, r in enumerate(records, 1):
+            (out / f"{side}-{n}.json").write_text(json.dumps({"side": side, **r}) + "\n")
+
+
+def test_compare_reports_a_failed_side(tmp_path, capsys, monkeypatch):
+    """compare.py on a folder where TRL ran out of memory every time, one grpo run failed and grpo_bf16 never
+    finished: rows for the failures, n/a ratios, and medians over grpo's finished runs."""
+    grpo = lambda s, tok_s, rss: {**finished(s, 90, rss), "gen_completion_tok_per_s": tok_s}  # noqa: E731
+    write_runs(tmp_path, {"trl": [stopped("out of memory", 9000), stopped("out of memory", 8000)],
+                          "grpo": [grpo(4.0, 40, 400), stopped("failed (rc 1)", 100), grpo(6.0, 60, 600)],
+                          "grpo_bf16": [{**stopped("failed (rc 1)", 300), "rc": 1}]})
+    result = compare.main([str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert "trl        out of memory (peak RSS 8,500 MiB when it stopped)" in lines
+    # grpo: median(4, 6) = 5 s/step, 0.2 steps/s, gen 1 s, median(40, 60) = 50 tok/s, 90 tokens, 500 MiB
+    assert "grpo          5.000     0.20   1.000         50        90      500M" in lines
+    assert "grpo_bf16  failed (rc 1) (peak RSS 300 MiB when it stopped)" in lines
+    assert "grpo / trl        n/a (trl: out of memory)" in lines
+    assert "grpo_bf16 / trl   n/a (grpo_bf16: failed (rc 1); trl: out of memory)" in lines
+    assert "bf16 / fp32 (grpo): n/a" in lines
+    assert lines[-1] == "grpo: 1 run(s) left out of the medians: failed (rc 1)"
+    assert result["ratios"] == {"grpo": None, "grpo_bf16": None}
+    assert json.loads((tmp_path / "summary.json").read_text())["summary"]["trl"]["peak_rss_mib"] == 8500
+
+    # TRL finished, grpo_api ran out of memory: grpo's ratios, and FLOP/s for the finished sides only
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"hidden_size": 8, "num_hidden_layers": 1, "vocab_size": 16, "intermediate_size": 16,
+         "num_attention_heads": 2}))
+    for f in tmp_path.glob("*.json"):
+        if f.name != "config.json":
+            f.unlink()
+    phases = {"generate": 1.0, "reference": 0.5, "update": 2.0}
+    write_runs(tmp_path, {
+        "trl": [{**finished(10.0, 90, 1000), "gen_completion_tok_per_s": 10, "prompt_tokens_mean": 5,
+                 "settings": {"num_generations": 2, "per_device_train_batch_size": 4}}],
+        "grpo": [{**grpo(4.0, 40, 400), "phase_sec_median_after_2": phases,
+                  "settings": {"G": 2, "prompts_per_step": 2}}],
+        "grpo_api": [stopped("out of memory", 7000)]})
+    monkeypatch.setattr(compare, "matmul_flops", lambda dtype, n: 1e9)
+    result = compare.main([str(tmp_path), "--model", str(tmp_path), "--flops"])
+    lines = capsys.readouterr().out.splitlines()
+    # steps/s 0.25 / 0.1; gen tok/s 40 / 10; RSS 400 / 1000
+    assert "grpo / trl        steps/s x2.50   gen tok/s x4.00   peak RSS x0.40" in lines
+    assert "grpo_api / trl    n/a (grpo_api: out of memory)" in lines
+    assert sorted(result["flops"]) == ["grpo", "trl"] and result["flops"]["grpo"]["update"]["seconds"] == 2.0
+
+
+def test_compare_real_reports_a_failed_side(tmp_path, capsys, monkeypatch):
+    """compare_real.py: a side that never finished is a row without a floor; the floors of the others come
+    from their finished runs."""
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"hidden_size": 8, "num_hidden_layers": 1, "vocab_size": 16, "intermediate_size": 16,
+         "num_attention_heads": 2}))
+    trl = {**finished(40.0, 40, 2048), "prompt_tokens_mean": 5,
+           "settings": {"num_generations": 2, "per_device_train_batch_size": 4, "max_completion_length": 10,
+                        "beta": 0.0}}
+    grpo = {**finished(20.0, 40, 1024), "phase_sec_median_after_2": {"generate": 5.0, "reference": 0.0,
+                                                                      "update": 14.0},
+            "settings": {"G": 2, "prompts_per_step": 2, "max_new_tokens": 10, "beta": 0.0}}
+    write_runs(tmp_path, {"trl": [trl], "grpo": [stopped("failed (rc 1)", 300), grpo],
+                          "grpo_lora": [stopped("out of memory", 61440)]})
+    monkeypatch.setattr(compare_real, "matmul_flops", lambda dtype, n: 1e4)
+    monkeypatch.setattr(compare_real, "read_bandwidth", lambda: 1e4)
+    result = compare_real.main([str(tmp_path), "--model", str(tmp_path)])
+    lines = capsys.readouterr().out.splitlines()
+    # matmul parameters (2 heads of 4, as many kv heads): q 8x8, k and v 2 x 8x8, o 8x8, MLP 3 x 8x16,
+    # LM head 8x16 = 64 + 128 + 64 + 384 + 128 = 768, 3072 bytes; 4 rows of 5 + 10 tokens = 60 tokens
+    # generate = 10 decode steps x 3072 bytes / 1e4 + 2 x 768 x 2 prompts x 5 / 1e4 = 3.072 + 1.536 s
+    # update = 6 x 768 x 60 / 1e4 = 27.648 s; no reference (beta 0); step 32.256 s, 20 / 32.256 = 0.62 of it;
+    # 1000 x 20 s / 40 tokens = 500 s per 1k tokens
+    assert result["floors"]["grpo"]["step"] == pytest.approx(32.256)
+    assert "grpo             20.0   32.3    0.62       40    500.0    1.0    0.0   14.0     1.00G" in lines
+    assert "grpo_lora     out of memory (peak RSS 61,440 MiB when it stopped)" in lines
+    assert lines[-1] == "grpo: 1 run(s) left out of the medians: failed (rc 1)"
+    assert sorted(result["floors"]) == ["grpo", "trl"]
+
+    # no finished run recorded the prompts' length: the table, without floors
+    (tmp_path / "trl-1.json").write_text(json.dumps(stopped("out of memory", 9000)))
+    result = compare_real.main([str(tmp_path), "--model", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert result["floors"] == {} and "no floors" in out
+    assert "trl           out of memory (peak RSS 9,000 MiB when it stopped)" in out.splitlines()
 
 
 def test_cost_growth_settings_vary_one_factor_at_a_time():
