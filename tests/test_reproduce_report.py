@@ -3,7 +3,8 @@ measured and describes only the methods that ran."""
 
 from pathlib import Path
 
-from grpo.commands.reproduce_report import results_markdown
+from grpo.commands import reproduce_report
+from grpo.commands.reproduce_report import report_title, results_markdown
 from grpo.config import DemoConfig, load_config
 from grpo.train.sft import SFTResult
 
@@ -51,6 +52,7 @@ def _report(config: str, methods: list[str], seeds: int, sampled: bool, tool_cal
 def test_a_report_without_sampled_completions_shows_no_sampled_figures():
     """A multi-turn task scored by greedy episodes only (the tools pilot: grpo against sft_more)."""
     text = _report("smollm2_tools_vs_sft.yaml", ["grpo", "sft_more"], seeds=1, sampled=False, tool_calls=True)
+    assert text.startswith("# Results: GRPO against more SFT at equal compute\n")  # not the paper's grid
     assert ("| model | greedy acc. | tool_calls | peak memory of the run | model state | training time | "
             "wall time | models held |\n|---|---|---|---|---|---|---|---|\n") in text
     assert ("| GRPO (outcome) | 40.0% | 100.0% | 500 MiB | 50.0 MiB | 636 s | 645 s | policy, reference |"
@@ -79,7 +81,10 @@ def test_the_setup_describes_only_the_methods_that_ran():
                    "Every RL method"):
         assert absent not in setup, absent
     # without sft_more its paragraph goes too, and two RL methods share one budget
-    setup = _report("reproduce.yaml", ["grpo", "rft"], seeds=1, sampled=True).split("## Setup")[1]
+    text = _report("reproduce.yaml", ["grpo", "rft"], seeds=1, sampled=True)
+    title = text.splitlines()[0]
+    assert title == "# Results: the paper's comparisons of SFT (sft_best), GRPO (outcome) and Online RFT"
+    setup = text.split("## Setup")[1]
     assert "sft_more" not in setup and "PPO" not in setup
     assert ("Every RL method starts from its seed's SFT checkpoint with the same budget: 50 steps x 16 "
             "prompts x 8 samples, lr=0.0005, beta=0.04 (RFT: no KL), temperature 1") in setup
@@ -88,6 +93,9 @@ def test_the_setup_describes_only_the_methods_that_ran():
 def test_a_report_with_sampled_completions_keeps_them_and_every_method_is_described():
     methods = ["grpo", "grpo_process", "ppo", "rft", "iterative", "grpo_base"]
     text = _report("reproduce.yaml", methods, seeds=2, sampled=True)
+    assert text.splitlines()[0] == ("# Results: the paper's comparisons of SFT (sft_best), GRPO (outcome), "
+                                    "GRPO (process), PPO, Online RFT, Iterative GRPO and GRPO from the base "
+                                    "model")
     assert ("| model | greedy acc. | sampled acc. | maj@16 | pass@16 | peak memory of the run | model state "
             "| training time | wall time | models held |\n" + "|---" * 10 + "|\n") in text
     # GRPO greedy 40 and 44 (mean 42, sd 2.83), sampled 5 under, maj@16 4 over, pass@16 20 over
@@ -106,3 +114,19 @@ def test_a_report_with_sampled_completions_keeps_them_and_every_method_is_descri
                     "PPO: value model = a copy of the policy's body", "Process supervision scores each line",
                     "Iterative GRPO: the same steps in 2 iterations"):
         assert present in setup, present
+
+
+def test_the_title_says_what_was_run():
+    """The title once named "GRPO against SFT at equal compute, and the paper's comparisons" on every run:
+    on a grpo,sft_more grid there are no paper comparisons, on the paper's grid no equal-compute SFT."""
+    import doctest
+
+    failed, attempted = doctest.testmod(reproduce_report)
+    assert attempted >= 3 and failed == 0
+    assert report_title(["sft", "grpo"]) == "Results: GRPO (outcome) against SFT"
+    assert report_title(["sft", "grpo", "ppo", "sft_more"]) == \
+        "Results: GRPO against more SFT at equal compute, and the paper's comparisons of SFT (sft_best), " \
+        "GRPO (outcome) and PPO"
+    assert report_title(["sft", "grpo", "grpo_base", "sft_more"]) == \
+        "Results: GRPO against more SFT at equal compute, and GRPO (outcome) and GRPO from the base model " \
+        "against SFT"

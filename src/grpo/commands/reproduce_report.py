@@ -36,6 +36,8 @@ CLAIMS = [("GRPO beats more SFT at equal compute (GRPO − sft_more)", "grpo", S
           ("GRPO beats online RFT (GRPO − RFT)", "grpo", "rft"),
           ("iterative GRPO adds to one run (iterative − GRPO)", "iterative", "grpo")]
 """The paper's claims that compare two models' accuracy: (claim, model a, model b), held when a - b > 0."""
+PAPER_METHODS = ("grpo_process", "ppo", "rft", "iterative")
+"""The methods that make a run one of the paper's comparisons (with GRPO and SFT), as its title says."""
 
 
 def _pct(values: list[float]) -> str:
@@ -109,6 +111,29 @@ def claim_row(text: str, diffs: list[float], p: float, test_n: int) -> str:
         mean, lo, hi = (100 * x for x in binomial_ci(diffs[0] / 100, min(max(p, 0.05), 0.95), test_n))
     per_seed = ", ".join(f"{d:+.1f}" for d in diffs)
     return f"| {text} | {mean:+.1f} ({per_seed}) | [{lo:+.1f}, {hi:+.1f}] | {verdict(lo, hi)} |"
+
+
+def report_title(names: list[str]) -> str:
+    """results.md's title: what the run compared. `names`: the models in table order (sft first).
+
+    >>> report_title(["sft", "grpo", "sft_more"])
+    'Results: GRPO against more SFT at equal compute'
+    >>> report_title(["sft", "grpo", "ppo"])
+    "Results: the paper's comparisons of SFT (sft_best), GRPO (outcome) and PPO"
+    >>> report_title(["sft", "grpo", "grpo_base"])
+    'Results: GRPO (outcome) and GRPO from the base model against SFT'
+    """
+    rl = [m for m in names if m not in ("sft", SFT_MORE)]
+    parts = ["GRPO against more SFT at equal compute"] if SFT_MORE in names else []
+    if any(m in PAPER_METHODS for m in rl):
+        parts.append("the paper's comparisons of " + _and([LABELS[m] for m in ("sft", *rl)]))
+    elif rl and (rl != ["grpo"] or not parts):  # grpo alone beside sft_more: the first part says it all
+        parts.append(_and([LABELS[m] for m in rl]) + " against SFT")
+    return "Results: " + ", and ".join(parts or ["SFT"])
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 def _plan_line() -> str:
@@ -266,7 +291,7 @@ def results_markdown(per_seed: dict, cfg: DemoConfig, sfts: dict, plots: list[st
     curve = _curve(per_seed, ks, n, cfg.rl.sampling.temperature, sampled_n) if sampled_n else []
     spread = "mean ± standard deviation over the seeds" if len(seeds) > 1 else "one seed: no spread measured"
     return "\n".join([
-        "# Results: GRPO against SFT at equal compute, and the paper's comparisons",
+        "# " + report_title(list(per_seed[seeds[0]])),
         "",
         f"Produced by `{command}` in {seconds / 60:.0f} min on this project's 2-core CPU, {len(seeds)} "
         f"seed(s) ({', '.join(map(str, seeds))}); `results.json` beside it has every number. Each seed "
