@@ -174,6 +174,79 @@ def test_components_hand_worked_for_llama2_7b():
     assert c["activations"] == 32 * layer + 4 * 1536 * 2 * 4096 * 2 + 4 * 1025 * 4096 * 2
 
 
+def test_kv_cache_is_what_the_sampler_holds():
+    """The lean decoder (the tiny Llama's sampler) keeps each prompt's keys and values once and each row's
+    generated ones; the generic path a copy of the prompt per row. Both against the tensors they allocate."""
+    from grpo.models.logprobs import position_ids_from_mask
+    from grpo.rollout.hf import HFStepper
+    from grpo.rollout.lean import LeanDecoder
+
+    model = _tiny_model().eval()  # hidden 96 (4 heads of 24, no GQA), 2 layers, fp32
+    n, G, P, T = 2, 3, 5, 4
+    inp = PlanInput(arch=tiny_architecture(96, 2), G=G, prompts_per_step=n, prompt_length=P,
+                    completion_length=T)
+    assert inp.samples_on_lean_decoder
+    kv = lambda i: next(c.bytes for c in plan_memory(i).components if c.name == "KV cache")  # noqa: E731
+    # 2 (K, V) x 2 layers x 96 (kv heads x head_dim) x 4 B = 1536 B a token;
+    # lean: 5 tokens x 2 prompts + 4 x 6 rows = 34 tokens; generic: (5 + 4) x 6 rows = 54 tokens
+    assert kv(inp) == 1536 * 34 == 52_224
+    assert kv(replace(inp, lean_decoder=False)) == 1536 * 54 == 82_944
+    ids = torch.randint(3, 90, (n, P))
+    mask = torch.ones_like(ids)
+    positions = position_ids_from_mask(mask)
+    nbytes = lambda ts: sum(t.numel() * t.element_size() for t in ts)  # noqa: E731
+    with torch.no_grad():
+        lean = LeanDecoder.build(model, P + T)
+        lean.prefill(ids, mask, positions, T, G)
+        assert nbytes(lean.k_prompt + lean.v_prompt + lean.k_gen + lean.v_gen) == 52_224
+        generic = HFStepper(model, None)
+        generic.prefill(ids, mask, positions, T, G)
+        for t in range(T - 1):  # T tokens sampled, the last never fed back
+            generic.step(torch.full((n * G,), 7), positions[:, -1].repeat_interleave(G) + 1 + t)
+        layers = generic.cache.layers  # transformers' DynamicCache: one (keys, values) per layer
+        # (P + T - 1) x 6 rows: the plan's (P + T) x N, less the last token it counts per row
+        held = nbytes([x for layer in layers for x in (layer.keys, layer.values)])
+        assert held == 1536 * 8 * 6 == 82_944 - 1536 * 6
+
+
+SAMPLER_CONFIGS = {  # name: (config class, extra fields)
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": None}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 8}),
+    "olmo2": ("Olmo2Config", {}),  # post-norm layers: no lean decoder
+    "phi3": ("Phi3Config", {}),  # not on grpo's list
+    "llama_dynamic_rope": ("LlamaConfig", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}),
+    "mistral_window_8": ("MistralConfig", {"sliding_window": 8}),
+}
+
+
+@pytest.mark.parametrize("name", SAMPLER_CONFIGS)
+def test_the_planner_decides_the_sampler_as_the_engine_does(name, tmp_path):
+    """`grpo plan --model DIR` plans the lean decoder's cache exactly where `LeanDecoder.build` gives one:
+    by the class AutoModelForCausalLM builds, the RoPE type and the sliding window against P + T."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from grpo.models.proven import CAUSAL_LM_CLASSES, PROVEN
+    from grpo.rollout.lean import LeanDecoder
+
+    assert set(CAUSAL_LM_CLASSES.values()) == set(PROVEN)
+    assert all(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[t] == c for t, c in CAUSAL_LM_CLASSES.items())
+    config_cls, extra = SAMPLER_CONFIGS[name]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_cls)(
+        vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, **extra)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(tmp_path)
+    arch = architecture_from_config(tmp_path)
+    for P, T in ((4, 4), (10, 6)):  # 8 tokens fit mistral_window_8's window, 16 do not
+        planned = PlanInput(arch=arch, prompt_length=P, completion_length=T).samples_on_lean_decoder
+        assert planned == (LeanDecoder.build(model, P + T) is not None), (P, T)
+    assert arch.lean_decoder == (name in ("llama", "mistral", "qwen2", "qwen3", "mistral_window_8"))
+
+
 def test_grpo_needs_less_than_ppo_and_lora_drops_the_reference():
     base = PlanInput(arch=LLAMA2_7B, precision="bf16", micro_batch_size=8, prompt_length=256,
                      completion_length=256)
@@ -246,6 +319,10 @@ def test_cli_plan_prints_a_table_and_says_whether_it_fits(tmp_path, capsys):
     assert from_config != _plan_cli(flags[:2] + flags[4:] + ["--G", "4"], capsys)  # the config's LoRA counts
     assert _plan_cli(["--config", str(tmp_path / "run.yaml"), "grpo.G=8", "--gpu-gib", "2"], capsys) == \
         _plan_cli(flags + ["--G", "8"], capsys) != from_config
+    # the tiny model samples on the lean decoder; under rollout.engine=vllm the cache is P + T per row
+    assert "x (P=256 x 2 prompts + T=32 x 8 seqs) x 4 B (lean decoder)" in from_config
+    vllm = _plan_cli(["--config", str(tmp_path / "run.yaml"), "rollout.engine=vllm"], capsys)
+    assert "x (P+T)=288 x 8 seqs x 4 B" in vllm and "lean decoder" not in vllm
 
 
 # The CPU validation: real GRPO steps of the tiny model (widened so that model-dependent memory is

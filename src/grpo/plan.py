@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from grpo.errors import UserError
+from grpo.models.proven import CAUSAL_LM_CLASSES, PROVEN, STATIC_ROPE
 
 Precision = Literal["fp32", "bf16-autocast", "bf16"]
 PRECISIONS = ("fp32", "bf16-autocast", "bf16")
@@ -62,6 +63,12 @@ class Architecture:
     """The LM head shares the embedding matrix."""
     qkv_bias: bool = False
     """q/k/v projections carry biases (Qwen2)."""
+    lean_decoder: bool = False
+    """grpo's built-in sampler runs this model on its lean decoder (`grpo.rollout.lean.LeanDecoder.build`): a
+    class with the "lean_decoder" fast path (`grpo.models.proven.PROVEN`), a RoPE type in STATIC_ROPE, no
+    tensor-parallel split. False where the class is not known (a model given by its sizes alone)."""
+    sliding_window: int | None = None
+    """The attention window where the config uses one: the lean decoder takes sequences no longer than it."""
 
     def num_params(self) -> int:
         """Exact parameter count: embedding, LM head, per layer 7 linears + 2 norms, final norm."""
@@ -111,6 +118,7 @@ def architecture_from_config(path: str | Path) -> Architecture:
     if missing:
         raise UserError(f"{p}: missing {', '.join(missing)} (a decoder-only transformer config is needed)")
     heads = c["num_attention_heads"]
+    window = c.get("sliding_window") if c.get("use_sliding_window", True) else None
     return Architecture(
         num_layers=c["num_hidden_layers"], hidden_size=c["hidden_size"],
         intermediate_size=c["intermediate_size"],
@@ -118,7 +126,18 @@ def architecture_from_config(path: str | Path) -> Architecture:
         head_dim=c.get("head_dim") or c["hidden_size"] // heads, vocab_size=c["vocab_size"],
         tie_embeddings=bool(c.get("tie_word_embeddings", False)),
         qkv_bias=bool(c.get("attention_bias", c.get("model_type") == "qwen2")),
+        lean_decoder=_lean_decoder(c), sliding_window=window or None,
     )
+
+
+def _lean_decoder(c: dict) -> bool:
+    """What `LeanDecoder.build` decides from a config.json, before its check against the model's own forward:
+    the class `AutoModelForCausalLM` builds for its model_type has the lean_decoder fast path, its RoPE type
+    is static and it has no tensor-parallel split. tests/test_plan.py holds the two to the same answers."""
+    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    paths = PROVEN.get(CAUSAL_LM_CLASSES.get(c.get("model_type"), ""), frozenset())
+    return "lean_decoder" in paths and rope_type in STATIC_ROPE and (c.get("pretraining_tp") or 1) <= 1
 
 
 def tiny_architecture(hidden_size: int = 160, num_layers: int = 4,
@@ -132,7 +151,7 @@ def tiny_architecture(hidden_size: int = 160, num_layers: int = 4,
     return Architecture(num_layers=num_layers, hidden_size=hidden_size, intermediate_size=t.intermediate_size,
                         num_heads=t.num_heads, num_kv_heads=t.num_heads, head_dim=hidden_size // t.num_heads,
                         vocab_size=len(SPECIAL_TOKENS + TAG_TOKENS + CHARS + NUMBERS),
-                        qkv_bias=architecture == "qwen2")
+                        qkv_bias=architecture == "qwen2", lean_decoder=True)  # a Llama or a Qwen2
 
 
 @dataclass
@@ -170,6 +189,11 @@ class PlanInput:
     """Longest completion in tokens (T, sampling.max_new_tokens)."""
     generation_batch: int | None = None
     """Completions generated at once (None: the whole rollout batch, as grpo's HF engine does)."""
+    lean_decoder: bool | None = None
+    """The sampler's KV cache is the lean decoder's (`grpo.rollout.lean`): each distinct prompt's keys and
+    values once, plus each row's generated ones. None: as grpo's built-in engine decides, from the model
+    (`Architecture.lean_decoder`, a sliding window no shorter than P + T); False: P + T tokens per row, the
+    generic Hugging Face path's cache (and rollout.engine=vllm's, not modelled further)."""
     gradient_checkpointing: bool = False
     """Keep only each layer's input and recompute the rest in backward."""
     shared_prompts: bool = True
@@ -194,6 +218,14 @@ class PlanInput:
         if self.micro_batch_tokens is None:
             return rows
         return max(1, min(rows, self.micro_batch_tokens // (self.prompt_length + self.completion_length)))
+
+    @property
+    def samples_on_lean_decoder(self) -> bool:
+        """Whether the KV cache is planned as the lean decoder's (see `lean_decoder`)."""
+        if self.lean_decoder is not None:
+            return self.lean_decoder
+        window, longest = self.arch.sliding_window, self.prompt_length + self.completion_length
+        return self.arch.lean_decoder and (not window or longest <= window)
 
 
 @dataclass
@@ -334,9 +366,14 @@ def plan_memory(inp: PlanInput) -> MemoryPlan:
     add("rollout tensors", N * (s * 8 * 2 + T * 4 * 4), "always",
         f"{N} completions x (ids and mask int64 over P+T, 4 float32 [T] rows)")
 
-    add("KV cache", 2 * a.num_layers * a.num_kv_heads * a.head_dim * s * n_gen * act, "generate",
-        f"2 x {a.num_layers} layers x {a.num_kv_heads} kv heads x {a.head_dim} x (P+T)={s} x {n_gen} seqs x "
-        f"{act} B")
+    kv_token = 2 * a.num_layers * a.num_kv_heads * a.head_dim * act  # K and V of one token, every layer
+    kv = f"2 x {a.num_layers} layers x {a.num_kv_heads} kv heads x {a.head_dim}"
+    if inp.samples_on_lean_decoder:  # each distinct prompt's keys and values once, each row's generated ones
+        n_prompts = math.ceil(n_gen / inp.G)
+        add("KV cache", kv_token * (P * n_prompts + T * n_gen), "generate",
+            f"{kv} x (P={P} x {n_prompts} prompts + T={T} x {n_gen} seqs) x {act} B (lean decoder)")
+    else:
+        add("KV cache", kv_token * s * n_gen, "generate", f"{kv} x (P+T)={s} x {n_gen} seqs x {act} B")
     add("generation logits", n_gen * a.vocab_size * 4 * 3, "generate",
         f"{n_gen} x V={a.vocab_size} x fp32 x 3")
 

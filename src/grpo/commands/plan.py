@@ -37,7 +37,8 @@ RUN_FLAGS = {"algorithm": "grpo", "precision": "fp32", "lora_rank": 0, "lora_tar
 def apply_config(args) -> None:
     """Fill the flags left out from the `grpo train` config of --config and the overrides: its model (unless
     --params describes one), precision, LoRA, algorithm, KL weight and batch
-    shape; else the flags' defaults."""
+    shape, and whether its sampler is grpo's own (rollout.engine); else the flags' defaults."""
+    args.lean_decoder = None  # as grpo's built-in engine decides for the model (`PlanInput.lean_decoder`)
     if args.config is None and not args.overrides:
         for flag, default in RUN_FLAGS.items():
             if getattr(args, flag) is None:
@@ -59,6 +60,8 @@ def apply_config(args) -> None:
     if args.micro_batch_tokens is None:
         args.micro_batch_tokens = cfg.train.micro_batch_tokens
     args.gradient_checkpointing = args.gradient_checkpointing or cfg.train.gradient_checkpointing
+    if cfg.rollout.engine == "vllm":  # vLLM's cache, not the lean decoder's
+        args.lean_decoder = False
     if args.model is None and args.params is None:
         if m.path == "tiny":
             args.model, args.hidden, args.layers = (
@@ -108,7 +111,7 @@ def _cmd_plan(args) -> None:
                     prompts_per_step=args.prompts_per_step, micro_batch_size=args.micro_batch,
                     micro_batch_tokens=args.micro_batch_tokens,
                     prompt_length=args.prompt_length, completion_length=args.completion_length,
-                    generation_batch=args.generation_batch,
+                    generation_batch=args.generation_batch, lean_decoder=args.lean_decoder,
                     gradient_checkpointing=args.gradient_checkpointing,
                     shared_prompts=args.shared_prompts,
                     attention=args.attention, reward_model_params=int(args.reward_model_params),

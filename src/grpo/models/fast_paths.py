@@ -11,9 +11,9 @@ The fast paths replace parts of the forward that transformers runs:
 | `shared_prompts` | one forward per row: each distinct prompt once, then its K/V copied | `grpo.models.logprobs` |
 | `lean_decoder` | sampling's forward: a fixed-size cache, fused projections | `grpo.rollout.lean` |
 
-A model gets a path only if its class is listed for it in PROVEN (the transformers class, under peft
-or FSDP wrappers): the classes whose modeling code was read and whose forward the path reproduces,
-each tested in tests/test_architectures.py. `prepare_fast_paths` (called by `load_policy`) then runs
+A model gets a path only if its class is listed for it in PROVEN (`grpo.models.proven`; the transformers
+class, under peft or FSDP wrappers): the classes whose modeling code was read and whose forward the path
+reproduces, each tested in tests/test_architectures.py. `prepare_fast_paths` (called by `load_policy`) then runs
 the model once with the paths and once without on a small random batch (2 prompts x 2 completions,
 9 tokens) and compares: completion log-probs within LOGP_ATOL, and, after one backward of
 sum(logp + 0.1 * entropy), the gradients of the last decoder layer, the final norm and an untied LM head
@@ -41,21 +41,7 @@ import torch
 from grpo.models.hf_internals import decoder_stack, missing_internals
 from grpo.models.lean_layers import lean_layers, remove_lean_layers
 from grpo.models.loading import unwrap
-
-FAST_PATHS = ("lean_mlp", "gqa_attention", "chunked_head", "shared_prompts", "lean_decoder")
-NAMES = {"lean_mlp": "lean MLP", "gqa_attention": "GQA attention", "chunked_head": "chunked LM head",
-         "shared_prompts": "shared prompts", "lean_decoder": "lean decoder"}
-
-_ALL = frozenset(FAST_PATHS)
-PROVEN: dict[str, frozenset[str]] = {
-    "LlamaForCausalLM": _ALL,
-    "MistralForCausalLM": _ALL,
-    "Qwen2ForCausalLM": _ALL,
-    "Qwen3ForCausalLM": _ALL,
-    # post-norm layers and q/k norms over all heads at once: not the lean decoder's layer
-    "Olmo2ForCausalLM": _ALL - {"lean_decoder"},
-}
-"""transformers class name -> the fast paths that reproduce its forward."""
+from grpo.models.proven import FAST_PATHS, NAMES, PROVEN
 
 LOGP_ATOL = 1e-4
 """Largest |fast - stock| of a completion log-prob (float32) the load check accepts."""

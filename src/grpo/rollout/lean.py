@@ -1,5 +1,5 @@
 """A lean forward for Llama-family decoders with a pre-allocated KV cache: the classes with the "lean_decoder"
-fast path (`grpo.models.fast_paths.PROVEN`: Llama, Mistral, Qwen2, Qwen3).
+fast path (`grpo.models.proven.PROVEN`: Llama, Mistral, Qwen2, Qwen3).
 
 Sampling calls the model once per new token for a batch of one-token queries, so on a CPU or with a
 small model the time goes into per-call overhead (masks, cache objects, dispatch) rather than into
@@ -45,9 +45,7 @@ import torch.nn.functional as F
 from grpo.models.fast_paths import LOGP_ATOL, check_batch, disable_path, enabled_paths
 from grpo.models.hf_internals import decoder_layer, decoder_stack, rms_norm_params, rope_type, rotary_cos_sin
 from grpo.models.loading import base_weight, foldable, folded_linear, unwrap
-
-STATIC_ROPE = ("default", "linear", "llama3", "yarn")
-"""RoPE types whose cos/sin depend on the position only (so a table built once is exact)."""
+from grpo.models.proven import STATIC_ROPE
 
 HALF_LOGP_ATOL = 0.1
 """`check_decoder`'s tolerance for 16-bit weights (both sides round each op to 8 mantissa bits)."""
