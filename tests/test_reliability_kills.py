@@ -1,6 +1,6 @@
 """scripts/kill_resume.py, shrunk to the tiny model: SIGKILL in generation, in the update, in the middle of
-a checkpoint write and at a random moment, each followed by `grpo train --resume`; the final weights and
-every logged metric equal the uninterrupted run's, bit for bit."""
+a checkpoint write and at a random moment, each followed by `grpo train --resume` (and the same for `grpo
+sft --resume`); the final weights and every logged metric equal the uninterrupted run's, bit for bit."""
 
 import json
 import subprocess
@@ -44,3 +44,27 @@ def test_memory_does_not_grow_over_a_run_with_fixed_shapes(tmp_path):
                     "sampling.max_new_tokens=16"], cwd=ROOT, check=True, capture_output=True)
     result = json.loads((tmp_path / "run" / "leak.json").read_text())
     assert result["steps"] == 60 and result["warmup_steps"] == 6 and result["growth"] < 0.05
+
+
+SFT = ["sft.max_steps=60", "sft.eval_every=10", "sft.batch_size=8", "sft.patience=0", "data.num_train=24",
+       "data.num_heldout=0", "data.num_validation=4", "sampling.max_new_tokens=8",
+       "model.tiny_hidden_size=32", "model.tiny_num_layers=1", "optim.lr=0.003", "optim.schedule=cosine",
+       "optim.warmup_steps=3", "sft.threads=1", "sft.save_every=2",
+       "sft.eval_reward=tests/fixtures/varied_reward.py:letter_share"]
+
+
+@pytest.mark.slow
+def test_sft_sigkilled_in_a_step_in_a_checkpoint_write_and_at_random_resumes_to_the_run_left_alone(tmp_path):
+    """The same for `grpo sft --resume`: SIGKILL as its 5th step starts, while its 2nd checkpoint is written
+    and at a random moment; the final (best) weights and every metric but the timings are the uninterrupted
+    run's, bit for bit."""
+    done = subprocess.run([sys.executable, "scripts/kill_resume.py", "--out", str(tmp_path), "--command",
+                           "sft", "--kills", "step:5,checkpoint:2,random", "--random-min", "5",
+                           "--random-max", "8", "--", *SFT], cwd=ROOT, capture_output=True, text=True)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert done.returncode == 0, (done.stdout, (tmp_path / "log.txt").read_text()[-2000:])
+    assert report["final_identical"] and report["metrics_identical"] and report["metrics_lines"] == 61
+    kills = report["kills"]
+    assert [k["exit"] for k in kills[:2]] == [-9, -9]
+    assert [(k["checkpoint_before"], k["checkpoint_after"]) for k in kills[:2]] == [(0, 4), (4, 6)]
+    assert kills[1]["partial_left"] == ["step-000008.tmp"]

@@ -2,6 +2,7 @@
 so with spreads and verdicts."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +15,12 @@ from grpo.commands.cli import main
 from grpo.commands.reproduce_jobs import (Job, cached_evaluation, checkpoint_every, evaluation_key,
                                           reuse_or_resume, save_evaluation)
 from grpo.errors import UserError
-from grpo.config import TrainConfig, load_config, save_config
-from grpo.commands.reproduce import METHODS, _reused_sft, run_reproduce
+from grpo.config import DemoConfig, SFTConfig, TrainConfig, load_config, save_config, to_dict
+from grpo.commands.reproduce import (METHODS, _reused_sft, job_configs, run_reproduce, sft_best_job,
+                                     sft_more_job)
 from grpo.stats import mean_ci, mean_std, verdict
 from grpo.train.evaluation import EvalResult
+from grpo.train.sft import SFTResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,25 +158,30 @@ def _steps(run: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_reuse_resumes_a_killed_grpo_job_and_keeps_finished_evaluations(tmp_path, capsys, monkeypatch):
+def test_reuse_resumes_killed_grpo_and_sft_more_jobs_and_keeps_finished_evaluations(tmp_path, capsys,
+                                                                                    monkeypatch):
     """GRPO is SIGKILLed while writing its second checkpoint (reproduce has it checkpoint every 2 of its 12
     steps); --reuse continues it from step 2 instead of step 0, it ends bit-identical to a run never
-    stopped, sft_more gets the CPU seconds of the final run's 12 steps, each once; a third --reuse keeps
-    every run and every evaluation."""
+    stopped, and sft_more gets the CPU seconds of the final run's 12 steps, each once. sft_more is SIGKILLed
+    while writing its second checkpoint; a second --reuse continues it from its first, and its CPU-seconds
+    budget counts the seconds spent before the kill. A third --reuse keeps every run and every evaluation."""
     out = tmp_path / "out"
     argv = ["reproduce", "-q", "--n", "2", "--k", "1,2", "--methods", "grpo,sft_more", f"output_dir={out}",
             *TINY, "rl.train.steps=12", "rl.train.eval_every=0", "rl.optim.lr=0.01",
             "rl.rewards.functions=[{fn: arithmetic_accuracy}, "
             "{fn: 'tests/fixtures/varied_reward.py:letter_share', weight: 0.5}]"]
+    reuse = [*argv[:1], "--reuse", *argv[1:]]
     popen = subprocess.Popen
 
-    def killed_in_second_checkpoint(cmd, **kw):  # scripts/kill_resume.py runs `grpo train`, then SIGKILLs it
-        if cmd[1:4] == ["-m", "grpo", "train"]:
-            cmd = [cmd[0], str(ROOT / "scripts" / "kill_resume.py"), "--child", "checkpoint:2", "--",
-                   *cmd[3:]]
-        return popen(cmd, **kw)
+    def killed_in_second_checkpoint(command: str):
+        def start(cmd, **kw):  # scripts/kill_resume.py runs `grpo COMMAND`, then SIGKILLs it
+            if cmd[1:4] == ["-m", "grpo", command]:
+                cmd = [cmd[0], str(ROOT / "scripts" / "kill_resume.py"), "--child", "checkpoint:2", "--",
+                       *cmd[3:]]
+            return popen(cmd, **kw)
+        return start
 
-    monkeypatch.setattr(reproduce_jobs.subprocess, "Popen", killed_in_second_checkpoint)
+    monkeypatch.setattr(reproduce_jobs.subprocess, "Popen", killed_in_second_checkpoint("train"))
     assert main(argv) == 2
     assert "GRPO (outcome) seed 0 failed (exit -9)" in capsys.readouterr().err
     monkeypatch.undo()
@@ -184,11 +192,18 @@ def test_reuse_resumes_a_killed_grpo_job_and_keeps_finished_evaluations(tmp_path
     killed = (run / "metrics.jsonl").read_text().splitlines()
     assert len(killed) == 4  # steps 1-4 logged; 3 and 4 are past the checkpoint
     first_sitting = json.loads((out / "seed0" / "grpo.partial.json").read_text())["seconds"]
+    # sft_best checkpointed every step of its 4 (reproduce's cadence) and removed them once finished
+    assert yaml.safe_load((out / "sft.yaml").read_text())["sft"]["save_every"] == checkpoint_every(4) == 1
+    assert not (out / "seed0" / "sft" / "checkpoints").exists()
 
-    assert main([*argv[:1], "--reuse", *argv[1:]]) == 0
-    printed = capsys.readouterr().out
+    monkeypatch.setattr(reproduce_jobs.subprocess, "Popen", killed_in_second_checkpoint("sft"))
+    assert main(reuse) == 2
+    captured = capsys.readouterr()
+    monkeypatch.undo()
+    printed = captured.out
+    assert "more SFT (sft_more) seed 0 failed (exit -9)" in captured.err
     assert "reusing SFT seed 0" in printed and "resuming GRPO (outcome) seed 0 from step-000002" in printed
-    assert printed.count("finished") == 2  # GRPO's last sitting and sft_more
+    assert printed.count("finished") == 1  # GRPO's last sitting
     log = (out / "seed0" / "grpo.log").read_text()
     assert "resuming from" in log and "held-out accuracy" in log
     lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -205,20 +220,49 @@ def test_reuse_resumes_a_killed_grpo_job_and_keeps_finished_evaluations(tmp_path
     same = lambda path: [{k: v for k, v in x.items() if not k.startswith(VARYING)} for x in _steps(path)]  # noqa
     assert same(run) == same(straight)
     assert steps[0]["reward/std"] > 0 and "eval/accuracy_before" in same(run)[-1]  # a gradient; the last line
-    # the checkpoints were reproduce's own: gone; the wall time is both sittings'
+    # the checkpoints were reproduce's own: gone
     assert not (run / "checkpoints").exists() and not (out / "seed0" / "grpo.partial.json").exists()
-    results = json.loads((out / "results.json").read_text())["per_seed"]["0"]
-    assert results["grpo"]["seconds"] > first_sitting > 0
     # sft_more's budget: the CPU seconds of the final run's 12 steps, each counted once
     cpu = sum(x["time/step_cpu"] for x in steps)
-    assert results["grpo"]["train_cpu_seconds"] == pytest.approx(cpu, rel=1e-12)
-    more = yaml.safe_load((out / "seed0" / "sft_more" / "config.yaml").read_text())["sft"]
+    more_run = out / "seed0" / "sft_more"
+    more = yaml.safe_load((more_run / "config.yaml").read_text())["sft"]
     assert (more["max_seconds"], more["clock"]) == (round(cpu, 3), "cpu")
+    # its checkpoints: about ten over the steps the budget should buy (a quarter of its max_steps)
+    every = more["save_every"]
+    assert every == checkpoint_every(more["max_steps"] // 4) and more["keep_checkpoints"] == 1
+    assert sorted(p.name for p in (more_run / "checkpoints").iterdir()) == \
+        [f"step-{every:06d}", f"step-{2 * every:06d}.tmp"]
+    cut = [json.loads(x) for x in (more_run / "metrics.jsonl").read_text().splitlines()]
+    assert len(cut) == 2 * every  # killed in the checkpoint of step 2 * every, written after its line
+    before = cut[every - 1]["train_cpu_seconds"]  # the seconds the checkpoint holds
+    more_first = json.loads((out / "seed0" / "sft_more.partial.json").read_text())["seconds"]
+
+    assert main(reuse) == 0
+    printed = capsys.readouterr().out
+    assert "reusing SFT seed 0" in printed and "reusing GRPO (outcome) seed 0" in printed
+    assert f"resuming more SFT (sft_more) seed 0 from step-{every:06d}" in printed
+    assert printed.count("finished") == 1  # sft_more's last sitting
+    assert "resuming from" in (out / "seed0" / "sft_more.log").read_text()
+    more_steps = [x for x in _steps(more_run) if "loss" in x]
+    assert [x["step"] for x in more_steps] == list(range(1, len(more_steps) + 1))
+    assert more_steps[:every] == cut[:every]  # kept as logged
+    # the budget counted the first sitting's seconds: they go on from the checkpoint's, and it stopped at the
+    # budget (or at max_steps), not later
+    last = _steps(more_run)[-1]
+    assert more_steps[every]["train_cpu_seconds"] > before > 0
+    assert last["train_cpu_seconds"] >= more["max_seconds"] or last["step"] == more["max_steps"]
+    assert more_steps[-2]["train_cpu_seconds"] < more["max_seconds"]
+    assert not (more_run / "checkpoints").exists() and not (out / "seed0" / "sft_more.partial.json").exists()
+    results = json.loads((out / "results.json").read_text())["per_seed"]["0"]
+    assert results["grpo"]["seconds"] > first_sitting > 0  # the wall time is both sittings'
+    assert results["sft_more"]["seconds"] > more_first > 0
+    assert results["grpo"]["train_cpu_seconds"] == pytest.approx(cpu, rel=1e-12)
+    assert results["sft_more"]["train_cpu_seconds"] == last["train_cpu_seconds"]
 
     # a third --reuse: every run and every evaluation kept, nothing trained or evaluated
     evals = {p: p.stat().st_mtime_ns for p in out.glob("seed0/*.eval.json")}
     assert len(evals) == 3
-    assert main([*argv[:1], "--reuse", *argv[1:]]) == 0
+    assert main(reuse) == 0
     printed = capsys.readouterr().out
     assert "reusing the evaluations of sft seed 0, grpo seed 0, sft_more seed 0" in printed
     assert "finished" not in printed and "resuming" not in printed
@@ -238,7 +282,8 @@ def _checkpoint(job: Job, step: int, *overrides: str) -> Path:
     checksums (here of no file)."""
     path = job.run_dir / "checkpoints" / f"step-{step:06d}"
     path.mkdir(parents=True)
-    save_config(load_config(TrainConfig, job.config, [*job.args, *overrides]), path / "config.yaml")
+    cls = TrainConfig if job.command == "train" else SFTConfig
+    save_config(load_config(cls, job.config, [*job.args, *overrides]), path / "config.yaml")
     (path / "checksums.json").write_text("{}")
     return path
 
@@ -261,11 +306,60 @@ def test_reuse_resumes_a_grpo_run_from_its_newest_intact_checkpoint_of_the_same_
     # another configuration: refused, naming the setting
     with pytest.raises(UserError, match=r"was trained with grpo.beta=0.04, this reproduce asks for 0.1"):
         reuse_or_resume([_job(tmp_path, "grpo.beta=0.1")])
-    # an SFT job is never resumed (grpo sft writes no checkpoints): trained again
-    sft = Job("SFT seed 0", "sft", tmp_path / "sft.yaml", [], job.run_dir, tmp_path / "sft.log")
-    assert reuse_or_resume([sft]) == {} and sft.resume_from is None and "--overwrite" in sft.cmd
     # reproduce's cadence for an RL config without one: about ten checkpoints a run
     assert [checkpoint_every(s) for s in (5, 10, 12, 30, 50)] == [1, 1, 2, 3, 5]
+
+
+def test_reuse_resumes_an_sft_job_and_keeps_one_finished_before_sft_had_checkpoints(tmp_path, capsys):
+    """An SFT job (sft_best, sft_more) resumes as an RL job does (`grpo sft --resume`), its cadence and
+    resume flag aside; a finished SFT run whose config.yaml has no sft.save_every, sft.keep_checkpoints or
+    sft.resume (written before `grpo sft` had them) is kept, its scratch checkpoints removed."""
+    config, run = tmp_path / "sft.yaml", tmp_path / "sft"
+    save_config(load_config(SFTConfig, None, ["sft.max_steps=40"]), config)
+    sft = Job("SFT seed 0", "sft", config, [f"sft.output_dir={run}", "sft.save_every=4"], run,
+              tmp_path / "sft.log", scratch_checkpoints=True)
+    assert reuse_or_resume([sft]) == {} and sft.resume_from is None and "--overwrite" in sft.cmd
+    newest = _checkpoint(sft, 8, "sft.save_every=2", "sft.keep_checkpoints=3", "sft.threads=2",
+                         "sft.resume=true")
+    assert reuse_or_resume([sft]) == {} and sft.resume_from == newest
+    assert sft.cmd[sft.cmd.index("sft"):][:4] == ["sft", "-q", "--resume", str(run)]
+    assert "resuming SFT seed 0 from step-000008" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"was trained with sft.patience=4, this reproduce asks for 0"):
+        reuse_or_resume([Job("SFT seed 0", "sft", config, [f"sft.output_dir={run}", "sft.patience=0"], run,
+                             tmp_path / "sft.log")])
+
+    # finished, by the code before SFT checkpoints: its config.yaml without the keys they brought
+    saved = yaml.safe_load(yaml.safe_dump(to_dict(load_config(SFTConfig, config, sft.args))))
+    for key in ("save_every", "keep_checkpoints", "resume"):
+        del saved["sft"][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    (run / "final").mkdir()
+    (run / "final" / "config.json").write_text("{}")
+    sft.record.write_text(json.dumps({"seconds": 12.5}))
+    sft.resume_from = None
+    assert reuse_or_resume([sft]) == {"SFT seed 0": 12.5} and sft.resume_from is None
+    assert not (run / "checkpoints").exists()  # reproduce's own, left by a stop before it removed them
+
+
+def test_reproduce_gives_every_job_a_checkpoint_cadence_unless_its_config_has_one(tmp_path):
+    """About CHECKPOINTS_PER_JOB checkpoints a job: over the RL steps, over sft_best's max_steps, and over the
+    steps sft_more's time budget should buy (its max_steps is 4x that, a bound only)."""
+    cfg = load_config(DemoConfig, None, ["rl.train.steps=30", "sft.sft.max_steps=50"])
+    assert job_configs(cfg, tmp_path, jobs=1) == (0, True, True)
+    rl, sft = (yaml.safe_load((tmp_path / f"{n}.yaml").read_text()) for n in ("rl", "sft"))
+    assert (rl["train"]["save_every"], rl["train"]["keep_checkpoints"]) == (3, 1)
+    assert (sft["sft"]["save_every"], sft["sft"]["keep_checkpoints"]) == (5, 1)
+    assert sft_best_job(cfg, tmp_path, 1, True).scratch_checkpoints
+    # sft_best took 8 steps in 80 CPU seconds: a 200 CPU-second budget buys 20 steps, a checkpoint every 2
+    first = SFTResult(tmp_path, tmp_path / "final", 0.5, 4, 8, 100.0, [], train_seconds=40.0,
+                      train_cpu_seconds=80.0, rows_seen=512)
+    more = dict(a.split("=", 1) for a in sft_more_job(cfg, tmp_path, 0, first, 200.0, "cpu", True).args)
+    assert (more["sft.save_every"], more["sft.max_steps"], more["sft.max_seconds"]) == ("2", "80", "200.000")
+    assert "sft.save_every" not in str(sft_more_job(cfg, tmp_path, 0, first, 200.0, "cpu", False).args)
+    cfg = load_config(DemoConfig, None, ["rl.train.save_every=7", "sft.sft.save_every=9"])
+    assert job_configs(cfg, tmp_path, jobs=2)[1:] == (False, False)
+    sft = yaml.safe_load((tmp_path / "sft.yaml").read_text())["sft"]
+    assert (sft["save_every"], sft["keep_checkpoints"], sft["threads"]) == (9, 2, max(1, os.cpu_count() // 2))
 
 
 def test_a_saved_evaluation_is_kept_only_for_the_same_model_files_and_settings(tmp_path):

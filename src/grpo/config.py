@@ -439,7 +439,15 @@ class SFTLoopConfig:
     seed: int = 0
     """Seeds data order and initialisation."""
     output_dir: str = "runs/sft"
-    """Where config.yaml, metrics.jsonl and the final (best) model go."""
+    """Where config.yaml, metrics.jsonl, checkpoints and the final (best) model go."""
+    save_every: int = 0
+    """Checkpoint every this many steps, except at the step the run stops at, where its final model is saved
+    instead (0: none; SIGINT/SIGTERM still write one): `grpo sft --resume DIR` continues from the newest
+    exactly, with the best model so far and the seconds spent (sft.max_seconds counts every sitting's)."""
+    keep_checkpoints: int = 2
+    """Keep the newest this many checkpoints in OUTPUT/checkpoints, deleting older ones."""
+    resume: bool = False
+    """Continue the run in output_dir from its newest checkpoint (the CLI's `--resume DIR`)."""
     target_column: str = "target"
     """Column with the demonstration the model learns to produce."""
     eval_reward: str = "arithmetic_accuracy"

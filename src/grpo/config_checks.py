@@ -93,8 +93,9 @@ def check_train(cfg: TrainConfig) -> None:
 
 def check_sft(cfg: SFTConfig) -> None:
     """`SFTConfig.validate`: sizes and ranges `grpo sft` cannot run with."""
-    positive(cfg, ["sft.max_steps", "sft.batch_size", "sft.eval_every", *_TASK_SIZES])
-    not_negative(cfg, ["sft.patience", "sft.start_row", "data.num_validation", "data.num_heldout"])
+    positive(cfg, ["sft.max_steps", "sft.batch_size", "sft.eval_every", "sft.keep_checkpoints", *_TASK_SIZES])
+    not_negative(cfg, ["sft.patience", "sft.start_row", "sft.save_every", "data.num_validation",
+                       "data.num_heldout"])
     if cfg.sft.train_rows is not None and cfg.sft.train_rows < cfg.sft.batch_size:
         raise UserError(f"sft.train_rows={cfg.sft.train_rows} is fewer than one batch "
                         f"(sft.batch_size={cfg.sft.batch_size})")

@@ -4,6 +4,7 @@
     grpo train --config configs/gsm8k_style.yaml grpo.beta=0.0 train.steps=200
     grpo train --overwrite train.steps=20       # a directory holding a run is refused without --overwrite
     grpo sft   sft.max_steps=500
+    grpo sft   --resume runs/sft                # continue a stopped run from its newest checkpoint
     grpo eval  --model runs/demo/grpo/final --n 8 --k 1,2,4,8
     grpo plan  --params 7B --layers 32 --hidden 4096 --vocab 32000 --precision bf16 --gpu-gib 80
     grpo reproduce                              # SFT, then GRPO / PPO / RFT at equal budget -> results.md
@@ -48,18 +49,7 @@ def _cmd_train(args) -> None:
     from grpo.models.loading import emulates_bf16, resolve_device
     from grpo.train.grpo import train
 
-    config = args.config
-    if args.resume is not None and args.overwrite:
-        raise UserError("give --resume (continue the run in the directory) or --overwrite (replace it), not "
-                        "both")
-    if args.resume is not None:  # the run's own config.yaml, unless another is given; overrides still apply
-        config = config or Path(args.resume) / "config.yaml"
-        if not Path(config).is_file():
-            raise UserError(f"--resume {args.resume}: no config.yaml there (is it a grpo train output "
-                            "directory?)")
-    cfg = load_config(TrainConfig, config, args.overrides)
-    if args.resume is not None:
-        cfg.train.output_dir, cfg.train.resume = str(args.resume), True
+    cfg = _config_or_resumed(args, TrainConfig, "train")
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints
     if cfg.model.path == "tiny" and main_process:
         print("note: model.path=tiny is the built-in model with random weights, so rewards start at 0; "
@@ -82,11 +72,30 @@ def _cmd_train(args) -> None:
               f"model: {res.output_dir / 'final'}")
 
 
+def _config_or_resumed(args, cls, command: str):
+    """`grpo train|sft`'s config: --config and the overrides; with --resume DIR, the run's own config.yaml
+    (unless --config gives another; overrides still apply) continuing in DIR."""
+    config = args.config
+    if args.resume is not None and args.overwrite:
+        raise UserError("give --resume (continue the run in the directory) or --overwrite (replace it), not "
+                        "both")
+    if args.resume is not None:
+        config = config or Path(args.resume) / "config.yaml"
+        if not Path(config).is_file():
+            raise UserError(f"--resume {args.resume}: no config.yaml there (is it a grpo {command} output "
+                            "directory?)")
+    cfg = load_config(cls, config, args.overrides)
+    if args.resume is not None:
+        section = getattr(cfg, command)  # train.* or sft.*
+        section.output_dir, section.resume = str(args.resume), True
+    return cfg
+
+
 def _cmd_sft(args) -> None:
     # imports torch: here, not at the top, so that `grpo --help` and the light commands stay light
     from grpo.train.sft import sft
 
-    cfg = load_config(SFTConfig, args.config, args.overrides)
+    cfg = _config_or_resumed(args, SFTConfig, "sft")
     res = sft(cfg, progress=not args.quiet, overwrite=args.overwrite)
     split = "validation" if res.chose_on_validation else "held-out"
     print(f"best {split} accuracy {100 * res.best_accuracy:.1f}% at step {res.best_step} "
@@ -168,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--overwrite", action="store_true",
                         help="replace the run the output directory holds (without it, such a directory is "
                              "refused)")
-        if name == "train":
+        if name in ("train", "sft"):
             sp.add_argument("--resume", metavar="DIR", default=None,
                             help="continue the run in DIR from its newest checkpoint (its config.yaml is the "
                                  "config)")
@@ -201,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "`grpo sft` run)")
     sp.add_argument("--reuse", action="store_true",
                     help="keep the finished runs and evaluations already in output_dir that have this "
-                         "configuration, resume stopped RL runs from their checkpoints; train the rest")
+                         "configuration, resume stopped runs (SFT and RL) from their checkpoints; train the "
+                         "rest")
     sp.set_defaults(fn=_cmd_reproduce)
     sp = sub.add_parser("plot",
                         help="redraw a run's training.png, or compare several runs' curves in one PNG")

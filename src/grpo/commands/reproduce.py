@@ -27,9 +27,10 @@ on the validation split (`sft.data.num_validation` is required).
 then writes `results.md` (`reproduce_report`) with each figure's mean and spread over the seeds, a
 verdict per claim from the paired per-seed differences (`grpo.stats`), and PNG plots with error bars.
 `--reuse` keeps every finished run already in the output directory whose configuration is the one this
-invocation would train, continues an unfinished RL run from its newest checkpoint (`grpo train --resume`:
-exact, so the grid ends as if never stopped) and keeps every evaluation of an unchanged model; an
-unfinished SFT run and a deleted run directory are trained again (`grpo.commands.reproduce_jobs`).
+invocation would train, continues an unfinished run from its newest checkpoint (`grpo train --resume`,
+`grpo sft --resume`: exact, so the grid ends as if never stopped; `sft_more`'s time budget counts the
+seconds before the stop) and keeps every evaluation of an unchanged model; a run without a checkpoint and
+a deleted run directory are trained again (`grpo.commands.reproduce_jobs`).
 
     grpo reproduce --config configs/reproduce.yaml --seeds 3 --jobs 2 --docs docs
 """
@@ -60,7 +61,7 @@ from grpo.rewards import load_reward_function
 from grpo.rewards.math import make_math_accuracy
 from grpo.train.episodes import tool_use_report
 from grpo.train.evaluation import EvalResult, answer_equivalence, answer_extractor, evaluate_policy
-from grpo.train.sft import SFTResult, continuation_overrides, matching_clock
+from grpo.train.sft import SFTResult, continuation_overrides, continuation_steps, matching_clock
 
 METHODS = {
     "grpo": ["algorithm=grpo"],
@@ -188,18 +189,7 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    # one torch thread per core when jobs share the machine, unless the config sets threads
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
-    if threads and not cfg.sft.sft.threads:
-        cfg.sft.sft.threads = threads
-    if threads and not cfg.rl.train.threads:
-        cfg.rl.train.threads = threads
-    # RL jobs checkpoint, so that --reuse can continue one that was stopped (unless the config says when)
-    scratch = not cfg.rl.train.save_every
-    if scratch:
-        cfg.rl.train.save_every, cfg.rl.train.keep_checkpoints = checkpoint_every(cfg.rl.train.steps), 1
-    save_config(cfg.sft, out / "sft.yaml")
-    save_config(cfg.rl, out / "rl.yaml")
+    threads, scratch, sft_scratch = job_configs(cfg, out, jobs)
     offsets = list(range(seeds))  # seed i: sft.seed and train.seed are the config's + i
 
     sfts, sft_jobs = {}, {}
@@ -209,10 +199,7 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
             print(f"[1/4] SFT warm start, seed {i}: reusing {sfts[i].model_dir} "
                   f"(best at step {sfts[i].best_step} of {sfts[i].steps})")
         else:
-            d = out / f"seed{i}" / "sft"
-            sft_jobs[i] = Job(f"SFT seed {i}", "sft", out / "sft.yaml",
-                              [f"sft.seed={cfg.sft.sft.seed + i}", f"sft.output_dir={d}", *NO_TEST], d,
-                              d.parent / "sft.log")
+            sft_jobs[i] = sft_best_job(cfg, out, i, sft_scratch)
     if sft_jobs:
         print(f"[1/4] SFT warm start (sft_best), {len(sft_jobs)} run(s), {jobs} at a time -> {out}/seed*/sft",
               flush=True)
@@ -238,17 +225,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     if SFT_MORE in methods:
         print(f"[3/4] {LABELS[SFT_MORE]}: SFT from sft_best for as long as each seed's GRPO training steps "
               f"took ({clock} seconds)", flush=True)
-        more_jobs = {
-            (i, SFT_MORE): Job(f"{LABELS[SFT_MORE]} seed {i}", "sft", out / "sft.yaml", [
-                *continuation_overrides(cfg.sft, sfts[i], runs[(i, "grpo")][BUDGET[clock]],
-                                        out / f"seed{i}" / SFT_MORE, clock),
-                f"sft.seed={cfg.sft.sft.seed + i}",
-                "sft.train_rows=null",
-                *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else []),
-                *NO_TEST,
-            ], out / f"seed{i}" / SFT_MORE, out / f"seed{i}" / f"{SFT_MORE}.log")
-            for i in offsets
-        }
+        more_jobs = {(i, SFT_MORE): sft_more_job(cfg, out, i, sfts[i], runs[(i, "grpo")][BUDGET[clock]],
+                                                 clock, sft_scratch) for i in offsets}
         done = reuse_or_resume(list(more_jobs.values())) if reuse else {}
         done |= run_jobs([job for job in more_jobs.values() if job.name not in done], jobs)
         more = {key: _finished_sft(job.run_dir) for key, job in more_jobs.items()}
@@ -285,6 +263,51 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
         _publish(out, Path(docs_dir), plots)
     print(text)
     return per_seed
+
+
+def job_configs(cfg: DemoConfig, out: Path, jobs: int) -> tuple[int, bool, bool]:
+    """Write OUT/sft.yaml and OUT/rl.yaml, the configs every job starts from: `cfg`'s, with one torch thread
+    per core when `jobs` share the machine and a checkpoint cadence (`checkpoint_every`), unless the config
+    sets them. Returns (threads, whether the RL jobs' checkpoints are reproduce's own, the SFT jobs')."""
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0
+    if threads and not cfg.sft.sft.threads:
+        cfg.sft.sft.threads = threads
+    if threads and not cfg.rl.train.threads:
+        cfg.rl.train.threads = threads
+    # every job checkpoints, so that --reuse can continue one that was stopped
+    scratch, sft_scratch = not cfg.rl.train.save_every, not cfg.sft.sft.save_every
+    if scratch:
+        cfg.rl.train.save_every, cfg.rl.train.keep_checkpoints = checkpoint_every(cfg.rl.train.steps), 1
+    if sft_scratch:
+        cfg.sft.sft.save_every, cfg.sft.sft.keep_checkpoints = checkpoint_every(cfg.sft.sft.max_steps), 1
+    save_config(cfg.sft, out / "sft.yaml")
+    save_config(cfg.rl, out / "rl.yaml")
+    return threads, scratch, sft_scratch
+
+
+def sft_best_job(cfg: DemoConfig, out: Path, i: int, scratch: bool) -> Job:
+    """Seed `i`'s SFT warm start, OUT/seed<i>/sft (`scratch`: its checkpoints are reproduce's own)."""
+    d = out / f"seed{i}" / "sft"
+    return Job(f"SFT seed {i}", "sft", out / "sft.yaml",
+               [f"sft.seed={cfg.sft.sft.seed + i}", f"sft.output_dir={d}", *NO_TEST], d, d.parent / "sft.log",
+               scratch_checkpoints=scratch)
+
+
+def sft_more_job(cfg: DemoConfig, out: Path, i: int, first: SFTResult, budget: float, clock: str,
+                 scratch: bool) -> Job:
+    """Seed `i`'s `sft_more`: SFT continued from `first` (its sft_best) for `budget` seconds on `clock`.
+    `scratch`: reproduce sets its checkpoint cadence, about CHECKPOINTS_PER_JOB checkpoints over the steps
+    the budget should buy (its max_steps is a bound only), and removes them once it finishes."""
+    every = checkpoint_every(continuation_steps(cfg.sft, first, budget, clock))
+    d = out / f"seed{i}" / SFT_MORE
+    return Job(f"{LABELS[SFT_MORE]} seed {i}", "sft", out / "sft.yaml", [
+        *continuation_overrides(cfg.sft, first, budget, d, clock),
+        f"sft.seed={cfg.sft.sft.seed + i}",
+        "sft.train_rows=null",
+        *([f"data.source={cfg.sft_more_data}"] if cfg.sft_more_data else []),
+        *([f"sft.save_every={every}"] if scratch else []),
+        *NO_TEST,
+    ], d, out / f"seed{i}" / f"{SFT_MORE}.log", scratch_checkpoints=scratch)
 
 
 def _row(e, run: dict | None, s) -> dict:

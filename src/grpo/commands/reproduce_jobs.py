@@ -5,16 +5,20 @@ With `--reuse`, for each job, under the configuration this invocation would trai
 `IGNORED`):
 
     finished run (final model + the job's record)   kept; its recorded wall seconds are reported
-    `grpo train` run with a checkpoint              continued with `grpo train --resume` from its newest
-                                                    checkpoint (resume is exact: the run ends as if never
-                                                    stopped, metrics.jsonl included)
+    unfinished run with a checkpoint                continued with `grpo train --resume` (`grpo sft
+                                                    --resume`) from its newest checkpoint (resume is exact:
+                                                    the run ends as if never stopped, metrics.jsonl
+                                                    included; an SFT run's time budget counts the seconds
+                                                    before the stop)
     anything else                                   trained again from the start (`--overwrite`)
     evaluation of an unchanged model                kept (`cached_evaluation`): keyed by the model's files
                                                     and every evaluation setting
 
-A run or checkpoint with another configuration stops reproduce with the setting that differs. RL jobs
-write a checkpoint every `checkpoint_every(steps)` steps when the RL config writes none, only the newest
-kept and removed once the job finishes: a checkpoint reads no random numbers and changes nothing trained.
+A run or checkpoint with another configuration stops reproduce with the setting that differs. Jobs write
+a checkpoint every `checkpoint_every(steps)` steps when their config (rl.train.save_every,
+sft.sft.save_every) writes none (`sft_more`: over the steps its time budget should buy), only the newest
+kept and removed once the job finishes: a checkpoint reads no random numbers and changes nothing trained
+(nor an SFT run's clock: its seconds are the training steps').
 A job's wall seconds are the sum of its sittings since its last fresh start (`Job.tally`, written every
 `TALLY_EVERY_S` while it runs, so a killed reproduce loses at most that much of a sitting).
 """
@@ -43,9 +47,10 @@ MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1",
 (docs/memory.md), and oneDNN keeps no per-shape buffers (as in the planner's validation)."""
 IGNORED = ("threads", "save_every", "keep_checkpoints", "resume")
 """Settings that do not change what a run computes (`--jobs` sets the threads, reproduce the checkpoint
-cadence, a resume sets `train.resume`): --reuse ignores them."""
+cadence, a resume sets `train.resume` or `sft.resume`), by key name in any section: --reuse ignores them, so
+runs made before SFT had checkpoints (no sft.save_every in their config.yaml) are kept as well."""
 CHECKPOINTS_PER_JOB = 10
-"""An RL job whose config writes no checkpoints writes about this many: a kill costs at most a tenth of it."""
+"""A job whose config writes no checkpoints writes about this many: a kill costs at most a tenth of it."""
 TALLY_EVERY_S = 5.0
 """How often a running job's wall seconds so far are written to its tally."""
 
@@ -63,7 +68,7 @@ class Job:
     run_dir: Path
     log: Path
     resume_from: Path | None = None
-    """The checkpoint this sitting continues from (`grpo train --resume`); None: a fresh run."""
+    """The checkpoint this sitting continues from (`grpo train|sft --resume`); None: a fresh run."""
     scratch_checkpoints: bool = False
     """Its checkpoints are reproduce's own (`checkpoint_every`): removed once the job has finished."""
 
@@ -91,14 +96,16 @@ class Job:
 
 
 def checkpoint_every(steps: int) -> int:
-    """The checkpoint cadence reproduce gives an RL config that sets none: about `CHECKPOINTS_PER_JOB`."""
+    """The checkpoint cadence reproduce gives a job of `steps` steps whose config sets none: about
+    `CHECKPOINTS_PER_JOB` checkpoints."""
     return max(1, -(-steps // CHECKPOINTS_PER_JOB))
 
 
 def run_jobs(jobs: list[Job], parallel: int) -> dict[str, float]:
     """Run the jobs, `parallel` at a time; name -> wall seconds (of every sitting since the run's fresh
-    start). The first failure stops the others (SIGTERM: a `grpo train` saves a checkpoint first) and raises
-    with the tail of its log (every job's output is in its log file; a resumed sitting appends to it)."""
+    start). The first failure stops the others (SIGTERM: `grpo train` and `grpo sft` save a checkpoint first)
+    and raises with the tail of its log (every job's output is in its log file; a resumed sitting appends to
+    it)."""
     pending, running, seconds = list(jobs), {}, {}
     env = {**os.environ, **MEMORY_ENV}
     last_tally = time.perf_counter()
@@ -178,9 +185,9 @@ def _check_same(job: Job, saved: Path) -> None:
 
 def reuse_or_resume(jobs: list[Job]) -> dict[str, float]:
     """--reuse: job name -> wall seconds of every job whose finished run (its final model, its config.yaml
-    and the job's record) has this invocation's configuration; every other `grpo train` job whose run
-    holds an intact checkpoint of it is set to resume from it (`Job.resume_from`). UserError when a run or
-    a checkpoint has another configuration."""
+    and the job's record) has this invocation's configuration; every other job whose run holds an intact
+    checkpoint of it is set to resume from it (`Job.resume_from`). UserError when a run or a checkpoint has
+    another configuration."""
     seconds = {}
     for job in jobs:
         d = job.run_dir
@@ -191,7 +198,7 @@ def reuse_or_resume(jobs: list[Job]) -> dict[str, float]:
                 shutil.rmtree(d / CHECKPOINTS, ignore_errors=True)
             print(f"      reusing {job.name} ({d})", flush=True)
             continue
-        ckpt = latest_checkpoint(d) if job.command == "train" else None
+        ckpt = latest_checkpoint(d)
         if ckpt is None:
             continue
         _check_same(job, ckpt / "config.yaml")

@@ -1,4 +1,5 @@
-"""Checkpoints that let a GRPO run continue bit-for-bit, written so that no crash can corrupt one.
+"""Checkpoints that let a GRPO run (or an SFT run) continue bit-for-bit, written so that no crash can corrupt
+one.
 
     OUTPUT/checkpoints/step-000010/
         model.safetensors    the policy's weights (tied weights stored once)
@@ -19,6 +20,8 @@ between stops the resume instead of silently giving another reference. A reward 
 trained by this loop, so it has no state to save.
 
 Writing is atomic and a resume first verifies every file's checksum (`grpo.train.checkpoint_files`).
+`grpo sft` writes the same files with its own state (`grpo.train.sft_state`): no sampling generator, its
+best model so far in extra.pt; `ResumeRules` says what differs between the two commands' resumes.
 """
 
 from __future__ import annotations
@@ -88,12 +91,26 @@ class TrainerState:
     """Sum of squares of the initial weights (float64): the reference model reloaded on resume must match."""
 
 
+@dataclass(frozen=True)
+class ResumeRules:
+    """What differs between resuming a `grpo train` run and a `grpo sft` run."""
+
+    command: str = "train"
+    """The command, also the config section holding output_dir ('train' or 'sft'): named in messages."""
+    state_type: type = TrainerState
+    """The loop's state dataclass, trainer_state.json in every checkpoint (it has `step` and
+    `init_fingerprint`)."""
+    may_change: frozenset = frozenset(MAY_CHANGE_ON_RESUME)
+    """Config keys that may differ between the run and its resume."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM stopped the run after a step; a checkpoint of that step was saved. Before the
     first step (during the first held-out evaluation) nothing was trained: no checkpoint, `checkpoint`
-    is None."""
+    is None. `command`: the one to resume with ('train' or 'sft')."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path | None, output_dir: Path):
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, output_dir: Path,
+                 command: str = "train"):
         self.signum, self.step, self.checkpoint, self.output_dir = signum, step, checkpoint, output_dir
         name = signal.Signals(signum).name
         if checkpoint is None:
@@ -101,7 +118,7 @@ class TrainingInterrupted(KeyboardInterrupt):
                              f"nothing was trained and no checkpoint was written (run again to start over)")
         else:
             super().__init__(f"interrupted at step {step} ({name}); checkpoint saved to {checkpoint}; resume "
-                             f"with: grpo train --resume {output_dir}")
+                             f"with: grpo {command} --resume {output_dir}")
 
 
 def weights_fingerprint(model) -> float:
@@ -112,8 +129,8 @@ def weights_fingerprint(model) -> float:
 # Writing
 
 
-def save_checkpoint(out: Path, cfg, state: TrainerState, model, optimizer, scheduler,
-                    gen: torch.Generator, keep: int, extra: dict | None = None, dist: Dist = SINGLE,
+def save_checkpoint(out: Path, cfg, state, model, optimizer, scheduler,
+                    gen: torch.Generator | None, keep: int, extra: dict | None = None, dist: Dist = SINGLE,
                     sampling: list[torch.Tensor] | None = None) -> Path:
     """Write OUTPUT/checkpoints/step-NNNNNN atomically, then delete all but the newest `keep`.
 
@@ -122,7 +139,8 @@ def save_checkpoint(out: Path, cfg, state: TrainerState, model, optimizer, sched
     (`shards/`, `save_shards`); a failure on any rank fails the save on every rank alike (the same
     error), and the temporary directory is removed. `extra`: further state dicts of the run (PPO's value
     model and its optimizer, iterative GRPO's reset reference), saved as extra.pt and given back by
-    `load_extra`. `sampling`: every rank's sampling-generator state, by rank.
+    `load_extra`. `sampling`: every rank's sampling-generator state, by rank. `state`: the loop's state
+    dataclass (`TrainerState`, or SFT's), with its `step`; `gen`: None where the loop samples nothing (SFT).
     """
     root = out / CHECKPOINTS
     final = root / f"step-{state.step:06d}"
@@ -169,8 +187,8 @@ def _attempt(write) -> str | None:
     return None
 
 
-def _finish(tmp: Path, final: Path, old: Path, root: Path, cfg, state: TrainerState, model, optimizer,
-            scheduler, gen: torch.Generator, extra: dict | None, dist: Dist, sampling) -> None:
+def _finish(tmp: Path, final: Path, old: Path, root: Path, cfg, state, model, optimizer,
+            scheduler, gen: torch.Generator | None, extra: dict | None, dist: Dist, sampling) -> None:
     """Rank 0: the files besides the shards, everything fsynced, then the rename that completes it."""
     rng = _rng_states(gen)
     if not dist.fsdp:  # under FSDP the shards hold the weights and the optimizer state
@@ -191,11 +209,11 @@ def _finish(tmp: Path, final: Path, old: Path, root: Path, cfg, state: TrainerSt
     finish_checkpoint(tmp, final, old, root)
 
 
-def _rng_states(gen: torch.Generator) -> dict:
+def _rng_states(gen: torch.Generator | None) -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "sampling": gen.get_state(),
+        "sampling": gen.get_state() if gen is not None else None,
         "python": _json_rng(random.getstate()),
     }
 
@@ -215,19 +233,20 @@ def _from_json_rng(state: list) -> tuple:
 # Reading
 
 
-def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Generator,
-                    init_fingerprint: float, dist: Dist = SINGLE) -> TrainerState:
-    """Restore everything `save_checkpoint` wrote into the given objects; returns the loop's state.
+def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Generator | None,
+                    init_fingerprint: float, dist: Dist = SINGLE, rules: ResumeRules = ResumeRules()):
+    """Restore everything `save_checkpoint` wrote into the given objects; returns the loop's state (a
+    `rules.state_type`).
 
     `init_fingerprint` is that of the freshly loaded initial weights (the reference model). Every
     rank reads the checkpoint: an FSDP-sharded model and optimizer take their shards of the full state;
     each rank continues its own sampling stream where the checkpoint has one for it.
     """
-    verify_checkpoint(path)
-    _check_same_config(path, cfg)
+    verify_checkpoint(path, rules.command)
+    _check_same_config(path, cfg, rules)
     part = "trainer_state.json"
     try:
-        state = TrainerState(**json.loads((path / part).read_text(encoding="utf-8")))
+        state = rules.state_type(**json.loads((path / part).read_text(encoding="utf-8")))
         sharded = (path / SHARDS).is_dir()  # written under FSDP: weights and optimizer state in the shards
         part = SHARDS if sharded else TRAINABLE if (path / TRAINABLE).is_file() else "model.safetensors"
         if sharded:  # into FSDP shards over any number of ranks, or a whole model
@@ -251,22 +270,30 @@ def load_checkpoint(path: Path, cfg, model, optimizer, scheduler, gen: torch.Gen
         raise UserError(f"checkpoint {path} cannot be loaded ({part}: {' '.join(str(e).split())[:300]}); "
                         "delete that directory to resume from the one before it") from None
     if not math.isclose(state.init_fingerprint, init_fingerprint, rel_tol=1e-9):
+        why = "the KL reference" if rules.command == "train" else "the frozen weights"
         raise UserError(
             f"cannot resume from {path}: the initial weights in model.path={cfg.model.path} are "
-            "not those the run started from, so the KL reference would change; restore that model"
+            f"not those the run started from, so {why} would change; restore that model"
         )
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+    if gen is not None:  # None: the loop samples nothing (SFT)
+        _restore_sampling(gen, rng, cfg, state.step, dist)
+    random.setstate(_from_json_rng(rng["python"]))
+    return state
+
+
+def _restore_sampling(gen: torch.Generator, rng: dict, cfg, step: int, dist: Dist) -> None:
+    """This rank's sampling stream as saved; a fresh one where the checkpoint was written by another
+    number of processes."""
     by_rank = rng.get("sampling_by_rank") or []
     if len(by_rank) == dist.world_size:
         gen.set_state(by_rank[dist.rank])
     elif dist.rank == 0:
         gen.set_state(rng["sampling"])
     else:  # saved by another number of processes: a fresh stream, distinct per rank and step
-        gen.manual_seed(sampling_seed(cfg.train.seed, dist) + 1_000_003 * state.step)
-    random.setstate(_from_json_rng(rng["python"]))
-    return state
+        gen.manual_seed(sampling_seed(cfg.train.seed, dist) + 1_000_003 * step)
 
 
 def _by_name(model, optim: dict) -> dict:
@@ -306,21 +333,21 @@ def _load_trainable(model, weights: dict, dist: Dist) -> None:
                 params[n].copy_(w)
 
 
-def _check_same_config(path: Path, cfg) -> None:
-    """A resume continues the same run: only MAY_CHANGE_ON_RESUME keys may differ."""
+def _check_same_config(path: Path, cfg, rules: ResumeRules) -> None:
+    """A resume continues the same run: only `rules.may_change` keys may differ."""
     try:
         saved = _flatten(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError) as e:
         raise UserError(f"checkpoint {path} cannot be loaded (config.yaml: {e})") from None
     now = _flatten(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
     diffs = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
-             and k not in MAY_CHANGE_ON_RESUME]
+             and k not in rules.may_change]
     if diffs:
         shown = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in diffs[:3])
         more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
         raise UserError(f"cannot resume from {path}: the config differs from the run's in {shown}{more}; "
-                        "resume with the run's own config (grpo train --resume DIR reads it), or start a "
-                        "new train.output_dir")
+                        f"resume with the run's own config (grpo {rules.command} --resume DIR reads it), or "
+                        f"start a new {rules.command}.output_dir")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -331,15 +358,16 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def restore_logs(out: Path, state: TrainerState) -> list[dict]:
-    """Cut metrics.jsonl and samples.jsonl back to their length at the checkpoint (a fresh run: empty),
-    so that a resumed run's files equal an uninterrupted run's; returns the metrics kept."""
-    for name, size in [("metrics.jsonl", state.metrics_bytes), ("samples.jsonl", state.samples_bytes)]:
+def restore_logs(out: Path, step: int, sizes: dict[str, int], command: str = "train") -> list[dict]:
+    """Cut each log file in `sizes` (metrics.jsonl, samples.jsonl: their lengths in bytes when the
+    checkpoint of `step` was written) back to that length, so that a resumed run's files equal an
+    uninterrupted run's; returns the metrics.jsonl lines kept."""
+    for name, size in sizes.items():
         f = out / name
         have = f.stat().st_size if f.exists() else 0
         if have < size:
-            raise UserError(f"{f} is shorter than when the checkpoint of step {state.step} was written "
-                            f"({have} < {size} bytes); restore it, or start a new train.output_dir")
+            raise UserError(f"{f} is shorter than when the checkpoint of step {step} was written "
+                            f"({have} < {size} bytes); restore it, or start a new {command}.output_dir")
         with open(f, "ab") as fh:
             fh.truncate(size)
     text = (out / "metrics.jsonl").read_text(encoding="utf-8")

@@ -6,8 +6,9 @@
 Atomicity: a checkpoint is written into `step-000010.tmp/`, every file and the directory are
 fsynced, then a single `os.replace` gives it its name (under torchrun: once every rank has
 written its part; if any rank failed, none goes on as if saved), and only then are checkpoints beyond the
-newest `train.keep_checkpoints` deleted. A directory named `step-NNNNNN` is therefore complete;
-a `.tmp` left by a kill or a full disk is never read, and is removed when the run starts again.
+newest `train.keep_checkpoints` (`sft.keep_checkpoints`) deleted. A directory named `step-NNNNNN` is
+therefore complete; a `.tmp` left by a kill or a full disk is never read, and is removed when the run starts
+again.
 
 Corruption: a complete checkpoint can still be damaged afterwards (a flipped bit on disk, a copy cut
 short, a file deleted by hand). `verify_checkpoint` recomputes every file's SHA-256 against
@@ -107,16 +108,17 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
-def verify_checkpoint(path: Path) -> None:
+def verify_checkpoint(path: Path, command: str = "train") -> None:
     """Raise UserError naming the damaged file when the checkpoint at `path` fails `checkpoint_problem`,
-    and the newest older checkpoint that verifies (and how to resume from it)."""
+    and the newest older checkpoint that verifies (and how to resume from it with `grpo COMMAND`)."""
     problem = checkpoint_problem(path)
     if problem is None:
         return
     older = [p for p in complete_checkpoints(path.parent) if int(p.name[5:]) < int(path.name[5:])]
     intact = next((p for p in reversed(older) if checkpoint_problem(p) is None), None)
     hint = (f"{intact} is intact: move {path} (and any newer checkpoint) out of {path.parent}, then resume "
-            f"with grpo train --resume {path.parent.parent}" if intact else "no older checkpoint is intact")
+            f"with grpo {command} --resume {path.parent.parent}" if intact
+            else "no older checkpoint is intact")
     raise UserError(f"checkpoint {path} is damaged: {problem}; nothing was loaded. {hint}")
 
 

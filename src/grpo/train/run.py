@@ -213,7 +213,9 @@ def setup_run(cfg: TrainConfig, resume_from: Path | None, staging: Path,
     out = Path(cfg.train.output_dir)
     for name in remove_partial_checkpoints(out) if dist.is_main and resume_from is not None else []:
         logger.warning("removed %s: a checkpoint whose writing was cut off", out / CHECKPOINTS / name)
-    history = restore_logs(out, state) if dist.is_main and resume_from is not None else []
+    history = restore_logs(out, state.step, {"metrics.jsonl": state.metrics_bytes,
+                                             "samples.jsonl": state.samples_bytes}) \
+        if dist.is_main and resume_from is not None else []
     variant = choose_variant(cfg, critic=critic, step_fn=step_fn, tokenizer=tokenizer, accuracy=specs[0].name,
                              pad_id=tokenizer.pad_token_id, dist=dist)
     run = Run(out=out, model=model, tokenizer=tokenizer, ref=ref, engine=engine, task=task, specs=specs,

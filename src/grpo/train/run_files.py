@@ -65,32 +65,34 @@ def prepare_output_dir(path: str | Path, cfg, overwrite: bool = False) -> Path:
     return out
 
 
-def check_output_dir(path: str | Path, resume: bool, overwrite: bool = False) -> Path | None:
+def check_output_dir(path: str | Path, resume: bool, overwrite: bool = False,
+                     section: str = "train") -> Path | None:
     """Check that `path` can be written (without creating it) and agrees with `resume`.
 
     Returns the newest complete checkpoint when resuming. A fresh run into a directory that already
     holds a run (checkpoints, a final model, metrics or a config) is refused unless `overwrite`: its
-    checkpoints would be mixed with (and pruned by) the new run's, its metrics appended to.
+    checkpoints would be mixed with (and pruned by) the new run's, its metrics appended to. `section`:
+    the config section of the run's output_dir, save_every and resume ('train' or 'sft'), and its command.
     """
-    out = Path(path)
+    out, key = Path(path), f"{section}.output_dir"
     probe_dir = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
     if not probe_dir.is_dir():
-        raise UserError(f"train.output_dir {out}: {probe_dir} exists and is not a directory")
+        raise UserError(f"{key} {out}: {probe_dir} exists and is not a directory")
     try:
         with tempfile.TemporaryFile(dir=probe_dir):
             pass
     except OSError as e:
-        raise UserError(f"train.output_dir {out} is not writable ({probe_dir}: {e.strerror or e})") from None
+        raise UserError(f"{key} {out} is not writable ({probe_dir}: {e.strerror or e})") from None
     latest = latest_checkpoint(out)
     if resume and latest is None:
-        raise UserError(f"nothing to resume: {out / CHECKPOINTS} holds no complete checkpoint "
-                        "(train.save_every > 0 writes them; an interrupted run writes one when it stops)")
+        raise UserError(f"nothing to resume: {out / CHECKPOINTS} holds no complete checkpoint ({section}."
+                        "save_every > 0 writes them; an interrupted run writes one when it stops)")
     if not resume and latest is not None and not overwrite:
-        raise UserError(f"train.output_dir {out} already holds checkpoints (newest: {latest.name}); continue "
-                        f"that run with --resume {out} (or train.resume=true), replace it with --overwrite, "
-                        "or choose another train.output_dir")
+        raise UserError(f"{key} {out} already holds checkpoints (newest: {latest.name}); continue that run "
+                        f"with --resume {out} (or {section}.resume=true), replace it with --overwrite, or "
+                        f"choose another {key}")
     if not resume:
-        refuse_existing_run(out, overwrite, "train.output_dir")
+        refuse_existing_run(out, overwrite, key)
     return latest if resume else None
 
 

@@ -5,12 +5,14 @@ prompt tokens are context, not targets. Training runs until held-out greedy accu
 improving (`patience` evaluations without a new best), `max_steps` are done or `max_seconds` of
 training steps are spent, and the best model is the one saved: the plateau the paper's RL stage starts
 from (DeepSeekMath §4.2 starts RL from the SFT model). With a validation split the checkpoint is chosen
-there and the held-out (test) split is never read.
+there and the held-out (test) split is never read. With `sft.save_every` the run writes checkpoints, and
+`sft.resume` (`grpo sft --resume DIR`) continues it from the newest exactly: the best model so far, the
+seconds spent and the data order included (`grpo.train.sft_state`).
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import random
 import shutil
 import tempfile
@@ -31,13 +33,16 @@ from grpo.rewards import load_reward_function
 from grpo.rollout.engine import Rollout, pad_left
 from grpo.rollout.hf import HFEngine
 from grpo.rollout.multiturn import encode_demonstrations
+from grpo.train.checkpoint import StopSignals, TrainingInterrupted, weights_fingerprint
 from grpo.train.episodes import Episodic
 from grpo.train.evaluation import evaluate_accuracy
 from grpo.train.metrics import MetricsLog
 from grpo.train.optim import make_optimizer
-from grpo.utils.seeding import seed_everything
-from grpo.train.run_files import prepare_output_dir, refuse_existing_run, save_model
+from grpo.train.run_files import check_output_dir, prepare_output_dir, save_model
+from grpo.train.sft_state import (SFTState, load_trained_weights, resume_sft, save_sft_checkpoint,
+                                  trained_weights)
 from grpo.train.update import micro_batches
+from grpo.utils.seeding import seed_everything
 
 
 @dataclass
@@ -105,14 +110,20 @@ def continuation_overrides(cfg: SFTConfig, first: SFTResult, seconds: float,
     of the new data costs), evaluations about every quarter of the horizon `first`'s seconds per step
     predict, the best of them kept. The compute-matched baseline of an RL stage that took `seconds`
     (`sft_more`), counted on `clock` ('wall' or 'cpu', as sft.clock)."""
-    spent = first.train_cpu_seconds if clock == "cpu" else first.train_seconds
-    per_step = spent / max(first.steps, 1)
-    steps = max(2, round(seconds / per_step)) if per_step > 0 else cfg.sft.max_steps
+    steps = continuation_steps(cfg, first, seconds, clock)
     return [f"model.path={first.model_dir}", f"sft.output_dir={output_dir}",
             f"sft.start_row={first.rows_seen}",  # max_steps: a bound only, the budget ends the run
             f"sft.max_seconds={seconds:.3f}", f"sft.clock={clock}", f"sft.max_steps={4 * steps}",
             f"sft.eval_every={max(1, -(-steps // 4))}", "sft.patience=0",
             f"optim.warmup_steps={min(cfg.optim.warmup_steps, steps // 5)}"]
+
+
+def continuation_steps(cfg: SFTConfig, first: SFTResult, seconds: float, clock: str = "wall") -> int:
+    """The steps `seconds` of training steps buy at `first`'s seconds per step on `clock` (at least 2;
+    sft.max_steps where `first` measured no time): the horizon of `continuation_overrides`."""
+    spent = first.train_cpu_seconds if clock == "cpu" else first.train_seconds
+    per_step = spent / max(first.steps, 1)
+    return max(2, round(seconds / per_step)) if per_step > 0 else cfg.sft.max_steps
 
 
 def batch_order(n: int, batch_size: int, rng: random.Random):
@@ -126,11 +137,92 @@ def batch_order(n: int, batch_size: int, rng: random.Random):
 
 def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTResult:
     """Train until the chosen split's accuracy plateaus (or max_steps / max_seconds); the best model goes to
-    OUTPUT/final. An sft.output_dir that holds a run is refused unless `overwrite` (the CLI's --overwrite)."""
+    OUTPUT/final. An sft.output_dir that holds a run is refused unless `overwrite` (the CLI's --overwrite);
+    sft.resume continues the run there from its newest checkpoint (`grpo.train.sft_state`), exactly.
+
+    Checkpoints: every sft.save_every steps but the last, and after the step during which SIGINT or SIGTERM
+    arrived (`TrainingInterrupted`); a signal during the step the run stops at lets it finish instead."""
     t_start = time.perf_counter()
     s = cfg.sft
-    refuse_existing_run(s.output_dir, overwrite, "sft.output_dir")
+    resume_from = check_output_dir(s.output_dir, s.resume, overwrite, section="sft")
     seed_everything(s.seed, s.threads)
+    model, tokenizer, task, checker, out = _load(cfg, resume_from is None, overwrite)
+    fingerprint = weights_fingerprint(model)  # of the initial weights: a resume's frozen ones must match
+    device = next(model.parameters()).device
+    engine = HFEngine(model, stop_token_ids(model, tokenizer), tokenizer.pad_token_id)
+    episodic = Episodic(cfg, tokenizer) if cfg.rollout.multi_turn else None  # tools run in-process here
+    spent = {"wall": 0.0, "cpu": 0.0}  # the training steps' seconds so far, per clock
+    optimizer, scheduler = make_optimizer(model, cfg.optim, s.max_steps, None if s.max_seconds is None else
+                                          lambda: spent[s.clock] / s.max_seconds)
+    state, best, history = SFTState(init_fingerprint=fingerprint), None, []  # best: the best model's weights
+    if resume_from is not None:
+        state, best, history = resume_sft(resume_from, out, cfg, model, optimizer, scheduler, fingerprint)
+        spent.update(wall=state.train_seconds, cpu=state.train_cpu_seconds)
+    earlier = state.seconds  # the earlier sittings' wall seconds, to their last checkpoint
+    order = batch_order(len(task.train), s.batch_size, random.Random(s.seed))
+    for _ in range(s.start_row // s.batch_size + state.step):  # a continuation or a resume skips what ran
+        next(order)
+    choice_rows = task.validation or task.heldout  # with a validation split, the held-out one is never read
+
+    def accuracy(rows: list[dict]) -> float:
+        if episodic is not None:
+            return episodic.evaluate(engine, rows, checker, None)[0]
+        return evaluate_accuracy(engine, tokenizer, rows, checker, cfg.sampling.max_new_tokens)[0]
+
+    with contextlib.ExitStack() as stack:
+        log = MetricsLog(out, s.tensorboard, resumed_at=state.step)
+        stack.callback(log.close)
+        stop = stack.enter_context(StopSignals())
+        bar = tqdm(range(state.step + 1, s.max_steps + 1), initial=state.step, total=s.max_steps, desc="sft",
+                   disable=not progress, dynamic_ncols=True)
+        for step in bar:
+            t0, c0 = time.perf_counter(), time.process_time()
+            loss = _train_step(model, tokenizer, [task.train[i] for i in next(order)], cfg, optimizer,
+                               device)
+            spent["wall"] += time.perf_counter() - t0
+            spent["cpu"] += time.process_time() - c0
+            scheduler.step()  # with max_seconds: the decay follows the budget spent (make_optimizer)
+            state.step, state.train_seconds, state.train_cpu_seconds = step, spent["wall"], spent["cpu"]
+            out_of_time = s.max_seconds is not None and spent[s.clock] >= s.max_seconds
+            record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                      "train_seconds": spent["wall"], "train_cpu_seconds": spent["cpu"]}
+            if step % s.eval_every == 0 or step == s.max_steps or out_of_time:
+                record["eval/accuracy"] = acc = accuracy(choice_rows)
+                if acc > state.best_accuracy:
+                    state.best_accuracy, state.best_step, state.evals_since_best = acc, step, 0
+                    best = trained_weights(model)
+                else:
+                    state.evals_since_best += 1
+                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", best=f"{state.best_accuracy:.3f}")
+            log.write(record)
+            history.append(record)
+            plateau = s.patience and state.evals_since_best >= s.patience
+            if out_of_time or plateau or step == s.max_steps:
+                break
+            if (s.save_every and step % s.save_every == 0) or stop.signum is not None:
+                state.seconds = earlier + time.perf_counter() - t_start
+                path = save_sft_checkpoint(out, cfg, state, model, optimizer, scheduler, best, log.path)
+                if stop.signum is not None:
+                    raise TrainingInterrupted(stop.signum, step, path, out, command="sft")
+        if best is not None:
+            load_trained_weights(model, best)
+        rows_seen = s.start_row + state.step * s.batch_size
+        log.write({"step": state.step, "best_step": state.best_step,
+                   "eval/best_accuracy": state.best_accuracy, "train_seconds": spent["wall"],
+                   "train_cpu_seconds": spent["cpu"], "rows_seen": rows_seen,
+                   "chose_on_validation": bool(task.validation),
+                   "seconds": earlier + time.perf_counter() - t_start})
+    save_model(model, tokenizer, out / "final")
+    return SFTResult(out, out / "final", state.best_accuracy, state.best_step, state.step,
+                     earlier + time.perf_counter() - t_start, history, train_seconds=spent["wall"],
+                     train_cpu_seconds=spent["cpu"], rows_seen=rows_seen,
+                     chose_on_validation=bool(task.validation))
+
+
+def _load(cfg: SFTConfig, fresh: bool, overwrite: bool):
+    """(model, tokenizer, task, checker, output directory), checked before anything is written; a `fresh`
+    run's directory then gets its config.yaml (and the tiny model's initial weights)."""
+    s = cfg.sft
     with tempfile.TemporaryDirectory(prefix="grpo-") as staging:  # a mistake in model or data writes nothing
         tiny_dir = Path(staging) / "tiny-init"
         model, tokenizer = load_policy(cfg.model, tiny_dir)
@@ -146,72 +238,28 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
                 )
             ]
         checker = load_reward_function(s.eval_reward)
+        if not fresh:  # resumed: the directory holds the run's files already
+            return model, tokenizer, task, checker, Path(s.output_dir)
         out = prepare_output_dir(s.output_dir, cfg, overwrite)
         if tiny_dir.exists():
             shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
-    device = next(model.parameters()).device
-    engine = HFEngine(model, stop_token_ids(model, tokenizer), tokenizer.pad_token_id)
-    episodic = Episodic(cfg, tokenizer) if cfg.rollout.multi_turn else None  # tools run in-process here
-    spent = {"wall": 0.0, "cpu": 0.0}  # the training steps' seconds so far, per clock
-    optimizer, scheduler = make_optimizer(model, cfg.optim, s.max_steps, None if s.max_seconds is None else
-                                          lambda: spent[s.clock] / s.max_seconds)
-    log, rng = MetricsLog(out, s.tensorboard), random.Random(s.seed)
-    best = (-1.0, 0, None)  # (accuracy, step, state_dict)
-    evals_since_best, history = 0, []
-    order = batch_order(len(task.train), s.batch_size, rng)
-    for _ in range(s.start_row // s.batch_size):  # a continuation skips the batches its first run consumed
-        next(order)
-    choice_rows = task.validation or task.heldout  # with a validation split, the held-out one is never read
+    return model, tokenizer, task, checker, out
 
-    def accuracy(rows: list[dict]) -> float:
-        if episodic is not None:
-            return episodic.evaluate(engine, rows, checker, None)[0]
-        return evaluate_accuracy(engine, tokenizer, rows, checker, cfg.sampling.max_new_tokens)[0]
 
-    bar = tqdm(range(1, s.max_steps + 1), desc="sft", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        t0, c0 = time.perf_counter(), time.process_time()
-        rows = [task.train[i] for i in next(order)]
-        targets = [r[s.target_column] for r in rows]
-        if isinstance(targets[0], list):  # demonstrated episodes (chat messages with tool turns)
-            pairs = encode_demonstrations(tokenizer, encode_prompts(tokenizer, [r["prompt"] for r in rows]),
-                                          targets,
-                                          tokenizer.eos_token_id, tokenizer.pad_token_id).to(device)
-        else:
-            batch = [t.to(device) for t in encode_pairs(tokenizer, [r["prompt"] for r in rows], targets)]
-            pairs = Rollout(*batch, truncated=torch.zeros(len(rows), dtype=torch.bool, device=device))
-        model.train()
-        loss = _accumulate_nll(model, pairs, s, lambda: autocast(cfg.model, device), optimizer)
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        spent["wall"] += time.perf_counter() - t0
-        spent["cpu"] += time.process_time() - c0
-        scheduler.step()  # with max_seconds: the decay follows the budget spent (make_optimizer)
-        out_of_time = s.max_seconds is not None and spent[s.clock] >= s.max_seconds
-        record = {"step": step, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                  "train_seconds": spent["wall"], "train_cpu_seconds": spent["cpu"]}
-        if step % s.eval_every == 0 or step == s.max_steps or out_of_time:
-            acc = accuracy(choice_rows)
-            record["eval/accuracy"] = acc
-            if acc > best[0]:
-                best, evals_since_best = (acc, step, copy.deepcopy(model.state_dict())), 0
-            else:
-                evals_since_best += 1
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", best=f"{best[0]:.3f}")
-        log.write(record)
-        history.append(record)
-        if out_of_time or (s.patience and evals_since_best >= s.patience):
-            break
-    if best[2] is not None:
-        model.load_state_dict(best[2])
-    rows_seen = s.start_row + step * s.batch_size
-    log.write({"step": step, "best_step": best[1], "eval/best_accuracy": best[0],
-               "train_seconds": spent["wall"], "train_cpu_seconds": spent["cpu"],
-               "rows_seen": rows_seen, "chose_on_validation": bool(task.validation),
-               "seconds": time.perf_counter() - t_start})
-    log.close()
-    save_model(model, tokenizer, out / "final")
-    return SFTResult(out, out / "final", best[0], best[1], step, time.perf_counter() - t_start, history,
-                     train_seconds=spent["wall"], train_cpu_seconds=spent["cpu"], rows_seen=rows_seen,
-                     chose_on_validation=bool(task.validation))
+def _train_step(model, tokenizer, rows: list[dict], cfg: SFTConfig, optimizer, device) -> float:
+    """One optimizer step on the mean NLL of the batch `rows`' targets; returns the loss."""
+    s = cfg.sft
+    targets = [r[s.target_column] for r in rows]
+    if isinstance(targets[0], list):  # demonstrated episodes (chat messages with tool turns)
+        prompts = encode_prompts(tokenizer, [r["prompt"] for r in rows])
+        pairs = encode_demonstrations(tokenizer, prompts, targets, tokenizer.eos_token_id,
+                                      tokenizer.pad_token_id).to(device)
+    else:
+        batch = [t.to(device) for t in encode_pairs(tokenizer, [r["prompt"] for r in rows], targets)]
+        pairs = Rollout(*batch, truncated=torch.zeros(len(rows), dtype=torch.bool, device=device))
+    model.train()
+    loss = _accumulate_nll(model, pairs, s, lambda: autocast(cfg.model, device), optimizer)
+    if cfg.optim.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+    optimizer.step()
+    return loss
