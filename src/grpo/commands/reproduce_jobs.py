@@ -38,7 +38,7 @@ from pathlib import Path
 
 from grpo.config import SFTConfig, TrainConfig, load_config, to_dict
 from grpo.errors import UserError
-from grpo.train.checkpoint_files import CHECKPOINTS, checkpoint_problem, latest_checkpoint
+from grpo.train.checkpoint_files import CHECKPOINTS, checkpoint_problem, latest_checkpoint, sha256_file
 from grpo.train.evaluation import EvalResult
 
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "LRU_CACHE_CAPACITY": "1",
@@ -221,15 +221,7 @@ def evaluation_key(model_dir: Path, options: dict) -> str:
     an evaluation is kept only for the same weights, tokenizer and settings."""
     h = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode())
     for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        h.update(f"{f.relative_to(model_dir).as_posix()}:{_sha256(f)}".encode())
-    return h.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        h.update(f"{f.relative_to(model_dir).as_posix()}:{sha256_file(f)}".encode())
     return h.hexdigest()
 
 

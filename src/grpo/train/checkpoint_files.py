@@ -76,7 +76,8 @@ def finish_checkpoint(tmp: Path, final: Path, old: Path, root: Path) -> None:
     _fsync(root)
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's bytes, read a MiB at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -86,7 +87,7 @@ def _sha256(path: Path) -> str:
 
 def _checksums(root: Path) -> dict[str, str]:
     """{path relative to root: SHA-256} of every file below root (FSDP's shards included), but CHECKSUMS."""
-    return {f.relative_to(root).as_posix(): _sha256(f) for f in sorted(root.rglob("*"))
+    return {f.relative_to(root).as_posix(): sha256_file(f) for f in sorted(root.rglob("*"))
             if f.is_file() and f.name != CHECKSUMS}
 
 
@@ -103,7 +104,7 @@ def checkpoint_problem(path: Path) -> str | None:
         f = path / name
         if not f.is_file():
             return f"{name} is missing"
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             return f"{name} does not match its checksum (truncated or altered)"
     return None
 
