@@ -16,8 +16,8 @@ from grpo.commands.reproduce_jobs import (Job, cached_evaluation, checkpoint_eve
                                           reuse_or_resume, save_evaluation)
 from grpo.errors import UserError
 from grpo.config import DemoConfig, SFTConfig, TrainConfig, load_config, save_config, to_dict
-from grpo.commands.reproduce import (METHODS, _reused_sft, job_configs, run_reproduce, sft_best_job,
-                                     sft_more_job)
+from grpo.commands.reproduce import (METHODS, _reused_sft, _rl_cpu_timed, _sft_cpu_timed, job_configs,
+                                     run_reproduce, sft_best_job, sft_more_job)
 from grpo.stats import mean_ci, mean_std, verdict
 from grpo.train.evaluation import EvalResult
 from grpo.train.sft import SFTResult
@@ -339,6 +339,35 @@ def test_reuse_resumes_an_sft_job_and_keeps_one_finished_before_sft_had_checkpoi
     sft.resume_from = None
     assert reuse_or_resume([sft]) == {"SFT seed 0": 12.5} and sft.resume_from is None
     assert not (run / "checkpoints").exists()  # reproduce's own, left by a stop before it removed them
+
+
+def test_a_finished_run_without_cpu_seconds_is_trained_again_when_the_budget_counts_them(tmp_path, capsys):
+    """Runs finished before GRPO logged `time/step_cpu` and SFT `train_cpu_seconds` cannot size a CPU-second
+    sft_more budget: --reuse trains them again instead of passing a NaN budget on."""
+    job = _job(tmp_path)
+    d = job.run_dir
+    d.mkdir(parents=True, exist_ok=True)
+    save_config(load_config(TrainConfig, job.config, job.args), d / "config.yaml")
+    (d / "final").mkdir()
+    (d / "final" / "config.json").write_text("{}")
+    job.record.write_text(json.dumps({"seconds": 30.0}))
+    steps = [{"step": k, "reward/mean": 0.5, "time/step": 2.0} for k in (1, 2)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in steps))
+    assert not _rl_cpu_timed(d)
+    assert reuse_or_resume([job], _rl_cpu_timed) == {}
+    assert "lacks the CPU seconds the budget is counted in; training it again" in capsys.readouterr().out
+    assert reuse_or_resume([job]) == {"GRPO seed 0": 30.0}  # on the wall clock it is kept
+    for x in steps:
+        x["time/step_cpu"] = 1.5
+    (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in steps))
+    assert _rl_cpu_timed(d) and reuse_or_resume([job], _rl_cpu_timed) == {"GRPO seed 0": 30.0}
+
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / "metrics.jsonl").write_text(json.dumps({"step": 4, "best_step": 2, "train_seconds": 3.0}) + "\n")
+    assert not _sft_cpu_timed(sft)
+    (sft / "metrics.jsonl").write_text(json.dumps({"step": 4, "train_cpu_seconds": 2.5}) + "\n")
+    assert _sft_cpu_timed(sft)
 
 
 def test_reproduce_gives_every_job_a_checkpoint_cadence_unless_its_config_has_one(tmp_path):

@@ -192,6 +192,10 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     threads, scratch, sft_scratch = job_configs(cfg, out, jobs)
     offsets = list(range(seeds))  # seed i: sft.seed and train.seed are the config's + i
 
+    clock = matching_clock(cfg.sft.model.device)
+    # sft_more's budget is GRPO's seconds on `clock` (sized by sft_best's): runs timed before CPU seconds
+    # were logged are trained again rather than reused
+    timed = lambda check: check if SFT_MORE in methods and clock == "cpu" else None  # noqa: E731
     sfts, sft_jobs = {}, {}
     for i in offsets:
         if sft_dir:
@@ -203,7 +207,7 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     if sft_jobs:
         print(f"[1/4] SFT warm start (sft_best), {len(sft_jobs)} run(s), {jobs} at a time -> {out}/seed*/sft",
               flush=True)
-        done = reuse_or_resume(list(sft_jobs.values())) if reuse else {}
+        done = reuse_or_resume(list(sft_jobs.values()), timed(_sft_cpu_timed)) if reuse else {}
         run_jobs([job for job in sft_jobs.values() if job.name not in done], jobs)
         sfts = {i: _finished_sft(job.run_dir) for i, job in sft_jobs.items()}
 
@@ -217,11 +221,11 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
                             *NO_TEST],
                            out / f"seed{i}" / m, out / f"seed{i}" / f"{m}.log", scratch_checkpoints=scratch)
                for i in offsets for m in rl_methods}
-    seconds = reuse_or_resume(list(rl_jobs.values())) if reuse else {}
+    seconds = reuse_or_resume(list(rl_jobs.values()), timed(_rl_cpu_timed)) if reuse else {}
     seconds |= run_jobs([job for job in rl_jobs.values() if job.name not in seconds], jobs)
     runs = {key: _read_run(job.run_dir, seconds[job.name]) for key, job in rl_jobs.items()}
 
-    more, clock = {}, matching_clock(cfg.sft.model.device)
+    more = {}
     if SFT_MORE in methods:
         print(f"[3/4] {LABELS[SFT_MORE]}: SFT from sft_best for as long as each seed's GRPO training steps "
               f"took ({clock} seconds)", flush=True)
@@ -323,6 +327,18 @@ def _row(e, run: dict | None, s) -> dict:
                    steps=s.steps, best_step=s.best_step,
                    selection_accuracy=s.best_accuracy)
     return row
+
+
+def _rl_cpu_timed(run_dir: Path) -> bool:
+    """Whether every step of the GRPO run in `run_dir` logged its CPU seconds (`time/step_cpu`)."""
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return all("time/step_cpu" in x for x in lines if "reward/mean" in x)
+
+
+def _sft_cpu_timed(run_dir: Path) -> bool:
+    """Whether the SFT run in `run_dir` logged its training steps' CPU seconds (`train_cpu_seconds`)."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return bool(lines) and "train_cpu_seconds" in json.loads(lines[-1])
 
 
 def _finished_sft(path: Path):

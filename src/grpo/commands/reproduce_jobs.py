@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,16 +184,21 @@ def _check_same(job: Job, saved: Path) -> None:
                         "--reuse")
 
 
-def reuse_or_resume(jobs: list[Job]) -> dict[str, float]:
+def reuse_or_resume(jobs: list[Job], timed: Callable[[Path], bool] | None = None) -> dict[str, float]:
     """--reuse: job name -> wall seconds of every job whose finished run (its final model, its config.yaml
     and the job's record) has this invocation's configuration; every other job whose run holds an intact
     checkpoint of it is set to resume from it (`Job.resume_from`). UserError when a run or a checkpoint has
-    another configuration."""
+    another configuration. A finished run for which `timed(run_dir)` is False (it predates the timing the
+    compute budget is counted in) is trained again."""
     seconds = {}
     for job in jobs:
         d = job.run_dir
         if (d / "final" / "config.json").is_file() and (d / "config.yaml").is_file() and job.record.is_file():
             _check_same(job, d / "config.yaml")
+            if timed is not None and not timed(d):
+                print(f"      {job.name}: its run ({d}) lacks the CPU seconds the budget is counted in; "
+                      "training it again", flush=True)
+                continue
             seconds[job.name] = json.loads(job.record.read_text())["seconds"]
             if job.scratch_checkpoints:  # left by a reproduce stopped before it removed them
                 shutil.rmtree(d / CHECKPOINTS, ignore_errors=True)
