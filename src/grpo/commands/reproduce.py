@@ -195,7 +195,7 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     clock = matching_clock(cfg.sft.model.device)
     # sft_more's budget is GRPO's seconds on `clock` (sized by sft_best's): runs timed before CPU seconds
     # were logged are trained again rather than reused
-    timed = lambda check: check if SFT_MORE in methods and clock == "cpu" else None  # noqa: E731
+    cpu_budget = SFT_MORE in methods and clock == "cpu"
     sfts, sft_jobs = {}, {}
     for i in offsets:
         if sft_dir:
@@ -207,7 +207,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     if sft_jobs:
         print(f"[1/4] SFT warm start (sft_best), {len(sft_jobs)} run(s), {jobs} at a time -> {out}/seed*/sft",
               flush=True)
-        done = reuse_or_resume(list(sft_jobs.values()), timed(_sft_cpu_timed)) if reuse else {}
+        timed = _sft_cpu_timed if cpu_budget else None
+        done = reuse_or_resume(list(sft_jobs.values()), timed) if reuse else {}
         run_jobs([job for job in sft_jobs.values() if job.name not in done], jobs)
         sfts = {i: _finished_sft(job.run_dir) for i, job in sft_jobs.items()}
 
@@ -221,7 +222,7 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
                             *NO_TEST],
                            out / f"seed{i}" / m, out / f"seed{i}" / f"{m}.log", scratch_checkpoints=scratch)
                for i in offsets for m in rl_methods}
-    seconds = reuse_or_resume(list(rl_jobs.values()), timed(_rl_cpu_timed)) if reuse else {}
+    seconds = reuse_or_resume(list(rl_jobs.values()), _rl_cpu_timed if cpu_budget else None) if reuse else {}
     seconds |= run_jobs([job for job in rl_jobs.values() if job.name not in seconds], jobs)
     runs = {key: _read_run(job.run_dir, seconds[job.name]) for key, job in rl_jobs.items()}
 
