@@ -3,8 +3,12 @@ so with spreads and verdicts."""
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,13 +16,15 @@ import yaml
 
 from grpo.commands import reproduce_jobs
 from grpo.commands.cli import main
-from grpo.commands.reproduce_jobs import (Job, cached_evaluation, checkpoint_every, evaluation_key,
-                                          reuse_or_resume, save_evaluation)
+from grpo.commands.reproduce_jobs import (Job, JobsInterrupted, cached_evaluation, checkpoint_every,
+                                          continue_command, evaluation_key, reuse_or_resume, run_jobs,
+                                          save_evaluation, start_key)
 from grpo.errors import UserError
 from grpo.config import DemoConfig, SFTConfig, TrainConfig, load_config, save_config, to_dict
 from grpo.commands.reproduce import (METHODS, _reused_sft, _rl_cpu_timed, _sft_cpu_timed, job_configs,
                                      run_reproduce, sft_best_job, sft_more_job)
 from grpo.stats import mean_ci, mean_std, verdict
+from grpo.train.checkpoint_files import checkpoint_problem, latest_checkpoint
 from grpo.train.evaluation import EvalResult
 from grpo.train.sft import SFTResult
 
@@ -408,3 +414,170 @@ def test_a_saved_evaluation_is_kept_only_for_the_same_model_files_and_settings(t
     assert evaluation_key(model, {"ks": [1, 2, 4], "seed": 0, "n": 4}) == key  # the order of keys aside
     (model / "model.safetensors").write_bytes(b"weightz")  # another model: its evaluation is not kept
     assert cached_evaluation(tmp_path / "grpo.eval.json", evaluation_key(model, options)) is None
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_reproduce_with_a_checkpoint_and_its_reuse_command_continues_from_it(tmp_path):
+    """A terminal's Ctrl-C during GRPO reaches reproduce alone (its jobs run in their own sessions); it
+    sends GRPO one SIGINT, on which GRPO finishes its step, checkpoints and exits; reproduce exits 130 naming
+    the command that continues, and that command resumes GRPO from the checkpoint and finishes the grid."""
+    out = tmp_path / "out"
+    args = ["reproduce", "-q", "--n", "2", "--k", "1,2", "--methods", "grpo", f"output_dir={out}", *TINY,
+            "rl.train.steps=40", "rl.train.eval_every=0"]
+    proc = subprocess.Popen([sys.executable, "-m", "grpo", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    run = out / "seed0" / "grpo"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 1:
+            break
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal would: reproduce's process group
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("grpo: interrupted (SIGINT); the running jobs stopped, each with a checkpoint")
+    again = shlex.split(last.split("continue with: ")[1])
+    assert again == ["grpo", "reproduce", "--reuse", *args[1:]]
+    # GRPO got one signal: it finished its step, checkpointed it and stopped there
+    log = (out / "seed0" / "grpo.log").read_text()
+    assert log.count("SIGINT received") == 1
+    ckpt = latest_checkpoint(run)
+    step = int(ckpt.name.split("-")[1])
+    assert f"interrupted at step {step} (SIGINT); checkpoint saved to {ckpt}" in log
+    assert checkpoint_problem(ckpt) is None and 1 <= step < 40
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == step
+    assert json.loads((out / "seed0" / "grpo.partial.json").read_text())["seconds"] > 0
+
+    done = subprocess.run([sys.executable, "-m", "grpo", *again[1:]], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "reusing SFT seed 0" in done.stdout
+    assert f"resuming GRPO (outcome) seed 0 from {ckpt.name}" in done.stdout
+    assert "resuming from" in (out / "seed0" / "grpo.log").read_text()
+    assert [x["step"] for x in _steps(run) if "reward/mean" in x] == list(range(1, 41))
+    assert (run / "final" / "model.safetensors").is_file() and (out / "results.md").is_file()
+
+
+FAKE_JOB = """
+import os, signal, sys, time
+from pathlib import Path
+log, fail_after = Path(sys.argv[1]), sys.argv[2]
+signals = []
+for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, lambda signum, _: signals.append(signal.Signals(signum).name))
+log.with_suffix(".sid").write_text(f"{os.getsid(0)} {os.getpid()}")
+if fail_after:  # fail once the other job runs
+    while not Path(fail_after).exists():
+        time.sleep(0.05)
+    sys.exit(3)
+while not signals:
+    time.sleep(0.05)
+time.sleep(0.5)  # a second signal would come by now
+log.with_suffix(".signals").write_text(" ".join(signals))
+sys.exit(130)
+"""
+"""A job's stand-in (arguments: its log file; the file to wait for before failing, or ''): records its session
+and the signals it got, and exits as `grpo train` does when stopped (130)."""
+
+
+def _fake_jobs(tmp_path: Path, monkeypatch, *names: str, fail: str = "", waits_for: str = "") -> list[Job]:
+    """Jobs whose processes run FAKE_JOB (`fail`: the job that fails once `waits_for` has started)."""
+    config = tmp_path / "rl.yaml"
+    save_config(load_config(TrainConfig, None, []), config)
+    popen = subprocess.Popen
+
+    def start(cmd, **kw):
+        log = Path(kw["stdout"].name)
+        after = str(tmp_path / f"{waits_for}.sid") if log.stem == fail else ""
+        return popen([sys.executable, "-c", FAKE_JOB, str(log), after], **kw)
+
+    monkeypatch.setattr(reproduce_jobs.subprocess, "Popen", start)
+    return [Job(n, "train", config, [f"train.output_dir={tmp_path / n}"], tmp_path / n, tmp_path / f"{n}.log")
+            for n in names]
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals: main thread")
+def test_a_signal_to_reproduce_stops_each_running_job_with_one_sigint_and_names_how_to_continue(
+        tmp_path, monkeypatch):
+    jobs = _fake_jobs(tmp_path, monkeypatch, "a", "b", "c")
+
+    def ctrl_c():  # once both running jobs are up, as a terminal's Ctrl-C would reach reproduce
+        while not all((tmp_path / f"{n}.sid").exists() for n in "ab"):
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    again = continue_command(["reproduce", "-q", "--seeds", "2", "rl.rewards.functions=[{fn: f}]"])
+    assert again == "grpo reproduce --reuse -q --seeds 2 'rl.rewards.functions=[{fn: f}]'"
+    with pytest.raises(JobsInterrupted) as e:
+        run_jobs(jobs, 2, again)
+    assert e.value.signum == signal.SIGINT
+    message = str(e.value)
+    assert message.startswith("interrupted (SIGINT); ") and message.endswith(f"; continue with: {again}")
+    for n in "ab":
+        sid, pid = (tmp_path / f"{n}.sid").read_text().split()
+        assert sid == pid != str(os.getsid(0))  # its own session: a terminal's signals do not reach it
+        assert (tmp_path / f"{n}.signals").read_text() == "SIGINT"  # one signal: it checkpoints, then exits
+        assert json.loads((tmp_path / f"{n}.partial.json").read_text())["seconds"] >= 0.5  # tallied
+    assert not (tmp_path / "c.log").exists() and not (tmp_path / "a.json").exists()  # none started, none done
+    assert continue_command(["reproduce", "--reuse", "--seeds", "2"]) == "grpo reproduce --reuse --seeds 2"
+
+
+def test_a_failed_job_stops_the_others_with_one_sigint_each(tmp_path, monkeypatch):
+    jobs = _fake_jobs(tmp_path, monkeypatch, "a", "b", "c", fail="a", waits_for="b")
+    with pytest.raises(UserError, match="a failed \\(exit 3\\); log: "):
+        run_jobs(jobs, 2, "again")
+    assert (tmp_path / "b.signals").read_text() == "SIGINT" and (tmp_path / "b.partial.json").is_file()
+    assert not (tmp_path / "c.log").exists()
+
+
+def test_reuse_trains_again_a_run_whose_starting_model_changed_and_keeps_one_recorded_before_the_key(
+        tmp_path, monkeypatch, capsys):
+    """A finished GRPO run's record holds the SHA-256 of its sft_best model's files; once that model has
+    changed, --reuse trains the run again (its checkpoints deleted) and keeps a run that started elsewhere.
+    A record without the key (from before it was kept) is kept as it was; an unfinished run is resumed only
+    when its tally's key is its start's."""
+    sft = tmp_path / "sft" / "final"
+    sft.mkdir(parents=True)
+    (sft / "model.safetensors").write_bytes(b"weights")
+    config = tmp_path / "rl.yaml"
+    save_config(load_config(TrainConfig, None, []), config)
+
+    def job(name: str, *args: str) -> Job:
+        run = tmp_path / name
+        j = Job(name, "train", config, [f"train.output_dir={run}", *args], run, tmp_path / f"{name}.log")
+        run.mkdir()
+        save_config(load_config(TrainConfig, config, j.args), run / "config.yaml")
+        (run / "final").mkdir()
+        (run / "final" / "config.json").write_text("{}")
+        return j
+
+    grpo, base = job("grpo", f"model.path={sft}"), job("base")  # base: model.path=tiny, no directory
+    assert grpo.start_model == sft and base.start_model is None and start_key(base) is None
+    popen = subprocess.Popen
+    monkeypatch.setattr(reproduce_jobs.subprocess, "Popen",
+                        lambda cmd, **kw: popen([sys.executable, "-c", "pass"], **kw))
+    seconds = run_jobs([grpo, base], 2, "again")  # a finished job records its start's key
+    assert json.loads(grpo.record.read_text())["start"] == start_key(grpo) == evaluation_key(sft, {})
+    assert reuse_or_resume([grpo, base]) == seconds
+    capsys.readouterr()
+
+    (sft / "model.safetensors").write_bytes(b"weightz")  # sft_best trained again, to other weights
+    _checkpoint(grpo, 2)
+    assert reuse_or_resume([grpo, base]) == {"base": seconds["base"]} and grpo.resume_from is None
+    printed = capsys.readouterr().out
+    assert f"grpo: the model it started from ({sft}) has changed since; training it again" in printed
+    assert "reusing base" in printed and not (grpo.run_dir / "checkpoints").exists()
+    grpo.record.write_text(json.dumps({"seconds": 30.0}))  # recorded before the key was kept
+    assert reuse_or_resume([grpo]) == {"grpo": 30.0}
+
+    # unfinished: resumed from its checkpoint only when it started from the model there now
+    grpo.record.unlink()
+    ckpt = _checkpoint(grpo, 2)
+    grpo.tally.write_text(json.dumps({"seconds": 5.0, "start": "0" * 64}))  # another model's
+    assert reuse_or_resume([grpo]) == {} and grpo.resume_from is None
+    assert not ckpt.exists()
+    ckpt = _checkpoint(grpo, 2)
+    grpo.tally.write_text(json.dumps({"seconds": 5.0, "start": start_key(grpo)}))
+    assert reuse_or_resume([grpo]) == {} and grpo.resume_from == ckpt

@@ -112,12 +112,13 @@ def _cmd_demo(args) -> None:
 def _cmd_reproduce(args) -> None:
     # imports torch: here, not at the top, so that `grpo --help` and the light commands stay light
     from grpo.commands.reproduce import run_reproduce
+    from grpo.commands.reproduce_jobs import continue_command
 
     run_reproduce(args.config, args.overrides, n=args.n, ks=parse_ks(args.k), docs_dir=args.docs,
                   methods=args.methods.split(","),
                   progress=not args.quiet, sft_dir=args.sft, seeds=args.seeds, jobs=args.jobs,
                   reuse=args.reuse,
-                  sample_prompts=args.sample_prompts)
+                  sample_prompts=args.sample_prompts, again=continue_command(args.argv))
 
 
 def _cmd_plot(args) -> None:
@@ -210,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "`grpo sft` run)")
     sp.add_argument("--reuse", action="store_true",
                     help="keep the finished runs and evaluations already in output_dir that have this "
-                         "configuration, resume stopped runs (SFT and RL) from their checkpoints; train the "
-                         "rest")
+                         "configuration and starting model, resume stopped runs (SFT and RL) from their "
+                         "checkpoints; train the rest")
     sp.set_defaults(fn=_cmd_reproduce)
     sp = sub.add_parser("plot",
                         help="redraw a run's training.png, or compare several runs' curves in one PNG")
@@ -244,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # reproduce names the command that continues it when a signal stops it
     if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
         # a write past `ulimit -f` then fails with EFBIG, reported in one line, instead of killing the run
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

@@ -30,7 +30,9 @@ verdict per claim from the paired per-seed differences (`grpo.stats`), and PNG p
 invocation would train, continues an unfinished run from its newest checkpoint (`grpo train --resume`,
 `grpo sft --resume`: exact, so the grid ends as if never stopped; `sft_more`'s time budget counts the
 seconds before the stop) and keeps every evaluation of an unchanged model; a run without a checkpoint and
-a deleted run directory are trained again (`grpo.commands.reproduce_jobs`).
+a deleted run directory are trained again, as is a run whose starting model (its seed's `sft_best`) changed
+since (`grpo.commands.reproduce_jobs`). Ctrl-C (SIGINT) or SIGTERM stops every running job with a checkpoint
+and names the command that continues: the same with `--reuse`.
 
     grpo reproduce --config configs/reproduce.yaml --seeds 3 --jobs 2 --docs docs
 """
@@ -163,7 +165,10 @@ def _evaluate_all(todo: dict, jobs: int, threads: int, saved: dict, reuse: bool,
 def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 2, 4, 8, 16),
                   docs_dir: str | None = None, methods=tuple(m for m in METHODS if m != "grpo_base"),
                   progress: bool = True, sft_dir: str | None = None, seeds: int = 1, jobs: int = 1,
-                  reuse: bool = False, sample_prompts: int | None = None) -> dict:
+                  reuse: bool = False, sample_prompts: int | None = None,
+                  again: str = "the same command with --reuse") -> dict:
+    """The grid above; `again`: the command that continues it, named when a signal stops it
+    (`JobsInterrupted`)."""
     known = (*METHODS, SFT_MORE)
     unknown = [m for m in methods if m not in known]
     if unknown:
@@ -209,7 +214,7 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
               flush=True)
         timed = _sft_cpu_timed if cpu_budget else None
         done = reuse_or_resume(list(sft_jobs.values()), timed) if reuse else {}
-        run_jobs([job for job in sft_jobs.values() if job.name not in done], jobs)
+        run_jobs([job for job in sft_jobs.values() if job.name not in done], jobs, again)
         sfts = {i: _finished_sft(job.run_dir) for i, job in sft_jobs.items()}
 
     rl, rl_methods = cfg.rl, [m for m in methods if m in METHODS]
@@ -223,7 +228,7 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
                            out / f"seed{i}" / m, out / f"seed{i}" / f"{m}.log", scratch_checkpoints=scratch)
                for i in offsets for m in rl_methods}
     seconds = reuse_or_resume(list(rl_jobs.values()), _rl_cpu_timed if cpu_budget else None) if reuse else {}
-    seconds |= run_jobs([job for job in rl_jobs.values() if job.name not in seconds], jobs)
+    seconds |= run_jobs([job for job in rl_jobs.values() if job.name not in seconds], jobs, again)
     runs = {key: _read_run(job.run_dir, seconds[job.name]) for key, job in rl_jobs.items()}
 
     more = {}
@@ -233,7 +238,7 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
         more_jobs = {(i, SFT_MORE): sft_more_job(cfg, out, i, sfts[i], runs[(i, "grpo")][BUDGET[clock]],
                                                  clock, sft_scratch) for i in offsets}
         done = reuse_or_resume(list(more_jobs.values())) if reuse else {}
-        done |= run_jobs([job for job in more_jobs.values() if job.name not in done], jobs)
+        done |= run_jobs([job for job in more_jobs.values() if job.name not in done], jobs, again)
         more = {key: _finished_sft(job.run_dir) for key, job in more_jobs.items()}
         for key, job in more_jobs.items():
             more[key].seconds = done[job.name]

@@ -4,7 +4,8 @@ earlier work in the output directory.
 With `--reuse`, for each job, under the configuration this invocation would train (the same settings but
 `IGNORED`):
 
-    finished run (final model + the job's record)   kept; its recorded wall seconds are reported
+    finished run (final model + the job's record)   kept; its recorded wall seconds are reported (trained
+                                                    again when its starting model changed: `start_key`)
     unfinished run with a checkpoint                continued with `grpo train --resume` (`grpo sft
                                                     --resume`) from its newest checkpoint (resume is exact:
                                                     the run ends as if never stopped, metrics.jsonl
@@ -21,6 +22,17 @@ kept and removed once the job finishes: a checkpoint reads no random numbers and
 (nor an SFT run's clock: its seconds are the training steps').
 A job's wall seconds are the sum of its sittings since its last fresh start (`Job.tally`, written every
 `TALLY_EVERY_S` while it runs, so a killed reproduce loses at most that much of a sitting).
+
+A run is kept or resumed only while the model it started from is the same: its record and tally hold the
+SHA-256 of that model's files (`start_key`), and a run whose starting model changed since (a retrained
+sft_best) is trained again, its checkpoints discarded. Records written before the key existed are kept.
+
+Stopping: `grpo train` and `grpo sft` take a first SIGINT or SIGTERM as "finish the step, write a checkpoint,
+exit" and a second as "stop at once, without one" (`StopSignals`). So each job runs in its own session
+(`start_new_session`): a terminal's Ctrl-C reaches reproduce alone, and reproduce signals every job exactly
+once, with SIGINT (before its loop a job takes it as a KeyboardInterrupt and exits cleanly, where SIGTERM's
+default would kill it). It does so when it gets SIGINT or SIGTERM itself and when a job fails, then waits
+for the jobs (`STOP_WAIT_S`) and names the command that continues (`--reuse`).
 """
 
 from __future__ import annotations
@@ -29,7 +41,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +53,7 @@ from pathlib import Path
 
 from grpo.config import SFTConfig, TrainConfig, load_config, to_dict
 from grpo.errors import UserError
+from grpo.train.checkpoint import StopSignals
 from grpo.train.checkpoint_files import CHECKPOINTS, checkpoint_problem, latest_checkpoint, sha256_file
 from grpo.train.evaluation import EvalResult
 
@@ -54,6 +69,9 @@ CHECKPOINTS_PER_JOB = 10
 """A job whose config writes no checkpoints writes about this many: a kill costs at most a tenth of it."""
 TALLY_EVERY_S = 5.0
 """How often a running job's wall seconds so far are written to its tally."""
+STOP_WAIT_S = 1800.0
+"""How long a job told to stop (SIGINT: it finishes its step first, held-out evaluation included) may take
+before it is killed; a second signal to reproduce kills the jobs at once."""
 
 
 @dataclass
@@ -72,6 +90,8 @@ class Job:
     """The checkpoint this sitting continues from (`grpo train|sft --resume`); None: a fresh run."""
     scratch_checkpoints: bool = False
     """Its checkpoints are reproduce's own (`checkpoint_every`): removed once the job has finished."""
+    start: str | None = None
+    """`start_key` when this sitting was launched (set by `run_jobs`; written to its tally and record)."""
 
     @property
     def cmd(self) -> list[str]:
@@ -81,13 +101,22 @@ class Job:
 
     @property
     def record(self) -> Path:
-        """Written when the job succeeds: its wall seconds (read again by --reuse)."""
+        """Written when the job succeeds: {"seconds": its wall seconds, "start": its `start_key`} (read again
+        by --reuse)."""
         return self.log.with_suffix(".json")
 
     @property
     def tally(self) -> Path:
-        """Kept while the job is unfinished: the wall seconds of its sittings so far (a resume adds to it)."""
+        """Kept while the job is unfinished: the wall seconds of its sittings so far (a resume adds to them)
+        and its `start_key`."""
         return self.log.with_suffix(".partial.json")
+
+    @property
+    def start_model(self) -> Path | None:
+        """The model directory the job starts from (its model.path: a seed's sft_best for every method but
+        sft_best and grpo_base); None when model.path names no directory (`tiny`, a Hub id)."""
+        path = Path(self.settings()["model.path"])
+        return path if path.is_dir() else None
 
     def settings(self, saved: Path | None = None) -> dict:
         """The configuration this job trains (or the one saved at `saved`), as `settings` gives it."""
@@ -102,56 +131,131 @@ def checkpoint_every(steps: int) -> int:
     return max(1, -(-steps // CHECKPOINTS_PER_JOB))
 
 
-def run_jobs(jobs: list[Job], parallel: int) -> dict[str, float]:
+def start_key(job: Job) -> str | None:
+    """SHA-256 of the files of the model `job` starts from (`evaluation_key` without options); None when it
+    starts from no directory (`Job.start_model`)."""
+    start = job.start_model
+    return None if start is None else evaluation_key(start, {})
+
+
+def continue_command(argv: list[str]) -> str:
+    """The command line that continues the `grpo reproduce` invocation whose arguments (after `grpo`) are
+    `argv`: the same, with --reuse."""
+    at = argv.index("reproduce") + 1
+    return "grpo " + shlex.join(argv if "--reuse" in argv else [*argv[:at], "--reuse", *argv[at:]])
+
+
+class JobsInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped reproduce after its running jobs had stopped (`run_jobs`)."""
+
+    def __init__(self, signum: int, again: str):
+        self.signum = signum  # the CLI exits with 128 + signum, as a TrainingInterrupted does
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted ({name}); the running jobs stopped, each with a checkpoint of its "
+                         f"last step (see its log); continue with: {again}")
+
+
+def run_jobs(jobs: list[Job], parallel: int, again: str) -> dict[str, float]:
     """Run the jobs, `parallel` at a time; name -> wall seconds (of every sitting since the run's fresh
-    start). The first failure stops the others (SIGTERM: `grpo train` and `grpo sft` save a checkpoint first)
-    and raises with the tail of its log (every job's output is in its log file; a resumed sitting appends to
-    it)."""
-    pending, running, seconds = list(jobs), {}, {}
+    start). Every job's output is in its log file (a resumed sitting appends to it).
+
+    SIGINT or SIGTERM to reproduce (`StopSignals`) and a job's failure both stop the running jobs
+    (`stop_jobs`: one SIGINT each, so that each writes a checkpoint) and start no more; then a signal raises
+    `JobsInterrupted`, naming `again`, the command that continues, and a failure UserError with the tail of
+    its log."""
+    pending, running, seconds, failed = list(jobs), {}, {}, None
     env = {**os.environ, **MEMORY_ENV}
     last_tally = time.perf_counter()
-    try:
-        while pending or running:
-            while pending and len(running) < parallel:
-                job = pending.pop(0)
-                job.log.parent.mkdir(parents=True, exist_ok=True)
-                before = _tallied(job) if job.resume_from else 0.0
-                with open(job.log, "a" if job.resume_from else "w") as log:
-                    if job.resume_from:
-                        log.write(f"\n--- grpo reproduce --reuse: resuming from {job.resume_from} ---\n")
-                        log.flush()
-                    proc = subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-                running[job.name] = (job, proc, time.perf_counter() - before)
-                _write_tally(job, before)
-            for name, (job, proc, t0) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                del running[name]
-                _write_tally(job, time.perf_counter() - t0)
-                if proc.returncode != 0:
-                    tail = job.log.read_text(errors="replace")[-2000:]
-                    raise UserError(f"{name} failed (exit {proc.returncode}); log: {job.log}\n{tail}")
-                seconds[name] = time.perf_counter() - t0
-                job.record.write_text(json.dumps({"seconds": seconds[name]}))
-                job.tally.unlink(missing_ok=True)
-                if job.scratch_checkpoints:
-                    shutil.rmtree(job.run_dir / CHECKPOINTS, ignore_errors=True)
-                print(f"      finished {name} in {seconds[name]:.0f} s", flush=True)
-            if time.perf_counter() - last_tally >= TALLY_EVERY_S:
-                last_tally = time.perf_counter()
-                for job, _, t0 in running.values():
-                    _write_tally(job, last_tally - t0)
-            time.sleep(0.2)
-    finally:
-        for _, proc, _ in running.values():
-            proc.terminate()
-        for job, proc, t0 in running.values():
-            proc.wait()
-            _write_tally(job, time.perf_counter() - t0)
+    with StopSignals() as stop:
+        try:
+            while (pending or running) and failed is None and stop.signum is None:
+                while pending and len(running) < parallel:
+                    job = pending.pop(0)
+                    before = _tallied(job)
+                    running[job.name] = (job, _launch(job, env, before), time.perf_counter() - before)
+                for name, (job, proc, t0) in list(running.items()):
+                    if proc.poll() is not None:
+                        del running[name]
+                        seconds |= _ended(job, proc, time.perf_counter() - t0)
+                        if proc.returncode != 0 and failed is None:
+                            failed = job, proc.returncode
+                if time.perf_counter() - last_tally >= TALLY_EVERY_S:
+                    last_tally = time.perf_counter()
+                    for job, _, t0 in running.values():
+                        _write_tally(job, last_tally - t0)
+                time.sleep(0.2)
+        except KeyboardInterrupt:  # a second signal before the jobs were told to stop: they are now, once
+            pass
+        finally:
+            if running:  # a signal, a failure, or an error in this loop
+                print(f"      stopping {', '.join(running)}: each finishes its step and writes a checkpoint",
+                      flush=True)
+            seconds |= stop_jobs(running)
+    if failed:
+        job, code = failed
+        tail = job.log.read_text(errors="replace")[-2000:]
+        raise UserError(f"{job.name} failed (exit {code}); log: {job.log}\n{tail}")
+    if stop.signum is not None:
+        raise JobsInterrupted(stop.signum, again)
     return seconds
 
 
+def stop_jobs(running: dict) -> dict[str, float]:
+    """Stop the running jobs ({name: (job, process, start time)}), each with one SIGINT: `grpo train` and
+    `grpo sft` finish the step, write a checkpoint and exit (one that finishes instead is a finished job:
+    name -> seconds). A job still running after `STOP_WAIT_S`, or when a second signal reaches reproduce,
+    is killed; its newest checkpoint stays."""
+    for _, proc, _ in running.values():
+        proc.send_signal(signal.SIGINT)
+    deadline = time.perf_counter() + STOP_WAIT_S
+    try:
+        for _, proc, _ in running.values():
+            try:
+                proc.wait(max(0.0, deadline - time.perf_counter()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    except KeyboardInterrupt:
+        for _, proc, _ in running.values():
+            proc.kill()
+    seconds = {}
+    for job, proc, t0 in running.values():
+        proc.wait()
+        seconds |= _ended(job, proc, time.perf_counter() - t0)
+    return seconds
+
+
+def _launch(job: Job, env: dict, before: float) -> subprocess.Popen:
+    """Start `job` (`before`: its earlier sittings' seconds) in its own session: a terminal's Ctrl-C reaches
+    reproduce only, which signals the job once (`stop_jobs`)."""
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    job.start = start_key(job)
+    _write_tally(job, before)
+    with open(job.log, "a" if job.resume_from else "w") as log:
+        if job.resume_from:
+            log.write(f"\n--- grpo reproduce --reuse: resuming from {job.resume_from} ---\n")
+            log.flush()
+        return subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+
+
+def _ended(job: Job, proc: subprocess.Popen, seconds: float) -> dict[str, float]:
+    """Book a job whose process has exited: {name: seconds} when it succeeded (its record written, its tally
+    and scratch checkpoints removed), else {} (its tally kept for a resume)."""
+    if proc.returncode != 0:
+        _write_tally(job, seconds)
+        return {}
+    job.record.write_text(json.dumps({"seconds": seconds, "start": job.start}))
+    job.tally.unlink(missing_ok=True)
+    if job.scratch_checkpoints:
+        shutil.rmtree(job.run_dir / CHECKPOINTS, ignore_errors=True)
+    print(f"      finished {job.name} in {seconds:.0f} s", flush=True)
+    return {job.name: seconds}
+
+
 def _tallied(job: Job) -> float:
+    """The wall seconds of the job's earlier sittings: 0 for a fresh start."""
+    if job.resume_from is None:
+        return 0.0
     try:
         return float(json.loads(job.tally.read_text())["seconds"])
     except (OSError, ValueError, KeyError):
@@ -159,7 +263,7 @@ def _tallied(job: Job) -> float:
 
 
 def _write_tally(job: Job, seconds: float) -> None:
-    job.tally.write_text(json.dumps({"seconds": seconds}))
+    job.tally.write_text(json.dumps({"seconds": seconds, "start": job.start}))
 
 
 def settings(tree: dict, prefix: str = "") -> dict:
@@ -188,13 +292,16 @@ def reuse_or_resume(jobs: list[Job], timed: Callable[[Path], bool] | None = None
     """--reuse: job name -> wall seconds of every job whose finished run (its final model, its config.yaml
     and the job's record) has this invocation's configuration; every other job whose run holds an intact
     checkpoint of it is set to resume from it (`Job.resume_from`). UserError when a run or a checkpoint has
-    another configuration. A finished run for which `timed(run_dir)` is False (it predates the timing the
-    compute budget is counted in) is trained again."""
+    another configuration. A run whose record (tally) holds another `start_key` than the job's (its starting
+    model changed since) is trained again, its checkpoints deleted; so is a finished run for which
+    `timed(run_dir)` is False (it predates the timing the compute budget is counted in)."""
     seconds = {}
     for job in jobs:
         d = job.run_dir
         if (d / "final" / "config.json").is_file() and (d / "config.yaml").is_file() and job.record.is_file():
             _check_same(job, d / "config.yaml")
+            if _start_changed(job, job.record):
+                continue
             if timed is not None and not timed(d):
                 print(f"      {job.name}: its run ({d}) lacks the CPU seconds the budget is counted in; "
                       "training it again", flush=True)
@@ -208,6 +315,8 @@ def reuse_or_resume(jobs: list[Job], timed: Callable[[Path], bool] | None = None
         if ckpt is None:
             continue
         _check_same(job, ckpt / "config.yaml")
+        if _start_changed(job, job.tally):
+            continue
         problem = checkpoint_problem(ckpt)
         if problem is not None:
             print(f"      {job.name}: its checkpoint {ckpt} is damaged ({problem}); training it again",
@@ -218,13 +327,30 @@ def reuse_or_resume(jobs: list[Job], timed: Callable[[Path], bool] | None = None
     return seconds
 
 
+def _start_changed(job: Job, saved: Path) -> bool:
+    """Whether the start key in `saved` (the job's record or tally) is not the job's `start_key`: then its run
+    is to be trained again, and its checkpoints, of the old start, are deleted (a later --reuse must not
+    resume from them). A record or tally without the key (written before it was kept) is not checked."""
+    try:
+        before = json.loads(saved.read_text()).get("start")
+    except (OSError, ValueError):
+        return False
+    if before is None or before == start_key(job):
+        return False
+    print(f"      {job.name}: the model it started from ({job.start_model}) has changed since; training it "
+          "again", flush=True)
+    shutil.rmtree(job.run_dir / CHECKPOINTS, ignore_errors=True)
+    return True
+
+
 # ---------------------------------------------------------------------------------------------------
 # Evaluations
 
 
 def evaluation_key(model_dir: Path, options: dict) -> str:
     """SHA-256 of the model's files (names and contents) and of the evaluation's `options` (plain data):
-    an evaluation is kept only for the same weights, tokenizer and settings."""
+    an evaluation is kept only for the same weights, tokenizer and settings (and, without options, a run
+    only while the model it started from is the same: `start_key`)."""
     h = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode())
     for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
         h.update(f"{f.relative_to(model_dir).as_posix()}:{sha256_file(f)}".encode())
