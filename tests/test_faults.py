@@ -361,6 +361,29 @@ def test_too_little_free_space_is_refused_at_start(tmp_path, monkeypatch, capsys
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("save_every,need", [(1, "the final model and one checkpoint need"),
+                                             (0, "the final model need")])
+def test_too_little_free_space_is_refused_before_sft_trains(tmp_path, monkeypatch, capsys, save_every, need):
+    from types import SimpleNamespace
+
+    import grpo.train.run_files as rf
+    import grpo.train.sft as sft_module
+
+    def train_step(*args, **kwargs):
+        raise AssertionError("trained on a disk without room")
+
+    monkeypatch.setattr(rf.shutil, "disk_usage", lambda path: SimpleNamespace(free=2**10))  # 1 KiB
+    monkeypatch.setattr(sft_module, "_train_step", train_step)
+    out = tmp_path / "new" / "sft"
+    assert main(["sft", "-q", "sft.max_steps=1", "sft.batch_size=2", "data.num_train=4", "data.num_heldout=2",
+                 "sft.threads=1", "model.tiny_hidden_size=32", "model.tiny_num_layers=1",
+                 f"sft.save_every={save_every}", f"sft.output_dir={out}"]) == 2
+    err = one_error_line(capsys)
+    assert err.startswith(f"grpo: error: sft.output_dir {out}: 0.0 MiB free on its disk, but {need} "
+                          "about "), err
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.slow
 def test_a_file_size_limit_stops_the_run_with_one_line_not_a_signal(tmp_path):
     """`ulimit -f` (RLIMIT_FSIZE) below a checkpoint's size: by default the kernel kills the writer with

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -25,6 +27,9 @@ def one_short(prompts, completions, completion_ids, **columns):
 def nan(prompts, completions, completion_ids, **columns):
     return [float("nan")] * len(completions)
 """
+SFT_ONE_STEP = ["sft.max_steps=1", "sft.batch_size=2", "data.num_train=4", "data.num_heldout=2",
+                "sampling.max_new_tokens=4", "sft.threads=1", "model.tiny_hidden_size=32",
+                "model.tiny_num_layers=1"]
 ONE_STEP = ["train.steps=1", "train.prompts_per_step=2", "grpo.G=2", "sampling.max_new_tokens=4",
             "data.num_train=4", "data.num_heldout=2", "train.threads=1", "model.tiny_hidden_size=32",
             "model.tiny_num_layers=1"]
@@ -97,16 +102,55 @@ def test_the_lock_is_taken_before_the_model_loads(tmp_path, monkeypatch, capsys)
     seen = []
 
     def load_policy(*args, **kwargs):
-        with pytest.raises(UserError, match="is in use by another grpo train") as refused:
+        with pytest.raises(UserError, match="is in use by another grpo train or grpo sft") as refused:
             OutputDirLock(out, enabled=True).__enter__()  # a second run, started now, stops at once
         seen.append(str(refused.value))
         raise UserError("stop here")
 
     monkeypatch.setattr(grpo.train.run, "load_policy", load_policy)
     assert run(capsys, ["train", "-q", f"train.output_dir={out}"]) == (2, "grpo: error: stop here")
-    assert seen == [f"{out} is in use by another grpo train (pid {os.getpid()}); wait for it or choose "
-                    "another train.output_dir"]
+    assert seen == [f"{out} is in use by another grpo train or grpo sft (pid {os.getpid()}); wait for it or "
+                    "choose another train.output_dir"]
     assert not out.exists()
+
+
+def test_sft_takes_the_lock_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    """The lock `grpo train` takes: a second `grpo sft`, or a `grpo train`, into the directory stops at once;
+    an SFT run that fails before writing leaves nothing."""
+    out = tmp_path / "new" / "sft"
+    seen = []
+
+    def load_policy(*args, **kwargs):
+        for section in ("sft", "train"):
+            with pytest.raises(UserError) as refused:
+                OutputDirLock(out, enabled=True, section=section).__enter__()
+            seen.append(str(refused.value))
+        raise UserError("stop here")
+
+    monkeypatch.setattr(grpo.train.sft, "load_policy", load_policy)
+    assert run(capsys, ["sft", "-q", f"sft.output_dir={out}"]) == (2, "grpo: error: stop here")
+    assert seen == [f"{out} is in use by another grpo train or grpo sft (pid {os.getpid()}); wait for it or "
+                    f"choose another {section}.output_dir" for section in ("sft", "train")]
+    assert not (tmp_path / "new").exists()
+
+
+def test_sft_into_a_held_directory_is_refused_and_a_dead_runs_lock_is_taken(tmp_path, monkeypatch, capsys):
+    """A directory a live process holds (here a lock of this process, as a `grpo train` would hold it):
+    refused with one line naming the holder, nothing written. The lock file of a run that died (unlocked,
+    naming a pid that is gone): taken, and the run trains."""
+    out = tmp_path / "run"
+    argv = ["sft", "-q", *SFT_ONE_STEP, f"sft.output_dir={out}"]
+    with OutputDirLock(out, enabled=True) as held:
+        held.commit()
+        assert run(capsys, argv) == (2, f"grpo: error: {out} is in use by another grpo train or grpo sft "
+                                        f"(pid {os.getpid()}); wait for it or choose another sft.output_dir")
+        assert [p.name for p in out.iterdir()] == [LOCK_FILE]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (out / LOCK_FILE).write_text(f"{dead}\n")
+    assert run(capsys, argv)[0] == 0
+    assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    assert (out / "final" / "model.safetensors").is_file()
 
 
 def test_sft_and_demo_refuse_a_directory_holding_a_run(tmp_path, monkeypatch, capsys):

@@ -307,8 +307,9 @@ def test_resume_without_a_checkpoint_or_a_run_directory(tmp_path, reward_file, c
 # One run per output directory
 
 
-def in_use(out, holder: str) -> str:
-    return f"{out} is in use by another grpo train ({holder}); wait for it or choose another train.output_dir"
+def in_use(out, holder: str, section: str = "train") -> str:
+    return (f"{out} is in use by another grpo train or grpo sft ({holder}); wait for it or choose another "
+            f"{section}.output_dir")
 
 
 def test_one_lock_per_output_directory_released_when_the_run_ends_or_fails(tmp_path, monkeypatch):
@@ -404,3 +405,27 @@ def test_train_into_a_live_runs_directory_stops_and_after_a_sigkill_proceeds(tmp
         assert main(argv) == 0  # the killed holder's lock file is left, unlocked: the run goes ahead
         assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
     assert latest_checkpoint(out).name == "step-000002" and (out / "final" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_sft_into_a_live_runs_directory_stops_and_after_a_sigkill_proceeds(tmp_path, capsys):
+    """`grpo sft` takes `grpo train`'s lock: fresh and `--resume`, refused while a live process holds the
+    directory, and run once that process is SIGKILLed (its lock file left behind, unlocked)."""
+    out = tmp_path / "run"
+    fresh = ["sft", "-q", "sft.max_steps=2", "sft.save_every=1", "sft.batch_size=2", "data.num_train=4",
+             "data.num_heldout=2", "sampling.max_new_tokens=4", "sft.threads=1", "model.tiny_hidden_size=32",
+             "model.tiny_num_layers=1", f"sft.output_dir={out}"]
+    resume = ["sft", "-q", "--resume", str(out)]
+    for argv in (fresh, resume):
+        holder = locking_process(out, "hold")
+        try:
+            before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+            assert _cli_error(capsys, argv) == "grpo: error: " + in_use(out, f"pid {holder.pid}", "sft")
+            assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*")
+                    if p.is_file()} == before
+        finally:
+            sigkill(holder)
+        assert main(argv) == 0  # the killed holder's lock file is left, unlocked: the run goes ahead
+        assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    # the fresh run's checkpoint (none at the last step) resumed from, and the final model written again
+    assert latest_checkpoint(out).name == "step-000001" and (out / "final" / "model.safetensors").exists()

@@ -96,16 +96,16 @@ def check_output_dir(path: str | Path, resume: bool, overwrite: bool = False,
     return latest if resume else None
 
 
-def check_free_space(path: str | Path, model, checkpoints: bool) -> None:
+def check_free_space(path: str | Path, model, checkpoints: bool, section: str = "train") -> None:
     """The final model and, when checkpoints are on, one checkpoint (weights +
-    Adam's two moments) must fit."""
+    Adam's two moments) must fit. `section`: the config section of the run's output_dir ('train' or 'sft')."""
     out = Path(path)
     existing = out if out.exists() else next(p for p in out.parents if p.exists())
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     need = weights * (4 if checkpoints else 1)
     free = shutil.disk_usage(existing).free
     if free < need:
-        raise UserError(f"train.output_dir {out}: {free / 2**20:.1f} MiB free on its disk, but the final "
+        raise UserError(f"{section}.output_dir {out}: {free / 2**20:.1f} MiB free on its disk, but the final "
                         f"model{' and one checkpoint' if checkpoints else ''} need about {need / 2**20:.1f} "
                         "MiB")
 

@@ -1,4 +1,5 @@
-"""One `grpo train` per output directory: an exclusive flock on OUT/.grpo-train.lock (`OutputDirLock`)."""
+"""One `grpo train` or `grpo sft` per output directory: an exclusive flock on OUT/.grpo-train.lock
+(`OutputDirLock`)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ logger = logging.getLogger(__name__)
 
 
 LOCK_FILE = ".grpo-train.lock"
-"""In train.output_dir: flock-ed by the process writing the directory, and holding that process's pid."""
+"""In train.output_dir or sft.output_dir: flock-ed by the process writing the directory, and holding that
+process's pid. One name for both commands, so that a `grpo train` and a `grpo sft` exclude each other too."""
 
 
 class OutputDirLock:
-    """One `grpo train` per output directory: an exclusive `fcntl.flock` on OUT/.grpo-train.lock.
+    """One `grpo train` or `grpo sft` per output directory: an exclusive `fcntl.flock` on LOCK_FILE in it.
 
     Taken on entering, before the model loads, so that a second run into the directory stops at once.
     Entering creates the directory (and its parents) when needed, locks the lock file and writes this
@@ -27,11 +29,12 @@ class OutputDirLock:
     ended or failed; a run that never `commit`ted (it failed before its first write) also removes the
     lock file and the directories it created, so that it leaves nothing behind. Under torchrun only
     rank 0 locks (torch.distributed is not up yet: torchrun's RANK says which process is rank 0); the
-    other ranks write into the directory under rank 0's lock.
+    other ranks write into the directory under rank 0's lock. `section`: the config section of the
+    locking run's output_dir ('train' or 'sft'), named in the refusal.
     """
 
-    def __init__(self, path: str | Path, enabled: bool | None = None):
-        self.out, self._file, self.committed = Path(path), None, False
+    def __init__(self, path: str | Path, enabled: bool | None = None, section: str = "train"):
+        self.out, self.section, self._file, self.committed = Path(path), section, None, False
         self.enabled = os.environ.get("RANK", "0") == "0" if enabled is None else enabled
         self._created: list[Path] = []  # directories this lock made, the deepest first
         self._made_file = False
@@ -102,8 +105,8 @@ class OutputDirLock:
                 holder = _live_pid(f.read())
                 f.close()
                 who = f"pid {holder}" if holder else "still starting: its pid is not written yet"
-                raise UserError(f"{self.out} is in use by another grpo train ({who}); wait for it or choose "
-                                "another train.output_dir") from None
+                raise UserError(f"{self.out} is in use by another grpo train or grpo sft ({who}); wait for "
+                                f"it or choose another {self.section}.output_dir") from None
             except OSError as e:  # ENOLCK, EOPNOTSUPP...: some network filesystems have no flock
                 f.close()
                 logger.warning("cannot lock %s (%s); running without the one-run-per-directory guard", path,

@@ -38,7 +38,8 @@ from grpo.train.episodes import Episodic
 from grpo.train.evaluation import evaluate_accuracy
 from grpo.train.metrics import MetricsLog
 from grpo.train.optim import make_optimizer
-from grpo.train.run_files import check_output_dir, prepare_output_dir, save_model
+from grpo.train.run_files import check_free_space, check_output_dir, prepare_output_dir, save_model
+from grpo.train.run_lock import OutputDirLock
 from grpo.train.sft_state import (SFTState, load_trained_weights, resume_sft, save_sft_checkpoint,
                                   trained_weights)
 from grpo.train.update import micro_batches
@@ -138,15 +139,26 @@ def batch_order(n: int, batch_size: int, rng: random.Random):
 def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTResult:
     """Train until the chosen split's accuracy plateaus (or max_steps / max_seconds); the best model goes to
     OUTPUT/final. An sft.output_dir that holds a run is refused unless `overwrite` (the CLI's --overwrite);
-    sft.resume continues the run there from its newest checkpoint (`grpo.train.sft_state`), exactly.
+    sft.resume continues the run there from its newest checkpoint (`grpo.train.sft_state`), exactly. One run
+    per output directory, `grpo train`'s included (`OutputDirLock`, taken before the model loads).
 
     Checkpoints: every sft.save_every steps but the last, and after the step during which SIGINT or SIGTERM
     arrived (`TrainingInterrupted`); a signal during the step the run stops at lets it finish instead."""
     t_start = time.perf_counter()
+    resume_from = check_output_dir(cfg.sft.output_dir, cfg.sft.resume, overwrite, section="sft")
+    # on every RANK: SFT is not distributed, so any process running it writes the directory
+    with OutputDirLock(cfg.sft.output_dir, enabled=True, section="sft") as lock:
+        if resume_from is not None:
+            lock.commit()  # the run's directory already holds its files
+        return _sft(cfg, progress, overwrite, resume_from, lock, t_start)
+
+
+def _sft(cfg: SFTConfig, progress: bool, overwrite: bool, resume_from: Path | None, lock: OutputDirLock,
+         t_start: float) -> SFTResult:
+    """`sft`'s run, inside its output directory's `lock` (committed once the directory is the run's)."""
     s = cfg.sft
-    resume_from = check_output_dir(s.output_dir, s.resume, overwrite, section="sft")
     seed_everything(s.seed, s.threads)
-    model, tokenizer, task, checker, out = _load(cfg, resume_from is None, overwrite)
+    model, tokenizer, task, checker, out = _load(cfg, resume_from is None, overwrite, lock)
     fingerprint = weights_fingerprint(model)  # of the initial weights: a resume's frozen ones must match
     device = next(model.parameters()).device
     engine = HFEngine(model, stop_token_ids(model, tokenizer), tokenizer.pad_token_id)
@@ -219,9 +231,10 @@ def sft(cfg: SFTConfig, progress: bool = True, overwrite: bool = False) -> SFTRe
                      chose_on_validation=bool(task.validation))
 
 
-def _load(cfg: SFTConfig, fresh: bool, overwrite: bool):
-    """(model, tokenizer, task, checker, output directory), checked before anything is written; a `fresh`
-    run's directory then gets its config.yaml (and the tiny model's initial weights)."""
+def _load(cfg: SFTConfig, fresh: bool, overwrite: bool, lock: OutputDirLock):
+    """(model, tokenizer, task, checker, output directory), checked (free space included) before anything is
+    written; a `fresh` run's directory then gets its config.yaml (and the tiny model's initial weights), and
+    `lock` is committed: the directory is the run's."""
     s = cfg.sft
     with tempfile.TemporaryDirectory(prefix="grpo-") as staging:  # a mistake in model or data writes nothing
         tiny_dir = Path(staging) / "tiny-init"
@@ -238,8 +251,10 @@ def _load(cfg: SFTConfig, fresh: bool, overwrite: bool):
                 )
             ]
         checker = load_reward_function(s.eval_reward)
+        check_free_space(s.output_dir, model, checkpoints=s.save_every > 0, section="sft")
         if not fresh:  # resumed: the directory holds the run's files already
             return model, tokenizer, task, checker, Path(s.output_dir)
+        lock.commit()
         out = prepare_output_dir(s.output_dir, cfg, overwrite)
         if tiny_dir.exists():
             shutil.copytree(tiny_dir, out / "tiny-init", dirs_exist_ok=True)
