@@ -262,6 +262,53 @@ def test_ctrl_c_to_the_process_group_with_a_reward_pool_checkpoints_and_exits_13
     assert [x["step"] for x in lines if "reward/mean" in x] == list(range(1, step + 2))
 
 
+@pytest.mark.slow
+def test_a_closed_terminal_stops_the_run_with_a_checkpoint_unless_nohup_ignores_it(tmp_path, reward_file):
+    """Closing the terminal: SIGHUP reaches the trainer and its reward workers, and every write to the
+    terminal now fails (EIO). The trainer stops writing to it, finishes the step, checkpoints and exits 129;
+    the workers ignore the signal. Under `nohup` (SIGHUP ignored) the run goes on."""
+    import pty
+
+    def start(out, nohup: bool):
+        master, slave = pty.openpty()
+        hup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None
+        proc = subprocess.Popen([sys.executable, "-m", "grpo", "train",
+                                 *overrides(reward_file, out, "train.steps=500", "train.save_every=0",
+                                            "rewards.workers=1")],
+                                stdout=slave, stderr=slave, start_new_session=True, preexec_fn=hup)
+        os.close(slave)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 1:
+                break
+            try:  # keep the terminal's buffer drained, as a terminal would
+                os.read(master, 1 << 16)
+            except OSError:
+                pass
+            time.sleep(0.05)
+        os.close(master)  # the terminal is gone: writes to it fail from here on
+        os.killpg(proc.pid, signal.SIGHUP)  # as the kernel does to the terminal's processes
+        return proc
+
+    out = tmp_path / "run"
+    proc = start(out, nohup=False)
+    assert proc.wait(timeout=120) == 129
+    ckpt = latest_checkpoint(out)
+    step = int(ckpt.name.split("-")[1])
+    assert sum("reward/mean" in x for x in (out / "metrics.jsonl").read_text().splitlines()) == step
+    with pytest.raises(ProcessLookupError):  # no reward worker outlived the trainer
+        for _ in range(50):
+            os.killpg(proc.pid, 0)
+            time.sleep(0.1)
+    assert main(["train", "-q", "--resume", str(out), f"train.steps={step + 1}", "rewards.workers=0"]) == 0
+
+    ignored = start(tmp_path / "nohup", nohup=True)
+    time.sleep(3)
+    assert ignored.poll() is None  # it trains on
+    os.killpg(ignored.pid, signal.SIGKILL)
+    ignored.wait()
+
+
 @pytest.fixture
 def finished_copy(tmp_path, straight):
     out = tmp_path / "run"

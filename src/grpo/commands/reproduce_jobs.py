@@ -31,8 +31,8 @@ Stopping: `grpo train` and `grpo sft` take a first SIGINT or SIGTERM as "finish 
 exit" and a second as "stop at once, without one" (`StopSignals`). So each job runs in its own session
 (`start_new_session`): a terminal's Ctrl-C reaches reproduce alone, and reproduce signals every job exactly
 once, with SIGINT (before its loop a job takes it as a KeyboardInterrupt and exits cleanly, where SIGTERM's
-default would kill it). It does so when it gets SIGINT or SIGTERM itself and when a job fails, then waits
-for the jobs (`STOP_WAIT_S`) and names the command that continues (`--reuse`).
+default would kill it). It does so when it gets SIGINT, SIGTERM or SIGHUP (`stop_signals`) itself and when
+a job fails, then waits for the jobs (`STOP_WAIT_S`) and names the command that continues (`--reuse`).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def continue_command(argv: list[str]) -> str:
 
 
 class JobsInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped reproduce after its running jobs had stopped (`run_jobs`)."""
+    """A stop signal (`stop_signals`) stopped reproduce after its running jobs had stopped (`run_jobs`)."""
 
     def __init__(self, signum: int, again: str):
         self.signum = signum  # the CLI exits with 128 + signum, as a TrainingInterrupted does
@@ -159,7 +159,7 @@ def run_jobs(jobs: list[Job], parallel: int, again: str) -> dict[str, float]:
     """Run the jobs, `parallel` at a time; name -> wall seconds (of every sitting since the run's fresh
     start). Every job's output is in its log file (a resumed sitting appends to it).
 
-    SIGINT or SIGTERM to reproduce (`StopSignals`) and a job's failure both stop the running jobs
+    A stop signal to reproduce (`StopSignals`) and a job's failure both stop the running jobs
     (`stop_jobs`: one SIGINT each, so that each writes a checkpoint) and start no more; then a signal raises
     `JobsInterrupted`, naming `again`, the command that continues, and a failure UserError with the tail of
     its log."""

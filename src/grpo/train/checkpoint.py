@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import signal
@@ -105,9 +106,9 @@ class ResumeRules:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped the run after a step; a checkpoint of that step was saved. Before the
-    first step (during the first held-out evaluation) nothing was trained: no checkpoint, `checkpoint`
-    is None. `command`: the one to resume with ('train' or 'sft')."""
+    """A stop signal (`stop_signals`) stopped the run after a step; a checkpoint of that step was saved.
+    Before the first step (during the first held-out evaluation) nothing was trained: no checkpoint,
+    `checkpoint` is None. `command`: the one to resume with ('train' or 'sft')."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path | None, output_dir: Path,
                  command: str = "train"):
@@ -378,19 +379,28 @@ def restore_logs(out: Path, step: int, sizes: dict[str, int], command: str = "tr
 # Stopping cleanly
 
 
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop a run with a checkpoint: SIGINT (Ctrl-C), SIGTERM, and SIGHUP (the terminal
+    closed) unless it is ignored (`nohup`: the run is meant to outlive its terminal)."""
+    hangup = getattr(signal, "SIGHUP", None)
+    keep = hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN
+    return (signal.SIGINT, signal.SIGTERM, *((hangup,) if keep else ()))
+
+
 class StopSignals:
-    """While active, SIGINT (Ctrl-C) and SIGTERM set `signum` instead of killing the process.
+    """While active, the `stop_signals` set `signum` instead of killing the process.
 
     The loop reads it after each step, saves a checkpoint and stops (`TrainingInterrupted`). A second
-    signal raises KeyboardInterrupt at once: stop now, without a checkpoint. Handlers can only be
-    set from the main thread; elsewhere this does nothing.
+    signal raises KeyboardInterrupt at once: stop now, without a checkpoint. On SIGHUP the terminal is
+    gone, and writing to it would fail (EIO) in the middle of the step: stdout and stderr are sent to
+    /dev/null first. Handlers can only be set from the main thread; elsewhere this does nothing.
     """
 
     def __enter__(self) -> StopSignals:
         self.signum: int | None = None
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in stop_signals():
                 self._previous[s] = signal.signal(s, self._handle)
         return self
 
@@ -398,6 +408,11 @@ class StopSignals:
         if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
+        if signum == getattr(signal, "SIGHUP", None):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            os.close(null)
         # A signal handler must not take locks (logging does): write directly.
         sys.stderr.write(f"\ngrpo: {signal.Signals(signum).name} received; stopping after this step with a "
                          "checkpoint (send it again to stop at once, without one)\n")

@@ -8,14 +8,15 @@ import threading
 from contextlib import contextmanager
 
 from grpo.rewards import make_reward_pool
+from grpo.train.checkpoint import stop_signals
 
 
 @contextmanager
 def reward_pool(workers: int):
     """The reward process pool for `compute_rewards(pool=...)` (None when workers = 0), closed on exit.
 
-    Ctrl-C in a terminal signals the whole process group. The workers are started with SIGINT and
-    SIGTERM ignored (spawned children inherit that), so that only the trainer reacts: it finishes
+    Ctrl-C in a terminal (or closing it) signals the whole process group. The workers are started with
+    the `stop_signals` ignored (spawned children inherit that), so that only the trainer reacts: it finishes
     the step, checkpoints and stops, instead of losing the step to a broken pool.
     """
     if workers == 0:
@@ -24,7 +25,7 @@ def reward_pool(workers: int):
 
     pool = make_reward_pool(workers)
     main = threading.current_thread() is threading.main_thread()
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in stop_signals()} if main else {}
     try:
         concurrent.futures.wait([pool.submit(int) for _ in range(workers)])  # start every worker now
     finally:
