@@ -3,6 +3,7 @@ hand-worked pass@k / maj@k, and the command line end to end on the tiny model.""
 
 import argparse
 import json
+import math
 import random
 from itertools import combinations
 
@@ -125,6 +126,13 @@ def test_evaluate_on_scripted_completions_gives_hand_worked_metrics():
     assert res.majority_answers == ["7", "4"]
     table = format_result(res, "title")
     assert "pass@k" in table and "66.7%" in table and "41.7%" in table  # pass@2, maj@2
+    # sample_prompts=0: greedy only (reproduce's out-of-distribution sets), nothing sampled (no samples given)
+    greedy_only = evaluate_policy(None, tok, rows, load_reward_function("arithmetic_accuracy"),
+                                  answer_extractor("arithmetic_accuracy"), n=4, ks=(1, 2, 4),
+                                  engine=ScriptedEngine(tok, greedy, {}), sample_prompts=0)
+    assert (greedy_only.greedy_accuracy, greedy_only.num_prompts, greedy_only.num_sampled_prompts) == \
+        (0.5, 2, 0)
+    assert greedy_only.pass_at_k == greedy_only.maj_at_k == {} and math.isnan(greedy_only.sample_accuracy)
 
 
 def test_math_answers_vote_after_normalisation_and_the_math_checker_judges():

@@ -18,6 +18,7 @@ from grpo.commands.cli import main
 from grpo.commands.reproduce_jobs import (checkpoint_every)
 from grpo.errors import UserError
 from grpo.config import TrainConfig, load_config
+from grpo.data.synthetic import make_rows
 from grpo.commands.reproduce import (METHODS, _reused_sft, run_reproduce)
 from grpo.stats import mean_ci, mean_std, verdict
 from grpo.train.checkpoint_files import checkpoint_problem, latest_checkpoint
@@ -105,6 +106,45 @@ def test_reproduce_trains_methods_over_seeds_and_writes_results_with_plots(tmp_p
     assert "](img/curves.png)" in text
     for png in ("curves.png", "maj_pass_at_k.png", "sft.png"):
         assert (docs / "img" / png).stat().st_size > 10_000
+    assert "Out of distribution" not in text
+
+    # --reuse --ood on the finished grid: nothing trained, the test split's evaluations kept, each model
+    # scored greedy on the --ood file (four problems with four steps and bigger numbers) and saved beside them
+    ood = tmp_path / "four_steps.jsonl"
+    rows = make_rows(4, "heldout", 0, num_steps=4, max_value=40)
+    ood.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test_split = {p: p.stat().st_mtime_ns for p in out.glob("seed*/*.eval.json")}
+    first = ["reproduce", "-q", "--seeds", "2", "--jobs", "2", "--n", "4", "--k", "1,2,4", "--docs",
+             str(docs), "--methods", "grpo,ppo,rft", "--reuse", "--ood", str(ood), f"output_dir={out}", *TINY]
+    capsys.readouterr()
+    assert main(first) == 0
+    printed = capsys.readouterr().out
+    assert "finished" not in printed and "resuming" not in printed
+    assert ("reusing the evaluations of sft seed 0, sft seed 1, grpo seed 0, ppo seed 0, rft seed 0, "
+            "grpo seed 1, ppo seed 1, rft seed 1\n") in printed
+    assert {p: p.stat().st_mtime_ns for p in test_split} == test_split
+    assert sorted(p.name for p in out.glob("seed1/*.ood-*")) == [f"{m}.ood-four_steps.eval.json"
+                                                                 for m in ("grpo", "ppo", "rft", "sft")]
+    with_ood = json.loads((out / "results.json").read_text())
+    assert with_ood["per_seed"]["1"]["grpo"]["greedy_accuracy"] == per_seed["1"]["grpo"]["greedy_accuracy"]
+    ood_seed = with_ood["ood"]["four_steps"]["per_seed"]
+    assert with_ood["ood"]["four_steps"]["num_prompts"] == 4
+    assert list(ood_seed["1"]) == ["sft", "grpo", "ppo", "rft"]
+    assert all(4 * v[key] in range(5) for v in ood_seed["1"].values()
+               for key in ("greedy_accuracy", "strict_accuracy", "lenient_accuracy"))
+    section = (docs / "results.md").read_text().split("## Out of distribution")[1].split("## Setup")[0]
+    diffs = [100 * (ood_seed[i]["grpo"]["greedy_accuracy"] - ood_seed[i]["sft"]["greedy_accuracy"])
+             for i in ("0", "1")]
+    m, lo, hi = mean_ci(diffs)
+    assert f"### four_steps (`{ood}`, 4 problems)" in section and "| GRPO matches or beats PPO" in section
+    assert (f"| RL adds points over SFT (GRPO outcome − SFT) | {m:+.1f} ({diffs[0]:+.1f}, {diffs[1]:+.1f}) | "
+            f"[{lo:+.1f}, {hi:+.1f}] | {verdict(lo, hi)} |") in section
+    # the same again: nothing evaluated
+    evals = {p: p.stat().st_mtime_ns for p in out.glob("seed*/*.eval.json")}
+    assert main(first) == 0
+    assert "sft seed 0 on four_steps, sft seed 1 on four_steps" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.glob("seed*/*.eval.json")} == evals
+    assert json.loads((out / "results.json").read_text())["ood"] == with_ood["ood"]
 
     # --reuse: the finished runs in the output directory are kept, only the evaluation runs again
     logs = {p: p.stat().st_mtime_ns for p in out.glob("seed*/*/metrics.jsonl")}
@@ -118,6 +158,7 @@ def test_reproduce_trains_methods_over_seeds_and_writes_results_with_plots(tmp_p
     assert list(again["1"]) == ["sft", "rft", "grpo"]
     assert [again[i][m]["greedy_accuracy"] for i in ("0", "1") for m in again["0"]] == \
         [per_seed[i][m]["greedy_accuracy"] for i in ("0", "1") for m in again["0"]]
+    assert "Out of distribution" not in (out / "results.md").read_text()  # no --ood this time
     # the first invocation's wall time
     assert again["1"]["grpo"]["seconds"] == per_seed["1"]["grpo"]["seconds"]
     # ... unless the configuration differs: then it says which setting and what to do
@@ -147,6 +188,13 @@ def test_reproduce_refuses_unknown_methods_and_bad_k(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
     with pytest.raises(UserError, match="--seeds and --jobs must be >= 1"):
         run_reproduce(None, [f"output_dir={tmp_path}"], seeds=0)
+    # a bad --ood file stops it before anything trains; a multi-turn task is scored by episodes only
+    with pytest.raises(UserError, match="--ood missing.jsonl: no such file"):
+        run_reproduce(None, [f"output_dir={tmp_path}", "sft.data.num_validation=4"], ood=("missing.jsonl",))
+    with pytest.raises(UserError, match="--ood: a multi-turn task"):
+        run_reproduce(str(ROOT / "configs" / "smollm2_tools_vs_sft.yaml"), [f"output_dir={tmp_path}"],
+                      ood=(str(ROOT / "data" / "calculator_test.jsonl"),))
+    assert not any(tmp_path.iterdir())
 
 
 VARYING = ("time/", "memory/", "tokens_per_s")

@@ -19,7 +19,8 @@ from grpo.commands.reproduce_jobs import (Job, JobsInterrupted, cached_evaluatio
                                           save_evaluation, start_key)
 from grpo.errors import UserError
 from grpo.config import DemoConfig, SFTConfig, TrainConfig, load_config, save_config, to_dict
-from grpo.commands.reproduce import (_rl_cpu_timed, _sft_cpu_timed, job_configs,
+from grpo.commands import reproduce
+from grpo.commands.reproduce import (_rl_cpu_timed, _sft_cpu_timed, evaluate_models, job_configs, ood_tests,
                                      sft_best_job, sft_more_job)
 from grpo.train.evaluation import EvalResult
 from grpo.train.sft import SFTResult
@@ -163,6 +164,63 @@ def test_a_saved_evaluation_is_kept_only_for_the_same_model_files_and_settings(t
     assert evaluation_key(model, {"ks": [1, 2, 4], "seed": 0, "n": 4}) == key  # the order of keys aside
     (model / "model.safetensors").write_bytes(b"weightz")  # another model: its evaluation is not kept
     assert cached_evaluation(tmp_path / "grpo.eval.json", evaluation_key(model, options)) is None
+
+
+def test_ood_evaluations_are_kept_by_the_files_content_and_adding_ood_keeps_the_test_splits(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """A finished grid run again with --reuse --ood: only the --ood file is evaluated (greedy, all of its
+    problems); the test split's evaluations keep their keys and are not run again. An --ood evaluation is kept
+    while its file's content is the same, whatever the sampling settings of the test split."""
+    models = {}
+    for name in ("sft", "grpo"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(name.encode())
+        models[(0, name)] = tmp_path / name
+    ood = tmp_path / "ood_numbers.jsonl"
+    ood.write_text("".join(json.dumps({"prompt": f"{a} and {a}?", "answer": str(2 * a)}) + "\n"
+                           for a in (40, 50, 60, 70)))
+    calls = []
+
+    def evaluate_job(path, data, n, sample_prompts, **kw):
+        calls.append((Path(path).name, Path(data["source"]).name, data["num_heldout"], sample_prompts))
+        return EvalResult(greedy_accuracy=0.5, pass_at_k={}, maj_at_k={}, sample_accuracy=float("nan"), n=0,
+                          num_prompts=data["num_heldout"])
+
+    monkeypatch.setattr(reproduce, "_evaluate_job", evaluate_job)
+    rl = load_config(TrainConfig, None, ["data.num_heldout=8"])
+
+    def evaluate(files: list[str], n: int = 4) -> dict:
+        calls.clear()
+        return evaluate_models(models, rl, tmp_path / "rl.yaml", tmp_path, n, [1, n], None,
+                               ood_tests(files, rl.data), 1, 0, reuse=True)[1]
+
+    evaluate([])  # the finished grid, without --ood
+    assert calls == [("sft", "builtin:arithmetic", 8, None), ("grpo", "builtin:arithmetic", 8, None)]
+    kept = lambda: {p: (p.stat().st_mtime_ns, p.read_text())  # noqa: E731
+                    for p in (tmp_path / "seed0" / "sft.eval.json", tmp_path / "seed0" / "grpo.eval.json")}
+    test_split = kept()
+    results = evaluate([str(ood)])
+    assert calls == [("sft", "ood_numbers.jsonl", 4, 0), ("grpo", "ood_numbers.jsonl", 4, 0)]  # greedy only
+    assert "reusing the evaluations of sft seed 0, grpo seed 0\n" in capsys.readouterr().out
+    assert kept() == test_split
+    saved = tmp_path / "seed0" / "grpo.ood-ood_numbers.eval.json"
+    key = json.loads(saved.read_text())["key"]
+    saved_result = cached_evaluation(saved, key)
+    assert (saved_result.greedy_accuracy, saved_result.num_prompts) == (0.5, 4) == \
+        (results["ood_numbers"][(0, "grpo")].greedy_accuracy, results["ood_numbers"][(0, "grpo")].num_prompts)
+    evaluate([str(ood)])  # nothing left to evaluate
+    assert calls == [] and ("reusing the evaluations of sft seed 0, grpo seed 0, sft seed 0 on ood_numbers, "
+                            "grpo seed 0 on ood_numbers") in capsys.readouterr().out
+    evaluate([str(ood)], n=2)  # other sampling for the test split: the greedy --ood evaluations are kept
+    assert calls == [("sft", "builtin:arithmetic", 8, None), ("grpo", "builtin:arithmetic", 8, None)]
+    ood.write_text(ood.read_text().replace('"140"', '"141"'))  # the same file name, another answer
+    evaluate([str(ood)], n=2)
+    assert calls == [("sft", "ood_numbers.jsonl", 4, 0), ("grpo", "ood_numbers.jsonl", 4, 0)]
+    assert json.loads(saved.read_text())["key"] != key
+    with pytest.raises(UserError, match="two files named 'ood_numbers'"):
+        ood_tests([str(ood), str(tmp_path / "seed0" / ".." / "ood_numbers.jsonl")], rl.data)
+    with pytest.raises(UserError, match="--ood missing.jsonl: no such file"):
+        ood_tests(["missing.jsonl"], rl.data)
 
 
 FAKE_JOB = """

@@ -39,14 +39,15 @@ def _row(name: str, i: int, sampled: bool, tool_calls: bool) -> dict:
                   "best_step": 48, "selection_accuracy": 0.9}
 
 
-def _report(config: str, methods: list[str], seeds: int, sampled: bool, tool_calls: bool = False) -> str:
+def _report(config: str, methods: list[str], seeds: int, sampled: bool, tool_calls: bool = False,
+            ood: dict | None = None) -> str:
     names = ["sft", *methods]
     per_seed = {i: {m: _row(m, i, sampled, tool_calls) for m in names} for i in range(seeds)}
     sfts = {i: _sft(i, 12, 48) for i in range(seeds)}
     more = {(i, "sft_more"): _sft(i, 18, 29) for i in range(seeds)} if "sft_more" in methods else {}
     cfg = load_config(DemoConfig, ROOT / "configs" / config)
     return results_markdown(per_seed, cfg, sfts, ["curves.png"], 16, KS, "grpo reproduce", 600.0, 100,
-                            50 if sampled else 0, more)
+                            50 if sampled else 0, more, ood)
 
 
 def test_a_report_without_sampled_completions_shows_no_sampled_figures():
@@ -130,3 +131,41 @@ def test_the_title_says_what_was_run():
     assert report_title(["sft", "grpo", "grpo_base", "sft_more"]) == \
         "Results: GRPO against more SFT at equal compute, and GRPO (outcome) and GRPO from the base model " \
         "against SFT"
+
+
+OOD_GREEDY = {"sft": (0.20, 0.24), "grpo": (0.26, 0.32), "sft_more": (0.30, 0.34)}
+"""Each model's greedy accuracy on an --ood file, seeds 0 and 1 (strict 2 points under, lenient 10 over)."""
+
+
+def test_the_ood_section_gives_each_files_figures_and_the_claims_pairs_and_is_absent_without_ood():
+    ood = {"ood_numbers": {"file": "data/word_problems_ood_numbers.jsonl", "num_prompts": 200, "per_seed": {
+        i: {m: {"greedy_accuracy": g[i], "num_prompts": 200, "strict_accuracy": g[i] - 0.02,
+                "lenient_accuracy": g[i] + 0.10} for m, g in OOD_GREEDY.items()} for i in (0, 1)}}}
+    without = _report("smollm2_vs_sft.yaml", ["grpo", "sft_more"], seeds=2, sampled=True)
+    text = _report("smollm2_vs_sft.yaml", ["grpo", "sft_more"], seeds=2, sampled=True, ood=ood)
+    assert "Out of distribution" not in without
+    section = text[text.index("## Out of distribution"):text.index("## Setup")]
+    assert text.replace(section, "") == without  # the rest of the report as it was
+    assert "\n### ood_numbers (`data/word_problems_ood_numbers.jsonl`, 200 problems)\n\n" in section
+    # sft 20, 24: mean 22, sd 2.83; grpo 26, 32: mean 29, sd 4.24; strict 2 points under, lenient 10 over
+    assert ("| model | greedy acc. | strict | lenient |\n|---|---|---|---|\n"
+            "| SFT (sft_best) | 22.0 ± 2.8% | 20.0 ± 2.8% | 32.0 ± 2.8% |\n"
+            "| GRPO (outcome) | 29.0 ± 4.2% | 27.0 ± 4.2% | 39.0 ± 4.2% |\n") in section
+    assert ("| model | seed 0 | seed 1 |\n|---|---|---|\n| SFT (sft_best) | 20.0% | 24.0% |\n"
+            "| GRPO (outcome) | 26.0% | 32.0% |\n| more SFT (sft_more) | 30.0% | 34.0% |\n") in section
+    # the main table's pairs, per seed: GRPO − sft_more -4, -2 (mean -3, se 1, t(0.975, 1 df) = 12.71);
+    # sft_more − SFT +10 on both seeds (no spread); GRPO − SFT +6, +8 (mean 7, se 1); strict and lenient move
+    # both arms alike, so their rows repeat the greedy one
+    for row in ("| GRPO beats more SFT at equal compute (GRPO − sft_more) | -3.0 (-4.0, -2.0) | "
+                "[-15.7, +9.7] | within noise |",
+                "| GRPO beats more SFT at equal compute (GRPO − sft_more), strict | -3.0 (-4.0, -2.0) | "
+                "[-15.7, +9.7] | within noise |",
+                "| GRPO beats more SFT at equal compute (GRPO − sft_more), lenient | -3.0 (-4.0, -2.0) |",
+                "| more SFT adds to sft_best (sft_more − sft_best) | +10.0 (+10.0, +10.0) | [+10.0, +10.0] | "
+                "holds beyond noise |",
+                "| RL adds points over SFT (GRPO outcome − SFT) | +7.0 (+6.0, +8.0) | [-5.7, +19.7] | within "
+                "noise |",
+                "- Noise: this file has 200 problems (one problem = 0.50 points); the interval is the 95% "
+                "Student-t interval"):
+        assert row in section, row
+    assert "maj@" not in section and "+15 points" not in section  # greedy only; the paper's target not here

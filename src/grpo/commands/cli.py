@@ -117,8 +117,8 @@ def _cmd_reproduce(args) -> None:
     run_reproduce(args.config, args.overrides, n=args.n, ks=parse_ks(args.k), docs_dir=args.docs,
                   methods=args.methods.split(","),
                   progress=not args.quiet, sft_dir=args.sft, seeds=args.seeds, jobs=args.jobs,
-                  reuse=args.reuse,
-                  sample_prompts=args.sample_prompts, again=continue_command(args.argv))
+                  reuse=args.reuse, sample_prompts=args.sample_prompts,
+                  ood=tuple(args.ood.split(",")) if args.ood else (), again=continue_command(args.argv))
 
 
 def _cmd_plot(args) -> None:
@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="keep the finished runs and evaluations already in output_dir that have this "
                          "configuration and starting model, resume stopped runs (SFT and RL) from their "
                          "checkpoints; train the rest")
+    sp.add_argument("--ood", default=None, metavar="FILE[,FILE...]",
+                    help="out-of-distribution test sets (JSONL or Parquet, in the task's format): every "
+                         "model is also scored greedy on all of their problems (strict and lenient too); no "
+                         "training job reads them. With --reuse on a finished grid only these are evaluated")
     sp.set_defaults(fn=_cmd_reproduce)
     sp = sub.add_parser("plot",
                         help="redraw a run's training.png, or compare several runs' curves in one PNG")

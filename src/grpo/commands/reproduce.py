@@ -19,22 +19,30 @@ maj@K more than pass@K (§5.2.2). On the built-in task and the tiny model this c
    baseline GRPO must beat at equal compute;
 4. evaluates every model on one fixed test split, its prompts rendered with that model's own tokenizer
    (greedy accuracy on every test problem, also strict and lenient for math answers; pass@k and maj@k on
-   the first `--sample-prompts` of them).
+   the first `--sample-prompts` of them); with `--ood FILE[,FILE...]` also on each out-of-distribution test
+   file (JSONL or Parquet in the task's format), greedy only (one completion at temperature 0; strict and
+   lenient too) on every problem, its prompts rendered the same way.
 
-No training job reads the test split: each runs with `data.num_heldout=0`, and checkpoints are chosen
-on the validation split (`sft.data.num_validation` is required).
+No training job reads the test split or an --ood file: each runs with `data.num_heldout=0`, and
+checkpoints are chosen on the validation split (`sft.data.num_validation` is required).
 
 then writes `results.md` (`reproduce_report`) with each figure's mean and spread over the seeds, a
-verdict per claim from the paired per-seed differences (`grpo.stats`), and PNG plots with error bars.
+verdict per claim from the paired per-seed differences (`grpo.stats`), the same greedy figures and claims
+on each --ood file, and PNG plots with error bars.
 `--reuse` keeps every finished run already in the output directory whose configuration is the one this
 invocation would train, continues an unfinished run from its newest checkpoint (`grpo train --resume`,
 `grpo sft --resume`: exact, so the grid ends as if never stopped; `sft_more`'s time budget counts the
-seconds before the stop) and keeps every evaluation of an unchanged model; a run without a checkpoint and
+seconds before the stop) and keeps every evaluation of an unchanged model (an --ood file's while the file's
+content is the same; --ood leaves the test split's evaluations as they were, so adding it to a finished grid
+with --reuse evaluates the --ood files only); a run without a checkpoint and
 a deleted run directory are trained again, as is a run whose starting model (its seed's `sft_best`) changed
 since (`grpo.commands.reproduce_jobs`). Ctrl-C (SIGINT) or SIGTERM stops every running job with a checkpoint
 and names the command that continues: the same with `--reuse`.
 
     grpo reproduce --config configs/reproduce.yaml --seeds 3 --jobs 2 --docs docs
+    grpo reproduce --config configs/smollm2_vs_sft.yaml --methods grpo,sft_more --seeds 3 --n 4 --k 1,2,4 \
+      --sample-prompts 200 --reuse \
+      --ood data/word_problems_ood_numbers.jsonl,data/word_problems_ood_steps.jsonl
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -55,12 +64,13 @@ from grpo.commands.reproduce_jobs import (Job, cached_evaluation, checkpoint_eve
 from grpo.commands.reproduce_report import BUDGET, EXTRA_KEYS, LABELS, SFT_MORE, results_markdown
 from grpo.config import (DataConfig, DemoConfig, ModelConfig, TrainConfig, load_config,
                          save_config, to_dict)
-from grpo.data import load_task
+from grpo.data import load_rows, load_task
 from grpo.errors import UserError
 from grpo.models.loading import load_policy
 from grpo.plotting import plot_reproduce
 from grpo.rewards import load_reward_function
 from grpo.rewards.math import make_math_accuracy
+from grpo.train.checkpoint_files import sha256_file
 from grpo.train.episodes import tool_use_report
 from grpo.train.evaluation import EvalResult, answer_equivalence, answer_extractor, evaluate_policy
 from grpo.train.sft import SFTResult, continuation_overrides, continuation_steps, matching_clock
@@ -134,27 +144,67 @@ def _evaluate_job(path: str, data: dict, reward_fn: str, reward_options: dict, n
                            greedy_checkers=accuracy_checkers(reward_fn, reward_options))
 
 
-def _evaluate_all(todo: dict, jobs: int, threads: int, saved: dict, reuse: bool, **kw) -> dict:
-    """key -> EvalResult for every (model path, sampling seed) in `todo`, `jobs` processes at a time. Each
-    evaluation is saved at saved[key] as it finishes; with `reuse`, one saved there for the same model files
-    and settings is kept instead (`cached_evaluation`)."""
-    rl_config = kw["rl_config"] and settings(to_dict(load_config(TrainConfig, kw["rl_config"])))
-    ids = {key: evaluation_key(path, {**kw, "rl_config": rl_config, "seed": seed})
-           for key, (path, seed) in todo.items()}
+class OODTest(NamedTuple):
+    """An out-of-distribution test file (--ood): every model is scored greedy on all of its problems."""
+
+    file: str
+    """Its path, as given."""
+    name: str
+    """Its stem: names its evaluations (<model>.ood-<name>.eval.json) and its part of results.md."""
+    rows: int
+    """Its problems."""
+    sha256: str
+    """Its content's SHA-256, part of its evaluations' cache key."""
+
+
+def ood_tests(files: list[str], data: DataConfig) -> list[OODTest]:
+    """--ood: each file read as the task's data is (`data`'s columns), so that a bad one stops reproduce
+    before anything trains."""
+    tests = []
+    for f in files:
+        if not Path(f).is_file():
+            raise UserError(f"--ood {f}: no such file (a JSONL or Parquet test set in the task's format)")
+        rows = load_rows(f, split=data.split, prompt_column=data.prompt_column,
+                         answer_column=data.answer_column)
+        if not rows:
+            raise UserError(f"--ood {f}: no problems in it")
+        tests.append(OODTest(f, Path(f).stem, len(rows), sha256_file(Path(f))))
+    names = [t.name for t in tests]
+    twice = [x for x in names if names.count(x) > 1]
+    if twice:
+        raise UserError(f"--ood: two files named {twice[0]!r}; their evaluations would share a name")
+    return tests
+
+
+def ood_data(data: dict, test: OODTest) -> dict:
+    """The RL data config (`to_dict`) with `test`'s file as its test split, all of its problems, and nothing
+    set aside for validation."""
+    return {**data, "source": test.file, "heldout_source": test.file, "num_heldout": test.rows,
+            "validation_source": None, "num_validation": 0}
+
+
+def _evaluate_all(todo: dict, jobs: int, threads: int, saved: dict, reuse: bool) -> dict:
+    """key -> EvalResult for every key -> (model path, settings, key settings) in `todo`, `jobs` processes
+    at a time: `settings` are `_evaluate_job`'s keyword arguments, `key settings` what the evaluation is kept
+    for (with the model's files: `evaluation_key`). Each evaluation is saved at saved[key] as it finishes;
+    with `reuse`, one saved there under the same key is kept instead (`cached_evaluation`). A key is (seed,
+    model, None) for the test split, (seed, model, name) for the --ood file `name`."""
+    ids = {key: evaluation_key(path, options) for key, (path, _, options) in todo.items()}
     evals = {key: cached_evaluation(saved[key], ids[key]) for key in todo} if reuse else {}
     evals = {key: e for key, e in evals.items() if e is not None}
     if evals:
-        print(f"      reusing the evaluations of {', '.join(f'{name} seed {i}' for i, name in evals)}",
+        print("      reusing the evaluations of "
+              + ", ".join(f"{name} seed {i}" + (f" on {ood}" if ood else "") for i, name, ood in evals),
               flush=True)
     left = {key: v for key, v in todo.items() if key not in evals}
     if jobs == 1:
-        for key, (path, seed) in left.items():
-            evals[key] = _evaluate_job(str(path), seed=seed, threads=threads, **kw)
+        for key, (path, kw, _) in left.items():
+            evals[key] = _evaluate_job(str(path), threads=threads, **kw)
             save_evaluation(saved[key], ids[key], evals[key])
     else:
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_evaluate_job, str(path), seed=seed, threads=threads, **kw): key
-                       for key, (path, seed) in left.items()}
+            futures = {pool.submit(_evaluate_job, str(path), threads=threads, **kw): key
+                       for key, (path, kw, _) in left.items()}
             for f in as_completed(futures):
                 key = futures[f]
                 evals[key] = f.result()
@@ -162,13 +212,43 @@ def _evaluate_all(todo: dict, jobs: int, threads: int, saved: dict, reuse: bool,
     return {key: evals[key] for key in todo}
 
 
+def evaluate_models(models: dict, rl: TrainConfig, rl_config: Path, out: Path, n: int, ks: list[int],
+                    sample_prompts: int | None, ood: list[OODTest], jobs: int, threads: int,
+                    reuse: bool) -> tuple[dict, dict]:
+    """Stage 4: (seed, model) -> its `EvalResult` on the test split, and each --ood file's name -> (seed,
+    model) -> its greedy `EvalResult` on that file. `models`: (seed, model) -> model directory; `rl`: the
+    RL config (data, first reward, max_new_tokens), saved at `rl_config`. Saved as
+    OUT/seed<i>/<model>.eval.json and <model>.ood-<name>.eval.json, each kept by --reuse under its own key:
+    an --ood file's adds its content's SHA-256 and leaves the test split's as it was, so that adding --ood to
+    a finished grid evaluates the --ood files only."""
+    first = rl.rewards.functions[0]
+    multi_turn = str(rl_config) if rl.rollout.multi_turn else None
+    test = dict(data=to_dict(rl.data), reward_fn=first.fn, reward_options=first.options, n=n, ks=ks,
+                max_new_tokens=rl.sampling.max_new_tokens, data_seed=rl.train.seed,
+                sample_prompts=sample_prompts, rl_config=multi_turn)
+    test_key = {**test, "rl_config": multi_turn and settings(to_dict(load_config(TrainConfig, multi_turn)))}
+    seed = {i: rl.train.seed + i for i, _ in models}  # sampling seeded per seed
+    todo = {(i, name, None): (path, {**test, "seed": seed[i]}, {**test_key, "seed": seed[i]})
+            for (i, name), path in models.items()}
+    saved = {(i, name, None): out / f"seed{i}" / f"{name}.eval.json" for i, name in models}
+    for t in ood:  # greedy only: one completion per problem, nothing sampled
+        for (i, name), path in models.items():
+            kw = {**test, "data": ood_data(test["data"], t), "n": 1, "ks": [1], "sample_prompts": 0,
+                  "rl_config": None, "seed": seed[i]}
+            todo[(i, name, t.name)] = (path, kw, {**kw, "ood_sha256": t.sha256})
+            saved[(i, name, t.name)] = out / f"seed{i}" / f"{name}.ood-{t.name}.eval.json"
+    evals = _evaluate_all(todo, jobs, threads, saved, reuse)
+    return ({(i, name): evals[(i, name, None)] for i, name in models},
+            {t.name: {(i, name): evals[(i, name, t.name)] for i, name in models} for t in ood})
+
+
 def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 2, 4, 8, 16),
                   docs_dir: str | None = None, methods=tuple(m for m in METHODS if m != "grpo_base"),
                   progress: bool = True, sft_dir: str | None = None, seeds: int = 1, jobs: int = 1,
-                  reuse: bool = False, sample_prompts: int | None = None,
+                  reuse: bool = False, sample_prompts: int | None = None, ood: tuple[str, ...] = (),
                   again: str = "the same command with --reuse") -> dict:
-    """The grid above; `again`: the command that continues it, named when a signal stops it
-    (`JobsInterrupted`)."""
+    """The grid above; `ood`: the --ood files; `again`: the command that continues it, named when a signal
+    stops it (`JobsInterrupted`)."""
     known = (*METHODS, SFT_MORE)
     unknown = [m for m in methods if m not in known]
     if unknown:
@@ -189,6 +269,10 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
         raise UserError("grpo reproduce: sft_best chooses its checkpoint on a validation split and never "
                         "reads the test split; set sft.data.num_validation (and rl.data.num_validation, so "
                         "that GRPO does not train on those rows either)")
+    if ood and cfg.rl.rollout.multi_turn:
+        raise UserError("--ood: a multi-turn task is scored by greedy episodes on its own test split; --ood "
+                        "takes single-turn tasks only")
+    ood_tests(ood, cfg.rl.data)  # a missing or empty file stops reproduce before anything trains
     if config is None and not any(o.startswith("output_dir=") for o in overrides):
         cfg.output_dir = "runs/reproduce"  # not the demo's directory
     out = Path(cfg.output_dir)
@@ -243,31 +327,33 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
         for key, job in more_jobs.items():
             more[key].seconds = done[job.name]
 
-    print("[4/4] evaluating every model on the test split", flush=True)
-    first = rl.rewards.functions[0]
+    print("[4/4] evaluating every model on the test split"
+          + (f" and, greedy, on {', '.join(ood)}" if ood else ""), flush=True)
     models = ({(i,
                 "sft"): sfts[i].model_dir for i in offsets} | {key: run["model"] for key, run in runs.items()}
               | {key: r.model_dir for key, r in more.items()})
-    todo = {key: (path, rl.train.seed + key[0]) for key, path in models.items()}  # sampling seeded per seed
-    saved = {key: out / f"seed{key[0]}" / f"{key[1]}.eval.json" for key in todo}
-    evals = _evaluate_all(todo, jobs, threads, saved, reuse, data=to_dict(rl.data), reward_fn=first.fn,
-                          reward_options=first.options, n=n, ks=ks, max_new_tokens=rl.sampling.max_new_tokens,
-                          data_seed=rl.train.seed, sample_prompts=sample_prompts,
-                          rl_config=str(out / "rl.yaml") if rl.rollout.multi_turn else None)
+    tests = ood_tests(ood, rl.data)  # read again: the files' hashes as they are evaluated
+    evals, ood_evals = evaluate_models(models, rl, out / "rl.yaml", out, n, ks, sample_prompts, tests, jobs,
+                                       threads, reuse)
     names = ("sft", *rl_methods, *([SFT_MORE] if more else []))
     per_seed = {i: {name: _row(evals[(i, name)], runs.get((i, name)),
                                sfts[i] if name == "sft" else more.get((i, name)))
                     for name in names} for i in offsets}
-    (out / "results.json").write_text(json.dumps({"seeds": offsets, "per_seed": per_seed}, indent=2))
+    ood_results = {t.name: {"file": t.file, "num_prompts": ood_evals[t.name][(0, "sft")].num_prompts,
+                            "per_seed": {i: {name: _greedy_row(ood_evals[t.name][(i, name)])
+                                             for name in names} for i in offsets}} for t in tests}
+    (out / "results.json").write_text(json.dumps({"seeds": offsets, "per_seed": per_seed,
+                                                  **({"ood": ood_results} if ood else {})}, indent=2))
     plots = plot_reproduce(out, runs, sfts, evals, offsets, rl_methods, ks, LABELS, names)
     command = " ".join(["grpo reproduce", *(["--config", config] if config else []), f"--seeds {seeds}",
                         f"--jobs {jobs}", f"--n {n}", f"--k {','.join(map(str, ks))}",
                         *([f"--sample-prompts {sample_prompts}"] if sample_prompts else []),
                         f"--methods {','.join(methods)}", *([f"--sft {sft_dir}"] if sft_dir else []),
+                        *([f"--ood {','.join(ood)}"] if ood else []),
                         *(["--reuse"] if reuse else []), *overrides])
     test_n = evals[(0, "sft")].num_prompts
     text = results_markdown(per_seed, cfg, sfts, plots, n, ks, command, time.perf_counter() - t_start,
-                            test_n, evals[(0, "sft")].num_sampled_prompts, more)
+                            test_n, evals[(0, "sft")].num_sampled_prompts, more, ood_results)
     (out / "results.md").write_text(text)
     if docs_dir:
         _publish(out, Path(docs_dir), plots)
@@ -333,6 +419,12 @@ def _row(e, run: dict | None, s) -> dict:
                    steps=s.steps, best_step=s.best_step,
                    selection_accuracy=s.best_accuracy)
     return row
+
+
+def _greedy_row(e: EvalResult) -> dict:
+    """An --ood file's figures of one model: greedy accuracy, its strict and lenient readings (as `_row`)."""
+    return {"greedy_accuracy": e.greedy_accuracy, "num_prompts": e.num_prompts,
+            **{EXTRA_KEYS[name]: v for name, v in e.greedy_by_checker.items()}}
 
 
 def _rl_cpu_timed(run_dir: Path) -> bool:

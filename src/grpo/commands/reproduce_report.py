@@ -2,7 +2,8 @@
 
 `results_markdown` writes the results table (mean ± sd over the seeds), the greedy accuracy per seed, the
 claims (`claim_rows`: each a paired per-seed difference, its 95% interval and a verdict, `grpo.stats`),
-maj@k and pass@k against k, and a Setup paragraph. What was not measured is not shown: without sampled
+maj@k and pass@k against k, with --ood the same greedy figures and claims on each out-of-distribution file,
+and a Setup paragraph. What was not measured is not shown: without sampled
 completions (a multi-turn task is scored by greedy episodes only) there are no sampled columns and no
 maj@k / pass@k section, and the Setup describes only the methods that ran.
 """
@@ -51,6 +52,30 @@ def _mean(values: list[float], fmt: str = ".0f") -> str:
     return f"{mean_std(values)[0]:{fmt}}"
 
 
+CLAIMS_HEAD = ["| claim | difference, points | 95% interval | verdict |", "|---|---|---|---|"]
+"""The claims table's header (`claim_row` writes its rows)."""
+
+
+def pair_claims(per_seed: dict, test_n: int) -> list[str]:
+    """The claims table's rows for the `CLAIMS` both of whose models ran: the greedy accuracy of a − b, and,
+    for a pair with `sft_more`, the same when only the formatted answer (strict), or any last number
+    (lenient), counts. `per_seed`: seed -> model -> figures; `test_n`: the problems each was scored on."""
+    seeds = list(per_seed)
+    names = list(per_seed[seeds[0]])
+    acc = lambda m, key="greedy_accuracy": [per_seed[i][m][key] for i in seeds]  # noqa: E731
+    rows = []
+    for text, a, b in [(text, a, b) for text, a, b in CLAIMS if a in names and b in names]:
+        diffs = [100 * (x - y) for x, y in zip(acc(a), acc(b))]
+        rows.append(claim_row(text, diffs, mean_std(acc(a) + acc(b))[0], test_n))
+        for kind in ("strict", "lenient"):
+            key = f"{kind}_accuracy"
+            if SFT_MORE in (a, b) and key in per_seed[seeds[0]][a]:
+                diffs = [100 * (x - y) for x, y in zip(acc(a, key), acc(b, key))]
+                rows.append(claim_row(f"{text}, {kind}", diffs, mean_std(acc(a, key) + acc(b, key))[0],
+                                      test_n))
+    return rows
+
+
 def claim_rows(per_seed: dict, kmax: int, test_n: int) -> tuple[list[str], list[str]]:
     """The claims table (difference, interval, verdict) and the notes under it. The +15-point target is the
     paper's comparison (RL over the SFT model it starts from); with `sft_more` in the run the question is
@@ -58,18 +83,7 @@ def claim_rows(per_seed: dict, kmax: int, test_n: int) -> tuple[list[str], list[
     seeds = list(per_seed)
     names = list(per_seed[seeds[0]])
     acc = lambda m, key="greedy_accuracy": [per_seed[i][m][key] for i in seeds]  # noqa: E731
-    claims = [(text, a, b) for text, a, b in CLAIMS if a in names and b in names]
-    rows = ["| claim | difference, points | 95% interval | verdict |", "|---|---|---|---|"]
-    for text, a, b in claims:
-        diffs = [100 * (x - y) for x, y in zip(acc(a), acc(b))]
-        rows.append(claim_row(text, diffs, mean_std(acc(a) + acc(b))[0], test_n))
-        # the same claim when only the formatted answer, or any last number, counts
-        for kind in ("strict", "lenient"):
-            key = f"{kind}_accuracy"
-            if SFT_MORE in (a, b) and key in per_seed[seeds[0]][a]:
-                diffs = [100 * (x - y) for x, y in zip(acc(a, key), acc(b, key))]
-                rows.append(claim_row(f"{text}, {kind}", diffs, mean_std(acc(a, key) + acc(b, key))[0],
-                                      test_n))
+    rows = [*CLAIMS_HEAD, *pair_claims(per_seed, test_n)]
     if "grpo" in names and per_seed[seeds[0]]["grpo"]["pass_at_k"]:  # §5.2.2: maj@K rises more than pass@K
         s = lambda m, key: [per_seed[i][m][key][kmax] for i in seeds]  # noqa: E731
         diffs = [100 * ((gm - sm) - (gp - sp)) for gm, sm, gp, sp in
@@ -94,13 +108,18 @@ def claim_rows(per_seed: dict, kmax: int, test_n: int) -> tuple[list[str], list[
                      "target is <= 0.75x). Model state alone (weights, gradients, Adam moments, reference, "
                      f"value model): {gs:.1f} vs {ps:.1f} MiB ({gs / ps:.2f}x). At 7B parameters `grpo plan` "
                      f"gives {_plan_line()}.")
-    notes.append(f"- Noise: the test split has {test_n} problems (one problem = {100 / test_n:.2f} points); "
-                 + ("the interval is the 95% Student-t interval of the mean of the per-seed differences, so "
-                    "it carries the spread of training (SFT and RL) and of the test set's sampling together."
-                    if len(seeds) > 1 else
-                    "with one seed the interval is the test set's binomial noise only (training's own spread "
-                    "is not measured: run more --seeds)."))
+    notes.append(noise_note(len(seeds), test_n, "the test split"))
     return rows, notes
+
+
+def noise_note(seeds: int, test_n: int, what: str) -> str:
+    """The note on what a claim's interval carries, for `what` (a test set of `test_n` problems)."""
+    return (f"- Noise: {what} has {test_n} problems (one problem = {100 / test_n:.2f} points); "
+            + ("the interval is the 95% Student-t interval of the mean of the per-seed differences, so "
+               "it carries the spread of training (SFT and RL) and of the test set's sampling together."
+               if seeds > 1 else
+               "with one seed the interval is the test set's binomial noise only (training's own spread "
+               "is not measured: run more --seeds)."))
 
 
 def claim_row(text: str, diffs: list[float], p: float, test_n: int) -> str:
@@ -171,11 +190,46 @@ def _tables(per_seed: dict, kmax: int, kinds: list[str], sampled: bool) -> tuple
                     + sampled_cells + f"{mib('run_peak_mib')} | "
                     f"{mib('state_mib', '.1f')} | {_mean(col(name, 'train_seconds'))} s | "
                     f"{_mean(col(name, 'seconds'))} s | {MODELS_HELD[name]} |")
-    by_seed = ["| model | " + " | ".join(f"seed {i}" for i in seeds) + " |", "|---|" + "---|" * len(seeds)]
-    for name in names:
-        by_seed.append(f"| {LABELS[name]} | "
-                       + " | ".join(f"{100 * v:.1f}%" for v in col(name, "greedy_accuracy")) + " |")
-    return rows, by_seed
+    return rows, _by_seed(per_seed)
+
+
+def _by_seed(per_seed: dict) -> list[str]:
+    """Each model's greedy accuracy on each seed."""
+    seeds = list(per_seed)
+    rows = ["| model | " + " | ".join(f"seed {i}" for i in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    for name in per_seed[seeds[0]]:
+        accs = _column(per_seed, name, "greedy_accuracy")
+        rows.append(f"| {LABELS[name]} | " + " | ".join(f"{100 * v:.1f}%" for v in accs) + " |")
+    return rows
+
+
+def _ood_section(ood: dict | None) -> list[str]:
+    """"Out of distribution": for each --ood file (results.json's `ood`: name -> its file, problems and
+    per-seed figures), every model's greedy, strict and lenient accuracy, its greedy accuracy per seed, and
+    the claims' pairs on it (`pair_claims`); nothing without --ood."""
+    if not ood:
+        return []
+    lines = ["## Out of distribution", "",
+             "Every model is also scored greedy (one completion at temperature 0, no sampling) on every "
+             "problem of each file given to --ood, its prompts rendered with its own chat template as for "
+             "the test split; no training job reads these files. Differences are taken per seed, as above.",
+             ""]
+    for name, test in ood.items():
+        per_seed, n = test["per_seed"], test["num_prompts"]
+        seeds = list(per_seed)
+        models = list(per_seed[seeds[0]])
+        kinds = [k for k in EXTRA_KEYS if EXTRA_KEYS[k] in per_seed[seeds[0]][models[0]]]
+        keys = ["greedy_accuracy", *(EXTRA_KEYS[k] for k in kinds)]
+        lines += [f"### {name} (`{test['file']}`, {n} problems)", "",
+                  "| " + " | ".join(["model", "greedy acc.", *kinds]) + " |", "|---" * (2 + len(kinds)) + "|"]
+        for m in models:
+            cells = [LABELS[m], *(_pct(_column(per_seed, m, k)) for k in keys)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "Greedy accuracy per seed:", "", *_by_seed(per_seed), ""]
+        claims = pair_claims(per_seed, n)
+        if claims:
+            lines += [*CLAIMS_HEAD, *claims, "", noise_note(len(seeds), n, "this file"), ""]
+    return lines
 
 
 def _curve(per_seed: dict, ks, n: int, temperature: float, sampled_n: int) -> list[str]:
@@ -279,10 +333,11 @@ def _setup(per_seed: dict, cfg: DemoConfig, sfts: dict, more: dict, n: int, test
 
 
 def results_markdown(per_seed: dict, cfg: DemoConfig, sfts: dict, plots: list[str], n: int, ks, command: str,
-                     seconds: float, test_n: int, sampled_n: int, more: dict) -> str:
+                     seconds: float, test_n: int, sampled_n: int, more: dict, ood: dict | None = None) -> str:
     """results.md. `per_seed`: seed -> model name -> figures (results.json's), models in table order;
     `sfts`: seed -> sft_best's `SFTResult`; `more`: (seed, "sft_more") -> its `SFTResult` (empty when it
-    did not run); `sampled_n`: the test problems sampled `n` times (0: none, no sampled figures shown)."""
+    did not run); `sampled_n`: the test problems sampled `n` times (0: none, no sampled figures shown);
+    `ood`: results.json's `ood` (each --ood file's greedy figures; None: no such section)."""
     kmax, seeds = max(ks), list(per_seed)
     first = per_seed[seeds[0]][next(iter(per_seed[seeds[0]]))]
     kinds = [k for k in EXTRA_KEYS if EXTRA_KEYS[k] in first]
@@ -313,6 +368,7 @@ def results_markdown(per_seed: dict, cfg: DemoConfig, sfts: dict, plots: list[st
         *notes,
         "",
         *curve,
+        *_ood_section(ood),
         "## Setup",
         "",
         _setup(per_seed, cfg, sfts, more, n, test_n, sampled_n > 0, kinds),

@@ -169,8 +169,9 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
                     equivalent: Callable[[str, str], bool] | None = None, sample_prompts: int | None = None,
                     greedy_checkers: dict | None = None) -> EvalResult:
     """`evaluate` on a loaded model (rows carry a rendered `prompt` and the checker's columns).
-    Greedy accuracy is measured on every row; the n samples on the first `sample_prompts` rows (None: all).
-    `greedy_checkers` (name -> reward function) score the same greedy completions again."""
+    Greedy accuracy is measured on every row; the n samples on the first `sample_prompts` rows (None: all;
+    0: none, greedy only: no pass@k or maj@k, sampled accuracy NaN). `greedy_checkers` (name -> reward
+    function) score the same greedy completions again."""
     ks = sorted(set(ks))
     if not rows:
         raise UserError("eval: no prompts to evaluate")
@@ -192,7 +193,11 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
         return checker(**inputs)
 
     greedy, _ = evaluate_accuracy(engine, tokenizer, rows, checking, max_new_tokens, batch_size=batch_size)
-    num_prompts, rows = len(rows), rows[:sample_prompts] if sample_prompts else rows
+    greedy_by_checker = {name: sum(v) / len(v) for name, v in extra.items()}
+    num_prompts, rows = len(rows), rows if sample_prompts is None else rows[:sample_prompts]
+    if not rows:  # greedy only
+        return EvalResult(greedy_accuracy=greedy, pass_at_k={}, maj_at_k={}, sample_accuracy=float("nan"),
+                          n=0, num_prompts=num_prompts, greedy_by_checker=greedy_by_checker)
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, G=n)
     per_call = max(1, batch_size // n)  # prompts per generate call: about batch_size completions
@@ -218,7 +223,7 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
         maj_at_k={k: sum(maj_at_k(v, c, k, rng) for v, c in zip(votes, correct)) / len(correct) for k in ks},
         sample_accuracy=sum(counts) / (n * len(counts)), n=n, num_prompts=num_prompts, correct_counts=counts,
         majority_answers=[None if w is None else a[v.index(w)] for a, v, w in zip(answers, votes, winners)],
-        greedy_by_checker={name: sum(v) / len(v) for name, v in extra.items()}, num_sampled_prompts=len(rows),
+        greedy_by_checker=greedy_by_checker, num_sampled_prompts=len(rows),
     )
 
 
