@@ -265,8 +265,8 @@ def test_ctrl_c_to_the_process_group_with_a_reward_pool_checkpoints_and_exits_13
 @pytest.mark.slow
 def test_a_closed_terminal_stops_the_run_with_a_checkpoint_unless_nohup_ignores_it(tmp_path, reward_file):
     """Closing the terminal: SIGHUP reaches the trainer and its reward workers, and every write to the
-    terminal now fails (EIO). The trainer stops writing to it, finishes the step, checkpoints and exits 129;
-    the workers ignore the signal. Under `nohup` (SIGHUP ignored) the run goes on."""
+    terminal fails (EIO) from then on. The trainer stops writing to it, finishes the step, checkpoints and
+    exits 129; the workers ignore the signal. Under `nohup` (SIGHUP ignored) the run goes on."""
     import pty
 
     def start(out, nohup: bool):
@@ -286,8 +286,8 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint_unless_nohup_ignores_
             except OSError:
                 pass
             time.sleep(0.05)
-        os.close(master)  # the terminal is gone: writes to it fail from here on
         os.killpg(proc.pid, signal.SIGHUP)  # as the kernel does to the terminal's processes
+        os.close(master)  # the terminal is gone: writes to it fail from here on
         return proc
 
     out = tmp_path / "run"
