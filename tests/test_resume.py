@@ -271,7 +271,8 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint_unless_nohup_ignores_
 
     def start(out, nohup: bool):
         master, slave = pty.openpty()
-        hup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None
+        # the disposition a terminal's shell gives (whatever this test runner's is: CI may run under nohup)
+        hup = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL)  # noqa: E731
         proc = subprocess.Popen([sys.executable, "-m", "grpo", "train",
                                  *overrides(reward_file, out, "train.steps=500", "train.save_every=0",
                                             "rewards.workers=1")],
