@@ -436,22 +436,27 @@ def test_a_live_holder_refuses_and_a_sigkilled_one_leaves_no_stale_lock(tmp_path
         assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
 
 
+def _refused_while_held_then_runs(capsys, out, argv: list[str], *section: str) -> None:
+    """`argv` into `out` while a live process holds its lock: one error line, no file changed; once the
+    holder is SIGKILLed (its lock file left behind, unlocked) it runs and takes the lock."""
+    holder = locking_process(out, "hold")
+    try:
+        before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
+        assert _cli_error(capsys, argv) == "grpo: error: " + in_use(out, f"pid {holder.pid}", *section)
+        assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()} == before
+    finally:
+        sigkill(holder)
+    assert main(argv) == 0
+    assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+
+
 @pytest.mark.slow
 def test_train_into_a_live_runs_directory_stops_and_after_a_sigkill_proceeds(tmp_path, reward_file, capsys):
     out = tmp_path / "run"
     fresh = ["train", "-q", *overrides(reward_file, out, "train.steps=1")]
     resume = ["train", "-q", "--resume", str(out), "train.steps=2"]
     for argv in (fresh, resume):
-        holder = locking_process(out, "hold")
-        try:
-            before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
-            assert _cli_error(capsys, argv) == "grpo: error: " + in_use(out, f"pid {holder.pid}")
-            assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*")
-                    if p.is_file()} == before
-        finally:
-            sigkill(holder)
-        assert main(argv) == 0  # the killed holder's lock file is left, unlocked: the run goes ahead
-        assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        _refused_while_held_then_runs(capsys, out, argv)
     assert latest_checkpoint(out).name == "step-000002" and (out / "final" / "model.safetensors").exists()
 
 
@@ -465,15 +470,6 @@ def test_sft_into_a_live_runs_directory_stops_and_after_a_sigkill_proceeds(tmp_p
              "model.tiny_num_layers=1", f"sft.output_dir={out}"]
     resume = ["sft", "-q", "--resume", str(out)]
     for argv in (fresh, resume):
-        holder = locking_process(out, "hold")
-        try:
-            before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*") if p.is_file()}
-            assert _cli_error(capsys, argv) == "grpo: error: " + in_use(out, f"pid {holder.pid}", "sft")
-            assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.rglob("*")
-                    if p.is_file()} == before
-        finally:
-            sigkill(holder)
-        assert main(argv) == 0  # the killed holder's lock file is left, unlocked: the run goes ahead
-        assert (out / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        _refused_while_held_then_runs(capsys, out, argv, "sft")
     # the fresh run's checkpoint (none at the last step) resumed from, and the final model written again
     assert latest_checkpoint(out).name == "step-000001" and (out / "final" / "model.safetensors").exists()
