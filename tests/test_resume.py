@@ -225,6 +225,29 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_to_resume_fro
     assert_same_run(straight, out)  # even the run killed mid-save ends bit-identical to the straight one
 
 
+def _until_first_step(proc: subprocess.Popen, out, terminal: int | None = None) -> None:
+    """Wait (at most 180 s) until the run in `out` has logged a step or `proc` has exited, reading what
+    it writes to the pseudo-terminal whose other end is `terminal`, if any."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 1:
+            return
+        if terminal is not None:
+            try:
+                os.read(terminal, 1 << 16)
+            except OSError:
+                pass
+        time.sleep(0.05)
+
+
+def _no_process_left(group: int) -> None:
+    """Every process of the process group `group` is gone within 5 s."""
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):
+            os.killpg(group, 0)
+            time.sleep(0.1)
+
+
 @pytest.mark.slow
 def test_ctrl_c_to_the_process_group_with_a_reward_pool_checkpoints_and_exits_130(
     tmp_path, reward_file, capsys
@@ -237,11 +260,7 @@ def test_ctrl_c_to_the_process_group_with_a_reward_pool_checkpoints_and_exits_13
                                         "rewards.workers=1")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 1:
-            break
-        time.sleep(0.1)
+    _until_first_step(proc, out)
     os.killpg(proc.pid, signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 130, err[-3000:]
@@ -252,10 +271,7 @@ def test_ctrl_c_to_the_process_group_with_a_reward_pool_checkpoints_and_exits_13
     step = int(found[1])
     assert found[2] == str(out / "checkpoints" / f"step-{step:06d}") and found[3] == str(out)
     assert sum("reward/mean" in x for x in (out / "metrics.jsonl").read_text().splitlines()) == step
-    with pytest.raises(ProcessLookupError):  # no reward worker outlived the trainer
-        for _ in range(50):
-            os.killpg(proc.pid, 0)
-            time.sleep(0.1)
+    _no_process_left(proc.pid)  # no reward worker outlived the trainer
 
     assert main(["train", "-q", "--resume", str(out), f"train.steps={step + 1}", "rewards.workers=0"]) == 0
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -278,15 +294,7 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint_unless_nohup_ignores_
                                             "rewards.workers=1")],
                                 stdout=slave, stderr=slave, start_new_session=True, preexec_fn=hup)
         os.close(slave)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            if (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 1:
-                break
-            try:  # keep the terminal's buffer drained, as a terminal would
-                os.read(master, 1 << 16)
-            except OSError:
-                pass
-            time.sleep(0.05)
+        _until_first_step(proc, out, master)  # draining the terminal's buffer, as a terminal would
         os.killpg(proc.pid, signal.SIGHUP)  # as the kernel does to the terminal's processes
         os.close(master)  # the terminal is gone: writes to it fail from here on
         return proc
@@ -297,10 +305,7 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint_unless_nohup_ignores_
     ckpt = latest_checkpoint(out)
     step = int(ckpt.name.split("-")[1])
     assert sum("reward/mean" in x for x in (out / "metrics.jsonl").read_text().splitlines()) == step
-    with pytest.raises(ProcessLookupError):  # no reward worker outlived the trainer
-        for _ in range(50):
-            os.killpg(proc.pid, 0)
-            time.sleep(0.1)
+    _no_process_left(proc.pid)  # no reward worker outlived the trainer
     assert main(["train", "-q", "--resume", str(out), f"train.steps={step + 1}", "rewards.workers=0"]) == 0
 
     ignored = start(tmp_path / "nohup", nohup=True)
