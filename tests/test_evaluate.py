@@ -114,6 +114,7 @@ def test_evaluate_on_scripted_completions_gives_hand_worked_metrics():
                           answer_extractor("arithmetic_accuracy"), n=4, ks=(1, 2, 4),
                           engine=ScriptedEngine(tok, greedy, samples))
     assert res.greedy_accuracy == 0.5 and res.correct_counts == [2, 1] and res.sample_accuracy == 3 / 8
+    assert res.greedy_scores == [1.0, 0.0]  # per problem, in order: what a paired comparison reads
     # pass@k = 1 - C(n-c, k)/C(n, k): prompt 1 (c=2): 1/2, 1 - 1/6, 1; prompt 2 (c=1): 1/4, 1 - 3/6, 1
     assert res.pass_at_k[1] == pytest.approx((1 / 2 + 1 / 4) / 2, abs=1e-12)
     assert res.pass_at_k[2] == pytest.approx((5 / 6 + 1 / 2) / 2, abs=1e-12)
@@ -132,6 +133,7 @@ def test_evaluate_on_scripted_completions_gives_hand_worked_metrics():
                                   engine=ScriptedEngine(tok, greedy, {}), sample_prompts=0)
     assert (greedy_only.greedy_accuracy, greedy_only.num_prompts, greedy_only.num_sampled_prompts) == \
         (0.5, 2, 0)
+    assert greedy_only.greedy_scores == [1.0, 0.0]
     assert greedy_only.pass_at_k == greedy_only.maj_at_k == {} and math.isnan(greedy_only.sample_accuracy)
 
 
@@ -241,3 +243,21 @@ def test_cli_eval_takes_its_settings_from_a_train_config_where_flags_are_left_ou
     assert args.reward == "math_accuracy" and yaml.safe_load(args.reward_options) == {"gold_style": "gsm8k"}
     with pytest.raises(UserError, match="--model is required"):
         parsed([])
+
+
+def test_each_checker_keeps_its_per_problem_verdicts_on_the_same_greedy_completions():
+    tok = build_tokenizer()
+    rows = [{"prompt": f"Item {i}. How many?\n", "answer": str(i)} for i in range(3)]
+    greedy = {rows[0]["prompt"]: _tag(0), rows[1]["prompt"]: "1", rows[2]["prompt"]: _tag(5)}
+
+    def bare_number(completions, answer, **_):  # the last word, tag or not
+        return [float(c.replace("<answer>", " ").replace("</answer>", " ").split()[-1] == a)
+                for c, a in zip(completions, answer)]
+
+    res = evaluate_policy(None, tok, rows, load_reward_function("arithmetic_accuracy"),
+                          answer_extractor("arithmetic_accuracy"), n=1, ks=(1,),
+                          engine=ScriptedEngine(tok, greedy, {}), sample_prompts=0,
+                          greedy_checkers={"lenient": bare_number})
+    assert res.greedy_scores == [1.0, 0.0, 0.0] and res.greedy_accuracy == pytest.approx(1 / 3)
+    assert res.greedy_scores_by_checker == {"lenient": [1.0, 1.0, 0.0]}
+    assert res.greedy_by_checker == {"lenient": pytest.approx(2 / 3)}

@@ -13,7 +13,7 @@ from grpo.data.synthetic import Space, _bucket, make_problems, make_rows, proble
 from grpo.errors import UserError
 from grpo.models.tiny import build_tokenizer
 from grpo.commands.reproduce_report import claim_rows
-from grpo.stats import binomial_ci, mean_ci, mean_std, t_quantile, verdict
+from grpo.stats import binomial_ci, mean_ci, mean_std, paired_ci, t_quantile, verdict
 
 HARD = dict(num_steps=5, max_value=99, max_delta=19, multiply=True)
 
@@ -233,6 +233,25 @@ def test_mean_spread_and_intervals_by_hand():
     assert verdict(-3.0, -0.1).startswith("does not hold")
     with pytest.raises(ValueError):
         mean_ci([1.0])
+
+
+def test_the_interval_over_seeds_and_problems_by_hand():
+    table = [[1, 0, 1, 0], [1, 1, 1, 0], [0, 0, 1, 0]]  # 3 seeds x 4 problems: a's score - b's
+    # seed means .5, .75, .25: var 1/16, v_s = 1/48; problem means 2/3, 1/3, 1, 0: var 5/27, v_p = 5/108
+    mean, lo, hi = paired_ci(table)
+    half = 4.303 * math.sqrt(1 / 48 + 5 / 108)  # t with the seeds' 2 degrees of freedom
+    assert (mean, lo, hi) == pytest.approx((0.5, 0.5 - half, 0.5 + half), abs=1e-12)
+    assert half > mean_ci([0.5, 0.75, 0.25])[2] - 0.5  # wider than the seeds' own interval
+    # the order of seeds and of problems does not matter
+    assert paired_ci([row[::-1] for row in table[::-1]]) == pytest.approx((mean, lo, hi), abs=1e-12)
+    # one seed: the paired problems alone, var([1, 0, 1, 0]) = 1/3 over 4 problems, t(3) = 3.182
+    assert paired_ci([table[0]]) == pytest.approx((0.5, 0.5 - 3.182 / 12 ** 0.5, 0.5 + 3.182 / 12 ** 0.5))
+    # the same seed three times: no spread of training, the problems' part unchanged, the seeds' df
+    assert paired_ci([table[0]] * 3)[2] == pytest.approx(0.5 + 4.303 / 12 ** 0.5)
+    assert paired_ci([[0.2, 0.2], [0.2, 0.2]]) == pytest.approx((0.2, 0.2, 0.2))
+    for bad in ([[1, 0], [1]], [[1]], []):
+        with pytest.raises(ValueError, match="same >= 2 problems"):
+            paired_ci(bad)
 
 
 def _row(greedy, maj, pas, peak=None, state=None):

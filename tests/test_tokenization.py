@@ -237,7 +237,7 @@ def test_heldout_accuracy_passes_unpadded_completion_ids(tiny_tok):
     rows = [{"prompt": "2+3=", "answer": "5"}, {"prompt": "7-4=", "answer": "3"}]
     engine = RecordingEngine([[10, 11, 2], [12, 2]])  # row 1 is right-padded to [12, 2, 0]
     held_out, trained = [], []
-    accuracy, _ = evaluate_accuracy(engine, tiny_tok, rows, record_ids(held_out), max_new_tokens=4)
+    accuracy, _, _ = evaluate_accuracy(engine, tiny_tok, rows, record_ids(held_out), max_new_tokens=4)
     run, cfg = train_run(engine, tiny_tok, record_ids(trained))
     batch = generate_and_score(run, cfg, None, Timers(), rows)
     assert held_out == trained == [[[10, 11, 2], [12, 2]]]

@@ -5,6 +5,11 @@ between two methods measured on the same seed (same SFT model, same data order),
 N paired differences. Their mean and Student-t interval say whether the claim holds beyond noise.
 With a single seed there is no spread to measure; the interval then comes from the test set alone
 (the binomial standard error of a difference of two accuracies), which understates the noise.
+
+Every seed is scored on the same problems, so the seeds' interval does not carry the choice of problems.
+Where each problem's score is kept, `paired_ci` takes both: seeds and problems are two crossed random
+factors of the per-problem, per-seed differences, and the variance of their grand mean is estimated from
+the spread of the seeds' means and of the problems' means.
 """
 
 from __future__ import annotations
@@ -51,6 +56,34 @@ def binomial_ci(diff: float, p: float, n: int) -> tuple[float, float, float]:
     binomial standard error sqrt(2 p (1 - p) / n): the test set's noise only."""
     half = 1.96 * math.sqrt(2 * p * (1 - p) / n)
     return diff, diff - half, diff + half
+
+
+def paired_ci(diffs: Sequence[Sequence[float]]) -> tuple[float, float, float]:
+    """(mean, low, high): the 95% interval of the mean of a seeds x problems table of paired differences
+    (diffs[s][p]: model a's score minus model b's on problem p, both trained with seed s), carrying the
+    spread of training and the choice of problems.
+
+    With S seeds and P problems, v_s = var(seed means) / S and v_p = var(problem means) / P (each problem's
+    difference averaged over the seeds); the mean's variance is estimated by v_s + v_p, which counts the
+    seed-by-problem interaction once more than it is there, and Student's t takes the seeds' S - 1 degrees
+    of freedom: the interval errs wide, never narrower than the seeds' own (`mean_ci` of the seed means).
+    One seed: v_s = 0 and P - 1 degrees of freedom, the paired problems alone (the test set's noise only,
+    as `binomial_ci` but from the data).
+
+    >>> mean, low, high = paired_ci([[1, 0, 0, 1], [1, 1, 0, 0]])  # v_s = 0, v_p = var([1, .5, 0, .5]) / 4
+    >>> mean, round(high - mean, 3)                                # t(1) = 12.706 x sqrt(1/24)
+    (0.5, 2.594)
+    """
+    S, P = len(diffs), len(diffs[0]) if diffs else 0
+    if P < 2 or any(len(row) != P for row in diffs):
+        raise ValueError("paired_ci needs the same >= 2 problems for every seed")
+    seed_means = [sum(row) / P for row in diffs]
+    problem_means = [sum(row[p] for row in diffs) / S for p in range(P)]
+    mean = sum(seed_means) / S
+    v_s = mean_std(seed_means)[1] ** 2 / S if S > 1 else 0.0
+    v_p = mean_std(problem_means)[1] ** 2 / P
+    half = t_quantile(S - 1 if S > 1 else P - 1) * math.sqrt(v_s + v_p)
+    return mean, mean - half, mean + half
 
 
 def verdict(low: float, high: float) -> str:

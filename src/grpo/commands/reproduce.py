@@ -407,10 +407,8 @@ def sft_more_job(cfg: DemoConfig, out: Path, i: int, first: SFTResult, budget: f
 
 
 def _row(e, run: dict | None, s) -> dict:
-    row = {"greedy_accuracy": e.greedy_accuracy, "sample_accuracy": e.sample_accuracy,
-           "num_prompts": e.num_prompts,
-           "num_sampled_prompts": e.num_sampled_prompts, "pass_at_k": e.pass_at_k, "maj_at_k": e.maj_at_k,
-           **{EXTRA_KEYS[name]: v for name, v in e.greedy_by_checker.items()}}
+    row = {**_greedy_row(e), "sample_accuracy": e.sample_accuracy,
+           "num_sampled_prompts": e.num_sampled_prompts, "pass_at_k": e.pass_at_k, "maj_at_k": e.maj_at_k}
     if run is not None:
         row.update({k: run[k] for k in ("peak_mib", "run_peak_mib", "state_mib", "seconds", "train_seconds",
                                          "train_cpu_seconds")})
@@ -422,9 +420,14 @@ def _row(e, run: dict | None, s) -> dict:
 
 
 def _greedy_row(e: EvalResult) -> dict:
-    """An --ood file's figures of one model: greedy accuracy, its strict and lenient readings (as `_row`)."""
-    return {"greedy_accuracy": e.greedy_accuracy, "num_prompts": e.num_prompts,
-            **{EXTRA_KEYS[name]: v for name, v in e.greedy_by_checker.items()}}
+    """A model's greedy figures (an --ood file's row; `_row` adds the rest): greedy accuracy, its strict and
+    lenient readings, and, where the evaluation kept them, each one's per-problem scores (`per_problem`)."""
+    row = {"greedy_accuracy": e.greedy_accuracy, "num_prompts": e.num_prompts,
+           **{EXTRA_KEYS[name]: v for name, v in e.greedy_by_checker.items()}}
+    if e.greedy_scores:
+        row["per_problem"] = {"greedy_accuracy": e.greedy_scores,
+                              **{EXTRA_KEYS[name]: v for name, v in e.greedy_scores_by_checker.items()}}
+    return row
 
 
 def _rl_cpu_timed(run_dir: Path) -> bool:

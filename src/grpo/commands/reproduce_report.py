@@ -1,7 +1,8 @@
 """`grpo reproduce`'s report: results.md from the per-seed figures, and the names it gives each method.
 
 `results_markdown` writes the results table (mean ± sd over the seeds), the greedy accuracy per seed, the
-claims (`claim_rows`: each a paired per-seed difference, its 95% interval and a verdict, `grpo.stats`),
+claims (`claim_rows`: each a paired per-seed difference, its 95% interval and a verdict, `grpo.stats`;
+over seeds and problems where every model's per-problem scores were kept, `per_problem`),
 maj@k and pass@k against k, with --ood the same greedy figures and claims on each out-of-distribution file,
 and a Setup paragraph. What was not measured is not shown: without sampled
 completions (a multi-turn task is scored by greedy episodes only) there are no sampled columns and no
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from grpo.config import DemoConfig
 from grpo.plan import Architecture, PlanInput, plan_memory
-from grpo.stats import binomial_ci, mean_ci, mean_std, verdict
+from grpo.stats import binomial_ci, mean_ci, mean_std, paired_ci, verdict
 from grpo.train.sft import matching_clock
 
 SFT_MORE = "sft_more"
@@ -56,23 +57,32 @@ CLAIMS_HEAD = ["| claim | difference, points | 95% interval | verdict |", "|---|
 """The claims table's header (`claim_row` writes its rows)."""
 
 
+def per_problem(per_seed: dict) -> bool:
+    """Whether every model on every seed kept its per-problem greedy scores (results.json's `per_problem`):
+    then the greedy claims' intervals carry the choice of problems as well as the seeds (`paired_ci`)."""
+    return all("per_problem" in row for models in per_seed.values() for row in models.values())
+
+
 def pair_claims(per_seed: dict, test_n: int) -> list[str]:
     """The claims table's rows for the `CLAIMS` both of whose models ran: the greedy accuracy of a − b, and,
     for a pair with `sft_more`, the same when only the formatted answer (strict), or any last number
     (lenient), counts. `per_seed`: seed -> model -> figures; `test_n`: the problems each was scored on."""
     seeds = list(per_seed)
     names = list(per_seed[seeds[0]])
+    problems = per_problem(per_seed)
     acc = lambda m, key="greedy_accuracy": [per_seed[i][m][key] for i in seeds]  # noqa: E731
     rows = []
     for text, a, b in [(text, a, b) for text, a, b in CLAIMS if a in names and b in names]:
-        diffs = [100 * (x - y) for x, y in zip(acc(a), acc(b))]
-        rows.append(claim_row(text, diffs, mean_std(acc(a) + acc(b))[0], test_n))
-        for kind in ("strict", "lenient"):
-            key = f"{kind}_accuracy"
-            if SFT_MORE in (a, b) and key in per_seed[seeds[0]][a]:
-                diffs = [100 * (x - y) for x, y in zip(acc(a, key), acc(b, key))]
-                rows.append(claim_row(f"{text}, {kind}", diffs, mean_std(acc(a, key) + acc(b, key))[0],
-                                      test_n))
+        for kind in ("", "strict", "lenient"):
+            key = f"{kind}_accuracy" if kind else "greedy_accuracy"
+            if kind and (SFT_MORE not in (a, b) or key not in per_seed[seeds[0]][a]):
+                continue
+            diffs = [100 * (x - y) for x, y in zip(acc(a, key), acc(b, key))]
+            table = [[100 * (x - y) for x, y in zip(per_seed[i][a]["per_problem"][key],
+                                                     per_seed[i][b]["per_problem"][key])]
+                     for i in seeds] if problems else None
+            rows.append(claim_row(f"{text}, {kind}" if kind else text, diffs,
+                                  mean_std(acc(a, key) + acc(b, key))[0], test_n, table))
     return rows
 
 
@@ -108,12 +118,23 @@ def claim_rows(per_seed: dict, kmax: int, test_n: int) -> tuple[list[str], list[
                      "target is <= 0.75x). Model state alone (weights, gradients, Adam moments, reference, "
                      f"value model): {gs:.1f} vs {ps:.1f} MiB ({gs / ps:.2f}x). At 7B parameters `grpo plan` "
                      f"gives {_plan_line()}.")
-    notes.append(noise_note(len(seeds), test_n, "the test split"))
+    notes.append(noise_note(len(seeds), test_n, "the test split", per_problem(per_seed)))
     return rows, notes
 
 
-def noise_note(seeds: int, test_n: int, what: str) -> str:
-    """The note on what a claim's interval carries, for `what` (a test set of `test_n` problems)."""
+def noise_note(seeds: int, test_n: int, what: str, problems: bool = False) -> str:
+    """The note on what a claim's interval carries, for `what` (a test set of `test_n` problems); `problems`:
+    the greedy claims' intervals are `paired_ci`'s, over seeds and problems."""
+    if problems:
+        return (f"- Noise: {what} has {test_n} problems (one problem = {100 / test_n:.2f} points). A greedy "
+                "claim's interval is taken over seeds and problems (`grpo.stats.paired_ci`): the per-problem "
+                "differences of the two models, seeds and problems as two crossed random factors, so it "
+                "carries the spread of training"
+                + (" (SFT and RL)" if seeds > 1 else " only as far as one seed shows it (none: run more "
+                   "--seeds)")
+                + " and the choice of problems; it errs wide by the seed-by-problem interaction. "
+                + ("Sampled claims (maj@k, pass@k) take the seeds' Student-t interval only." if seeds > 1
+                   else ""))
     return (f"- Noise: {what} has {test_n} problems (one problem = {100 / test_n:.2f} points); "
             + ("the interval is the 95% Student-t interval of the mean of the per-seed differences: it "
                "carries the spread of training (SFT and RL). Every seed is scored on the same problems, so "
@@ -125,9 +146,12 @@ def noise_note(seeds: int, test_n: int, what: str) -> str:
                "is not measured: run more --seeds)."))
 
 
-def claim_row(text: str, diffs: list[float], p: float, test_n: int) -> str:
-    """One row of the claims table: mean difference (per seed), 95% interval, verdict."""
-    if len(diffs) > 1:
+def claim_row(text: str, diffs: list[float], p: float, test_n: int, table: list | None = None) -> str:
+    """One row of the claims table: mean difference (per seed), 95% interval, verdict. `table`: the
+    differences per seed and problem (points), when kept: the interval is then `paired_ci`'s."""
+    if table is not None:
+        mean, lo, hi = paired_ci(table)
+    elif len(diffs) > 1:
         mean, lo, hi = mean_ci(diffs)
     else:
         mean, lo, hi = (100 * x for x in binomial_ci(diffs[0] / 100, min(max(p, 0.05), 0.95), test_n))
@@ -231,7 +255,8 @@ def _ood_section(ood: dict | None) -> list[str]:
         lines += ["", "Greedy accuracy per seed:", "", *_by_seed(per_seed), ""]
         claims = pair_claims(per_seed, n)
         if claims:
-            lines += [*CLAIMS_HEAD, *claims, "", noise_note(len(seeds), n, "this file"), ""]
+            note = noise_note(len(seeds), n, "this file", per_problem(per_seed))
+            lines += [*CLAIMS_HEAD, *claims, "", note, ""]
     return lines
 
 

@@ -77,6 +77,13 @@ class EvalResult:
     format puts it) and lenient (the last number anywhere), on the same greedy completions."""
     num_sampled_prompts: int = 0
     """Prompts that were sampled n times (the first this many; pass@k, maj@k and sampled accuracy)."""
+    greedy_scores: list[float] = field(default_factory=list)
+    """Per prompt, in order: the checker's score of its greedy completion (`greedy_accuracy` is their mean);
+    with `greedy_scores_by_checker`, what a paired comparison of two models over the same problems reads
+    (`grpo.stats.paired_ci`). Empty in evaluations saved before it was kept."""
+    greedy_scores_by_checker: dict[str, list[float]] = field(default_factory=dict)
+    """Per extra checker, per prompt: 1.0 where it judged the greedy completion correct, else 0.0 (the means
+    are `greedy_by_checker`)."""
 
 
 def normalize_answer(answer: str | None) -> str | None:
@@ -192,12 +199,14 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
             extra[name] += [v is not None and float(v) >= 1.0 for v in fn(**inputs)]
         return checker(**inputs)
 
-    greedy, _ = evaluate_accuracy(engine, tokenizer, rows, checking, max_new_tokens, batch_size=batch_size)
-    greedy_by_checker = {name: sum(v) / len(v) for name, v in extra.items()}
+    greedy, _, scores = evaluate_accuracy(engine, tokenizer, rows, checking, max_new_tokens, batch_size)
+    per_problem = dict(greedy_scores=scores,
+                       greedy_scores_by_checker={name: [float(x) for x in v] for name, v in extra.items()},
+                       greedy_by_checker={name: sum(v) / len(v) for name, v in extra.items()})
     num_prompts, rows = len(rows), rows if sample_prompts is None else rows[:sample_prompts]
     if not rows:  # greedy only
         return EvalResult(greedy_accuracy=greedy, pass_at_k={}, maj_at_k={}, sample_accuracy=float("nan"),
-                          n=0, num_prompts=num_prompts, greedy_by_checker=greedy_by_checker)
+                          n=0, num_prompts=num_prompts, **per_problem)
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, G=n)
     per_call = max(1, batch_size // n)  # prompts per generate call: about batch_size completions
@@ -223,7 +232,7 @@ def evaluate_policy(model, tokenizer, rows: list[dict], checker, answer_fn: Call
         maj_at_k={k: sum(maj_at_k(v, c, k, rng) for v, c in zip(votes, correct)) / len(correct) for k in ks},
         sample_accuracy=sum(counts) / (n * len(counts)), n=n, num_prompts=num_prompts, correct_counts=counts,
         majority_answers=[None if w is None else a[v.index(w)] for a, v, w in zip(answers, votes, winners)],
-        greedy_by_checker=greedy_by_checker, num_sampled_prompts=len(rows),
+        num_sampled_prompts=len(rows), **per_problem,
     )
 
 
@@ -273,18 +282,19 @@ def result_to_json(res: EvalResult, settings: dict) -> dict:
 
 
 def evaluate_accuracy(engine: RolloutEngine, tokenizer, rows: list[dict], checker, max_new_tokens: int,
-                      batch_size: int = 128) -> tuple[float, list[str]]:
-    """Greedy held-out accuracy: mean of `checker` (the accuracy reward itself) over `rows`. The checker
-    gets what training's rewards get: the completion texts and their unpadded ids (EOS included)."""
+                      batch_size: int = 128) -> tuple[float, list[str], list[float]]:
+    """Greedy held-out accuracy: the mean of `checker` (the accuracy reward itself) over `rows`; the greedy
+    completions; each row's score (None counted as 0.0). The checker gets what training's rewards get: the
+    completion texts and their unpadded ids (EOS included)."""
     if not rows:
-        return float("nan"), []
-    texts, scores = [], []
+        return float("nan"), [], []
+    texts, per_row = [], []
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, G=1)
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
         r = engine.generate(encode_prompts(tokenizer, [x["prompt"] for x in chunk]), params)
         batch_texts = decode_completions(tokenizer, r.completion_ids, r.completion_mask)
         values = checker(**reward_inputs(chunk, batch_texts, r.completion_lists()).kwargs())
-        scores += [0.0 if v is None else float(v) for v in values]
+        per_row += [0.0 if v is None else float(v) for v in values]
         texts += batch_texts
-    return sum(scores) / len(scores), texts
+    return sum(per_row) / len(per_row), texts, per_row
