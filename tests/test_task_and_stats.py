@@ -239,15 +239,21 @@ def test_the_interval_over_seeds_and_problems_by_hand():
     table = [[1, 0, 1, 0], [1, 1, 1, 0], [0, 0, 1, 0]]  # 3 seeds x 4 problems: a's score - b's
     # seed means .5, .75, .25: var 1/16, v_s = 1/48; problem means 2/3, 1/3, 1, 0: var 5/27, v_p = 5/108
     mean, lo, hi = paired_ci(table)
-    half = 4.303 * math.sqrt(1 / 48 + 5 / 108)  # t with the seeds' 2 degrees of freedom
+    v = 1 / 48 + 5 / 108
+    assert v ** 2 / ((1 / 48) ** 2 / 2 + (5 / 108) ** 2 / 3) == pytest.approx(4.84, abs=0.01)  # df -> t(4)
+    half = 2.776 * math.sqrt(v)
     assert (mean, lo, hi) == pytest.approx((0.5, 0.5 - half, 0.5 + half), abs=1e-12)
-    assert half > mean_ci([0.5, 0.75, 0.25])[2] - 0.5  # wider than the seeds' own interval
+    assert half > mean_ci([0.5, 0.75, 0.25])[2] - 0.5  # wider than the seeds' own interval (4.303 x 1/48^.5)
+    # seeds 0, .2, .4 apart and 40 problems +-.73 about them: v_p ~ v_s, df 7.6, t(7) = 2.365 x sqrt(2 v_s)
+    # is under the seeds' own 4.303 x sqrt(v_s), which is the floor
+    spread = [[seed + (0.73 if p % 2 else -0.73) for p in range(40)] for seed in (0.0, 0.2, 0.4)]
+    assert paired_ci(spread) == pytest.approx(mean_ci([0.0, 0.2, 0.4]), abs=1e-12)
     # the order of seeds and of problems does not matter
     assert paired_ci([row[::-1] for row in table[::-1]]) == pytest.approx((mean, lo, hi), abs=1e-12)
     # one seed: the paired problems alone, var([1, 0, 1, 0]) = 1/3 over 4 problems, t(3) = 3.182
     assert paired_ci([table[0]]) == pytest.approx((0.5, 0.5 - 3.182 / 12 ** 0.5, 0.5 + 3.182 / 12 ** 0.5))
-    # the same seed three times: no spread of training, the problems' part unchanged, the seeds' df
-    assert paired_ci([table[0]] * 3)[2] == pytest.approx(0.5 + 4.303 / 12 ** 0.5)
+    # the same seed three times: no spread of training, the problems' part and its df unchanged
+    assert paired_ci([table[0]] * 3) == pytest.approx(paired_ci([table[0]]))
     assert paired_ci([[0.2, 0.2], [0.2, 0.2]]) == pytest.approx((0.2, 0.2, 0.2))
     for bad in ([[1, 0], [1]], [[1]], []):
         with pytest.raises(ValueError, match="same >= 2 problems"):

@@ -65,14 +65,15 @@ def paired_ci(diffs: Sequence[Sequence[float]]) -> tuple[float, float, float]:
 
     With S seeds and P problems, v_s = var(seed means) / S and v_p = var(problem means) / P (each problem's
     difference averaged over the seeds); the mean's variance is estimated by v_s + v_p, which counts the
-    seed-by-problem interaction once more than it is there, and Student's t takes the seeds' S - 1 degrees
-    of freedom: the interval errs wide, never narrower than the seeds' own (`mean_ci` of the seed means).
-    One seed: v_s = 0 and P - 1 degrees of freedom, the paired problems alone (the test set's noise only,
-    as `binomial_ci` but from the data).
+    seed-by-problem interaction once more than it is there (so it errs large), with the Welch-Satterthwaite
+    degrees of freedom df = (v_s + v_p)^2 / (v_s^2 / (S - 1) + v_p^2 / (P - 1)) for Student's t
+    (`t_quantile`). The half-width is never less than the seeds' own (t with S - 1 df times sqrt(v_s), as
+    `mean_ci` of the seed means): taking the problems in never makes an interval narrower. One seed: v_s = 0,
+    the paired problems alone (the test set's noise only, as `binomial_ci` but from the data).
 
     >>> mean, low, high = paired_ci([[1, 0, 0, 1], [1, 1, 0, 0]])  # v_s = 0, v_p = var([1, .5, 0, .5]) / 4
-    >>> mean, round(high - mean, 3)                                # t(1) = 12.706 x sqrt(1/24)
-    (0.5, 2.594)
+    >>> mean, round(high - mean, 3)                                # df 3: t = 3.182, x sqrt(1/24)
+    (0.5, 0.65)
     """
     S, P = len(diffs), len(diffs[0]) if diffs else 0
     if P < 2 or any(len(row) != P for row in diffs):
@@ -82,7 +83,12 @@ def paired_ci(diffs: Sequence[Sequence[float]]) -> tuple[float, float, float]:
     mean = sum(seed_means) / S
     v_s = mean_std(seed_means)[1] ** 2 / S if S > 1 else 0.0
     v_p = mean_std(problem_means)[1] ** 2 / P
-    half = t_quantile(S - 1 if S > 1 else P - 1) * math.sqrt(v_s + v_p)
+    if v_s + v_p == 0:
+        return mean, mean, mean
+    df = (v_s + v_p) ** 2 / ((v_s ** 2 / (S - 1) if S > 1 else 0.0) + v_p ** 2 / (P - 1))
+    half = t_quantile(max(1, int(df))) * math.sqrt(v_s + v_p)
+    if S > 1:
+        half = max(half, t_quantile(S - 1) * math.sqrt(v_s))
     return mean, mean - half, mean + half
 
 
