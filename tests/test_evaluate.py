@@ -13,6 +13,7 @@ import yaml
 
 from grpo.algorithm.evaluation import majority_vote
 from grpo.errors import UserError
+from grpo.utils.json_text import json_text
 from grpo.commands.eval import apply_config, build_eval_parser
 from grpo.models.tiny import build_tokenizer
 from grpo.rewards.loader import load_reward_function
@@ -184,6 +185,9 @@ def test_cli_eval_on_the_tiny_model_writes_json_and_is_seeded(tmp_path, capsys):
     p = [a["pass_at_k"][k] for k in ("1", "2", "4")]
     assert p == sorted(p) and all(0 <= x <= 1 for x in p + list(a["maj_at_k"].values()))
     assert a["pass_at_k"]["1"] == pytest.approx(a["sample_accuracy"], abs=1e-12)
+    assert len(a["greedy_scores"]) == 3 and sum(a["greedy_scores"]) / 3 == pytest.approx(a["greedy_accuracy"])
+    one_line = f'"greedy_scores": {json.dumps(a["greedy_scores"])},'
+    assert one_line in (tmp_path / "a.json").read_text()
     out = capsys.readouterr().out
     assert "greedy accuracy" in out and "maj@k" in out and "wrote" in out
 
@@ -261,3 +265,14 @@ def test_each_checker_keeps_its_per_problem_verdicts_on_the_same_greedy_completi
     assert res.greedy_scores == [1.0, 0.0, 0.0] and res.greedy_accuracy == pytest.approx(1 / 3)
     assert res.greedy_scores_by_checker == {"lenient": [1.0, 1.0, 0.0]}
     assert res.greedy_by_checker == {"lenient": pytest.approx(2 / 3)}
+
+
+def test_json_text_puts_each_flat_list_on_one_line_and_reads_back_the_same():
+    obj = {"seeds": [0, 1, 2], "per_problem": {"greedy_accuracy": [1.0, 0.0], "none": []},
+           "answers": ["a, [b]", None, "{c}\n"], "nested": [[1, 2], {"k": [3]}], "n": 4}
+    text = json_text(obj)
+    assert json.loads(text) == obj
+    lines = text.splitlines()
+    assert '  "seeds": [0, 1, 2],' in lines and '    "greedy_accuracy": [1.0, 0.0],' in lines
+    assert '    "a, [b]",' in lines  # a bracket in a string: that list is left as json.dumps writes it
+    assert '    [1, 2],' in lines and '      "k": [3]' in lines  # flat lists inside others: one line each

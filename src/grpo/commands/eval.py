@@ -10,7 +10,6 @@ estimators and their definitions are in `grpo.train.evaluation` and docs/evaluat
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import yaml
 from grpo.config import DataConfig, ModelConfig, TrainConfig, load_config
 from grpo.config_io import add_config_arguments
 from grpo.errors import UserError
+from grpo.utils.json_text import json_text
 
 
 
@@ -118,7 +118,7 @@ def _cmd_eval(args) -> None:
         out = Path(args.out)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result_to_json(res, settings), indent=2) + "\n", encoding="utf-8")
+            out.write_text(json_text(result_to_json(res, settings)) + "\n", encoding="utf-8")
         except OSError as e:
             raise UserError(f"--out {out}: cannot write ({e.strerror or e})") from None
         print(f"wrote {out}")

@@ -74,6 +74,7 @@ from grpo.train.checkpoint_files import sha256_file
 from grpo.train.episodes import tool_use_report
 from grpo.train.evaluation import EvalResult, answer_equivalence, answer_extractor, evaluate_policy
 from grpo.train.sft import SFTResult, continuation_overrides, continuation_steps, matching_clock
+from grpo.utils.json_text import json_text
 
 METHODS = {
     "grpo": ["algorithm=grpo"],
@@ -342,8 +343,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     ood_results = {t.name: {"file": t.file, "num_prompts": ood_evals[t.name][(0, "sft")].num_prompts,
                             "per_seed": {i: {name: _greedy_row(ood_evals[t.name][(i, name)])
                                              for name in names} for i in offsets}} for t in tests}
-    (out / "results.json").write_text(json.dumps({"seeds": offsets, "per_seed": per_seed,
-                                                  **({"ood": ood_results} if ood else {})}, indent=2))
+    (out / "results.json").write_text(json_text({"seeds": offsets, "per_seed": per_seed,
+                                                 **({"ood": ood_results} if ood else {})}))
     plots = plot_reproduce(out, runs, sfts, evals, offsets, rl_methods, ks, LABELS, names)
     command = " ".join(["grpo reproduce", *(["--config", config] if config else []), f"--seeds {seeds}",
                         f"--jobs {jobs}", f"--n {n}", f"--k {','.join(map(str, ks))}",
