@@ -288,6 +288,47 @@ def test_a_signal_to_reproduce_stops_each_running_job_with_one_sigint_and_names_
     assert continue_command(["reproduce", "--reuse", "--seeds", "2"]) == "grpo reproduce --reuse --seeds 2"
 
 
+KILLED_PARENT = """
+import subprocess, sys
+from pathlib import Path
+from grpo.commands import reproduce_jobs
+tmp, fake = Path(sys.argv[1]), sys.argv[2]
+popen = subprocess.Popen
+log = tmp / "a.log"
+reproduce_jobs.subprocess.Popen = lambda cmd, **kw: popen([sys.executable, "-c", fake, str(log), ""], **kw)
+job = reproduce_jobs.Job("a", "train", tmp / "rl.yaml", [f"train.output_dir={tmp / 'a'}"], tmp / "a", log)
+reproduce_jobs.run_jobs([job], 1, "again")
+"""
+"""A `grpo reproduce` stand-in: run_jobs on one FAKE_JOB (arguments: the directory, FAKE_JOB's text)."""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_job_of_a_killed_reproduce_gets_one_sigint_and_does_not_train_on_alone(tmp_path):
+    save_config(load_config(TrainConfig, None, []), tmp_path / "rl.yaml")
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT, str(tmp_path), FAKE_JOB])
+    job_pid = None
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "a.sid").exists():
+            assert parent.poll() is None and time.monotonic() < deadline, "the job never started"
+            time.sleep(0.05)
+        job_pid = int((tmp_path / "a.sid").read_text().split()[1])
+        parent.kill()  # SIGKILL: reproduce stops nothing itself
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "a.signals").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "a.signals").read_text() == "SIGINT"  # one: it checkpoints and exits (130)
+    finally:
+        parent.kill()
+        if job_pid is not None:  # without the fix it would wait for a signal for ever
+            try:
+                os.kill(job_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def test_a_failed_job_stops_the_others_with_one_sigint_each(tmp_path, monkeypatch):
     jobs = _fake_jobs(tmp_path, monkeypatch, "a", "b", "c", fail="a", waits_for="b")
     with pytest.raises(UserError, match="a failed \\(exit 3\\); log: "):

@@ -33,10 +33,14 @@ exit" and a second as "stop at once, without one" (`StopSignals`). So each job r
 once, with SIGINT (before its loop a job takes it as a KeyboardInterrupt and exits cleanly, where SIGTERM's
 default would kill it). It does so when it gets SIGINT, SIGTERM or SIGHUP (`stop_signals`) itself and when
 a job fails, then waits for the jobs (`STOP_WAIT_S`) and names the command that continues (`--reuse`).
+A reproduce that is killed outright (SIGKILL, the OOM killer) cannot do that; on Linux each job asks the
+kernel for a SIGINT when its parent dies (`stop_with_parent`), so it still stops with a checkpoint rather
+than training on alone, holding its output directory's lock against the `--reuse` that continues it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -235,7 +239,24 @@ def _launch(job: Job, env: dict, before: float) -> subprocess.Popen:
             log.write(f"\n--- grpo reproduce --reuse: resuming from {job.resume_from} ---\n")
             log.flush()
         return subprocess.Popen(job.cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=stop_with_parent(os.getpid()))
+
+
+def stop_with_parent(parent: int):
+    """On Linux, a function for Popen's `preexec_fn` (it runs in the child between fork and exec): the child
+    gets SIGINT when its parent dies (prctl PR_SET_PDEATHSIG, kept across exec), and exits before it runs
+    anything if `parent` has died already. Elsewhere None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, in the parent: the child only calls it
+    PR_SET_PDEATHSIG = 1
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+        if os.getppid() != parent:  # it died between the fork and prctl
+            os._exit(1)
+
+    return arm
 
 
 def _ended(job: Job, proc: subprocess.Popen, seconds: float) -> dict[str, float]:
