@@ -44,6 +44,41 @@ def _checkpoint(job: Job, step: int, *overrides: str) -> Path:
     return path
 
 
+def test_a_later_stages_run_with_another_setting_is_refused_before_the_first_stage_trains(tmp_path,
+                                                                                          monkeypatch):
+    """--reuse checks every stage's runs before anything trains, but the settings an earlier stage decides:
+    a stale sft_more (another sft.clock) stops the grid at once, not after sft_best and GRPO have trained."""
+    def no_training(jobs, *_):
+        raise AssertionError(f"trained {[job.name for job in jobs]}")
+
+    monkeypatch.setattr(reproduce, "run_jobs", no_training)
+    out = tmp_path / "grid"
+    args = dict(config=None, overrides=[f"output_dir={out}", "sft.data.num_validation=20"],
+                methods=["grpo", "sft_more"], n=2, ks=[1, 2], progress=False, seeds=2, reuse=True)
+    with pytest.raises(AssertionError, match="trained \\['SFT seed 0', 'SFT seed 1'\\]"):
+        reproduce.run_reproduce(**args)  # nothing there yet: stage 1 would train
+    cfg = load_config(DemoConfig, out / "config.yaml")
+    first = SFTResult(out, out / "seed1" / "sft" / "final", 0.5, 8, 8, 60.0, [], 50.0, 80.0, rows_seen=128)
+    more = sft_more_job(cfg, out, 1, first, 900.0, "cpu", True)  # as stage 3 made it, after 900 CPU s of GRPO
+    more.run_dir.mkdir(parents=True)
+    stale = load_config(SFTConfig, more.config, [*more.args, "sft.clock=wall"])
+    save_config(stale, more.run_dir / "config.yaml")
+    (more.run_dir / "final").mkdir()
+    (more.run_dir / "final" / "config.json").write_text("{}")
+    more.record.write_text('{"seconds": 1.0}')
+    with pytest.raises(UserError, match="seed1/sft_more was trained with sft.clock='wall', this reproduce "
+                                        "asks for 'cpu'"):
+        reproduce.run_reproduce(**args)
+    # the settings stage 3 derives from sft_best and GRPO's budget differ from the placeholders': not refused
+    save_config(load_config(SFTConfig, more.config, more.args), more.run_dir / "config.yaml")
+    with pytest.raises(AssertionError, match="trained"):
+        reproduce.run_reproduce(**args)
+    grpo = reproduce._rl_jobs(cfg, out, [0], ["grpo"], {0: first}, True)[(0, "grpo")]
+    _checkpoint(grpo, 3, "grpo.G=3")  # an unfinished GRPO run of another G: refused before stage 1 too
+    with pytest.raises(UserError, match="seed0/grpo was trained with grpo.G=3"):
+        reproduce.run_reproduce(**args)
+
+
 def test_reuse_resumes_a_grpo_run_from_its_newest_intact_checkpoint_of_the_same_config(tmp_path, capsys):
     job = _job(tmp_path)
     assert reuse_or_resume([job]) == {} and job.resume_from is None  # nothing there: a fresh run

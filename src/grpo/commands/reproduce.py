@@ -59,8 +59,9 @@ from typing import NamedTuple
 
 import torch
 
-from grpo.commands.reproduce_jobs import (Job, cached_evaluation, checkpoint_every, evaluation_key,
-                                          reuse_or_resume, run_jobs, save_evaluation, settings)
+from grpo.commands.reproduce_jobs import (Job, cached_evaluation, check_before_training, checkpoint_every,
+                                          evaluation_key, reuse_or_resume, run_jobs, save_evaluation,
+                                          settings)
 from grpo.commands.reproduce_report import BUDGET, EXTRA_KEYS, LABELS, SFT_MORE, results_markdown
 from grpo.config import (DataConfig, DemoConfig, ModelConfig, TrainConfig, load_config,
                          save_config, to_dict)
@@ -69,11 +70,12 @@ from grpo.errors import UserError
 from grpo.models.loading import load_policy
 from grpo.plotting import plot_reproduce
 from grpo.rewards import load_reward_function
-from grpo.rewards.math import make_math_accuracy
 from grpo.train.checkpoint_files import sha256_file
 from grpo.train.episodes import tool_use_report
-from grpo.train.evaluation import EvalResult, answer_equivalence, answer_extractor, evaluate_policy
-from grpo.train.sft import SFTResult, continuation_overrides, continuation_steps, matching_clock
+from grpo.train.evaluation import (EvalResult, accuracy_checkers, answer_equivalence, answer_extractor,
+                                   evaluate_policy)
+from grpo.train.sft import (CONTINUATION_DERIVED, SFTResult, continuation_overrides, continuation_steps,
+                            matching_clock)
 from grpo.utils.json_text import json_text
 
 METHODS = {
@@ -96,24 +98,6 @@ def _read_run(out: Path, seconds: float) -> dict:
             "peak_mib": max(x["memory/peak_mib"] for x in steps),
             "run_peak_mib": max(x["memory/peak_mib"] - x["memory/baseline_mib"] for x in steps),
             "state_mib": max(x["memory/state_mib"] for x in steps), "history": lines, "model": out / "final"}
-
-
-def accuracy_checkers(reward_fn: str, options: dict) -> dict:
-    """Extra greedy checkers beside the reward's own: `strict` reads the answer only where the format puts
-    it (GSM8K's `#### N` line, MATH's last box; the built-in task's answer tag, its reward itself) and
-    `lenient` takes the last number anywhere, so that a format gain is not read as a reasoning gain."""
-    if reward_fn == "arithmetic_accuracy":
-        return {"strict": load_reward_function(reward_fn, options),
-                "lenient": make_math_accuracy(gold_style="plain", pred_source="last_number")}
-    if reward_fn != "math_accuracy":
-        return {}
-    gold = options.get("gold_style", "auto")
-    timeout = options.get("timeout_s", 5.0)
-    out = {"lenient": make_math_accuracy(gold_style=gold, pred_source="last_number", timeout_s=timeout)}
-    strict = {"gsm8k": "gsm8k", "boxed": "boxed"}.get(gold)
-    if strict:
-        out["strict"] = make_math_accuracy(gold_style=gold, pred_source=strict, timeout_s=timeout)
-    return out
 
 
 def _evaluate_episodes(path: str, rl_config: str, seed: int):
@@ -294,6 +278,13 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
                   f"(best at step {sfts[i].best_step} of {sfts[i].steps})")
         else:
             sft_jobs[i] = sft_best_job(cfg, out, i, sft_scratch)
+    rl, rl_methods = cfg.rl, [m for m in methods if m in METHODS]
+    if reuse:  # a later stage's run that --reuse would refuse stops the grid now, not hours from now
+        first = SFTResult(out, out / "sft_best", 0.0, 0, 0, 0.0, [])  # placeholders: not yet trained
+        check_before_training(list(_rl_jobs(cfg, out, offsets, rl_methods, {}, scratch).values()),
+                              later=("model.path",))
+        check_before_training([sft_more_job(cfg, out, i, first, 1.0, clock, sft_scratch) for i in offsets
+                               if SFT_MORE in methods], later=CONTINUATION_DERIVED)
     if sft_jobs:
         print(f"[1/4] SFT warm start (sft_best), {len(sft_jobs)} run(s), {jobs} at a time -> {out}/seed*/sft",
               flush=True)
@@ -302,16 +293,9 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
         run_jobs([job for job in sft_jobs.values() if job.name not in done], jobs, again)
         sfts = {i: _finished_sft(job.run_dir) for i, job in sft_jobs.items()}
 
-    rl, rl_methods = cfg.rl, [m for m in methods if m in METHODS]
     print(f"[2/4] {', '.join(LABELS[m] for m in rl_methods)} ({rl.train.steps} steps, "
           f"{rl.train.prompts_per_step} prompts x G={rl.grpo.G}), {jobs} at a time", flush=True)
-    rl_jobs = {(i, m): Job(f"{LABELS[m]} seed {i}", "train", out / "rl.yaml",
-                           [*METHODS[m],
-                            f"model.path={cfg.sft.model.path if m == 'grpo_base' else sfts[i].model_dir}",
-                            f"train.output_dir={out / f'seed{i}' / m}", f"train.seed={rl.train.seed + i}",
-                            *NO_TEST],
-                           out / f"seed{i}" / m, out / f"seed{i}" / f"{m}.log", scratch_checkpoints=scratch)
-               for i in offsets for m in rl_methods}
+    rl_jobs = _rl_jobs(cfg, out, offsets, rl_methods, sfts, scratch)
     seconds = reuse_or_resume(list(rl_jobs.values()), _rl_cpu_timed if cpu_budget else None) if reuse else {}
     seconds |= run_jobs([job for job in rl_jobs.values() if job.name not in seconds], jobs, again)
     runs = {key: _read_run(job.run_dir, seconds[job.name]) for key, job in rl_jobs.items()}
@@ -380,6 +364,17 @@ def job_configs(cfg: DemoConfig, out: Path, jobs: int) -> tuple[int, bool, bool]
     save_config(cfg.sft, out / "sft.yaml")
     save_config(cfg.rl, out / "rl.yaml")
     return threads, scratch, sft_scratch
+
+
+def _rl_jobs(cfg: DemoConfig, out: Path, offsets: list[int], rl_methods: list[str], sfts: dict,
+             scratch: bool) -> dict:
+    """(seed, method) -> its RL job, from seed i's sft_best `sfts[i]` (missing: a placeholder model.path)."""
+    start = lambda i, m: cfg.sft.model.path if m == "grpo_base" or i not in sfts else sfts[i].model_dir  # noqa: E731
+    return {(i, m): Job(f"{LABELS[m]} seed {i}", "train", out / "rl.yaml",
+                        [*METHODS[m], f"model.path={start(i, m)}", f"train.output_dir={out / f'seed{i}' / m}",
+                         f"train.seed={cfg.rl.train.seed + i}", *NO_TEST],
+                        out / f"seed{i}" / m, out / f"seed{i}" / f"{m}.log", scratch_checkpoints=scratch)
+            for i in offsets for m in rl_methods}
 
 
 def sft_best_job(cfg: DemoConfig, out: Path, i: int, scratch: bool) -> Job:

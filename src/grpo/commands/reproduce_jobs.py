@@ -15,8 +15,9 @@ With `--reuse`, for each job, under the configuration this invocation would trai
     evaluation of an unchanged model                kept (`cached_evaluation`): keyed by the model's files
                                                     and every evaluation setting
 
-A run or checkpoint with another configuration stops reproduce with the setting that differs. Jobs write
-a checkpoint every `checkpoint_every(steps)` steps when their config (rl.train.save_every,
+A run or checkpoint with another configuration stops reproduce with the setting that differs, before the
+first stage trains (`check_before_training`; the settings an earlier stage decides are checked when it has).
+Jobs write a checkpoint every `checkpoint_every(steps)` steps when their config (rl.train.save_every,
 sft.sft.save_every) writes none (`sft_more`: over the steps its time budget should buy), only the newest
 kept and removed once the job finishes: a checkpoint reads no random numbers and changes nothing trained
 (nor an SFT run's clock: its seconds are the training steps').
@@ -298,15 +299,38 @@ def settings(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _check_same(job: Job, saved: Path) -> None:
-    """UserError naming the first setting in which the config at `saved` differs from the job's."""
+def _check_same(job: Job, saved: Path, later: tuple[str, ...] = ()) -> None:
+    """UserError naming the first setting in which the config at `saved` differs from the job's, but the
+    settings in `later`."""
     want, have = job.settings(), job.settings(saved)
-    differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    differ = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k) and k not in later)
     if differ:
         key = differ[0]
         raise UserError(f"--reuse: {job.run_dir} was trained with {key}={have.get(key)!r}, this reproduce "
                         f"asks for {want.get(key)!r}; delete {job.run_dir} to train it again, or drop "
                         "--reuse")
+
+
+def check_before_training(jobs: list[Job], later: tuple[str, ...]) -> None:
+    """--reuse, before the first stage trains: UserError for a job whose run (finished, or its newest
+    checkpoint) has another configuration than the job, the settings in `later` aside: those an earlier
+    stage decides (the model it starts from; sft_more's budget and what follows from it), which the jobs
+    here were made with placeholders for. `reuse_or_resume` checks every setting when the stage comes;
+    this stops a grid whose later stage would be refused before hours of the earlier ones are spent."""
+    for job in jobs:
+        saved = _saved_config(job)
+        if saved is not None:
+            _check_same(job, saved, later)
+
+
+def _saved_config(job: Job) -> Path | None:
+    """The config --reuse holds the job to: its finished run's, else its newest checkpoint's (None: neither,
+    the job trains from the start)."""
+    d = job.run_dir
+    if (d / "final" / "config.json").is_file() and (d / "config.yaml").is_file() and job.record.is_file():
+        return d / "config.yaml"
+    ckpt = latest_checkpoint(d)
+    return None if ckpt is None else ckpt / "config.yaml"
 
 
 def reuse_or_resume(jobs: list[Job], timed: Callable[[Path], bool] | None = None) -> dict[str, float]:

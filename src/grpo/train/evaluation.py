@@ -41,7 +41,8 @@ from grpo.data.templates import decode_completions, encode_prompts
 from grpo.errors import UserError
 from grpo.models.loading import load_policy, stop_token_ids
 from grpo.rewards.combine import reward_inputs
-from grpo.rewards.math import answers_match, extract_prediction
+from grpo.rewards.loader import load_reward_function
+from grpo.rewards.math import answers_match, extract_prediction, make_math_accuracy
 from grpo.rollout.engine import RolloutEngine, SamplingParams
 from grpo.rollout.hf import HFEngine
 
@@ -160,6 +161,24 @@ def answer_equivalence(reward: str, options: dict | None = None) -> Callable[[st
     if reward == "arithmetic_accuracy":
         return operator.eq
     return functools.partial(answers_match, timeout_s=(options or {}).get("timeout_s", 5.0))
+
+
+def accuracy_checkers(reward_fn: str, options: dict) -> dict:
+    """Extra greedy checkers beside the reward's own: `strict` reads the answer only where the format puts
+    it (GSM8K's `#### N` line, MATH's last box; the built-in task's answer tag, its reward itself) and
+    `lenient` takes the last number anywhere, so that a format gain is not read as a reasoning gain."""
+    if reward_fn == "arithmetic_accuracy":
+        return {"strict": load_reward_function(reward_fn, options),
+                "lenient": make_math_accuracy(gold_style="plain", pred_source="last_number")}
+    if reward_fn != "math_accuracy":
+        return {}
+    gold = options.get("gold_style", "auto")
+    timeout = options.get("timeout_s", 5.0)
+    out = {"lenient": make_math_accuracy(gold_style=gold, pred_source="last_number", timeout_s=timeout)}
+    strict = {"gsm8k": "gsm8k", "boxed": "boxed"}.get(gold)
+    if strict:
+        out["strict"] = make_math_accuracy(gold_style=gold, pred_source=strict, timeout_s=timeout)
+    return out
 
 
 def _score(checker, rows: list[dict], texts: list[str], completion_ids: list[list[int]],

@@ -103,6 +103,11 @@ def matching_clock(device: str) -> str:
     return "cpu" if resolve_device(device).type == "cpu" else "wall"
 
 
+CONTINUATION_DERIVED = ("model.path", "sft.start_row", "sft.max_seconds", "sft.max_steps", "sft.eval_every",
+                        "optim.warmup_steps")
+"""The settings `continuation_overrides` derives from the run it continues and the budget."""
+
+
 def continuation_overrides(cfg: SFTConfig, first: SFTResult, seconds: float,
                            output_dir: str | Path, clock: str = "wall") -> list[str]:
     """`grpo sft` overrides (of `cfg`, the config `first` ran with) that continue `first` for `seconds` of
