@@ -342,9 +342,11 @@ def reuse_or_resume(jobs: list[Job], timed: Callable[[Path], bool] | None = None
     `timed(run_dir)` is False (it predates the timing the compute budget is counted in)."""
     seconds = {}
     for job in jobs:
-        d = job.run_dir
-        if (d / "final" / "config.json").is_file() and (d / "config.yaml").is_file() and job.record.is_file():
-            _check_same(job, d / "config.yaml")
+        d, saved = job.run_dir, _saved_config(job)
+        if saved is None:
+            continue
+        _check_same(job, saved)
+        if saved == d / "config.yaml":  # a finished run
             if _start_changed(job, job.record):
                 continue
             if timed is not None and not timed(d):
@@ -356,10 +358,7 @@ def reuse_or_resume(jobs: list[Job], timed: Callable[[Path], bool] | None = None
                 shutil.rmtree(d / CHECKPOINTS, ignore_errors=True)
             print(f"      reusing {job.name} ({d})", flush=True)
             continue
-        ckpt = latest_checkpoint(d)
-        if ckpt is None:
-            continue
-        _check_same(job, ckpt / "config.yaml")
+        ckpt = saved.parent
         if _start_changed(job, job.tally):
             continue
         problem = checkpoint_problem(ckpt)
