@@ -12,6 +12,9 @@ from grpo.models import convert
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The processes tests start (training jobs, torchrun ranks) run 2 threads beside the other pytest-xdist
+# worker on 2 cores: OpenMP threads that spin while they wait take the core a runnable thread needs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # User reward functions loaded by path (tests/test_resume.py, tests/test_variants.py): on the random
