@@ -146,6 +146,20 @@ def test_reproduce_trains_methods_over_seeds_and_writes_results_with_plots(tmp_p
     assert {p: p.stat().st_mtime_ns for p in out.glob("seed*/*.eval.json")} == evals
     assert json.loads((out / "results.json").read_text())["ood"] == with_ood["ood"]
 
+    # --first-seed 1 --seeds 1: seed 1 alone, its jobs configured as the two-seed grid's (else --reuse would
+    # refuse them), so a grid can be extended with seeds run on another machine
+    capsys.readouterr()
+    assert main(["reproduce", "-q", "--seeds", "1", "--first-seed", "1", "--jobs", "2", "--n", "4", "--k",
+                 "1,2,4", "--methods", "grpo,ppo,rft", "--reuse", f"output_dir={out}", *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reusing") == 4 and "seed 0" not in printed  # its SFT and 3 RL runs, not trained
+    assert "reusing the evaluations of sft seed 1, grpo seed 1, ppo seed 1, rft seed 1\n" in printed
+    alone = json.loads((out / "results.json").read_text())
+    assert alone["seeds"] == [1] and alone["per_seed"]["1"] == per_seed["1"]
+    assert "grpo reproduce --seeds 1 --first-seed 1 --jobs 2" in (out / "results.md").read_text()
+    assert main(["reproduce", "-q", "--first-seed", "-1", f"output_dir={out}", *TINY]) == 2
+    assert "--first-seed must be >= 0, got -1" in capsys.readouterr().err
+
     # --reuse: the finished runs in the output directory are kept, only the evaluation runs again
     logs = {p: p.stat().st_mtime_ns for p in out.glob("seed*/*/metrics.jsonl")}
     capsys.readouterr()

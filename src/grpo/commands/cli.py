@@ -117,7 +117,7 @@ def _cmd_reproduce(args) -> None:
     run_reproduce(args.config, args.overrides, n=args.n, ks=parse_ks(args.k), docs_dir=args.docs,
                   methods=args.methods.split(","),
                   progress=not args.quiet, sft_dir=args.sft, seeds=args.seeds, jobs=args.jobs,
-                  reuse=args.reuse, sample_prompts=args.sample_prompts,
+                  first_seed=args.first_seed, reuse=args.reuse, sample_prompts=args.sample_prompts,
                   ood=tuple(args.ood.split(",")) if args.ood else (), again=continue_command(args.argv))
 
 
@@ -202,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sample n completions on the first this many test problems only (greedy: all of "
                          "them)")
     sp.add_argument("--seeds", type=int, default=1, help="train and evaluate everything with this many seeds")
+    sp.add_argument("--first-seed", type=int, default=0, metavar="K",
+                    help="train seeds K .. K + --seeds - 1 (default 0): adds seeds to a grid whose first "
+                         "seeds ran elsewhere (each seed's results.json rows are those the full grid gives)")
     sp.add_argument("--jobs", type=int, default=1,
                     help="training processes at a time (each gets cores / jobs threads)")
     sp.add_argument("--docs", default=None,

@@ -38,6 +38,8 @@ with --reuse evaluates the --ood files only); a run without a checkpoint and
 a deleted run directory are trained again, as is a run whose starting model (its seed's `sft_best`) changed
 since (`grpo.commands.reproduce_jobs`). Ctrl-C (SIGINT) or SIGTERM stops every running job with a checkpoint
 and names the command that continues: the same with `--reuse`.
+`--first-seed K` trains seeds K .. K + --seeds - 1 only, each configured as in the full grid, so a grid too
+long for one machine's sitting can be finished elsewhere and its results.json files read together.
 
     grpo reproduce --config configs/reproduce.yaml --seeds 3 --jobs 2 --docs docs
     grpo reproduce --config configs/smollm2_vs_sft.yaml --methods grpo,sft_more --seeds 3 --n 4 --k 1,2,4 \
@@ -230,10 +232,11 @@ def evaluate_models(models: dict, rl: TrainConfig, rl_config: Path, out: Path, n
 def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 2, 4, 8, 16),
                   docs_dir: str | None = None, methods=tuple(m for m in METHODS if m != "grpo_base"),
                   progress: bool = True, sft_dir: str | None = None, seeds: int = 1, jobs: int = 1,
-                  reuse: bool = False, sample_prompts: int | None = None, ood: tuple[str, ...] = (),
+                  first_seed: int = 0, reuse: bool = False, sample_prompts: int | None = None,
+                  ood: tuple[str, ...] = (),
                   again: str = "the same command with --reuse") -> dict:
-    """The grid above; `ood`: the --ood files; `again`: the command that continues it, named when a signal
-    stops it (`JobsInterrupted`)."""
+    """The grid above, seeds `first_seed` .. `first_seed + seeds - 1`; `ood`: the --ood files; `again`: the
+    command that continues it, named when a signal stops it (`JobsInterrupted`)."""
     known = (*METHODS, SFT_MORE)
     unknown = [m for m in methods if m not in known]
     if unknown:
@@ -246,6 +249,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
         raise UserError(f"--k: every k must be in 1..--n ({n})")
     if seeds < 1 or jobs < 1:
         raise UserError(f"--seeds and --jobs must be >= 1, got {seeds} and {jobs}")
+    if first_seed < 0:
+        raise UserError(f"--first-seed must be >= 0, got {first_seed}")
     if sample_prompts is not None and sample_prompts < 1:
         raise UserError(f"--sample-prompts must be >= 1, got {sample_prompts}")
     t_start = time.perf_counter()
@@ -264,7 +269,8 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     threads, scratch, sft_scratch = job_configs(cfg, out, jobs)
-    offsets = list(range(seeds))  # seed i: sft.seed and train.seed are the config's + i
+    # seed i: sft.seed and train.seed are the config's + i (--first-seed: a grid's later seeds, run elsewhere)
+    offsets = list(range(first_seed, first_seed + seeds))
 
     clock = matching_clock(cfg.sft.model.device)
     # sft_more's budget is GRPO's seconds on `clock` (sized by sft_best's): runs timed before CPU seconds
@@ -324,21 +330,22 @@ def run_reproduce(config: str | None, overrides: list[str], n: int = 16, ks=(1, 
     per_seed = {i: {name: _row(evals[(i, name)], runs.get((i, name)),
                                sfts[i] if name == "sft" else more.get((i, name)))
                     for name in names} for i in offsets}
-    ood_results = {t.name: {"file": t.file, "num_prompts": ood_evals[t.name][(0, "sft")].num_prompts,
+    ood_results = {t.name: {"file": t.file, "num_prompts": ood_evals[t.name][(offsets[0], "sft")].num_prompts,
                             "per_seed": {i: {name: _greedy_row(ood_evals[t.name][(i, name)])
                                              for name in names} for i in offsets}} for t in tests}
     (out / "results.json").write_text(json_text({"seeds": offsets, "per_seed": per_seed,
                                                  **({"ood": ood_results} if ood else {})}))
     plots = plot_reproduce(out, runs, sfts, evals, offsets, rl_methods, ks, LABELS, names)
     command = " ".join(["grpo reproduce", *(["--config", config] if config else []), f"--seeds {seeds}",
+                        *([f"--first-seed {first_seed}"] if first_seed else []),
                         f"--jobs {jobs}", f"--n {n}", f"--k {','.join(map(str, ks))}",
                         *([f"--sample-prompts {sample_prompts}"] if sample_prompts else []),
                         f"--methods {','.join(methods)}", *([f"--sft {sft_dir}"] if sft_dir else []),
                         *([f"--ood {','.join(ood)}"] if ood else []),
                         *(["--reuse"] if reuse else []), *overrides])
-    test_n = evals[(0, "sft")].num_prompts
+    test_n = evals[(offsets[0], "sft")].num_prompts
     text = results_markdown(per_seed, cfg, sfts, plots, n, ks, command, time.perf_counter() - t_start,
-                            test_n, evals[(0, "sft")].num_sampled_prompts, more, ood_results)
+                            test_n, evals[(offsets[0], "sft")].num_sampled_prompts, more, ood_results)
     (out / "results.md").write_text(text)
     if docs_dir:
         _publish(out, Path(docs_dir), plots)
