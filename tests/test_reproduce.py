@@ -152,7 +152,7 @@ def test_reproduce_trains_methods_over_seeds_and_writes_results_with_plots(tmp_p
     assert main(["reproduce", "-q", "--seeds", "1", "--first-seed", "1", "--jobs", "2", "--n", "4", "--k",
                  "1,2,4", "--methods", "grpo,ppo,rft", "--reuse", f"output_dir={out}", *TINY]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("reusing") == 4 and "seed 0" not in printed  # its SFT and 3 RL runs, not trained
+    assert printed.count("reusing") == 5 and "seed 0" not in printed  # its SFT, 3 RL runs, the evaluations
     assert "reusing the evaluations of sft seed 1, grpo seed 1, ppo seed 1, rft seed 1\n" in printed
     alone = json.loads((out / "results.json").read_text())
     assert alone["seeds"] == [1] and alone["per_seed"]["1"] == per_seed["1"]
