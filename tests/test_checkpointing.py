@@ -38,7 +38,8 @@ def _logp_and_grads(model, **kw):
     model.zero_grad(set_to_none=True)
     with warnings.catch_warnings():  # transformers warns when checkpointing throws a KV cache away
         warnings.simplefilter("error")
-        logp = completion_logprobs(model, *_batch(), **kw).logp
+        batch = _batch()
+        logp = completion_logprobs(model, *batch, **kw).logp * batch[3]  # the real tokens (pads: packing's 0)
     (logp * torch.linspace(-1, 1, logp.numel()).view_as(logp)).sum().backward()
     return logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -84,9 +85,10 @@ def test_checkpointing_is_off_without_gradients_or_in_eval_mode():
     with torch.no_grad():
         assert not recomputes_layers(model)
     assert not recomputes_layers(model.eval())
+    mask = _batch()[3]
     with torch.no_grad():
-        torch.testing.assert_close(completion_logprobs(model, *_batch(), share_prompts=True).logp,
-                                   completion_logprobs(model, *_batch(), share_prompts=False).logp)
+        torch.testing.assert_close(completion_logprobs(model, *_batch(), share_prompts=True).logp * mask,
+                                   completion_logprobs(model, *_batch(), share_prompts=False).logp * mask)
 
 
 def test_checkpointing_keeps_the_shared_prompt_forward(monkeypatch, caplog):

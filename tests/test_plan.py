@@ -113,7 +113,7 @@ def test_shared_prompt_forward_saves_what_the_formula_says(saved_bytes):
 
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from grpo.plan import _update_forwards
+    from grpo.plan import _update_forwards, packed_completion_bytes
     from grpo.models.lean_layers import lean_layers
     from grpo.models.logprobs import completion_logprobs
 
@@ -127,8 +127,9 @@ def test_shared_prompt_forward_saves_what_the_formula_says(saved_bytes):
     prompt_mask = torch.ones_like(prompt_ids)
     prompt_mask[:G, :3] = 0
     completion_ids = torch.randint(5, 100, (prompts * G, T))
-    completion_mask = torch.ones_like(completion_ids)
-    completion_mask[:3, -4:] = 0
+    full = torch.ones_like(completion_ids)  # the plan's case: every completion T tokens long
+    short = full.clone()
+    short[:3, -4:] = 0
     saved = {}
     for layers in (1, 2):
         torch.manual_seed(0)
@@ -138,17 +139,23 @@ def test_shared_prompt_forward_saves_what_the_formula_says(saved_bytes):
             num_key_value_heads=2, head_dim=24)).train()
         lean_layers(model)  # as grpo loads it
         for share in (True, False):
-            saved[layers, share] = saved_bytes(model, lambda: completion_logprobs(
-                model, prompt_ids, prompt_mask, completion_ids, completion_mask, with_entropy=True,
-                share_prompts=share))
+            for name, mask in (("full", full), ("short", short)):
+                saved[layers, share, name] = saved_bytes(model, lambda: completion_logprobs(
+                    model, prompt_ids, prompt_mask, completion_ids, mask, with_entropy=True,
+                    share_prompts=share))
+    per_layer = {k[1:]: saved[(2, *k[1:])] - saved[k] for k in saved if k[0] == 1}
     for share in (True, False):
         inp = PlanInput(arch=a, G=G, prompts_per_step=prompts, micro_batch_size=prompts * G, prompt_length=P,
                         completion_length=T, shared_prompts=share, attention="sdpa-gqa")
         # shared: 2 prompts x 10 tokens, then 8 rows x 11 tokens against 21 keys; plain: 8 rows x 22 tokens
         forwards, _ = _update_forwards(inp)
         assert forwards == ([(2, 10, 10), (8, 11, 21)] if share else [(8, 22, 22)])
-        assert saved[2, share] - saved[1, share] == sum(layer_activation_bytes(a, *f, "fp32", "sdpa-gqa")
-                                                        for f in forwards)
+        planned = sum(layer_activation_bytes(a, *f, "fp32", "sdpa-gqa") for f in forwards)
+        # shared prompts run the completions packed: one more q-sized copy per token (8 x 11 x 96 x 4 B)
+        assert packed_completion_bytes(inp, forwards) == (8 * 11 * 96 * 4 if share else 0)
+        assert per_layer[share, "full"] == planned + packed_completion_bytes(inp, forwards)
+        # shorter completions: the plain forward keeps the same (pads included), the packed one less
+        assert (per_layer[share, "short"] < per_layer[share, "full"]) == share
 
 
 def test_components_hand_worked_for_llama2_7b():

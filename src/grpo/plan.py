@@ -329,6 +329,17 @@ def _update_forwards(inp: PlanInput) -> tuple[list[tuple[int, int, int]], int]:
     return [(mb, P + T, P + T)], T + 1
 
 
+def packed_completion_bytes(inp: PlanInput, forwards: list[tuple[int, int, int]]) -> int:
+    """What one layer keeps beyond `layer_activation_bytes` where the completions go through it packed
+    (`grpo.models.packing`: shared prompts, no checkpointing, an SDPA attention): o_proj's input is
+    gathered from the padded attention output, a copy of q's size per completion token where the padded
+    forward's o_proj reads SDPA's own output. Planned at full length, where no row is padded."""
+    if len(forwards) != 2 or inp.gradient_checkpointing or inp.attention not in ("sdpa", "sdpa-gqa"):
+        return 0
+    rows, q_len, _ = forwards[1]
+    return rows * q_len * inp.arch.num_heads * inp.arch.head_dim * (4 if inp.precision == "fp32" else 2)
+
+
 def plan_memory(inp: PlanInput) -> MemoryPlan:
     """Per-component memory of a GRPO/PPO run; see docs/memory.md for each formula and its source."""
     _validate(inp)
@@ -427,6 +438,7 @@ def _activations(
             f"{a.num_layers} layer inputs of {shapes} tokens (+ prompt K/V copies) + one layer recomputed"
         )
     else:
+        layer += packed_completion_bytes(inp, forwards)
         total = a.num_layers * layer
         formula = f"{a.num_layers} layers x {layer / tokens:,.0f} B/token x {shapes} tokens"
     total += tokens * 2 * a.hidden_size * resid + lm_tokens * a.hidden_size * act  # final norm, LM-head input

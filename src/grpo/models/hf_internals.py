@@ -15,9 +15,10 @@ with the stock forward.
 | `AttentionInterface.register` | `register_attention` | gqa_attention |
 | `masking_utils.AttentionMaskInterface`, `masking_utils.sdpa_mask` | `register_attention` | gqa_attention |
 | `integrations.sdpa_attention.sdpa_attention_forward` | `sdpa_attention_function` | gqa_attention |
+| `AttentionInterface._global_mapping` (read) | `attention_function` | shared_prompts (packed completions) |
 | `<Model>MLP.gate_proj/.up_proj/.down_proj/.act_fn` | `grpo.models.lean_layers` | lean_mlp |
 | `cache_utils.DynamicCache(config=)`, `.layers`, `.reorder_cache` | `grpo.models.logprobs`, `grpo.rollout.hf` | shared_prompts, sampling |
-| `cache_utils.DynamicLayer` (`keys`, `values`, `lazy_initialization`, `is_initialized`) | `dynamic_layer_class` | shared_prompts under checkpointing |
+| `cache_utils.DynamicLayer` (`keys`, `values`, `lazy_initialization`, `is_initialized`) | `dynamic_layer_class`, `cache_layer_kv` | shared_prompts |
 | `modeling_layers.GradientCheckpointingLayer._can_checkpoint_with_cache` | `checkpoint_with_cache_supported`, `allow_checkpoint_with_cache` | shared_prompts under checkpointing |
 | the LM head's `forward` (shadowed by an instance attribute) | `grpo.models.logprobs._head_returns_hidden` | chunked_head |
 | the forward keyword `cache` / `past_key_values` | `grpo.models.logprobs.cache_kwarg` | every forward with a cache |
@@ -51,6 +52,7 @@ INTERNALS = {
     "transformers.integrations.sdpa_attention.sdpa_attention_forward": "gqa_attention",
     "transformers.cache_utils.DynamicCache": "shared_prompts",
     "transformers.cache_utils.DynamicLayer": "shared_prompts",
+    "transformers.AttentionInterface._global_mapping": "shared_prompts",
     "transformers.modeling_layers.GradientCheckpointingLayer._can_checkpoint_with_cache": "shared_prompts",
 }
 """Dotted name -> the fast path that cannot run without it (`missing_internals`)."""
@@ -100,6 +102,13 @@ def sdpa_attention_function():
     return sdpa_attention_forward
 
 
+def attention_function(name: str):
+    """The attention function registered under `name` (transformers' "sdpa", grpo's own), or None."""
+    from transformers import AttentionInterface
+
+    return AttentionInterface._global_mapping.get(name)
+
+
 def register_attention(name: str, fn) -> None:
     """Register `fn` as attention implementation `name`, with the same masks as "sdpa"."""
     from transformers import AttentionInterface
@@ -117,6 +126,12 @@ def dynamic_cache(config):
     from transformers.cache_utils import DynamicCache
 
     return DynamicCache(config=config)
+
+
+def cache_layer_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys, values) [B, kv heads, L, d] a `DynamicCache` holds for one layer."""
+    entry = cache.layers[layer]
+    return entry.keys, entry.values
 
 
 def dynamic_layer_class():

@@ -44,6 +44,7 @@ from grpo.algorithm.entropy import token_entropy
 from grpo.models import hf_internals
 from grpo.models.fast_paths import enabled_paths
 from grpo.models.loading import unwrap
+from grpo.models.packing import packed_completion_outputs, packing_applies
 
 LOGSOFTMAX_CHUNK_ELEMENTS = 2**24
 """Elements of the [rows x T x V] float32 slice `selective_log_softmax` materialises at once (64 MiB)."""
@@ -341,7 +342,7 @@ def _forward(model, **kw):
 def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                         temperature: float = 1.0, with_entropy: bool = False,
                         share_prompts: bool | None = None, chunked_head: bool | None = None,
-                        entropy_grad: bool = False) -> TokenLogProbs:
+                        entropy_grad: bool = False, pack: bool | None = None) -> TokenLogProbs:
     """log pi(completion token t | prompt, completion < t) for every completion position. [B, T]
 
     share_prompts: run each distinct prompt once (None: when rows repeat prompts, the model has the
@@ -351,7 +352,10 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
     chunked_head: the LM head applied in chunks of positions after the forward (`head_logprobs`), where
     the head is a plain linear layer (None: and the model has the "chunked_head" fast path); False:
     inside it.
-    with_entropy: also the entropy of each position's distribution, with a gradient if entropy_grad."""
+    with_entropy: also the entropy of each position's distribution, with a gradient if entropy_grad.
+    pack: with shared prompts, only the real completion tokens go through the model
+    (`grpo.models.packing`; None: where `packing_applies`, never under checkpointing); the log-probs
+    (and entropy) at padding are then 0, where the padded forward leaves what the pads compute."""
     first, inverse = prompt_groups(prompt_ids, prompt_mask)
     checkpointed = recomputes_layers(model)
     if share_prompts is None:
@@ -367,6 +371,12 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
     if chunked_head is None:
         chunked_head = "chunked_head" in enabled_paths(model)
     head = _plain_head(model) if chunked_head else None
+    if pack is None:
+        pack = share_prompts and not checkpointed and packing_applies(unwrap(model), completion_mask,
+                                                                      P + completion_ids.shape[1])
+    if pack and share_prompts and not checkpointed:
+        return _packed_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, positions,
+                                first, inverse, head, temperature, with_entropy, entropy_grad)
     with _head_returns_hidden(head):  # `logits` below are hidden states [.., H] when head is not None
         logits = _completion_outputs(model, prompt_ids, prompt_mask, completion_ids, mask, positions, first,
                                      inverse, share_prompts, checkpointed)
@@ -376,6 +386,29 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     return selective_log_softmax(logits, completion_ids, with_entropy=with_entropy, entropy_grad=entropy_grad)
+
+
+def _packed_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, positions, first,
+                     inverse, head, temperature: float, with_entropy: bool,
+                     entropy_grad: bool) -> TokenLogProbs:
+    """`completion_logprobs` through the packed completion forward (`grpo.models.packing`)."""
+    P = prompt_ids.shape[1]
+    with _head_returns_hidden(head):  # outputs are hidden states [.., H] when head is not None
+        last, cache = _forward(model, input_ids=prompt_ids[first], attention_mask=prompt_mask[first],
+                               position_ids=positions[first, :P], logits_to_keep=1, use_cache=True,
+                               **{cache_kwarg(model): None})
+        outputs = packed_completion_outputs(lambda **kw: _forward(model, use_cache=False, **kw)[0],
+                                            unwrap(model).config, last[inverse], cache, inverse, prompt_mask,
+                                            completion_ids, completion_mask, positions)  # [M, H or V]
+    real = completion_mask.bool()  # [B, T]
+    index = completion_ids[real][None]  # [1, M]
+    if head is not None:
+        out = head_logprobs(outputs[None], head, index, temperature, with_entropy, entropy_grad=entropy_grad)
+    else:
+        logits = outputs[None] if temperature in (0.0, 1.0) else outputs[None] / temperature
+        out = selective_log_softmax(logits, index, with_entropy=with_entropy, entropy_grad=entropy_grad)
+    spread = lambda x: None if x is None else x.new_zeros(real.shape).masked_scatter(real, x[0])  # noqa: E731
+    return TokenLogProbs(spread(out.logp), spread(out.entropy))
 
 
 def _completion_outputs(model, prompt_ids, prompt_mask, completion_ids, mask, positions, first, inverse,
