@@ -89,3 +89,25 @@ def test_the_models_attention_implementation_is_restored():
     name = model.config._attn_implementation
     completion_logprobs(model, *_batch(), pack=True)
     assert model.config._attn_implementation == name
+
+
+def test_pack_true_where_packing_does_not_apply_is_an_error():
+    import pytest
+
+    model, batch = _model(), _batch()
+    holed = batch[3].clone()
+    holed[0, 3] = 0
+    with pytest.raises(ValueError, match="pack=True"):
+        completion_logprobs(model, *batch[:3], holed, pack=True)
+    with pytest.raises(ValueError, match="pack=True"):
+        completion_logprobs(model, *batch, share_prompts=False, pack=True)
+
+
+def test_packed_forward_without_the_chunked_head():
+    """The head inside the forward (LoRA on the head, FSDP shards): packed logits, the same log-probs."""
+    model, batch = _model(), _batch()
+    with torch.no_grad():
+        a = completion_logprobs(model, *batch, 0.7, with_entropy=True, chunked_head=False, pack=False)
+        b = completion_logprobs(model, *batch, 0.7, with_entropy=True, chunked_head=False, pack=True)
+    torch.testing.assert_close(b.logp, a.logp * batch[3], rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.entropy, a.entropy * batch[3], rtol=0, atol=1e-5)

@@ -354,8 +354,9 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
     inside it.
     with_entropy: also the entropy of each position's distribution, with a gradient if entropy_grad.
     pack: with shared prompts, only the real completion tokens go through the model
-    (`grpo.models.packing`; None: where `packing_applies`, never under checkpointing); the log-probs
-    (and entropy) at padding are then 0, where the padded forward leaves what the pads compute."""
+    (`grpo.models.packing`; None: where `packing_applies`, never under checkpointing; True where it does
+    not apply: ValueError); the log-probs (and entropy) at padding are then 0, where the padded forward
+    leaves what the pads compute."""
     first, inverse = prompt_groups(prompt_ids, prompt_mask)
     checkpointed = recomputes_layers(model)
     if share_prompts is None:
@@ -371,10 +372,12 @@ def completion_logprobs(model, prompt_ids, prompt_mask, completion_ids, completi
     if chunked_head is None:
         chunked_head = "chunked_head" in enabled_paths(model)
     head = _plain_head(model) if chunked_head else None
-    if pack is None:
-        pack = share_prompts and not checkpointed and packing_applies(unwrap(model), completion_mask,
-                                                                      P + completion_ids.shape[1])
-    if pack and share_prompts and not checkpointed:
+    applies = bool(share_prompts) and not checkpointed and packing_applies(unwrap(model), completion_mask,
+                                                                           P + completion_ids.shape[1])
+    if pack and not applies:
+        raise ValueError("pack=True needs shared prompts, no activation checkpointing and a batch and model "
+                         "that grpo.models.packing.packing_applies accepts")
+    if applies if pack is None else pack:
         return _packed_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask, positions,
                                 first, inverse, head, temperature, with_entropy, entropy_grad)
     with _head_returns_hidden(head):  # `logits` below are hidden states [.., H] when head is not None
@@ -401,13 +404,14 @@ def _packed_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_
                                             unwrap(model).config, last[inverse], cache, inverse, prompt_mask,
                                             completion_ids, completion_mask, positions)  # [M, H or V]
     real = completion_mask.bool()  # [B, T]
-    index = completion_ids[real][None]  # [1, M]
+    index = completion_ids[real][:, None]  # [M, 1]: a position per row, so chunks are of positions
     if head is not None:
-        out = head_logprobs(outputs[None], head, index, temperature, with_entropy, entropy_grad=entropy_grad)
+        out = head_logprobs(outputs[:, None], head, index, temperature, with_entropy,
+                            entropy_grad=entropy_grad)
     else:
-        logits = outputs[None] if temperature in (0.0, 1.0) else outputs[None] / temperature
+        logits = outputs[:, None] if temperature in (0.0, 1.0) else outputs[:, None] / temperature
         out = selective_log_softmax(logits, index, with_entropy=with_entropy, entropy_grad=entropy_grad)
-    spread = lambda x: None if x is None else x.new_zeros(real.shape).masked_scatter(real, x[0])  # noqa: E731
+    spread = lambda x: None if x is None else x.new_zeros(real.shape).masked_scatter(real, x[:, 0])  # noqa: E731
     return TokenLogProbs(spread(out.logp), spread(out.entropy))
 
 
