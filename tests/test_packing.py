@@ -36,7 +36,8 @@ def _run(model, batch, pack):
     out = completion_logprobs(model, *batch, temperature=0.7, with_entropy=True, entropy_grad=True, pack=pack)
     mask = batch[3]
     (((out.logp + 0.1 * out.entropy) * mask).sum() * torch.tensor(1.3)).backward()
-    return out.logp.detach(), out.entropy.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    return out.logp.detach(), out.entropy.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                                      if p.grad is not None}
 
 
 def test_packed_forward_equals_the_padded_one_and_sees_only_real_tokens(monkeypatch):
@@ -111,3 +112,27 @@ def test_packed_forward_without_the_chunked_head():
         b = completion_logprobs(model, *batch, 0.7, with_entropy=True, chunked_head=False, pack=True)
     torch.testing.assert_close(b.logp, a.logp * batch[3], rtol=0, atol=1e-5)
     torch.testing.assert_close(b.entropy, a.entropy * batch[3], rtol=0, atol=1e-5)
+
+
+def test_packed_forward_under_lora_adapters(monkeypatch):
+    """Through peft's wrapper (the attention implementation is the base model's config's): packed, with the
+    padded forward's log-probs and adapter gradients."""
+    from grpo.config import LoraConfig
+    from grpo.models.loading import add_lora
+
+    model, batch = add_lora(_model(), LoraConfig(r=4)), _batch()
+    padded = _run(model, batch, pack=False)
+    calls = []
+    import grpo.models.packing as packing
+
+    attention = packing.packed_attention
+    monkeypatch.setattr(packing, "packed_attention", lambda *a, **k: calls.append(1) or attention(*a, **k))
+    packed = _run(model, batch, pack=None)
+    assert len(calls) == 2  # both layers' attention ran packed
+    torch.testing.assert_close(packed[0], padded[0] * batch[3], rtol=0, atol=1e-5)
+    lora = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert lora and all("lora_" in n for n in lora)
+    for name in lora:
+        g = padded[2][name]
+        torch.testing.assert_close(packed[2][name], g, rtol=0, atol=1e-5 * float(g.abs().max()) + 1e-12,
+                                   msg=name)
