@@ -330,10 +330,8 @@ def _update_forwards(inp: PlanInput) -> tuple[list[tuple[int, int, int]], int]:
 
 
 def packed_completion_bytes(inp: PlanInput, forwards: list[tuple[int, int, int]]) -> int:
-    """What one layer keeps beyond `layer_activation_bytes` where the completions go through it packed
-    (`grpo.models.packing`: shared prompts, no checkpointing, an SDPA attention): o_proj's input is
-    gathered from the padded attention output, a copy of q's size per completion token where the padded
-    forward's o_proj reads SDPA's own output. Planned at full length, where no row is padded."""
+    """Per layer beyond `layer_activation_bytes` with packed completions (`grpo.models.packing`): o_proj's
+    input, gathered from the padded attention output, is a copy of q's size per completion token."""
     if len(forwards) != 2 or inp.gradient_checkpointing or inp.attention not in ("sdpa", "sdpa-gqa"):
         return 0
     rows, q_len, _ = forwards[1]
