@@ -1,11 +1,9 @@
-"""grpo.rollout.multinomial: torch.multinomial's draws and generator state, bit for bit, faster."""
+"""grpo.rollout.multinomial: one draw per row by inverse CDF, against a float64 reference and counts."""
 
-import numpy as np
 import pytest
 import torch
 
-from grpo.rollout import multinomial
-from grpo.rollout.multinomial import argmax_ratio, exponential, matches_torch, multinomial1, numpy_mt19937
+from grpo.rollout.multinomial import BLOCK, inverse_cdf, multinomial1
 
 
 def _distributions(V: int, rows: int, seed: int) -> dict[str, torch.Tensor]:
@@ -22,80 +20,79 @@ def _distributions(V: int, rows: int, seed: int) -> dict[str, torch.Tensor]:
             "peaked": (logits * 40).softmax(-1), "nucleus": nucleus.softmax(-1), "one token": one}
 
 
+def _reference(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The first i with cumsum(probs)[i] > u * sum(probs), one float64 cumulative sum over the whole row."""
+    cum = probs.double().cumsum(-1)  # [N, V]
+    return torch.searchsorted(cum, u.double()[:, None] * cum[:, -1:], right=True).squeeze(1)
+
+
 @pytest.mark.parametrize("V", [49152, 1000, 7])
-def test_draws_and_generator_state_are_torch_multinomials(V):
-    """49,152 (SmolLM2's vocabulary, the blocked candidate search), 1000 and 7 (not multiples of 64: the plain
-    one); 3 draws in a row from each distribution, so the stream is read across MT19937 blocks."""
+def test_the_draw_is_the_entry_whose_cdf_interval_holds_u(V):
+    """49,152 (SmolLM2's vocabulary), 1000 and 7 (not multiples of BLOCK: a shorter last block) against one
+    float64 cumulative sum at random u; at u = 0 and the largest u below 1, where the two may part by
+    rounding (masses of 1e-16), an entry of positive probability."""
+    g = torch.Generator().manual_seed(V)
     for name, probs in _distributions(V, 13, seed=V).items():
-        ours, torchs = torch.Generator().manual_seed(V), torch.Generator().manual_seed(V)
         for _ in range(3):
-            want = torch.multinomial(probs, 1, generator=torchs).squeeze(-1)  # [13]
-            assert torch.equal(multinomial1(probs, ours), want), name
-            assert torch.equal(ours.get_state(), torchs.get_state()), name
+            u = torch.rand(13, generator=g, dtype=torch.float64)
+            u[0], u[1] = 0.0, 1.0 - 2.0**-53
+            got = inverse_cdf(probs, u)
+            assert torch.equal(got[2:], _reference(probs, u)[2:]), name
+            assert bool((probs.gather(1, got[:, None]) > 0).all()), name
 
 
-def test_exponential_is_torchs_exponential_bit_for_bit():
-    """2^20 q's from the same stream: the words as torch's kernel reads them (high word first)."""
-    g = torch.Generator().manual_seed(3)
-    torch.empty(5).exponential_(generator=g)  # start mid-block
-    state = g.get_state()
-    want = torch.empty(2**20).exponential_(generator=g)
-    b = np.random.Generator(numpy_mt19937(state.numpy().copy()))
-    words = torch.from_numpy(b.integers(0, 2**32, 2**21, dtype=np.uint32).view(np.int32)).view(2**20, 2)
-    assert torch.equal(exponential(words), want)
+def test_entries_of_probability_zero_are_never_drawn():
+    """Rounding can put u * sum past the last interval: the last entry of positive probability then, not a
+    trailing zero (nor an empty block). Rows: zeros after the mass, zero blocks between, one tiny entry."""
+    V = 5 * BLOCK + 3
+    probs = torch.zeros(4, V)
+    probs[0, :10] = 0.1
+    probs[1, 3], probs[1, 3 * BLOCK + 1] = 0.25, 0.75
+    probs[2, V - 1] = 1e-42  # subnormal, alone
+    probs[3, 2 * BLOCK:2 * BLOCK + 5] = torch.tensor([0.3, 0.0, 0.2, 0.0, 0.0])
+    for u in (0.0, 0.5, 0.999999, 1.0 - 2.0**-53, 1.0):  # 1.0 itself: the rounding case, forced
+        got = inverse_cdf(probs, torch.full((4,), u, dtype=torch.float64))
+        assert bool((probs.gather(1, got[:, None]) > 0).all()), (u, got)
+    last = inverse_cdf(probs, torch.ones(4, dtype=torch.float64))
+    assert last.tolist() == [9, 3 * BLOCK + 1, V - 1, 2 * BLOCK + 2]
 
 
-def test_argmax_ratio_on_the_words_that_break_its_bound():
-    """u = 0 where the probability is > 0 (ratio inf: wins) and where it is 0 (ratio 0/0 = NaN: torch.argmax
-    picks the first NaN); hi's 21 bits 0 with u > 0 (no bound: the row computes every ratio); equal ratios
-    (the first wins); subnormal probabilities. Each row against torch.argmax over every exact ratio."""
-    g = torch.Generator().manual_seed(0)
-    probs = torch.rand(6, 128, generator=g)
-    probs[:, ::3] = 0.0
-    w = torch.randint(-2**31, 2**31, (6, 128, 2), generator=g, dtype=torch.int64).int()  # [6, 128, 2]
-    w[0, 5] = 0  # u = 0, p > 0
-    w[1, 3] = 0  # u = 0, p = 0
-    w[1, 7] = 0  # a later 0/0
-    w[2, 7, 0], w[2, 7, 1] = 7 << 21, 99  # hi bits 0, u = 99 / 2^53
-    w[3, 40, 0], w[3, 40, 1] = 1, 5  # u = (2^32 + 5) / 2^53, the smallest q of the row ...
-    w[3, 10], w[3, 20] = w[3, 40], w[3, 40]  # ... three times
-    probs[3, 10] = probs[3, 20] = probs[3, 40] = 2.0  # and the largest p: three equal ratios, the largest
-    probs[4] = 1e-42  # subnormal
-    probs[5, 64:] = 0.0
-    want = torch.div(probs, exponential(w)).argmax(-1)  # [6]
-    assert want[:4].tolist() == [5, 3, 7, 10]
-    assert torch.equal(argmax_ratio(probs, w), want)
+def test_draw_frequencies_match_the_probabilities():
+    """200,000 draws of a 7-entry row with zeros (fixed seed): every frequency within 4 standard errors."""
+    p = torch.tensor([0.05, 0.0, 0.3, 0.15, 0.0, 0.4, 0.1])
+    n = 200_000
+    draws = multinomial1(p.expand(n, 7).mul(3.0), torch.Generator().manual_seed(0))  # unnormalised rows
+    freq = torch.bincount(draws, minlength=7).double() / n
+    se = (p.double() * (1 - p.double()) / n).sqrt()
+    assert freq[1] == 0 and freq[4] == 0
+    assert bool(((freq - p.double()).abs() <= 4 * se + 1e-12).all()), freq
 
 
-def test_probabilities_that_require_grad_are_drawn_from_like_any():
-    logits = torch.randn(3, 256, requires_grad=True)
-    probs = logits.softmax(-1)
-    want = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(2)).squeeze(-1)
-    assert torch.equal(multinomial1(probs, torch.Generator().manual_seed(2)), want)
+def test_one_uniform_per_row_from_the_generator():
+    """Same generator state, same draws; the generator advances by N float64 uniforms, as a resumed run
+    that restores it expects."""
+    probs = _distributions(300, 6, seed=1)["lm"]
+    a, b = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    first = multinomial1(probs, a)
+    u = torch.rand(6, generator=b, dtype=torch.float64)
+    assert torch.equal(a.get_state(), b.get_state())
+    assert torch.equal(first, inverse_cdf(probs, u))
+    assert torch.equal(multinomial1(probs, torch.Generator().manual_seed(4)), first)
 
 
-def test_rows_it_does_not_copy_go_to_torch_multinomial():
-    """float64, or a transposed view (torch fills q in memory order, not row by row)."""
+def test_any_layout_and_probabilities_that_require_grad():
     probs = _distributions(256, 5, seed=2)["lm"]
-    for p in (probs.double(), probs.t().contiguous().t()):
-        want = torch.multinomial(p, 1, generator=torch.Generator().manual_seed(6)).squeeze(-1)
+    want = multinomial1(probs, torch.Generator().manual_seed(6))
+    for p in (probs.double(), probs.t().contiguous().t(), probs.clone().requires_grad_()):
         assert torch.equal(multinomial1(p, torch.Generator().manual_seed(6)), want)
+    assert multinomial1(torch.empty(0, 9), None).shape == (0,)
 
 
 def test_invalid_probabilities_raise_as_torch_does():
     g = torch.Generator().manual_seed(0)
     with pytest.raises(RuntimeError, match="inf`, `nan` or element < 0"):
         multinomial1(torch.tensor([[0.5, float("nan")]]), g)
+    with pytest.raises(RuntimeError, match="inf`, `nan` or element < 0"):
+        multinomial1(torch.tensor([[0.5, -0.1]]), g)
     with pytest.raises(RuntimeError, match="sum of probabilities <= 0"):
         multinomial1(torch.tensor([[0.5, 0.5], [0.0, 0.0]]), g)
-
-
-def test_a_torch_whose_multinomial_differs_gets_torch_multinomial_with_a_warning(monkeypatch):
-    monkeypatch.setattr(multinomial, "_checked", None)
-    monkeypatch.setattr(multinomial, "matches_torch", lambda generator: False)
-    probs = _distributions(64, 4, seed=1)["lm"]
-    with pytest.warns(UserWarning, match="uses torch.multinomial"):
-        got = multinomial1(probs, torch.Generator().manual_seed(4))
-    want = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(4)).squeeze(-1)
-    assert torch.equal(got, want)
-    assert matches_torch(torch.Generator().manual_seed(0))  # this torch: the fast path
