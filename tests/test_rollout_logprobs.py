@@ -113,15 +113,16 @@ def test_chunked_head_never_builds_full_vocabulary_logits(monkeypatch):
     V = model.lm_head.weight.shape[0]
     monkeypatch.setattr(lp_module, "LOGSOFTMAX_CHUNK_ELEMENTS", 8 * V)
     seen = []
-    real_linear = torch.nn.functional.linear
+    real_logits = lp_module._logits
 
-    def spy(x, w, b=None):
-        out = real_linear(x, w, b)
+    def spy(h, w, b, temperature, out=None):
+        z = real_logits(h, w, b, temperature, out)
         if w.data_ptr() == model.lm_head.weight.data_ptr():
-            seen.append(out.numel())
-        return out
+            seen.append(z.numel())
+            assert out is None or out.numel() <= 8 * V  # the chunk's buffer, no larger
+        return z
 
-    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    monkeypatch.setattr(lp_module, "_logits", spy)
     lp = completion_logprobs(model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
     (lp.logp * r.completion_mask).sum().backward()
     assert seen and max(seen) <= 8 * V < B * T * V

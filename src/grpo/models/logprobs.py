@@ -110,12 +110,30 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk: int 
 # Under autocast the recompute runs under the forward's autocast state, so it sees the forward's logits.
 
 
-def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-            temperature: float) -> torch.Tensor:
-    z = F.linear(h, weight, bias).float()  # [n, V]: log-probs are float32 whatever the model's dtype
+def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """z = (h W^T + b) / temperature, float32 [n, V]. out: a float32 buffer of at least n rows that z is
+    written into when h and W are float32 outside autocast (the same product F.linear runs): one [chunk, V]
+    buffer for every chunk rather than fresh memory each time (a fresh 64 MiB tensor comes from mmap and
+    pays a page fault per 4 KiB)."""
+    plain = (out is not None and h.dtype == weight.dtype == torch.float32
+             and not torch.is_autocast_enabled(h.device.type))
+    if plain:
+        z = out[:h.shape[0]]
+        if bias is None:
+            torch.mm(h, weight.t(), out=z)
+        else:
+            torch.addmm(bias, h, weight.t(), out=z)
+    else:
+        z = F.linear(h, weight, bias).float()  # [n, V]: log-probs are float32 whatever the model's dtype
     if temperature not in (0.0, 1.0):
         z.div_(temperature)
     return z
+
+
+def _buffer(hidden: torch.Tensor, chunk: int, V: int) -> torch.Tensor:
+    """One [min(chunk, N), V] float32 buffer for a chunk's logits."""
+    return torch.empty(min(chunk, hidden.shape[0]), V, dtype=torch.float32, device=hidden.device)
 
 
 class ChunkedHeadLogProbs(torch.autograd.Function):
@@ -127,15 +145,26 @@ class ChunkedHeadLogProbs(torch.autograd.Function):
         device_type = hidden.device.type
         ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
         logps, lses, ents = [], [], []
+        V = weight.shape[0]
+        z_buf = _buffer(hidden, chunk, V)
+        p_buf = _buffer(hidden, chunk, V) if with_entropy else None
         with torch.no_grad():
             for h, ix in zip(hidden.split(chunk), index.split(chunk)):
-                z = _logits(h, weight, bias, temperature)  # [n, V]
-                lse = torch.logsumexp(z, dim=-1)  # [n]
-                logps.append(z.gather(-1, ix[:, None]).squeeze(-1) - lse)
+                z = _logits(h, weight, bias, temperature, z_buf)  # [n, V]
+                if with_entropy:  # one exp per entry: e = exp(z - max), s = sum e, H = log s - sum(e z') / s
+                    top = z.amax(-1, keepdim=True)  # [n, 1]
+                    z.sub_(top)  # z' = z - max
+                    e = torch.exp(z, out=p_buf[:z.shape[0]])  # [n, V]
+                    s = e.sum(-1)  # [n]
+                    log_s = s.log()
+                    ez = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).view(-1)  # [n] sum_v e_v z'_v
+                    lse = top.squeeze(-1) + log_s
+                    logps.append(z.gather(-1, ix[:, None]).squeeze(-1) - log_s)
+                    ents.append(log_s - ez / s)
+                else:
+                    lse = torch.logsumexp(z, dim=-1)  # [n]
+                    logps.append(z.gather(-1, ix[:, None]).squeeze(-1) - lse)
                 lses.append(lse)
-                if with_entropy:
-                    z.sub_(lse[:, None])  # log p
-                    ents.append(-(z.exp() * z).sum(-1))  # [n]
         logp, lse = torch.cat(logps), torch.cat(lses)
         entropy = torch.cat(ents) if with_entropy else torch.zeros_like(logp)
         ctx.save_for_backward(hidden, weight, bias, index, lse, entropy)
@@ -153,25 +182,24 @@ class ChunkedHeadLogProbs(torch.autograd.Function):
         use_entropy = g_entropy is not None and bool(g_entropy.ne(0).any())
         device_type = hidden.device.type
         enabled, dtype = ctx.autocast
+        z_buf = _buffer(hidden, ctx.chunk, weight.shape[0])
         start = 0
         for h, ix in zip(hidden.split(ctx.chunk), index.split(ctx.chunk)):
             n = h.shape[0]
             rows = slice(start, start + n)
             with torch.no_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
-                z = _logits(h, weight, bias, ctx.temperature)  # [n, V]
+                z = _logits(h, weight, bias, ctx.temperature, z_buf)  # [n, V]
             z.sub_(lse[rows, None])  # log p
-            g = g_logp[rows].to(z.dtype)
+            g = g_logp[rows].to(z.dtype).div(tau)  # [n]; dz/tau in one pass: d/dh of z = h W^T / tau
             if use_entropy:
                 p = z.exp()
-                ge = g_entropy[rows].to(z.dtype)
+                ge = g_entropy[rows].to(z.dtype).div(tau)
                 # dz = -g p + g_H * (-p (log p + H)) = -p * (g + g_H (log p + H)); then + g at y
                 z.add_(entropy[rows, None]).mul_(ge[:, None]).add_(g[:, None]).mul_(p).neg_()
                 dz = z
             else:
                 dz = z.exp_().mul_(-g[:, None])  # -g p
             dz.scatter_add_(-1, ix[:, None], g[:, None])  # + g onehot(y)
-            if tau != 1.0:
-                dz.div_(tau)
             if need_h:
                 grad_h[rows] = (dz @ weight.to(dz.dtype)).to(hidden.dtype)
             if need_w:
