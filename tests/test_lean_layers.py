@@ -104,3 +104,69 @@ def test_other_blocks_are_left_alone():
     eager.config._attn_implementation = "eager"
     assert lean_layers(eager) == {"mlps": 2, "gqa_attention": False}
     assert lean_layers(eager)["mlps"] == 0  # applied once
+
+
+def _lora_model(dropout: float = 0.0):
+    """The 2-layer Llama under LoRA r=4 on every projection (grpo's add_lora: the fused LoRA forward), B
+    nonzero so that the adapters change the function."""
+    from grpo.config import LoraConfig
+    from grpo.models.loading import add_lora
+
+    model = add_lora(_llama(), LoraConfig(r=4, alpha=8, dropout=dropout))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
+    return model
+
+
+def _stock(model) -> int:
+    """Remove the fused LoRA forwards (peft's own again); how many there were."""
+    n = 0
+    for m in model.modules():
+        if getattr(vars(m).get("forward"), "__name__", "") == "_lean_lora_forward":
+            del m.forward
+            n += 1
+    return n
+
+
+def _logp_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    lp = completion_logprobs(model, *batch, 0.7, with_entropy=True)
+    (lp.logp * batch[3]).sum().backward()
+    return lp.logp.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_fused_lora_forward_equals_pefts_log_probs_and_adapter_gradients():
+    model, batch = _lora_model(), _batch()
+    lean = _logp_and_grads(model, batch)
+    stock_model = copy.deepcopy(model)
+    assert _stock(stock_model) == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers
+    stock = _logp_and_grads(stock_model, batch)
+    torch.testing.assert_close(lean[0], stock[0], rtol=0, atol=1e-5)
+    assert lean[1].keys() == stock[1].keys() and all("lora_" in n for n in lean[1])
+    for name, g in stock[1].items():
+        torch.testing.assert_close(lean[1][name], g, rtol=0, atol=1e-5 * float(g.abs().max()) + 1e-12, msg=name)
+
+
+def test_fused_lora_forward_leaves_disabled_merged_and_dropout_adapters_to_peft():
+    """The reference (adapters disabled), merged adapters and LoRA dropout in training go through peft's own
+    forward: the same values bit for bit as the model without the fused forward, dropout's draws too."""
+    batch = _batch()
+    for dropout in (0.0, 0.3):
+        model = _lora_model(dropout)
+        stock = copy.deepcopy(model)
+        _stock(stock)
+        ids = torch.cat([batch[0], batch[2]], 1)
+        if dropout:
+            torch.manual_seed(5)
+            a = model(input_ids=ids).logits
+            torch.manual_seed(5)
+            assert torch.equal(a, stock(input_ids=ids).logits)
+        with model.disable_adapter(), stock.disable_adapter():
+            assert torch.equal(model(input_ids=ids).logits, stock(input_ids=ids).logits)
+    model.eval()
+    stock.eval()
+    model.merge_adapter()
+    stock.merge_adapter()
+    assert torch.equal(model(input_ids=ids).logits, stock(input_ids=ids).logits)

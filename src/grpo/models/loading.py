@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import types
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo.config import ModelConfig
@@ -107,7 +109,44 @@ def add_lora(model, lora):
                         f"{', '.join(sorted(n for n in names if 'proj' in n))})")
     peft_cfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                               target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_cfg)
+    model = get_peft_model(model, peft_cfg)
+    lean_lora(model)
+    return model
+
+
+def _lean_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """A peft LoRA `Linear`'s forward as base(x) + scale * (x A^T) B^T, the last product and the sum one
+    `addmm` (peft: B's output, its product with the scale and the sum, three [tokens, out] tensors and
+    their backward passes). Anything but one plain adapter, float32-consistent, outside autocast, with no
+    active dropout (disabled or merged adapters, DoRA, biases, variants, mixed batches) runs peft's own
+    forward."""
+    active = [] if args or kwargs or self.disable_adapters or self.merged else [
+        a for a in self.active_adapters if a in self.lora_A]
+    if len(active) == 1:
+        a = active[0]
+        A, B, drop = self.lora_A[a], self.lora_B[a], self.lora_dropout[a]
+        plain = (a not in getattr(self, "lora_variant", {}) and not getattr(self, "use_dora", {}).get(a)
+                 and B.bias is None and x.dtype == A.weight.dtype == B.weight.dtype
+                 and not torch.is_autocast_enabled(x.device.type)
+                 and (isinstance(drop, torch.nn.Identity) or not (drop.training and drop.p > 0)))
+        if plain:
+            result = self.base_layer(x)  # [..., out]
+            xa = F.linear(x, A.weight)  # [..., r]
+            out = torch.addmm(result.reshape(-1, result.shape[-1]), xa.reshape(-1, xa.shape[-1]), B.weight.t(),
+                              alpha=self.scaling[a])
+            return out.view(result.shape)
+    return type(self).forward(self, x, *args, **kwargs)
+
+
+def lean_lora(model) -> int:
+    """Give every peft LoRA `Linear` over a plain `nn.Linear` in `model` the fused forward
+    `_lean_lora_forward` (the same function up to float rounding: tests/test_packing.py); how many."""
+    n = 0
+    for module in model.modules():
+        if active_lora(module) is not None and "forward" not in vars(module):
+            module.forward = types.MethodType(_lean_lora_forward, module)
+            n += 1
+    return n
 
 
 def active_lora(module) -> list[str] | None:
