@@ -41,7 +41,8 @@ from grpo.train.checkpoint import StopSignals, TrainingInterrupted
 from grpo.train.distributed import agreed_signal, full_state_dict, full_weights, sharded_accuracy
 from grpo.train.episodes import add_environment_reward, episode_columns
 from grpo.train.evaluation import evaluate_accuracy
-from grpo.train.metrics import Timers, current_memory_mib, peak_memory_mib, reset_peak_memory
+from grpo.train.metrics import (Timers, current_memory_mib, peak_memory_mib, release_free_heap,
+                                reset_peak_memory)
 from grpo.train.reward_pool import reward_pool
 from grpo.train.rollout_metrics import batch_metrics, warn_if_no_signal
 from grpo.train.run import Run, checkpoint_or_stop, count_fault, finish, open_logs, setup_run, start_writing
@@ -193,6 +194,7 @@ def train_step(run: Run, cfg: TrainConfig, pool, timers: Timers) -> StepOutput:
         adv = advantages.adv.to(device)  # [N] per completion, or [N, T] per token
         keep, keep_metrics = v.select_tokens(logp.entropy, r.policy_tokens)  # [N, T] bool, None: every token
     with timers("update"):
+        release_free_heap(device)  # the update's peak then holds no freed sampling buffers
         beta, critic_metrics = cfg.grpo.beta if advantages.kl_in_loss else 0.0, {}
         for _ in range(cfg.grpo.mu):
             update = update_policy(run.model, run.optimizer, r, adv, logp.ref, logp.old, cfg, ctx, beta=beta,

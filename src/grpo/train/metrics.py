@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
@@ -92,6 +93,20 @@ def reset_peak_memory(device: torch.device) -> None:
             f.write("5")  # resets VmHWM to the current resident set size
     except OSError:
         pass  # not Linux, or not permitted: the peak is then the process's peak so far
+
+
+def release_free_heap(device: torch.device) -> bool:
+    """On the CPU under glibc: hand the heap's free pages back to the kernel (`malloc_trim(0)`). Between a
+    step's phases, generation's and the reference's freed buffers otherwise stay in the heap in pieces the
+    update's larger tensors do not fit, and the resident set's peak holds both. True if it ran."""
+    if device.type != "cpu" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(ctypes.c_size_t(0))
+    except (OSError, AttributeError):  # musl or another libc: nothing to do
+        return False
+    return True
 
 
 def peak_memory_mib(device: torch.device) -> float:
