@@ -132,8 +132,8 @@ def _lean_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if plain:
             result = self.base_layer(x)  # [..., out]
             xa = F.linear(x, A.weight)  # [..., r]
-            out = torch.addmm(result.reshape(-1, result.shape[-1]), xa.reshape(-1, xa.shape[-1]), B.weight.t(),
-                              alpha=self.scaling[a])
+            out = torch.addmm(result.reshape(-1, result.shape[-1]), xa.reshape(-1, xa.shape[-1]),
+                              B.weight.t(), alpha=self.scaling[a])
             return out.view(result.shape)
     return type(self).forward(self, x, *args, **kwargs)
 

@@ -44,7 +44,8 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     block = torch.searchsorted(cum, target, right=True).minimum(_last_positive(sums)[:, None])  # [N, 1]
     before = torch.where(block > 0, cum.gather(1, (block - 1).clamp(min=0)), 0.0)  # [N, 1]
     cols = block * BLOCK + torch.arange(BLOCK, device=probs.device)  # [N, BLOCK]
-    inside = probs.gather(1, cols.clamp(max=V - 1)).to(torch.float64).masked_fill(cols >= V, 0.0)  # [N, BLOCK]
+    inside = probs.gather(1, cols.clamp(max=V - 1)).to(torch.float64)  # [N, BLOCK]
+    inside = inside.masked_fill(cols >= V, 0.0)
     j = torch.searchsorted(inside.cumsum(-1), target - before, right=True)  # [N, 1]
     j = j.minimum(_last_positive(inside)[:, None])
     return (block * BLOCK + j).squeeze(1)
