@@ -117,7 +117,7 @@ def add_lora(model, lora):
 def _lean_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     """A peft LoRA `Linear`'s forward as base(x) + scale * (x A^T) B^T, the last product and the sum one
     `addmm` (peft: B's output, its product with the scale and the sum, three [tokens, out] tensors and
-    their backward passes). Anything but one plain adapter, float32-consistent, outside autocast, with no
+    their backward passes). Anything but one plain adapter in the input's dtype, outside autocast, with no
     active dropout (disabled or merged adapters, DoRA, biases, variants, mixed batches) runs peft's own
     forward."""
     active = [] if args or kwargs or self.disable_adapters or self.merged else [
@@ -140,7 +140,7 @@ def _lean_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 
 def lean_lora(model) -> int:
     """Give every peft LoRA `Linear` over a plain `nn.Linear` in `model` the fused forward
-    `_lean_lora_forward` (the same function up to float rounding: tests/test_packing.py); how many."""
+    `_lean_lora_forward` (the same function up to float rounding: tests/test_lean_layers.py); how many."""
     n = 0
     for module in model.modules():
         if active_lora(module) is not None and "forward" not in vars(module):
