@@ -112,13 +112,10 @@ def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor, chunk: int 
 
 def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float,
             out: torch.Tensor | None = None) -> torch.Tensor:
-    """z = (h W^T + b) / temperature, float32 [n, V]. out: a float32 buffer of at least n rows that z is
-    written into when h and W are float32 outside autocast (the same product F.linear runs): one [chunk, V]
-    buffer for every chunk rather than fresh memory each time (a fresh 64 MiB tensor comes from mmap and
-    pays a page fault per 4 KiB)."""
-    plain = (out is not None and h.dtype == weight.dtype == torch.float32
-             and not torch.is_autocast_enabled(h.device.type))
-    if plain:
+    """z = (h W^T + b) / temperature, float32 [n, V], written into `out` (a `_buffer`) where given: the
+    product F.linear runs, in one buffer for every chunk rather than fresh memory each time (a fresh 64
+    MiB tensor comes from mmap and pays a page fault per 4 KiB)."""
+    if out is not None:
         z = out[:h.shape[0]]
         if bias is None:
             torch.mm(h, weight.t(), out=z)
@@ -131,9 +128,13 @@ def _logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, te
     return z
 
 
-def _buffer(hidden: torch.Tensor, chunk: int, V: int) -> torch.Tensor:
-    """One [min(chunk, N), V] float32 buffer for a chunk's logits."""
-    return torch.empty(min(chunk, hidden.shape[0]), V, dtype=torch.float32, device=hidden.device)
+def _buffer(hidden: torch.Tensor, weight: torch.Tensor, chunk: int, autocast: bool) -> torch.Tensor | None:
+    """One [min(chunk, N), V] float32 buffer for a chunk's logits, where the product is float32 outside
+    autocast (else None: F.linear's output is cast to float32 anyway)."""
+    if autocast or not hidden.dtype == weight.dtype == torch.float32:
+        return None
+    rows = min(chunk, hidden.shape[0])
+    return torch.empty(rows, weight.shape[0], dtype=torch.float32, device=hidden.device)
 
 
 class ChunkedHeadLogProbs(torch.autograd.Function):
@@ -144,16 +145,16 @@ class ChunkedHeadLogProbs(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, index, temperature: float, chunk: int, with_entropy: bool):
         device_type = hidden.device.type
         ctx.autocast = (torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type))
-        logps, lses, ents = [], [], []
-        V = weight.shape[0]
-        z_buf = _buffer(hidden, chunk, V)
-        p_buf = _buffer(hidden, chunk, V) if with_entropy else None
+        logps, lses, ents, p_buf = [], [], [], None
+        z_buf = _buffer(hidden, weight, chunk, ctx.autocast[0])
         with torch.no_grad():
             for h, ix in zip(hidden.split(chunk), index.split(chunk)):
                 z = _logits(h, weight, bias, temperature, z_buf)  # [n, V]
                 if with_entropy:  # one exp per entry: e = exp(z - max), s = sum e, H = log s - sum(e z') / s
                     top = z.amax(-1, keepdim=True)  # [n, 1]
                     z.sub_(top)  # z' = z - max
+                    if p_buf is None:
+                        p_buf = torch.empty_like(z)  # the first chunk is the largest
                     e = torch.exp(z, out=p_buf[:z.shape[0]])  # [n, V]
                     s = e.sum(-1)  # [n]
                     log_s = s.log()
@@ -182,7 +183,7 @@ class ChunkedHeadLogProbs(torch.autograd.Function):
         use_entropy = g_entropy is not None and bool(g_entropy.ne(0).any())
         device_type = hidden.device.type
         enabled, dtype = ctx.autocast
-        z_buf = _buffer(hidden, ctx.chunk, weight.shape[0])
+        z_buf = _buffer(hidden, weight, ctx.chunk, enabled)
         start = 0
         for h, ix in zip(hidden.split(ctx.chunk), index.split(ctx.chunk)):
             n = h.shape[0]
